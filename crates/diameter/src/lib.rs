@@ -1,0 +1,2 @@
+//! Diameter for IMS (placeholder header; the codec fills this in).
+pub mod peer;

@@ -1,0 +1,1 @@
+//! RFC 6733 peer state machine, sans-io (placeholder).

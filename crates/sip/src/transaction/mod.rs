@@ -1,0 +1,1 @@
+//! RFC 3261 transactions, sans-io (placeholder).

@@ -1,0 +1,85 @@
+//! Test support shared by the workspace's test suites (a dev-dependency only, never shipped).
+//!
+//! - [`require_tool`] / [`require_root`]: the one rule for tests that need something outside
+//!   Rust. Under CI (`CI` set and not `false`/`0`) a missing tool is a failure, because CI
+//!   installs everything (`scripts/test`); elsewhere the test prints one loud `SKIP` line
+//!   naming what is missing and returns early.
+//! - [`pcap`]: writes classic pcap files with hand-made IPv4/TCP/UDP framing around payloads we
+//!   encoded, so that tshark (Wireshark's dissectors) can judge our bytes.
+//! - [`tshark`]: runs tshark over such a file and returns its verbose decode and expert info.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod pcap;
+pub mod tshark;
+
+use std::path::PathBuf;
+
+/// True when running under CI, where every tool must be present.
+pub fn in_ci() -> bool {
+    match std::env::var("CI") {
+        Ok(v) => !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false")),
+        Err(_) => false,
+    }
+}
+
+/// Finds an executable on `PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Returns the tool's path, or `None` after printing one loud SKIP line (outside CI).
+/// Under CI a missing tool panics: CI installs what the tests need, so absence is a defect.
+pub fn require_tool(test: &str, tool: &str) -> Option<PathBuf> {
+    match which(tool) {
+        Some(p) => Some(p),
+        None if in_ci() => panic!(
+            "{test}: required tool `{tool}` is not installed (CI must install it: scripts/test)"
+        ),
+        None => {
+            eprintln!(
+                "SKIP {test}: `{tool}` is not installed here; run ./scripts/test to install it"
+            );
+            None
+        }
+    }
+}
+
+/// True when the process runs as root; otherwise prints a SKIP line (or panics under CI).
+pub fn require_root(test: &str) -> bool {
+    // SAFETY-free check: read our effective uid from /proc.
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        if in_ci() {
+            panic!("{test}: needs root, and CI runs as root");
+        }
+        eprintln!("SKIP {test}: needs root (network namespaces / netlink)");
+    }
+    root
+}
+
+/// A fresh scratch directory under the target dir (or /tmp), unique per call.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let base = std::env::var_os("CARGO_TARGET_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!(
+        "ims-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
