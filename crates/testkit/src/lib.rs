@@ -7,9 +7,11 @@
 //! - [`pcap`]: writes classic pcap files with hand-made IPv4/TCP/UDP framing around payloads we
 //!   encoded, so that tshark (Wireshark's dissectors) can judge our bytes.
 //! - [`tshark`]: runs tshark over such a file and returns its verbose decode and expert info.
+//! - [`postgres`]: a throwaway PostgreSQL cluster on a free port.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod pcap;
+pub mod postgres;
 pub mod tshark;
 
 use std::path::PathBuf;
@@ -47,17 +49,21 @@ pub fn require_tool(test: &str, tool: &str) -> Option<PathBuf> {
     }
 }
 
-/// True when the process runs as root; otherwise prints a SKIP line (or panics under CI).
-pub fn require_root(test: &str) -> bool {
-    // SAFETY-free check: read our effective uid from /proc.
-    let root = std::fs::read_to_string("/proc/self/status")
+/// True when the process runs as root (effective uid 0, read from /proc), silently.
+pub fn require_root_quiet() -> bool {
+    std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("Uid:"))
                 .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
         })
-        .unwrap_or(false);
+        .unwrap_or(false)
+}
+
+/// True when the process runs as root; otherwise prints a SKIP line (or panics under CI).
+pub fn require_root(test: &str) -> bool {
+    let root = require_root_quiet();
     if !root {
         if in_ci() {
             panic!("{test}: needs root, and CI runs as root");

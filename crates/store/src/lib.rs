@@ -1,0 +1,455 @@
+//! Persistence for the IMS core, on sqlx: SQLite embedded by default (a file, created and
+//! migrated at start), PostgreSQL when the URL says so (`postgres://...`) so that several
+//! nodes share one store. The same queries serve both through sqlx's `Any` driver (`$n`
+//! placeholders, BIGINT integers, `RETURNING`); each backend has its own migrations.
+//!
+//! Today it holds the HSS's subscriber data (see `migrations/*/0001_subscribers.sql`):
+//! subscriptions, private identities with their AKA or digest credentials and SQN, service
+//! profiles, public identities and implicit registration sets, roaming permissions, and the
+//! S-CSCF assignment. Registrations (S-CSCF) join later.
+//!
+//! Every change is one transaction, so nothing is ever half-written; the SQN is advanced by a
+//! single `UPDATE ... RETURNING`, so no two callers, on one node or several, ever receive the
+//! same sequence number. Secrets (K, OPc, HA1) are zeroized on drop and never printed.
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Row};
+use zeroize::Zeroizing;
+
+/// 2^48: SQN is a 48-bit counter.
+pub const SQN_MODULUS: u64 = 1 << 48;
+
+/// Which database is behind the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported database URL `{0}` (sqlite:// or postgres://)")]
+    BadUrl(String),
+    #[error("{what} `{key}` exists already")]
+    Duplicate { what: &'static str, key: String },
+    #[error("{what} `{key}` not found")]
+    NotFound { what: &'static str, key: String },
+    #[error("invalid {field}: {why}")]
+    Invalid { field: &'static str, why: String },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error during {op}: {source}")]
+    Db {
+        op: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Db { op, source }
+}
+
+/// How a private identity authenticates.
+#[derive(Clone)]
+pub enum Credentials {
+    /// Digest-AKAv1-MD5: K, OPc, AMF and the HSS's current SQN.
+    Aka {
+        k: Zeroizing<Vec<u8>>,
+        opc: Zeroizing<Vec<u8>>,
+        amf: [u8; 2],
+        sqn: u64,
+    },
+    /// SIP Digest MD5: the realm and HA1 = MD5(user:realm:password), lowercase hex.
+    Digest {
+        realm: String,
+        ha1: Zeroizing<String>,
+    },
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Aka { amf, sqn, .. } => f
+                .debug_struct("Aka")
+                .field("amf", amf)
+                .field("sqn", sqn)
+                .finish_non_exhaustive(),
+            Credentials::Digest { realm, .. } => f
+                .debug_struct("Digest")
+                .field("realm", realm)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// One public identity to provision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPublicIdentity {
+    pub impu: String,
+    pub barred: bool,
+    /// Implicit registration set number; identities with the same number register together.
+    pub irs: i64,
+}
+
+/// A whole subscriber: one IMPI and its public identities, in one service profile.
+#[derive(Debug, Clone)]
+pub struct NewSubscriber {
+    /// The operator's handle for the subscription (e.g. the IMSI); unique.
+    pub name: String,
+    pub impi: String,
+    pub credentials: Credentials,
+    pub public_identities: Vec<NewPublicIdentity>,
+    /// InitialFilterCriteria XML elements for the service profile (may be empty).
+    pub ifc_xml: String,
+    pub capability_set: Option<String>,
+    /// Visited networks this subscriber may register from (besides the home network).
+    pub roaming_allowed: Vec<String>,
+}
+
+/// A public identity as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicIdentity {
+    pub impu: String,
+    pub subscription_id: i64,
+    pub irs: i64,
+    pub barred: bool,
+    pub reg_state: i64,
+}
+
+/// The S-CSCF serving a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScscfAssignment {
+    pub server_name: String,
+    pub diameter_host: Option<String>,
+}
+
+/// The store: a connection pool and the backend it talks to.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://path` creates the file; `sqlite::memory:` for tests;
+    /// `postgres://...`), and brings the schema up to date.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        install_default_drivers();
+        let (backend, url) = if let Some(rest) = url.strip_prefix("sqlite:") {
+            let mut u = format!("sqlite:{rest}");
+            if !rest.contains(":memory:") && !rest.contains("mode=") {
+                u.push_str(if rest.contains('?') {
+                    "&mode=rwc"
+                } else {
+                    "?mode=rwc"
+                });
+            }
+            (Backend::Sqlite, u)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_owned())
+        } else {
+            return Err(StoreError::BadUrl(url.to_owned()));
+        };
+        let mut opts = AnyPoolOptions::new();
+        if backend == Backend::Sqlite && url.contains(":memory:") {
+            // One connection, or each would see its own empty in-memory database.
+            opts = opts.max_connections(1);
+        }
+        let pool = opts.connect(&url).await.map_err(db("connect"))?;
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&pool).await?,
+            Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await?,
+        }
+        tracing::info!(?backend, "store opened and migrated");
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Provisions a subscriber in one transaction: all of it, or nothing.
+    pub async fn add_subscriber(&self, s: &NewSubscriber) -> Result<(), StoreError> {
+        if s.public_identities.is_empty() {
+            return Err(StoreError::Invalid {
+                field: "public_identities",
+                why: "a subscriber needs at least one public identity".into(),
+            });
+        }
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let dup = |what: &'static str, key: &str| {
+            let key = key.to_owned();
+            move |e: sqlx::Error| match &e {
+                sqlx::Error::Database(d) if d.is_unique_violation() => {
+                    StoreError::Duplicate { what, key }
+                }
+                _ => StoreError::Db {
+                    op: "add subscriber",
+                    source: e,
+                },
+            }
+        };
+        let sub_id: i64 = sqlx::query(
+            "INSERT INTO subscription (name, capability_set) VALUES ($1, $2) RETURNING id",
+        )
+        .bind(&s.name)
+        .bind(s.capability_set.as_deref())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(dup("subscription", &s.name))?
+        .try_get(0)
+        .map_err(db("add subscriber"))?;
+        let q = sqlx::query(
+            "INSERT INTO private_identity (impi, subscription_id, auth_scheme, k, opc, amf, sqn, digest_realm, digest_ha1) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&s.impi)
+        .bind(sub_id);
+        let q = match &s.credentials {
+            Credentials::Aka { k, opc, amf, sqn } => {
+                if k.len() != 16 || opc.len() != 16 {
+                    return Err(StoreError::Invalid {
+                        field: "k/opc",
+                        why: "K and OPc are 16 bytes each".into(),
+                    });
+                }
+                if *sqn >= SQN_MODULUS {
+                    return Err(StoreError::Invalid {
+                        field: "sqn",
+                        why: "SQN is a 48-bit value".into(),
+                    });
+                }
+                q.bind("aka")
+                    .bind(k.to_vec())
+                    .bind(opc.to_vec())
+                    .bind(amf.to_vec())
+                    .bind(*sqn as i64)
+                    .bind(None::<String>)
+                    .bind(None::<String>)
+            }
+            Credentials::Digest { realm, ha1 } => q
+                .bind("digest")
+                .bind(None::<Vec<u8>>)
+                .bind(None::<Vec<u8>>)
+                .bind(None::<Vec<u8>>)
+                .bind(0i64)
+                .bind(realm.as_str())
+                .bind(ha1.as_str()),
+        };
+        q.execute(&mut *tx)
+            .await
+            .map_err(dup("private identity", &s.impi))?;
+        let profile_id: i64 = sqlx::query(
+            "INSERT INTO service_profile (subscription_id, ifc_xml) VALUES ($1, $2) RETURNING id",
+        )
+        .bind(sub_id)
+        .bind(&s.ifc_xml)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("add subscriber"))?
+        .try_get(0)
+        .map_err(db("add subscriber"))?;
+        for p in &s.public_identities {
+            sqlx::query(
+                "INSERT INTO public_identity (impu, subscription_id, service_profile_id, irs, barred) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&p.impu)
+            .bind(sub_id)
+            .bind(profile_id)
+            .bind(p.irs)
+            .bind(i64::from(p.barred))
+            .execute(&mut *tx)
+            .await
+            .map_err(dup("public identity", &p.impu))?;
+            sqlx::query("INSERT INTO impi_impu (impi, impu) VALUES ($1, $2)")
+                .bind(&s.impi)
+                .bind(&p.impu)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("add subscriber"))?;
+        }
+        for v in &s.roaming_allowed {
+            sqlx::query(
+                "INSERT INTO roaming_allowed (subscription_id, visited_network) VALUES ($1, $2)",
+            )
+            .bind(sub_id)
+            .bind(v)
+            .execute(&mut *tx)
+            .await
+            .map_err(dup("roaming entry", v))?;
+        }
+        tx.commit().await.map_err(db("commit"))?;
+        tracing::info!(impi = %s.impi, impus = s.public_identities.len(), "subscriber added");
+        Ok(())
+    }
+
+    /// Removes the subscription that owns `impi`, with everything in it.
+    pub async fn delete_subscriber(&self, impi: &str) -> Result<(), StoreError> {
+        let res = sqlx::query(
+            "DELETE FROM subscription WHERE id = (SELECT subscription_id FROM private_identity WHERE impi = $1)",
+        )
+        .bind(impi)
+        .execute(&self.pool)
+        .await
+        .map_err(db("delete subscriber"))?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "private identity",
+                key: impi.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The credentials of `impi`, or `None` for an unknown user.
+    pub async fn credentials(&self, impi: &str) -> Result<Option<Credentials>, StoreError> {
+        let row = sqlx::query(
+            "SELECT auth_scheme, k, opc, amf, sqn, digest_realm, digest_ha1 FROM private_identity WHERE impi = $1",
+        )
+        .bind(impi)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("read credentials"))?;
+        let Some(row) = row else { return Ok(None) };
+        let get = |e| db("read credentials")(e);
+        let scheme: String = row.try_get(0).map_err(get)?;
+        Ok(Some(if scheme == "aka" {
+            let amf: Vec<u8> = row.try_get(3).map_err(get)?;
+            let sqn: i64 = row.try_get(4).map_err(get)?;
+            Credentials::Aka {
+                k: Zeroizing::new(row.try_get(1).map_err(get)?),
+                opc: Zeroizing::new(row.try_get(2).map_err(get)?),
+                amf: [
+                    amf.first().copied().unwrap_or(0),
+                    amf.get(1).copied().unwrap_or(0),
+                ],
+                sqn: sqn as u64,
+            }
+        } else {
+            Credentials::Digest {
+                realm: row.try_get(5).map_err(get)?,
+                ha1: Zeroizing::new(row.try_get(6).map_err(get)?),
+            }
+        }))
+    }
+
+    /// Advances the SQN of `impi` by `delta` (mod 2^48) atomically and returns the new value.
+    /// A caller handing out n vectors asks for n steps at once and owns every value between
+    /// the old and the new SQN: no other caller can receive any of them.
+    pub async fn advance_sqn(&self, impi: &str, delta: u64) -> Result<u64, StoreError> {
+        let delta = (delta % SQN_MODULUS) as i64;
+        let new: Option<i64> = sqlx::query_scalar(
+            "UPDATE private_identity SET sqn = (sqn + $2) % 281474976710656 WHERE impi = $1 AND auth_scheme = 'aka' RETURNING sqn",
+        )
+        .bind(impi)
+        .bind(delta)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("advance SQN"))?;
+        new.map(|n| n as u64).ok_or_else(|| StoreError::NotFound {
+            what: "AKA private identity",
+            key: impi.to_owned(),
+        })
+    }
+
+    /// Sets the SQN of `impi` (resynchronisation), returning it.
+    pub async fn set_sqn(&self, impi: &str, sqn: u64) -> Result<u64, StoreError> {
+        if sqn >= SQN_MODULUS {
+            return Err(StoreError::Invalid {
+                field: "sqn",
+                why: "SQN is a 48-bit value".into(),
+            });
+        }
+        let res = sqlx::query(
+            "UPDATE private_identity SET sqn = $2 WHERE impi = $1 AND auth_scheme = 'aka'",
+        )
+        .bind(impi)
+        .bind(sqn as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(db("set SQN"))?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "AKA private identity",
+                key: impi.to_owned(),
+            });
+        }
+        Ok(sqn)
+    }
+
+    /// A public identity, or `None`.
+    pub async fn public_identity(&self, impu: &str) -> Result<Option<PublicIdentity>, StoreError> {
+        let row = sqlx::query(
+            "SELECT impu, subscription_id, irs, barred, reg_state FROM public_identity WHERE impu = $1",
+        )
+        .bind(impu)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("read public identity"))?;
+        let Some(row) = row else { return Ok(None) };
+        let get = |e| db("read public identity")(e);
+        Ok(Some(PublicIdentity {
+            impu: row.try_get(0).map_err(get)?,
+            subscription_id: row.try_get(1).map_err(get)?,
+            irs: row.try_get(2).map_err(get)?,
+            barred: row.try_get::<i64, _>(3).map_err(get)? != 0,
+            reg_state: row.try_get(4).map_err(get)?,
+        }))
+    }
+
+    /// Whether `impi` may use `impu` (TS 29.228: otherwise DIAMETER_ERROR_IDENTITIES_DONT_MATCH).
+    pub async fn impi_has_impu(&self, impi: &str, impu: &str) -> Result<bool, StoreError> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM impi_impu WHERE impi = $1 AND impu = $2")
+                .bind(impi)
+                .bind(impu)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db("check identities"))?;
+        Ok(n > 0)
+    }
+
+    /// The S-CSCF serving the subscription that owns `impu`, if one is assigned.
+    pub async fn scscf_for(&self, impu: &str) -> Result<Option<ScscfAssignment>, StoreError> {
+        let row = sqlx::query(
+            "SELECT s.scscf_name, s.scscf_host FROM subscription s JOIN public_identity p ON p.subscription_id = s.id WHERE p.impu = $1",
+        )
+        .bind(impu)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("read S-CSCF"))?;
+        let Some(row) = row else { return Ok(None) };
+        let name: Option<String> = row.try_get(0).map_err(db("read S-CSCF"))?;
+        let host: Option<String> = row.try_get(1).map_err(db("read S-CSCF"))?;
+        Ok(name.map(|server_name| ScscfAssignment {
+            server_name,
+            diameter_host: host,
+        }))
+    }
+
+    /// Assigns (`Some`) or clears (`None`) the S-CSCF of the subscription owning `impu`.
+    pub async fn set_scscf(
+        &self,
+        impu: &str,
+        a: Option<&ScscfAssignment>,
+    ) -> Result<(), StoreError> {
+        let res = sqlx::query(
+            "UPDATE subscription SET scscf_name = $2, scscf_host = $3 WHERE id = (SELECT subscription_id FROM public_identity WHERE impu = $1)",
+        )
+        .bind(impu)
+        .bind(a.map(|a| a.server_name.as_str()))
+        .bind(a.and_then(|a| a.diameter_host.as_deref()))
+        .execute(&self.pool)
+        .await
+        .map_err(db("set S-CSCF"))?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "public identity",
+                key: impu.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}

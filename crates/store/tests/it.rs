@@ -1,0 +1,281 @@
+//! ims-store on a real SQLite file and a real PostgreSQL cluster, the same tests on each: provisioning is all-or-nothing, SQN advances never hand
+//! out the same value twice (even under concurrency) and survive a reopen.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+
+use ims_store::{
+    Backend, Credentials, NewPublicIdentity, NewSubscriber, SQN_MODULUS, ScscfAssignment, Store,
+    StoreError,
+};
+use zeroize::Zeroizing;
+
+fn aka_subscriber(n: u32) -> NewSubscriber {
+    NewSubscriber {
+        name: format!("00101000000000{n}"),
+        impi: format!("user{n}.private@hims.net"),
+        credentials: Credentials::Aka {
+            k: Zeroizing::new(vec![0x46; 16]),
+            opc: Zeroizing::new(vec![0xcd; 16]),
+            amf: [0x80, 0x00],
+            sqn: 32,
+        },
+        public_identities: vec![
+            NewPublicIdentity {
+                impu: format!("sip:user{n}@hims.net"),
+                barred: false,
+                irs: 1,
+            },
+            NewPublicIdentity {
+                impu: format!("tel:+4912345{n}"),
+                barred: false,
+                irs: 1,
+            },
+            NewPublicIdentity {
+                impu: format!("sip:barred{n}@hims.net"),
+                barred: true,
+                irs: 2,
+            },
+        ],
+        ifc_xml: String::new(),
+        capability_set: None,
+        roaming_allowed: vec!["vims.net".into()],
+    }
+}
+
+fn db_url(tag: &str) -> (std::path::PathBuf, String) {
+    let dir = ims_testkit::scratch_dir(tag);
+    let path = dir.join("hss.sqlite");
+    let url = format!("sqlite://{}", path.display());
+    (path, url)
+}
+
+async fn provisioning_is_all_or_nothing(url: &str) {
+    let store = Store::open(url).await.unwrap();
+    let want = if url.starts_with("postgres") {
+        Backend::Postgres
+    } else {
+        Backend::Sqlite
+    };
+    assert_eq!(store.backend(), want);
+    store.add_subscriber(&aka_subscriber(1)).await.unwrap();
+
+    let Some(Credentials::Aka { k, opc, amf, sqn }) =
+        store.credentials("user1.private@hims.net").await.unwrap()
+    else {
+        panic!("AKA credentials expected");
+    };
+    assert_eq!(
+        (k.as_slice(), opc.as_slice(), amf, sqn),
+        (&[0x46; 16][..], &[0xcd; 16][..], [0x80, 0], 32)
+    );
+    assert!(
+        store
+            .credentials("nobody@hims.net")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let barred = store
+        .public_identity("sip:barred1@hims.net")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(barred.barred);
+    assert_eq!(barred.irs, 2);
+    assert!(
+        store
+            .impi_has_impu("user1.private@hims.net", "tel:+49123451")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .impi_has_impu("user1.private@hims.net", "sip:user2@hims.net")
+            .await
+            .unwrap()
+    );
+
+    // A second subscriber whose last IMPU collides: refused, and none of it is stored.
+    let mut clash = aka_subscriber(2);
+    clash.public_identities.push(NewPublicIdentity {
+        impu: "sip:user1@hims.net".into(),
+        barred: false,
+        irs: 1,
+    });
+    let err = store.add_subscriber(&clash).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Duplicate { what: "public identity", key } if key == "sip:user1@hims.net"),
+        "{err}"
+    );
+    assert!(
+        store
+            .credentials("user2.private@hims.net")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .public_identity("sip:user2@hims.net")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // ...so the corrected one goes in.
+    store.add_subscriber(&aka_subscriber(2)).await.unwrap();
+
+    // Digest subscriber; secrets never print.
+    let digest = NewSubscriber {
+        name: "alice".into(),
+        impi: "alice@hims.net".into(),
+        credentials: Credentials::Digest {
+            realm: "hims.net".into(),
+            ha1: Zeroizing::new("0123456789abcdef0123456789abcdef".into()),
+        },
+        public_identities: vec![NewPublicIdentity {
+            impu: "sip:alice@hims.net".into(),
+            barred: false,
+            irs: 1,
+        }],
+        ifc_xml: "<InitialFilterCriteria/>".into(),
+        capability_set: None,
+        roaming_allowed: vec![],
+    };
+    store.add_subscriber(&digest).await.unwrap();
+    let creds = store.credentials("alice@hims.net").await.unwrap().unwrap();
+    assert!(!format!("{creds:?}").contains("0123456789abcdef"));
+    assert!(matches!(
+        store.advance_sqn("alice@hims.net", 32).await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    // S-CSCF assignment follows the subscription, whichever IMPU names it.
+    assert_eq!(store.scscf_for("sip:user1@hims.net").await.unwrap(), None);
+    let a = ScscfAssignment {
+        server_name: "sip:scscf1.hims.net:5060".into(),
+        diameter_host: Some("scscf1.hims.net".into()),
+    };
+    store.set_scscf("tel:+49123451", Some(&a)).await.unwrap();
+    assert_eq!(
+        store.scscf_for("sip:user1@hims.net").await.unwrap(),
+        Some(a)
+    );
+    store.set_scscf("sip:user1@hims.net", None).await.unwrap();
+    assert_eq!(store.scscf_for("sip:user1@hims.net").await.unwrap(), None);
+    assert!(matches!(
+        store.set_scscf("sip:nobody@hims.net", None).await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    // Deleting removes the whole subscription.
+    store
+        .delete_subscriber("user1.private@hims.net")
+        .await
+        .unwrap();
+    assert!(
+        store
+            .public_identity("tel:+49123451")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(matches!(
+        store.delete_subscriber("user1.private@hims.net").await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    // Bad input is named.
+    let mut short_k = aka_subscriber(3);
+    short_k.credentials = Credentials::Aka {
+        k: Zeroizing::new(vec![1; 15]),
+        opc: Zeroizing::new(vec![1; 16]),
+        amf: [0, 0],
+        sqn: 0,
+    };
+    assert!(matches!(
+        store.add_subscriber(&short_k).await,
+        Err(StoreError::Invalid { field: "k/opc", .. })
+    ));
+    assert!(matches!(
+        Store::open("mysql://x").await,
+        Err(StoreError::BadUrl(_))
+    ));
+}
+
+async fn sqn_is_never_handed_out_twice_and_survives_reopen(url: &str) {
+    let store = Store::open(url).await.unwrap();
+    store.add_subscriber(&aka_subscriber(7)).await.unwrap();
+    let impi = "user7.private@hims.net";
+
+    // 8 concurrent askers, 50 vectors each, one SEQ step (32) per vector.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..50 {
+                got.push(s.advance_sqn(impi, 32).await.unwrap());
+            }
+            got
+        }));
+    }
+    let mut all = HashSet::new();
+    for t in tasks {
+        for v in t.await.unwrap() {
+            assert!(all.insert(v), "SQN {v} handed out twice");
+        }
+    }
+    assert_eq!(all.len(), 400);
+    assert_eq!(*all.iter().max().unwrap(), 32 + 400 * 32);
+    drop(store);
+
+    // Reopen (a restart): the SQN is where it was; migrations are idempotent.
+    let store = Store::open(url).await.unwrap();
+    let Some(Credentials::Aka { sqn, .. }) = store.credentials(impi).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(sqn, 32 + 400 * 32);
+    assert_eq!(store.advance_sqn(impi, 32).await.unwrap(), 32 + 401 * 32);
+
+    // Resync sets it; the 48-bit counter wraps.
+    assert_eq!(
+        store.set_sqn(impi, SQN_MODULUS - 16).await.unwrap(),
+        SQN_MODULUS - 16
+    );
+    assert_eq!(store.advance_sqn(impi, 32).await.unwrap(), 16);
+    assert!(matches!(
+        store.set_sqn(impi, SQN_MODULUS).await,
+        Err(StoreError::Invalid { .. })
+    ));
+    assert!(matches!(
+        store.advance_sqn("nobody", 32).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_provisioning_is_all_or_nothing() {
+    provisioning_is_all_or_nothing(&db_url("store-prov").1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_sqn_is_never_handed_out_twice() {
+    sqn_is_never_handed_out_twice_and_survives_reopen(&db_url("store-sqn").1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_provisioning_is_all_or_nothing() {
+    let Some(pg) = ims_testkit::postgres::Postgres::start("store_pg_provisioning") else {
+        return;
+    };
+    provisioning_is_all_or_nothing(&pg.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_sqn_is_never_handed_out_twice() {
+    let Some(pg) = ims_testkit::postgres::Postgres::start("store_pg_sqn") else {
+        return;
+    };
+    sqn_is_never_handed_out_twice_and_survives_reopen(&pg.url()).await;
+}
