@@ -125,6 +125,49 @@ pub struct ScscfAssignment {
     pub diameter_host: Option<String>,
 }
 
+/// A named set of S-CSCF capabilities (TS 29.228 Server-Capabilities).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CapabilitySet {
+    pub name: String,
+    pub mandatory: Vec<u32>,
+    pub optional: Vec<u32>,
+    /// Preferred S-CSCFs (SIP URIs), sent as Server-Name inside Server-Capabilities.
+    pub server_names: Vec<String>,
+}
+
+/// Registration state of a public identity (TS 29.228).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegState {
+    NotRegistered = 0,
+    Registered = 1,
+    Unregistered = 2,
+}
+
+/// What the HSS needs to build the User-Data (IMSSubscription XML) of a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionProfile {
+    /// The private identity the request named.
+    pub impi: String,
+    /// Service profiles: their iFC XML and public identities (barring, implicit set).
+    pub profiles: Vec<(String, Vec<PublicIdentity>)>,
+}
+
+fn join<T: ToString>(v: &[T]) -> String {
+    v.iter().map(T::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn split_u32(s: &str) -> Vec<u32> {
+    s.split(',').filter_map(|x| x.trim().parse().ok()).collect()
+}
+
+fn split_str(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The store: a connection pool and the backend it talks to.
 #[derive(Clone)]
 pub struct Store {
@@ -172,13 +215,43 @@ impl Store {
 
     /// Provisions a subscriber in one transaction: all of it, or nothing.
     pub async fn add_subscriber(&self, s: &NewSubscriber) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        Self::insert_subscriber(&mut tx, s).await?;
+        tx.commit().await.map_err(db("commit"))?;
+        tracing::info!(impi = %s.impi, impus = s.public_identities.len(), "subscriber added");
+        Ok(())
+    }
+
+    /// Provisions many subscribers, `batch` per transaction (bulk import). Stops at the first
+    /// bad or duplicate one, naming it; the batches before it stay committed.
+    pub async fn import_subscribers(
+        &self,
+        subs: &[NewSubscriber],
+        batch: usize,
+    ) -> Result<usize, StoreError> {
+        let mut done = 0;
+        for chunk in subs.chunks(batch.max(1)) {
+            let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+            for s in chunk {
+                Self::insert_subscriber(&mut tx, s).await?;
+            }
+            tx.commit().await.map_err(db("commit"))?;
+            done += chunk.len();
+        }
+        tracing::info!(count = done, "subscribers imported");
+        Ok(done)
+    }
+
+    async fn insert_subscriber(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        s: &NewSubscriber,
+    ) -> Result<(), StoreError> {
         if s.public_identities.is_empty() {
             return Err(StoreError::Invalid {
                 field: "public_identities",
-                why: "a subscriber needs at least one public identity".into(),
+                why: format!("subscriber {} needs at least one public identity", s.impi),
             });
         }
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
         let dup = |what: &'static str, key: &str| {
             let key = key.to_owned();
             move |e: sqlx::Error| match &e {
@@ -196,7 +269,7 @@ impl Store {
         )
         .bind(&s.name)
         .bind(s.capability_set.as_deref())
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await
         .map_err(dup("subscription", &s.name))?
         .try_get(0)
@@ -238,7 +311,7 @@ impl Store {
                 .bind(realm.as_str())
                 .bind(ha1.as_str()),
         };
-        q.execute(&mut *tx)
+        q.execute(&mut **tx)
             .await
             .map_err(dup("private identity", &s.impi))?;
         let profile_id: i64 = sqlx::query(
@@ -246,7 +319,7 @@ impl Store {
         )
         .bind(sub_id)
         .bind(&s.ifc_xml)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await
         .map_err(db("add subscriber"))?
         .try_get(0)
@@ -260,13 +333,13 @@ impl Store {
             .bind(profile_id)
             .bind(p.irs)
             .bind(i64::from(p.barred))
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(dup("public identity", &p.impu))?;
             sqlx::query("INSERT INTO impi_impu (impi, impu) VALUES ($1, $2)")
                 .bind(&s.impi)
                 .bind(&p.impu)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await
                 .map_err(db("add subscriber"))?;
         }
@@ -276,12 +349,10 @@ impl Store {
             )
             .bind(sub_id)
             .bind(v)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(dup("roaming entry", v))?;
         }
-        tx.commit().await.map_err(db("commit"))?;
-        tracing::info!(impi = %s.impi, impus = s.public_identities.len(), "subscriber added");
         Ok(())
     }
 
@@ -451,5 +522,126 @@ impl Store {
             });
         }
         Ok(())
+    }
+
+    /// Whether the subscription owning `impu` may register from `visited_network`
+    /// (TS 29.228 UAR: otherwise DIAMETER_ERROR_ROAMING_NOT_ALLOWED). `home_network` is always
+    /// allowed.
+    pub async fn roaming_allowed(
+        &self,
+        impu: &str,
+        visited_network: &str,
+        home_network: &str,
+    ) -> Result<bool, StoreError> {
+        if visited_network.eq_ignore_ascii_case(home_network) {
+            return Ok(true);
+        }
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM roaming_allowed r JOIN public_identity p ON p.subscription_id = r.subscription_id WHERE p.impu = $1 AND LOWER(r.visited_network) = LOWER($2)",
+        )
+        .bind(impu)
+        .bind(visited_network)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("check roaming"))?;
+        Ok(n > 0)
+    }
+
+    /// Sets the registration state of every identity in the implicit registration set of
+    /// `impu` (they register and deregister together), returning the identities changed.
+    pub async fn set_reg_state(
+        &self,
+        impu: &str,
+        state: RegState,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "UPDATE public_identity SET reg_state = $2 WHERE (subscription_id, irs) = \
+             (SELECT subscription_id, irs FROM public_identity WHERE impu = $1) RETURNING impu",
+        )
+        .bind(impu)
+        .bind(state as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("set registration state"))?;
+        if rows.is_empty() {
+            return Err(StoreError::NotFound {
+                what: "public identity",
+                key: impu.to_owned(),
+            });
+        }
+        Ok(rows)
+    }
+
+    /// Creates or replaces a capability set.
+    pub async fn put_capability_set(&self, c: &CapabilitySet) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO capability_set (name, mandatory, optional, server_names) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET mandatory = excluded.mandatory, optional = excluded.optional, server_names = excluded.server_names",
+        )
+        .bind(&c.name)
+        .bind(join(&c.mandatory))
+        .bind(join(&c.optional))
+        .bind(join(&c.server_names))
+        .execute(&self.pool)
+        .await
+        .map_err(db("put capability set"))?;
+        Ok(())
+    }
+
+    /// The capability set of the subscription owning `impu` (`None` when it has none).
+    pub async fn capabilities_for(&self, impu: &str) -> Result<Option<CapabilitySet>, StoreError> {
+        let row = sqlx::query(
+            "SELECT c.name, c.mandatory, c.optional, c.server_names FROM capability_set c \
+             JOIN subscription s ON s.capability_set = c.name JOIN public_identity p ON p.subscription_id = s.id WHERE p.impu = $1",
+        )
+        .bind(impu)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("read capabilities"))?;
+        let Some(row) = row else { return Ok(None) };
+        let get = |e| db("read capabilities")(e);
+        Ok(Some(CapabilitySet {
+            name: row.try_get(0).map_err(get)?,
+            mandatory: split_u32(&row.try_get::<String, _>(1).map_err(get)?),
+            optional: split_u32(&row.try_get::<String, _>(2).map_err(get)?),
+            server_names: split_str(&row.try_get::<String, _>(3).map_err(get)?),
+        }))
+    }
+
+    /// The service profiles and public identities of the subscription owning `impi`, for the
+    /// User-Data of an SAA (`None` for an unknown IMPI).
+    pub async fn profile(&self, impi: &str) -> Result<Option<SubscriptionProfile>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sp.id, sp.ifc_xml, p.impu, p.subscription_id, p.irs, p.barred, p.reg_state \
+             FROM private_identity i JOIN service_profile sp ON sp.subscription_id = i.subscription_id \
+             JOIN public_identity p ON p.service_profile_id = sp.id WHERE i.impi = $1 ORDER BY sp.id, p.impu",
+        )
+        .bind(impi)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read profile"))?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let get = |e| db("read profile")(e);
+        let mut profiles: Vec<(i64, String, Vec<PublicIdentity>)> = Vec::new();
+        for row in rows {
+            let id: i64 = row.try_get(0).map_err(get)?;
+            let identity = PublicIdentity {
+                impu: row.try_get(2).map_err(get)?,
+                subscription_id: row.try_get(3).map_err(get)?,
+                irs: row.try_get(4).map_err(get)?,
+                barred: row.try_get::<i64, _>(5).map_err(get)? != 0,
+                reg_state: row.try_get(6).map_err(get)?,
+            };
+            match profiles.last_mut() {
+                Some((last, _, ids)) if *last == id => ids.push(identity),
+                _ => profiles.push((id, row.try_get(1).map_err(get)?, vec![identity])),
+            }
+        }
+        Ok(Some(SubscriptionProfile {
+            impi: impi.to_owned(),
+            profiles: profiles.into_iter().map(|(_, x, ids)| (x, ids)).collect(),
+        }))
     }
 }

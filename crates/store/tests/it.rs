@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 
 use ims_store::{
-    Backend, Credentials, NewPublicIdentity, NewSubscriber, SQN_MODULUS, ScscfAssignment, Store,
-    StoreError,
+    Backend, CapabilitySet, Credentials, NewPublicIdentity, NewSubscriber, RegState, SQN_MODULUS,
+    ScscfAssignment, Store, StoreError,
 };
 use zeroize::Zeroizing;
 
@@ -278,4 +278,144 @@ async fn postgres_sqn_is_never_handed_out_twice() {
         return;
     };
     sqn_is_never_handed_out_twice_and_survives_reopen(&pg.url()).await;
+}
+
+/// What the Cx handlers ask: roaming, registration state per implicit set, capabilities,
+/// the profile for User-Data; and bulk import in batches.
+async fn queries_for_cx(url: &str) {
+    let store = Store::open(url).await.unwrap();
+    let caps = CapabilitySet {
+        name: "default".into(),
+        mandatory: vec![1, 2],
+        optional: vec![10],
+        server_names: vec!["sip:scscf1.hims.net:5060".into()],
+    };
+    store.put_capability_set(&caps).await.unwrap();
+    let mut sub = aka_subscriber(4);
+    sub.capability_set = Some("default".into());
+    store.add_subscriber(&sub).await.unwrap();
+    assert_eq!(
+        store.capabilities_for("tel:+49123454").await.unwrap(),
+        Some(caps.clone())
+    );
+    let changed = CapabilitySet {
+        optional: vec![],
+        ..caps
+    };
+    store.put_capability_set(&changed).await.unwrap();
+    assert_eq!(
+        store.capabilities_for("sip:user4@hims.net").await.unwrap(),
+        Some(changed)
+    );
+
+    assert!(
+        store
+            .roaming_allowed("sip:user4@hims.net", "VIMS.net", "hims.net")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .roaming_allowed("sip:user4@hims.net", "hims.net", "hims.net")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .roaming_allowed("sip:user4@hims.net", "other.net", "hims.net")
+            .await
+            .unwrap()
+    );
+
+    // Registering one identity registers its implicit set, and only that set.
+    let mut set = store
+        .set_reg_state("tel:+49123454", RegState::Registered)
+        .await
+        .unwrap();
+    set.sort();
+    assert_eq!(
+        set,
+        vec!["sip:user4@hims.net".to_owned(), "tel:+49123454".to_owned()]
+    );
+    assert_eq!(
+        store
+            .public_identity("sip:barred4@hims.net")
+            .await
+            .unwrap()
+            .unwrap()
+            .reg_state,
+        0
+    );
+    assert_eq!(
+        store
+            .public_identity("sip:user4@hims.net")
+            .await
+            .unwrap()
+            .unwrap()
+            .reg_state,
+        1
+    );
+    assert!(matches!(
+        store
+            .set_reg_state("sip:x@hims.net", RegState::Registered)
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    let profile = store
+        .profile("user4.private@hims.net")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(profile.profiles.len(), 1);
+    assert_eq!(profile.profiles[0].1.len(), 3);
+    assert!(store.profile("nobody").await.unwrap().is_none());
+
+    // Bulk import: 1,000 in batches of 250; a duplicate in the third batch stops there.
+    let mut many: Vec<NewSubscriber> = (1000..2000).map(aka_subscriber).collect();
+    assert_eq!(
+        store.import_subscribers(&many[..500], 250).await.unwrap(),
+        500
+    );
+    many[600] = aka_subscriber(1000); // already imported
+    let err = store
+        .import_subscribers(&many[500..], 250)
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, StoreError::Duplicate { .. }), "{err}");
+    assert!(
+        store
+            .credentials("user1599.private@hims.net")
+            .await
+            .unwrap()
+            .is_none(),
+        "third batch rolled back"
+    );
+    assert!(
+        store
+            .credentials("user1999.private@hims.net")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .credentials("user1499.private@hims.net")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_queries_for_cx() {
+    queries_for_cx(&db_url("store-cx").1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_queries_for_cx() {
+    let Some(pg) = ims_testkit::postgres::Postgres::start("store_pg_cx") else {
+        return;
+    };
+    queries_for_cx(&pg.url()).await;
 }
