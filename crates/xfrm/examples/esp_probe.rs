@@ -181,6 +181,39 @@ fn main() {
         }
     }
     drop((cli, srv, listener));
+
+    // After a registration's 200 OK the P-CSCF extends the SAs' lifetime: UPDSA in place.
+    let (src, dst, spi) = sas(ue, p)[0];
+    let mut longer = SaSpec {
+        src,
+        dst,
+        spi,
+        reqid: spi,
+        auth: AuthAlg::HmacSha1_96,
+        auth_key: hexkey(IK_SHA1),
+        enc: EncAlg::AesCbc,
+        enc_key: hexkey(CK_AES),
+        marker: MARKER,
+        hard_expires_secs: 3600,
+        replay_window: 32,
+    };
+    x_p.update_sa(&longer)
+        .unwrap_or_else(|e| fail(&format!("update SA: {e}")));
+    let after = x_p.list_sas().unwrap();
+    let updated = after
+        .iter()
+        .find(|s| s.id.spi == spi)
+        .map(|s| s.hard_expires_secs);
+    if updated != Some(3600) || after.len() != 4 {
+        fail(&format!("UPDSA did not extend the lifetime: {after:?}"));
+    }
+    println!("pcscf SA spi={spi} lifetime extended to 3600 s");
+    // Installing the same SA again is refused (EEXIST), never duplicated.
+    longer.hard_expires_secs = 240;
+    match x_p.add_sa(&longer) {
+        Err(ims_xfrm::XfrmError::Exists { .. }) => {}
+        other => fail(&format!("re-adding an SA: expected EEXIST, got {other:?}")),
+    }
     for (side, x) in [("ue", &mut x_ue), ("pcscf", &mut x_p)] {
         let (sas, pols) = x.remove_marked(MARKER).unwrap();
         if (sas, pols) != (4, 4)

@@ -383,6 +383,29 @@ fn policies_install_list_and_delete_on_the_host_kernel() {
     let left = x.list_policies().unwrap();
     assert_eq!(left.len(), 1, "only the foreign policy remains: {left:?}");
     assert_eq!(left[0].marker, 0);
+
+    // Flush (for throwaway namespaces) empties the table, foreign entries included.
+    let seq = 4242;
+    let reply = send_raw(&ims_xfrm::msg::flush_policy(seq));
+    assert!(reply.contains(&ims_xfrm::Reply::Ack { seq }), "{reply:?}");
+    assert!(x.list_policies().unwrap().is_empty());
+    let reply = send_raw(&ims_xfrm::msg::flush_sa(seq + 1));
+    assert!(
+        reply.contains(&ims_xfrm::Reply::Ack { seq: seq + 1 }),
+        "{reply:?}"
+    );
+}
+
+/// Sends one request on a fresh raw netlink socket and returns the decoded replies.
+fn send_raw(req: &[u8]) -> Vec<ims_xfrm::Reply> {
+    use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_XFRM};
+    let mut s = Socket::new(NETLINK_XFRM).unwrap();
+    s.bind_auto().unwrap();
+    s.connect(&SocketAddr::new(0, 0)).unwrap();
+    s.send(req, 0).unwrap();
+    let mut buf = Vec::with_capacity(8192);
+    s.recv(&mut buf, 0).unwrap();
+    ims_xfrm::parse_replies(&buf).unwrap()
 }
 
 #[test]
@@ -532,5 +555,6 @@ fn esp_sas_carry_traffic_in_a_real_esp_kernel() {
         console.contains("VM-XFRM-LEFT-PCSCF: 0 0"),
         "P-CSCF side left SAs/policies behind"
     );
+    assert_eq!(console.matches("lifetime extended to 3600 s").count(), 2);
     assert!(console.contains("VM-DONE"));
 }
