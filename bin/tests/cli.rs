@@ -6,6 +6,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const DNS: &str = env!("CARGO_BIN_EXE_ims-dns");
+const HSS: &str = env!("CARGO_BIN_EXE_hss");
+const LAB_HSS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/lab/hss.toml");
 const LAB_DNS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/lab/ims-dns.toml");
 
 #[test]
@@ -127,4 +129,29 @@ fn serves_then_stops_cleanly_on_sigterm() {
         log.contains("zone loaded") && log.contains("SIGTERM"),
         "{log}"
     );
+}
+
+#[test]
+fn hss_check_config_and_bad_database() {
+    let ok = Command::new(HSS)
+        .args(["--check-config", "-c", LAB_HSS])
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    // A database URL it cannot use: one clear line, exit 1, no panic.
+    let dir = ims_testkit::scratch_dir("cli-hss");
+    let cfg = dir.join("hss.toml");
+    std::fs::write(
+        &cfg,
+        "database = \"mysql://x\"\nadmin_listen = \"127.0.0.1:0\"\nhome_network = \"hims.net\"\n",
+    )
+    .unwrap();
+    let out = Command::new(HSS).arg("-c").arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unsupported database URL `mysql://x`"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
 }

@@ -168,6 +168,20 @@ fn split_str(s: &str) -> Vec<String> {
         .collect()
 }
 
+/// A subscriber as the admin API shows it: no secret, ever.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriberView {
+    pub name: String,
+    pub impi: String,
+    /// `aka` or `digest`.
+    pub auth_scheme: String,
+    /// The current SQN (AKA only).
+    pub sqn: Option<u64>,
+    pub public_identities: Vec<PublicIdentity>,
+    pub capability_set: Option<String>,
+    pub scscf: Option<ScscfAssignment>,
+}
+
 /// The store: a connection pool and the backend it talks to.
 #[derive(Clone)]
 pub struct Store {
@@ -642,6 +656,63 @@ impl Store {
         Ok(Some(SubscriptionProfile {
             impi: impi.to_owned(),
             profiles: profiles.into_iter().map(|(_, x, ids)| (x, ids)).collect(),
+        }))
+    }
+
+    /// Private identities in order, `limit` from `offset` (admin listing).
+    pub async fn list_impis(&self, offset: i64, limit: i64) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar("SELECT impi FROM private_identity ORDER BY impi LIMIT $1 OFFSET $2")
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list subscribers"))
+    }
+
+    /// One subscriber, without secrets (`None` for an unknown IMPI).
+    pub async fn subscriber(&self, impi: &str) -> Result<Option<SubscriberView>, StoreError> {
+        let row = sqlx::query(
+            "SELECT s.name, i.auth_scheme, i.sqn, s.capability_set, s.scscf_name, s.scscf_host \
+             FROM private_identity i JOIN subscription s ON s.id = i.subscription_id WHERE i.impi = $1",
+        )
+        .bind(impi)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("read subscriber"))?;
+        let Some(row) = row else { return Ok(None) };
+        let get = |e| db("read subscriber")(e);
+        let scheme: String = row.try_get(1).map_err(get)?;
+        let sqn: i64 = row.try_get(2).map_err(get)?;
+        let scscf_name: Option<String> = row.try_get(4).map_err(get)?;
+        let ids = sqlx::query(
+            "SELECT p.impu, p.subscription_id, p.irs, p.barred, p.reg_state FROM impi_impu a \
+             JOIN public_identity p ON p.impu = a.impu WHERE a.impi = $1 ORDER BY p.impu",
+        )
+        .bind(impi)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read subscriber"))?;
+        let mut public_identities = Vec::with_capacity(ids.len());
+        for r in ids {
+            public_identities.push(PublicIdentity {
+                impu: r.try_get(0).map_err(get)?,
+                subscription_id: r.try_get(1).map_err(get)?,
+                irs: r.try_get(2).map_err(get)?,
+                barred: r.try_get::<i64, _>(3).map_err(get)? != 0,
+                reg_state: r.try_get(4).map_err(get)?,
+            });
+        }
+        Ok(Some(SubscriberView {
+            name: row.try_get(0).map_err(get)?,
+            impi: impi.to_owned(),
+            sqn: (scheme == "aka").then_some(sqn as u64),
+            auth_scheme: scheme,
+            public_identities,
+            capability_set: row.try_get(3).map_err(get)?,
+            scscf: scscf_name.map(|server_name| ScscfAssignment {
+                server_name,
+                diameter_host: row.try_get(5).ok().flatten(),
+            }),
         }))
     }
 }

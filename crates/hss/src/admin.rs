@@ -1,0 +1,495 @@
+//! The HSS's JSON admin API (axum), documented by `openapi.json` served at `/openapi.json`.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | /health | liveness and the database backend |
+//! | GET | /openapi.json | this API's OpenAPI 3 document |
+//! | GET | /v1/subscribers?offset=&limit= | private identities, in order |
+//! | POST | /v1/subscribers | provision one subscriber (JSON) |
+//! | POST | /v1/subscribers/import | bulk provisioning from CSV (text/csv) |
+//! | GET | /v1/subscribers/{impi} | one subscriber, never its secrets |
+//! | DELETE | /v1/subscribers/{impi} | remove the subscription with everything in it |
+//! | PUT | /v1/capability-sets/{name} | create or replace an S-CSCF capability set |
+//!
+//! Bad input gets a 4xx whose JSON body names the field: `{"error": "...", "field": "k"}`.
+//! Secrets are transformed before they are stored: an OP becomes OPc = AES_K(OP) xor OP, a
+//! digest password becomes HA1 = MD5(impi ":" realm ":" password); neither the OP nor the
+//! password is kept, and no response or log line carries K, OPc or HA1.
+
+use aes::Aes128;
+use aes::cipher::{BlockEncrypt, KeyInit, generic_array::GenericArray};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use ims_store::{
+    CapabilitySet, Credentials, NewPublicIdentity, NewSubscriber, SQN_MODULUS, Store, StoreError,
+};
+use md5::{Digest, Md5};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Rows per transaction in a CSV import.
+const IMPORT_BATCH: usize = 1000;
+
+/// An API error: status, message, and the offending field when there is one.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    field: Option<String>,
+    message: String,
+}
+
+impl ApiError {
+    fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            field: Some(field.to_owned()),
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({ "error": self.message, "field": self.field })),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let (status, field) = match &e {
+            StoreError::Duplicate { what, .. } => (StatusCode::CONFLICT, Some((*what).to_owned())),
+            StoreError::NotFound { what, .. } => (StatusCode::NOT_FOUND, Some((*what).to_owned())),
+            StoreError::Invalid { field, .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, Some((*field).to_owned()))
+            }
+            _ => {
+                tracing::error!(error = %e, "admin API: store failure");
+                (StatusCode::INTERNAL_SERVER_ERROR, None)
+            }
+        };
+        Self {
+            status,
+            field,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// One public identity in a request: a bare URI, or with options.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ImpuReq {
+    Uri(String),
+    Full {
+        impu: String,
+        #[serde(default)]
+        barred: bool,
+        #[serde(default = "one")]
+        irs: i64,
+    },
+}
+
+fn one() -> i64 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AkaReq {
+    k: String,
+    op: Option<String>,
+    opc: Option<String>,
+    #[serde(default = "default_amf")]
+    amf: String,
+    #[serde(default)]
+    sqn: u64,
+}
+
+fn default_amf() -> String {
+    "8000".to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DigestReq {
+    realm: String,
+    password: Option<String>,
+    ha1: Option<String>,
+}
+
+/// The body of POST /v1/subscribers (and one CSV row, after mapping).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscriberReq {
+    impi: String,
+    name: Option<String>,
+    impus: Vec<ImpuReq>,
+    aka: Option<AkaReq>,
+    digest: Option<DigestReq>,
+    #[serde(default)]
+    ifc_xml: String,
+    capability_set: Option<String>,
+    #[serde(default)]
+    roaming_allowed: Vec<String>,
+}
+
+fn hex_bytes(field: &str, s: &str, len: usize) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    let v = hex::decode(s.trim()).map_err(|_| {
+        ApiError::invalid(field, format!("{field}: expected {} hex digits", len * 2))
+    })?;
+    if v.len() != len {
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "{field}: expected {} hex digits, got {}",
+                len * 2,
+                s.trim().len()
+            ),
+        ));
+    }
+    Ok(Zeroizing::new(v))
+}
+
+/// OPc = AES-128_K(OP) xor OP (TS 35.206 §4.1).
+fn opc_from_op(k: &[u8], op: &[u8]) -> Zeroizing<Vec<u8>> {
+    let cipher = Aes128::new(GenericArray::from_slice(k));
+    let mut block = GenericArray::clone_from_slice(op);
+    cipher.encrypt_block(&mut block);
+    Zeroizing::new(block.iter().zip(op).map(|(a, b)| a ^ b).collect())
+}
+
+impl SubscriberReq {
+    fn into_new(self) -> Result<NewSubscriber, ApiError> {
+        if self.impi.trim().is_empty() || self.impi.contains(char::is_whitespace) {
+            return Err(ApiError::invalid(
+                "impi",
+                "impi: a private identity such as user@realm",
+            ));
+        }
+        if self.impus.is_empty() {
+            return Err(ApiError::invalid(
+                "impus",
+                "impus: at least one public identity",
+            ));
+        }
+        let mut public_identities = Vec::with_capacity(self.impus.len());
+        for i in self.impus {
+            let (impu, barred, irs) = match i {
+                ImpuReq::Uri(u) => (u, false, 1),
+                ImpuReq::Full { impu, barred, irs } => (impu, barred, irs),
+            };
+            let lower = impu.to_ascii_lowercase();
+            if !(lower.starts_with("sip:")
+                || lower.starts_with("sips:")
+                || lower.starts_with("tel:"))
+            {
+                return Err(ApiError::invalid(
+                    "impus",
+                    format!("impus: `{impu}` is not a sip:, sips: or tel: URI"),
+                ));
+            }
+            public_identities.push(NewPublicIdentity { impu, barred, irs });
+        }
+        let credentials = match (self.aka, self.digest) {
+            (Some(a), None) => {
+                let k = hex_bytes("k", &a.k, 16)?;
+                let opc = match (a.op, a.opc) {
+                    (Some(op), None) => opc_from_op(&k, &hex_bytes("op", &op, 16)?),
+                    (None, Some(opc)) => hex_bytes("opc", &opc, 16)?,
+                    _ => {
+                        return Err(ApiError::invalid(
+                            "op",
+                            "aka: give exactly one of op and opc",
+                        ));
+                    }
+                };
+                let amf = hex_bytes("amf", &a.amf, 2)?;
+                if a.sqn >= SQN_MODULUS {
+                    return Err(ApiError::invalid("sqn", "sqn: a 48-bit value"));
+                }
+                Credentials::Aka {
+                    k,
+                    opc,
+                    amf: [amf[0], amf[1]],
+                    sqn: a.sqn,
+                }
+            }
+            (None, Some(d)) => {
+                let ha1 = match (d.password, d.ha1) {
+                    (Some(p), None) => {
+                        let mut h = Md5::new();
+                        h.update(format!("{}:{}:{p}", self.impi, d.realm).as_bytes());
+                        Zeroizing::new(hex::encode(h.finalize()))
+                    }
+                    (None, Some(ha1)) => {
+                        hex_bytes("ha1", &ha1, 16)?;
+                        Zeroizing::new(ha1.trim().to_ascii_lowercase())
+                    }
+                    _ => {
+                        return Err(ApiError::invalid(
+                            "password",
+                            "digest: give exactly one of password and ha1",
+                        ));
+                    }
+                };
+                Credentials::Digest {
+                    realm: d.realm,
+                    ha1,
+                }
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    "aka",
+                    "give exactly one of aka and digest",
+                ));
+            }
+        };
+        Ok(NewSubscriber {
+            name: self.name.unwrap_or_else(|| self.impi.clone()),
+            impi: self.impi,
+            credentials,
+            public_identities,
+            ifc_xml: self.ifc_xml,
+            capability_set: self.capability_set,
+            roaming_allowed: self.roaming_allowed,
+        })
+    }
+}
+
+/// Deserializes a JSON body ourselves, so that the 422 names the field serde complains about.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let msg = e.to_string();
+        let field = msg
+            .split('`')
+            .nth(1)
+            .map(str::to_owned)
+            .unwrap_or_else(|| "body".to_owned());
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            field: Some(field),
+            message: format!("invalid JSON body: {msg}"),
+        }
+    })
+}
+
+/// The admin API's routes over `store`.
+pub fn router(store: Store) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/openapi.json", get(openapi))
+        .route("/v1/subscribers", get(list).post(create))
+        .route("/v1/subscribers/import", post(import_csv))
+        .route("/v1/subscribers/{impi}", get(show).delete(remove))
+        .route("/v1/capability-sets/{name}", put(put_caps))
+        .with_state(store)
+}
+
+async fn health(State(store): State<Store>) -> Json<Value> {
+    Json(json!({ "status": "ok", "database": format!("{:?}", store.backend()).to_lowercase() }))
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct Page {
+    #[serde(default)]
+    offset: i64,
+    #[serde(default = "default_limit")]
+    limit: i64,
+}
+
+fn default_limit() -> i64 {
+    100
+}
+
+async fn list(State(store): State<Store>, Query(p): Query<Page>) -> Result<Json<Value>, ApiError> {
+    if p.offset < 0 || !(1..=10_000).contains(&p.limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            "offset >= 0 and limit in 1..=10000",
+        ));
+    }
+    let impis = store.list_impis(p.offset, p.limit).await?;
+    Ok(Json(json!({ "offset": p.offset, "impis": impis })))
+}
+
+async fn create(
+    State(store): State<Store>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let new = parse::<SubscriberReq>(&body)?.into_new()?;
+    store.add_subscriber(&new).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "impi": new.impi }))))
+}
+
+async fn show(
+    State(store): State<Store>,
+    Path(impi): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let v = store.subscriber(&impi).await?.ok_or_else(|| ApiError {
+        status: StatusCode::NOT_FOUND,
+        field: Some("impi".into()),
+        message: format!("private identity `{impi}` not found"),
+    })?;
+    Ok(Json(json!({
+        "name": v.name,
+        "impi": v.impi,
+        "auth_scheme": v.auth_scheme,
+        "sqn": v.sqn,
+        "capability_set": v.capability_set,
+        "scscf": v.scscf.map(|s| json!({"server_name": s.server_name, "diameter_host": s.diameter_host})),
+        "impus": v.public_identities.iter().map(|p| json!({
+            "impu": p.impu, "barred": p.barred, "irs": p.irs, "reg_state": p.reg_state,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+async fn remove(
+    State(store): State<Store>,
+    Path(impi): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    store.delete_subscriber(&impi).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CapsReq {
+    #[serde(default)]
+    mandatory: Vec<u32>,
+    #[serde(default)]
+    optional: Vec<u32>,
+    #[serde(default)]
+    server_names: Vec<String>,
+}
+
+async fn put_caps(
+    State(store): State<Store>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    let c: CapsReq = parse(&body)?;
+    store
+        .put_capability_set(&CapabilitySet {
+            name,
+            mandatory: c.mandatory,
+            optional: c.optional,
+            server_names: c.server_names,
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// CSV with a header row. Columns (by name, any order; empty cells are absent):
+/// `impi, impus (separated by spaces or ';'), k, op, opc, amf, sqn, realm, password, ha1,
+/// capability_set`. A row with `k` is AKA, a row with `realm` is digest.
+async fn import_csv(
+    State(store): State<Store>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(&body[..]);
+    let headers = rdr
+        .headers()
+        .map_err(|e| ApiError::invalid("header", format!("CSV header: {e}")))?
+        .clone();
+    const KNOWN: [&str; 11] = [
+        "impi",
+        "impus",
+        "k",
+        "op",
+        "opc",
+        "amf",
+        "sqn",
+        "realm",
+        "password",
+        "ha1",
+        "capability_set",
+    ];
+    if let Some(bad) = headers.iter().find(|h| !KNOWN.contains(h)) {
+        return Err(ApiError::invalid(
+            bad,
+            format!("CSV header: unknown column `{bad}`"),
+        ));
+    }
+    let col = |name: &str| headers.iter().position(|h| h == name);
+    let mut subs = Vec::new();
+    for (n, rec) in rdr.records().enumerate() {
+        let line = n + 2;
+        let rec = rec.map_err(|e| ApiError::invalid("row", format!("line {line}: {e}")))?;
+        let get = |name: &str| {
+            col(name)
+                .and_then(|i| rec.get(i))
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        let req = SubscriberReq {
+            impi: get("impi").unwrap_or_default(),
+            name: None,
+            impus: get("impus")
+                .unwrap_or_default()
+                .split([' ', ';'])
+                .filter(|s| !s.is_empty())
+                .map(|s| ImpuReq::Uri(s.to_owned()))
+                .collect(),
+            aka: get("k").map(|k| AkaReq {
+                k,
+                op: get("op"),
+                opc: get("opc"),
+                amf: get("amf").unwrap_or_else(default_amf),
+                sqn: get("sqn").and_then(|s| s.parse().ok()).unwrap_or(0),
+            }),
+            digest: get("realm").map(|realm| DigestReq {
+                realm,
+                password: get("password"),
+                ha1: get("ha1"),
+            }),
+            ifc_xml: String::new(),
+            capability_set: get("capability_set"),
+            roaming_allowed: vec![],
+        };
+        if get("sqn").is_some_and(|s| s.parse::<u64>().is_err()) {
+            return Err(ApiError::invalid(
+                "sqn",
+                format!("line {line}: sqn: not a number"),
+            ));
+        }
+        let new = req.into_new().map_err(|e| ApiError {
+            message: format!("line {line}: {}", e.message),
+            ..e
+        })?;
+        subs.push(new);
+    }
+    let n = store.import_subscribers(&subs, IMPORT_BATCH).await?;
+    Ok(Json(json!({ "imported": n })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opc_from_op_matches_ts_35_208_set_1() {
+        let k = hex::decode("465b5ce8b199b49faa5f0a2ee238a6bc").unwrap();
+        let op = hex::decode("cdc202d5123e20f62b6d676ac72cb318").unwrap();
+        assert_eq!(
+            hex::encode(&*opc_from_op(&k, &op)),
+            "cd63cb71954a9f4e48a5994e37a02baf"
+        );
+    }
+}
