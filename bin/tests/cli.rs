@@ -155,3 +155,152 @@ fn hss_check_config_and_bad_database() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+const IMSCTL: &str = env!("CARGO_BIN_EXE_imsctl");
+
+fn imsctl(url: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(IMSCTL)
+        .arg("--url")
+        .arg(url)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn imsctl_provisions_through_a_running_hss() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = ims_testkit::scratch_dir("cli-imsctl");
+    let cfg = dir.join("hss.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "database = \"sqlite://{}\"\nadmin_listen = \"127.0.0.1:{port}\"\nhome_network = \"hims.net\"\n",
+            dir.join("hss.sqlite").display()
+        ),
+    )
+    .unwrap();
+    let mut hss = Command::new(HSS)
+        .arg("-c")
+        .arg(&cfg)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !imsctl(&url, &["health"]).0 {
+        assert!(Instant::now() < deadline, "hss did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, out, _) = imsctl(&url, &["health"]);
+    assert!(ok && out.contains("sqlite"), "{out}");
+
+    let add = [
+        "subscriber",
+        "add",
+        "--impi",
+        "001010000000001@ims.mnc001.mcc001.3gppnetwork.org",
+        "--impu",
+        "sip:001010000000001@ims.mnc001.mcc001.3gppnetwork.org",
+        "--impu",
+        "tel:+491701234567",
+        "--k",
+        "465b5ce8b199b49faa5f0a2ee238a6bc",
+        "--op",
+        "cdc202d5123e20f62b6d676ac72cb318",
+    ];
+    let (ok, out, err) = imsctl(&url, &add);
+    assert!(ok, "{out} {err}");
+    let (ok, _, err) = imsctl(&url, &add);
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("HTTP 409"), "{err}");
+
+    let (ok, _, err) = imsctl(
+        &url,
+        &[
+            "subscriber",
+            "add",
+            "--impi",
+            "b@hims.net",
+            "--impu",
+            "sip:b@hims.net",
+            "--k",
+            "12",
+            "--opc",
+            "00",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("field `k`") && err.contains("HTTP 422"),
+        "{err}"
+    );
+
+    let (ok, out, _) = imsctl(
+        &url,
+        &[
+            "subscriber",
+            "show",
+            "001010000000001@ims.mnc001.mcc001.3gppnetwork.org",
+        ],
+    );
+    assert!(
+        ok && out.contains("\"auth_scheme\": \"aka\"") && !out.contains("465b5ce8"),
+        "{out}"
+    );
+
+    let csv = dir.join("subs.csv");
+    std::fs::write(&csv, "impi,impus,realm,password\nalice@hims.net,sip:alice@hims.net,hims.net,pw\nbob@hims.net,sip:bob@hims.net tel:+4930111,hims.net,pw2\n").unwrap();
+    let (ok, out, err) = imsctl(&url, &["subscriber", "import", csv.to_str().unwrap()]);
+    assert!(ok && out.contains("\"imported\": 2"), "{out} {err}");
+    let (ok, out, _) = imsctl(&url, &["subscriber", "list"]);
+    assert!(
+        ok && out.contains("alice@hims.net") && out.contains("bob@hims.net"),
+        "{out}"
+    );
+
+    let (ok, _, err) = imsctl(
+        &url,
+        &[
+            "capability-set",
+            "put",
+            "default",
+            "--mandatory",
+            "1,2",
+            "--server",
+            "sip:scscf1.hims.net",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, _) = imsctl(&url, &["subscriber", "delete", "alice@hims.net"]);
+    assert!(ok);
+    let (ok, _, err) = imsctl(&url, &["subscriber", "delete", "alice@hims.net"]);
+    assert!(!ok && err.contains("HTTP 404"), "{err}");
+
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &hss.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let st = hss.wait().unwrap();
+    assert!(st.success(), "hss exits cleanly on SIGTERM: {st:?}");
+
+    // Nobody listening: one clear line.
+    let (ok, _, err) = imsctl(&url, &["health"]);
+    assert!(
+        !ok && err.contains("cannot reach the HSS admin API"),
+        "{err}"
+    );
+}
