@@ -12,21 +12,21 @@
 //! | PUT | /v1/capability-sets/{name} | create or replace an S-CSCF capability set |
 //!
 //! Bad input gets a 4xx whose JSON body names the field: `{"error": "...", "field": "k"}`.
-//! Secrets are transformed before they are stored: an OP becomes OPc = AES_K(OP) xor OP, a
-//! digest password becomes HA1 = MD5(impi ":" realm ":" password); neither the OP nor the
+//! Secrets are transformed (by ims-aka) before they are stored: an OP becomes
+//! OPc = AES_K(OP) xor OP, a digest password becomes HA1 = MD5(impi ":" realm ":" password);
+//! neither the OP nor the
 //! password is kept, and no response or log line carries K, OPc or HA1.
 
-use aes::Aes128;
-use aes::cipher::{BlockEncrypt, KeyInit, generic_array::GenericArray};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use ims_aka::Ha1;
+use ims_aka::secret::{Key, Op};
 use ims_store::{
     CapabilitySet, Credentials, NewPublicIdentity, NewSubscriber, SQN_MODULUS, Store, StoreError,
 };
-use md5::{Digest, Md5};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
@@ -161,12 +161,13 @@ fn hex_bytes(field: &str, s: &str, len: usize) -> Result<Zeroizing<Vec<u8>>, Api
     Ok(Zeroizing::new(v))
 }
 
-/// OPc = AES-128_K(OP) xor OP (TS 35.206 §4.1).
-fn opc_from_op(k: &[u8], op: &[u8]) -> Zeroizing<Vec<u8>> {
-    let cipher = Aes128::new(GenericArray::from_slice(k));
-    let mut block = GenericArray::clone_from_slice(op);
-    cipher.encrypt_block(&mut block);
-    Zeroizing::new(block.iter().zip(op).map(|(a, b)| a ^ b).collect())
+/// OPc = AES-128_K(OP) xor OP (TS 35.206 §4.1), by ims-aka's Milenage.
+fn opc_from_op(k: &[u8], op: &[u8]) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    let k = Key::from_slice(k).map_err(|e| ApiError::invalid("k", format!("k: {e}")))?;
+    let op = Op::from_slice(op).map_err(|e| ApiError::invalid("op", format!("op: {e}")))?;
+    Ok(Zeroizing::new(
+        ims_aka::milenage::compute_opc(&k, &op).expose().to_vec(),
+    ))
 }
 
 impl SubscriberReq {
@@ -205,7 +206,7 @@ impl SubscriberReq {
             (Some(a), None) => {
                 let k = hex_bytes("k", &a.k, 16)?;
                 let opc = match (a.op, a.opc) {
-                    (Some(op), None) => opc_from_op(&k, &hex_bytes("op", &op, 16)?),
+                    (Some(op), None) => opc_from_op(&k, &hex_bytes("op", &op, 16)?)?,
                     (None, Some(opc)) => hex_bytes("opc", &opc, 16)?,
                     _ => {
                         return Err(ApiError::invalid(
@@ -227,11 +228,7 @@ impl SubscriberReq {
             }
             (None, Some(d)) => {
                 let ha1 = match (d.password, d.ha1) {
-                    (Some(p), None) => {
-                        let mut h = Md5::new();
-                        h.update(format!("{}:{}:{p}", self.impi, d.realm).as_bytes());
-                        Zeroizing::new(hex::encode(h.finalize()))
-                    }
+                    (Some(p), None) => Ha1::compute(&self.impi, &d.realm, p.as_bytes()).to_hex(),
                     (None, Some(ha1)) => {
                         hex_bytes("ha1", &ha1, 16)?;
                         Zeroizing::new(ha1.trim().to_ascii_lowercase())
@@ -488,7 +485,7 @@ mod tests {
         let k = hex::decode("465b5ce8b199b49faa5f0a2ee238a6bc").unwrap();
         let op = hex::decode("cdc202d5123e20f62b6d676ac72cb318").unwrap();
         assert_eq!(
-            hex::encode(&*opc_from_op(&k, &op)),
+            hex::encode(&*opc_from_op(&k, &op).unwrap()),
             "cd63cb71954a9f4e48a5994e37a02baf"
         );
     }
