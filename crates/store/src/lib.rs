@@ -715,4 +715,13 @@ impl Store {
             }),
         }))
     }
+
+    /// Removes every subscription (tests and benchmarks on a shared database).
+    pub async fn delete_all_subscribers(&self) -> Result<u64, StoreError> {
+        let res = sqlx::query("DELETE FROM subscription")
+            .execute(&self.pool)
+            .await
+            .map_err(db("delete all subscribers"))?;
+        Ok(res.rows_affected())
+    }
 }
