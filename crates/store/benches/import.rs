@@ -1,6 +1,7 @@
 //! Bulk provisioning: 100,000 AKA subscribers (two public identities each) imported in batches
 //! of 1,000 into a fresh SQLite file, and into a throwaway PostgreSQL cluster when PostgreSQL
 //! is installed. One import per sample: each sample is seconds long, so few samples.
+//! `IMS_BENCH_IMPORT_N` changes the count; criterion's `--test` smoke mode (CI) imports 1,000.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -9,10 +10,18 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use ims_store::{Credentials, NewPublicIdentity, NewSubscriber, Store};
 use zeroize::Zeroizing;
 
-const N: usize = 100_000;
+fn count() -> usize {
+    if std::env::args().any(|a| a == "--test") {
+        return 1_000;
+    }
+    std::env::var("IMS_BENCH_IMPORT_N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000)
+}
 
-fn subscribers() -> Vec<NewSubscriber> {
-    (0..N)
+fn subscribers(n: usize) -> Vec<NewSubscriber> {
+    (0..n)
         .map(|i| NewSubscriber {
             name: format!("00101{i:010}"),
             impi: format!("00101{i:010}@ims.mnc001.mcc001.3gppnetwork.org"),
@@ -43,8 +52,9 @@ fn subscribers() -> Vec<NewSubscriber> {
 
 fn import(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let subs = subscribers();
-    let mut g = c.benchmark_group("import_100k");
+    let n = count();
+    let subs = subscribers(n);
+    let mut g = c.benchmark_group(format!("import_{n}"));
     g.sample_size(10)
         .measurement_time(Duration::from_secs(30))
         .warm_up_time(Duration::from_millis(1));
@@ -58,7 +68,7 @@ fn import(c: &mut Criterion) {
                 let t = Instant::now();
                 assert_eq!(
                     rt.block_on(store.import_subscribers(&subs, 1000)).unwrap(),
-                    N
+                    n
                 );
                 total += t.elapsed();
                 let _ = std::fs::remove_dir_all(dir);
@@ -75,7 +85,7 @@ fn import(c: &mut Criterion) {
                     let t = Instant::now();
                     assert_eq!(
                         rt.block_on(store.import_subscribers(&subs, 1000)).unwrap(),
-                        N
+                        n
                     );
                     total += t.elapsed();
                     rt.block_on(store.delete_all_subscribers()).unwrap();
