@@ -1,0 +1,1 @@
+//! Only the bench (benches/compare.rs) lives here.

@@ -1,0 +1,151 @@
+//! Building messages: requests from parts ([`RequestBuilder`]) and a response to a request
+//! ([`response_to`], RFC 3261 §8.2.6). Both write the text once and parse it, so what comes
+//! out is an ordinary [`Message`] with the same guarantees as a received one.
+
+use crate::error::{Error, Result};
+use crate::message::Message;
+use crate::name::HeaderName;
+use bytes::Bytes;
+
+/// Builds a request line by line. Content-Length is added by [`RequestBuilder::build`].
+#[derive(Debug, Clone)]
+pub struct RequestBuilder {
+    buf: Vec<u8>,
+    body: Vec<u8>,
+    error: Option<Error>,
+}
+
+impl RequestBuilder {
+    /// Starts `METHOD uri SIP/2.0`.
+    pub fn new(method: &str, uri: &str) -> RequestBuilder {
+        let mut buf = Vec::with_capacity(512);
+        buf.extend_from_slice(method.as_bytes());
+        buf.push(b' ');
+        buf.extend_from_slice(uri.as_bytes());
+        buf.extend_from_slice(b" SIP/2.0\r\n");
+        RequestBuilder {
+            buf,
+            body: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// Adds a header line (CR/LF in the value is refused at build time).
+    pub fn header(mut self, name: &str, value: &str) -> RequestBuilder {
+        if value.bytes().any(|b| b == b'\r' || b == b'\n') && self.error.is_none() {
+            self.error = Some(Error::BadHeader {
+                name: HeaderName::from_bytes(name.as_bytes()).as_str(),
+                why: "CR or LF in a value",
+            });
+        }
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.extend_from_slice(b": ");
+        self.buf.extend_from_slice(value.as_bytes());
+        self.buf.extend_from_slice(b"\r\n");
+        self
+    }
+
+    /// Sets the body and its Content-Type.
+    pub fn body(self, content_type: &str, body: &[u8]) -> RequestBuilder {
+        let mut b = self.header("Content-Type", content_type);
+        b.body = body.to_vec();
+        b
+    }
+
+    /// Adds Content-Length and parses the result.
+    pub fn build(mut self) -> Result<Message> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        self.buf
+            .extend_from_slice(format!("Content-Length: {}\r\n\r\n", self.body.len()).as_bytes());
+        self.buf.extend_from_slice(&self.body);
+        Message::parse(Bytes::from(self.buf))
+    }
+}
+
+/// A response to `req`: its Via lines, From, To (with `to_tag` added when To has no tag),
+/// Call-ID and CSeq, `Content-Length: 0`. Add other headers with the edit methods.
+pub fn response_to(
+    req: &Message,
+    status: u16,
+    reason: &str,
+    to_tag: Option<&str>,
+) -> Result<Message> {
+    if !req.is_request() {
+        return Err(Error::BadStartLine("not a request"));
+    }
+    if !(100..=699).contains(&status) || reason.bytes().any(|b| b == b'\r' || b == b'\n') {
+        return Err(Error::BadStartLine("bad status or reason"));
+    }
+    let mut out = Vec::with_capacity(req.serialized_len() / 2 + 64);
+    out.extend_from_slice(format!("SIP/2.0 {status} {reason}\r\n").as_bytes());
+    let mut line = |name: &[u8], value: &[u8]| {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    for h in req.headers_named(HeaderName::Via) {
+        line(b"Via", h.value);
+    }
+    let from = req
+        .header(HeaderName::From)
+        .ok_or(Error::MissingHeader("From"))?;
+    line(b"From", from.value);
+    let to = req
+        .header(HeaderName::To)
+        .ok_or(Error::MissingHeader("To"))?;
+    match to_tag {
+        Some(tag) if req.to_addr()?.tag().is_none() => {
+            let mut v = to.value.to_vec();
+            v.extend_from_slice(b";tag=");
+            v.extend_from_slice(tag.as_bytes());
+            line(b"To", &v);
+        }
+        _ => line(b"To", to.value),
+    }
+    let call_id = req
+        .header(HeaderName::CallId)
+        .ok_or(Error::MissingHeader("Call-ID"))?;
+    line(b"Call-ID", call_id.value);
+    let cseq = req
+        .header(HeaderName::CSeq)
+        .ok_or(Error::MissingHeader("CSeq"))?;
+    line(b"CSeq", cseq.value);
+    line(b"Content-Length", b"0");
+    out.extend_from_slice(b"\r\n");
+    Message::parse(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_and_answer() {
+        let req = RequestBuilder::new("REGISTER", "sip:hims.net")
+            .header("Via", "SIP/2.0/UDP 10.0.0.2;branch=z9hG4bK1")
+            .header("Via", "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK0")
+            .header("From", "<sip:alice@hims.net>;tag=a")
+            .header("To", "<sip:alice@hims.net>")
+            .header("Call-ID", "x")
+            .header("CSeq", "1 REGISTER")
+            .header("Max-Forwards", "70")
+            .build()
+            .unwrap();
+        req.check_request().unwrap();
+        let r = response_to(&req, 401, "Unauthorized", Some("s1")).unwrap();
+        assert_eq!(r.status(), Some(401));
+        assert_eq!(r.vias().count(), 2);
+        assert_eq!(r.to_addr().unwrap().tag(), Some("s1"));
+        assert_eq!(r.cseq().unwrap().seq, 1);
+        r.check_response().unwrap();
+        assert!(
+            RequestBuilder::new("X", "sip:a")
+                .header("A", "b\r\nC: d")
+                .build()
+                .is_err()
+        );
+    }
+}
