@@ -1,11 +1,15 @@
 //! The HSS (home subscriber server) of the IMS core.
 //!
-//! Today: the subscriber store (crates/store) behind a JSON HTTP admin API ([`admin`]) with its
-//! OpenAPI document, for provisioning by hand, by `imsctl`, or by bulk CSV import. The Diameter
-//! Cx server (UAR, MAR, SAR, LIR; RTR/PPR toward the S-CSCF) joins when the Diameter crate
-//! lands, on the same store.
+//! - [`cx`]: Cx requests (UAR, MAR, SAR, LIR) answered on the subscriber store (crates/store),
+//!   vectors from crates/aka. The Diameter transport (TCP listener, peer state machine,
+//!   allow-list, RTR/PPR toward the S-CSCF) joins with the Diameter peer crate.
+//! - [`metrics`]: Prometheus counters and the answer-latency histogram.
+//! - [`admin`]: the JSON HTTP admin API with its OpenAPI document, for provisioning by hand,
+//!   by `imsctl`, or by bulk CSV import.
 
 pub mod admin;
+pub mod cx;
+pub mod metrics;
 
 use std::future::Future;
 use std::net::SocketAddr;

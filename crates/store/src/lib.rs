@@ -210,9 +210,29 @@ impl Store {
             return Err(StoreError::BadUrl(url.to_owned()));
         };
         let mut opts = AnyPoolOptions::new();
-        if backend == Backend::Sqlite && url.contains(":memory:") {
-            // One connection, or each would see its own empty in-memory database.
-            opts = opts.max_connections(1);
+        if backend == Backend::Sqlite {
+            if url.contains(":memory:") {
+                // One connection, or each would see its own empty in-memory database.
+                opts = opts.max_connections(1);
+            }
+            // WAL (sqlx's default) with synchronous=NORMAL: a committed transaction survives
+            // the process being killed (kill -9, a crash), which is what SQN safety needs;
+            // only an OS crash or power loss may lose the last commits. FULL would fsync
+            // every MAR's SQN update and cap the HSS at a few hundred MAR/s.
+            opts = opts.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA synchronous = NORMAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA busy_timeout = 5000")
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
+            });
         }
         let pool = opts.connect(&url).await.map_err(db("connect"))?;
         match backend {
@@ -535,6 +555,28 @@ impl Store {
                 key: impu.to_owned(),
             });
         }
+        Ok(())
+    }
+
+    /// Records `a` as the subscription's S-CSCF unless one of its identities is registered
+    /// or it is recorded already (MAR: TS 29.228 §6.3). One statement; writes only on change.
+    pub async fn record_scscf_unless_registered(
+        &self,
+        impu: &str,
+        a: &ScscfAssignment,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE subscription SET scscf_name = $2, scscf_host = $3 \
+             WHERE id = (SELECT subscription_id FROM public_identity WHERE impu = $1) \
+             AND NOT EXISTS (SELECT 1 FROM public_identity p WHERE p.subscription_id = subscription.id AND p.reg_state = 1) \
+             AND (scscf_name IS NULL OR scscf_name <> $2 OR scscf_host IS NULL OR scscf_host <> $3)",
+        )
+        .bind(impu)
+        .bind(a.server_name.as_str())
+        .bind(a.diameter_host.as_deref())
+        .execute(&self.pool)
+        .await
+        .map_err(db("record S-CSCF"))?;
         Ok(())
     }
 

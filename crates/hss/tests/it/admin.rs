@@ -1,6 +1,5 @@
 //! The HSS admin API over real HTTP: provisioning, secrets transformed and never shown, errors
 //! that name the field, CSV bulk import, and an OpenAPI document that lists every route.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use ims_hss::{Config, Hss};
 use ims_store::{Credentials, Store};

@@ -1,0 +1,8 @@
+//! The HSS's single integration-test binary. Modules:
+//! - `admin`: the admin API over real HTTP.
+//! - `cx`: every Cx case of the issue, each request encoded by our codec and answered by the
+//!   HSS's Cx handler, the vectors judged by the aka crate (a USIM that must accept them).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod admin;
+mod cx;
