@@ -105,12 +105,40 @@ fn incomplete_or_too_large(buf: &[u8], max_len: usize) -> Result<Frame> {
 fn find_crlf(b: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     loop {
-        let lf = i + memchr(b'\n', b.get(i..)?)?;
+        let lf = find_lf(b, i)?;
         if lf > from && b[lf - 1] == b'\r' {
             return Some(lf - 1);
         }
         i = lf + 1;
     }
+}
+
+/// The next LF at or after `from`.
+#[inline]
+fn find_lf(b: &[u8], from: usize) -> Option<usize> {
+    find_byte::<b'\n'>(b, from)
+}
+
+/// The next `B` at or after `from`. Header lines are short (tens of bytes), so an inlined
+/// word-at-a-time scan beats a call into a SIMD routine per line.
+#[inline]
+fn find_byte<const B: u8>(b: &[u8], from: usize) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let pattern = u64::from(B) * LO;
+    let mut i = from;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(w) ^ pattern;
+        // Exact for the lowest zero byte: borrows only run upward from a zero byte.
+        let t = x.wrapping_sub(LO) & !x & HI;
+        if t != 0 {
+            return Some(i + (t.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    b.get(i..)?.iter().position(|&c| c == B).map(|p| i + p)
 }
 
 fn parse_content_length(v: &[u8]) -> Result<usize> {
@@ -281,28 +309,18 @@ impl Message {
                 if let Some(prev) = entries.last_mut() {
                     finish_value(b, prev);
                 }
-                // Name: token bytes, optional SP/HT, then the colon (one pass, no search).
-                let name_len = line
-                    .iter()
-                    .position(|&c| !text::is_token_byte(c))
-                    .unwrap_or(line.len());
-                let mut colon = name_len;
-                while matches!(line.get(colon), Some(b' ' | b'\t')) {
-                    colon += 1;
-                }
-                if line.get(colon) != Some(&b':') {
-                    return Err(if memchr(b':', line).is_none() {
-                        Error::BadHeaderLine("no colon")
-                    } else {
-                        Error::BadHeaderLine("header name is not a token")
-                    });
-                }
-                if name_len == 0 {
+                // Name: up to the colon, trailing SP/HT allowed. A known name is a token by
+                // construction; only unknown ones are checked byte by byte.
+                let colon = find_byte::<b':'>(line, 0).ok_or(Error::BadHeaderLine("no colon"))?;
+                let name = trim_ws_end(&line[..colon]);
+                let hn = HeaderName::from_bytes(name);
+                if name.is_empty()
+                    || (hn == HeaderName::Other && !name.iter().all(|&c| text::is_token_byte(c)))
+                {
                     return Err(Error::BadHeaderLine("header name is not a token"));
                 }
-                let name = &line[..name_len];
                 entries.push(Entry {
-                    name: HeaderName::from_bytes(name),
+                    name: hn,
                     arena: false,
                     name_span: Span::new(p, p + name.len()),
                     line: Span::new(p, eol),
@@ -1056,6 +1074,23 @@ l: 0\r\n\
             "<sip:p2;lr>"
         );
         assert!(m.header(HeaderName::Route).is_none());
+    }
+
+    #[test]
+    fn find_lf_matches_a_plain_search() {
+        let mut data: Vec<u8> = (0..200u8).map(|i| i.wrapping_mul(37) | 0x80).collect();
+        for &pos in &[0usize, 7, 8, 9, 63, 64, 150, 199] {
+            let mut d = data.clone();
+            d[pos] = b'\n';
+            for from in [0usize, 1, 5, 8, pos] {
+                let want = d[from..].iter().position(|&c| c == b'\n').map(|p| from + p);
+                assert_eq!(find_lf(&d, from), want, "pos {pos} from {from}");
+            }
+        }
+        data[3] = 0x0b; // neighbours of LF must not match
+        data[4] = 0x09;
+        assert_eq!(find_lf(&data, 0), None);
+        assert_eq!(find_lf(&data, 500), None);
     }
 
     #[test]

@@ -37,21 +37,20 @@ macro_rules! header_names {
                 if name.len() > MAX_LEN {
                     return HeaderName::Other;
                 }
-                // Hash (case-folded on the fly), lower-case into a zero-padded stack buffer,
-                // then compare whole 32-byte rows of a table built at compile time (open
-                // addressing; almost always the first slot).
+                // Hash (case-folded on the fly), then compare the zero-padded name against
+                // the table row word by word: `(name | case_mask) == lower` accepts exactly
+                // the two cases of each letter and the other bytes as they are.
                 let mut h = hash_folded(name);
-                let mut buf = [0u8; MAX_LEN];
-                for (d, s) in buf.iter_mut().zip(name) {
-                    *d = s.to_ascii_lowercase();
-                }
+                let n_words = name.len().div_ceil(8);
                 loop {
                     let i = TABLE[h] as usize;
                     if i == EMPTY as usize {
                         return HeaderName::Other;
                     }
-                    let (len, ref bytes) = LOWER[i];
-                    if len == name.len() && *bytes == buf {
+                    let row = &ROWS[i];
+                    if row.len == name.len()
+                        && (0..n_words).all(|k| word(name, k) | row.mask[k] == row.lower[k])
+                    {
                         return ALL[i].1;
                     }
                     h = (h + 1) % SLOTS;
@@ -78,22 +77,40 @@ const EMPTY: u8 = u8::MAX;
 /// Longest known name we look up (longer ones are `Other`).
 const MAX_LEN: usize = 32;
 
-#[inline]
-const fn hash(lc: &[u8]) -> usize {
-    let n = lc.len();
-    if n == 0 {
-        return 0;
-    }
-    (n.wrapping_mul(37)
-        ^ (lc[0] as usize).wrapping_mul(11)
-        ^ (lc[n - 1] as usize).wrapping_mul(3)
-        ^ (lc[n / 2] as usize).wrapping_mul(5))
-        % SLOTS
+const WORDS: usize = MAX_LEN / 8;
+
+/// One known name as 64-bit words: lower-cased, and a mask with 0x20 where a letter is.
+struct Row {
+    len: usize,
+    lower: [u64; WORDS],
+    mask: [u64; WORDS],
 }
 
-/// The canonical names, lower-cased, built at compile time.
-const LOWER: [(usize, [u8; MAX_LEN]); ALL.len()] = {
-    let mut t = [(0usize, [0u8; MAX_LEN]); ALL.len()];
+/// Word `k` of a name, zero-padded past its end (a direct unaligned load when whole).
+#[inline]
+fn word(name: &[u8], k: usize) -> u64 {
+    let s = k * 8;
+    if let Some(c) = name.get(s..s + 8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        return u64::from_le_bytes(w);
+    }
+    let mut w = 0u64;
+    for (j, &b) in name.get(s..).unwrap_or_default().iter().enumerate() {
+        w |= u64::from(b) << (8 * j);
+    }
+    w
+}
+
+/// The canonical names as rows, built at compile time.
+const ROWS: [Row; ALL.len()] = {
+    let mut t = [const {
+        Row {
+            len: 0,
+            lower: [0; WORDS],
+            mask: [0; WORDS],
+        }
+    }; ALL.len()];
     let mut i = 0;
     while i < ALL.len() {
         let b = ALL[i].0.as_bytes();
@@ -103,16 +120,29 @@ const LOWER: [(usize, [u8; MAX_LEN]); ALL.len()] = {
         );
         let mut j = 0;
         while j < b.len() {
-            t[i].1[j] = b[j].to_ascii_lowercase();
+            let c = b[j];
+            let (lc, m) = if c.is_ascii_alphabetic() {
+                (c.to_ascii_lowercase(), 0x20u8)
+            } else {
+                (c, 0)
+            };
+            t[i].lower[j / 8] |= (lc as u64) << (8 * (j % 8));
+            t[i].mask[j / 8] |= (m as u64) << (8 * (j % 8));
             j += 1;
         }
-        t[i].0 = b.len();
+        t[i].len = b.len();
         i += 1;
     }
     t
 };
 
-/// [`hash`] of the lower-cased name, without lower-casing it first.
+/// The lower-cased bytes of row `i` (for the compile-time hash).
+const fn lower_byte(i: usize, j: usize) -> u8 {
+    (ROWS[i].lower[j / 8] >> (8 * (j % 8))) as u8
+}
+
+/// The hash of the lower-cased name (length, first, middle and last byte), folding case on
+/// the fly; the table above is built with the same function of the canonical names.
 #[inline]
 fn hash_folded(name: &[u8]) -> usize {
     let n = name.len();
@@ -132,9 +162,12 @@ const TABLE: [u8; SLOTS] = {
     let mut t = [EMPTY; SLOTS];
     let mut i = 0;
     while i < ALL.len() {
-        let (len, ref bytes) = LOWER[i];
-        let (lc, _) = bytes.split_at(len);
-        let mut h = hash(lc);
+        let n = ROWS[i].len;
+        let mut h = (n.wrapping_mul(37)
+            ^ (lower_byte(i, 0) as usize).wrapping_mul(11)
+            ^ (lower_byte(i, n - 1) as usize).wrapping_mul(3)
+            ^ (lower_byte(i, n / 2) as usize).wrapping_mul(5))
+            % SLOTS;
         while t[h] != EMPTY {
             h = (h + 1) % SLOTS;
         }
