@@ -3,6 +3,7 @@
 //! - `roundtrip`: proptest round trips of AVP trees and Cx commands; random bytes never panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod peer;
 mod roundtrip;
 mod samples;
 mod tshark;

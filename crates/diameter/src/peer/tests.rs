@@ -1,0 +1,380 @@
+//! Two peers wired to each other in memory, and hand-made bytes for the odd cases.
+
+use super::*;
+use crate::cx::{RequestBase, Uar};
+
+const T0: Duration = Duration::ZERO;
+
+fn hss_cfg() -> PeerConfig {
+    let mut c = PeerConfig::cx("hss1.hims.net", "hims.net");
+    c.allowed_peers = vec!["icscf1.hims.net".into()];
+    c.watchdog = Duration::from_secs(6);
+    c
+}
+
+fn icscf_cfg() -> PeerConfig {
+    let mut c = PeerConfig::cx("icscf1.hims.net", "hims.net");
+    c.watchdog = Duration::from_secs(6);
+    c
+}
+
+/// Moves every queued byte both ways until nothing moves.
+fn pump(now: Instant, a: &mut Peer, b: &mut Peer) {
+    loop {
+        let mut moved = false;
+        while let Some(x) = a.poll_transmit() {
+            b.handle_bytes(now, &x);
+            moved = true;
+        }
+        while let Some(x) = b.poll_transmit() {
+            a.handle_bytes(now, &x);
+            moved = true;
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+fn events(p: &mut Peer) -> Vec<Event> {
+    std::iter::from_fn(|| p.poll_event()).collect()
+}
+
+fn open_pair(now: Instant) -> (Peer, Peer) {
+    let mut c = Peer::new(icscf_cfg(), Role::Initiator, 7);
+    let mut s = Peer::new(hss_cfg(), Role::Responder, 9);
+    c.handle_connecting(now);
+    c.handle_connected(now);
+    s.handle_connected(now);
+    pump(now, &mut c, &mut s);
+    assert_eq!(
+        events(&mut c),
+        vec![Event::Up {
+            host: "hss1.hims.net".into(),
+            realm: "hims.net".into()
+        }]
+    );
+    assert_eq!(
+        events(&mut s),
+        vec![Event::Up {
+            host: "icscf1.hims.net".into(),
+            realm: "hims.net".into()
+        }]
+    );
+    (c, s)
+}
+
+fn uar() -> Vec<u8> {
+    let r = Uar {
+        base: RequestBase {
+            session_id: "icscf1.hims.net;1;1",
+            origin_host: "icscf1.hims.net",
+            origin_realm: "hims.net",
+            destination_realm: "hims.net",
+            ..RequestBase::default()
+        },
+        user_name: "alice.private@hims.net",
+        public_identity: "sip:alice@hims.net",
+        visited_network_identifier: b"hims.net",
+        authorization_type: None,
+        uar_flags: None,
+    };
+    let mut b = Vec::new();
+    r.encode(&mut b).unwrap();
+    b
+}
+
+/// An answer echoing a request's ids.
+fn answer_to(req: &[u8]) -> Vec<u8> {
+    let m = Message::parse(req).unwrap();
+    let hdr = m.header().answer();
+    let mut b = Vec::new();
+    let mut mb = MessageBuilder::new(&mut b, &hdr);
+    mb.utf8(&dict::SESSION_ID, "icscf1.hims.net;1;1")
+        .u32(&dict::RESULT_CODE, rc::SUCCESS)
+        .utf8(&dict::ORIGIN_HOST, "hss1.hims.net")
+        .utf8(&dict::ORIGIN_REALM, "hims.net");
+    mb.finish().unwrap();
+    b
+}
+
+#[test]
+fn capabilities_exchange_and_many_requests_answered_out_of_order() {
+    let now = Instant::now();
+    let (mut c, mut s) = open_pair(now);
+    assert_eq!((c.state(), s.state()), (State::Open, State::Open));
+    let handles: Vec<u64> = (0..100)
+        .map(|_| c.send_request(now, uar()).unwrap())
+        .collect();
+    assert_eq!(c.pending_requests(), 100);
+    // Deliver all requests to the server.
+    while let Some(x) = c.poll_transmit() {
+        s.handle_bytes(now, &x);
+    }
+    let reqs: Vec<Vec<u8>> = events(&mut s)
+        .into_iter()
+        .map(|e| match e {
+            Event::Request(b) => b,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(reqs.len(), 100);
+    let hops: std::collections::HashSet<u32> = reqs
+        .iter()
+        .map(|r| Message::parse(r).unwrap().header().hop_by_hop)
+        .collect();
+    assert_eq!(hops.len(), 100, "hop-by-hop ids unique");
+    // Answer in reverse order, all in one TCP segment.
+    let mut segment = Vec::new();
+    for r in reqs.iter().rev() {
+        segment.extend_from_slice(&answer_to(r));
+    }
+    c.handle_bytes(now, &segment);
+    let mut got: Vec<u64> = events(&mut c)
+        .into_iter()
+        .map(|e| match e {
+            Event::Answer { handle, .. } => handle,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, handles);
+    assert_eq!(c.pending_requests(), 0);
+}
+
+#[test]
+fn bytes_split_anywhere_still_frame() {
+    let now = Instant::now();
+    let (mut c, mut s) = open_pair(now);
+    let _ = c.send_request(now, uar()).unwrap();
+    let bytes = c.poll_transmit().unwrap();
+    for chunk in bytes.chunks(3) {
+        s.handle_bytes(now, chunk);
+    }
+    assert!(matches!(events(&mut s).as_slice(), [Event::Request(_)]));
+}
+
+#[test]
+fn watchdog_dwr_after_tw_and_down_without_dwa() {
+    let now = Instant::now();
+    let (mut c, mut s) = open_pair(now);
+    let tw = Duration::from_secs(6);
+    assert_eq!(c.poll_timeout(), Some(now + tw));
+    // Tw of silence: DWR goes out; the server answers DWA; still Open.
+    c.handle_timeout(now + tw);
+    let dwr = c.poll_transmit().unwrap();
+    assert_eq!(Message::parse(&dwr).unwrap().command_code(), 280);
+    s.handle_bytes(now + tw, &dwr);
+    let dwa = s.poll_transmit().unwrap();
+    let m = Message::parse(&dwa).unwrap();
+    assert!(!m.is_request());
+    assert_eq!(
+        m.find(&dict::RESULT_CODE)
+            .unwrap()
+            .unwrap()
+            .as_u32()
+            .unwrap(),
+        2001
+    );
+    c.handle_bytes(now + tw, &dwa);
+    assert_eq!(c.state(), State::Open);
+    // Again silence, DWR, but this time no DWA: down after another Tw, reconnect later.
+    c.handle_timeout(now + tw * 2);
+    assert!(c.poll_transmit().is_some());
+    c.handle_timeout(now + tw * 3);
+    let ev = events(&mut c);
+    assert!(ev.contains(&Event::Close));
+    assert!(ev.contains(&Event::Down(DownReason::WatchdogTimeout)));
+    assert_eq!(c.state(), State::Closed);
+    let at = c.poll_timeout().unwrap();
+    assert_eq!(at, now + tw * 3 + Duration::from_secs(1));
+    c.handle_timeout(at);
+    assert_eq!(events(&mut c), vec![Event::Reconnect]);
+}
+
+#[test]
+fn reconnect_backs_off_and_resets_once_open() {
+    let now = Instant::now();
+    let mut c = Peer::new(icscf_cfg(), Role::Initiator, 1);
+    let mut t = now;
+    let mut delays = Vec::new();
+    for _ in 0..7 {
+        c.handle_connecting(t);
+        c.handle_disconnected(t);
+        let at = c.poll_timeout().unwrap();
+        delays.push((at - t).as_secs());
+        c.handle_timeout(at);
+        assert!(events(&mut c).contains(&Event::Reconnect));
+        t = at;
+    }
+    assert_eq!(delays, vec![1, 2, 4, 8, 16, 30, 30]);
+    let mut s = Peer::new(hss_cfg(), Role::Responder, 2);
+    c.handle_connecting(t);
+    c.handle_connected(t);
+    s.handle_connected(t);
+    pump(t, &mut c, &mut s);
+    c.handle_disconnected(t);
+    assert_eq!(
+        (c.poll_timeout().unwrap() - t).as_secs(),
+        1,
+        "back-off reset"
+    );
+}
+
+#[test]
+fn dpr_dpa_closes_both_ends_and_fails_pending_requests() {
+    let now = Instant::now();
+    let (mut c, mut s) = open_pair(now);
+    let h = c.send_request(now, uar()).unwrap();
+    let _ = c.poll_transmit();
+    c.disconnect(now, DisconnectCause::Rebooting);
+    assert_eq!(c.state(), State::Closing);
+    pump(now, &mut c, &mut s);
+    let se = events(&mut s);
+    assert!(se.contains(&Event::Down(DownReason::PeerDisconnected(0))));
+    assert!(se.contains(&Event::Close));
+    let ce = events(&mut c);
+    assert!(ce.contains(&Event::RequestFailed {
+        handle: h,
+        reason: RequestFailure::ConnectionDown
+    }));
+    assert!(ce.contains(&Event::Down(DownReason::Disconnected)));
+    assert!(ce.contains(&Event::Close));
+    assert_eq!(c.poll_timeout(), None, "no reconnect after our own DPR");
+}
+
+#[test]
+fn unknown_peer_gets_3010_and_is_closed() {
+    let now = Instant::now();
+    let mut c = Peer::new(
+        PeerConfig::cx("evil.example.net", "example.net"),
+        Role::Initiator,
+        3,
+    );
+    let mut s = Peer::new(hss_cfg(), Role::Responder, 4);
+    c.handle_connected(now);
+    s.handle_connected(now);
+    let cer = c.poll_transmit().unwrap();
+    s.handle_bytes(now, &cer);
+    let cea = s.poll_transmit().unwrap();
+    let m = Message::parse(&cea).unwrap();
+    assert_eq!(
+        m.find(&dict::RESULT_CODE)
+            .unwrap()
+            .unwrap()
+            .as_u32()
+            .unwrap(),
+        3010
+    );
+    assert_ne!(
+        m.header().flags & flags::E,
+        0,
+        "3xxx answers carry the E bit"
+    );
+    assert!(events(&mut s).contains(&Event::Close));
+    c.handle_bytes(now, &cea);
+    assert!(events(&mut c).contains(&Event::Down(DownReason::CapabilitiesRefused(3010))));
+}
+
+#[test]
+fn no_common_application_gets_5010() {
+    let now = Instant::now();
+    let mut cfg = icscf_cfg();
+    cfg.vendor_auth_apps = vec![(dict::VENDOR_3GPP, 16_777_251)]; // S6a only
+    let mut c = Peer::new(cfg, Role::Initiator, 3);
+    let mut s = Peer::new(hss_cfg(), Role::Responder, 4);
+    c.handle_connected(now);
+    s.handle_connected(now);
+    pump(now, &mut c, &mut s);
+    assert!(events(&mut s).contains(&Event::Down(DownReason::CapabilitiesRefused(5010))));
+    assert!(events(&mut c).contains(&Event::Down(DownReason::CapabilitiesRefused(5010))));
+}
+
+#[test]
+fn responder_times_out_without_cer_and_rejects_early_requests() {
+    let now = Instant::now();
+    let mut s = Peer::new(hss_cfg(), Role::Responder, 4);
+    s.handle_connected(now);
+    s.handle_timeout(now + Duration::from_secs(6));
+    assert!(events(&mut s).contains(&Event::Down(DownReason::WatchdogTimeout)));
+    let mut s = Peer::new(hss_cfg(), Role::Responder, 4);
+    s.handle_connected(now);
+    s.handle_bytes(now, &uar());
+    assert!(events(&mut s).contains(&Event::Close));
+    assert!(s.send_request(now, uar()).is_err());
+}
+
+#[test]
+fn garbage_never_panics_and_framing_errors_close() {
+    let now = Instant::now();
+    let (_, mut s) = open_pair(now);
+    s.handle_bytes(
+        now,
+        &[
+            2, 0, 0, 20, 0x80, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
+    );
+    assert!(
+        events(&mut s)
+            .iter()
+            .any(|e| matches!(e, Event::Down(DownReason::Framing(_))))
+    );
+    // A well-framed request with a broken AVP gets an error answer, connection kept.
+    let (_, mut s) = open_pair(now);
+    let mut bad = uar();
+    let n = bad.len();
+    bad[n - 9] = 0xff; // corrupt the last AVP's length
+    s.handle_bytes(now, &bad);
+    let ans = s.poll_transmit();
+    assert_eq!(s.state(), State::Open);
+    if let Some(a) = ans {
+        let m = Message::parse(&a).unwrap();
+        assert!(!m.is_request());
+    }
+    // Arbitrary byte soup, any split.
+    let mut x: u32 = 12345;
+    for round in 0..200 {
+        let (_, mut s) = open_pair(now);
+        let len = (round * 7) % 300;
+        let soup: Vec<u8> = (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (x >> 16) as u8
+            })
+            .collect();
+        let mut soup = soup;
+        if soup.len() >= 4 {
+            soup[0] = 1;
+        }
+        for c in soup.chunks(1 + round % 5) {
+            s.handle_bytes(now, c);
+        }
+        let _ = events(&mut s);
+        let _ = s.poll_timeout();
+    }
+}
+
+#[test]
+fn answer_for_nobody_is_dropped_and_requests_time_out() {
+    let now = Instant::now();
+    let (mut c, _s) = open_pair(now);
+    let stray = answer_to(&uar());
+    c.handle_bytes(now, &stray);
+    assert!(events(&mut c).is_empty());
+    let h = c.send_request(now, uar()).unwrap();
+    c.handle_timeout(now + Duration::from_secs(10));
+    assert!(events(&mut c).contains(&Event::RequestFailed {
+        handle: h,
+        reason: RequestFailure::Timeout
+    }));
+}
+
+#[test]
+fn end_to_end_ids_follow_freediameter() {
+    let mut g = EndToEndIdGenerator::new(0x1234_5abc, 0xfff_ffff);
+    let first = g.next_id();
+    assert_eq!(first >> 20, 0xabc);
+    assert_eq!(first & 0xf_ffff, 0xf_ffff);
+    assert_eq!(g.next_id(), first.wrapping_add(1));
+    let _ = T0;
+}
