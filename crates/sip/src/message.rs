@@ -796,6 +796,18 @@ impl Message {
             Body::Owned(b) => b.len(),
             Body::Received(_) => 0,
         };
+        // Not edited and framed by a true Content-Length: the received bytes are the message.
+        if !self.edited && body_extra == 0 && !self.needs_content_length() {
+            let cl_ok = self
+                .entries
+                .iter()
+                .filter(|e| e.name == HeaderName::ContentLength)
+                .all(|e| self.content_length_ok(e));
+            if cl_ok {
+                out.extend_from_slice(&self.buf);
+                return;
+            }
+        }
         out.reserve(self.buf.len() + self.arena.len() + body_extra + 32);
         out.extend_from_slice(self.start_line());
         out.extend_from_slice(b"\r\n");
