@@ -20,6 +20,11 @@
 //!   integers; others by bytes, case-insensitively.
 //! - Edits go to a per-message arena; unedited lines serialize exactly as received, so a
 //!   proxy forwards what it did not touch byte for byte (reason phrases, folds, spacing).
+//!   Lines: [`Message::prepend_header`] (a new top Via, a first Path),
+//!   [`Message::pop_first_value`] (our Via, the first Route), [`Message::replace_value_at`],
+//!   [`Message::set_header`], [`Message::remove_headers`], [`Message::set_body`]; parameters
+//!   inside a value: [`text::set_param`] / [`text::remove_param`] (Via `received`/`rport`,
+//!   `tag`), [`Auth::with`] / [`Auth::without`] (`ck`, `ik`, `integrity-protected`).
 //! - [`headers`]: typed views (Via, NameAddr, Contact, CSeq, Auth, SecMechanism, ...).
 //! - [`Uri`]: sip/sips/tel/urn/other, borrowing.
 //! - [`frame`]: stream framing by Content-Length; [`Message::parse`] for datagrams.

@@ -231,6 +231,68 @@ pub(crate) fn find_quoted_only(s: &str, stops: &[u8]) -> Option<usize> {
     None
 }
 
+/// A header value with one header parameter set: replaced in place when present (keeping
+/// the other parameters as written), appended otherwise. `value` `None` writes a flag
+/// (`;rport`, `;lr`). Parameters start at the first `;` outside quotes and `<...>`, so this
+/// works for Via (`received`, `rport`), name-addrs (`tag`, `expires`), security mechanisms and
+/// P-Charging-Vector alike. The value is written as given (quote it with [`quote`] if needed).
+pub fn set_param(header_value: &str, name: &str, value: Option<&str>) -> String {
+    let (head, params) = split_params(header_value);
+    let mut out = String::with_capacity(header_value.len() + name.len() + 16);
+    out.push_str(head);
+    let mut done = false;
+    for item in params.into_iter().flat_map(|p| Separated {
+        rest: Some(p),
+        sep: b";",
+    }) {
+        out.push(';');
+        if Param::parse(item).name.eq_ignore_ascii_case(name) && !done {
+            push_param(&mut out, name, value);
+            done = true;
+        } else {
+            out.push_str(item);
+        }
+    }
+    if !done {
+        out.push(';');
+        push_param(&mut out, name, value);
+    }
+    out
+}
+
+/// A header value without the named header parameter (every occurrence).
+pub fn remove_param(header_value: &str, name: &str) -> String {
+    let (head, params) = split_params(header_value);
+    let mut out = String::with_capacity(header_value.len());
+    out.push_str(head);
+    for item in params.into_iter().flat_map(|p| Separated {
+        rest: Some(p),
+        sep: b";",
+    }) {
+        if !Param::parse(item).name.eq_ignore_ascii_case(name) {
+            out.push(';');
+            out.push_str(item);
+        }
+    }
+    out
+}
+
+fn split_params(v: &str) -> (&str, Option<&str>) {
+    let v = trim(v);
+    match find_unquoted(v, b";") {
+        Some(i) => (trim(&v[..i]), Some(&v[i + 1..])),
+        None => (v, None),
+    }
+}
+
+fn push_param(out: &mut String, name: &str, value: Option<&str>) {
+    out.push_str(name);
+    if let Some(v) = value {
+        out.push('=');
+        out.push_str(v);
+    }
+}
+
 /// Removes the backslash escapes of a quoted string's content (without its quotes).
 /// Borrows when there is nothing to unescape.
 pub fn unquote(s: &str) -> Cow<'_, str> {
@@ -314,6 +376,28 @@ mod tests {
         assert_eq!(p[2].value, Some("a;b"));
         assert!(p[2].quoted);
         assert_eq!(params(";lr;Tag=1").get("tag"), Some(Some("1")));
+    }
+
+    #[test]
+    fn set_and_remove_params() {
+        let via = "SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK1;rport";
+        assert_eq!(
+            set_param(
+                &set_param(via, "rport", Some("5062")),
+                "received",
+                Some("192.0.2.9")
+            ),
+            "SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK1;rport=5062;received=192.0.2.9"
+        );
+        let to = "\"A; B\" <sip:a@b;lr>;tag=1";
+        assert_eq!(
+            set_param(to, "TAG", Some("2")),
+            "\"A; B\" <sip:a@b;lr>;TAG=2"
+        );
+        assert_eq!(remove_param(to, "tag"), "\"A; B\" <sip:a@b;lr>");
+        assert_eq!(set_param("<sip:x>", "lr", None), "<sip:x>;lr");
+        let sc = "ipsec-3gpp; alg=hmac-sha-1-96; spi-c=1";
+        assert_eq!(remove_param(sc, "alg"), "ipsec-3gpp;spi-c=1");
     }
 
     #[test]
