@@ -184,7 +184,7 @@ fn imsctl_provisions_through_a_running_hss() {
     std::fs::write(
         &cfg,
         format!(
-            "database = \"sqlite://{}\"\nadmin_listen = \"127.0.0.1:{port}\"\nhome_network = \"hims.net\"\n",
+            "database = \"sqlite://{}\"\nadmin_listen = \"127.0.0.1:{port}\"\nhome_network = \"hims.net\"\n[diameter]\nlisten = \"127.0.0.1:0\"\n",
             dir.join("hss.sqlite").display()
         ),
     )

@@ -9,7 +9,10 @@
 //! | POST | /v1/subscribers/import | bulk provisioning from CSV (text/csv) |
 //! | GET | /v1/subscribers/{impi} | one subscriber, never its secrets |
 //! | DELETE | /v1/subscribers/{impi} | remove the subscription with everything in it |
+//! | POST | /v1/subscribers/{impi}/deregister | RTR to the serving S-CSCF (administrative deregistration) |
+//! | POST | /v1/subscribers/{impi}/push-profile | PPR with the current User-Data to the serving S-CSCF |
 //! | PUT | /v1/capability-sets/{name} | create or replace an S-CSCF capability set |
+//! | GET | /metrics | Prometheus metrics (Cx requests, latency, resyncs, peers up) |
 //!
 //! Bad input gets a 4xx whose JSON body names the field: `{"error": "...", "field": "k"}`.
 //! Secrets are transformed (by ims-aka) before they are stored: an OP becomes
@@ -281,16 +284,192 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-/// The admin API's routes over `store`.
-pub fn router(store: Store) -> Router {
+/// What the admin API's handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The subscriber store.
+    pub store: Store,
+    /// The Diameter side, to send RTR and PPR to the serving S-CSCF.
+    pub diameter: crate::server::Diameter,
+    /// Prometheus metrics.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Our Origin-Host (RTR/PPR).
+    pub origin_host: String,
+    /// Our Origin-Realm.
+    pub origin_realm: String,
+}
+
+impl axum::extract::FromRef<AppState> for Store {
+    fn from_ref(s: &AppState) -> Store {
+        s.store.clone()
+    }
+}
+
+/// The admin API's routes.
+pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .route("/v1/subscribers", get(list).post(create))
         .route("/v1/subscribers/import", post(import_csv))
         .route("/v1/subscribers/{impi}", get(show).delete(remove))
+        .route("/v1/subscribers/{impi}/deregister", post(deregister))
+        .route("/v1/subscribers/{impi}/push-profile", post(push_profile))
         .route("/v1/capability-sets/{name}", put(put_caps))
-        .with_state(store)
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+/// The serving S-CSCF's Diameter host and the subscriber's public identities.
+async fn serving(s: &AppState, impi: &str) -> Result<(String, Vec<String>), ApiError> {
+    let view = s.store.subscriber(impi).await?.ok_or_else(|| ApiError {
+        status: StatusCode::NOT_FOUND,
+        field: Some("impi".into()),
+        message: format!("private identity `{impi}` not found"),
+    })?;
+    let host = view
+        .scscf
+        .and_then(|a| a.diameter_host)
+        .ok_or_else(|| ApiError {
+            status: StatusCode::CONFLICT,
+            field: Some("impi".into()),
+            message: format!("`{impi}` has no serving S-CSCF"),
+        })?;
+    Ok((
+        host,
+        view.public_identities.into_iter().map(|p| p.impu).collect(),
+    ))
+}
+
+fn diameter_error(e: crate::server::SendError) -> ApiError {
+    ApiError {
+        status: StatusCode::BAD_GATEWAY,
+        field: None,
+        message: e.to_string(),
+    }
+}
+
+fn answer_result(bytes: &[u8]) -> Option<u32> {
+    let m = ims_diameter::Message::parse(bytes).ok()?;
+    let rc = m.find(&ims_diameter::dict::RESULT_CODE).ok().flatten();
+    if let Some(a) = rc {
+        return a.as_u32().ok();
+    }
+    let er = m
+        .find(&ims_diameter::dict::EXPERIMENTAL_RESULT)
+        .ok()
+        .flatten()?;
+    er.grouped()
+        .flatten()
+        .find(|c| c.is(&ims_diameter::dict::EXPERIMENTAL_RESULT_CODE))
+        .and_then(|c| c.as_u32().ok())
+}
+
+/// RTR (administrative deregistration, TS 29.228 §6.1.3) to the serving S-CSCF; on its
+/// success the HSS forgets the S-CSCF and marks the identities not registered.
+async fn deregister(
+    State(s): State<AppState>,
+    Path(impi): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    use ims_diameter::cx::{DeregistrationReason, RequestBase, Rtr};
+    let (host, impus) = serving(&s, &impi).await?;
+    let realm = s
+        .diameter
+        .peer_realm(&host)
+        .unwrap_or_else(|| s.origin_realm.clone());
+    let sid = ims_diameter::SessionIdGenerator::new(s.origin_host.clone(), 1).next_id();
+    let rtr = Rtr {
+        base: RequestBase {
+            session_id: &sid,
+            origin_host: &s.origin_host,
+            origin_realm: &s.origin_realm,
+            destination_host: Some(&host),
+            destination_realm: &realm,
+            ..RequestBase::default()
+        },
+        user_name: &impi,
+        public_identities: impus.iter().map(String::as_str).collect(),
+        deregistration_reason: DeregistrationReason {
+            reason_code: ims_diameter::dict::ReasonCode::PermanentTermination,
+            reason_info: Some("administrative deregistration"),
+        },
+    };
+    let mut req = Vec::new();
+    rtr.encode(&mut req).map_err(|e| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        field: None,
+        message: e.to_string(),
+    })?;
+    let ans = s
+        .diameter
+        .request(&host, req)
+        .await
+        .map_err(diameter_error)?;
+    let result = answer_result(&ans).unwrap_or(0);
+    if result == ims_diameter::dict::result_code::SUCCESS
+        && let Some(first) = impus.first()
+    {
+        s.store
+            .set_reg_state(first, ims_store::RegState::NotRegistered)
+            .await?;
+        s.store.set_scscf(first, None).await?;
+    }
+    Ok(Json(json!({ "scscf": host, "result_code": result })))
+}
+
+/// PPR (push profile, TS 29.228 §6.2.2) with the current User-Data to the serving S-CSCF.
+async fn push_profile(
+    State(s): State<AppState>,
+    Path(impi): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    use ims_diameter::cx::{Ppr, RequestBase};
+    let (host, _) = serving(&s, &impi).await?;
+    let profile = s.store.profile(&impi).await?.ok_or_else(|| ApiError {
+        status: StatusCode::NOT_FOUND,
+        field: Some("impi".into()),
+        message: format!("private identity `{impi}` has no profile"),
+    })?;
+    let xml = crate::cx::user_data_xml(&profile);
+    let realm = s
+        .diameter
+        .peer_realm(&host)
+        .unwrap_or_else(|| s.origin_realm.clone());
+    let sid = ims_diameter::SessionIdGenerator::new(s.origin_host.clone(), 2).next_id();
+    let ppr = Ppr {
+        base: RequestBase {
+            session_id: &sid,
+            origin_host: &s.origin_host,
+            origin_realm: &s.origin_realm,
+            destination_host: Some(&host),
+            destination_realm: &realm,
+            ..RequestBase::default()
+        },
+        user_name: &impi,
+        user_data: Some(xml.as_bytes()),
+        auth_data_item: None,
+    };
+    let mut req = Vec::new();
+    ppr.encode(&mut req).map_err(|e| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        field: None,
+        message: e.to_string(),
+    })?;
+    let ans = s
+        .diameter
+        .request(&host, req)
+        .await
+        .map_err(diameter_error)?;
+    Ok(Json(
+        json!({ "scscf": host, "result_code": answer_result(&ans).unwrap_or(0) }),
+    ))
 }
 
 async fn health(State(store): State<Store>) -> Json<Value> {

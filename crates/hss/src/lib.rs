@@ -10,9 +10,12 @@
 pub mod admin;
 pub mod cx;
 pub mod metrics;
+pub mod server;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -29,6 +32,58 @@ pub struct Config {
     /// Log filter when RUST_LOG is unset.
     #[serde(default = "default_log")]
     pub log: String,
+    /// The Diameter Cx side.
+    #[serde(default)]
+    pub diameter: DiameterConfig,
+}
+
+/// The Diameter Cx side of the HSS.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiameterConfig {
+    /// TCP address of the Cx listener.
+    pub listen: SocketAddr,
+    /// Our Origin-Host (default `hss.<home_network>`).
+    pub origin_host: Option<String>,
+    /// Our Origin-Realm (default the home network).
+    pub origin_realm: Option<String>,
+    /// Origin-Host values of the CSCFs allowed to connect (others get 3010 and are closed).
+    pub allowed_peers: Vec<String>,
+    /// Tw: seconds of silence before we send a DWR.
+    pub watchdog_seconds: u64,
+    /// Most vectors in one MAA.
+    pub max_auth_items: u32,
+    /// IND bits of the SQN (TS 33.102 Annex C).
+    pub sqn_ind_bits: u8,
+    /// Server-Capabilities for subscribers without a capability set of their own.
+    pub capabilities: Capabilities,
+}
+
+/// S-CSCF capabilities answered in UAA/LIA (TS 29.228 Server-Capabilities).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Capabilities {
+    /// Mandatory-Capability values.
+    pub mandatory: Vec<u32>,
+    /// Optional-Capability values.
+    pub optional: Vec<u32>,
+    /// Preferred S-CSCFs (Server-Name SIP URIs).
+    pub server_names: Vec<String>,
+}
+
+impl Default for DiameterConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3868)),
+            origin_host: None,
+            origin_realm: None,
+            allowed_peers: Vec::new(),
+            watchdog_seconds: 30,
+            max_auth_items: 5,
+            sqn_ind_bits: 5,
+            capabilities: Capabilities::default(),
+        }
+    }
 }
 
 fn default_log() -> String {
@@ -48,18 +103,67 @@ pub enum HssError {
     },
     #[error("admin API failed: {0}")]
     Serve(std::io::Error),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
-/// A started HSS: store open, admin API bound.
+/// A started HSS: store open, admin API and Diameter listener bound.
 pub struct Hss {
     admin: tokio::net::TcpListener,
     router: axum::Router,
+    diameter: server::Diameter,
+    diameter_loop: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
 impl Hss {
-    /// Opens (and migrates) the store and binds the admin API.
+    /// Opens (and migrates) the store, binds the admin API and the Diameter listener.
     pub async fn start(config: &Config) -> Result<Self, HssError> {
         let store = ims_store::Store::open(&config.database).await?;
+        let d = &config.diameter;
+        let origin_host = d
+            .origin_host
+            .clone()
+            .unwrap_or_else(|| format!("hss.{}", config.home_network));
+        let origin_realm = d
+            .origin_realm
+            .clone()
+            .unwrap_or_else(|| config.home_network.clone());
+        let cx = cx::CxHandler::new(
+            store.clone(),
+            cx::CxConfig {
+                origin_host: origin_host.clone(),
+                origin_realm: origin_realm.clone(),
+                home_network: config.home_network.clone(),
+                max_auth_items: d.max_auth_items,
+                sqn_ind_bits: d.sqn_ind_bits,
+                default_capabilities: ims_store::CapabilitySet {
+                    name: String::new(),
+                    mandatory: d.capabilities.mandatory.clone(),
+                    optional: d.capabilities.optional.clone(),
+                    server_names: d.capabilities.server_names.clone(),
+                },
+            },
+        )
+        .map_err(HssError::Config)?;
+        let mut peer_cfg = ims_diameter::peer::PeerConfig::cx(&origin_host, &origin_realm);
+        peer_cfg.allowed_peers = d.allowed_peers.clone();
+        peer_cfg.watchdog = Duration::from_secs(d.watchdog_seconds.max(1));
+        peer_cfg.product_name = "ims-core hss".into();
+        peer_cfg.origin_state_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |t| t.as_secs() as u32);
+        if !d.listen.ip().is_unspecified() {
+            peer_cfg.host_ip_addresses = vec![d.listen.ip()];
+        }
+        let listener = server::bind(d.listen)
+            .await
+            .map_err(|source| HssError::Bind {
+                addr: d.listen,
+                source,
+            })?;
+        let metrics = Arc::new(metrics::Metrics::default());
+        let (diameter, diameter_loop) = server::serve(listener, peer_cfg, cx, metrics.clone());
+        tracing::info!(listen = %diameter.local_addr(), origin_host = %origin_host, "HSS Cx listening");
         let admin = tokio::net::TcpListener::bind(config.admin_listen)
             .await
             .map_err(|source| HssError::Bind {
@@ -69,9 +173,18 @@ impl Hss {
         if let Ok(a) = admin.local_addr() {
             tracing::info!(admin = %a, "HSS admin API listening");
         }
+        let router = admin::router(admin::AppState {
+            store,
+            diameter: diameter.clone(),
+            metrics,
+            origin_host,
+            origin_realm,
+        });
         Ok(Self {
             admin,
-            router: admin::router(store),
+            router,
+            diameter,
+            diameter_loop: Box::pin(diameter_loop),
         })
     }
 
@@ -80,15 +193,21 @@ impl Hss {
         self.admin.local_addr().ok()
     }
 
+    /// The Diameter listener's bound address.
+    pub fn diameter_addr(&self) -> SocketAddr {
+        self.diameter.local_addr()
+    }
+
     /// Serves until `shutdown` resolves.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), HssError> {
-        axum::serve(self.admin, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(HssError::Serve)
+        let admin = axum::serve(self.admin, self.router).with_graceful_shutdown(shutdown);
+        tokio::select! {
+            r = admin => r.map_err(HssError::Serve),
+            () = self.diameter_loop => Ok(()),
+        }
     }
 }
 

@@ -5,9 +5,10 @@ use ims_hss::{Config, Hss};
 use ims_store::{Credentials, Store};
 use serde_json::{Value, json};
 
-struct Running {
-    base: String,
-    db: String,
+pub(crate) struct Running {
+    pub(crate) base: String,
+    pub(crate) db: String,
+    pub(crate) diameter: std::net::SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -24,6 +25,14 @@ impl Drop for Running {
 }
 
 fn start() -> Running {
+    start_with(ims_hss::DiameterConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    })
+}
+
+/// An HSS in this process (its own runtime thread) with this Diameter configuration.
+pub(crate) fn start_with(diameter: ims_hss::DiameterConfig) -> Running {
     let dir = ims_testkit::scratch_dir("hss-admin");
     let db = format!("sqlite://{}", dir.join("hss.sqlite").display());
     let cfg = Config {
@@ -31,6 +40,7 @@ fn start() -> Running {
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         home_network: "hims.net".into(),
         log: "info".into(),
+        diameter,
     };
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -38,7 +48,9 @@ fn start() -> Running {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async move {
             let hss = Hss::start(&cfg).await.unwrap();
-            addr_tx.send(hss.admin_addr().unwrap()).unwrap();
+            addr_tx
+                .send((hss.admin_addr().unwrap(), hss.diameter_addr()))
+                .unwrap();
             hss.run_until(async {
                 let _ = stop_rx.await;
             })
@@ -46,10 +58,11 @@ fn start() -> Running {
             .unwrap();
         });
     });
-    let addr = addr_rx.recv().unwrap();
+    let (addr, diameter) = addr_rx.recv().unwrap();
     Running {
         base: format!("http://{addr}"),
         db,
+        diameter,
         stop: Some(stop_tx),
         thread: Some(thread),
     }
@@ -62,14 +75,14 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn post(url: &str, body: Value) -> (u16, Value) {
+pub(crate) fn post(url: &str, body: Value) -> (u16, Value) {
     let mut r = agent().post(url).send_json(body).unwrap();
     let status = r.status().as_u16();
     let text = r.body_mut().read_to_string().unwrap();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-fn get(url: &str) -> (u16, String) {
+pub(crate) fn get(url: &str) -> (u16, String) {
     let mut r = agent().get(url).call().unwrap();
     (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
 }
@@ -280,6 +293,9 @@ fn csv_import_and_openapi() {
         ("/v1/subscribers/{impi}", "get"),
         ("/v1/subscribers/{impi}", "delete"),
         ("/v1/capability-sets/{name}", "put"),
+        ("/v1/subscribers/{impi}/deregister", "post"),
+        ("/v1/subscribers/{impi}/push-profile", "post"),
+        ("/metrics", "get"),
     ] {
         assert!(
             doc["paths"][path][method].is_object(),
@@ -288,7 +304,7 @@ fn csv_import_and_openapi() {
     }
     assert_eq!(
         doc["paths"].as_object().unwrap().len(),
-        6,
+        9,
         "no undocumented extra paths"
     );
     let (st, health) = get(&format!("{b}/health"));

@@ -2,7 +2,11 @@
 //! - `admin`: the admin API over real HTTP.
 //! - `cx`: every Cx case of the issue, each request encoded by our codec and answered by the
 //!   HSS's Cx handler, the vectors judged by the aka crate (a USIM that must accept them).
+//! - `wire`: the HSS over real TCP (allow-list, many in flight, DWR, RTR/PPR, metrics),
+//!   spoken to by `cxclient` (our Diameter peer over a std socket).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
 mod cx;
+mod cxclient;
+mod wire;

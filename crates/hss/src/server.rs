@@ -1,0 +1,265 @@
+//! The HSS's Diameter transport: a TCP listener (3868 by default), one task per connection
+//! driving the sans-io [`ims_diameter::peer::Peer`] (responder role: CER from the allow-list
+//! only, 3010 otherwise; DWR/DWA; DPR/DPA; our own DWR when idle), Cx requests answered by
+//! [`crate::cx::CxHandler`] in their own tasks so many are in flight per connection, and a
+//! registry of open peers by Origin-Host through which the admin API sends RTR and PPR to the
+//! serving S-CSCF ([`Diameter::request`]).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ims_diameter::peer::{Event, Peer, PeerConfig, Role};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cx::CxHandler;
+use crate::metrics::Metrics;
+
+/// What a connection task is asked to do from outside.
+enum Command {
+    /// Send this request; the answer (or `None` on failure) goes back on the channel.
+    Request(Vec<u8>, oneshot::Sender<Option<Vec<u8>>>),
+    /// Send this answer (a Cx answer computed in its own task).
+    Answer(Vec<u8>),
+}
+
+/// Open peer connections by lower-cased Origin-Host, with their realm.
+type Registry = Arc<Mutex<HashMap<String, (String, mpsc::Sender<Command>)>>>;
+
+/// A handle on the running Diameter side: send requests to connected peers.
+#[derive(Clone)]
+pub struct Diameter {
+    registry: Registry,
+    local: SocketAddr,
+}
+
+/// Why a request to a peer could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No open connection to that Origin-Host.
+    #[error("no open Diameter connection to {0}")]
+    NotConnected(String),
+    /// The connection went down or the answer timed out.
+    #[error("no answer from {0}")]
+    NoAnswer(String),
+}
+
+impl Diameter {
+    /// The listening address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The realm of an open peer (for Destination-Realm), if connected.
+    pub fn peer_realm(&self, host: &str) -> Option<String> {
+        self.registry
+            .lock()
+            .ok()?
+            .get(&host.to_ascii_lowercase())
+            .map(|(realm, _)| realm.clone())
+    }
+
+    /// Sends `request` (hop-by-hop and end-to-end ids are filled in) to the peer whose
+    /// Origin-Host is `host` and waits for its answer.
+    pub async fn request(&self, host: &str, request: Vec<u8>) -> Result<Vec<u8>, SendError> {
+        let tx = self
+            .registry
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&host.to_ascii_lowercase()).map(|(_, tx)| tx.clone()))
+            .ok_or_else(|| SendError::NotConnected(host.to_owned()))?;
+        let (atx, arx) = oneshot::channel();
+        tx.send(Command::Request(request, atx))
+            .await
+            .map_err(|_| SendError::NotConnected(host.to_owned()))?;
+        arx.await
+            .ok()
+            .flatten()
+            .ok_or_else(|| SendError::NoAnswer(host.to_owned()))
+    }
+
+    /// Open peers' Origin-Hosts.
+    pub fn peers(&self) -> Vec<String> {
+        self.registry
+            .lock()
+            .map(|r| r.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Binds the listener; [`serve`] runs it.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Accepts connections until the returned future is dropped.
+pub fn serve(
+    listener: TcpListener,
+    peer_cfg: PeerConfig,
+    cx: CxHandler,
+    metrics: Arc<Metrics>,
+) -> (Diameter, impl std::future::Future<Output = ()>) {
+    let registry: Registry = Arc::new(Mutex::new(HashMap::new()));
+    let local = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let handle = Diameter {
+        registry: registry.clone(),
+        local,
+    };
+    let fut = async move {
+        let mut seed: u32 = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.subsec_nanos());
+        loop {
+            let (stream, from) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Diameter accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let peer = Peer::new(peer_cfg.clone(), Role::Responder, seed);
+            tokio::spawn(connection(
+                stream,
+                from,
+                peer,
+                cx.clone(),
+                metrics.clone(),
+                registry.clone(),
+            ));
+        }
+    };
+    (handle, fut)
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    from: SocketAddr,
+    mut peer: Peer,
+    cx: CxHandler,
+    metrics: Arc<Metrics>,
+    registry: Registry,
+) {
+    let _ = stream.set_nodelay(true);
+    let (tx, mut rx) = mpsc::channel::<Command>(1024);
+    let mut waiting: HashMap<u64, oneshot::Sender<Option<Vec<u8>>>> = HashMap::new();
+    let mut registered: Option<String> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut eof = false;
+    peer.handle_connected(Instant::now());
+    tracing::debug!(%from, "Diameter connection accepted");
+    'conn: loop {
+        // Write what the peer wants sent, then act on its events.
+        while let Some(bytes) = peer.poll_transmit() {
+            if let Err(e) = stream.write_all(&bytes).await {
+                tracing::info!(%from, error = %e, "Diameter write failed");
+                peer.handle_disconnected(Instant::now());
+                break;
+            }
+        }
+        while let Some(ev) = peer.poll_event() {
+            match ev {
+                Event::Up { host, realm } => {
+                    let key = host.to_ascii_lowercase();
+                    if let Ok(mut r) = registry.lock() {
+                        r.insert(key.clone(), (realm, tx.clone()));
+                    }
+                    registered = Some(key);
+                    metrics.peer_up(1);
+                }
+                Event::Down(reason) => {
+                    tracing::info!(%from, ?reason, "Diameter peer down");
+                    if let Some(key) = registered.take() {
+                        if let Ok(mut r) = registry.lock() {
+                            r.remove(&key);
+                        }
+                        metrics.peer_up(-1);
+                    }
+                }
+                Event::Request(bytes) => {
+                    let cx = cx.clone();
+                    let tx = tx.clone();
+                    let metrics = metrics.clone();
+                    tokio::spawn(async move {
+                        let t = Instant::now();
+                        let out = cx.handle(&bytes).await;
+                        metrics.answered(out.command, out.result, t.elapsed(), out.resync);
+                        if !out.answer.is_empty() {
+                            let _ = tx.send(Command::Answer(out.answer)).await;
+                        }
+                    });
+                }
+                Event::Answer { handle, bytes } => {
+                    if let Some(w) = waiting.remove(&handle) {
+                        let _ = w.send(Some(bytes));
+                    }
+                }
+                Event::RequestFailed { handle, .. } => {
+                    if let Some(w) = waiting.remove(&handle) {
+                        let _ = w.send(None);
+                    }
+                }
+                Event::Close => {
+                    while let Some(bytes) = peer.poll_transmit() {
+                        let _ = stream.write_all(&bytes).await;
+                    }
+                    let _ = stream.shutdown().await;
+                    break 'conn;
+                }
+                Event::Reconnect => {}
+            }
+        }
+        let wake = peer.poll_timeout();
+        tokio::select! {
+            r = stream.read(&mut buf) => match r {
+                Ok(0) | Err(_) => {
+                    peer.handle_disconnected(Instant::now());
+                    eof = true;
+                }
+                Ok(n) => peer.handle_bytes(Instant::now(), &buf[..n]),
+            },
+            Some(cmd) = rx.recv() => match cmd {
+                Command::Answer(bytes) => peer.send_answer(bytes),
+                Command::Request(bytes, answer) => match peer.send_request(Instant::now(), bytes) {
+                    Ok(h) => { waiting.insert(h, answer); }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot send a request to the peer");
+                        let _ = answer.send(None);
+                    }
+                },
+            },
+            () = sleep_until(wake) => peer.handle_timeout(Instant::now()),
+        }
+        if eof {
+            // The transport is gone: report what the peer made of it, then stop.
+            while let Some(ev) = peer.poll_event() {
+                if let Event::Down(reason) = ev {
+                    tracing::info!(%from, ?reason, "Diameter peer down");
+                }
+            }
+            break;
+        }
+    }
+    for (_, w) in waiting.drain() {
+        let _ = w.send(None);
+    }
+    if let Some(key) = registered.take() {
+        if let Ok(mut r) = registry.lock() {
+            r.remove(&key);
+        }
+        metrics.peer_up(-1);
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}

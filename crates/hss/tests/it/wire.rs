@@ -1,0 +1,212 @@
+//! The HSS over real TCP: the allow-list (3010 and close), Cx answers with many requests in
+//! flight on one connection, the HSS's own DWR when idle, RTR and PPR sent to the serving
+//! S-CSCF when the admin API asks, and the Prometheus metrics that count it all.
+
+use crate::admin::{get, post, start_with};
+use crate::cxclient::{CxClient, mar, sqn_of};
+use ims_diameter::cx::{AnswerBase, Ppa, Ppr, Rta, Rtr};
+use ims_diameter::peer::{DownReason, Event};
+use ims_diameter::{AnswerResult, Message, dict};
+use serde_json::json;
+use std::time::Duration;
+
+const K: &str = "465b5ce8b199b49faa5f0a2ee238a6bc";
+const OP: &str = "cdc202d5123e20f62b6d676ac72cb318";
+const OPC: &str = "cd63cb71954a9f4e48a5994e37a02baf";
+const IMPI: &str = "alice.private@hims.net";
+const IMPU: &str = "sip:alice@hims.net";
+
+fn answer_base<'a>(req: &Message<'a>) -> AnswerBase<'a> {
+    AnswerBase {
+        hop_by_hop: req.header().hop_by_hop,
+        end_to_end: req.header().end_to_end,
+        session_id: req.session_id().unwrap().unwrap(),
+        result: AnswerResult::SUCCESS,
+        origin_host: "scscf1.hims.net",
+        origin_realm: "hims.net",
+        error_message: None,
+        failed_avp: None,
+        supported_features: vec![],
+        extra: vec![],
+    }
+}
+
+#[test]
+fn cx_over_tcp_with_allow_list_watchdog_rtr_ppr_and_metrics() {
+    let hss = start_with(ims_hss::DiameterConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        origin_host: Some("hss1.hims.net".into()),
+        allowed_peers: vec!["scscf1.hims.net".into(), "icscf1.hims.net".into()],
+        watchdog_seconds: 1,
+        max_auth_items: 3,
+        ..Default::default()
+    });
+    let b = &hss.base;
+    let (st, body) = post(
+        &format!("{b}/v1/subscribers"),
+        json!({"impi": IMPI, "impus": [IMPU], "aka": {"k": K, "op": OP, "amf": "8000"}}),
+    );
+    assert_eq!(st, 201, "{body}");
+
+    // Not in the allow-list: CEA 3010, and the HSS closes the connection.
+    let Err(events) = CxClient::connect(hss.diameter, "evil.example.net") else {
+        panic!("an unknown peer got in");
+    };
+    assert!(
+        events.contains(&Event::Down(DownReason::CapabilitiesRefused(3010))),
+        "{events:?}"
+    );
+
+    let mut c = CxClient::connect(hss.diameter, "scscf1.hims.net").expect("allowed peer");
+    // 40 MARs in flight at once: every one answered, no SQN twice, all increasing.
+    let answers = c.ask_many(
+        (0..40)
+            .map(|_| mar(IMPI, IMPU, "scscf1.hims.net"))
+            .collect(),
+    );
+    let mut sqns: Vec<u64> = answers.iter().map(|a| sqn_of(a, K, OPC)).collect();
+    let n = sqns.len();
+    sqns.sort_unstable();
+    sqns.dedup();
+    assert_eq!(sqns.len(), n, "an SQN was handed out twice");
+
+    // Idle for a while: the HSS sends DWR (Tw = 1 s), our peer answers, the link stays up.
+    c.pump_until(Duration::from_millis(2500), |_| false);
+    assert!(
+        c.seen.contains(&(280, true)),
+        "no DWR from the HSS: {:?}",
+        c.seen
+    );
+    assert_eq!(c.peer.state(), ims_diameter::peer::State::Open);
+
+    // Register (SAR) so that the HSS knows us as the serving S-CSCF.
+    let sar = {
+        let r = ims_diameter::cx::Sar {
+            base: ims_diameter::cx::RequestBase {
+                session_id: "scscf1.hims.net;8;8",
+                origin_host: "scscf1.hims.net",
+                origin_realm: "hims.net",
+                destination_realm: "hims.net",
+                ..Default::default()
+            },
+            user_name: Some(IMPI),
+            public_identities: vec![IMPU],
+            server_name: "sip:scscf1.hims.net:6060",
+            assignment_type: dict::ServerAssignmentType::Registration,
+            user_data_already_available: dict::UserDataAlreadyAvailable::UserDataNotAvailable,
+        };
+        let mut v = Vec::new();
+        r.encode(&mut v).unwrap();
+        v
+    };
+    let saa = c.ask(sar);
+    let saa = ims_diameter::cx::Saa::decode(&Message::parse(&saa).unwrap()).unwrap();
+    assert_eq!(saa.base.result, AnswerResult::SUCCESS);
+
+    // Admin deregistration: the HSS sends RTR to us; we answer RTA 2001.
+    let base = b.clone();
+    let admin = std::thread::spawn(move || {
+        post(
+            &format!("{base}/v1/subscribers/{IMPI}/deregister"),
+            json!({}),
+        )
+    });
+    assert!(c.pump_until(Duration::from_secs(5), |e| matches!(e, Event::Request(_))));
+    let rtr_bytes = c.requests.pop().unwrap();
+    let rtr_msg = Message::parse(&rtr_bytes).unwrap();
+    let rtr = Rtr::decode(&rtr_msg).unwrap();
+    assert_eq!(rtr.user_name, IMPI);
+    assert_eq!(rtr.public_identities, vec![IMPU]);
+    assert_eq!(rtr.base.destination_host, Some("scscf1.hims.net"));
+    let mut rta = Vec::new();
+    Rta {
+        base: answer_base(&rtr_msg),
+    }
+    .encode(&mut rta)
+    .unwrap();
+    c.peer.send_answer(rta);
+    c.pump_until(Duration::from_millis(300), |_| false);
+    let (st, body) = admin.join().unwrap();
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["result_code"], 2001);
+    let (_, shown) = get(&format!("{b}/v1/subscribers/{IMPI}"));
+    assert!(
+        !shown.contains("scscf1.hims.net"),
+        "the S-CSCF is forgotten after RTA: {shown}"
+    );
+
+    // Register again, then push the profile: PPR with the IMSSubscription User-Data.
+    c.ask({
+        let mut m = mar(IMPI, IMPU, "scscf1.hims.net");
+        m.truncate(m.len());
+        m
+    });
+    let _ = c.ask({
+        let r = ims_diameter::cx::Sar {
+            base: ims_diameter::cx::RequestBase {
+                session_id: "scscf1.hims.net;9;9",
+                origin_host: "scscf1.hims.net",
+                origin_realm: "hims.net",
+                destination_realm: "hims.net",
+                ..Default::default()
+            },
+            user_name: Some(IMPI),
+            public_identities: vec![IMPU],
+            server_name: "sip:scscf1.hims.net:6060",
+            assignment_type: dict::ServerAssignmentType::Registration,
+            user_data_already_available: dict::UserDataAlreadyAvailable::UserDataAlreadyAvailable,
+        };
+        let mut v = Vec::new();
+        r.encode(&mut v).unwrap();
+        v
+    });
+    let base = b.clone();
+    let admin = std::thread::spawn(move || {
+        post(
+            &format!("{base}/v1/subscribers/{IMPI}/push-profile"),
+            json!({}),
+        )
+    });
+    assert!(c.pump_until(Duration::from_secs(5), |e| matches!(e, Event::Request(_))));
+    let ppr_bytes = c.requests.pop().unwrap();
+    let ppr_msg = Message::parse(&ppr_bytes).unwrap();
+    let ppr = Ppr::decode(&ppr_msg).unwrap();
+    let xml = std::str::from_utf8(ppr.user_data.unwrap()).unwrap();
+    assert!(xml.contains("<Identity>sip:alice@hims.net</Identity>"));
+    let mut ppa = Vec::new();
+    Ppa {
+        base: answer_base(&ppr_msg),
+    }
+    .encode(&mut ppa)
+    .unwrap();
+    c.peer.send_answer(ppa);
+    c.pump_until(Duration::from_millis(300), |_| false);
+    let (st, body) = admin.join().unwrap();
+    assert_eq!(
+        (st, body["result_code"].as_u64()),
+        (200, Some(2001)),
+        "{body}"
+    );
+
+    // Metrics count what happened.
+    let (st, m) = get(&format!("{b}/metrics"));
+    assert_eq!(st, 200);
+    assert!(
+        m.contains("ims_hss_cx_requests_total{command=\"MAR\",result=\"2001\"} 41"),
+        "{m}"
+    );
+    assert!(
+        m.contains("ims_hss_cx_requests_total{command=\"SAR\",result=\"2001\"} 2"),
+        "{m}"
+    );
+    assert!(m.contains("ims_hss_diameter_peers_up 1"), "{m}");
+    assert!(m.contains("ims_hss_cx_answer_seconds_count 43"), "{m}");
+
+    // A peer that answers nothing for RTR: the admin API says 502, not a hang.
+    drop(c);
+    std::thread::sleep(Duration::from_millis(200));
+    let (st, body) = post(&format!("{b}/v1/subscribers/{IMPI}/deregister"), json!({}));
+    assert_eq!(st, 502, "{body}");
+    let (_, m) = get(&format!("{b}/metrics"));
+    assert!(m.contains("ims_hss_diameter_peers_up 0"), "{m}");
+}
