@@ -25,6 +25,8 @@ enum Cmd {
     CapabilitySet(Caps),
     /// Is the HSS up, and on which database.
     Health,
+    /// The HSS's Prometheus metrics.
+    Metrics,
 }
 
 // Parsed once per process: the size of the largest variant does not matter.
@@ -71,6 +73,10 @@ enum Sub {
     },
     /// Remove a subscriber with its whole subscription.
     Delete { impi: String },
+    /// Administrative deregistration: the HSS sends RTR to the serving S-CSCF.
+    Deregister { impi: String },
+    /// Push the current profile: the HSS sends PPR (User-Data) to the serving S-CSCF.
+    PushProfile { impi: String },
     /// Bulk import from a CSV file (see the README for the columns).
     Import { file: std::path::PathBuf },
 }
@@ -99,6 +105,13 @@ fn main() -> ExitCode {
         .into();
     let res = match cli.cmd {
         Cmd::Health => agent.get(format!("{base}/health")).call(),
+        Cmd::Metrics => agent.get(format!("{base}/metrics")).call(),
+        Cmd::Subscriber(Sub::Deregister { impi }) => agent
+            .post(format!("{base}/v1/subscribers/{impi}/deregister"))
+            .send_empty(),
+        Cmd::Subscriber(Sub::PushProfile { impi }) => agent
+            .post(format!("{base}/v1/subscribers/{impi}/push-profile"))
+            .send_empty(),
         Cmd::Subscriber(Sub::Show { impi }) => {
             agent.get(format!("{base}/v1/subscribers/{impi}")).call()
         }

@@ -225,6 +225,23 @@ fn imsctl_provisions_through_a_running_hss() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("HTTP 409"), "{err}");
 
+    // RTR needs a serving S-CSCF: none yet, so one clear line and 409.
+    let (ok, _, err) = imsctl(
+        &url,
+        &[
+            "subscriber",
+            "deregister",
+            "001010000000001@ims.mnc001.mcc001.3gppnetwork.org",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("has no serving S-CSCF") && err.contains("HTTP 409"),
+        "{err}"
+    );
+    let (ok, out, _) = imsctl(&url, &["metrics"]);
+    assert!(ok && out.contains("ims_hss_diameter_peers_up 0"), "{out}");
+
     let (ok, _, err) = imsctl(
         &url,
         &[
