@@ -34,7 +34,14 @@ fn start() -> Running {
 /// An HSS in this process (its own runtime thread) with this Diameter configuration.
 pub(crate) fn start_with(diameter: ims_hss::DiameterConfig) -> Running {
     let dir = ims_testkit::scratch_dir("hss-admin");
-    let db = format!("sqlite://{}", dir.join("hss.sqlite").display());
+    start_on(
+        format!("sqlite://{}", dir.join("hss.sqlite").display()),
+        diameter,
+    )
+}
+
+/// An HSS on the database at `db` (SQLite file or PostgreSQL URL).
+pub(crate) fn start_on(db: String, diameter: ims_hss::DiameterConfig) -> Running {
     let cfg = Config {
         database: db.clone(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),

@@ -25,6 +25,8 @@ struct Env {
     store: Store,
     client: crate::cxclient::CxClient,
     _hss: crate::admin::Running,
+    /// The PostgreSQL cluster when the test runs on PostgreSQL (dropped last: stops it).
+    _pg: Option<ims_testkit::postgres::Postgres>,
     hop: u32,
     /// Every request and its answer, for tshark.
     wire: Vec<Vec<u8>>,
@@ -54,20 +56,72 @@ fn aka(impi: &str, impus: &[(&str, bool)], roaming: &[&str], caps: Option<&str>)
     }
 }
 
-async fn env() -> Env {
-    let hss = crate::admin::start_with(ims_hss::DiameterConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        origin_host: Some("hss1.hims.net".into()),
-        allowed_peers: vec!["icscf1.hims.net".into()],
-        max_auth_items: 2,
-        sqn_ind_bits: 5,
-        capabilities: ims_hss::Capabilities {
-            mandatory: vec![1],
-            optional: vec![3, 4],
-            server_names: vec![],
+/// Which database the suite runs on.
+#[derive(Clone, Copy, Debug)]
+enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// Every Cx case runs on both backends: `both!(name)` makes `name::sqlite` and
+/// `name::postgres` (the latter prints SKIP without PostgreSQL, and fails under CI=true).
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                if let Some(e) = super::env(super::Db::Sqlite, stringify!($name)).await {
+                    super::$name(e).await;
+                }
+            }
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(e) = super::env(super::Db::Postgres, stringify!($name)).await {
+                    super::$name(e).await;
+                }
+            }
+        }
+    };
+}
+
+both!(uar_answers);
+both!(mar_vectors_are_accepted_by_the_usim_and_sqn_only_grows);
+both!(mar_resync_gives_a_vector_the_ue_accepts);
+both!(mar_digest_schemes_and_errors);
+both!(sar_assignment_types_and_user_data);
+both!(lir_answers);
+both!(sloppy_requests_are_told_what_is_wrong);
+
+async fn env(db: Db, test: &str) -> Option<Env> {
+    let (url, pg) = match db {
+        Db::Sqlite => {
+            let dir = ims_testkit::scratch_dir("hss-cx");
+            (
+                format!("sqlite://{}", dir.join("hss.sqlite").display()),
+                None,
+            )
+        }
+        Db::Postgres => {
+            let pg = ims_testkit::postgres::Postgres::start(&format!("hss_cx_{test}_postgres"))?;
+            (pg.url(), Some(pg))
+        }
+    };
+    let hss = crate::admin::start_on(
+        url,
+        ims_hss::DiameterConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            origin_host: Some("hss1.hims.net".into()),
+            allowed_peers: vec!["icscf1.hims.net".into()],
+            max_auth_items: 2,
+            sqn_ind_bits: 5,
+            capabilities: ims_hss::Capabilities {
+                mandatory: vec![1],
+                optional: vec![3, 4],
+                server_names: vec![],
+            },
+            ..Default::default()
         },
-        ..Default::default()
-    });
+    );
     let store = Store::open(&hss.db).await.unwrap();
     store
         .put_capability_set(&CapabilitySet {
@@ -121,13 +175,14 @@ async fn env() -> Env {
         .unwrap();
     let client =
         crate::cxclient::CxClient::connect(hss.diameter, "icscf1.hims.net").expect("Cx peer up");
-    Env {
+    Some(Env {
         store,
         client,
         _hss: hss,
+        _pg: pg,
         hop: 0,
         wire: Vec::new(),
-    }
+    })
 }
 
 impl Env {
@@ -259,9 +314,7 @@ fn usim_check(usim: &mut Usim, item: &SipAuthDataItem<'_>) -> UsimResponse {
     r
 }
 
-#[tokio::test]
-async fn uar_answers() {
-    let mut e = env().await;
+async fn uar_answers(mut e: Env) {
     let a = "alice.private@hims.net";
     let r = e
         .uar("nobody@hims.net", "sip:nobody@hims.net", "hims.net", None)
@@ -360,9 +413,7 @@ async fn uar_answers() {
     assert!(u.server_capabilities.is_some());
 }
 
-#[tokio::test]
-async fn mar_vectors_are_accepted_by_the_usim_and_sqn_only_grows() {
-    let mut e = env().await;
+async fn mar_vectors_are_accepted_by_the_usim_and_sqn_only_grows(mut e: Env) {
     let a = "alice.private@hims.net";
     let scheme = SqnScheme::new(5).unwrap();
     let mut usim = Usim::new(milenage(), UsimSqnState::new(scheme));
@@ -404,9 +455,7 @@ async fn mar_vectors_are_accepted_by_the_usim_and_sqn_only_grows() {
     assert_eq!(stored, last_sqn, "the store holds the last SQN handed out");
 }
 
-#[tokio::test]
-async fn mar_resync_gives_a_vector_the_ue_accepts() {
-    let mut e = env().await;
+async fn mar_resync_gives_a_vector_the_ue_accepts(mut e: Env) {
     let a = "alice.private@hims.net";
     let scheme = SqnScheme::new(5).unwrap();
     // The UE has seen far more than the HSS (e.g. the HSS was restored from a backup).
@@ -446,9 +495,7 @@ async fn mar_resync_gives_a_vector_the_ue_accepts() {
     );
 }
 
-#[tokio::test]
-async fn mar_digest_schemes_and_errors() {
-    let mut e = env().await;
+async fn mar_digest_schemes_and_errors(mut e: Env) {
     for scheme in ["SIP Digest", "Unknown"] {
         let r = e
             .mar("carol@hims.net", "sip:carol@hims.net", scheme, 1, None)
@@ -514,9 +561,7 @@ async fn mar_digest_schemes_and_errors() {
     assert_eq!(v.scscf.unwrap().server_name, SCSCF);
 }
 
-#[tokio::test]
-async fn sar_assignment_types_and_user_data() {
-    let mut e = env().await;
+async fn sar_assignment_types_and_user_data(mut e: Env) {
     let a = "alice.private@hims.net";
     let r = e
         .sar(Some(a), "sip:alice@hims.net", Sat::ReRegistration, false)
@@ -664,9 +709,7 @@ async fn sar_assignment_types_and_user_data() {
     );
 }
 
-#[tokio::test]
-async fn lir_answers() {
-    let mut e = env().await;
+async fn lir_answers(mut e: Env) {
     let r = e.lir("sip:nobody@hims.net").await;
     assert_eq!(lia(&r).base.result, exp(5001));
     let r = e.lir("sip:bob@hims.net").await;
@@ -688,9 +731,7 @@ async fn lir_answers() {
     );
 }
 
-#[tokio::test]
-async fn sloppy_requests_are_told_what_is_wrong() {
-    let mut e = env().await;
+async fn sloppy_requests_are_told_what_is_wrong(mut e: Env) {
     // A UAR without User-Name: 5005 with Failed-AVP naming User-Name.
     let hdr = Header::request(dict::command::USER_AUTHORIZATION, dict::APP_CX, true, 7, 8);
     let mut b = Vec::new();
@@ -789,7 +830,9 @@ async fn tshark_reads_every_answer() {
     let Some(tshark) = ims_testkit::require_tool("hss_cx_tshark", "tshark") else {
         return;
     };
-    let mut e = env().await;
+    let Some(mut e) = env(Db::Sqlite, "tshark").await else {
+        return;
+    };
     let a = "alice.private@hims.net";
     e.uar(a, "sip:alice@hims.net", "vims.net", None).await;
     e.mar(a, "sip:alice@hims.net", "Digest-AKAv1-MD5", 2, None)
