@@ -373,6 +373,26 @@ fn answer_result(bytes: &[u8]) -> Option<u32> {
         .and_then(|c| c.as_u32().ok())
 }
 
+/// Encodes a request with `encode` and sends it to `host`, returning the answer's result code.
+async fn ask_scscf(
+    s: &AppState,
+    host: &str,
+    encode: impl FnOnce(&mut Vec<u8>) -> Result<usize, ims_diameter::Error>,
+) -> Result<u32, ApiError> {
+    let mut req = Vec::new();
+    encode(&mut req).map_err(|e| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        field: None,
+        message: e.to_string(),
+    })?;
+    let ans = s
+        .diameter
+        .request(host, req)
+        .await
+        .map_err(diameter_error)?;
+    Ok(answer_result(&ans).unwrap_or(0))
+}
+
 /// RTR (administrative deregistration, TS 29.228 §6.1.3) to the serving S-CSCF; on its
 /// success the HSS forgets the S-CSCF and marks the identities not registered.
 async fn deregister(
@@ -402,18 +422,7 @@ async fn deregister(
             reason_info: Some("administrative deregistration"),
         },
     };
-    let mut req = Vec::new();
-    rtr.encode(&mut req).map_err(|e| ApiError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        field: None,
-        message: e.to_string(),
-    })?;
-    let ans = s
-        .diameter
-        .request(&host, req)
-        .await
-        .map_err(diameter_error)?;
-    let result = answer_result(&ans).unwrap_or(0);
+    let result = ask_scscf(&s, &host, |b| rtr.encode(b)).await?;
     if result == ims_diameter::dict::result_code::SUCCESS
         && let Some(first) = impus.first()
     {
@@ -456,20 +465,8 @@ async fn push_profile(
         user_data: Some(xml.as_bytes()),
         auth_data_item: None,
     };
-    let mut req = Vec::new();
-    ppr.encode(&mut req).map_err(|e| ApiError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        field: None,
-        message: e.to_string(),
-    })?;
-    let ans = s
-        .diameter
-        .request(&host, req)
-        .await
-        .map_err(diameter_error)?;
-    Ok(Json(
-        json!({ "scscf": host, "result_code": answer_result(&ans).unwrap_or(0) }),
-    ))
+    let result = ask_scscf(&s, &host, |b| ppr.encode(b)).await?;
+    Ok(Json(json!({ "scscf": host, "result_code": result })))
 }
 
 async fn health(State(store): State<Store>) -> Json<Value> {

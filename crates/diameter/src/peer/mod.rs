@@ -538,25 +538,7 @@ impl Peer {
 
     fn capabilities(&self, b: &mut MessageBuilder<'_>) {
         self.identity(b);
-        if self.cfg.host_ip_addresses.is_empty() {
-            b.address(&dict::HOST_IP_ADDRESS, IpAddr::from([127, 0, 0, 1]));
-        }
-        for ip in &self.cfg.host_ip_addresses {
-            b.address(&dict::HOST_IP_ADDRESS, *ip);
-        }
-        b.u32(&dict::VENDOR_ID, self.cfg.vendor_id)
-            .utf8(&dict::PRODUCT_NAME, &self.cfg.product_name)
-            .u32(&dict::ORIGIN_STATE_ID, self.cfg.origin_state_id);
-        for v in &self.cfg.supported_vendor_ids {
-            b.u32(&dict::SUPPORTED_VENDOR_ID, *v);
-        }
-        for (vendor, app) in &self.cfg.vendor_auth_apps {
-            b.group(&dict::VENDOR_SPECIFIC_APPLICATION_ID, |g| {
-                g.u32(&dict::VENDOR_ID, *vendor)
-                    .u32(&dict::AUTH_APPLICATION_ID, *app);
-            });
-        }
-        b.u32(&dict::FIRMWARE_REVISION, self.cfg.firmware_revision);
+        self.cea_body(b);
     }
 
     /// An answer to `req` with a Result-Code (and the E bit for protocol errors).
@@ -751,7 +733,7 @@ impl Peer {
         self.up(now, host, realm);
     }
 
-    /// A CEA carries our capabilities after Result-Code and our identity.
+    /// Our capabilities after the identity: in a CER, and in a CEA after its Result-Code.
     fn cea_body(&self, b: &mut MessageBuilder<'_>) {
         if self.cfg.host_ip_addresses.is_empty() {
             b.address(&dict::HOST_IP_ADDRESS, IpAddr::from([127, 0, 0, 1]));
