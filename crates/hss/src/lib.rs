@@ -49,6 +49,8 @@ pub struct DiameterConfig {
     pub origin_realm: Option<String>,
     /// Origin-Host values of the CSCFs allowed to connect (others get 3010 and are closed).
     pub allowed_peers: Vec<String>,
+    /// Origin-Realm values allowed to connect (empty: any realm).
+    pub allowed_realms: Vec<String>,
     /// Tw: seconds of silence before we send a DWR.
     pub watchdog_seconds: u64,
     /// Most vectors in one MAA.
@@ -78,6 +80,7 @@ impl Default for DiameterConfig {
             origin_host: None,
             origin_realm: None,
             allowed_peers: Vec::new(),
+            allowed_realms: Vec::new(),
             watchdog_seconds: 30,
             max_auth_items: 5,
             sqn_ind_bits: 5,
@@ -147,6 +150,7 @@ impl Hss {
         .map_err(HssError::Config)?;
         let mut peer_cfg = ims_diameter::peer::PeerConfig::cx(&origin_host, &origin_realm);
         peer_cfg.allowed_peers = d.allowed_peers.clone();
+        peer_cfg.allowed_realms = d.allowed_realms.clone();
         peer_cfg.watchdog = Duration::from_secs(d.watchdog_seconds.max(1));
         peer_cfg.product_name = "ims-core hss".into();
         peer_cfg.origin_state_id = std::time::SystemTime::now()

@@ -16,19 +16,29 @@
 //! 10415); a responder refuses an Origin-Host/Realm outside its allow-list with 3010
 //! DIAMETER_UNKNOWN_PEER and a CER without a common application with 5010, then closes.
 //!
-//! Watchdog (RFC 3539): any message received proves the peer alive; after Tw of silence we
-//! send a DWR; a second Tw without an answer takes the connection down. DWR and DPR from the
-//! peer are answered. An initiator that lost its connection asks to reconnect after a
-//! back-off that doubles from `reconnect_min` to `reconnect_max` (reset once Open), except
-//! after a DPR saying DO_NOT_WANT_TO_TALK_TO_YOU.
+//! Watchdog (RFC 3539 §3.4.1, [`WatchdogState`]): while OKAY any message received proves the
+//! peer alive; after Tw of silence we send a DWR; Tw more without its DWA makes the peer
+//! SUSPECT (the driver should fail new requests over to another peer, see
+//! [`Peer::watchdog_state`]); a DWA brings it back to OKAY, another Tw without one takes the
+//! connection DOWN ([`DownReason::WatchdogTimeout`] and [`Event::Close`]). Tw has no jitter
+//! here: a driver wanting RFC 3539's ±2 s sets `watchdog` per connection from its own
+//! randomness. DWR and DPR from the peer are answered. An initiator that lost its connection
+//! asks to reconnect ([`Event::Reconnect`] at [`Peer::reconnect_at`]) after a back-off that
+//! doubles from `reconnect_min` to `reconnect_max` (reset once Open), except after our own
+//! [`Peer::disconnect`] or a DPR saying DO_NOT_WANT_TO_TALK_TO_YOU.
 //!
 //! Requests: many in flight; each gets a hop-by-hop id unique on this connection and an
 //! end-to-end id ([`EndToEndIdGenerator`]), written into the caller's bytes. Answers are
-//! matched by hop-by-hop id; an answer nobody waits for is dropped with a warning. Requests
-//! still pending when the connection goes down, or older than `request_timeout`, fail with
-//! [`Event::RequestFailed`]. Nothing the peer sends can panic the machine: a malformed
-//! message gets the answer the codec's error names (5005, 5004, 3008 ... with Failed-AVP),
-//! and a framing error (bad version or length) closes the connection.
+//! matched by hop-by-hop id (an answer the codec refuses is still handed over: the
+//! application's decoder reports why); an answer nobody waits for is dropped with a warning.
+//! Requests still pending when the connection goes down, or older than `request_timeout`,
+//! fail with [`Event::RequestFailed`]. Nothing the peer sends can panic the machine: a
+//! malformed request gets the answer the codec's error names (5005, 5004, 3008 ... with
+//! Failed-AVP), and a framing error (bad version or length) closes the connection.
+//!
+//! Time and randomness come from the caller: every input takes `now`, and
+//! [`Peer::with_end_to_end`] takes the hop-by-hop seed and an [`EndToEndIdGenerator`] built
+//! from the caller's clock ([`Peer::new`] is the shorthand that reads the wall clock once).
 //!
 //! ```
 //! use ims_diameter::peer::{Event, Peer, PeerConfig, Role};
@@ -48,6 +58,9 @@
 //! }
 //! assert!(matches!(icscf.poll_event(), Some(Event::Up { .. })));
 //! assert!(matches!(hss.poll_event(), Some(Event::Up { .. })));
+//! assert_eq!(icscf.common_applications(), &[ims_diameter::dict::APP_CX]);
+//! // Next: the watchdog deadline (Tw = 30 s of silence, then a DWR).
+//! assert_eq!(icscf.poll_timeout(), Some(now + std::time::Duration::from_secs(30)));
 //! ```
 
 use std::collections::{HashMap, VecDeque};
@@ -87,12 +100,24 @@ pub enum State {
     Closing,
 }
 
+/// RFC 3539 watchdog state of the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchdogState {
+    /// The peer answers (or there is no need to ask yet).
+    Okay,
+    /// Our DWR got no answer within Tw: send new requests elsewhere if possible; the
+    /// connection goes down after another Tw without a DWA.
+    Suspect,
+    /// No open connection.
+    Down,
+}
+
 /// Why a connection went down.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DownReason {
     /// The transport closed or failed.
     TransportClosed,
-    /// No DWA within Tw after our DWR (or no CER/CEA within Tw).
+    /// No DWA within 2*Tw after our DWR (SUSPECT, then DOWN), or no CER/CEA within Tw.
     WatchdogTimeout,
     /// The peer sent DPR with this cause.
     PeerDisconnected(i32),
@@ -182,6 +207,8 @@ pub struct PeerConfig {
     /// Responder: Origin-Host values allowed to connect (case-insensitive); empty allows
     /// nobody. Initiator: when not empty, the CEA's Origin-Host must be one of them.
     pub allowed_peers: Vec<String>,
+    /// Origin-Realm values allowed (case-insensitive); empty allows any realm.
+    pub allowed_realms: Vec<String>,
     /// Tw, the watchdog interval (RFC 3539: 30 s by default, at least 6 s in deployments).
     pub watchdog: Duration,
     /// First reconnect delay.
@@ -208,6 +235,7 @@ impl PeerConfig {
             vendor_auth_apps: vec![(dict::VENDOR_3GPP, dict::APP_CX)],
             supported_vendor_ids: vec![dict::VENDOR_3GPP],
             allowed_peers: Vec::new(),
+            allowed_realms: Vec::new(),
             watchdog: Duration::from_secs(30),
             reconnect_min: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(30),
@@ -256,22 +284,36 @@ pub struct Peer {
     pending: HashMap<u32, (u64, Instant)>,
     /// Watchdog / CER / DPA deadline.
     deadline: Option<Instant>,
+    /// Our DWR is waiting for its DWA (RFC 3539 `pending`).
     dwr_outstanding: bool,
-    /// Our DWR's hop-by-hop id, to recognise its DWA.
+    suspect: bool,
     reconnect_at: Option<Instant>,
     backoff: Duration,
     remote: Option<(String, String)>,
+    common_apps: Vec<u32>,
     no_reconnect: bool,
     closing_after_send: bool,
 }
 
 impl Peer {
     /// A peer in the Closed state. `seed` varies the first hop-by-hop and end-to-end ids
-    /// (give it randomness; a fixed seed is for tests).
+    /// (give it randomness; a fixed seed is for tests). Reads the wall clock once for the
+    /// end-to-end ids; [`Peer::with_end_to_end`] takes them from the caller instead.
     pub fn new(cfg: PeerConfig, role: Role, seed: u32) -> Self {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        Self::with_end_to_end(cfg, role, seed, EndToEndIdGenerator::new(secs, seed))
+    }
+
+    /// A peer in the Closed state, nothing read from the host: `hop_by_hop_seed` places the
+    /// first hop-by-hop id, `e2e` hands out the end-to-end ids.
+    pub fn with_end_to_end(
+        cfg: PeerConfig,
+        role: Role,
+        hop_by_hop_seed: u32,
+        e2e: EndToEndIdGenerator,
+    ) -> Self {
         let backoff = cfg.reconnect_min;
         Self {
             cfg,
@@ -280,15 +322,17 @@ impl Peer {
             rx: Vec::new(),
             tx: VecDeque::new(),
             events: VecDeque::new(),
-            hop_by_hop: seed.rotate_left(16) ^ 0x5a5a_0000,
-            e2e: EndToEndIdGenerator::new(secs, seed),
+            hop_by_hop: hop_by_hop_seed.rotate_left(16) ^ 0x5a5a_0000,
+            e2e,
             next_handle: 1,
             pending: HashMap::new(),
             deadline: None,
             dwr_outstanding: false,
+            suspect: false,
             reconnect_at: None,
             backoff,
             remote: None,
+            common_apps: Vec::new(),
             no_reconnect: false,
             closing_after_send: false,
         }
@@ -302,6 +346,27 @@ impl Peer {
     /// The peer's (Origin-Host, Origin-Realm) once known.
     pub fn remote(&self) -> Option<(&str, &str)> {
         self.remote.as_ref().map(|(h, r)| (h.as_str(), r.as_str()))
+    }
+
+    /// The applications both ends advertised (known once Open; our own list when the peer
+    /// is a relay).
+    pub fn common_applications(&self) -> &[u32] {
+        &self.common_apps
+    }
+
+    /// The RFC 3539 watchdog state: OKAY or SUSPECT while the connection is Open or
+    /// Closing, DOWN otherwise.
+    pub fn watchdog_state(&self) -> WatchdogState {
+        match self.state {
+            State::Open | State::Closing if self.suspect => WatchdogState::Suspect,
+            State::Open | State::Closing => WatchdogState::Okay,
+            _ => WatchdogState::Down,
+        }
+    }
+
+    /// Initiator: when [`Event::Reconnect`] will be raised (also in [`Peer::poll_timeout`]).
+    pub fn reconnect_at(&self) -> Option<Instant> {
+        self.reconnect_at
     }
 
     /// Requests waiting for their answer.
@@ -323,7 +388,10 @@ impl Peer {
         self.rx.clear();
         self.reconnect_at = None;
         self.dwr_outstanding = false;
+        self.suspect = false;
         self.closing_after_send = false;
+        // The driver connects again, whatever it was told before.
+        self.no_reconnect = false;
         match self.role {
             Role::Initiator => {
                 let hdr = Header::request(
@@ -408,7 +476,7 @@ impl Peer {
             return;
         }
         match self.state {
-            State::Open if !self.dwr_outstanding => {
+            State::Open if !self.dwr_outstanding && !self.suspect => {
                 let hdr = Header::request(
                     dict::command::DEVICE_WATCHDOG,
                     dict::APP_COMMON,
@@ -424,8 +492,16 @@ impl Peer {
                 self.dwr_outstanding = true;
                 self.deadline = Some(now + self.cfg.watchdog);
             }
+            State::Open if !self.suspect => {
+                tracing::warn!(
+                    peer = self.remote.as_ref().map_or("", |r| r.0.as_str()),
+                    "no DWA within Tw: Diameter peer SUSPECT (fail over)"
+                );
+                self.suspect = true;
+                self.deadline = Some(now + self.cfg.watchdog);
+            }
             State::Open | State::WaitCea | State::WaitCer => {
-                tracing::warn!(state = ?self.state, "Diameter peer silent for 2*Tw (or no CER/CEA): down");
+                tracing::warn!(state = ?self.state, "Diameter peer silent for 2*Tw after our DWR (or no CER/CEA): down");
                 self.go_down(now, DownReason::WatchdogTimeout);
             }
             State::Closing => self.go_down(now, DownReason::Disconnected),
@@ -441,6 +517,12 @@ impl Peer {
         }
         if bytes.len() < 20 || bytes[4] & flags::R == 0 {
             return Err(PeerError::NotARequest("no header or R bit clear"));
+        }
+        // A length field that lies would desynchronise the stream for the peer.
+        if frame(&bytes, u32::MAX) != Ok(Some(bytes.len())) {
+            return Err(PeerError::NotARequest(
+                "the header's length is not the number of bytes",
+            ));
         }
         let hop = self.next_hop();
         let e2e = self.e2e.next_id();
@@ -462,8 +544,12 @@ impl Peer {
     }
 
     /// Sends DPR with `cause` and waits (at most Tw) for the DPA.
+    /// Before Open (or already Closing) the connection is just closed; either way an
+    /// initiator does not reconnect until the driver calls [`Peer::handle_connected`] again.
     pub fn disconnect(&mut self, now: Instant, cause: DisconnectCause) {
         if self.state != State::Open {
+            self.no_reconnect = true;
+            self.reconnect_at = None;
             if self.state != State::Closed {
                 self.go_down(now, DownReason::Disconnected);
             }
@@ -574,6 +660,7 @@ impl Peer {
         self.state = State::Closed;
         self.deadline = None;
         self.dwr_outstanding = false;
+        self.suspect = false;
         self.rx.clear();
         let mut failed: Vec<u64> = self.pending.drain().map(|(_, (h, _))| h).collect();
         failed.sort_unstable();
@@ -591,19 +678,21 @@ impl Peer {
         }
     }
 
-    fn up(&mut self, now: Instant, host: String, realm: String) {
+    fn up(&mut self, now: Instant, host: String, realm: String, apps: Vec<u32>) {
         self.state = State::Open;
+        self.common_apps = apps;
         self.backoff = self.cfg.reconnect_min;
         self.no_reconnect = false;
         self.deadline = Some(now + self.cfg.watchdog);
-        tracing::info!(peer = %host, realm = %realm, "Diameter peer connection open");
+        tracing::info!(peer = %host, realm = %realm, apps = ?self.common_apps, "Diameter peer connection open");
         self.remote = Some((host.clone(), realm.clone()));
         self.events.push_back(Event::Up { host, realm });
     }
 
     fn receive(&mut self, now: Instant, bytes: &[u8]) {
-        // Any message proves the peer alive (RFC 3539 §3.4.1).
-        if self.state == State::Open {
+        // Any message proves the peer alive while OKAY (RFC 3539 §3.4.1); a SUSPECT peer
+        // needs a DWA.
+        if self.state == State::Open && !self.suspect {
             self.deadline = Some(now + self.cfg.watchdog);
         }
         let msg = match Message::parse(bytes) {
@@ -623,6 +712,10 @@ impl Peer {
             }
             (dict::command::DEVICE_WATCHDOG, false) => {
                 self.dwr_outstanding = false;
+                if self.suspect {
+                    tracing::info!("DWA from a SUSPECT Diameter peer: OKAY again (fail back)");
+                    self.suspect = false;
+                }
                 if self.state == State::Open {
                     self.deadline = Some(now + self.cfg.watchdog);
                 }
@@ -685,6 +778,15 @@ impl Peer {
             hdr.flags &= flags::R | flags::P;
             let ans = self.base_answer(&hdr, e.result_code(), e.failed_avp(), |_, _| {});
             self.queue(ans);
+        } else {
+            let hop = u32::from_be_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+            // Hand it over all the same: waiting for `request_timeout` helps nobody.
+            if let Some((handle, _)) = self.pending.remove(&hop) {
+                self.events.push_back(Event::Answer {
+                    handle,
+                    bytes: bytes.to_vec(),
+                });
+            }
         }
     }
 
@@ -706,19 +808,15 @@ impl Peer {
                 return;
             }
         };
-        if !self
-            .cfg
-            .allowed_peers
-            .iter()
-            .any(|p| p.eq_ignore_ascii_case(&host))
-        {
+        if !self.allowed(&host, &realm) {
             tracing::warn!(peer = %host, realm = %realm, "CER from a peer not in the allow-list: 3010");
             let cea = self.base_answer(&hdr, rc::UNKNOWN_PEER, None, |p, b| p.cea_body(b));
             self.queue(cea);
             self.go_down(now, DownReason::CapabilitiesRefused(rc::UNKNOWN_PEER));
             return;
         }
-        if !self.common_application(msg) {
+        let apps = self.shared_applications(msg);
+        if apps.is_empty() {
             tracing::warn!(peer = %host, "CER without a common application: 5010");
             let cea = self.base_answer(&hdr, rc::NO_COMMON_APPLICATION, None, |p, b| p.cea_body(b));
             self.queue(cea);
@@ -730,7 +828,21 @@ impl Peer {
         }
         let cea = self.base_answer(&hdr, rc::SUCCESS, None, |p, b| p.cea_body(b));
         self.queue(cea);
-        self.up(now, host, realm);
+        self.up(now, host, realm, apps);
+    }
+
+    /// Origin-Host in the allow-list, and Origin-Realm too when realms are listed.
+    fn allowed(&self, host: &str, realm: &str) -> bool {
+        self.cfg
+            .allowed_peers
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(host))
+            && (self.cfg.allowed_realms.is_empty()
+                || self
+                    .cfg
+                    .allowed_realms
+                    .iter()
+                    .any(|r| r.eq_ignore_ascii_case(realm)))
     }
 
     /// Our capabilities after the identity: in a CER, and in a CEA after its Result-Code.
@@ -785,37 +897,44 @@ impl Peer {
             self.go_down(now, DownReason::CapabilitiesRefused(rc::UNKNOWN_PEER));
             return;
         }
-        if !self.common_application(msg) {
+        let apps = self.shared_applications(msg);
+        if apps.is_empty() {
+            tracing::warn!(peer = %host, "CEA without a common application: closing");
             self.go_down(
                 now,
                 DownReason::CapabilitiesRefused(rc::NO_COMMON_APPLICATION),
             );
             return;
         }
-        self.up(now, host, realm);
+        self.up(now, host, realm, apps);
     }
 
-    /// Does the CER/CEA name one of our applications (or the relay application)?
-    fn common_application(&self, msg: &Message<'_>) -> bool {
-        let ours = |app: u32| {
-            app == dict::APP_RELAY || self.cfg.vendor_auth_apps.iter().any(|(_, a)| *a == app)
+    /// The applications of ours the CER/CEA names (all of ours if it names the relay
+    /// application), in our order; empty: no common application.
+    fn shared_applications(&self, msg: &Message<'_>) -> Vec<u32> {
+        let mut theirs: Vec<u32> = Vec::new();
+        let mut app_of = |a: &Avp<'_>| {
+            if (a.is(&dict::AUTH_APPLICATION_ID) || a.is(&dict::ACCT_APPLICATION_ID))
+                && let Ok(id) = a.as_u32()
+            {
+                theirs.push(id);
+            }
         };
         for avp in msg.avps().flatten() {
-            if avp.is(&dict::AUTH_APPLICATION_ID) || avp.is(&dict::ACCT_APPLICATION_ID) {
-                if avp.as_u32().is_ok_and(ours) {
-                    return true;
-                }
-            } else if avp.is(&dict::VENDOR_SPECIFIC_APPLICATION_ID) {
-                let found = avp.grouped().flatten().any(|c: Avp<'_>| {
-                    (c.is(&dict::AUTH_APPLICATION_ID) || c.is(&dict::ACCT_APPLICATION_ID))
-                        && c.as_u32().is_ok_and(ours)
-                });
-                if found {
-                    return true;
-                }
+            if avp.is(&dict::VENDOR_SPECIFIC_APPLICATION_ID) {
+                avp.grouped().flatten().for_each(|c| app_of(&c));
+            } else {
+                app_of(&avp);
             }
         }
-        false
+        let relay = theirs.contains(&dict::APP_RELAY);
+        let mut common: Vec<u32> = Vec::new();
+        for (_, app) in &self.cfg.vendor_auth_apps {
+            if (relay || theirs.contains(app)) && !common.contains(app) {
+                common.push(*app);
+            }
+        }
+        common
     }
 }
 

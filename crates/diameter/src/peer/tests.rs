@@ -178,16 +178,27 @@ fn watchdog_dwr_after_tw_and_down_without_dwa() {
     );
     c.handle_bytes(now + tw, &dwa);
     assert_eq!(c.state(), State::Open);
-    // Again silence, DWR, but this time no DWA: down after another Tw, reconnect later.
+    // Again silence, DWR, but this time no DWA: SUSPECT after Tw, down after another Tw,
+    // reconnect later.
     c.handle_timeout(now + tw * 2);
     assert!(c.poll_transmit().is_some());
     c.handle_timeout(now + tw * 3);
+    assert_eq!(c.watchdog_state(), WatchdogState::Suspect);
+    assert_eq!(c.state(), State::Open);
+    assert!(events(&mut c).is_empty());
+    // Traffic other than a DWA does not clear SUSPECT, nor push the deadline back.
+    c.handle_bytes(now + tw * 3 + Duration::from_secs(1), &dwr);
+    assert!(c.poll_transmit().is_some(), "a DWR is still answered");
+    assert_eq!(c.poll_timeout(), Some(now + tw * 4));
+    c.handle_timeout(now + tw * 4);
     let ev = events(&mut c);
     assert!(ev.contains(&Event::Close));
     assert!(ev.contains(&Event::Down(DownReason::WatchdogTimeout)));
     assert_eq!(c.state(), State::Closed);
+    assert_eq!(c.watchdog_state(), WatchdogState::Down);
     let at = c.poll_timeout().unwrap();
-    assert_eq!(at, now + tw * 3 + Duration::from_secs(1));
+    assert_eq!(at, now + tw * 4 + Duration::from_secs(1));
+    assert_eq!(c.reconnect_at(), Some(at));
     c.handle_timeout(at);
     assert_eq!(events(&mut c), vec![Event::Reconnect]);
 }
@@ -274,6 +285,23 @@ fn unknown_peer_gets_3010_and_is_closed() {
     assert!(events(&mut s).contains(&Event::Close));
     c.handle_bytes(now, &cea);
     assert!(events(&mut c).contains(&Event::Down(DownReason::CapabilitiesRefused(3010))));
+}
+
+#[test]
+fn allowed_host_from_another_realm_gets_3010() {
+    let now = Instant::now();
+    let mut cfg = hss_cfg();
+    cfg.allowed_realms = vec!["hims.net".into()];
+    let mut c = Peer::new(
+        PeerConfig::cx("icscf1.hims.net", "evil.net"),
+        Role::Initiator,
+        3,
+    );
+    let mut s = Peer::new(cfg, Role::Responder, 4);
+    c.handle_connected(now);
+    s.handle_connected(now);
+    pump(now, &mut c, &mut s);
+    assert!(events(&mut s).contains(&Event::Down(DownReason::CapabilitiesRefused(3010))));
 }
 
 #[test]
@@ -377,4 +405,175 @@ fn end_to_end_ids_follow_freediameter() {
     assert_eq!(first & 0xf_ffff, 0xf_ffff);
     assert_eq!(g.next_id(), first.wrapping_add(1));
     let _ = T0;
+}
+
+#[test]
+fn suspect_peer_fails_back_on_dwa() {
+    let now = Instant::now();
+    let (mut c, mut s) = open_pair(now);
+    let tw = Duration::from_secs(6);
+    c.handle_timeout(now + tw);
+    let dwr = c.poll_transmit().unwrap();
+    c.handle_timeout(now + tw * 2);
+    assert_eq!(c.watchdog_state(), WatchdogState::Suspect);
+    // The DWA arrives late: OKAY again, and the watchdog restarts from now.
+    s.handle_bytes(now + tw * 2, &dwr);
+    let dwa = s.poll_transmit().unwrap();
+    c.handle_bytes(now + tw * 2, &dwa);
+    assert_eq!(c.watchdog_state(), WatchdogState::Okay);
+    assert_eq!(c.poll_timeout(), Some(now + tw * 3));
+    c.handle_timeout(now + tw * 3);
+    assert_eq!(
+        Message::parse(&c.poll_transmit().unwrap())
+            .unwrap()
+            .command_code(),
+        dict::command::DEVICE_WATCHDOG
+    );
+    assert!(events(&mut c).is_empty());
+}
+
+#[test]
+fn responder_sends_dwr_and_initiator_answers() {
+    let now = Instant::now();
+    let (mut c, mut s) = open_pair(now);
+    let tw = Duration::from_secs(6);
+    s.handle_timeout(now + tw);
+    let dwr = s.poll_transmit().unwrap();
+    let m = Message::parse(&dwr).unwrap();
+    assert!(m.is_request());
+    assert_eq!(m.command_code(), dict::command::DEVICE_WATCHDOG);
+    assert_eq!(m.header().application_id, dict::APP_COMMON);
+    c.handle_bytes(now + tw, &dwr);
+    let dwa = c.poll_transmit().unwrap();
+    let a = Message::parse(&dwa).unwrap();
+    assert_eq!(a.header().hop_by_hop, m.header().hop_by_hop);
+    assert_eq!(a.header().end_to_end, m.header().end_to_end);
+    s.handle_bytes(now + tw, &dwa);
+    assert_eq!(s.watchdog_state(), WatchdogState::Okay);
+    assert_eq!(s.poll_timeout(), Some(now + tw * 2));
+}
+
+#[test]
+fn cer_on_an_open_connection_gets_an_error_and_changes_nothing() {
+    let now = Instant::now();
+    let (mut c, mut s) = open_pair(now);
+    let mut again = Peer::new(icscf_cfg(), Role::Initiator, 11);
+    again.handle_connected(now);
+    let cer = again.poll_transmit().unwrap();
+    s.handle_bytes(now, &cer);
+    let cea = s.poll_transmit().unwrap();
+    let m = Message::parse(&cea).unwrap();
+    assert_eq!(m.command_code(), dict::command::CAPABILITIES_EXCHANGE);
+    assert_eq!(find_u32(&m, &dict::RESULT_CODE), Some(rc::UNABLE_TO_COMPLY));
+    assert_eq!(s.state(), State::Open);
+    assert!(events(&mut s).is_empty());
+    // A stray CEA on the open connection is ignored too.
+    c.handle_bytes(now, &cea);
+    assert_eq!(c.state(), State::Open);
+    assert!(events(&mut c).is_empty());
+}
+
+#[test]
+fn common_applications_are_known_once_open() {
+    let now = Instant::now();
+    let (c, s) = open_pair(now);
+    assert_eq!(c.common_applications(), &[dict::APP_CX]);
+    assert_eq!(s.common_applications(), &[dict::APP_CX]);
+    // A relay peer shares all of ours.
+    let mut cfg = icscf_cfg();
+    cfg.vendor_auth_apps = vec![(0, dict::APP_RELAY)];
+    let mut r = Peer::new(cfg, Role::Initiator, 5);
+    let mut s = Peer::new(hss_cfg(), Role::Responder, 6);
+    r.handle_connected(now);
+    s.handle_connected(now);
+    pump(now, &mut r, &mut s);
+    assert_eq!(s.state(), State::Open);
+    assert_eq!(s.common_applications(), &[dict::APP_CX]);
+}
+
+#[test]
+fn send_request_writes_fresh_ids_and_refuses_bad_bytes() {
+    let now = Instant::now();
+    let (mut c, _s) = open_pair(now);
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..3 {
+        c.send_request(now, uar()).unwrap();
+        let m = *Message::parse(&c.poll_transmit().unwrap())
+            .unwrap()
+            .header();
+        assert!(ids.insert((m.hop_by_hop, m.end_to_end)));
+    }
+    let mut short = uar();
+    short.pop();
+    assert!(matches!(
+        c.send_request(now, short),
+        Err(PeerError::NotARequest(_))
+    ));
+    let mut answer = uar();
+    answer[4] &= !flags::R;
+    assert!(matches!(
+        c.send_request(now, answer),
+        Err(PeerError::NotARequest(_))
+    ));
+    assert!(c.send_request(now, vec![1, 0, 0]).is_err());
+    assert_eq!(c.pending_requests(), 3);
+}
+
+#[test]
+fn injected_end_to_end_ids() {
+    let cfg = icscf_cfg();
+    let mut c = Peer::with_end_to_end(
+        cfg,
+        Role::Initiator,
+        1,
+        EndToEndIdGenerator::new(0xabc, 0x12345),
+    );
+    c.handle_connected(Instant::now());
+    let cer = c.poll_transmit().unwrap();
+    let m = Message::parse(&cer).unwrap();
+    assert_eq!(m.header().end_to_end, 0xabc1_2345);
+}
+
+#[test]
+fn malformed_answer_still_reaches_its_request() {
+    let now = Instant::now();
+    let (mut c, _s) = open_pair(now);
+    let h = c.send_request(now, uar()).unwrap();
+    let req = c.poll_transmit().unwrap();
+    let mut bad = answer_to(&req);
+    bad[4] |= 0x01; // a reserved command flag: the header check refuses it (3008)
+    assert!(Message::parse(&bad).is_err());
+    c.handle_bytes(now, &bad);
+    assert_eq!(
+        events(&mut c),
+        vec![Event::Answer {
+            handle: h,
+            bytes: bad
+        }]
+    );
+    assert_eq!(c.state(), State::Open);
+}
+
+#[test]
+fn disconnect_before_open_does_not_reconnect() {
+    let now = Instant::now();
+    let mut c = Peer::new(icscf_cfg(), Role::Initiator, 1);
+    c.handle_connecting(now);
+    c.handle_connected(now);
+    c.disconnect(now, DisconnectCause::Rebooting);
+    let ev = events(&mut c);
+    assert!(ev.contains(&Event::Close));
+    assert_eq!(c.poll_timeout(), None);
+    // A peer's DPR with REBOOTING: answered, closed, and the initiator reconnects.
+    let (mut c, mut s) = open_pair(now);
+    s.disconnect(now, DisconnectCause::Rebooting);
+    pump(now, &mut c, &mut s);
+    assert!(events(&mut c).contains(&Event::Down(DownReason::PeerDisconnected(0))));
+    assert_eq!(c.reconnect_at(), Some(now + Duration::from_secs(1)));
+    // DO_NOT_WANT_TO_TALK_TO_YOU: no reconnect.
+    let (mut c, mut s) = open_pair(now);
+    s.disconnect(now, DisconnectCause::DoNotWantToTalkToYou);
+    pump(now, &mut c, &mut s);
+    assert!(events(&mut c).contains(&Event::Down(DownReason::PeerDisconnected(2))));
+    assert_eq!(c.reconnect_at(), None);
 }

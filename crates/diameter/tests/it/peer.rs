@@ -8,7 +8,13 @@
 //!   allow IPsec here") unless the acl_wl extension lists it with the `ALLOW_IPSEC` flag
 //!   (`ALLOW_OLD_TLS` is not enough).
 //! - `dict_dcca_3gpp.fdx` needs `dict_dcca.fdx` loaded first (not needed here).
-//! - `TwTimer` cannot go below 6 s, so waiting for its DWR costs ~6 s.
+//! - `TwTimer` cannot go below 6 s (the parser wants > 5), so waiting for its DWR costs ~6 s.
+//! - For a `ConnectPeer` entry the CEA's Origin-Host must equal the entry's name: otherwise
+//!   it logs "Received a message with Origin-Host set to ... while expecting ..." and drops
+//!   the TCP connection right after our CEA (no DPR).
+//! - Without an application extension and without `NoRelay` it advertises the relay
+//!   application (0xffffffff) only, so Cx is "common" through relaying; no dictionary needed.
+//! - Its log goes to stdout; the test waits for "freeDiameterd daemon initialized" there.
 
 use ims_diameter::dict::DisconnectCause;
 use ims_diameter::peer::{DownReason, Event, Peer, PeerConfig, Role, State};
@@ -232,6 +238,9 @@ fn we_connect_to_freediameter() {
         fd.log()
     );
     assert!(seen.contains(&(dict::command::CAPABILITIES_EXCHANGE, false)));
+    // No Cx extension is loaded: freeDiameter advertises the relay application, which
+    // shares every application of ours.
+    assert_eq!(peer.common_applications(), &[dict::APP_CX]);
     assert!(
         fd.log().contains("'STATE_OPEN'\t'icscf1.hims.net'")
             || fd.log().contains("-> 'STATE_OPEN'")
@@ -275,5 +284,11 @@ fn freediameter_connects_to_us() {
         fd.log()
     );
     assert!(seen.contains(&(dict::command::CAPABILITIES_EXCHANGE, true)));
+    assert_eq!(peer.common_applications(), &[dict::APP_CX]);
     watchdog_and_disconnect(&mut stream, &mut peer, &fd);
+    assert!(
+        !fd.log().contains("ERROR"),
+        "freeDiameter logged an error:\n{}",
+        fd.log()
+    );
 }
