@@ -146,3 +146,131 @@ async fn rfc3263_location() {
     assert_eq!(again.len(), 4);
     assert_eq!(again[0], t("127.0.0.20:5060", Udp));
 }
+
+// ---------------------------------------------------------------------------------------
+// SIP transport: UDP and TCP on one port, Content-Length framing, connection reuse.
+
+mod sip_transport {
+    use bytes::Bytes;
+    use ims_net::sip::{SipTransport, Transport};
+    use ims_sip::Method;
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    fn register(call_id: &str, body: &str) -> String {
+        format!(
+            "REGISTER sip:hims.net SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK{call_id}\r\n\
+             From: <sip:alice@hims.net>;tag=1\r\nTo: <sip:alice@hims.net>\r\nCall-ID: {call_id}\r\n\
+             CSeq: 1 REGISTER\r\nMax-Forwards: 70\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    async fn next(
+        rx: &mut tokio::sync::mpsc::Receiver<ims_net::sip::Incoming>,
+    ) -> ims_net::sip::Incoming {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a message within 5 s")
+            .expect("channel open")
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn udp_round_trip_and_garbage_dropped() {
+        let (t, mut rx) = SipTransport::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let ue = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        ue.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        ue.send_to(b"\x00\x01garbage without a start line", t.local_addr())
+            .unwrap();
+        ue.send_to(register("u1", "").as_bytes(), t.local_addr())
+            .unwrap();
+        let m = next(&mut rx).await;
+        assert_eq!(m.transport, Transport::Udp);
+        assert_eq!(m.source, ue.local_addr().unwrap());
+        assert_eq!(
+            m.message.call_id().unwrap(),
+            "u1",
+            "the garbage before it was dropped"
+        );
+        let resp = ims_sip::response_to(&m.message, 200, "OK", Some("s")).unwrap();
+        t.send(Transport::Udp, m.source, resp.to_bytes())
+            .await
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        let n = ue.recv(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"SIP/2.0 200 OK\r\n"));
+        assert!(
+            t.send(Transport::Tls, m.source, Bytes::new())
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn tcp_framing_keepalive_and_connection_reuse() {
+        let (t, mut rx) = SipTransport::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let mut ue = std::net::TcpStream::connect(t.local_addr()).unwrap();
+        ue.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // Two REGISTERs in one segment, the second with a body split over two writes,
+        // then a double-CRLF ping.
+        let two = format!("{}{}", register("t1", ""), register("t2", "hello"));
+        let (a, b) = two.split_at(two.len() - 3);
+        ue.write_all(a.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        ue.write_all(b.as_bytes()).unwrap();
+        ue.write_all(b"\r\n\r\n").unwrap();
+        let m1 = next(&mut rx).await;
+        let m2 = next(&mut rx).await;
+        assert_eq!(
+            (m1.message.call_id().unwrap(), m2.message.call_id().unwrap()),
+            ("t1", "t2")
+        );
+        assert_eq!(m2.message.body(), b"hello");
+        assert_eq!(m1.transport, Transport::Tcp);
+        assert_eq!(m1.message.method(), Some(Method::Register));
+        let mut pong = [0u8; 2];
+        ue.read_exact(&mut pong).unwrap();
+        assert_eq!(&pong, b"\r\n", "RFC 5626 pong");
+        // The response goes back on the UE's own connection.
+        let resp = ims_sip::response_to(&m1.message, 200, "OK", Some("s")).unwrap();
+        t.send(Transport::Tcp, m1.source, resp.to_bytes())
+            .await
+            .unwrap();
+        let mut got = vec![0u8; resp.to_bytes().len()];
+        ue.read_exact(&mut got).unwrap();
+        assert_eq!(got, resp.to_bytes());
+        assert_eq!(t.tcp_connections(), 1);
+        // A bad Content-Length cannot be framed: the connection is closed.
+        ue.write_all(b"REGISTER sip:x SIP/2.0\r\nContent-Length: -1\r\n\r\n")
+            .unwrap();
+        let mut rest = Vec::new();
+        let n = ue.read_to_end(&mut rest).unwrap();
+        assert_eq!(n, 0, "closed without an answer");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn outgoing_tcp_connects_once_and_reuses() {
+        let (a, _rx_a) = SipTransport::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let (b, mut rx_b) = SipTransport::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        for id in ["o1", "o2", "o3"] {
+            a.send(
+                Transport::Tcp,
+                b.local_addr(),
+                Bytes::from(register(id, "")),
+            )
+            .await
+            .unwrap();
+            assert_eq!(next(&mut rx_b).await.message.call_id().unwrap(), id);
+        }
+        assert_eq!(a.tcp_connections(), 1);
+        assert_eq!(b.tcp_connections(), 1);
+    }
+}

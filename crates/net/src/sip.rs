@@ -1,0 +1,271 @@
+//! SIP over UDP and TCP (RFC 3261 §18) for the CSCFs: one [`SipTransport`] binds a UDP socket
+//! and a TCP listener on the same address, hands every received message to the application
+//! as an [`Incoming`] on a channel, and sends messages back out.
+//!
+//! - UDP: one datagram is one message ([`ims_sip::Message::parse`]); Content-Length cuts the
+//!   body and anything after it is dropped.
+//! - TCP: each connection is read by its own task and framed by Content-Length
+//!   ([`ims_sip::frame`]); CRLF keepalives are answered per RFC 5626 (a double CRLF gets a
+//!   single CRLF back). A framing error (a bad Content-Length, an oversized head) closes the
+//!   connection: the stream cannot be resynchronised.
+//! - Connection reuse: every TCP connection (accepted or opened) is kept by its remote
+//!   address, so a response to a UE goes back on the connection its request came in on
+//!   (RFC 3261 §18.2.2), and a request to a next hop reuses an open connection.
+//! - A message that does not parse is dropped with one log line naming the problem (with no
+//!   parsable Via there is nobody to answer); whether a parsed request is acceptable
+//!   ([`ims_sip::Message::check_request`], 400) is the application's call.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use ims_sip::{DEFAULT_MAX_MESSAGE_LEN, Frame, Message, frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+pub use crate::dns::Transport;
+
+/// A received message and where it came from.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The message.
+    pub message: Message,
+    /// The sender's address (the source of the datagram, or the TCP peer).
+    pub source: SocketAddr,
+    /// The transport it came on.
+    pub transport: Transport,
+    /// The local address it arrived at.
+    pub local: SocketAddr,
+}
+
+/// Why a send failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// This transport is not served here (TLS).
+    #[error("SIP over {0:?} is not supported by this transport")]
+    Unsupported(Transport),
+    /// The socket said no.
+    #[error("sending SIP over {transport:?} to {to}: {source}")]
+    Io {
+        /// Transport.
+        transport: Transport,
+        /// Destination.
+        to: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Conns = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>>;
+
+/// UDP and TCP on one address. Clone freely: clones share the sockets.
+#[derive(Clone)]
+pub struct SipTransport {
+    udp: Arc<UdpSocket>,
+    local: SocketAddr,
+    conns: Conns,
+    incoming: mpsc::Sender<Incoming>,
+    max_len: usize,
+}
+
+impl SipTransport {
+    /// Binds UDP and TCP on `addr` (port 0 picks one port free on both) and starts
+    /// receiving; received messages arrive on the returned channel.
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<(Self, mpsc::Receiver<Incoming>)> {
+        let (udp, tcp) = bind_both(addr).await?;
+        let local = udp.local_addr()?;
+        let (tx, rx) = mpsc::channel(4096);
+        let t = SipTransport {
+            udp: Arc::new(udp),
+            local,
+            conns: Arc::new(Mutex::new(HashMap::new())),
+            incoming: tx,
+            max_len: DEFAULT_MAX_MESSAGE_LEN,
+        };
+        tokio::spawn(t.clone().udp_loop());
+        tokio::spawn(t.clone().accept_loop(tcp));
+        tracing::info!(%local, "SIP listening on UDP and TCP");
+        Ok((t, rx))
+    }
+
+    /// The bound address (the same port for UDP and TCP).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Sends `bytes` to `to` over `transport`; TCP reuses a connection to `to` when one is
+    /// open (the one a request came in on), and connects otherwise.
+    pub async fn send(
+        &self,
+        transport: Transport,
+        to: SocketAddr,
+        bytes: Bytes,
+    ) -> Result<(), SendError> {
+        let io = |source| SendError::Io {
+            transport,
+            to,
+            source,
+        };
+        match transport {
+            Transport::Udp => self.udp.send_to(&bytes, to).await.map(|_| ()).map_err(io),
+            Transport::Tls => Err(SendError::Unsupported(transport)),
+            Transport::Tcp => {
+                let existing = self.conns.lock().ok().and_then(|c| c.get(&to).cloned());
+                let tx = match existing {
+                    Some(tx) if !tx.is_closed() => tx,
+                    _ => {
+                        let stream = TcpStream::connect(to).await.map_err(io)?;
+                        self.spawn_conn(stream, to)
+                    }
+                };
+                tx.send(bytes).await.map_err(|_| {
+                    io(std::io::Error::new(
+                        std::io::ErrorKind::BrokenPipe,
+                        "connection closed",
+                    ))
+                })
+            }
+        }
+    }
+
+    /// Open TCP connections (accepted and opened).
+    pub fn tcp_connections(&self) -> usize {
+        self.conns.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    async fn udp_loop(self) {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let (n, from) = match self.udp.recv_from(&mut buf).await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "SIP UDP receive failed");
+                    continue;
+                }
+            };
+            let data = &buf[..n];
+            if data.iter().all(|&b| b == b'\r' || b == b'\n') {
+                continue; // keepalive
+            }
+            match Message::parse_with_limit(Bytes::copy_from_slice(data), self.max_len) {
+                Ok(message) => {
+                    let _ = self
+                        .incoming
+                        .send(Incoming {
+                            message,
+                            source: from,
+                            transport: Transport::Udp,
+                            local: self.local,
+                        })
+                        .await;
+                }
+                Err(e) => {
+                    tracing::info!(%from, error = %e, "malformed SIP datagram dropped")
+                }
+            }
+        }
+    }
+
+    async fn accept_loop(self, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, from)) => {
+                    self.spawn_conn(stream, from);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "SIP TCP accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Registers a connection and starts its reader and writer.
+    fn spawn_conn(&self, stream: TcpStream, peer: SocketAddr) -> mpsc::Sender<Bytes> {
+        let _ = stream.set_nodelay(true);
+        let (tx, mut rx) = mpsc::channel::<Bytes>(256);
+        if let Ok(mut c) = self.conns.lock() {
+            c.insert(peer, tx.clone());
+        }
+        let (mut rd, mut wr) = stream.into_split();
+        let conns = self.conns.clone();
+        tokio::spawn(async move {
+            while let Some(b) = rx.recv().await {
+                if wr.write_all(&b).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let this = self.clone();
+        let pong = tx.clone();
+        tokio::spawn(async move {
+            let mut buf: Vec<u8> = Vec::with_capacity(8192);
+            let mut chunk = vec![0u8; 65_536];
+            'read: loop {
+                let n = match rd.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                loop {
+                    match frame(&buf, this.max_len) {
+                        Ok(Frame::Incomplete) => break,
+                        Ok(Frame::Keepalive(k)) => {
+                            // RFC 5626 §3.5.1: answer a double-CRLF ping with one CRLF.
+                            if k >= 4 {
+                                let _ = pong.send(Bytes::from_static(b"\r\n")).await;
+                            }
+                            buf.drain(..k);
+                        }
+                        Ok(Frame::Message(len)) => {
+                            let bytes = Bytes::copy_from_slice(&buf[..len]);
+                            buf.drain(..len);
+                            match Message::parse_with_limit(bytes, this.max_len) {
+                                Ok(message) => {
+                                    let _ = this
+                                        .incoming
+                                        .send(Incoming {
+                                            message,
+                                            source: peer,
+                                            transport: Transport::Tcp,
+                                            local: this.local,
+                                        })
+                                        .await;
+                                }
+                                Err(e) => {
+                                    tracing::info!(%peer, error = %e, "malformed SIP message on TCP dropped")
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::info!(%peer, error = %e, "SIP stream cannot be framed: closing the connection");
+                            break 'read;
+                        }
+                    }
+                }
+            }
+            if let Ok(mut c) = conns.lock() {
+                c.remove(&peer);
+            }
+        });
+        tx
+    }
+}
+
+/// Binds UDP and TCP on the same port (retrying when port 0 gave a port taken on TCP).
+async fn bind_both(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+    let mut last = None;
+    for _ in 0..20 {
+        let udp = UdpSocket::bind(addr).await?;
+        let port = udp.local_addr()?.port();
+        match TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if addr.port() == 0 => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no port free on both UDP and TCP")))
+}
