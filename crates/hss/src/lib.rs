@@ -208,10 +208,13 @@ impl Hss {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), HssError> {
         let admin = axum::serve(self.admin, self.router).with_graceful_shutdown(shutdown);
-        tokio::select! {
+        let r = tokio::select! {
             r = admin => r.map_err(HssError::Serve),
             () = self.diameter_loop => Ok(()),
-        }
+        };
+        // Tell the CSCFs (DPR REBOOTING) and let them answer before the process goes.
+        self.diameter.shutdown(Duration::from_secs(2)).await;
+        r
     }
 }
 

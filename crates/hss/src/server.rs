@@ -34,6 +34,7 @@ type Registry = Arc<Mutex<HashMap<String, (String, mpsc::Sender<Command>)>>>;
 pub struct Diameter {
     registry: Registry,
     local: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// Why a request to a peer could not be answered.
@@ -81,6 +82,18 @@ impl Diameter {
             .ok_or_else(|| SendError::NoAnswer(host.to_owned()))
     }
 
+    /// Disconnects every peer (DPR REBOOTING to the open ones) and waits, at most `limit`,
+    /// for their connections to close. The accept loop is stopped by dropping its future.
+    pub async fn shutdown(&self, limit: Duration) {
+        let _ = self.stop.send(true);
+        let end = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < end
+            && self.registry.lock().map(|r| !r.is_empty()).unwrap_or(false)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Open peers' Origin-Hosts.
     pub fn peers(&self) -> Vec<String> {
         self.registry
@@ -106,9 +119,11 @@ pub fn serve(
     let local = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let handle = Diameter {
         registry: registry.clone(),
         local,
+        stop,
     };
     let fut = async move {
         let mut seed: u32 = std::time::SystemTime::now()
@@ -132,6 +147,7 @@ pub fn serve(
                 cx.clone(),
                 metrics.clone(),
                 registry.clone(),
+                stop_rx.clone(),
             ));
         }
     };
@@ -145,8 +161,10 @@ async fn connection(
     cx: CxHandler,
     metrics: Arc<Metrics>,
     registry: Registry,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    let mut stopping = false;
     let (tx, mut rx) = mpsc::channel::<Command>(1024);
     let mut waiting: HashMap<u64, oneshot::Sender<Option<Vec<u8>>>> = HashMap::new();
     let mut registered: Option<String> = None;
@@ -235,6 +253,13 @@ async fn connection(
                 },
             },
             () = sleep_until(wake) => peer.handle_timeout(Instant::now()),
+            r = stop.changed(), if !stopping => {
+                stopping = true;
+                if r.is_err() || *stop.borrow() {
+                    tracing::info!(%from, "HSS stopping: DPR to the peer");
+                    peer.disconnect(Instant::now(), ims_diameter::dict::DisconnectCause::Rebooting);
+                }
+            }
         }
         if eof {
             // The transport is gone: report what the peer made of it, then stop.

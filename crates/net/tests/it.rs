@@ -274,3 +274,95 @@ mod sip_transport {
         assert_eq!(b.tcp_connections(), 1);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Diameter client: against the real HSS (in this process), through a restart.
+
+mod diameter_client {
+    use ims_diameter::cx::{RequestBase, Uaa, Uar};
+    use ims_diameter::peer::PeerConfig;
+    use ims_diameter::{AnswerResult, Message};
+    use ims_net::diameter::{DiameterClient, RequestError};
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    async fn hss(listen: SocketAddr) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let dir = ims_testkit::scratch_dir("net-diameter");
+        let cfg = ims_hss::Config {
+            database: format!("sqlite://{}", dir.join("hss.sqlite").display()),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            home_network: "hims.net".into(),
+            log: "info".into(),
+            diameter: ims_hss::DiameterConfig {
+                listen,
+                allowed_peers: vec!["icscf1.hims.net".into()],
+                ..Default::default()
+            },
+        };
+        let h = ims_hss::Hss::start(&cfg).await.unwrap();
+        let addr = h.diameter_addr();
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(h.run_until(async {
+            let _ = rx.await;
+        }));
+        (addr, stop)
+    }
+
+    fn uar(n: u32) -> Vec<u8> {
+        let impi = format!("nobody{n}@hims.net");
+        let r = Uar {
+            base: RequestBase {
+                session_id: "icscf1.hims.net;1;1",
+                origin_host: "icscf1.hims.net",
+                origin_realm: "hims.net",
+                destination_realm: "hims.net",
+                ..RequestBase::default()
+            },
+            user_name: &impi,
+            public_identity: "sip:nobody@hims.net",
+            visited_network_identifier: b"hims.net",
+            authorization_type: None,
+            uar_flags: None,
+        };
+        let mut b = Vec::new();
+        r.encode(&mut b).unwrap();
+        b
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn many_in_flight_then_reconnect_after_the_hss_restarts() {
+        let (addr, stop) = hss("127.0.0.1:0".parse().unwrap()).await;
+        let (mut c, _server_requests) =
+            DiameterClient::connect(addr, PeerConfig::cx("icscf1.hims.net", "hims.net"));
+        assert!(
+            c.wait_open(Duration::from_secs(5)).await,
+            "CER/CEA with the HSS"
+        );
+        // 50 UARs at once from 50 tasks: every answer is the right one (5001, unknown user).
+        let mut tasks = Vec::new();
+        for n in 0..50 {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move { c.request(uar(n)).await }));
+        }
+        for t in tasks {
+            let a = t.await.unwrap().unwrap();
+            let m = Message::parse(&a).unwrap();
+            let uaa = Uaa::decode(&m).unwrap();
+            assert_eq!(uaa.base.result, AnswerResult::experimental(5001));
+        }
+        // The HSS goes away: requests fail fast, then the client reconnects by itself.
+        let _ = stop.send(());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = c.request(uar(99)).await;
+        assert!(
+            matches!(r, Err(RequestError::NotOpen(_) | RequestError::NoAnswer(_))),
+            "{r:?}"
+        );
+        let (_, _stop2) = hss(addr).await;
+        assert!(
+            c.wait_open(Duration::from_secs(10)).await,
+            "reconnected after the restart"
+        );
+        assert!(c.request(uar(100)).await.is_ok());
+    }
+}

@@ -1,0 +1,193 @@
+//! A Diameter client connection for the CSCFs (I-CSCF → HSS: UAR, LIR; S-CSCF → HSS: MAR,
+//! SAR, and the HSS's RTR/PPR back): one tokio task drives the sans-io
+//! [`ims_diameter::peer::Peer`] (initiator) over TCP, reconnects with its back-off, answers
+//! DWR/DPR itself, and lets many callers have requests in flight at once
+//! ([`DiameterClient::request`]). Requests the server sends us (RTR, PPR) arrive on the
+//! channel returned by [`DiameterClient::connect`]; answer them with
+//! [`DiameterClient::answer`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ims_diameter::peer::{Event, Peer, PeerConfig, Role, State};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Why a request got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The connection is not open (capabilities not exchanged yet, or down).
+    #[error("Diameter connection to {0} is not open")]
+    NotOpen(SocketAddr),
+    /// The connection went down or the answer did not come in time.
+    #[error("no Diameter answer from {0}")]
+    NoAnswer(SocketAddr),
+    /// The client task is gone.
+    #[error("the Diameter client has stopped")]
+    Stopped,
+}
+
+enum Cmd {
+    Request(Vec<u8>, oneshot::Sender<Result<Vec<u8>, RequestError>>),
+    Answer(Vec<u8>),
+}
+
+/// A handle on one client connection (clone it freely).
+#[derive(Clone)]
+pub struct DiameterClient {
+    cmds: mpsc::Sender<Cmd>,
+    open: watch::Receiver<bool>,
+    server: SocketAddr,
+}
+
+impl DiameterClient {
+    /// Starts connecting to `server` (and keeps reconnecting); requests from the server
+    /// come on the returned channel.
+    pub fn connect(server: SocketAddr, cfg: PeerConfig) -> (Self, mpsc::Receiver<Vec<u8>>) {
+        let (cmds, rx) = mpsc::channel(4096);
+        let (requests_tx, requests_rx) = mpsc::channel(256);
+        let (open_tx, open) = watch::channel(false);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(7, |d| d.subsec_nanos());
+        let peer = Peer::new(cfg, Role::Initiator, seed);
+        tokio::spawn(drive(server, peer, rx, requests_tx, open_tx));
+        (Self { cmds, open, server }, requests_rx)
+    }
+
+    /// Waits until the capabilities exchange is done (or `timeout` passes).
+    pub async fn wait_open(&mut self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.open.wait_for(|o| *o))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Sends a request (its hop-by-hop and end-to-end ids are filled in) and waits for the
+    /// answer.
+    pub async fn request(&self, bytes: Vec<u8>) -> Result<Vec<u8>, RequestError> {
+        if !*self.open.borrow() {
+            return Err(RequestError::NotOpen(self.server));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Request(bytes, tx))
+            .await
+            .map_err(|_| RequestError::Stopped)?;
+        rx.await.map_err(|_| RequestError::Stopped)?
+    }
+
+    /// Answers a request the server sent us.
+    pub async fn answer(&self, bytes: Vec<u8>) {
+        let _ = self.cmds.send(Cmd::Answer(bytes)).await;
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn drive(
+    server: SocketAddr,
+    mut peer: Peer,
+    mut cmds: mpsc::Receiver<Cmd>,
+    requests: mpsc::Sender<Vec<u8>>,
+    open: watch::Sender<bool>,
+) {
+    let mut waiting: HashMap<u64, oneshot::Sender<Result<Vec<u8>, RequestError>>> = HashMap::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // Connect (the peer says when to try again after a failure).
+        peer.handle_connecting(Instant::now());
+        let mut stream = match TcpStream::connect(server).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::info!(%server, error = %e, "Diameter connect failed");
+                peer.handle_disconnected(Instant::now());
+                while peer.poll_event().is_some() {}
+                sleep_until(peer.poll_timeout()).await;
+                peer.handle_timeout(Instant::now());
+                while peer.poll_event().is_some() {}
+                if cmds.is_closed() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        peer.handle_connected(Instant::now());
+        'conn: loop {
+            while let Some(b) = peer.poll_transmit() {
+                if stream.write_all(&b).await.is_err() {
+                    peer.handle_disconnected(Instant::now());
+                    break;
+                }
+            }
+            while let Some(ev) = peer.poll_event() {
+                match ev {
+                    Event::Up { .. } => {
+                        let _ = open.send(true);
+                    }
+                    Event::Down(reason) => {
+                        tracing::info!(%server, ?reason, "Diameter connection down");
+                        let _ = open.send(false);
+                    }
+                    Event::Request(r) => {
+                        let _ = requests.send(r).await;
+                    }
+                    Event::Answer { handle, bytes } => {
+                        if let Some(w) = waiting.remove(&handle) {
+                            let _ = w.send(Ok(bytes));
+                        }
+                    }
+                    Event::RequestFailed { handle, .. } => {
+                        if let Some(w) = waiting.remove(&handle) {
+                            let _ = w.send(Err(RequestError::NoAnswer(server)));
+                        }
+                    }
+                    Event::Close | Event::Reconnect => {}
+                }
+            }
+            if peer.state() == State::Closed {
+                let _ = stream.shutdown().await;
+                break 'conn;
+            }
+            tokio::select! {
+                r = stream.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => peer.handle_disconnected(Instant::now()),
+                    Ok(n) => peer.handle_bytes(Instant::now(), &buf[..n]),
+                },
+                cmd = cmds.recv() => match cmd {
+                    None => {
+                        peer.disconnect(Instant::now(), ims_diameter::dict::DisconnectCause::Rebooting);
+                    }
+                    Some(Cmd::Answer(b)) => peer.send_answer(b),
+                    Some(Cmd::Request(b, w)) => match peer.send_request(Instant::now(), b) {
+                        Ok(h) => {
+                            waiting.insert(h, w);
+                        }
+                        Err(_) => {
+                            let _ = w.send(Err(RequestError::NotOpen(server)));
+                        }
+                    },
+                },
+                () = sleep_until(peer.poll_timeout()) => peer.handle_timeout(Instant::now()),
+            }
+        }
+        let _ = open.send(false);
+        for (_, w) in waiting.drain() {
+            let _ = w.send(Err(RequestError::NoAnswer(server)));
+        }
+        if cmds.is_closed() {
+            return;
+        }
+        // Wait for the peer's reconnect deadline.
+        sleep_until(peer.poll_timeout()).await;
+        peer.handle_timeout(Instant::now());
+        while peer.poll_event().is_some() {}
+    }
+}
