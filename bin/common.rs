@@ -66,3 +66,45 @@ pub fn config_or_exit<T: DeserializeOwned>(
         }
     }
 }
+
+/// The whole main of a daemon: flags, configuration (`validate` checks what serde cannot),
+/// logging at `log(&cfg)`, a multi-threaded runtime, then `run(cfg, shutdown)`.
+pub fn daemon<C, F, Fut, E>(
+    prefix: &str,
+    validate: impl FnOnce(&C) -> Result<(), String>,
+    log: impl FnOnce(&C) -> String,
+    run: F,
+) -> ExitCode
+where
+    C: DeserializeOwned,
+    F: FnOnce(C, std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let flags = Flags::parse();
+    let cfg: C = match config_or_exit(&flags, prefix, validate) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(e) = ims_telemetry::init(flags.log_format, &log(&cfg)) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg, Box::pin(ims_telemetry::shutdown_signal()))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

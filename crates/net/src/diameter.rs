@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ims_diameter::peer::{Event, Peer, PeerConfig, Role, State};
+use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -27,6 +28,75 @@ pub enum RequestError {
     /// The client task is gone.
     #[error("the Diameter client has stopped")]
     Stopped,
+}
+
+/// The `[diameter]` section of a CSCF's configuration: how to reach the HSS over Cx.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CxClientConfig {
+    /// The HSS's Diameter address (TCP).
+    pub hss: SocketAddr,
+    /// Our Origin-Host (the HSS allow-lists it).
+    pub origin_host: String,
+    /// Our Origin-Realm.
+    pub origin_realm: String,
+    /// Destination-Realm of our requests (the home network).
+    pub destination_realm: String,
+    /// Destination-Host of our requests (omitted when unset: routed by realm).
+    #[serde(default)]
+    pub destination_host: Option<String>,
+    /// Tw: seconds of silence before we send a DWR (RFC 3539; at least 6).
+    #[serde(default = "default_watchdog")]
+    pub watchdog_seconds: u64,
+    /// Seconds a request waits for its answer.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_seconds: u64,
+}
+
+fn default_watchdog() -> u64 {
+    30
+}
+
+fn default_request_timeout() -> u64 {
+    5
+}
+
+impl CxClientConfig {
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.origin_host.is_empty() || self.origin_realm.is_empty() {
+            return Err("diameter.origin_host and diameter.origin_realm must be set".into());
+        }
+        if self.destination_realm.is_empty() {
+            return Err("diameter.destination_realm must be set".into());
+        }
+        if self.watchdog_seconds < 6 {
+            return Err(format!(
+                "diameter.watchdog_seconds = {} is below RFC 3539's minimum of 6",
+                self.watchdog_seconds
+            ));
+        }
+        if self.request_timeout_seconds == 0 {
+            return Err("diameter.request_timeout_seconds must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The peer configuration of a Cx client with these settings.
+    pub fn peer_config(&self) -> PeerConfig {
+        let mut p = PeerConfig::cx(&self.origin_host, &self.origin_realm);
+        p.watchdog = Duration::from_secs(self.watchdog_seconds);
+        p.request_timeout = Duration::from_secs(self.request_timeout_seconds);
+        p.origin_state_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs() as u32);
+        p
+    }
+
+    /// Starts the client connection with these settings.
+    pub fn connect(&self) -> (DiameterClient, mpsc::Receiver<Vec<u8>>) {
+        DiameterClient::connect(self.hss, self.peer_config())
+    }
 }
 
 enum Cmd {

@@ -69,6 +69,30 @@ pub struct Destination<'a> {
     pub sips: bool,
 }
 
+impl<'a> Destination<'a> {
+    /// What RFC 3263 reads from a SIP URI (or a Route/Path entry): host, port,
+    /// `;transport=`, sips. An unknown transport parameter (SCTP, WS) is ignored.
+    pub fn from_sip_uri(uri: &ims_sip::SipUri<'a>) -> Self {
+        let transport = uri.transport().and_then(|t| {
+            if t.eq_ignore_ascii_case("udp") {
+                Some(Transport::Udp)
+            } else if t.eq_ignore_ascii_case("tcp") {
+                Some(Transport::Tcp)
+            } else if t.eq_ignore_ascii_case("tls") {
+                Some(Transport::Tls)
+            } else {
+                None
+            }
+        });
+        Destination {
+            host: uri.host_str,
+            port: uri.port,
+            transport,
+            sips: uri.secure,
+        }
+    }
+}
+
 /// Why no target was found.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {

@@ -2,8 +2,11 @@
 //! sans-io protocol crates. Today: RFC 3263 SIP server location ([`dns`]) and the SIP
 //! transport over UDP and TCP with Content-Length framing and connection reuse ([`sip`]).
 //! [`diameter`] is the CSCFs' Diameter client connection (reconnect, watchdog, many requests
-//! in flight). The SIP transaction timers join here as the CSCFs land.
+//! in flight). [`endpoint`] is the CSCFs' transaction layer over the transport (server
+//! transactions absorbing retransmissions, client transactions with Timer E/F, stateless
+//! forwarding of responses by Via, the proxy checks of RFC 3261 §16.3).
 
 pub mod diameter;
 pub mod dns;
+pub mod endpoint;
 pub mod sip;

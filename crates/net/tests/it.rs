@@ -366,3 +366,157 @@ mod diameter_client {
         assert!(c.request(uar(100)).await.is_ok());
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The transaction layer: retransmissions absorbed, responses routed by Via, proxy checks.
+
+mod endpoint {
+    use ims_net::dns::{Target, Transport};
+    use ims_net::endpoint::{ClientError, SipEndpoint, pop_own_via};
+    use ims_sip::transaction::Timers;
+    use ims_sip::{Message, response_to};
+    use std::time::Duration;
+
+    fn register(branch: &str, mf: u8) -> String {
+        format!(
+            "REGISTER sip:hims.net SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch={branch};rport\r\n\
+             From: <sip:alice@hims.net>;tag=1\r\nTo: <sip:alice@hims.net>\r\nCall-ID: {branch}\r\n\
+             CSeq: 1 REGISTER\r\nMax-Forwards: {mf}\r\nContent-Length: 0\r\n\r\n"
+        )
+    }
+
+    fn recv(s: &std::net::UdpSocket) -> Message {
+        let mut buf = vec![0u8; 65536];
+        let n = s.recv(&mut buf).expect("a datagram within the timeout");
+        Message::parse(bytes::Bytes::copy_from_slice(&buf[..n])).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn uas_absorbs_retransmissions_and_proxy_chain_routes_responses() {
+        let timers = Timers::RFC3261.scaled_down(10);
+        // A UAS (the "registrar") and a proxy in front of it.
+        let (uas, mut uas_rx) =
+            SipEndpoint::bind("127.0.0.1:0".parse().unwrap(), "127.0.0.1", timers)
+                .await
+                .unwrap();
+        let (proxy, mut proxy_rx) =
+            SipEndpoint::bind("127.0.0.1:0".parse().unwrap(), "127.0.0.1", timers)
+                .await
+                .unwrap();
+        let uas_addr = uas.local_addr();
+        tokio::spawn(async move {
+            while let Some(req) = uas_rx.recv().await {
+                let resp = response_to(&req.message, 200, "OK", Some("t")).unwrap();
+                uas.respond(&req, resp).await;
+            }
+        });
+        let p = proxy.clone();
+        tokio::spawn(async move {
+            while let Some(mut req) = proxy_rx.recv().await {
+                let p = p.clone();
+                tokio::spawn(async move {
+                    if let Err((code, why)) = p.proxy_checks(&mut req.message) {
+                        let r = response_to(&req.message, code, why, Some("p")).unwrap();
+                        p.respond(&req, r).await;
+                        return;
+                    }
+                    let target = Target {
+                        addr: uas_addr,
+                        transport: Transport::Udp,
+                    };
+                    match p.send_request(req.message.clone(), target).await {
+                        Ok(mut resp) => {
+                            pop_own_via(&mut resp).unwrap();
+                            p.respond(&req, resp).await;
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                });
+            }
+        });
+        let ue = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        ue.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let req = register("z9hG4bKue1", 70);
+        ue.send_to(req.as_bytes(), proxy.local_addr()).unwrap();
+        let r = recv(&ue);
+        assert_eq!(r.status(), Some(200));
+        assert_eq!(r.vias().count(), 1, "the proxy's Via is gone");
+        let via = r.top_via().unwrap();
+        assert_eq!(
+            via.rport(),
+            Some(Some(ue.local_addr().unwrap().port())),
+            "rport filled in"
+        );
+        // A retransmission of the same request gets the same final response, and the UAS
+        // saw the request once.
+        ue.send_to(req.as_bytes(), proxy.local_addr()).unwrap();
+        let again = recv(&ue);
+        assert_eq!(again.to_bytes(), r.to_bytes());
+        assert_eq!(
+            proxy.transactions().0,
+            1,
+            "one server transaction at the proxy"
+        );
+        // Max-Forwards 0: 483 from the proxy.
+        ue.send_to(register("z9hG4bKue2", 0).as_bytes(), proxy.local_addr())
+            .unwrap();
+        let r = recv(&ue);
+        assert_eq!(r.status(), Some(483));
+        // Timer J: the answered transactions go away (64*T1 = 3.2 s at this scale).
+        tokio::time::sleep(Duration::from_millis(4200)).await;
+        assert_eq!(proxy.transactions().0, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn loop_detected_and_timeouts_reported() {
+        let timers = Timers::RFC3261.scaled_down(50);
+        let (ep, _rx) = SipEndpoint::bind("127.0.0.1:0".parse().unwrap(), "127.0.0.1", timers)
+            .await
+            .unwrap();
+        // A request that already carries our Via with our loop hash comes back: 482.
+        let mut m = Message::parse(register("z9hG4bKl1", 70).into()).unwrap();
+        let branch = ep.branch_for(&m);
+        m.prepend_header(
+            "Via",
+            &format!("SIP/2.0/UDP {};branch={branch}", ep.sent_by()),
+        )
+        .unwrap();
+        let mut looped = Message::parse(m.to_bytes()).unwrap();
+        assert_eq!(ep.proxy_checks(&mut looped), Err((482, "Loop Detected")));
+        let mut fine = Message::parse(register("z9hG4bKl2", 70).into()).unwrap();
+        assert_eq!(ep.proxy_checks(&mut fine), Ok(()));
+        assert_eq!(fine.max_forwards().unwrap().unwrap(), 69);
+        // Nobody answers on UDP: Timer F (64*T1 = 640 ms here) ends it.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let target = Target {
+            addr: silent.local_addr().unwrap(),
+            transport: Transport::Udp,
+        };
+        let t0 = std::time::Instant::now();
+        let r = ep.send_request(fine.clone(), target).await;
+        assert!(matches!(r, Err(ClientError::Timeout(_))), "{r:?}");
+        assert!(t0.elapsed() >= Duration::from_millis(600));
+        // Retransmissions happened (Timer E): more than one copy arrived.
+        silent.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 4096];
+        let mut copies = 0;
+        while silent.recv(&mut buf).is_ok() {
+            copies += 1;
+        }
+        assert!(copies >= 3, "{copies} copies");
+        // Nobody listens on TCP: a transport error at once.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let r = ep
+            .send_request(
+                fine,
+                Target {
+                    addr,
+                    transport: Transport::Tcp,
+                },
+            )
+            .await;
+        assert!(matches!(r, Err(ClientError::Transport(_))), "{r:?}");
+    }
+}

@@ -65,18 +65,44 @@ impl RequestBuilder {
 }
 
 /// A response to `req`: its Via lines, From, To (with `to_tag` added when To has no tag),
-/// Call-ID and CSeq, `Content-Length: 0`. Add other headers with the edit methods.
+/// Call-ID and CSeq, `Content-Length: 0`. Add other headers with the edit methods. Fails
+/// when one of those headers is missing; [`error_response`] answers such requests.
 pub fn response_to(
     req: &Message,
     status: u16,
     reason: &str,
     to_tag: Option<&str>,
 ) -> Result<Message> {
+    build_response(req, status, reason, to_tag, false)
+}
+
+/// Like [`response_to`], for answering a broken request (a 400 to a request without Call-ID,
+/// say): the headers that are missing or unreadable are left out instead of failing. It still
+/// needs a Via, or there is nowhere to send the response.
+pub fn error_response(
+    req: &Message,
+    status: u16,
+    reason: &str,
+    to_tag: Option<&str>,
+) -> Result<Message> {
+    build_response(req, status, reason, to_tag, true)
+}
+
+fn build_response(
+    req: &Message,
+    status: u16,
+    reason: &str,
+    to_tag: Option<&str>,
+    lenient: bool,
+) -> Result<Message> {
     if !req.is_request() {
         return Err(Error::BadStartLine("not a request"));
     }
     if !(100..=699).contains(&status) || reason.bytes().any(|b| b == b'\r' || b == b'\n') {
         return Err(Error::BadStartLine("bad status or reason"));
+    }
+    if req.header(HeaderName::Via).is_none() {
+        return Err(Error::MissingHeader("Via"));
     }
     let mut out = Vec::with_capacity(req.serialized_len() / 2 + 64);
     out.extend_from_slice(format!("SIP/2.0 {status} {reason}\r\n").as_bytes());
@@ -89,30 +115,51 @@ pub fn response_to(
     for h in req.headers_named(HeaderName::Via) {
         line(b"Via", h.value);
     }
-    let from = req
-        .header(HeaderName::From)
-        .ok_or(Error::MissingHeader("From"))?;
-    line(b"From", from.value);
-    let to = req
-        .header(HeaderName::To)
-        .ok_or(Error::MissingHeader("To"))?;
-    match to_tag {
-        Some(tag) if req.to_addr()?.tag().is_none() => {
-            let mut v = to.value.to_vec();
-            v.extend_from_slice(b";tag=");
-            v.extend_from_slice(tag.as_bytes());
-            line(b"To", &v);
+    let missing = |name: &'static str| {
+        if lenient {
+            Ok(None)
+        } else {
+            Err(Error::MissingHeader(name))
         }
-        _ => line(b"To", to.value),
+    };
+    let from = match req.header(HeaderName::From) {
+        Some(h) => Some(h),
+        None => missing("From")?,
+    };
+    if let Some(from) = from {
+        line(b"From", from.value);
     }
-    let call_id = req
-        .header(HeaderName::CallId)
-        .ok_or(Error::MissingHeader("Call-ID"))?;
-    line(b"Call-ID", call_id.value);
-    let cseq = req
-        .header(HeaderName::CSeq)
-        .ok_or(Error::MissingHeader("CSeq"))?;
-    line(b"CSeq", cseq.value);
+    let to = match req.header(HeaderName::To) {
+        Some(h) => Some(h),
+        None => missing("To")?,
+    };
+    if let Some(to) = to {
+        let untagged = match req.to_addr() {
+            Ok(t) => t.tag().is_none(),
+            Err(e) if lenient => {
+                let _ = e;
+                false
+            }
+            Err(e) => return Err(e),
+        };
+        match to_tag {
+            Some(tag) if untagged => {
+                let mut v = to.value.to_vec();
+                v.extend_from_slice(b";tag=");
+                v.extend_from_slice(tag.as_bytes());
+                line(b"To", &v);
+            }
+            _ => line(b"To", to.value),
+        }
+    }
+    for (name, text) in [(HeaderName::CallId, "Call-ID"), (HeaderName::CSeq, "CSeq")] {
+        match req.header(name) {
+            Some(h) => line(text.as_bytes(), h.value),
+            None => {
+                missing(text)?;
+            }
+        }
+    }
     line(b"Content-Length", b"0");
     out.extend_from_slice(b"\r\n");
     Message::parse(Bytes::from(out))
@@ -147,5 +194,15 @@ mod tests {
                 .build()
                 .is_err()
         );
+        // A request without Call-ID and CSeq still gets its 400.
+        let broken = Message::parse(Bytes::from_static(
+            b"OPTIONS sip:a SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:b>;tag=1\r\nTo: <sip:a>\r\n\r\n",
+        ))
+        .unwrap();
+        assert!(response_to(&broken, 400, "Bad Request", None).is_err());
+        let r = error_response(&broken, 400, "Bad Request", Some("x")).unwrap();
+        assert_eq!(r.status(), Some(400));
+        assert_eq!(r.to_addr().unwrap().tag(), Some("x"));
+        assert!(r.header(HeaderName::CallId).is_none());
     }
 }

@@ -6,7 +6,8 @@
 //! Today it holds the HSS's subscriber data (see `migrations/*/0001_subscribers.sql`):
 //! subscriptions, private identities with their AKA or digest credentials and SQN, service
 //! profiles, public identities and implicit registration sets, roaming permissions, and the
-//! S-CSCF assignment. Registrations (S-CSCF) join later.
+//! S-CSCF assignment; and the S-CSCF's registrations ([`RegistrationRecord`], see
+//! `registrations.rs` and `migrations/*/0002_registrations.sql`).
 //!
 //! Every change is one transaction, so nothing is ever half-written; the SQN is advanced by a
 //! single `UPDATE ... RETURNING`, so no two callers, on one node or several, ever receive the
@@ -15,6 +16,9 @@
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 use zeroize::Zeroizing;
+
+mod registrations;
+pub use registrations::{BindingRecord, RegistrationRecord};
 
 /// 2^48: SQN is a 48-bit counter.
 pub const SQN_MODULUS: u64 = 1 << 48;

@@ -8,10 +8,16 @@
 //!   encoded, so that tshark (Wireshark's dissectors) can judge our bytes.
 //! - [`tshark`]: runs tshark over such a file and returns its verbose decode and expert info.
 //! - [`postgres`]: a throwaway PostgreSQL cluster on a free port.
+//! - [`netns`]: network-namespace topologies (a router namespace and nodes around it) for
+//!   end-to-end tests, with processes, captures and cleanup (root only).
+//! - [`sipp`]: fills the SIPp UE scenarios of `bin/tests/sipp/` and runs SIPp (UDP/TCP, v4/v6,
+//!   optionally inside a namespace), returning its exit status and message trace.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod netns;
 pub mod pcap;
 pub mod postgres;
+pub mod sipp;
 pub mod tshark;
 
 use std::path::PathBuf;

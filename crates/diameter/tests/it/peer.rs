@@ -241,10 +241,15 @@ fn we_connect_to_freediameter() {
     // No Cx extension is loaded: freeDiameter advertises the relay application, which
     // shares every application of ours.
     assert_eq!(peer.common_applications(), &[dict::APP_CX]);
-    assert!(
-        fd.log().contains("'STATE_OPEN'\t'icscf1.hims.net'")
-            || fd.log().contains("-> 'STATE_OPEN'")
-    );
+    // freeDiameter logs the state change a moment after it sends the CEA: wait for it.
+    let open = |log: &str| {
+        log.contains("'STATE_OPEN'\t'icscf1.hims.net'") || log.contains("-> 'STATE_OPEN'")
+    };
+    let t0 = Instant::now();
+    while !open(&fd.log()) && t0.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(open(&fd.log()), "freeDiameter log:\n{}", fd.log());
     watchdog_and_disconnect(&mut stream, &mut peer, &fd);
     assert!(
         !fd.log().contains("ERROR"),

@@ -1,0 +1,13 @@
+//! `scscf`: the S-CSCF (see crates/scscf).
+use std::process::ExitCode;
+
+mod common;
+
+fn main() -> ExitCode {
+    common::daemon(
+        "SCSCF",
+        ims_scscf::Config::validate,
+        |c: &ims_scscf::Config| c.log.clone(),
+        ims_scscf::run,
+    )
+}

@@ -1,0 +1,447 @@
+//! The I-CSCF: the home network's SIP entry point for registrations (3GPP TS 24.229 §5.3.1,
+//! TS 29.228 §6.1.1).
+//!
+//! For each REGISTER it asks the HSS where the user is served (UAR over Cx):
+//! - User-Authorization-Type from the expiry asked for: `DE_REGISTRATION` when every binding
+//!   is removed (Expires 0), `REGISTRATION` otherwise, `REGISTRATION_AND_CAPABILITIES` when
+//!   the S-CSCF the HSS named cannot be reached and another must be chosen.
+//! - User-Name is the Authorization header's `username` (the IMPI), or the IMPU without its
+//!   scheme when the UE sent none (TS 24.229 §5.1.1.2 derivation); Public-Identity is the To
+//!   URI; Visited-Network-Identifier the P-Visited-Network-ID the P-CSCF added.
+//!
+//! The answer picks the S-CSCF ([`select`]): the Server-Name it gives, or the configured
+//! S-CSCFs ranked by the Server-Capabilities (every mandatory capability must be present; the
+//! most optional ones win; the HSS's preferred names first). The REGISTER goes there with a
+//! `Route: <S-CSCF;lr>`; if that S-CSCF does not answer (timeout, transport error, 408, 5xx)
+//! the next one is tried. The I-CSCF keeps no state of its own between requests and never
+//! adds itself to Path.
+//!
+//! Failures, as TS 24.229 §5.3.1.2 asks: a negative UAA (user unknown 5001, identities don't
+//! match 5002, authorization rejected 5003, roaming not allowed 5004, not registered on a
+//! deregistration) → `403 Forbidden`; the HSS unreachable or failing (no answer, 3xxx,
+//! 5012) → `480 Temporarily Unavailable`; no configured S-CSCF has the mandatory
+//! capabilities → `500 No S-CSCF Available` (a server-side fault: the operator's S-CSCF list
+//! does not match the HSS's capability sets); every S-CSCF tried failed or stayed
+//! silent → `504 Server Time-out`.
+//!
+//! Requests other than REGISTER (terminating traffic routed by LIR) are answered `501` with a
+//! log line for now.
+
+pub mod select;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ims_diameter::cx::{RequestBase, Uaa, Uar};
+use ims_diameter::dict::UserAuthorizationType;
+use ims_diameter::{AnswerResult, SessionIdGenerator};
+use ims_net::diameter::{CxClientConfig, DiameterClient};
+use ims_net::dns::{Destination, SipResolver, Target};
+use ims_net::endpoint::{ServerRequest, SipEndpoint, pop_own_via};
+use ims_sip::transaction::Timers;
+use ims_sip::{HeaderName, Message, Method, Uri, error_response};
+use serde::Deserialize;
+
+/// The I-CSCF configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// SIP address (UDP and TCP on the same port).
+    pub sip_listen: SocketAddr,
+    /// Our host in Via (a name resolving to `sip_listen`, or the address itself).
+    pub via_host: String,
+    /// The home network's domain (also the Visited-Network-Identifier when the REGISTER
+    /// carries no P-Visited-Network-ID).
+    pub home_domain: String,
+    /// DNS servers for RFC 3263 lookups of S-CSCF names.
+    pub dns: Vec<SocketAddr>,
+    /// Log filter when RUST_LOG is unset.
+    #[serde(default = "default_log")]
+    pub log: String,
+    /// Cx towards the HSS.
+    pub diameter: CxClientConfig,
+    /// The S-CSCFs this I-CSCF may choose from, in order of preference.
+    #[serde(default)]
+    pub scscf: Vec<ScscfEntry>,
+}
+
+/// One S-CSCF the I-CSCF knows.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScscfEntry {
+    /// Its SIP URI (as the HSS names it in Server-Name).
+    pub uri: String,
+    /// The capabilities it has (TS 29.228 Mandatory/Optional-Capability values).
+    #[serde(default)]
+    pub capabilities: Vec<u32>,
+}
+
+fn default_log() -> String {
+    "info".to_owned()
+}
+
+impl Config {
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        self.diameter.validate()?;
+        if self.home_domain.is_empty() || self.via_host.is_empty() {
+            return Err("home_domain and via_host must be set".into());
+        }
+        for s in &self.scscf {
+            match Uri::parse(&s.uri) {
+                Ok(Uri::Sip(_)) => {}
+                _ => return Err(format!("scscf.uri `{}` is not a SIP URI", s.uri)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why the I-CSCF could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum IcscfError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("cannot listen for SIP on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("DNS resolver: {0}")]
+    Resolver(#[from] ims_net::dns::ResolveError),
+}
+
+/// A started I-CSCF.
+pub struct Icscf {
+    inner: Arc<Inner>,
+    requests: tokio::sync::mpsc::Receiver<ServerRequest>,
+}
+
+struct Inner {
+    cfg: Config,
+    ep: SipEndpoint,
+    cx: DiameterClient,
+    resolver: SipResolver,
+    sessions: SessionIdGenerator,
+}
+
+impl Icscf {
+    /// Binds SIP and starts the Cx connection.
+    pub async fn start(cfg: Config) -> Result<Self, IcscfError> {
+        Self::start_with_timers(cfg, Timers::RFC3261).await
+    }
+
+    /// As [`Icscf::start`], with other SIP timers (tests).
+    pub async fn start_with_timers(cfg: Config, timers: Timers) -> Result<Self, IcscfError> {
+        cfg.validate().map_err(IcscfError::Config)?;
+        let (ep, requests) = SipEndpoint::bind(cfg.sip_listen, &cfg.via_host, timers)
+            .await
+            .map_err(|source| IcscfError::Bind {
+                addr: cfg.sip_listen,
+                source,
+            })?;
+        let (cx, mut from_hss) = cfg.diameter.connect();
+        // The HSS sends the I-CSCF nothing; drain the channel so it never fills.
+        tokio::spawn(async move { while from_hss.recv().await.is_some() {} });
+        let resolver = SipResolver::new(&cfg.dns)?;
+        let high = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs() as u32);
+        let sessions = SessionIdGenerator::new(cfg.diameter.origin_host.clone(), high);
+        tracing::info!(sip = %ep.local_addr(), hss = %cfg.diameter.hss, "I-CSCF started");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                cfg,
+                ep,
+                cx,
+                resolver,
+                sessions,
+            }),
+            requests,
+        })
+    }
+
+    /// The SIP address bound.
+    pub fn sip_addr(&self) -> SocketAddr {
+        self.inner.ep.local_addr()
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                r = self.requests.recv() => match r {
+                    Some(req) => {
+                        let inner = self.inner.clone();
+                        tokio::spawn(async move { inner.handle(req).await });
+                    }
+                    None => break,
+                },
+                () = &mut shutdown => break,
+            }
+        }
+        tracing::info!("I-CSCF stopped");
+    }
+}
+
+/// Starts the I-CSCF and serves until `shutdown`.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), IcscfError> {
+    Icscf::start(cfg).await?.run_until(shutdown).await;
+    Ok(())
+}
+
+/// What the UAA said.
+enum Where {
+    /// The S-CSCF the HSS named.
+    Named(String),
+    /// Choose by these capabilities.
+    Choose(select::Wanted),
+}
+
+impl Inner {
+    async fn handle(&self, mut req: ServerRequest) {
+        if let Err(e) = req.message.check_request() {
+            tracing::info!(source = %req.source, error = %e, "bad request");
+            return self.reply(&req, 400, &reason_for(&e)).await;
+        }
+        if let Err((code, why)) = self.ep.proxy_checks(&mut req.message) {
+            tracing::info!(source = %req.source, code, why, "request refused by the proxy checks");
+            return self.reply(&req, code, why).await;
+        }
+        match req.message.method() {
+            Some(Method::Register) => self.register(req).await,
+            Some(Method::Ack) => {}
+            _ => {
+                tracing::info!(
+                    method = req.message.method_str().unwrap_or("?"),
+                    "I-CSCF routes only REGISTER so far"
+                );
+                self.reply(&req, 501, "Not Implemented").await
+            }
+        }
+    }
+
+    async fn reply(&self, req: &ServerRequest, code: u16, reason: &str) {
+        match error_response(&req.message, code, reason, Some("icscf")) {
+            Ok(r) => self.ep.respond(req, r).await,
+            Err(e) => tracing::info!(error = %e, "cannot build a response"),
+        }
+    }
+
+    async fn register(&self, req: ServerRequest) {
+        let m = &req.message;
+        let impu = match m.to_addr() {
+            Ok(to) => to.uri_str.to_owned(),
+            Err(_) => return self.reply(&req, 400, "Bad To").await,
+        };
+        let impi = m
+            .auth(HeaderName::Authorization)
+            .flatten()
+            .find_map(|a| a.username().map(str::to_owned))
+            .unwrap_or_else(|| derive_impi(&impu));
+        let visited = m
+            .visited_network_ids()
+            .flatten()
+            .next()
+            .map_or_else(|| self.cfg.home_domain.clone(), str::to_owned);
+        let dereg = is_deregistration(m);
+        let kind = if dereg {
+            UserAuthorizationType::DeRegistration
+        } else {
+            UserAuthorizationType::Registration
+        };
+        let span = tracing::info_span!("register", %impi, call_id = m.call_id().unwrap_or(""));
+        let _g = span.enter();
+        let mut tried: Vec<String> = Vec::new();
+        let mut kind = kind;
+        loop {
+            let answer = match self.uar(&impi, &impu, &visited, kind).await {
+                Ok(w) => w,
+                Err((code, why)) => return self.reply(&req, code, why).await,
+            };
+            let candidates: Vec<String> = match answer {
+                Where::Named(s) => vec![s],
+                Where::Choose(wanted) => select::rank(&self.cfg.scscf, &wanted),
+            };
+            let candidates: Vec<String> = candidates
+                .into_iter()
+                .filter(|c| !tried.iter().any(|t| t.eq_ignore_ascii_case(c)))
+                .collect();
+            if candidates.is_empty() {
+                if tried.is_empty() {
+                    tracing::warn!("no configured S-CSCF has the capabilities the HSS asks for");
+                    return self.reply(&req, 500, "No S-CSCF Available").await;
+                }
+                tracing::warn!(?tried, "every S-CSCF tried failed");
+                return self.reply(&req, 504, "Server Time-out").await;
+            }
+            let mut named_failed = false;
+            for scscf in candidates {
+                tried.push(scscf.clone());
+                match self.forward(&req, &scscf).await {
+                    Ok(resp) => return self.ep.respond(&req, resp).await,
+                    Err(e) => {
+                        tracing::warn!(%scscf, error = %e, "S-CSCF failed; trying the next");
+                        named_failed = true;
+                    }
+                }
+            }
+            // The HSS's choice failed: ask for capabilities and choose another (TS 29.228
+            // §6.1.1); a deregistration has nowhere else to go.
+            if named_failed && kind != UserAuthorizationType::RegistrationAndCapabilities && !dereg
+            {
+                kind = UserAuthorizationType::RegistrationAndCapabilities;
+                continue;
+            }
+            return self.reply(&req, 504, "Server Time-out").await;
+        }
+    }
+
+    async fn uar(
+        &self,
+        impi: &str,
+        impu: &str,
+        visited: &str,
+        kind: UserAuthorizationType,
+    ) -> Result<Where, (u16, &'static str)> {
+        let session = self.sessions.next_id();
+        let d = &self.cfg.diameter;
+        let uar = Uar {
+            base: RequestBase {
+                session_id: &session,
+                origin_host: &d.origin_host,
+                origin_realm: &d.origin_realm,
+                destination_realm: &d.destination_realm,
+                destination_host: d.destination_host.as_deref(),
+                ..RequestBase::default()
+            },
+            user_name: impi,
+            public_identity: impu,
+            visited_network_identifier: visited.as_bytes(),
+            authorization_type: Some(kind),
+            uar_flags: None,
+        };
+        let mut buf = Vec::with_capacity(512);
+        if let Err(e) = uar.encode(&mut buf) {
+            tracing::warn!(error = %e, "cannot encode the UAR");
+            return Err((500, "Server Internal Error"));
+        }
+        let bytes = match self.cx.request(buf).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "UAR got no answer: HSS unreachable");
+                return Err((480, "Temporarily Unavailable"));
+            }
+        };
+        let msg = ims_diameter::Message::parse(&bytes).map_err(|e| {
+            tracing::warn!(error = %e, "UAA does not parse");
+            (480, "Temporarily Unavailable")
+        })?;
+        let uaa = Uaa::decode(&msg).map_err(|e| {
+            tracing::warn!(error = %e, "UAA is not valid");
+            (480, "Temporarily Unavailable")
+        })?;
+        let r = uaa.base.result;
+        tracing::info!(result = r.code(), name = r.name().unwrap_or("?"), "UAA");
+        match r {
+            AnswerResult::Experimental {
+                code: 2001..=2003, ..
+            }
+            | AnswerResult::ResultCode(2001) => {
+                if let (Some(name), false) = (
+                    uaa.server_name,
+                    kind == UserAuthorizationType::RegistrationAndCapabilities,
+                ) {
+                    Ok(Where::Named(name.to_owned()))
+                } else {
+                    let caps = uaa.server_capabilities.unwrap_or_default();
+                    Ok(Where::Choose(select::Wanted {
+                        mandatory: caps.mandatory,
+                        optional: caps.optional,
+                        preferred: caps.server_names.iter().map(|s| (*s).to_owned()).collect(),
+                    }))
+                }
+            }
+            AnswerResult::Experimental {
+                code: 5001..=5004, ..
+            }
+            | AnswerResult::ResultCode(5003) => Err((403, "Forbidden")),
+            _ => Err((480, "Temporarily Unavailable")),
+        }
+    }
+
+    /// Sends the REGISTER to `scscf` with a Route to it; `Err` when it should be given up on.
+    async fn forward(&self, req: &ServerRequest, scscf: &str) -> Result<Message, String> {
+        let uri = Uri::parse(scscf).map_err(|e| format!("`{scscf}`: {e}"))?;
+        let Uri::Sip(sip) = uri else {
+            return Err(format!("`{scscf}` is not a SIP URI"));
+        };
+        let targets = self
+            .resolver
+            .resolve(&Destination::from_sip_uri(&sip))
+            .await
+            .map_err(|e| e.to_string())?;
+        let route = if sip.lr() {
+            format!("<{scscf}>")
+        } else {
+            format!("<{scscf};lr>")
+        };
+        let mut last = String::from("no address");
+        for target in targets {
+            let mut fwd = Message::parse(req.message.to_bytes()).map_err(|e| e.to_string())?;
+            fwd.prepend_header("Route", &route)
+                .map_err(|e| e.to_string())?;
+            match self.ep.send_request(fwd, pick(target, req)).await {
+                Ok(mut resp) => {
+                    let status = resp.status().unwrap_or(0);
+                    if status == 408 || (500..600).contains(&status) {
+                        last = format!("answered {status}");
+                        continue;
+                    }
+                    pop_own_via(&mut resp).map_err(|e| e.to_string())?;
+                    return Ok(resp);
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(last)
+    }
+}
+
+/// The transport toward the S-CSCF: what DNS said.
+fn pick(target: Target, _req: &ServerRequest) -> Target {
+    target
+}
+
+/// TS 24.229 §5.1.1.2: without an IMPI, the IMPU minus its scheme.
+fn derive_impi(impu: &str) -> String {
+    impu.strip_prefix("sip:")
+        .or_else(|| impu.strip_prefix("sips:"))
+        .unwrap_or(impu)
+        .to_owned()
+}
+
+/// Expires 0 for every binding (the header, or each Contact's `expires`), or `Contact: *`.
+pub fn is_deregistration(m: &Message) -> bool {
+    let header = m.expires().and_then(Result::ok);
+    let contacts: Vec<_> = m.contacts().flatten().collect();
+    if contacts.is_empty() {
+        return false;
+    }
+    contacts.iter().all(|c| match c.addr() {
+        None => header == Some(0),
+        Some(a) => match a.expires().and_then(Result::ok) {
+            Some(e) => e == 0,
+            None => header == Some(0),
+        },
+    })
+}
+
+fn reason_for(e: &ims_sip::Error) -> String {
+    let s = e.to_string();
+    let s: String = s.chars().filter(|c| !c.is_control()).take(60).collect();
+    format!("Bad Request ({s})")
+}

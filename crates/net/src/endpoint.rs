@@ -1,0 +1,703 @@
+//! The transaction layer the CSCFs share ([`SipEndpoint`]): RFC 3261 §17 on top of
+//! [`SipTransport`], enough for a registrar (UAS) and for stateful proxies.
+//!
+//! - **Server side.** Every new request is handed to the application once, as a
+//!   [`ServerRequest`]; retransmissions of it are absorbed while the application works, and
+//!   answered with the same final response for Timer J (64·T1 over UDP) after it has
+//!   answered. The request's top Via gets `received` (RFC 3261 §18.2.1) and a filled-in
+//!   `rport` (RFC 3581) before the application sees it, so a response built from it
+//!   ([`ims_sip::response_to`]) carries where it must go. [`SipEndpoint::respond`] sends it
+//!   there: back on the connection the request came on (TCP), or to the source address when
+//!   the UE asked for `rport`, else to `received`/sent-by (UDP).
+//! - **Client side.** [`SipEndpoint::send_request`] puts our Via (a fresh branch) on top of a
+//!   request and runs the sans-io [`NonInviteClient`] machine over the transport
+//!   (retransmissions by Timer E over UDP, Timer F as the time limit), returning the final
+//!   response; provisional responses are absorbed. A request larger than 1300 bytes goes
+//!   over TCP instead of UDP (RFC 3261 §18.1.1). Retransmitted final responses that come
+//!   after it are absorbed for T4.
+//! - **Stateless forwarding.** A response that matches no client transaction of ours is
+//!   forwarded by its Via (ours popped), as RFC 3261 §16.11 allows; so is a request the
+//!   application forwards with [`SipEndpoint::forward_stateless`] (INVITE, ACK, CANCEL,
+//!   which this layer does not track).
+//! - **Proxy checks** (§16.3): [`SipEndpoint::proxy_checks`] answers `483 Too Many Hops` for
+//!   Max-Forwards 0 and `482 Loop Detected` when our own Via is there with a branch that the
+//!   same request would get from us again; it decrements Max-Forwards (inserting 70 − 1 when
+//!   absent).
+//!
+//! State is kept in fixed shards of small maps keyed by branch (no global lock; no lock is
+//! held across an await). INVITE transactions are not tracked here yet: the registration path
+//! needs none, and INVITE is forwarded statelessly.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ims_sip::transaction::{Event, NonInviteClient, Timers};
+use ims_sip::{HeaderName, Message, Method, Via, text};
+use tokio::sync::mpsc;
+
+use crate::dns::Transport;
+use crate::sip::{Incoming, SendError, SipTransport};
+
+const SHARDS: usize = 16;
+
+/// A request for the application, once per transaction.
+#[derive(Debug)]
+pub struct ServerRequest {
+    /// The request, its top Via completed with `received`/`rport`.
+    pub message: Message,
+    /// Where it came from.
+    pub source: SocketAddr,
+    /// The transport it came on.
+    pub transport: Transport,
+    /// The local address it arrived at.
+    pub local: SocketAddr,
+    key: Option<ServerKey>,
+}
+
+impl ServerRequest {
+    /// A request built by hand (for tests of application handlers): no transaction.
+    pub fn detached(message: Message, source: SocketAddr, transport: Transport) -> Self {
+        Self {
+            message,
+            source,
+            local: source,
+            transport,
+            key: None,
+        }
+    }
+}
+
+/// Why a client transaction ended without a final response.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Timer F: no final response in 64·T1.
+    #[error("no response from {0} (timeout)")]
+    Timeout(SocketAddr),
+    /// The transport could not send (connection refused, unreachable, ...).
+    #[error(transparent)]
+    Transport(#[from] SendError),
+    /// The request could not be edited (our Via).
+    #[error("cannot send the request: {0}")]
+    Message(#[from] ims_sip::Error),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ServerKey {
+    branch: String,
+    sent_by: String,
+    method: String,
+}
+
+enum ServerState {
+    /// The application has it.
+    Pending { since: Instant },
+    /// Answered: retransmissions get this response again, until `until`.
+    Done {
+        response: Bytes,
+        transport: Transport,
+        to: SocketAddr,
+        until: Instant,
+    },
+}
+
+enum ClientState {
+    Waiting(mpsc::Sender<Message>),
+    /// Answered; later copies of the final response are absorbed until the instant.
+    Absorbing(Instant),
+}
+
+struct Shards<K, V>([Mutex<HashMap<K, V>>; SHARDS]);
+
+impl<K: Hash + Eq, V> Shards<K, V> {
+    fn new() -> Self {
+        Self(std::array::from_fn(|_| Mutex::new(HashMap::new())))
+    }
+    fn with<R>(&self, key: &K, f: impl FnOnce(&mut HashMap<K, V>) -> R) -> Option<R> {
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        let shard = &self.0[(h.finish() as usize) % SHARDS];
+        shard.lock().ok().map(|mut m| f(&mut m))
+    }
+    fn retain(&self, mut keep: impl FnMut(&V) -> bool) {
+        for s in &self.0 {
+            if let Ok(mut m) = s.lock() {
+                m.retain(|_, v| keep(v));
+            }
+        }
+    }
+    fn len(&self) -> usize {
+        self.0
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+}
+
+struct Inner {
+    transports: Vec<SipTransport>,
+    via_host: String,
+    timers: Timers,
+    servers: Shards<ServerKey, ServerState>,
+    clients: Shards<String, ClientState>,
+    branch_seq: AtomicU64,
+    salt: u64,
+}
+
+/// The transaction layer over one [`SipTransport`]. Clone freely.
+#[derive(Clone)]
+pub struct SipEndpoint {
+    inner: Arc<Inner>,
+}
+
+impl SipEndpoint {
+    /// Binds `listen` (UDP and TCP), names itself `via_host` in the Via it adds (an address or
+    /// a host name that resolves to `listen`) and starts dispatching; new requests come on the
+    /// returned channel.
+    pub async fn bind(
+        listen: SocketAddr,
+        via_host: &str,
+        timers: Timers,
+    ) -> std::io::Result<(Self, mpsc::Receiver<ServerRequest>)> {
+        Self::bind_all(&[listen], via_host, timers).await
+    }
+
+    /// Binds several addresses (an IPv4 and an IPv6 one, say) as one endpoint: requests from
+    /// all of them come on one channel, responses leave from the address the request came
+    /// to, and requests we send leave from the first address of the destination's family.
+    /// When `via_host` is an IP address, each address puts itself in Via instead.
+    pub async fn bind_all(
+        listens: &[SocketAddr],
+        via_host: &str,
+        timers: Timers,
+    ) -> std::io::Result<(Self, mpsc::Receiver<ServerRequest>)> {
+        let mut transports = Vec::new();
+        let mut incomings = Vec::new();
+        for l in listens {
+            let (t, rx) = SipTransport::bind(*l).await?;
+            transports.push(t);
+            incomings.push(rx);
+        }
+        if transports.is_empty() {
+            return Err(std::io::Error::other("no SIP address to listen on"));
+        }
+        let salt = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x5eed, |d| d.as_nanos() as u64);
+        let inner = Arc::new(Inner {
+            transports,
+            via_host: via_host.to_owned(),
+            timers,
+            servers: Shards::new(),
+            clients: Shards::new(),
+            branch_seq: AtomicU64::new(1),
+            salt,
+        });
+        let (tx, rx) = mpsc::channel(4096);
+        let ep = SipEndpoint { inner };
+        for incoming in incomings {
+            tokio::spawn(ep.clone().dispatch(incoming, tx.clone()));
+        }
+        tokio::spawn(sweep(Arc::downgrade(&ep.inner)));
+        Ok((ep, rx))
+    }
+
+    /// The first bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.transports[0].local_addr()
+    }
+
+    /// Every bound address.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.inner
+            .transports
+            .iter()
+            .map(SipTransport::local_addr)
+            .collect()
+    }
+
+    /// Our Via sent-by (`host:port`) on the first address.
+    pub fn sent_by(&self) -> String {
+        self.sent_by_on(&self.inner.transports[0])
+    }
+
+    fn sent_by_on(&self, t: &SipTransport) -> String {
+        let local = t.local_addr();
+        let host = if self.inner.via_host.parse::<IpAddr>().is_ok() {
+            local.ip().to_string()
+        } else {
+            self.inner.via_host.clone()
+        };
+        if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{}", local.port())
+        } else {
+            format!("{host}:{}", local.port())
+        }
+    }
+
+    /// The transport underneath (the first address's).
+    pub fn transport(&self) -> &SipTransport {
+        &self.inner.transports[0]
+    }
+
+    /// The transport that sends toward `to`: the first of its address family.
+    fn toward(&self, to: SocketAddr) -> &SipTransport {
+        self.inner
+            .transports
+            .iter()
+            .find(|t| t.local_addr().is_ipv4() == to.is_ipv4())
+            .unwrap_or(&self.inner.transports[0])
+    }
+
+    /// The transport bound to `local`.
+    fn at(&self, local: SocketAddr) -> &SipTransport {
+        self.inner
+            .transports
+            .iter()
+            .find(|t| t.local_addr() == local)
+            .unwrap_or_else(|| self.toward(local))
+    }
+
+    /// Transactions currently held (server, client): for metrics and tests.
+    pub fn transactions(&self) -> (usize, usize) {
+        (self.inner.servers.len(), self.inner.clients.len())
+    }
+
+    async fn dispatch(
+        self,
+        mut incoming: mpsc::Receiver<Incoming>,
+        app: mpsc::Sender<ServerRequest>,
+    ) {
+        while let Some(inc) = incoming.recv().await {
+            if inc.message.is_request() {
+                self.on_request(inc, &app).await;
+            } else {
+                self.on_response(inc).await;
+            }
+        }
+    }
+
+    async fn on_request(&self, inc: Incoming, app: &mpsc::Sender<ServerRequest>) {
+        let Incoming {
+            mut message,
+            source,
+            transport,
+            local,
+        } = inc;
+        if let Err(e) = complete_top_via(&mut message, source) {
+            // No usable Via: nobody to answer.
+            tracing::info!(%source, error = %e, "request without a usable Via dropped");
+            return;
+        }
+        let method = message.method_str().unwrap_or("").to_owned();
+        let key = match message.top_via() {
+            Ok(v) => v
+                .branch()
+                .filter(|b| b.starts_with("z9hG4bK"))
+                .map(|b| ServerKey {
+                    branch: b.to_owned(),
+                    sent_by: format!("{}:{}", v.host_str, v.port.unwrap_or(0)),
+                    method: if method == "ACK" {
+                        "INVITE".into()
+                    } else {
+                        method.clone()
+                    },
+                }),
+            Err(_) => None,
+        };
+        let tracked = !matches!(
+            message.method(),
+            Some(Method::Ack | Method::Invite | Method::Cancel)
+        );
+        if let (Some(k), true) = (&key, tracked) {
+            let now = Instant::now();
+            let seen = self.inner.servers.with(k, |m| match m.get(k) {
+                Some(ServerState::Pending { .. }) => Some(None),
+                Some(ServerState::Done {
+                    response,
+                    transport,
+                    to,
+                    ..
+                }) => Some(Some((response.clone(), *transport, *to))),
+                None => {
+                    m.insert(k.clone(), ServerState::Pending { since: now });
+                    None
+                }
+            });
+            match seen.flatten() {
+                Some(None) => {
+                    tracing::debug!(%source, method, "request retransmission absorbed");
+                    return;
+                }
+                Some(Some((bytes, t, to))) => {
+                    tracing::debug!(%source, method, "request retransmission: final response sent again");
+                    let _ = self.at(local).send(t, to, bytes).await;
+                    return;
+                }
+                None => {}
+            }
+        }
+        let req = ServerRequest {
+            message,
+            source,
+            transport,
+            local,
+            key: if tracked { key } else { None },
+        };
+        if app.send(req).await.is_err() {
+            tracing::warn!("the application stopped taking requests");
+        }
+    }
+
+    async fn on_response(&self, inc: Incoming) {
+        let branch = match inc.message.top_via() {
+            Ok(v) => v.branch().map(str::to_owned),
+            Err(e) => {
+                tracing::info!(source = %inc.source, error = %e, "response without a usable Via dropped");
+                return;
+            }
+        };
+        if let Some(b) = branch {
+            let now = Instant::now();
+            let waiter = self.inner.clients.with(&b, |m| match m.get(&b) {
+                Some(ClientState::Waiting(tx)) => Some(Some(tx.clone())),
+                Some(ClientState::Absorbing(until)) if *until > now => Some(None),
+                _ => None,
+            });
+            match waiter.flatten() {
+                Some(Some(tx)) => {
+                    let _ = tx.send(inc.message).await;
+                    return;
+                }
+                Some(None) => return,
+                None => {}
+            }
+        }
+        if let Err(e) = self.forward_response(inc.message).await {
+            tracing::info!(source = %inc.source, error = %e, "response could not be forwarded");
+        }
+    }
+
+    /// Sends the application's response to `req`: final responses are kept for the
+    /// request's retransmissions.
+    pub async fn respond(&self, req: &ServerRequest, response: Message) {
+        let bytes = response.to_bytes();
+        let (transport, to) = match req.transport {
+            Transport::Udp => match response_destination(&req.message) {
+                Some(to) => (Transport::Udp, to),
+                None => (Transport::Udp, req.source),
+            },
+            t => (t, req.source),
+        };
+        let status = response.status().unwrap_or(0);
+        if let (Some(k), true) = (&req.key, status >= 200) {
+            let reliable = transport != Transport::Udp;
+            let until = Instant::now() + self.inner.timers.timer_j(reliable);
+            self.inner.servers.with(k, |m| {
+                if reliable {
+                    m.remove(k);
+                } else {
+                    m.insert(
+                        k.clone(),
+                        ServerState::Done {
+                            response: bytes.clone(),
+                            transport,
+                            to,
+                            until,
+                        },
+                    );
+                }
+            });
+        }
+        if let Err(e) = self.at(req.local).send(transport, to, bytes).await {
+            tracing::info!(error = %e, status, "response could not be sent");
+        }
+    }
+
+    /// A fresh branch: `z9hG4bK` + the loop hash of `req` (§16.6 item 8) + a sequence number.
+    pub fn branch_for(&self, req: &Message) -> String {
+        let n = self.inner.branch_seq.fetch_add(1, Ordering::Relaxed);
+        format!("z9hG4bK{:016x}.{n:x}", self.loop_hash(req))
+    }
+
+    fn loop_hash(&self, req: &Message) -> u64 {
+        let mut h = DefaultHasher::new();
+        self.inner.salt.hash(&mut h);
+        req.request_uri_str().unwrap_or("").hash(&mut h);
+        req.call_id().unwrap_or("").hash(&mut h);
+        if let Ok(c) = req.cseq() {
+            c.seq.hash(&mut h);
+        }
+        req.from_addr().ok().and_then(|f| f.tag()).hash(&mut h);
+        req.to_addr().ok().and_then(|t| t.tag()).hash(&mut h);
+        for r in req.values(HeaderName::ProxyRequire).flatten() {
+            r.hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// RFC 3261 §16.3 checks before proxying `req` (Max-Forwards, loops) and the
+    /// Max-Forwards decrement. `Err` holds the status and reason to answer with.
+    pub fn proxy_checks(&self, req: &mut Message) -> Result<(), (u16, &'static str)> {
+        match req.max_forwards() {
+            Some(Ok(0)) => return Err((483, "Too Many Hops")),
+            Some(Ok(n)) => {
+                let v = (n - 1).to_string();
+                req.set_header("Max-Forwards", &v)
+                    .map_err(|_| (400, "Bad Max-Forwards"))?;
+            }
+            Some(Err(_)) => return Err((400, "Bad Max-Forwards")),
+            None => req
+                .set_header("Max-Forwards", "69")
+                .map_err(|_| (400, "Bad Max-Forwards"))?,
+        }
+        let mine: Vec<String> = self
+            .inner
+            .transports
+            .iter()
+            .map(|t| self.sent_by_on(t))
+            .collect();
+        let hash = format!("z9hG4bK{:016x}.", self.loop_hash(req));
+        let looped = req.vias().flatten().any(|v| {
+            let sent_by = match v.port {
+                Some(p) => format!("{}:{p}", v.host_str),
+                None => v.host_str.to_owned(),
+            };
+            mine.iter().any(|me| sent_by.eq_ignore_ascii_case(me))
+                && v.branch().is_some_and(|b| b.starts_with(&hash))
+        });
+        if looped {
+            return Err((482, "Loop Detected"));
+        }
+        Ok(())
+    }
+
+    /// Puts our Via on top of `req`, sends it to `target` and waits for the final response
+    /// (our Via still on top: pop it with [`pop_own_via`] before passing the response on).
+    pub async fn send_request(
+        &self,
+        mut req: Message,
+        mut target: crate::dns::Target,
+    ) -> Result<Message, ClientError> {
+        // RFC 3261 §18.1.1: a request within 200 bytes of the path MTU (1500) goes over a
+        // congestion-controlled transport.
+        if target.transport == Transport::Udp && req.serialized_len() + 80 > 1300 {
+            target.transport = Transport::Tcp;
+        }
+        let branch = self.branch_for(&req);
+        let proto = match target.transport {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        };
+        req.prepend_header(
+            "Via",
+            &format!(
+                "SIP/2.0/{proto} {};branch={branch};rport",
+                self.sent_by_on(self.toward(target.addr))
+            ),
+        )?;
+        let (tx, mut rx) = mpsc::channel(8);
+        self.inner.clients.with(&branch, |m| {
+            m.insert(branch.clone(), ClientState::Waiting(tx))
+        });
+        let result = self.run_client(req.to_bytes(), target, &mut rx).await;
+        let until = Instant::now() + self.inner.timers.t4;
+        self.inner.clients.with(&branch, |m| {
+            if result.is_ok() && target.transport == Transport::Udp {
+                m.insert(branch.clone(), ClientState::Absorbing(until));
+            } else {
+                m.remove(&branch);
+            }
+        });
+        result
+    }
+
+    async fn run_client(
+        &self,
+        bytes: Bytes,
+        target: crate::dns::Target,
+        rx: &mut mpsc::Receiver<Message>,
+    ) -> Result<Message, ClientError> {
+        let reliable = target.transport != Transport::Udp;
+        let mut nict = NonInviteClient::new(bytes, reliable, Instant::now(), self.inner.timers);
+        loop {
+            while let Some(b) = nict.poll_transmit() {
+                if let Err(e) = self
+                    .toward(target.addr)
+                    .send(target.transport, target.addr, b)
+                    .await
+                {
+                    nict.handle_transport_error(Instant::now());
+                    return Err(e.into());
+                }
+            }
+            while let Some(ev) = nict.poll_event() {
+                if ev == Event::Timeout {
+                    return Err(ClientError::Timeout(target.addr));
+                }
+            }
+            let wake = nict.poll_timeout();
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(resp) => {
+                        let status = resp.status().unwrap_or(0);
+                        nict.handle_response(Instant::now(), status);
+                        if status >= 200 {
+                            return Ok(resp);
+                        }
+                    }
+                    None => return Err(ClientError::Timeout(target.addr)),
+                },
+                () = sleep_until(wake) => nict.handle_timeout(Instant::now()),
+            }
+        }
+    }
+
+    /// Pops our Via from a response and sends it to the next Via (RFC 3261 §16.7 item 9,
+    /// §18.2.2 with RFC 3581).
+    pub async fn forward_response(&self, mut resp: Message) -> Result<(), ClientError> {
+        pop_own_via(&mut resp)?;
+        let via = resp.top_via()?;
+        let transport = via_transport(&via);
+        let Some(to) = via_destination(&via) else {
+            return Err(ClientError::Message(ims_sip::Error::BadHeader {
+                name: "Via",
+                why: "the next Via has neither an address nor `received`",
+            }));
+        };
+        self.toward(to).send(transport, to, resp.to_bytes()).await?;
+        Ok(())
+    }
+
+    /// Forwards a request without a transaction (INVITE, ACK, CANCEL for now): our Via on
+    /// top, sent once.
+    pub async fn forward_stateless(
+        &self,
+        mut req: Message,
+        target: crate::dns::Target,
+    ) -> Result<(), ClientError> {
+        let branch = self.branch_for(&req);
+        let proto = if target.transport == Transport::Udp {
+            "UDP"
+        } else {
+            "TCP"
+        };
+        req.prepend_header(
+            "Via",
+            &format!(
+                "SIP/2.0/{proto} {};branch={branch};rport",
+                self.sent_by_on(self.toward(target.addr))
+            ),
+        )?;
+        self.toward(target.addr)
+            .send(target.transport, target.addr, req.to_bytes())
+            .await?;
+        Ok(())
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Drops answered server transactions after Timer J and stale ones after a long while.
+async fn sweep(inner: std::sync::Weak<Inner>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let now = Instant::now();
+        let stale = inner.timers.t1x64() * 2;
+        inner.servers.retain(|s| match s {
+            ServerState::Pending { since } => now.duration_since(*since) < stale,
+            ServerState::Done { until, .. } => *until > now,
+        });
+        inner.clients.retain(|c| match c {
+            ClientState::Waiting(tx) => !tx.is_closed(),
+            ClientState::Absorbing(until) => *until > now,
+        });
+    }
+}
+
+/// RFC 3261 §18.2.1 and RFC 3581 §4: `received` when the sent-by host is not the source
+/// address, `rport=<source port>` when the sender asked for it.
+fn complete_top_via(req: &mut Message, source: SocketAddr) -> Result<(), ims_sip::Error> {
+    let via = req.top_via()?;
+    let src_ip = source.ip().to_string();
+    let host_is_source = via
+        .host_str
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .is_ok_and(|ip| ip == source.ip());
+    let wants_rport = via.rport().is_some();
+    if host_is_source && !wants_rport {
+        return Ok(());
+    }
+    let index = req
+        .headers()
+        .position(|h| h.name == HeaderName::Via)
+        .ok_or(ims_sip::Error::MissingHeader("Via"))?;
+    let value = req
+        .headers_named(HeaderName::Via)
+        .next()
+        .ok_or(ims_sip::Error::MissingHeader("Via"))?
+        .value_str()?;
+    // The first value of a comma list is the top Via.
+    let mut items: Vec<String> = text::split_commas(value).map(str::to_owned).collect();
+    let Some(first) = items.first_mut() else {
+        return Err(ims_sip::Error::MissingHeader("Via"));
+    };
+    if !host_is_source {
+        *first = text::set_param(first, "received", Some(&src_ip));
+    }
+    if wants_rport {
+        *first = text::set_param(first, "rport", Some(&source.port().to_string()));
+    }
+    let v = items.join(", ");
+    req.replace_value_at(index, &v)
+}
+
+/// Where a UDP response to `req` goes (RFC 3581 `rport`, else `received`/sent-by).
+fn response_destination(req: &Message) -> Option<SocketAddr> {
+    via_destination(&req.top_via().ok()?)
+}
+
+fn via_transport(via: &Via<'_>) -> Transport {
+    if via.transport.eq_ignore_ascii_case("TCP") {
+        Transport::Tcp
+    } else if via.transport.eq_ignore_ascii_case("TLS") {
+        Transport::Tls
+    } else {
+        Transport::Udp
+    }
+}
+
+/// The address a response for this Via goes to, when it names one (`received`, or a
+/// numeric sent-by); port from `rport`, the sent-by port, or 5060.
+fn via_destination(via: &Via<'_>) -> Option<SocketAddr> {
+    let host = via.received().unwrap_or(via.host_str);
+    let ip: IpAddr = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
+    let port = match via.rport() {
+        Some(Some(p)) => p,
+        _ => via.port.unwrap_or(5060),
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Removes the top Via of a response (ours).
+pub fn pop_own_via(resp: &mut Message) -> Result<(), ims_sip::Error> {
+    resp.pop_first_value(HeaderName::Via)?;
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! What the P-CSCF remembers of each registered UE (TS 24.229 §5.2.2.4): the flow it
+//! registered from (source address and transport), its contacts, the public identities the
+//! 200 OK listed in P-Associated-URI, the Service-Route to use for its requests, and when it
+//! expires. Kept in fixed shards of small maps keyed by the UE's flow, with a second index
+//! from contact `host:port` to the flow for requests toward the UE. No lock is held across an
+//! await.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use ims_net::dns::Transport;
+
+const SHARDS: usize = 16;
+
+/// The UE's flow: where its requests come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Flow {
+    /// Source address of the UE's requests.
+    pub addr: SocketAddr,
+    /// Transport they come on.
+    pub transport: Transport,
+}
+
+/// One registered UE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// The flow.
+    pub flow: Flow,
+    /// Contact URIs (as registered) with their expiry.
+    pub contacts: Vec<(String, Instant)>,
+    /// P-Associated-URI values: the first is the default public identity.
+    pub associated: Vec<String>,
+    /// Service-Route values, in order.
+    pub service_route: Vec<String>,
+    /// The private identity that registered.
+    pub impi: String,
+}
+
+impl Registration {
+    /// The latest contact expiry.
+    pub fn expires(&self) -> Option<Instant> {
+        self.contacts.iter().map(|c| c.1).max()
+    }
+
+    /// Whether `uri` (a P-Preferred-Identity, a From) is one of the UE's identities.
+    pub fn owns(&self, uri: &str) -> bool {
+        self.associated.iter().any(|a| same_uri(a, uri))
+    }
+}
+
+/// Compares two URIs as the P-CSCF needs (scheme, user and host, case-insensitive host).
+pub fn same_uri(a: &str, b: &str) -> bool {
+    let strip = |s: &str| {
+        let s = s.trim().trim_start_matches('<');
+        let s = s.split(['>', ';']).next().unwrap_or(s);
+        s.to_ascii_lowercase()
+    };
+    strip(a) == strip(b)
+}
+
+/// The `host:port` of a contact URI, lower-cased, port 5060 when absent.
+pub fn contact_key(uri: &str) -> Option<String> {
+    let u = ims_sip::Uri::parse(uri).ok()?;
+    let s = u.as_sip()?;
+    Some(format!(
+        "{}:{}",
+        s.host_str.to_ascii_lowercase(),
+        s.port.unwrap_or(5060)
+    ))
+}
+
+/// The registered UEs.
+pub struct Registrations {
+    by_flow: [Mutex<HashMap<Flow, Registration>>; SHARDS],
+    by_contact: [Mutex<HashMap<String, Flow>>; SHARDS],
+}
+
+fn shard<K: Hash>(k: &K) -> usize {
+    let mut h = DefaultHasher::new();
+    k.hash(&mut h);
+    (h.finish() as usize) % SHARDS
+}
+
+impl Default for Registrations {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Registrations {
+    /// Empty.
+    pub fn new() -> Self {
+        Self {
+            by_flow: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            by_contact: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Stores (or replaces) the registration of `reg.flow`.
+    pub fn put(&self, reg: Registration) {
+        for (c, _) in &reg.contacts {
+            if let Some(k) = contact_key(c)
+                && let Ok(mut m) = self.by_contact[shard(&k)].lock()
+            {
+                m.insert(k, reg.flow);
+            }
+        }
+        if let Ok(mut m) = self.by_flow[shard(&reg.flow)].lock() {
+            m.insert(reg.flow, reg);
+        }
+    }
+
+    /// The registration of a flow, unless expired.
+    pub fn get(&self, flow: &Flow, now: Instant) -> Option<Registration> {
+        let m = self.by_flow[shard(flow)].lock().ok()?;
+        m.get(flow)
+            .filter(|r| r.expires().is_some_and(|e| e > now))
+            .cloned()
+    }
+
+    /// The flow that registered a contact `host:port`.
+    pub fn flow_for_contact(&self, key: &str) -> Option<Flow> {
+        let k = key.to_ascii_lowercase();
+        self.by_contact[shard(&k)].lock().ok()?.get(&k).copied()
+    }
+
+    /// Forgets a flow's registration.
+    pub fn remove(&self, flow: &Flow) -> Option<Registration> {
+        let reg = self.by_flow[shard(flow)].lock().ok()?.remove(flow)?;
+        for (c, _) in &reg.contacts {
+            if let Some(k) = contact_key(c)
+                && let Ok(mut m) = self.by_contact[shard(&k)].lock()
+                && m.get(&k) == Some(flow)
+            {
+                m.remove(&k);
+            }
+        }
+        Some(reg)
+    }
+
+    /// Drops expired registrations; returns how many.
+    pub fn expire(&self, now: Instant) -> usize {
+        let mut gone = Vec::new();
+        for s in &self.by_flow {
+            if let Ok(m) = s.lock() {
+                gone.extend(
+                    m.values()
+                        .filter(|r| r.expires().is_none_or(|e| e <= now))
+                        .map(|r| r.flow),
+                );
+            }
+        }
+        for f in &gone {
+            self.remove(f);
+        }
+        gone.len()
+    }
+
+    /// How many UEs are registered.
+    pub fn len(&self) -> usize {
+        self.by_flow
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
+    /// True when nobody is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn put_get_expire() {
+        let r = Registrations::new();
+        let now = Instant::now();
+        let flow = Flow {
+            addr: "10.0.0.2:5060".parse().unwrap(),
+            transport: Transport::Udp,
+        };
+        r.put(Registration {
+            flow,
+            contacts: vec![(
+                "sip:alice@10.0.0.2:5060".into(),
+                now + Duration::from_secs(60),
+            )],
+            associated: vec!["sip:alice@hims.net".into(), "tel:+1234".into()],
+            service_route: vec!["<sip:orig@scscf1.hims.net:5060;lr>".into()],
+            impi: "alice@hims.net".into(),
+        });
+        let got = r.get(&flow, now).unwrap();
+        assert!(got.owns("<sip:ALICE@hims.net>"));
+        assert!(!got.owns("sip:bob@hims.net"));
+        assert_eq!(r.flow_for_contact("10.0.0.2:5060"), Some(flow));
+        assert_eq!(
+            contact_key("sip:a@[2001:db8::2]"),
+            Some("[2001:db8::2]:5060".into())
+        );
+        assert!(r.get(&flow, now + Duration::from_secs(61)).is_none());
+        assert_eq!(r.expire(now + Duration::from_secs(61)), 1);
+        assert!(r.is_empty());
+        assert_eq!(r.flow_for_contact("10.0.0.2:5060"), None);
+    }
+}

@@ -1,0 +1,349 @@
+//! P-CSCF and I-CSCF together over real sockets: a UE (a UDP socket of the test) registers
+//! through our P-CSCF and I-CSCF, the I-CSCF asks our HSS (UAR over Diameter TCP), and the
+//! REGISTER reaches a registrar peer of the test's own on a real SIP endpoint, which checks
+//! what the P-CSCF and I-CSCF added and answers 401 (with ck/ik) then 200. The whole chain
+//! with the real S-CSCF and SIPp runs in bin/tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ims_net::endpoint::SipEndpoint;
+use ims_sip::transaction::Timers;
+use ims_sip::{Auth, HeaderName, Message, response_to};
+use ims_store::{Credentials, NewPublicIdentity, NewSubscriber, Store};
+
+const K: &str = "465b5ce8b199b49faa5f0a2ee238a6bc";
+const OPC: &str = "cd63cb71954a9f4e48a5994e37a02baf";
+
+fn subscriber(name: &str, roaming: &[&str]) -> NewSubscriber {
+    NewSubscriber {
+        name: name.into(),
+        impi: format!("{name}@hims.net"),
+        credentials: Credentials::Aka {
+            k: zeroize::Zeroizing::new(hex(K)),
+            opc: zeroize::Zeroizing::new(hex(OPC)),
+            amf: [0x80, 0x00],
+            sqn: 0,
+        },
+        public_identities: vec![NewPublicIdentity {
+            impu: format!("sip:{name}@hims.net"),
+            barred: false,
+            irs: 0,
+        }],
+        ifc_xml: String::new(),
+        capability_set: None,
+        roaming_allowed: roaming.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// The registrar peer: 401 for a REGISTER without a response, 200 otherwise; 200 to
+/// anything else. Keeps every request it saw.
+async fn registrar(seen: Arc<Mutex<Vec<Message>>>) -> SocketAddr {
+    let (ep, mut rx) =
+        SipEndpoint::bind("127.0.0.1:0".parse().unwrap(), "127.0.0.1", Timers::RFC3261)
+            .await
+            .unwrap();
+    let me = ep.local_addr();
+    tokio::spawn(async move {
+        while let Some(req) = rx.recv().await {
+            let m = &req.message;
+            seen.lock().unwrap().push(m.clone());
+            let answered = m
+                .auth(HeaderName::Authorization)
+                .flatten()
+                .any(|a| a.response().is_some_and(|r| !r.is_empty()));
+            let mut r;
+            if m.method_str() == Some("REGISTER") && !answered {
+                r = response_to(m, 401, "Unauthorized", Some("s1")).unwrap();
+                r.append_header(
+                    "WWW-Authenticate",
+                    "Digest realm=\"hims.net\", nonce=\"bm9uY2U=\", algorithm=AKAv1-MD5, \
+                     qop=\"auth,auth-int\", ck=\"00112233445566778899aabbccddeeff\", \
+                     ik=\"ffeeddccbbaa99887766554433221100\"",
+                )
+                .unwrap();
+            } else if m.method_str() == Some("REGISTER") {
+                r = response_to(m, 200, "OK", Some("s1")).unwrap();
+                for p in m.values(HeaderName::Path).flatten() {
+                    r.append_header("Path", p).unwrap();
+                }
+                r.append_header("Service-Route", &format!("<sip:orig@{me};lr>"))
+                    .unwrap();
+                r.append_header("P-Associated-URI", "<sip:alice@hims.net>, <tel:+15551234>")
+                    .unwrap();
+                let expires = m.expires().and_then(Result::ok).unwrap_or(600);
+                for c in m.values(HeaderName::Contact).flatten() {
+                    r.append_header("Contact", &format!("{c};expires={expires}"))
+                        .unwrap();
+                }
+            } else {
+                r = response_to(m, 200, "OK", Some("s2")).unwrap();
+            }
+            ep.respond(&req, r).await;
+        }
+    });
+    me
+}
+
+fn register(
+    ue: SocketAddr,
+    call_id: &str,
+    cseq: u32,
+    user: &str,
+    auth: &str,
+    expires: u32,
+) -> String {
+    format!(
+        "REGISTER sip:hims.net SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {ue};branch=z9hG4bK{call_id}{cseq};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:{user}@hims.net>;tag=u{cseq}\r\nTo: <sip:{user}@hims.net>\r\n\
+         Call-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\n\
+         Contact: <sip:{user}@{ue}>\r\nExpires: {expires}\r\n\
+         Require: sec-agree\r\nSecurity-Client: ipsec-3gpp;alg=hmac-sha-1-96;spi-c=1111;spi-s=2222;port-c=5062;port-s=5063\r\n\
+         Authorization: {auth}\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+fn recv(s: &UdpSocket) -> Message {
+    let mut buf = vec![0u8; 65536];
+    let n = s.recv(&mut buf).expect("an answer within 5 s");
+    Message::parse(Bytes::copy_from_slice(&buf[..n])).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ue_registers_through_p_and_i_cscf_and_sends_along_the_service_route() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let scscf = registrar(seen.clone()).await;
+
+    // The HSS, with alice allowed to roam in vims.net and bob not.
+    let dir = ims_testkit::scratch_dir("pcscf-it");
+    let db = format!("sqlite://{}", dir.join("hss.sqlite").display());
+    let store = Store::open(&db).await.unwrap();
+    store
+        .add_subscriber(&subscriber("alice", &["vims.net"]))
+        .await
+        .unwrap();
+    store.add_subscriber(&subscriber("bob", &[])).await.unwrap();
+    let hss = ims_hss::Hss::start(&ims_hss::Config {
+        database: db,
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        home_network: "hims.net".into(),
+        log: "info".into(),
+        diameter: ims_hss::DiameterConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            allowed_peers: vec!["icscf1.hims.net".into()],
+            capabilities: ims_hss::Capabilities {
+                server_names: vec![format!("sip:{scscf}")],
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    })
+    .await
+    .unwrap();
+    let hss_addr = hss.diameter_addr();
+    tokio::spawn(hss.run_until(std::future::pending()));
+
+    let icscf = ims_icscf::Icscf::start(ims_icscf::Config {
+        sip_listen: "127.0.0.1:0".parse().unwrap(),
+        via_host: "127.0.0.1".into(),
+        home_domain: "hims.net".into(),
+        dns: vec!["127.0.0.1:9".parse().unwrap()],
+        log: "info".into(),
+        diameter: ims_net::diameter::CxClientConfig {
+            hss: hss_addr,
+            origin_host: "icscf1.hims.net".into(),
+            origin_realm: "hims.net".into(),
+            destination_realm: "hims.net".into(),
+            destination_host: None,
+            watchdog_seconds: 30,
+            request_timeout_seconds: 5,
+        },
+        scscf: vec![],
+    })
+    .await
+    .unwrap();
+    let icscf_addr = icscf.sip_addr();
+    tokio::spawn(icscf.run_until(std::future::pending()));
+
+    let pcscf = ims_pcscf::Pcscf::start(ims_pcscf::Config {
+        sip_listen: "127.0.0.1:0".parse().unwrap(),
+        sip_listen_v6: None,
+        via_host: "127.0.0.1".into(),
+        visited_network_id: "vims.net".into(),
+        dns: vec!["127.0.0.1:9".parse().unwrap()],
+        icscf: Some(format!("sip:{icscf_addr}")),
+        log: "info".into(),
+    })
+    .await
+    .unwrap();
+    let p = pcscf.sip_addr();
+    tokio::spawn(pcscf.run_until(std::future::pending()));
+    tokio::time::sleep(Duration::from_millis(300)).await; // CER/CEA
+
+    let ue = UdpSocket::bind("127.0.0.1:0").unwrap();
+    ue.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let me = ue.local_addr().unwrap();
+
+    // First REGISTER: 401 without ck/ik.
+    let first_auth = "Digest username=\"alice@hims.net\", realm=\"hims.net\", uri=\"sip:hims.net\", \
+                      nonce=\"\", response=\"\", integrity-protected=\"yes\"";
+    ue.send_to(
+        register(me, "c1", 1, "alice", first_auth, 600).as_bytes(),
+        p,
+    )
+    .unwrap();
+    let r = recv(&ue);
+    assert_eq!(r.status(), Some(401));
+    let www = r
+        .header_str(HeaderName::WwwAuthenticate)
+        .unwrap()
+        .to_owned();
+    assert!(!www.contains("ck=") && !www.contains("ik="), "{www}");
+    assert!(www.contains("nonce=\"bm9uY2U=\""), "{www}");
+    assert_eq!(r.vias().count(), 1, "only the UE's Via");
+    {
+        let seen = seen.lock().unwrap();
+        let at_s = &seen[0];
+        assert_eq!(at_s.vias().count(), 3, "UE, P-CSCF, I-CSCF");
+        let path = at_s.header_str(HeaderName::Path).unwrap();
+        assert_eq!(path, format!("<sip:term@127.0.0.1:{};lr>", p.port()));
+        assert!(at_s.has_option_tag(HeaderName::Require, "path"));
+        assert!(!at_s.has_option_tag(HeaderName::Require, "sec-agree"));
+        assert!(at_s.has_option_tag(HeaderName::Supported, "path"));
+        assert!(at_s.header(HeaderName::SecurityClient).is_none());
+        assert_eq!(
+            at_s.visited_network_ids().next().unwrap().unwrap(),
+            "vims.net"
+        );
+        assert!(
+            at_s.header_str(HeaderName::PChargingVector)
+                .unwrap()
+                .contains("icid-value=")
+        );
+        let auth = at_s.header_str(HeaderName::Authorization).unwrap();
+        let a = Auth::parse(auth).unwrap();
+        assert_eq!(a.integrity_protected(), Some("no"), "{auth}");
+        assert_eq!(at_s.headers_named(HeaderName::Authorization).count(), 1);
+        let route = at_s.header_str(HeaderName::Route).unwrap();
+        assert_eq!(
+            route,
+            format!("<sip:{scscf};lr>"),
+            "the I-CSCF routes to the S-CSCF"
+        );
+        assert_eq!(at_s.max_forwards().unwrap().unwrap(), 68);
+    }
+
+    // Second REGISTER with a response: 200; the P-CSCF now knows the UE.
+    let second = "Digest username=\"alice@hims.net\", realm=\"hims.net\", uri=\"sip:hims.net\", \
+                  nonce=\"bm9uY2U=\", response=\"00112233445566778899aabbccddeeff\", \
+                  algorithm=AKAv1-MD5, qop=auth, nc=00000001, cnonce=\"x\"";
+    ue.send_to(register(me, "c1", 2, "alice", second, 600).as_bytes(), p)
+        .unwrap();
+    let r = recv(&ue);
+    assert_eq!(r.status(), Some(200));
+    assert!(r.header_str(HeaderName::ServiceRoute).is_some());
+    assert!(r.header_str(HeaderName::PAssociatedUri).is_some());
+
+    // A MESSAGE from the registered UE goes along the Service-Route with the asserted
+    // identity; the P-Preferred-Identity it named is one of its own.
+    let msg = format!(
+        "MESSAGE sip:bob@hims.net SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKm1;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@hims.net>;tag=m1\r\nTo: <sip:bob@hims.net>\r\n\
+         Call-ID: m1\r\nCSeq: 1 MESSAGE\r\nP-Preferred-Identity: <tel:+15551234>\r\n\
+         Route: <sip:127.0.0.1:{};lr>\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi",
+        p.port()
+    );
+    ue.send_to(msg.as_bytes(), p).unwrap();
+    let r = recv(&ue);
+    assert_eq!(r.status(), Some(200));
+    {
+        let seen = seen.lock().unwrap();
+        let m = seen.last().unwrap();
+        assert_eq!(m.method_str(), Some("MESSAGE"));
+        assert_eq!(
+            m.header_str(HeaderName::PAssertedIdentity),
+            Some("<tel:+15551234>")
+        );
+        assert!(m.header(HeaderName::PPreferredIdentity).is_none());
+        assert_eq!(
+            m.header_str(HeaderName::Route).unwrap(),
+            format!("<sip:orig@{scscf};lr>"),
+            "the Service-Route replaced the UE's Route"
+        );
+    }
+
+    // Another UE, not registered: 403.
+    let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+    stranger
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let sm = msg
+        .replace(&me.to_string(), &stranger.local_addr().unwrap().to_string())
+        .replace("z9hG4bKm1", "z9hG4bKm2");
+    stranger.send_to(sm.as_bytes(), p).unwrap();
+    assert_eq!(recv(&stranger).status(), Some(403));
+
+    // bob may not roam into vims.net: the HSS says 5004, the I-CSCF 403.
+    let bob_auth = "Digest username=\"bob@hims.net\", realm=\"hims.net\", uri=\"sip:hims.net\", nonce=\"\", response=\"\"";
+    ue.send_to(register(me, "c2", 1, "bob", bob_auth, 600).as_bytes(), p)
+        .unwrap();
+    assert_eq!(recv(&ue).status(), Some(403));
+    // Unknown user: 403.
+    let x_auth = "Digest username=\"nobody@hims.net\", realm=\"hims.net\", uri=\"sip:hims.net\", nonce=\"\", response=\"\"";
+    ue.send_to(register(me, "c3", 1, "nobody", x_auth, 600).as_bytes(), p)
+        .unwrap();
+    assert_eq!(recv(&ue).status(), Some(403));
+    // Max-Forwards 0 and a request without Call-ID: 483 and 400; garbage is dropped.
+    let mf0 = register(me, "c4", 1, "alice", first_auth, 600)
+        .replace("Max-Forwards: 70", "Max-Forwards: 0");
+    ue.send_to(mf0.as_bytes(), p).unwrap();
+    assert_eq!(recv(&ue).status(), Some(483));
+    ue.send_to(b"\x16\x03\x01 not sip at all\r\n\r\n", p)
+        .unwrap();
+    let no_cid = register(me, "c5", 1, "alice", first_auth, 600).replace("Call-ID: c5\r\n", "");
+    ue.send_to(no_cid.as_bytes(), p).unwrap();
+    assert_eq!(recv(&ue).status(), Some(400));
+
+    // A deregistration of a user the HSS does not know as registered: the I-CSCF's UAR
+    // (DE_REGISTRATION) gets 5003 and the UE 403.
+    ue.send_to(register(me, "c1", 3, "alice", second, 0).as_bytes(), p)
+        .unwrap();
+    assert_eq!(recv(&ue).status(), Some(403));
+    // What the S-CSCF's SAR would have stored; then Expires 0 goes through, and the P-CSCF
+    // forgets the UE: its MESSAGE gets 403.
+    store
+        .set_scscf(
+            "sip:alice@hims.net",
+            Some(&ims_store::ScscfAssignment {
+                server_name: format!("sip:{scscf}"),
+                diameter_host: None,
+            }),
+        )
+        .await
+        .unwrap();
+    store
+        .set_reg_state("sip:alice@hims.net", ims_store::RegState::Registered)
+        .await
+        .unwrap();
+    ue.send_to(register(me, "c1", 4, "alice", second, 0).as_bytes(), p)
+        .unwrap();
+    assert_eq!(recv(&ue).status(), Some(200));
+    let again = msg
+        .replace("z9hG4bKm1", "z9hG4bKm3")
+        .replace("CSeq: 1", "CSeq: 2");
+    ue.send_to(again.as_bytes(), p).unwrap();
+    assert_eq!(recv(&ue).status(), Some(403));
+}

@@ -1,0 +1,122 @@
+//! The S-CSCF configuration (`configs/lab/scscf.toml` is the commented example): where SIP
+//! listens, our name (Server-Name on Cx and the Service-Route host), the home realm and
+//! domains, the registration store, the registration interval limits, the reg-await-auth
+//! timer, and the `[diameter]` section (how to reach the HSS). Unknown keys are rejected;
+//! [`Config::validate`] checks what serde cannot.
+
+use std::net::SocketAddr;
+
+use ims_net::diameter::CxClientConfig;
+use ims_sip::SipUri;
+use serde::Deserialize;
+
+/// The S-CSCF configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// SIP address (UDP and TCP on the same port).
+    pub sip_listen: SocketAddr,
+    /// Our SIP URI, e.g. `sip:scscf1.hims.net:5060`: Server-Name in MAR/SAR (the HSS stores
+    /// it) and the host of our Service-Route.
+    pub name: String,
+    /// The home realm: the Digest `realm` of AKA challenges (TS 24.229: the home domain).
+    pub realm: String,
+    /// Domains we register users for (the REGISTER Request-URI). Empty: `realm` only.
+    #[serde(default)]
+    pub home_domains: Vec<String>,
+    /// Registration store: `sqlite://path` (created at start) or `postgres://...`.
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// Shortest registration interval accepted (seconds); shorter gets 423 with Min-Expires.
+    #[serde(default = "default_min_expires")]
+    pub min_expires: u32,
+    /// Longest registration interval granted (seconds); longer is cut down to it.
+    #[serde(default = "default_max_expires")]
+    pub max_expires: u32,
+    /// Interval granted when the REGISTER names none (seconds).
+    #[serde(default = "default_expires")]
+    pub default_expires: u32,
+    /// reg-await-auth: how long a challenge stays valid (TS 24.229 Table 7.8.1: 4 minutes).
+    #[serde(default = "default_reg_await_auth")]
+    pub reg_await_auth_seconds: u64,
+    /// Log filter when RUST_LOG is unset.
+    #[serde(default = "default_log")]
+    pub log: String,
+    /// Cx towards the HSS.
+    pub diameter: CxClientConfig,
+}
+
+fn default_database() -> String {
+    "sqlite://scscf.sqlite".to_owned()
+}
+fn default_min_expires() -> u32 {
+    60
+}
+fn default_max_expires() -> u32 {
+    3600
+}
+fn default_expires() -> u32 {
+    600
+}
+fn default_reg_await_auth() -> u64 {
+    240
+}
+fn default_log() -> String {
+    "info".to_owned()
+}
+
+impl Config {
+    /// Checks what serde cannot: the name is a SIP URI with a host, the realm is set, the
+    /// expiry limits are ordered, timers are positive, and the `[diameter]` section.
+    pub fn validate(&self) -> Result<(), String> {
+        let uri = SipUri::parse(&self.name)
+            .map_err(|e| format!("name `{}` is not a SIP URI: {e}", self.name))?;
+        if uri.host_str.is_empty() {
+            return Err(format!("name `{}` has no host", self.name));
+        }
+        if self.realm.trim().is_empty() {
+            return Err("realm must be set (the home domain)".into());
+        }
+        if self.home_domains.iter().any(|d| d.trim().is_empty()) {
+            return Err("home_domains must not hold an empty name".into());
+        }
+        if self.min_expires == 0 {
+            return Err("min_expires must be at least 1".into());
+        }
+        if !(self.min_expires <= self.default_expires && self.default_expires <= self.max_expires) {
+            return Err(format!(
+                "expiry limits must satisfy min_expires ({}) <= default_expires ({}) <= max_expires ({})",
+                self.min_expires, self.default_expires, self.max_expires
+            ));
+        }
+        if self.reg_await_auth_seconds == 0 {
+            return Err("reg_await_auth_seconds must be at least 1".into());
+        }
+        if !(self.database.starts_with("sqlite:")
+            || self.database.starts_with("postgres://")
+            || self.database.starts_with("postgresql://"))
+        {
+            return Err(format!(
+                "database `{}` is neither sqlite:// nor postgres://",
+                self.database
+            ));
+        }
+        self.diameter.validate()
+    }
+
+    /// `host[:port]` of our name: the host part of Service-Route.
+    pub fn host_port(&self) -> String {
+        SipUri::parse(&self.name)
+            .map(|u| u.host_port_str().to_owned())
+            .unwrap_or_else(|_| self.name.clone())
+    }
+
+    /// The domains we register users for (`realm` when `home_domains` is empty).
+    pub fn domains(&self) -> Vec<String> {
+        if self.home_domains.is_empty() {
+            vec![self.realm.clone()]
+        } else {
+            self.home_domains.clone()
+        }
+    }
+}

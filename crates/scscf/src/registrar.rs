@@ -1,0 +1,1334 @@
+//! The S-CSCF registrar (TS 24.229 §5.4.1, RFC 3261 §10.3, RFC 3310, RFC 3327, RFC 3608):
+//! [`Registrar::handle_register`] turns one REGISTER into its final response, whatever
+//! carries the SIP (the daemon's loop in `lib.rs` today, a transaction layer later).
+//!
+//! # A registration, step by step
+//! 1. Checks: the request is well formed (400 naming the header), the Request-URI is one of
+//!    our domains (403), To is a SIP or tel URI (the IMPU), every Contact parses, `Contact: *`
+//!    comes alone and with `Expires: 0` (400), no interval below `min_expires` (423 with
+//!    Min-Expires; checked before authentication so that no vector is spent on a request
+//!    bound to fail), an `algorithm` we know (`AKAv1-MD5` or `MD5`; anything else 403).
+//!    The IMPI is the Authorization `username`, or the IMPU without its scheme when there is
+//!    no Authorization (TS 33.203 §7.2).
+//! 2. No credentials (no Authorization, or an empty nonce): MAR (one item, scheme "Unknown",
+//!    so the HSS picks the subscriber's) and a 401. AKA: `nonce` = base64(RAND||AUTN),
+//!    `algorithm=AKAv1-MD5`, `qop="auth,auth-int"`, and `ck`/`ik` in lowercase hex for the
+//!    P-CSCF. SIP Digest: our own random nonce, `algorithm=MD5`, the HSS's realm and qop. The
+//!    vector (XRES or HA1) is kept per IMPI until reg-await-auth runs out; a new challenge
+//!    replaces the old one.
+//! 3. Credentials: the pending challenge with that IMPI, IMPU and nonce is taken (used once).
+//!    None (unknown or stale nonce) → a fresh 401. A right response (RFC 3310: the password is
+//!    RES; RFC 2617 with the HSS's HA1; qop auth or auth-int) → SAR REGISTRATION, or
+//!    RE_REGISTRATION with User-Data-Already-Available when the IMPU is registered here → the
+//!    binding is stored → 200 OK with the Path values echoed, `Service-Route:
+//!    <sip:orig@<our host:port>;lr>`, P-Associated-URI (the implicit registration set from
+//!    the User-Data), every current Contact with its `expires`, and Date. A wrong response →
+//!    SAR AUTHENTICATION_FAILURE and 403. `auts` (resynchronisation) → MAR with
+//!    SIP-Authorization = RAND||AUTS (RAND from the nonce the UE answered) → a fresh 401.
+//! 4. A re-registration the P-CSCF vouches for (`integrity-protected="yes"`, `tls-yes`,
+//!    `tls-connected` or `ip-assoc-yes`) of an IMPU registered here by the same IMPI, with no
+//!    challenge pending, is not challenged again (TS 24.229 §5.4.1.2.1: the S-CSCF *may*
+//!    re-authenticate); a contact not registered before is refused with 403 there.
+//! 5. Deregistration (`Expires: 0`, every contact `expires=0`, or `Contact: *`): the bindings
+//!    go; when none is left, SAR USER_DEREGISTRATION; 200 OK listing what remains.
+//!
+//! Cx failures become SIP answers as `cx.rs` documents (403 for every refusal, 504 when the
+//! HSS does not answer). Nothing here panics on input.
+//!
+//! # State
+//! Registrations and pending challenges live in [`SHARDS`] mutex-guarded maps chosen by a hash
+//! of the IMPI (no global lock; no lock is ever held across an `.await`), plus an index from
+//! every registered or implicitly registered IMPU to its IMPI. Each change of a registration
+//! is written through to the store ([`ims_store::Store::save_registration`], one transaction
+//! per registration), and [`Registrar::start`] loads them back. A change that fails to reach
+//! the store is logged and kept in memory (the UE is registered either way).
+//!
+//! # Background
+//! [`Registrar::start`] spawns two tasks that hold only a weak reference (they end when the
+//! last [`Registrar`] clone is dropped): the timer ([`Registrar::sweep`] every second: expired
+//! bindings go, with SAR TIMEOUT_DEREGISTRATION when an IMPU has none left; expired
+//! challenges go, with SAR AUTHENTICATION_TIMEOUT when the IMPU is not registered), and the
+//! handler of requests from the HSS ([`Registrar::handle_cx_request`]): RTR drops the named
+//! identities' registrations (all of the IMPI's when none is named) and answers 2001, also for
+//! identities we do not hold (the HSS's wish is already true); PPR replaces the User-Data of
+//! the IMPI's registrations and answers 2001, or Experimental-Result 5001
+//! (DIAMETER_ERROR_USER_UNKNOWN) when none is registered here, or 5009
+//! (DIAMETER_ERROR_NOT_SUPPORTED_USER_DATA) when the XML cannot be read.
+//!
+//! Every change is announced on a broadcast channel ([`Registrar::subscribe`], [`RegEvent`]).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ims_aka::digest_aka::{self, AkaNonce};
+use ims_aka::{AkaError, DigestParams, Ha1, Qop, Res};
+use ims_diameter::cx::{Ppa, Ppr, Rta, Rtr};
+use ims_diameter::dict::{self, ServerAssignmentType as Sat, experimental_result_code as erc};
+use ims_diameter::{AnswerResult, MessageBuilder};
+use ims_sip::{Contact, HeaderName, Message, Method, Uri, text};
+use ims_store::{BindingRecord, RegistrationRecord, Store};
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::sync::broadcast;
+
+use crate::config::Config;
+use crate::cx::{CxClient, CxFailure, Vector};
+use crate::reply::{http_date, new_tag, respond};
+use crate::userdata::{ImsSubscription, same_uri};
+
+/// Number of state shards.
+pub const SHARDS: usize = 64;
+
+/// How often the timer looks for expired bindings and challenges.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What happened to a registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegEventKind {
+    /// A first registration of the IMPU (SAR REGISTRATION).
+    Registered,
+    /// A re-registration: contacts added or refreshed.
+    Refreshed,
+    /// The UE removed contacts (the IMPU is gone when `contacts_left` is empty).
+    Deregistered,
+    /// Contacts expired.
+    Expired,
+    /// The HSS terminated the registration (RTR).
+    Terminated,
+}
+
+/// A registration change, for reg-event subscribers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegEvent {
+    /// What happened.
+    pub kind: RegEventKind,
+    /// The IMPI.
+    pub impi: String,
+    /// The registered IMPU.
+    pub impu: String,
+    /// Its implicit registration set.
+    pub associated_uris: Vec<String>,
+    /// The contacts the change is about (added, refreshed or removed).
+    pub contacts: Vec<String>,
+    /// The contacts still bound afterwards.
+    pub contacts_left: Vec<String>,
+}
+
+/// Why [`Registrar::start`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is not usable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The registration store.
+    #[error("registration store: {0}")]
+    Store(#[from] ims_store::StoreError),
+}
+
+/// The secret a pending challenge is checked against.
+enum Secret {
+    /// XRES (the RFC 3310 password).
+    Aka(Res),
+    /// The HSS's HA1.
+    Digest(Ha1),
+}
+
+/// A challenge sent and not answered yet (reg-await-auth running).
+struct Challenge {
+    impu: String,
+    nonce: String,
+    realm: String,
+    secret: Secret,
+    expires: Instant,
+}
+
+#[derive(Default)]
+struct User {
+    pending: Option<Challenge>,
+    /// Registrations by IMPU (lowercase).
+    regs: HashMap<String, RegistrationRecord>,
+}
+
+type Shard = Mutex<HashMap<String, User>>;
+
+struct Inner {
+    cfg: Config,
+    host_port: String,
+    domains: Vec<String>,
+    cx: CxClient,
+    store: Store,
+    shards: Vec<Shard>,
+    /// Every registered IMPU and implicitly registered one (lowercase) → IMPI.
+    index: Vec<Mutex<HashMap<String, String>>>,
+    rng: SystemRandom,
+    events: broadcast::Sender<RegEvent>,
+}
+
+/// The registrar. Clone it freely; clones share the state.
+#[derive(Clone)]
+pub struct Registrar {
+    inner: Arc<Inner>,
+}
+
+/// A SIP refusal on the way to the response.
+struct Reject {
+    status: u16,
+    reason: String,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Reject {
+    fn new(status: u16, reason: impl Into<String>) -> Self {
+        Reject {
+            status,
+            reason: reason.into(),
+            headers: Vec::new(),
+        }
+    }
+    fn bad(why: impl std::fmt::Display) -> Self {
+        Reject::new(400, format!("Bad Request ({why})"))
+    }
+    fn forbidden(why: impl std::fmt::Display) -> Self {
+        Reject::new(403, format!("Forbidden ({why})"))
+    }
+}
+
+impl From<CxFailure> for Reject {
+    fn from(f: CxFailure) -> Self {
+        let (status, reason) = f.sip_status();
+        Reject::new(status, reason)
+    }
+}
+
+impl From<ims_sip::Error> for Reject {
+    fn from(e: ims_sip::Error) -> Self {
+        Reject::new(e.status(), e.reason())
+    }
+}
+
+/// One Contact of the REGISTER.
+struct ReqContact {
+    uri: String,
+    /// `<uri>;params` without `expires`.
+    value: String,
+    /// Granted interval (0: remove).
+    expires: u32,
+}
+
+/// The Authorization parameters we use, owned.
+#[derive(Default)]
+struct Creds {
+    username: String,
+    realm: String,
+    nonce: String,
+    uri: Option<String>,
+    response: String,
+    algorithm: Option<String>,
+    qop: Option<String>,
+    nc: Option<String>,
+    cnonce: Option<String>,
+    auts: Option<String>,
+    integrity_protected: Option<String>,
+}
+
+/// A checked REGISTER.
+struct Parsed {
+    impu: String,
+    impi: String,
+    call_id: String,
+    cseq: u32,
+    /// `None` for `Contact: *`.
+    contacts: Option<Vec<ReqContact>>,
+    creds: Option<Creds>,
+    paths: Vec<String>,
+}
+
+impl Parsed {
+    fn removes_everything(&self) -> bool {
+        match &self.contacts {
+            None => true,
+            Some(cs) => cs.iter().all(|c| c.expires == 0),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn key(uri: &str) -> String {
+    uri.to_ascii_lowercase()
+}
+
+fn hash_index(s: &str) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.hash(&mut h);
+    (h.finish() % SHARDS as u64) as usize
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The IMPU of a To URI: the URI without parameters and headers.
+fn impu_of(uri: &Uri<'_>) -> Result<String, Reject> {
+    match uri {
+        Uri::Sip(u) => {
+            let scheme = if u.secure { "sips" } else { "sip" };
+            Ok(match u.port {
+                Some(p) => format!("{scheme}:{}:{p}", u.user_host()),
+                None => format!("{scheme}:{}", u.user_host()),
+            })
+        }
+        Uri::Tel(t) => {
+            let s = t.as_str();
+            Ok(s.split(';').next().unwrap_or(s).to_owned())
+        }
+        _ => Err(Reject::bad("To is neither a SIP nor a tel URI")),
+    }
+}
+
+/// Remaining seconds of a binding at `now` (rounded up, at least 1 while it lives).
+fn remaining_secs(expires_at: i64, now: i64) -> i64 {
+    ((expires_at - now).max(0) + 999) / 1000
+}
+
+impl Registrar {
+    /// Opens the store (restoring the registrations held under our name), connects to the HSS
+    /// and starts the timer and the handler of HSS requests (RTR, PPR).
+    pub async fn start(cfg: Config) -> Result<Registrar, StartError> {
+        cfg.validate().map_err(StartError::Config)?;
+        let store = Store::open(&cfg.database).await?;
+        let (client, hss_requests) = cfg.diameter.connect();
+        let cx = CxClient::new(client, cfg.diameter.clone(), cfg.name.clone());
+        let (events, _) = broadcast::channel(1024);
+        let inner = Arc::new(Inner {
+            host_port: cfg.host_port(),
+            domains: cfg.domains(),
+            cx,
+            store,
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            index: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            rng: SystemRandom::new(),
+            events,
+            cfg,
+        });
+        let r = Registrar { inner };
+        let restored = r
+            .inner
+            .store
+            .registrations_of_scscf(&r.inner.cfg.name)
+            .await?;
+        let n = restored.len();
+        for rec in restored {
+            r.install(rec);
+        }
+        tracing::info!(
+            registrations = n,
+            name = %r.inner.cfg.name,
+            "S-CSCF registrar started; registrations restored from the store"
+        );
+        tokio::spawn(timer(Arc::downgrade(&r.inner)));
+        tokio::spawn(hss_requests_loop(Arc::downgrade(&r.inner), hss_requests));
+        Ok(r)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.cfg
+    }
+
+    /// Waits until the Diameter connection to the HSS is open (or `timeout` passes).
+    pub async fn wait_diameter(&self, timeout: Duration) -> bool {
+        let mut c = self.inner.cx.client().clone();
+        c.wait_open(timeout).await
+    }
+
+    /// Registration events (see [`RegEvent`]).
+    pub fn subscribe(&self) -> broadcast::Receiver<RegEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// The registration an IMPU belongs to (registered itself or implicitly), with its
+    /// bindings; `None` when it is not registered here.
+    pub fn registration(&self, impu: &str) -> Option<RegistrationRecord> {
+        let k = key(impu);
+        let impi = lock(&self.inner.index[hash_index(&k)]).get(&k).cloned()?;
+        let shard = lock(self.shard(&impi));
+        let user = shard.get(&impi)?;
+        user.regs
+            .values()
+            .find(|r| {
+                same_uri(&r.impu, impu) || r.associated_uris.iter().any(|a| same_uri(a, impu))
+            })
+            .cloned()
+    }
+
+    /// Every registration held (a snapshot, shard by shard).
+    pub fn registrations(&self) -> Vec<RegistrationRecord> {
+        let mut out = Vec::new();
+        for s in &self.inner.shards {
+            for u in lock(s).values() {
+                out.extend(u.regs.values().cloned());
+            }
+        }
+        out.sort_by(|a, b| a.impu.cmp(&b.impu));
+        out
+    }
+
+    fn shard(&self, impi: &str) -> &Shard {
+        &self.inner.shards[hash_index(impi)]
+    }
+
+    fn index_add(&self, rec: &RegistrationRecord) {
+        for u in std::iter::once(&rec.impu).chain(rec.associated_uris.iter()) {
+            let k = key(u);
+            lock(&self.inner.index[hash_index(&k)]).insert(k, rec.impi.clone());
+        }
+    }
+
+    fn index_remove(&self, rec: &RegistrationRecord) {
+        for u in std::iter::once(&rec.impu).chain(rec.associated_uris.iter()) {
+            let k = key(u);
+            let mut idx = lock(&self.inner.index[hash_index(&k)]);
+            if idx.get(&k) == Some(&rec.impi) {
+                idx.remove(&k);
+            }
+        }
+    }
+
+    fn install(&self, rec: RegistrationRecord) {
+        self.index_add(&rec);
+        let mut shard = lock(self.shard(&rec.impi));
+        shard
+            .entry(rec.impi.clone())
+            .or_default()
+            .regs
+            .insert(key(&rec.impu), rec);
+    }
+
+    fn emit(&self, kind: RegEventKind, rec: &RegistrationRecord, contacts: Vec<String>) {
+        let _ = self.inner.events.send(RegEvent {
+            kind,
+            impi: rec.impi.clone(),
+            impu: rec.impu.clone(),
+            associated_uris: rec.associated_uris.clone(),
+            contacts,
+            contacts_left: rec.bindings.iter().map(|b| b.contact_uri.clone()).collect(),
+        });
+    }
+
+    async fn persist(&self, rec: &RegistrationRecord) {
+        if let Err(e) = self.inner.store.save_registration(rec).await {
+            tracing::error!(impu = %rec.impu, error = %e, "registration not saved to the store");
+        }
+    }
+
+    async fn forget(&self, impu: &str) {
+        if let Err(e) = self.inner.store.delete_registration(impu).await {
+            tracing::error!(%impu, error = %e, "registration not deleted from the store");
+        }
+    }
+
+    // ------------------------------------------------------------------------------------
+    // REGISTER
+
+    /// Handles one REGISTER and returns the final response to send.
+    pub async fn handle_register(&self, req: &Message) -> Message {
+        let tag = new_tag(&self.inner.rng);
+        match self.register(req, &tag).await {
+            Ok(resp) => resp,
+            Err(r) => {
+                tracing::info!(
+                    status = r.status,
+                    reason = %r.reason,
+                    call_id = req.call_id().unwrap_or("-"),
+                    "REGISTER refused"
+                );
+                respond(req, r.status, &r.reason, &tag, &r.headers)
+            }
+        }
+    }
+
+    async fn register(&self, req: &Message, tag: &str) -> Result<Message, Reject> {
+        let p = self.parse(req)?;
+        let creds = p.creds.as_ref();
+        let nonce = creds.map_or("", |c| c.nonce.as_str());
+        if let Some(auts) = creds
+            .and_then(|c| c.auts.as_deref())
+            .filter(|a| !a.is_empty())
+        {
+            return self.resync(req, &p, nonce, auts, tag).await;
+        }
+        if nonce.is_empty() {
+            if self.vouched_reregistration(&p) {
+                tracing::debug!(impi = %p.impi, "integrity-protected re-registration: not challenged");
+                return self.bind(req, &p, tag).await;
+            }
+            return self.challenge(req, &p, tag).await;
+        }
+        let Some(ch) = self.take_challenge(&p.impi, &p.impu, nonce) else {
+            tracing::info!(impi = %p.impi, "unknown or stale nonce: challenging again");
+            return self.challenge(req, &p, tag).await;
+        };
+        let Some(c) = creds else {
+            return self.challenge(req, &p, tag).await;
+        };
+        match verify(req, c, &ch) {
+            Ok(()) => self.bind(req, &p, tag).await,
+            Err(Verdict::Malformed(why)) => Err(Reject::bad(why)),
+            Err(Verdict::Wrong(why)) => {
+                tracing::info!(impi = %p.impi, impu = %p.impu, %why, "authentication failed");
+                if let Err(e) = self
+                    .inner
+                    .cx
+                    .sar(&p.impi, &[&p.impu], Sat::AuthenticationFailure, false)
+                    .await
+                {
+                    tracing::warn!(impi = %p.impi, error = %e, "SAR AUTHENTICATION_FAILURE failed");
+                }
+                Err(Reject::forbidden("authentication failed"))
+            }
+        }
+    }
+
+    fn parse(&self, req: &Message) -> Result<Parsed, Reject> {
+        if req.method() != Some(Method::Register) {
+            let mut r = Reject::new(405, "Method Not Allowed");
+            r.headers.push(("Allow", "REGISTER".into()));
+            return Err(r);
+        }
+        req.check_request()?;
+        let ruri = req.request_uri()?;
+        let domain_ok = match ruri.as_sip() {
+            Some(u) => self
+                .inner
+                .domains
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(u.host_str)),
+            None => false,
+        };
+        if !domain_ok {
+            return Err(Reject::forbidden(format!(
+                "{} is not a home domain",
+                ruri.as_str()
+            )));
+        }
+        let to = req.to_addr()?;
+        let impu = impu_of(&to.uri)?;
+        let call_id = req.call_id()?.to_owned();
+        let cseq = req.cseq()?.seq;
+        let header_expires = match req.expires() {
+            Some(r) => Some(r?),
+            None => None,
+        };
+        let mut star = false;
+        let mut list = Vec::new();
+        for c in req.contacts() {
+            match c? {
+                Contact::Star => star = true,
+                Contact::Addr(a) => {
+                    let asked = match a.expires() {
+                        Some(r) => r?,
+                        None => header_expires.unwrap_or(self.inner.cfg.default_expires),
+                    };
+                    if asked != 0 && asked < self.inner.cfg.min_expires {
+                        let mut r = Reject::new(423, "Interval Too Brief");
+                        r.headers
+                            .push(("Min-Expires", self.inner.cfg.min_expires.to_string()));
+                        return Err(r);
+                    }
+                    let full = format!("<{}>{}", a.uri_str, a.params_str());
+                    list.push(ReqContact {
+                        uri: a.uri_str.to_owned(),
+                        value: text::remove_param(&full, "expires"),
+                        expires: asked.min(self.inner.cfg.max_expires),
+                    });
+                }
+            }
+        }
+        let contacts = if star {
+            if !list.is_empty() {
+                return Err(Reject::bad("Contact: * with other contacts"));
+            }
+            if header_expires != Some(0) {
+                return Err(Reject::bad("Contact: * without Expires: 0"));
+            }
+            None
+        } else if list.is_empty() {
+            return Err(Reject::bad("missing Contact header"));
+        } else {
+            Some(list)
+        };
+        let creds = self.credentials(req)?;
+        let impi = match creds.as_ref().map(|c| c.username.as_str()) {
+            Some(u) if !u.is_empty() => u.to_owned(),
+            _ => match to.uri.as_sip() {
+                Some(u) if u.user.is_some() => u.user_host(),
+                _ => {
+                    return Err(Reject::forbidden(
+                        "no private identity: Authorization username missing",
+                    ));
+                }
+            },
+        };
+        let paths = req
+            .values(HeaderName::Path)
+            .filter_map(Result::ok)
+            .map(|v| text::trim(v).to_owned())
+            .collect();
+        Ok(Parsed {
+            impu,
+            impi,
+            call_id,
+            cseq,
+            contacts,
+            creds,
+            paths,
+        })
+    }
+
+    /// The Digest Authorization for our realm (else the first Digest one).
+    fn credentials(&self, req: &Message) -> Result<Option<Creds>, Reject> {
+        let mut chosen = None;
+        for a in req.auth(HeaderName::Authorization) {
+            let a = a?;
+            if !a.is_digest() {
+                continue;
+            }
+            let ours = a.realm().is_some_and(|r| {
+                r.eq_ignore_ascii_case(&self.inner.cfg.realm)
+                    || self.inner.domains.iter().any(|d| d.eq_ignore_ascii_case(r))
+            });
+            if chosen.is_none() || ours {
+                chosen = Some(a);
+                if ours {
+                    break;
+                }
+            }
+        }
+        let Some(a) = chosen else { return Ok(None) };
+        if let Some(alg) = a.algorithm()
+            && !alg.eq_ignore_ascii_case(digest_aka::ALGORITHM)
+            && !alg.eq_ignore_ascii_case("MD5")
+        {
+            return Err(Reject::forbidden(format!(
+                "unsupported algorithm {}",
+                alg.chars().take(32).collect::<String>()
+            )));
+        }
+        let own = |v: Option<&str>| v.map(str::to_owned);
+        Ok(Some(Creds {
+            username: a.username().unwrap_or("").to_owned(),
+            realm: a.realm().unwrap_or("").to_owned(),
+            nonce: a.nonce().unwrap_or("").to_owned(),
+            uri: own(a.uri()),
+            response: a.response().unwrap_or("").to_owned(),
+            algorithm: own(a.algorithm()),
+            qop: own(a.qop()),
+            nc: own(a.nc()),
+            cnonce: own(a.cnonce()),
+            auts: own(a.auts()),
+            integrity_protected: own(a.integrity_protected()),
+        }))
+    }
+
+    fn vouched_reregistration(&self, p: &Parsed) -> bool {
+        let vouched = p
+            .creds
+            .as_ref()
+            .and_then(|c| c.integrity_protected.as_deref())
+            .is_some_and(|v| {
+                ["yes", "tls-yes", "tls-connected", "ip-assoc-yes"]
+                    .iter()
+                    .any(|ok| v.eq_ignore_ascii_case(ok))
+            });
+        if !vouched {
+            return false;
+        }
+        let shard = lock(self.shard(&p.impi));
+        shard
+            .get(&p.impi)
+            .is_some_and(|u| u.pending.is_none() && u.regs.contains_key(&key(&p.impu)))
+    }
+
+    fn take_challenge(&self, impi: &str, impu: &str, nonce: &str) -> Option<Challenge> {
+        let mut shard = lock(self.shard(impi));
+        let user = shard.get_mut(impi)?;
+        let ok = user.pending.as_ref().is_some_and(|c| {
+            c.nonce == nonce && same_uri(&c.impu, impu) && c.expires > Instant::now()
+        });
+        if ok { user.pending.take() } else { None }
+    }
+
+    /// MAR, keep the vector, 401.
+    async fn challenge(&self, req: &Message, p: &Parsed, tag: &str) -> Result<Message, Reject> {
+        let v = self.inner.cx.mar(&p.impi, &p.impu, None).await?;
+        self.challenge_with(req, p, v, tag)
+    }
+
+    async fn resync(
+        &self,
+        req: &Message,
+        p: &Parsed,
+        nonce: &str,
+        auts: &str,
+        tag: &str,
+    ) -> Result<Message, Reject> {
+        let old = AkaNonce::decode(nonce)
+            .map_err(|_| Reject::bad("auts with a nonce that is not an AKA nonce"))?;
+        let auts = digest_aka::decode_auts(auts).map_err(|e| Reject::bad(format!("auts: {e}")))?;
+        let sip_auth = ims_aka::vector::resync_authorization(&old.rand, &auts);
+        tracing::info!(impi = %p.impi, "AKA resynchronisation requested (auts)");
+        // Whatever was pending is void: the UE refused that AUTN.
+        if let Some(u) = lock(self.shard(&p.impi)).get_mut(&p.impi) {
+            u.pending = None;
+        }
+        let v = self.inner.cx.mar(&p.impi, &p.impu, Some(&sip_auth)).await?;
+        self.challenge_with(req, p, v, tag)
+    }
+
+    fn challenge_with(
+        &self,
+        req: &Message,
+        p: &Parsed,
+        v: Vector,
+        tag: &str,
+    ) -> Result<Message, Reject> {
+        let (header, nonce, realm, secret) = match v {
+            Vector::Aka {
+                rand,
+                autn,
+                xres,
+                ck,
+                ik,
+            } => {
+                let nonce = Vector::aka_nonce(&rand, &autn);
+                let realm = self.inner.cfg.realm.clone();
+                let h = format!(
+                    "Digest realm={}, nonce=\"{nonce}\", algorithm={}, qop=\"auth,auth-int\", ck=\"{}\", ik=\"{}\"",
+                    text::quote(&realm),
+                    digest_aka::ALGORITHM,
+                    ck.as_str(),
+                    ik.as_str()
+                );
+                (h, nonce, realm, Secret::Aka(xres))
+            }
+            Vector::Digest { realm, ha1, qop } => {
+                let mut raw = [0u8; 16];
+                self.inner
+                    .rng
+                    .fill(&mut raw)
+                    .map_err(|_| Reject::new(500, "Server Internal Error (no randomness)"))?;
+                let nonce = hex::encode(raw);
+                let qop = if qop.is_empty() {
+                    "auth".to_owned()
+                } else {
+                    qop
+                };
+                let h = format!(
+                    "Digest realm={}, nonce=\"{nonce}\", algorithm=MD5, qop={}",
+                    text::quote(&realm),
+                    text::quote(&qop)
+                );
+                (h, nonce, realm, Secret::Digest(ha1))
+            }
+        };
+        let ch = Challenge {
+            impu: p.impu.clone(),
+            nonce,
+            realm,
+            secret,
+            expires: Instant::now() + Duration::from_secs(self.inner.cfg.reg_await_auth_seconds),
+        };
+        lock(self.shard(&p.impi))
+            .entry(p.impi.clone())
+            .or_default()
+            .pending = Some(ch);
+        tracing::info!(impi = %p.impi, impu = %p.impu, "challenged (401)");
+        Ok(respond(
+            req,
+            401,
+            "Unauthorized",
+            tag,
+            &[("WWW-Authenticate", header)],
+        ))
+    }
+
+    /// Authenticated (or vouched for): register or deregister the contacts.
+    async fn bind(&self, req: &Message, p: &Parsed, tag: &str) -> Result<Message, Reject> {
+        let k = key(&p.impu);
+        // RFC 3261 §10.3 step 7: a binding refreshed within its Call-ID needs a higher CSeq;
+        // an integrity-protected re-registration may not add contacts (TS 24.229 §5.4.1.2.1).
+        let vouched = p.creds.as_ref().is_none_or(|c| c.nonce.is_empty());
+        let existed = {
+            let shard = lock(self.shard(&p.impi));
+            let reg = shard.get(&p.impi).and_then(|u| u.regs.get(&k));
+            if let (Some(reg), Some(cs)) = (reg, &p.contacts) {
+                for c in cs {
+                    let old = reg
+                        .bindings
+                        .iter()
+                        .find(|b| b.contact_uri.eq_ignore_ascii_case(&c.uri));
+                    if let Some(b) = old
+                        && b.call_id == p.call_id
+                        && b.cseq >= i64::from(p.cseq)
+                    {
+                        return Err(Reject::new(
+                            500,
+                            "Server Internal Error (CSeq out of order)",
+                        ));
+                    }
+                    if vouched && old.is_none() && c.expires != 0 {
+                        return Err(Reject::forbidden(
+                            "new contact in an integrity-protected re-registration",
+                        ));
+                    }
+                }
+            }
+            reg.is_some()
+        };
+        if p.removes_everything() {
+            return self.unbind(req, p, tag).await;
+        }
+        let user_data = if existed {
+            match self
+                .inner
+                .cx
+                .sar(&p.impi, &[&p.impu], Sat::ReRegistration, true)
+                .await
+            {
+                Err(CxFailure::Refused { code, .. })
+                    if code == erc::ERROR_IDENTITY_NOT_REGISTERED =>
+                {
+                    tracing::warn!(impu = %p.impu, "the HSS lost our registration: SAR REGISTRATION");
+                    self.inner
+                        .cx
+                        .sar(&p.impi, &[&p.impu], Sat::Registration, false)
+                        .await?
+                }
+                other => other?,
+            }
+        } else {
+            self.inner
+                .cx
+                .sar(&p.impi, &[&p.impu], Sat::Registration, false)
+                .await?
+        };
+        let profile = match &user_data {
+            Some(xml) => Some(self.profile_of(xml, &p.impu).inspect_err(|_| {
+                if !existed {
+                    self.undo_registration(p);
+                }
+            })?),
+            None if !existed => {
+                self.undo_registration(p);
+                return Err(Reject::new(
+                    500,
+                    "Server Internal Error (no User-Data from the HSS)",
+                ));
+            }
+            None => None,
+        };
+        let now = now_ms();
+        let contacts = p.contacts.as_deref().unwrap_or_default();
+        let (rec, refreshed) = {
+            let mut shard = lock(self.shard(&p.impi));
+            let user = shard.entry(p.impi.clone()).or_default();
+            let refreshed = user.regs.contains_key(&k);
+            let reg = user.regs.entry(k).or_insert_with(|| RegistrationRecord {
+                impu: p.impu.clone(),
+                impi: p.impi.clone(),
+                scscf_name: self.inner.cfg.name.clone(),
+                user_data: String::new(),
+                associated_uris: vec![p.impu.clone()],
+                bindings: Vec::new(),
+            });
+            if let (Some(xml), Some(set)) = (&user_data, &profile) {
+                reg.user_data.clone_from(xml);
+                reg.associated_uris.clone_from(set);
+            }
+            for c in contacts {
+                reg.bindings
+                    .retain(|b| !b.contact_uri.eq_ignore_ascii_case(&c.uri));
+                if c.expires > 0 {
+                    reg.bindings.push(BindingRecord {
+                        contact_uri: c.uri.clone(),
+                        contact: c.value.clone(),
+                        path: p.paths.clone(),
+                        call_id: p.call_id.clone(),
+                        cseq: i64::from(p.cseq),
+                        expires_at: now + i64::from(c.expires) * 1000,
+                    });
+                }
+            }
+            (reg.clone(), refreshed)
+        };
+        self.index_add(&rec);
+        self.persist(&rec).await;
+        let touched: Vec<String> = contacts.iter().map(|c| c.uri.clone()).collect();
+        self.emit(
+            if refreshed {
+                RegEventKind::Refreshed
+            } else {
+                RegEventKind::Registered
+            },
+            &rec,
+            touched,
+        );
+        tracing::info!(
+            impi = %p.impi,
+            impu = %p.impu,
+            contacts = rec.bindings.len(),
+            refreshed,
+            "registered (200)"
+        );
+        let mut headers: Vec<(&str, String)> = Vec::new();
+        for path in req.headers_named(HeaderName::Path) {
+            if let Ok(v) = path.value_str() {
+                headers.push(("Path", v.to_owned()));
+            }
+        }
+        headers.push((
+            "Service-Route",
+            format!("<sip:orig@{};lr>", self.inner.host_port),
+        ));
+        headers.push((
+            "P-Associated-URI",
+            rec.associated_uris
+                .iter()
+                .map(|u| format!("<{u}>"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ));
+        push_contacts(&mut headers, &rec.bindings, now);
+        headers.push(("Date", http_date(SystemTime::now())));
+        Ok(respond(req, 200, "OK", tag, &headers))
+    }
+
+    fn profile_of(&self, xml: &str, impu: &str) -> Result<Vec<String>, Reject> {
+        let sub = ImsSubscription::parse(xml.as_bytes()).map_err(|e| {
+            tracing::error!(%impu, error = %e, "unusable User-Data from the HSS");
+            Reject::new(
+                500,
+                "Server Internal Error (unusable User-Data from the HSS)",
+            )
+        })?;
+        sub.implicit_set(impu).ok_or_else(|| {
+            tracing::error!(%impu, "User-Data from the HSS does not list the registered identity");
+            Reject::new(
+                500,
+                "Server Internal Error (User-Data without the registered identity)",
+            )
+        })
+    }
+
+    /// The HSS registered the user but we cannot serve them: tell it (in the background).
+    fn undo_registration(&self, p: &Parsed) {
+        let me = self.clone();
+        let (impi, impu) = (p.impi.clone(), p.impu.clone());
+        tokio::spawn(async move {
+            if let Err(e) = me
+                .inner
+                .cx
+                .sar(&impi, &[&impu], Sat::UserDeregistration, true)
+                .await
+            {
+                tracing::warn!(%impu, error = %e, "SAR USER_DEREGISTRATION (undo) failed");
+            }
+        });
+    }
+
+    async fn unbind(&self, req: &Message, p: &Parsed, tag: &str) -> Result<Message, Reject> {
+        let k = key(&p.impu);
+        let (removed, left) = {
+            let mut shard = lock(self.shard(&p.impi));
+            let mut removed = Vec::new();
+            let mut left = None;
+            if let Some(user) = shard.get_mut(&p.impi)
+                && let Some(reg) = user.regs.get_mut(&k)
+            {
+                match &p.contacts {
+                    None => removed.append(&mut reg.bindings),
+                    Some(cs) => {
+                        let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut reg.bindings)
+                            .into_iter()
+                            .partition(|b| {
+                                cs.iter()
+                                    .any(|c| c.uri.eq_ignore_ascii_case(&b.contact_uri))
+                            });
+                        removed = gone;
+                        reg.bindings = keep;
+                    }
+                }
+                left = Some(reg.clone());
+                if reg.bindings.is_empty() {
+                    user.regs.remove(&k);
+                }
+            }
+            (removed, left)
+        };
+        let removed_uris: Vec<String> = removed.iter().map(|b| b.contact_uri.clone()).collect();
+        let now = now_ms();
+        let mut headers: Vec<(&str, String)> = Vec::new();
+        match &left {
+            Some(rec) if !rec.bindings.is_empty() => {
+                self.persist(rec).await;
+                self.emit(RegEventKind::Deregistered, rec, removed_uris);
+                push_contacts(&mut headers, &rec.bindings, now);
+            }
+            _ => {
+                // Nothing left (or nothing was registered: the MAR made the HSS record us).
+                if let Err(e) = self
+                    .inner
+                    .cx
+                    .sar(&p.impi, &[&p.impu], Sat::UserDeregistration, true)
+                    .await
+                {
+                    tracing::warn!(impu = %p.impu, error = %e, "SAR USER_DEREGISTRATION failed");
+                }
+                if let Some(rec) = &left {
+                    self.index_remove(rec);
+                    self.forget(&rec.impu).await;
+                    self.emit(RegEventKind::Deregistered, rec, removed_uris);
+                }
+            }
+        }
+        tracing::info!(impi = %p.impi, impu = %p.impu, "deregistered (200)");
+        headers.push(("Date", http_date(SystemTime::now())));
+        Ok(respond(req, 200, "OK", tag, &headers))
+    }
+
+    // ------------------------------------------------------------------------------------
+    // timers
+
+    /// Removes expired bindings (SAR TIMEOUT_DEREGISTRATION when an IMPU has none left) and
+    /// expired challenges (SAR AUTHENTICATION_TIMEOUT when the IMPU is not registered). The
+    /// timer task calls it every [`SWEEP_INTERVAL`].
+    pub async fn sweep(&self) {
+        let now = now_ms();
+        let instant = Instant::now();
+        let mut gone: Vec<(RegistrationRecord, Vec<String>)> = Vec::new();
+        let mut shrunk: Vec<(RegistrationRecord, Vec<String>)> = Vec::new();
+        let mut timed_out: Vec<(String, String)> = Vec::new();
+        for s in &self.inner.shards {
+            let mut shard = lock(s);
+            shard.retain(|impi, user| {
+                if user.pending.as_ref().is_some_and(|c| c.expires <= instant)
+                    && let Some(c) = user.pending.take()
+                    && !user.regs.contains_key(&key(&c.impu))
+                {
+                    timed_out.push((impi.clone(), c.impu));
+                }
+                user.regs.retain(|_, reg| {
+                    let before = reg.bindings.len();
+                    let mut expired = Vec::new();
+                    reg.bindings.retain(|b| {
+                        let live = b.expires_at > now;
+                        if !live {
+                            expired.push(b.contact_uri.clone());
+                        }
+                        live
+                    });
+                    if reg.bindings.is_empty() {
+                        gone.push((reg.clone(), expired));
+                        false
+                    } else {
+                        if reg.bindings.len() != before {
+                            shrunk.push((reg.clone(), expired));
+                        }
+                        true
+                    }
+                });
+                user.pending.is_some() || !user.regs.is_empty()
+            });
+        }
+        for (impi, impu) in timed_out {
+            tracing::info!(%impi, %impu, "reg-await-auth expired: challenge dropped");
+            if let Err(e) = self
+                .inner
+                .cx
+                .sar(&impi, &[&impu], Sat::AuthenticationTimeout, false)
+                .await
+            {
+                tracing::warn!(%impu, error = %e, "SAR AUTHENTICATION_TIMEOUT failed");
+            }
+        }
+        for (rec, expired) in shrunk {
+            self.persist(&rec).await;
+            self.emit(RegEventKind::Expired, &rec, expired);
+        }
+        for (rec, expired) in gone {
+            tracing::info!(impi = %rec.impi, impu = %rec.impu, "registration expired");
+            self.index_remove(&rec);
+            if let Err(e) = self
+                .inner
+                .cx
+                .sar(&rec.impi, &[&rec.impu], Sat::TimeoutDeregistration, true)
+                .await
+            {
+                tracing::warn!(impu = %rec.impu, error = %e, "SAR TIMEOUT_DEREGISTRATION failed");
+            }
+            self.forget(&rec.impu).await;
+            self.emit(RegEventKind::Expired, &rec, expired);
+        }
+    }
+
+    // ------------------------------------------------------------------------------------
+    // requests from the HSS
+
+    /// Handles one request from the HSS (RTR, PPR) and returns the encoded answer (empty
+    /// when there is nothing to answer, e.g. the bytes were an answer).
+    pub async fn handle_cx_request(&self, bytes: &[u8]) -> Vec<u8> {
+        let msg = match ims_diameter::Message::parse(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "unparsable request from the HSS dropped");
+                return Vec::new();
+            }
+        };
+        if !msg.is_request() {
+            return Vec::new();
+        }
+        let (host, realm) = self.inner.cx.origin();
+        match msg.command_code() {
+            dict::command::REGISTRATION_TERMINATION => match Rtr::decode(&msg) {
+                Ok(rtr) => {
+                    self.terminate(&rtr).await;
+                    let a = Rta {
+                        base: rtr.base.answer(AnswerResult::SUCCESS, host, realm),
+                    };
+                    encode(|b| a.encode(b))
+                }
+                Err(e) => error_answer(&msg, &e, host, realm),
+            },
+            dict::command::PUSH_PROFILE => match Ppr::decode(&msg) {
+                Ok(ppr) => {
+                    let result = self.push_profile(&ppr).await;
+                    let a = Ppa {
+                        base: ppr.base.answer(result, host, realm),
+                    };
+                    encode(|b| a.encode(b))
+                }
+                Err(e) => error_answer(&msg, &e, host, realm),
+            },
+            code => {
+                let e = ims_diameter::Error::CommandUnsupported {
+                    code,
+                    request: true,
+                };
+                error_answer(&msg, &e, host, realm)
+            }
+        }
+    }
+
+    async fn terminate(&self, rtr: &Rtr<'_>) {
+        let impi = rtr.user_name;
+        let named = &rtr.public_identities;
+        let removed: Vec<RegistrationRecord> = {
+            let mut shard = lock(self.shard(impi));
+            match shard.get_mut(impi) {
+                None => Vec::new(),
+                Some(user) => {
+                    let keys: Vec<String> = user
+                        .regs
+                        .iter()
+                        .filter(|(_, r)| {
+                            named.is_empty()
+                                || named.iter().any(|n| {
+                                    same_uri(&r.impu, n)
+                                        || r.associated_uris.iter().any(|a| same_uri(a, n))
+                                })
+                        })
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    let out = keys.iter().filter_map(|k| user.regs.remove(k)).collect();
+                    if named.is_empty() {
+                        user.pending = None;
+                    }
+                    out
+                }
+            }
+        };
+        tracing::info!(
+            %impi,
+            removed = removed.len(),
+            reason = ?rtr.deregistration_reason.reason_code,
+            "RTR from the HSS"
+        );
+        for rec in removed {
+            self.index_remove(&rec);
+            self.forget(&rec.impu).await;
+            let contacts = rec.bindings.iter().map(|b| b.contact_uri.clone()).collect();
+            let mut gone = rec;
+            gone.bindings.clear();
+            self.emit(RegEventKind::Terminated, &gone, contacts);
+        }
+    }
+
+    async fn push_profile(&self, ppr: &Ppr<'_>) -> AnswerResult {
+        let impi = ppr.user_name;
+        let sub = match ppr.user_data.map(ImsSubscription::parse) {
+            None => None,
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
+                tracing::warn!(%impi, error = %e, "PPR with unusable User-Data");
+                return AnswerResult::experimental(erc::ERROR_NOT_SUPPORTED_USER_DATA);
+            }
+        };
+        let xml = ppr
+            .user_data
+            .map(|d| String::from_utf8_lossy(d).into_owned());
+        let updated: Vec<RegistrationRecord> = {
+            let mut shard = lock(self.shard(impi));
+            let Some(user) = shard.get_mut(impi).filter(|u| !u.regs.is_empty()) else {
+                tracing::info!(%impi, "PPR for a user not registered here");
+                return AnswerResult::experimental(erc::ERROR_USER_UNKNOWN);
+            };
+            if let (Some(sub), Some(xml)) = (&sub, &xml) {
+                for reg in user.regs.values_mut() {
+                    reg.user_data.clone_from(xml);
+                    if let Some(set) = sub.implicit_set(&reg.impu) {
+                        reg.associated_uris = set;
+                    }
+                }
+            }
+            user.regs.values().cloned().collect()
+        };
+        for rec in &updated {
+            self.index_add(rec);
+            self.persist(rec).await;
+        }
+        tracing::info!(%impi, registrations = updated.len(), "PPR: profile updated");
+        AnswerResult::SUCCESS
+    }
+}
+
+fn push_contacts(headers: &mut Vec<(&str, String)>, bindings: &[BindingRecord], now: i64) {
+    for b in bindings {
+        let secs = remaining_secs(b.expires_at, now).to_string();
+        headers.push((
+            "Contact",
+            text::set_param(&b.contact, "expires", Some(&secs)),
+        ));
+    }
+}
+
+/// Why a response did not pass.
+enum Verdict {
+    /// The Authorization cannot be checked (400).
+    Malformed(String),
+    /// It can, and it is wrong (403).
+    Wrong(String),
+}
+
+fn verify(req: &Message, c: &Creds, ch: &Challenge) -> Result<(), Verdict> {
+    let alg_ok = match (&ch.secret, c.algorithm.as_deref()) {
+        (Secret::Aka(_), Some(a)) => a.eq_ignore_ascii_case(digest_aka::ALGORITHM),
+        (Secret::Aka(_), None) => false,
+        (Secret::Digest(_), a) => a.is_none_or(|a| a.eq_ignore_ascii_case("MD5")),
+    };
+    if !alg_ok {
+        return Err(Verdict::Wrong(
+            "algorithm differs from the challenge".into(),
+        ));
+    }
+    let uri = c
+        .uri
+        .as_deref()
+        .ok_or_else(|| Verdict::Malformed("Authorization without uri".into()))?;
+    let qop = match c.qop.as_deref() {
+        None => None,
+        Some(q) => Some(Qop::parse(q).map_err(|e| Verdict::Malformed(e.to_string()))?),
+    };
+    let params = DigestParams {
+        username: &c.username,
+        realm: &ch.realm,
+        nonce: &c.nonce,
+        uri,
+        qop,
+        nc: c.nc.as_deref(),
+        cnonce: c.cnonce.as_deref(),
+        method: "REGISTER",
+        body: req.body(),
+    };
+    if !c.realm.eq_ignore_ascii_case(&ch.realm) {
+        return Err(Verdict::Wrong("realm differs from the challenge".into()));
+    }
+    let r = match &ch.secret {
+        Secret::Aka(xres) => params.verify_password(&c.response, digest_aka::password(xres)),
+        Secret::Digest(ha1) => params.verify(&c.response, ha1),
+    };
+    match r {
+        Ok(()) => Ok(()),
+        Err(AkaError::ResponseMismatch) => Err(Verdict::Wrong("response mismatch".into())),
+        Err(AkaError::InvalidHex { .. }) => {
+            Err(Verdict::Wrong("response is not 32 hex digits".into()))
+        }
+        Err(e) => Err(Verdict::Malformed(format!("digest: {e}"))),
+    }
+}
+
+fn encode(f: impl FnOnce(&mut Vec<u8>) -> Result<usize, ims_diameter::Error>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    match f(&mut out) {
+        Ok(_) => out,
+        Err(e) => {
+            tracing::error!(error = %e, "answer to the HSS not encodable");
+            Vec::new()
+        }
+    }
+}
+
+/// An answer to a request we could not decode: its Result-Code, Failed-AVP and identifiers.
+fn error_answer(
+    msg: &ims_diameter::Message<'_>,
+    e: &ims_diameter::Error,
+    host: &str,
+    realm: &str,
+) -> Vec<u8> {
+    tracing::info!(command = msg.command_code(), error = %e, "request from the HSS refused");
+    let res = AnswerResult::ResultCode(e.result_code());
+    let mut hdr = msg.header().answer();
+    if res.is_protocol_error() {
+        hdr.flags |= ims_diameter::header::flags::E;
+    }
+    encode(|out| {
+        let mut b = MessageBuilder::new(out, &hdr);
+        if let Ok(Some(sid)) = msg.session_id() {
+            b.utf8(&dict::SESSION_ID, sid);
+        }
+        res.encode(&mut b);
+        b.utf8(&dict::ORIGIN_HOST, host)
+            .utf8(&dict::ORIGIN_REALM, realm)
+            .utf8(&dict::ERROR_MESSAGE, &e.to_string());
+        if let Some(f) = e.failed_avp() {
+            b.failed_avp(f);
+        }
+        b.finish()
+    })
+}
+
+async fn timer(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        Registrar { inner }.sweep().await;
+    }
+}
+
+async fn hss_requests_loop(inner: Weak<Inner>, mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>) {
+    while let Some(bytes) = rx.recv().await {
+        let Some(inner) = inner.upgrade() else { return };
+        let r = Registrar { inner };
+        let answer = r.handle_cx_request(&bytes).await;
+        if !answer.is_empty() {
+            r.inner.cx.client().answer(answer).await;
+        }
+    }
+}

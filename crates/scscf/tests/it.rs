@@ -1,0 +1,1003 @@
+//! The S-CSCF registrar against a real HSS: each test starts an in-process HSS (SQLite in a
+//! scratch directory) with an AKA subscriber (TS 35.208 test set 1 K/OP) and a digest one,
+//! and a `Registrar` connected to it over real Diameter TCP, then drives `handle_register`
+//! with real REGISTER messages. The UE side is the aka crate's USIM model (Milenage): it must
+//! accept the AUTN of each challenge, and its RES is the digest password. What the HSS ends
+//! up believing (registration state, serving S-CSCF) is read from its store.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ims_aka::digest_aka::{self, AkaNonce};
+use ims_aka::{
+    DigestParams, Ha1, Key, Milenage, Op, Qop, Sqn, SqnScheme, Usim, UsimResponse, UsimSqnState,
+};
+use ims_net::diameter::CxClientConfig;
+use ims_scscf::{Config, RegEvent, RegEventKind, Registrar};
+use ims_sip::{HeaderName, Message, RequestBuilder};
+use ims_store::{Credentials, NewPublicIdentity, NewSubscriber, Store};
+use tokio::sync::broadcast;
+use zeroize::Zeroizing;
+
+const K: &str = "465b5ce8b199b49faa5f0a2ee238a6bc";
+const OP: &str = "cdc202d5123e20f62b6d676ac72cb318";
+const OPC: &str = "cd63cb71954a9f4e48a5994e37a02baf";
+const ALICE_IMPI: &str = "alice.private@hims.net";
+const ALICE: &str = "sip:alice@hims.net";
+const ALICE_TEL: &str = "tel:+4930123";
+const ALICE_BARRED: &str = "sip:alice.hidden@hims.net";
+const BOB_IMPI: &str = "bob.private@hims.net";
+const BOB: &str = "sip:bob@hims.net";
+const BOB_PASSWORD: &str = "secret";
+const NAME: &str = "sip:scscf1.hims.net:5060";
+const PATH: &str = "<sip:term@pcscf1.vims.net;lr>";
+
+// ----------------------------------------------------------------------------------------
+// the lab: an HSS, its store, a registrar
+
+struct Lab {
+    dir: PathBuf,
+    hss_store: Store,
+    diameter: SocketAddr,
+    admin: SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn lab() -> Lab {
+    let dir = ims_testkit::scratch_dir("scscf");
+    let db = format!("sqlite://{}", dir.join("hss.sqlite").display());
+    let cfg = ims_hss::Config {
+        database: db.clone(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        home_network: "hims.net".into(),
+        log: "info".into(),
+        diameter: ims_hss::DiameterConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            origin_host: Some("hss1.hims.net".into()),
+            allowed_peers: vec!["scscf1.hims.net".into()],
+            ..Default::default()
+        },
+    };
+    let hss = ims_hss::Hss::start(&cfg).await.unwrap();
+    let diameter = hss.diameter_addr();
+    let admin = hss.admin_addr().unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(hss.run_until(async {
+        let _ = rx.await;
+    }));
+    let hss_store = Store::open(&db).await.unwrap();
+    let pi = |impu: &str, barred: bool| NewPublicIdentity {
+        impu: impu.into(),
+        barred,
+        irs: 0,
+    };
+    hss_store
+        .add_subscriber(&NewSubscriber {
+            name: "alice".into(),
+            impi: ALICE_IMPI.into(),
+            credentials: Credentials::Aka {
+                k: Zeroizing::new(hex::decode(K).unwrap()),
+                opc: Zeroizing::new(hex::decode(OPC).unwrap()),
+                amf: [0x80, 0x00],
+                sqn: 0,
+            },
+            public_identities: vec![
+                pi(ALICE, false),
+                pi(ALICE_TEL, false),
+                pi(ALICE_BARRED, true),
+            ],
+            ifc_xml: String::new(),
+            capability_set: None,
+            roaming_allowed: vec![],
+        })
+        .await
+        .unwrap();
+    let ha1 = Ha1::compute(BOB_IMPI, "hims.net", BOB_PASSWORD.as_bytes());
+    hss_store
+        .add_subscriber(&NewSubscriber {
+            name: "bob".into(),
+            impi: BOB_IMPI.into(),
+            credentials: Credentials::Digest {
+                realm: "hims.net".into(),
+                ha1: Zeroizing::new(ha1.to_hex().to_string()),
+            },
+            public_identities: vec![pi(BOB, false)],
+            ifc_xml: String::new(),
+            capability_set: None,
+            roaming_allowed: vec![],
+        })
+        .await
+        .unwrap();
+    Lab {
+        dir,
+        hss_store,
+        diameter,
+        admin,
+        _stop: stop,
+    }
+}
+
+impl Lab {
+    fn config(&self) -> Config {
+        Config {
+            sip_listen: "127.0.0.1:0".parse().unwrap(),
+            name: NAME.into(),
+            realm: "hims.net".into(),
+            home_domains: vec![],
+            database: format!("sqlite://{}", self.dir.join("scscf.sqlite").display()),
+            min_expires: 2,
+            max_expires: 3600,
+            default_expires: 600,
+            reg_await_auth_seconds: 240,
+            log: "info".into(),
+            diameter: CxClientConfig {
+                hss: self.diameter,
+                origin_host: "scscf1.hims.net".into(),
+                origin_realm: "hims.net".into(),
+                destination_realm: "hims.net".into(),
+                destination_host: Some("hss1.hims.net".into()),
+                watchdog_seconds: 30,
+                request_timeout_seconds: 5,
+            },
+        }
+    }
+
+    async fn registrar(&self) -> Registrar {
+        self.registrar_with(self.config()).await
+    }
+
+    async fn registrar_with(&self, cfg: Config) -> Registrar {
+        let r = Registrar::start(cfg).await.unwrap();
+        assert!(
+            r.wait_diameter(Duration::from_secs(10)).await,
+            "CER/CEA with the HSS"
+        );
+        r
+    }
+
+    /// (registration state, serving S-CSCF) as the HSS stores them.
+    async fn hss_view(&self, impu: &str) -> (i64, Option<String>) {
+        let pi = self.hss_store.public_identity(impu).await.unwrap().unwrap();
+        let scscf = self.hss_store.scscf_for(impu).await.unwrap();
+        (pi.reg_state, scscf.map(|a| a.server_name))
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// the UE
+
+fn usim() -> Usim {
+    Usim::new(
+        Milenage::with_op(&Key::from_hex(K).unwrap(), &Op::from_hex(OP).unwrap()),
+        UsimSqnState::new(SqnScheme::default()),
+    )
+}
+
+struct Ue {
+    impi: String,
+    impu: String,
+    call_id: String,
+    cseq: u32,
+    contact: String,
+}
+
+impl Ue {
+    fn new(impi: &str, impu: &str, contact: &str) -> Ue {
+        Ue {
+            impi: impi.into(),
+            impu: impu.into(),
+            call_id: format!("call-{impi}"),
+            cseq: 0,
+            contact: contact.into(),
+        }
+    }
+
+    /// A REGISTER as the I-CSCF forwards it (two Vias, the P-CSCF's Path).
+    fn register(&mut self, authorization: Option<String>, extra: &[(&str, &str)]) -> Message {
+        self.cseq += 1;
+        let mut b = RequestBuilder::new("REGISTER", "sip:hims.net")
+            .header(
+                "Via",
+                &format!("SIP/2.0/UDP 127.0.0.20;branch=z9hG4bKi{}", self.cseq),
+            )
+            .header(
+                "Via",
+                &format!(
+                    "SIP/2.0/UDP 10.0.0.2:5060;rport;branch=z9hG4bKu{}",
+                    self.cseq
+                ),
+            )
+            .header("Path", PATH)
+            .header("From", &format!("<{}>;tag=ue{}", self.impu, self.cseq))
+            .header("To", &format!("<{}>", self.impu))
+            .header("Call-ID", &self.call_id)
+            .header("CSeq", &format!("{} REGISTER", self.cseq))
+            .header("Max-Forwards", "69")
+            .header("Supported", "path");
+        let mut has_contact = false;
+        for (n, v) in extra {
+            has_contact |= n.eq_ignore_ascii_case("Contact");
+            b = b.header(n, v);
+        }
+        if !has_contact {
+            b = b.header("Contact", &self.contact);
+        }
+        if let Some(a) = authorization {
+            b = b.header("Authorization", &a);
+        }
+        b.build().unwrap()
+    }
+
+    fn initial_auth(&self) -> String {
+        format!(
+            r#"Digest username="{}", realm="hims.net", uri="sip:hims.net", nonce="", response="""#,
+            self.impi
+        )
+    }
+
+    fn vouched_auth(&self) -> String {
+        format!(
+            r#"Digest username="{}", realm="hims.net", uri="sip:hims.net", nonce="", response="", integrity-protected="yes""#,
+            self.impi
+        )
+    }
+}
+
+/// The WWW-Authenticate of a 401.
+fn challenge(
+    resp: &Message,
+) -> (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+) {
+    assert_eq!(resp.status(), Some(401), "{resp}");
+    let a = resp
+        .auth(HeaderName::WwwAuthenticate)
+        .next()
+        .unwrap()
+        .unwrap();
+    (
+        a.realm().unwrap().to_owned(),
+        a.nonce().unwrap().to_owned(),
+        a.algorithm().unwrap().to_owned(),
+        a.ck().map(str::to_owned),
+        a.ik().map(str::to_owned),
+        a.qop().unwrap().to_owned(),
+    )
+}
+
+/// An Authorization answering a challenge with `password`.
+fn answer(impi: &str, realm: &str, nonce: &str, alg: &str, qop: Qop, password: &[u8]) -> String {
+    let p = DigestParams {
+        username: impi,
+        realm,
+        nonce,
+        uri: "sip:hims.net",
+        qop: Some(qop),
+        nc: Some("00000001"),
+        cnonce: Some("0a4f113b"),
+        method: "REGISTER",
+        body: b"",
+    };
+    let response = p.response_with_password(password).unwrap();
+    format!(
+        r#"Digest username="{impi}", realm="{realm}", uri="sip:hims.net", nonce="{nonce}", response="{response}", algorithm={alg}, qop={}, nc=00000001, cnonce="0a4f113b""#,
+        qop.as_str()
+    )
+}
+
+/// Runs the USIM on an AKA challenge: (RES, CK hex, IK hex).
+fn run_usim(usim: &mut Usim, nonce: &str) -> (Vec<u8>, String, String) {
+    let n = AkaNonce::decode(nonce).expect("the nonce is base64(RAND||AUTN)");
+    match usim
+        .authenticate(&n.rand, &n.autn)
+        .expect("AUTN from our HSS")
+    {
+        UsimResponse::Success(r) => (
+            r.res.expose().to_vec(),
+            r.ck.to_hex().to_string(),
+            r.ik.to_hex().to_string(),
+        ),
+        UsimResponse::SyncFailure(_) => panic!("unexpected sync failure"),
+    }
+}
+
+/// Full AKA registration: 401, then the answer; returns the final response.
+async fn aka_register(
+    r: &Registrar,
+    ue: &mut Ue,
+    usim: &mut Usim,
+    qop: Qop,
+    extra: &[(&str, &str)],
+) -> Message {
+    let resp = r
+        .handle_register(&ue.register(Some(ue.initial_auth()), extra))
+        .await;
+    let (realm, nonce, alg, _, _, _) = challenge(&resp);
+    let (res, _, _) = run_usim(usim, &nonce);
+    let auth = answer(&ue.impi, &realm, &nonce, &alg, qop, &res);
+    r.handle_register(&ue.register(Some(auth), extra)).await
+}
+
+fn values(m: &Message, name: HeaderName) -> Vec<String> {
+    m.headers_named(name)
+        .map(|h| h.value_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn next_event(rx: &mut broadcast::Receiver<RegEvent>) -> RegEvent {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a registration event")
+        .unwrap()
+}
+
+fn reason(m: &Message) -> String {
+    String::from_utf8_lossy(m.reason().unwrap()).into_owned()
+}
+
+// ----------------------------------------------------------------------------------------
+// tests
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aka_register_refresh_and_deregister() {
+    let lab = lab().await;
+    let r = lab.registrar().await;
+    let mut events = r.subscribe();
+    let mut ue = Ue::new(ALICE_IMPI, ALICE, "<sip:alice@10.0.0.2:5060>;expires=600");
+    let mut usim = usim();
+
+    // 1. The challenge: AKAv1-MD5, both qops, CK/IK for the P-CSCF, a nonce the USIM takes.
+    let first = r
+        .handle_register(&ue.register(Some(ue.initial_auth()), &[]))
+        .await;
+    let (realm, nonce, alg, ck, ik, qop) = challenge(&first);
+    assert_eq!(realm, "hims.net");
+    assert_eq!(alg, "AKAv1-MD5");
+    assert_eq!(qop, "auth,auth-int");
+    assert!(
+        first.to_addr().unwrap().tag().is_some(),
+        "To tag on the 401"
+    );
+    let (res, ue_ck, ue_ik) = run_usim(&mut usim, &nonce);
+    assert_eq!(
+        ck.as_deref(),
+        Some(ue_ck.as_str()),
+        "ck is CK in lowercase hex"
+    );
+    assert_eq!(
+        ik.as_deref(),
+        Some(ue_ik.as_str()),
+        "ik is IK in lowercase hex"
+    );
+    // The HSS recorded us as the S-CSCF that asked (MAR), the user is not registered yet.
+    assert_eq!(lab.hss_view(ALICE).await, (0, Some(NAME.into())));
+
+    // 2. The answer (qop=auth): 200 with everything the UE and the P-CSCF need.
+    let auth = answer(ALICE_IMPI, &realm, &nonce, &alg, Qop::Auth, &res);
+    let ok = r.handle_register(&ue.register(Some(auth), &[])).await;
+    assert_eq!(ok.status(), Some(200), "{ok}");
+    assert_eq!(values(&ok, HeaderName::Path), [PATH]);
+    assert_eq!(
+        values(&ok, HeaderName::ServiceRoute),
+        ["<sip:orig@scscf1.hims.net:5060;lr>"]
+    );
+    let pau = values(&ok, HeaderName::PAssociatedUri).join(",");
+    assert!(pau.starts_with(&format!("<{ALICE}>")), "{pau}");
+    assert!(pau.contains(&format!("<{ALICE_TEL}>")), "{pau}");
+    assert!(
+        !pau.contains(ALICE_BARRED),
+        "barred identities are not associated: {pau}"
+    );
+    assert_eq!(
+        values(&ok, HeaderName::Contact),
+        ["<sip:alice@10.0.0.2:5060>;expires=600"]
+    );
+    assert!(
+        ok.header(HeaderName::Date)
+            .unwrap()
+            .value_str()
+            .unwrap()
+            .ends_with(" GMT")
+    );
+    assert_eq!(ok.vias().count(), 2);
+    // The HSS: registered, served by us (SAR REGISTRATION); the implicit set too.
+    assert_eq!(lab.hss_view(ALICE).await, (1, Some(NAME.into())));
+    assert_eq!(lab.hss_view(ALICE_TEL).await.0, 1);
+    // Our view, by the IMPU and by an implicitly registered one.
+    let reg = r.registration(ALICE_TEL).unwrap();
+    assert_eq!(reg.impu, ALICE);
+    assert_eq!(reg.bindings.len(), 1);
+    assert_eq!(reg.bindings[0].path, [PATH]);
+    assert!(reg.user_data.contains("<IMSSubscription>"));
+    let ev = next_event(&mut events).await;
+    assert_eq!(ev.kind, RegEventKind::Registered);
+    assert_eq!(ev.contacts, ["sip:alice@10.0.0.2:5060"]);
+
+    // 3. Refresh vouched for by the P-CSCF (integrity-protected="yes"): no challenge.
+    let refresh = r
+        .handle_register(&ue.register(
+            Some(ue.vouched_auth()),
+            &[("Contact", "<sip:alice@10.0.0.2:5060>;expires=300")],
+        ))
+        .await;
+    assert_eq!(refresh.status(), Some(200), "{refresh}");
+    assert_eq!(
+        values(&refresh, HeaderName::Contact),
+        ["<sip:alice@10.0.0.2:5060>;expires=300"]
+    );
+    assert_eq!(next_event(&mut events).await.kind, RegEventKind::Refreshed);
+    // ... but it may not add a contact nobody authenticated.
+    let sneaky = r
+        .handle_register(&ue.register(
+            Some(ue.vouched_auth()),
+            &[("Contact", "<sip:mallory@10.9.9.9>;expires=300")],
+        ))
+        .await;
+    assert_eq!(sneaky.status(), Some(403), "{sneaky}");
+
+    // 4. Refresh with a new challenge, answered with qop=auth-int, adding a second contact.
+    let two = aka_register(
+        &r,
+        &mut ue,
+        &mut usim,
+        Qop::AuthInt,
+        &[(
+            "Contact",
+            "<sip:alice@[2001:db8::2]:5060>;+sip.instance=\"<urn:gsma:imei:35209900-176148-0>\"",
+        )],
+    )
+    .await;
+    assert_eq!(two.status(), Some(200), "{two}");
+    let contacts = values(&two, HeaderName::Contact);
+    assert_eq!(contacts.len(), 2, "{contacts:?}");
+    assert!(contacts.contains(
+        &"<sip:alice@[2001:db8::2]:5060>;+sip.instance=\"<urn:gsma:imei:35209900-176148-0>\";expires=600"
+            .to_owned()
+    ));
+    assert_eq!(next_event(&mut events).await.kind, RegEventKind::Refreshed);
+    let stored = lab_store(&lab)
+        .await
+        .registration(ALICE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.bindings.len(), 2, "both bindings persisted");
+
+    // 5. One contact leaves (expires=0): the other stays, the IMPU stays registered.
+    let one = r
+        .handle_register(&ue.register(
+            Some(ue.vouched_auth()),
+            &[("Contact", "<sip:alice@10.0.0.2:5060>;expires=0")],
+        ))
+        .await;
+    assert_eq!(one.status(), Some(200), "{one}");
+    assert_eq!(values(&one, HeaderName::Contact).len(), 1);
+    assert_eq!(lab.hss_view(ALICE).await.0, 1);
+    let ev = next_event(&mut events).await;
+    assert_eq!(ev.kind, RegEventKind::Deregistered);
+    assert_eq!(ev.contacts, ["sip:alice@10.0.0.2:5060"]);
+    assert_eq!(ev.contacts_left.len(), 1);
+
+    // 6. Deregistration of everything (Contact: *, Expires: 0): SAR USER_DEREGISTRATION.
+    let bye = r
+        .handle_register(&ue.register(
+            Some(ue.vouched_auth()),
+            &[("Contact", "*"), ("Expires", "0")],
+        ))
+        .await;
+    assert_eq!(bye.status(), Some(200), "{bye}");
+    assert!(bye.header(HeaderName::Contact).is_none());
+    assert!(r.registration(ALICE).is_none());
+    assert!(r.registration(ALICE_TEL).is_none());
+    assert_eq!(lab.hss_view(ALICE).await, (0, None));
+    assert_eq!(lab.hss_view(ALICE_TEL).await.0, 0);
+    let ev = next_event(&mut events).await;
+    assert_eq!(ev.kind, RegEventKind::Deregistered);
+    assert!(ev.contacts_left.is_empty());
+    assert!(
+        lab_store(&lab)
+            .await
+            .registration(ALICE)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // 7. Not registered any more: a vouched REGISTER is challenged again.
+    let again = r
+        .handle_register(&ue.register(Some(ue.vouched_auth()), &[]))
+        .await;
+    assert_eq!(again.status(), Some(401));
+}
+
+async fn lab_store(lab: &Lab) -> Store {
+    Store::open(&lab.config().database).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_deregistration_with_expires_zero() {
+    let lab = lab().await;
+    let r = lab.registrar().await;
+    let mut ue = Ue::new(ALICE_IMPI, ALICE, "<sip:alice@10.0.0.2:5060>");
+    let mut usim = usim();
+    let ok = aka_register(&r, &mut ue, &mut usim, Qop::Auth, &[]).await;
+    assert_eq!(ok.status(), Some(200), "{ok}");
+    // No expires anywhere: default_expires (600).
+    assert_eq!(
+        values(&ok, HeaderName::Contact),
+        ["<sip:alice@10.0.0.2:5060>;expires=600"]
+    );
+    // A UE that authenticates its deregistration (Expires: 0 header, named contact).
+    let bye = aka_register(&r, &mut ue, &mut usim, Qop::Auth, &[("Expires", "0")]).await;
+    assert_eq!(bye.status(), Some(200), "{bye}");
+    assert!(r.registration(ALICE).is_none());
+    assert_eq!(lab.hss_view(ALICE).await, (0, None));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_res_is_forbidden_and_the_vector_is_spent() {
+    let lab = lab().await;
+    let r = lab.registrar().await;
+    let mut ue = Ue::new(ALICE_IMPI, ALICE, "<sip:alice@10.0.0.2:5060>");
+    let first = r
+        .handle_register(&ue.register(Some(ue.initial_auth()), &[]))
+        .await;
+    let (realm, nonce, alg, _, _, _) = challenge(&first);
+    let wrong = answer(ALICE_IMPI, &realm, &nonce, &alg, Qop::Auth, b"not-res!");
+    let resp = r
+        .handle_register(&ue.register(Some(wrong.clone()), &[]))
+        .await;
+    assert_eq!(resp.status(), Some(403), "{resp}");
+    // SAR AUTHENTICATION_FAILURE: the HSS forgot the S-CSCF the MAR recorded.
+    assert_eq!(lab.hss_view(ALICE).await, (0, None));
+    assert!(r.registration(ALICE).is_none());
+    // The nonce was used up: the same answer again is a fresh challenge, not a 200.
+    let again = r.handle_register(&ue.register(Some(wrong), &[])).await;
+    assert_eq!(again.status(), Some(401));
+    let (_, nonce2, _, _, _, _) = challenge(&again);
+    assert_ne!(nonce, nonce2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resync_with_auts_then_register() {
+    let lab = lab().await;
+    let r = lab.registrar().await;
+    let mut ue = Ue::new(ALICE_IMPI, ALICE, "<sip:alice@10.0.0.2:5060>");
+    // This USIM has seen SQNs far beyond the HSS's: the first AUTN is stale to it.
+    let milenage = Milenage::with_op(&Key::from_hex(K).unwrap(), &Op::from_hex(OP).unwrap());
+    let sqn_ms = Sqn::new(0x0000_0010_0000).unwrap();
+    let mut usim = Usim::new(
+        milenage,
+        UsimSqnState::with_sqn_ms(SqnScheme::default(), sqn_ms),
+    );
+    let first = r
+        .handle_register(&ue.register(Some(ue.initial_auth()), &[]))
+        .await;
+    let (realm, nonce, alg, _, _, _) = challenge(&first);
+    let n = AkaNonce::decode(&nonce).unwrap();
+    let auts = match usim.authenticate(&n.rand, &n.autn).unwrap() {
+        UsimResponse::SyncFailure(auts) => auts,
+        UsimResponse::Success(_) => panic!("the USIM must refuse the stale SQN"),
+    };
+    let mut resync = answer(
+        ALICE_IMPI,
+        &realm,
+        &nonce,
+        &alg,
+        Qop::Auth,
+        digest_aka::RESYNC_PASSWORD,
+    );
+    resync.push_str(&format!(r#", auts="{}""#, digest_aka::encode_auts(&auts)));
+    let fresh = r.handle_register(&ue.register(Some(resync), &[])).await;
+    let (realm, nonce2, alg, _, _, _) = challenge(&fresh);
+    assert_ne!(nonce, nonce2);
+    // The HSS resynchronised: the new AUTN is fresh to the USIM.
+    let (res, _, _) = run_usim(&mut usim, &nonce2);
+    let auth = answer(ALICE_IMPI, &realm, &nonce2, &alg, Qop::Auth, &res);
+    let ok = r.handle_register(&ue.register(Some(auth), &[])).await;
+    assert_eq!(ok.status(), Some(200), "{ok}");
+    assert_eq!(lab.hss_view(ALICE).await.0, 1);
+    // A forged AUTS (bad MAC-S) is refused by the HSS: 403.
+    let third = r
+        .handle_register(&ue.register(Some(ue.initial_auth()), &[]))
+        .await;
+    let (realm, nonce3, alg, _, _, _) = challenge(&third);
+    let mut forged = answer(
+        ALICE_IMPI,
+        &realm,
+        &nonce3,
+        &alg,
+        Qop::Auth,
+        digest_aka::RESYNC_PASSWORD,
+    );
+    forged.push_str(r#", auts="AAAAAAAAAAAAAAAAAAA=""#);
+    let no = r.handle_register(&ue.register(Some(forged), &[])).await;
+    assert_eq!(no.status(), Some(403), "{no}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn digest_md5_registration() {
+    let lab = lab().await;
+    let r = lab.registrar().await;
+    let mut ue = Ue::new(BOB_IMPI, BOB, "<sip:bob@10.0.0.3:5060>;expires=120");
+    let first = r
+        .handle_register(&ue.register(Some(ue.initial_auth()), &[]))
+        .await;
+    let (realm, nonce, alg, ck, ik, qop) = challenge(&first);
+    assert_eq!(
+        (realm.as_str(), alg.as_str(), qop.as_str()),
+        ("hims.net", "MD5", "auth")
+    );
+    assert_eq!((ck, ik), (None, None), "no AKA keys for digest");
+    assert_eq!(nonce.len(), 32);
+    // Wrong password first: 403.
+    let bad = answer(BOB_IMPI, &realm, &nonce, &alg, Qop::Auth, b"guess");
+    let no = r.handle_register(&ue.register(Some(bad), &[])).await;
+    assert_eq!(no.status(), Some(403), "{no}");
+    // Then properly.
+    let first = r
+        .handle_register(&ue.register(Some(ue.initial_auth()), &[]))
+        .await;
+    let (realm, nonce, alg, _, _, _) = challenge(&first);
+    let auth = answer(
+        BOB_IMPI,
+        &realm,
+        &nonce,
+        &alg,
+        Qop::Auth,
+        BOB_PASSWORD.as_bytes(),
+    );
+    let ok = r.handle_register(&ue.register(Some(auth), &[])).await;
+    assert_eq!(ok.status(), Some(200), "{ok}");
+    assert_eq!(
+        values(&ok, HeaderName::PAssociatedUri),
+        [format!("<{BOB}>")]
+    );
+    assert_eq!(
+        values(&ok, HeaderName::Contact),
+        ["<sip:bob@10.0.0.3:5060>;expires=120"]
+    );
+    assert_eq!(lab.hss_view(BOB).await, (1, Some(NAME.into())));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_user_is_forbidden() {
+    let lab = lab().await;
+    let r = lab.registrar().await;
+    let mut ue = Ue::new("nobody@hims.net", "sip:nobody@hims.net", "<sip:x@10.0.0.9>");
+    let resp = r
+        .handle_register(&ue.register(Some(ue.initial_auth()), &[]))
+        .await;
+    assert_eq!(resp.status(), Some(403), "{resp}");
+    assert!(reason(&resp).contains("USER_UNKNOWN"), "{}", reason(&resp));
+    // Without Authorization the IMPI is derived from the IMPU (nobody@hims.net): same answer.
+    let resp = r.handle_register(&ue.register(None, &[])).await;
+    assert_eq!(resp.status(), Some(403), "{resp}");
+    // An IMPI that does not own the IMPU: 5002 → 403.
+    let mut mismatch = Ue::new(BOB_IMPI, ALICE, "<sip:x@10.0.0.9>");
+    let resp = r
+        .handle_register(&mismatch.register(Some(mismatch.initial_auth()), &[]))
+        .await;
+    assert_eq!(resp.status(), Some(403), "{resp}");
+    assert!(
+        reason(&resp).contains("IDENTITIES_DONT_MATCH"),
+        "{}",
+        reason(&resp)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_and_refused_requests() {
+    let lab = lab().await;
+    let r = lab.registrar().await;
+    let mut ue = Ue::new(ALICE_IMPI, ALICE, "<sip:alice@10.0.0.2:5060>");
+    let auth = Some(ue.initial_auth());
+    // Interval too brief: 423 with Min-Expires, before any Cx.
+    let m = ue.register(
+        auth.clone(),
+        &[("Contact", "<sip:alice@10.0.0.2>;expires=1")],
+    );
+    let resp = r.handle_register(&m).await;
+    assert_eq!(resp.status(), Some(423), "{resp}");
+    assert_eq!(resp.header_str(HeaderName::MinExpires), Some("2"));
+    assert_eq!(lab.hss_view(ALICE).await, (0, None), "no MAR was sent");
+    // A longer interval than allowed is cut down (checked after authentication below).
+    // Contact: * with a non-zero Expires.
+    let resp = r
+        .handle_register(&ue.register(auth.clone(), &[("Contact", "*"), ("Expires", "60")]))
+        .await;
+    assert_eq!(resp.status(), Some(400), "{resp}");
+    assert!(reason(&resp).contains("Contact: *"), "{}", reason(&resp));
+    // Contact: * next to an address.
+    let resp = r
+        .handle_register(&ue.register(
+            auth.clone(),
+            &[("Contact", "*"), ("Contact", "<sip:a@b>"), ("Expires", "0")],
+        ))
+        .await;
+    assert_eq!(resp.status(), Some(400));
+    // Unsupported algorithm.
+    let resp = r
+        .handle_register(&ue.register(
+            Some(format!(
+                r#"Digest username="{ALICE_IMPI}", realm="hims.net", uri="sip:hims.net", nonce="", response="", algorithm=SHA-256"#
+            )),
+            &[],
+        ))
+        .await;
+    assert_eq!(resp.status(), Some(403), "{resp}");
+    assert!(reason(&resp).contains("SHA-256"));
+    // Missing Contact, missing To, bad CSeq, foreign domain: hand-written messages.
+    let raw = |text: String| Message::parse(Bytes::from(text)).unwrap();
+    let head = "REGISTER sip:hims.net SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.20;branch=z9hG4bKx\r\n";
+    let resp = r
+        .handle_register(&raw(format!(
+            "{head}From: <{ALICE}>;tag=1\r\nTo: <{ALICE}>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n"
+        )))
+        .await;
+    assert_eq!(resp.status(), Some(400));
+    assert!(
+        reason(&resp).contains("missing Contact"),
+        "{}",
+        reason(&resp)
+    );
+    let resp = r
+        .handle_register(&raw(format!(
+            "{head}From: <{ALICE}>;tag=1\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nContact: <sip:a@b>\r\nContent-Length: 0\r\n\r\n"
+        )))
+        .await;
+    assert_eq!(resp.status(), Some(400));
+    assert!(reason(&resp).contains("To"), "{}", reason(&resp));
+    let resp = r
+        .handle_register(&raw(format!(
+            "{head}From: <{ALICE}>;tag=1\r\nTo: <{ALICE}>\r\nCall-ID: c\r\nCSeq: one REGISTER\r\nContact: <sip:a@b>\r\nContent-Length: 0\r\n\r\n"
+        )))
+        .await;
+    assert_eq!(resp.status(), Some(400));
+    assert!(reason(&resp).contains("CSeq"), "{}", reason(&resp));
+    let resp = r
+        .handle_register(&raw(format!(
+            "REGISTER sip:elsewhere.net SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.20;branch=z9hG4bKx\r\nFrom: <{ALICE}>;tag=1\r\nTo: <{ALICE}>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nContact: <sip:a@b>\r\nContent-Length: 0\r\n\r\n"
+        )))
+        .await;
+    assert_eq!(resp.status(), Some(403), "{resp}");
+    // The daemon's loop: other methods get 501, Max-Forwards 0 gets 483, garbage 400.
+    let msg = raw(format!(
+        "MESSAGE sip:bob@hims.net SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.20;branch=z9hG4bKm\r\nFrom: <{ALICE}>;tag=1\r\nTo: <{BOB}>\r\nCall-ID: m\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ));
+    assert_eq!(
+        ims_scscf::answer(&r, &msg).await.unwrap().status(),
+        Some(501)
+    );
+    let hops = raw(format!(
+        "REGISTER sip:hims.net SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.20;branch=z9hG4bKh\r\nFrom: <{ALICE}>;tag=1\r\nTo: <{ALICE}>\r\nCall-ID: h\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 0\r\nContact: <sip:a@b>\r\nContent-Length: 0\r\n\r\n"
+    ));
+    assert_eq!(
+        ims_scscf::answer(&r, &hops).await.unwrap().status(),
+        Some(483)
+    );
+    let garbage = raw(format!(
+        "REGISTER sip:hims.net SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.20;branch=z9hG4bKg\r\nFrom: <{ALICE}>;tag=1\r\nTo: <{ALICE}>\r\nCall-ID: g\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    ));
+    assert_eq!(
+        ims_scscf::answer(&r, &garbage).await.unwrap().status(),
+        Some(400)
+    );
+
+    // max_expires: a very long interval is cut down to 3600.
+    let mut usim = usim();
+    let ok = aka_register(
+        &r,
+        &mut ue,
+        &mut usim,
+        Qop::Auth,
+        &[("Contact", "<sip:alice@10.0.0.2:5060>;expires=999999")],
+    )
+    .await;
+    assert_eq!(ok.status(), Some(200), "{ok}");
+    assert_eq!(
+        values(&ok, HeaderName::Contact),
+        ["<sip:alice@10.0.0.2:5060>;expires=3600"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn binding_expiry_sends_timeout_deregistration() {
+    let lab = lab().await;
+    let r = lab.registrar().await;
+    let mut events = r.subscribe();
+    let mut ue = Ue::new(ALICE_IMPI, ALICE, "<sip:alice@10.0.0.2:5060>;expires=2");
+    let mut usim = usim();
+    let ok = aka_register(&r, &mut ue, &mut usim, Qop::Auth, &[]).await;
+    assert_eq!(ok.status(), Some(200), "{ok}");
+    assert_eq!(next_event(&mut events).await.kind, RegEventKind::Registered);
+    assert_eq!(lab.hss_view(ALICE).await.0, 1);
+    // The timer removes it within a second or so of its expiry.
+    let ev = next_event(&mut events).await;
+    assert_eq!(ev.kind, RegEventKind::Expired);
+    assert_eq!(ev.contacts, ["sip:alice@10.0.0.2:5060"]);
+    assert!(ev.contacts_left.is_empty());
+    assert!(r.registration(ALICE).is_none());
+    // SAR TIMEOUT_DEREGISTRATION reached the HSS (it clears the state and the S-CSCF).
+    assert_eq!(lab.hss_view(ALICE).await, (0, None));
+    assert!(
+        lab_store(&lab)
+            .await
+            .registration(ALICE)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn challenges_expire_after_reg_await_auth() {
+    let lab = lab().await;
+    let mut cfg = lab.config();
+    cfg.reg_await_auth_seconds = 1;
+    let r = lab.registrar_with(cfg).await;
+    let mut ue = Ue::new(ALICE_IMPI, ALICE, "<sip:alice@10.0.0.2:5060>");
+    let mut usim = usim();
+    let first = r
+        .handle_register(&ue.register(Some(ue.initial_auth()), &[]))
+        .await;
+    let (realm, nonce, alg, _, _, _) = challenge(&first);
+    let (res, _, _) = run_usim(&mut usim, &nonce);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    // SAR AUTHENTICATION_TIMEOUT: the HSS forgot the S-CSCF the MAR recorded.
+    assert_eq!(lab.hss_view(ALICE).await, (0, None));
+    // The right answer, too late: a new challenge.
+    let auth = answer(ALICE_IMPI, &realm, &nonce, &alg, Qop::Auth, &res);
+    let late = r.handle_register(&ue.register(Some(auth), &[])).await;
+    assert_eq!(late.status(), Some(401), "{late}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registrations_survive_a_restart() {
+    let lab = lab().await;
+    let cfg = lab.config();
+    survive_restart(&lab, cfg).await;
+}
+
+/// The same on PostgreSQL (several S-CSCFs sharing registrations); SKIP without it.
+#[tokio::test(flavor = "multi_thread")]
+async fn registrations_survive_a_restart_on_postgres() {
+    let Some(pg) = ims_testkit::postgres::Postgres::start("scscf_restart_postgres") else {
+        return;
+    };
+    let lab = lab().await;
+    let mut cfg = lab.config();
+    cfg.database = pg.url();
+    survive_restart(&lab, cfg).await;
+}
+
+async fn survive_restart(lab: &Lab, cfg: Config) {
+    let mut ue = Ue::new(ALICE_IMPI, ALICE, "<sip:alice@10.0.0.2:5060>;expires=900");
+    let mut usim = usim();
+    {
+        let r = lab.registrar_with(cfg.clone()).await;
+        let ok = aka_register(&r, &mut ue, &mut usim, Qop::Auth, &[]).await;
+        assert_eq!(ok.status(), Some(200), "{ok}");
+    }
+    // The first registrar is gone (its tasks end with it); a new one on the same database.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = lab.registrar_with(cfg).await;
+    let reg = r.registration(ALICE_TEL).expect("restored from the store");
+    assert_eq!(reg.impi, ALICE_IMPI);
+    assert_eq!(reg.associated_uris, [ALICE, ALICE_TEL]);
+    assert_eq!(reg.bindings.len(), 1);
+    assert_eq!(reg.bindings[0].contact_uri, "sip:alice@10.0.0.2:5060");
+    assert_eq!(reg.bindings[0].path, [PATH]);
+    assert_eq!(r.registrations().len(), 1);
+    // And it serves the user: a vouched refresh goes through (SAR RE_REGISTRATION).
+    let refresh = r
+        .handle_register(&ue.register(Some(ue.vouched_auth()), &[]))
+        .await;
+    assert_eq!(refresh.status(), Some(200), "{refresh}");
+    let contact = values(&refresh, HeaderName::Contact);
+    assert_eq!(contact, ["<sip:alice@10.0.0.2:5060>;expires=900"]);
+}
+
+fn admin_post(admin: SocketAddr, path: &str) -> String {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent
+        .post(&format!("http://{admin}{path}"))
+        .send_empty()
+        .unwrap();
+    resp.body_mut().read_to_string().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rtr_from_the_hss_removes_the_registration() {
+    let lab = lab().await;
+    let r = lab.registrar().await;
+    let mut events = r.subscribe();
+    let mut ue = Ue::new(ALICE_IMPI, ALICE, "<sip:alice@10.0.0.2:5060>");
+    let mut usim = usim();
+    let ok = aka_register(&r, &mut ue, &mut usim, Qop::Auth, &[]).await;
+    assert_eq!(ok.status(), Some(200), "{ok}");
+    assert_eq!(next_event(&mut events).await.kind, RegEventKind::Registered);
+
+    // PPR first: the HSS pushes the profile; we keep it (2001).
+    let admin = lab.admin;
+    let body = tokio::task::spawn_blocking(move || {
+        admin_post(admin, &format!("/v1/subscribers/{ALICE_IMPI}/push-profile"))
+    })
+    .await
+    .unwrap();
+    assert!(body.contains("\"result_code\":2001"), "{body}");
+
+    // RTR (administrative deregistration): the registration goes, RTA 2001.
+    let body = tokio::task::spawn_blocking(move || {
+        admin_post(admin, &format!("/v1/subscribers/{ALICE_IMPI}/deregister"))
+    })
+    .await
+    .unwrap();
+    assert!(body.contains("\"result_code\":2001"), "{body}");
+    let ev = next_event(&mut events).await;
+    assert_eq!(ev.kind, RegEventKind::Terminated);
+    assert_eq!(ev.contacts, ["sip:alice@10.0.0.2:5060"]);
+    assert!(r.registration(ALICE).is_none());
+    assert!(r.registration(ALICE_TEL).is_none());
+    assert!(
+        lab_store(&lab)
+            .await
+            .registration(ALICE)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(lab.hss_view(ALICE).await, (0, None));
+    // A PPR for someone no longer registered here: DIAMETER_ERROR_USER_UNKNOWN... but the HSS
+    // only sends it to a serving S-CSCF, and there is none now.
+    let body = tokio::task::spawn_blocking(move || {
+        admin_post(admin, &format!("/v1/subscribers/{ALICE_IMPI}/push-profile"))
+    })
+    .await
+    .unwrap();
+    assert!(body.contains("no serving S-CSCF"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hss_unreachable_is_504() {
+    let lab = lab().await;
+    let mut cfg = lab.config();
+    // Nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    cfg.diameter.hss = closed.local_addr().unwrap();
+    drop(closed);
+    let r = Registrar::start(cfg).await.unwrap();
+    let mut ue = Ue::new(ALICE_IMPI, ALICE, "<sip:alice@10.0.0.2:5060>");
+    let resp = r
+        .handle_register(&ue.register(Some(ue.initial_auth()), &[]))
+        .await;
+    assert_eq!(resp.status(), Some(504), "{resp}");
+}
+
+#[test]
+fn the_lab_configuration_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/lab/scscf.toml");
+    let cfg: Config = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    cfg.validate().unwrap();
+    assert_eq!(cfg.sip_listen, "127.0.0.30:5060".parse().unwrap());
+    assert_eq!(cfg.name, NAME);
+    assert_eq!(cfg.host_port(), "scscf1.hims.net:5060");
+    let mut bad = cfg.clone();
+    bad.min_expires = 7200;
+    assert!(bad.validate().unwrap_err().contains("min_expires"));
+    let mut bad = cfg;
+    bad.name = "scscf1".into();
+    assert!(bad.validate().is_err());
+    assert!(toml::from_str::<Config>("sip_listen = \"127.0.0.1:5060\"\nbogus = 1").is_err());
+}
