@@ -1,0 +1,322 @@
+//! The end-to-end lab the namespace tests share: every daemon from its binary and a config
+//! written for the topology below, subscribers provisioned through `imsctl`.
+//!
+//! ```text
+//!   ue 10.10.1.2 ── router ── visited 10.10.2.2 (P-CSCF pcscf1.vims.net, also fd00:10:2::2)
+//!                     │ └──── dns 10.10.3.2 (ims-dns, port 53)
+//!                     └────── home 10.10.4.2 I-CSCF, .3 S-CSCF, .4 HSS
+//! ```
+//!
+//! Subscribers: `alice.private@hims.net` (AKA, SIPp's keys), `bob.private@hims.net` (AKA, the
+//! same keys), `carol@hims.net` (SIP Digest, password `carol-secret`); all may roam in
+//! vims.net.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use ims_testkit::netns::{NsChild, Topology};
+use ims_testkit::sipp;
+use ims_ue::{AkaOptions, Credentials, Ue, UeConfig};
+
+pub const P: &str = "10.10.2.2";
+pub const I: &str = "10.10.4.2";
+pub const S: &str = "10.10.4.3";
+pub const H: &str = "10.10.4.4";
+pub const DNS: &str = "10.10.3.2";
+
+pub fn bin(name: &str) -> PathBuf {
+    match name {
+        "pcscf" => env!("CARGO_BIN_EXE_pcscf").into(),
+        "icscf" => env!("CARGO_BIN_EXE_icscf").into(),
+        "scscf" => env!("CARGO_BIN_EXE_scscf").into(),
+        "hss" => env!("CARGO_BIN_EXE_hss").into(),
+        "ims-dns" => env!("CARGO_BIN_EXE_ims-dns").into(),
+        "imsctl" => env!("CARGO_BIN_EXE_imsctl").into(),
+        _ => unreachable!(),
+    }
+}
+
+pub struct Lab {
+    pub topo: Topology,
+    pub dir: PathBuf,
+    pub daemons: Vec<(String, NsChild)>,
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn configs(dir: &Path) {
+    write(
+        dir,
+        "ims-dns.toml",
+        &format!(
+            r#"listen = ["{DNS}:53"]
+ttl = 300
+[[zone]]
+origin = "hims.net"
+records = [
+  {{ type = "NAPTR", name = "@", order = 10, preference = 50, flags = "s", service = "SIP+D2U", replacement = "_sip._udp" }},
+  {{ type = "NAPTR", name = "@", order = 20, preference = 50, flags = "s", service = "SIP+D2T", replacement = "_sip._tcp" }},
+  {{ type = "SRV", name = "_sip._udp", priority = 0, weight = 0, port = 5060, target = "icscf1" }},
+  {{ type = "SRV", name = "_sip._tcp", priority = 0, weight = 0, port = 5060, target = "icscf1" }},
+  {{ type = "A", name = "icscf1", address = "{I}" }},
+  {{ type = "A", name = "scscf1", address = "{S}" }},
+  {{ type = "A", name = "hss1", address = "{H}" }},
+]
+[[zone]]
+origin = "vims.net"
+records = [
+  {{ type = "A", name = "pcscf1", address = "{P}" }},
+  {{ type = "AAAA", name = "pcscf1", address = "fd00:10:2::2" }},
+]
+"#
+        ),
+    );
+    write(
+        dir,
+        "hss.toml",
+        &format!(
+            r#"database = "sqlite://{db}"
+admin_listen = "{H}:8080"
+home_network = "hims.net"
+[diameter]
+listen = "{H}:3868"
+origin_host = "hss1.hims.net"
+origin_realm = "hims.net"
+allowed_peers = ["icscf1.hims.net", "scscf1.hims.net"]
+[diameter.capabilities]
+server_names = ["sip:scscf1.hims.net:5060"]
+"#,
+            db = dir.join("hss.sqlite").display()
+        ),
+    );
+    let cx = |host: &str| {
+        format!(
+            "[diameter]\nhss = \"{H}:3868\"\norigin_host = \"{host}\"\norigin_realm = \"hims.net\"\n\
+             destination_realm = \"hims.net\"\n"
+        )
+    };
+    write(
+        dir,
+        "scscf.toml",
+        &format!(
+            "sip_listen = \"{S}:5060\"\nname = \"sip:scscf1.hims.net:5060\"\nrealm = \"hims.net\"\n\
+             home_domains = [\"hims.net\"]\ndatabase = \"sqlite://{}\"\n{}",
+            dir.join("scscf.sqlite").display(),
+            cx("scscf1.hims.net")
+        ),
+    );
+    write(
+        dir,
+        "icscf.toml",
+        &format!(
+            "sip_listen = \"{I}:5060\"\nvia_host = \"icscf1.hims.net\"\nhome_domain = \"hims.net\"\n\
+             dns = [\"{DNS}:53\"]\n{}\n[[scscf]]\nuri = \"sip:scscf1.hims.net:5060\"\n",
+            cx("icscf1.hims.net")
+        ),
+    );
+    write(
+        dir,
+        "pcscf.toml",
+        &format!(
+            "sip_listen = \"{P}:5060\"\nsip_listen_v6 = \"[fd00:10:2::2]:5060\"\nvia_host = \"pcscf1.vims.net\"\nvisited_network_id = \"vims.net\"\n\
+             dns = [\"{DNS}:53\"]\n"
+        ),
+    );
+}
+
+impl Lab {
+    pub fn start(tag: &str) -> Option<Lab> {
+        if !ims_testkit::require_root(tag) {
+            return None;
+        }
+        for t in ["ip", "sipp"] {
+            ims_testkit::require_tool(tag, t)?;
+        }
+        let mut topo = Topology::new(tag);
+        topo.add_node("ue", "10.10.1.2/24", "fd00:10:1::2/64");
+        topo.add_node("visited", "10.10.2.2/24", "fd00:10:2::2/64");
+        topo.add_node("dns", "10.10.3.2/24", "fd00:10:3::2/64");
+        topo.add_node("home", "10.10.4.2/24", "fd00:10:4::2/64");
+        topo.add_address("home", "10.10.4.3/24");
+        topo.add_address("home", "10.10.4.4/24");
+        let dir = topo.dir().to_path_buf();
+        configs(&dir);
+        let mut lab = Lab {
+            topo,
+            dir,
+            daemons: Vec::new(),
+        };
+        lab.spawn("dns", "ims-dns");
+        lab.spawn("home", "hss");
+        // Subscribers, through the admin API (retried until the HSS listens).
+        let ue = sipp::Ue::default();
+        lab.imsctl(&[
+            "subscriber",
+            "add",
+            "--impi",
+            &ue.impi,
+            "--impu",
+            &ue.impu,
+            "--impu",
+            "tel:+15551230001",
+            "--k",
+            &ue.k,
+            "--op",
+            &ue.op,
+            "--amf",
+            &ue.amf,
+            "--roaming",
+            "vims.net",
+        ]);
+        lab.imsctl(&[
+            "subscriber",
+            "add",
+            "--impi",
+            "bob.private@hims.net",
+            "--impu",
+            "sip:bob@hims.net",
+            "--k",
+            &ue.k,
+            "--op",
+            &ue.op,
+            "--amf",
+            &ue.amf,
+            "--roaming",
+            "vims.net",
+        ]);
+        lab.imsctl(&[
+            "subscriber",
+            "add",
+            "--impi",
+            "carol@hims.net",
+            "--impu",
+            "sip:carol@hims.net",
+            "--realm",
+            "hims.net",
+            "--password",
+            "carol-secret",
+            "--roaming",
+            "vims.net",
+        ]);
+        lab.spawn("home", "scscf");
+        lab.spawn("home", "icscf");
+        lab.spawn("visited", "pcscf");
+        lab.wait_peers(2);
+        Some(lab)
+    }
+
+    pub fn spawn(&mut self, node: &str, daemon: &str) {
+        let cfg = self.dir.join(format!("{daemon}.toml"));
+        let mut cmd = Command::new(bin(daemon));
+        cmd.arg("-c").arg(&cfg).env("RUST_LOG", "info");
+        let child = self.topo.spawn(node, &cmd);
+        self.daemons.push((daemon.to_owned(), child));
+    }
+
+    pub fn imsctl(&self, args: &[&str]) {
+        let url = format!("http://{H}:8080");
+        for _ in 0..100 {
+            let mut full = vec![
+                bin("imsctl").to_string_lossy().into_owned(),
+                "--url".into(),
+                url.clone(),
+            ];
+            full.extend(args.iter().map(|s| (*s).to_owned()));
+            let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+            let out = self.topo.run("home", &refs);
+            if out.status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("imsctl {args:?} never succeeded\n{}", self.logs());
+    }
+
+    /// Waits until the HSS has `n` Diameter peers open (the I-CSCF and the S-CSCF).
+    pub fn wait_peers(&self, n: usize) {
+        let url = format!("http://{H}:8080");
+        let imsctl = bin("imsctl").to_string_lossy().into_owned();
+        for _ in 0..100 {
+            let out = self.topo.run("home", &[&imsctl, "--url", &url, "metrics"]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            if text.lines().any(|l| {
+                l.starts_with("ims_hss_diameter_peers_up ") && l.ends_with(&format!(" {n}"))
+            }) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the CSCFs never connected to the HSS\n{}", self.logs());
+    }
+
+    pub fn logs(&self) -> String {
+        self.daemons
+            .iter()
+            .map(|(n, c)| format!("---- {n} ----\n{}", c.log()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub fn all_alive(&mut self) {
+        let logs = self.logs();
+        for (n, c) in &mut self.daemons {
+            assert!(c.try_wait().is_none(), "{n} died\n{logs}");
+        }
+    }
+
+    /// Runs our UE inside the `ue` namespace.
+    pub fn ue(
+        &self,
+        cfg: UeConfig,
+        steps: &[u32],
+    ) -> Result<Vec<ims_ue::Outcome>, ims_ue::UeError> {
+        let steps = steps.to_vec();
+        self.topo.enter("ue", move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut ue = Ue::start(cfg).await?;
+                let mut out = Vec::new();
+                for expires in steps {
+                    out.push(ue.register(expires).await?);
+                }
+                Ok(out)
+            })
+        })
+    }
+}
+
+pub fn aka_ue(
+    impi: &str,
+    impu: &str,
+    k: &str,
+    sqn_ms: u64,
+    transport: ims_net::sip::Transport,
+) -> UeConfig {
+    let key: [u8; 16] = hex::decode(k).unwrap().try_into().unwrap();
+    let op: [u8; 16] = hex::decode(sipp::TEST_OP).unwrap().try_into().unwrap();
+    let opc = ims_aka::milenage::compute_opc(&ims_aka::Key::new(key), &ims_aka::Op::new(op));
+    UeConfig {
+        impi: impi.into(),
+        impu: impu.into(),
+        domain: "hims.net".into(),
+        pcscf: format!("{P}:5060").parse().unwrap(),
+        transport,
+        local: "10.10.1.2:0".parse().unwrap(),
+        credentials: Credentials::Aka {
+            k: key,
+            opc: *opc.expose(),
+            sqn_ms,
+            options: AkaOptions::default(),
+        },
+        timeout: Duration::from_secs(5),
+    }
+}
