@@ -204,3 +204,300 @@ fn registration_end_to_end_in_namespaces() {
     assert_eq!(out[0].status, 200);
     lab.all_alive();
 }
+
+/// One line of the ladder a capture shows: who sent what to whom.
+fn ladder(pcap: &std::path::Path) -> Vec<String> {
+    let out = std::process::Command::new("tshark")
+        .args(["-r"])
+        .arg(pcap)
+        .args([
+            "-n",
+            "-o",
+            "sip.desegment_body:TRUE",
+            "-Y",
+            "sip || (diameter && diameter.cmd.code >= 300 && diameter.cmd.code <= 303) || dns",
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+            "-e",
+            "sip.Method",
+            "-e",
+            "sip.Status-Code",
+            "-e",
+            "diameter.cmd.code",
+            "-e",
+            "diameter.flags.request",
+            "-e",
+            "dns.flags.response",
+            "-e",
+            "dns.qry.type",
+            "-e",
+            "dns.qry.name",
+        ])
+        .output()
+        .expect("tshark runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let name = |ip: &str| match ip {
+        "10.10.1.2" => "UE",
+        "10.10.2.2" => "P",
+        "10.10.3.2" => "DNS",
+        "10.10.4.2" => "I",
+        "10.10.4.3" => "S",
+        "10.10.4.4" => "HSS",
+        _ => "?",
+    };
+    let mut lines: Vec<String> = Vec::new();
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        let f: Vec<&str> = l.split('|').collect();
+        let (src, dst) = (name(f[0]), name(f[1]));
+        let what = if !f[2].is_empty() {
+            f[2].to_owned()
+        } else if !f[3].is_empty() {
+            f[3].to_owned()
+        } else if !f[4].is_empty() {
+            let cmd = match f[4] {
+                "300" => "UA",
+                "301" => "SA",
+                "302" => "LI",
+                "303" => "MA",
+                c => c,
+            };
+            let rq = if f[5] == "1" || f[5] == "True" {
+                "R"
+            } else {
+                "A"
+            };
+            format!("{cmd}{rq}")
+        } else {
+            let qr = if f[6] == "1" || f[6] == "True" {
+                "answer"
+            } else {
+                "query"
+            };
+            let ty = match f[7] {
+                "35" => "NAPTR",
+                "33" => "SRV",
+                "1" => "A",
+                "28" => "AAAA",
+                t => t,
+            };
+            format!("DNS {ty} {} {qr}", f[8])
+        };
+        let line = format!("{src}>{dst} {what}");
+        // "any" captures a loopback packet once per direction it is seen: keep one.
+        if lines.last() != Some(&line) {
+            lines.push(line);
+        }
+    }
+    lines
+}
+
+/// tshark's verdict on every SIP message of a capture: (status or method, header, value).
+fn sip_headers(
+    pcap: &std::path::Path,
+    src: &str,
+    dst: &str,
+) -> Vec<(String, String, String, String)> {
+    let out = std::process::Command::new("tshark")
+        .args(["-r"])
+        .arg(pcap)
+        .args([
+            "-n",
+            "-Y",
+            &format!("sip && ip.src == {src} && ip.dst == {dst}"),
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+            "-e",
+            "sip.Status-Code",
+            "-e",
+            "sip.WWW-Authenticate",
+            "-e",
+            "sip.Path",
+            "-e",
+            "sip.Service-Route",
+            "-e",
+            "sip.P-Associated-URI",
+        ])
+        .output()
+        .expect("tshark runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            (
+                f[0].to_owned(),
+                f[1].to_owned(),
+                f[2].to_owned(),
+                format!("{}|{}", f[3], f[4]),
+            )
+        })
+        .collect()
+}
+
+fn malformed(pcap: &std::path::Path) -> usize {
+    let out = std::process::Command::new("tshark")
+        .args(["-r"])
+        .arg(pcap)
+        .args(["-n", "-Y", "_ws.malformed || _ws.expert.severity == error"])
+        .output()
+        .expect("tshark runs");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// A capture in every namespace, read by tshark, shows the flow of DEVELOPERS.md message by
+/// message: REGISTER, DNS, REGISTER, UAR/UAA, REGISTER, MAR/MAA, 401 three hops back, second
+/// REGISTER, UAR/UAA, SAR/SAA, 200 OK three hops back; Path, Service-Route and
+/// P-Associated-URI where they belong, no ck/ik toward the UE, nothing malformed.
+#[test]
+fn captures_show_the_registration_ladder() {
+    let Some(lab) = Lab::start("e2ecap") else {
+        return;
+    };
+    if ims_testkit::require_tool("captures_show_the_registration_ladder", "tshark").is_none() {
+        return;
+    }
+    let dir = lab.dir.clone();
+    let caps: Vec<_> = [
+        ("ue", "eth0"),
+        ("visited", "eth0"),
+        ("dns", "eth0"),
+        ("home", "any"),
+    ]
+    .iter()
+    .map(|(n, i)| lab.topo.capture(n, i, &dir.join(format!("{n}.pcap"))))
+    .collect();
+    let bob = aka_ue(
+        "bob.private@hims.net",
+        "sip:bob@hims.net",
+        sipp::TEST_K,
+        0,
+        ims_net::sip::Transport::Udp,
+    );
+    let out = lab
+        .ue(bob, &[600])
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    assert_eq!(out[0].status, 200, "{}", lab.logs());
+    std::thread::sleep(Duration::from_millis(200));
+    let files: Vec<_> = caps.into_iter().map(|c| c.stop()).collect();
+    let [ue, visited, dns, home] = [&files[0], &files[1], &files[2], &files[3]];
+
+    // The UE sees REGISTER, 401, REGISTER, 200.
+    assert_eq!(
+        ladder(ue),
+        ["UE>P REGISTER", "P>UE 401", "UE>P REGISTER", "P>UE 200"],
+        "UE's capture"
+    );
+    // The visited network: the P-CSCF asks DNS for the home network, then relays.
+    let v = ladder(visited);
+    let dns_lines: Vec<&String> = v.iter().filter(|l| l.contains("DNS")).collect();
+    assert!(
+        dns_lines
+            .iter()
+            .any(|l| l.contains("P>DNS DNS NAPTR hims.net query")),
+        "{v:#?}"
+    );
+    let sip_only: Vec<&str> = v
+        .iter()
+        .filter(|l| !l.contains("DNS"))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        sip_only,
+        [
+            "UE>P REGISTER",
+            "P>I REGISTER",
+            "I>P 401",
+            "P>UE 401",
+            "UE>P REGISTER",
+            "P>I REGISTER",
+            "I>P 200",
+            "P>UE 200"
+        ],
+        "visited network's capture: {v:#?}"
+    );
+    // DNS happens after the first REGISTER arrives and before it leaves for the I-CSCF.
+    let first_dns = v.iter().position(|l| l.contains("DNS")).unwrap();
+    assert!(first_dns > 0 && first_dns < v.iter().position(|l| l == "P>I REGISTER").unwrap());
+    assert!(
+        ladder(dns)
+            .iter()
+            .any(|l| l == "DNS>P DNS NAPTR hims.net answer")
+    );
+    // The home network: UAR/UAA, MAR/MAA, 401 back; UAR/UAA, SAR/SAA, 200 back.
+    let h: Vec<String> = ladder(home)
+        .into_iter()
+        .filter(|l| !l.contains("DNS"))
+        .collect();
+    assert_eq!(
+        h,
+        [
+            "P>I REGISTER",
+            "I>HSS UAR",
+            "HSS>I UAA",
+            "I>S REGISTER",
+            "S>HSS MAR",
+            "HSS>S MAA",
+            "S>I 401",
+            "I>P 401",
+            "P>I REGISTER",
+            "I>HSS UAR",
+            "HSS>I UAA",
+            "I>S REGISTER",
+            "S>HSS SAR",
+            "HSS>S SAA",
+            "S>I 200",
+            "I>P 200"
+        ],
+        "home network's capture"
+    );
+    // Headers where they belong: ck/ik from the S-CSCF to the P-CSCF, never to the UE;
+    // Path, Service-Route and P-Associated-URI in the 200 the UE gets.
+    let to_p = sip_headers(home, "10.10.4.2", "10.10.2.2");
+    assert!(
+        to_p[0].1.contains("ck=") && to_p[0].1.contains("ik="),
+        "{to_p:?}"
+    );
+    let to_ue = sip_headers(ue, "10.10.2.2", "10.10.1.2");
+    assert_eq!(to_ue.len(), 2);
+    assert_eq!(to_ue[0].0, "401");
+    assert!(to_ue[0].1.contains("AKAv1-MD5"), "{to_ue:?}");
+    assert!(
+        !to_ue[0].1.contains("ck=") && !to_ue[0].1.contains("ik="),
+        "{to_ue:?}"
+    );
+    assert_eq!(to_ue[1].0, "200");
+    assert!(
+        to_ue[1].2.contains("sip:term@pcscf1.vims.net"),
+        "Path: {to_ue:?}"
+    );
+    assert!(
+        to_ue[1].3.contains("sip:orig@scscf1.hims.net"),
+        "Service-Route: {to_ue:?}"
+    );
+    assert!(
+        to_ue[1].3.contains("sip:bob@hims.net"),
+        "P-Associated-URI: {to_ue:?}"
+    );
+    // Path is already in the REGISTER the S-CSCF gets.
+    let at_s = sip_headers(home, "10.10.4.2", "10.10.4.3");
+    assert!(at_s[0].2.contains("sip:term@pcscf1.vims.net"), "{at_s:?}");
+    for f in &files {
+        assert_eq!(
+            malformed(f),
+            0,
+            "tshark finds malformed packets in {}",
+            f.display()
+        );
+    }
+}

@@ -142,7 +142,7 @@ impl Icscf {
                 addr: cfg.sip_listen,
                 source,
             })?;
-        let (cx, mut from_hss) = cfg.diameter.connect();
+        let (cx, mut from_hss) = cfg.diameter.connect(cfg.sip_listen.ip());
         // The HSS sends the I-CSCF nothing; drain the channel so it never fills.
         tokio::spawn(async move { while from_hss.recv().await.is_some() {} });
         let resolver = SipResolver::new(&cfg.dns)?;

@@ -7,7 +7,7 @@
 //! [`DiameterClient::answer`].
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use ims_diameter::peer::{Event, Peer, PeerConfig, Role, State};
@@ -51,6 +51,10 @@ pub struct CxClientConfig {
     /// Seconds a request waits for its answer.
     #[serde(default = "default_request_timeout")]
     pub request_timeout_seconds: u64,
+    /// Local address to connect from (the HSS sees it, and may filter on it). Unset: the
+    /// daemon's SIP address when that is a specific one, else the kernel's choice.
+    #[serde(default)]
+    pub local_address: Option<IpAddr>,
 }
 
 fn default_watchdog() -> u64 {
@@ -93,9 +97,13 @@ impl CxClientConfig {
         p
     }
 
-    /// Starts the client connection with these settings.
-    pub fn connect(&self) -> (DiameterClient, mpsc::Receiver<Vec<u8>>) {
-        DiameterClient::connect(self.hss, self.peer_config())
+    /// Starts the client connection with these settings, from `local_address`, else from
+    /// `default_local` unless it is unspecified (0.0.0.0, ::).
+    pub fn connect(&self, default_local: IpAddr) -> (DiameterClient, mpsc::Receiver<Vec<u8>>) {
+        let local = self
+            .local_address
+            .or((!default_local.is_unspecified()).then_some(default_local));
+        DiameterClient::connect_from(self.hss, local, self.peer_config())
     }
 }
 
@@ -116,6 +124,15 @@ impl DiameterClient {
     /// Starts connecting to `server` (and keeps reconnecting); requests from the server
     /// come on the returned channel.
     pub fn connect(server: SocketAddr, cfg: PeerConfig) -> (Self, mpsc::Receiver<Vec<u8>>) {
+        Self::connect_from(server, None, cfg)
+    }
+
+    /// As [`DiameterClient::connect`], binding the connection's local address to `local`.
+    pub fn connect_from(
+        server: SocketAddr,
+        local: Option<IpAddr>,
+        cfg: PeerConfig,
+    ) -> (Self, mpsc::Receiver<Vec<u8>>) {
         let (cmds, rx) = mpsc::channel(4096);
         let (requests_tx, requests_rx) = mpsc::channel(256);
         let (open_tx, open) = watch::channel(false);
@@ -123,7 +140,7 @@ impl DiameterClient {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(7, |d| d.subsec_nanos());
         let peer = Peer::new(cfg, Role::Initiator, seed);
-        tokio::spawn(drive(server, peer, rx, requests_tx, open_tx));
+        tokio::spawn(drive(server, local, peer, rx, requests_tx, open_tx));
         (Self { cmds, open, server }, requests_rx)
     }
 
@@ -161,8 +178,22 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
+async fn connect_tcp(server: SocketAddr, local: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(ip) = local else {
+        return TcpStream::connect(server).await;
+    };
+    let socket = if server.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(server).await
+}
+
 async fn drive(
     server: SocketAddr,
+    local: Option<IpAddr>,
     mut peer: Peer,
     mut cmds: mpsc::Receiver<Cmd>,
     requests: mpsc::Sender<Vec<u8>>,
@@ -173,7 +204,7 @@ async fn drive(
     loop {
         // Connect (the peer says when to try again after a failure).
         peer.handle_connecting(Instant::now());
-        let mut stream = match TcpStream::connect(server).await {
+        let mut stream = match connect_tcp(server, local).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::info!(%server, error = %e, "Diameter connect failed");

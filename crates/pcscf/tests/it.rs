@@ -170,6 +170,7 @@ async fn ue_registers_through_p_and_i_cscf_and_sends_along_the_service_route() {
             destination_host: None,
             watchdog_seconds: 30,
             request_timeout_seconds: 5,
+            local_address: None,
         },
         scscf: vec![],
     })

@@ -302,7 +302,7 @@ impl Registrar {
     pub async fn start(cfg: Config) -> Result<Registrar, StartError> {
         cfg.validate().map_err(StartError::Config)?;
         let store = Store::open(&cfg.database).await?;
-        let (client, hss_requests) = cfg.diameter.connect();
+        let (client, hss_requests) = cfg.diameter.connect(cfg.sip_listen.ip());
         let cx = CxClient::new(client, cfg.diameter.clone(), cfg.name.clone());
         let (events, _) = broadcast::channel(1024);
         let inner = Arc::new(Inner {

@@ -141,6 +141,7 @@ impl Lab {
                 destination_host: Some("hss1.hims.net".into()),
                 watchdog_seconds: 30,
                 request_timeout_seconds: 5,
+                local_address: None,
             },
         }
     }
