@@ -133,7 +133,16 @@ fn random_hex(n: usize) -> String {
 
 impl Ue {
     /// Binds the UE's socket.
-    pub async fn start(cfg: UeConfig) -> Result<Self, UeError> {
+    pub async fn start(mut cfg: UeConfig) -> Result<Self, UeError> {
+        // An unspecified local address (0.0.0.0): the one the kernel routes toward the
+        // P-CSCF, so that Via and Contact name a reachable address.
+        if cfg.local.ip().is_unspecified() {
+            let probe = std::net::UdpSocket::bind(cfg.local)
+                .and_then(|s| s.connect(cfg.pcscf).and_then(|()| s.local_addr()));
+            if let Ok(a) = probe {
+                cfg.local.set_ip(a.ip());
+            }
+        }
         let (sip, rx) = SipTransport::bind(cfg.local)
             .await
             .map_err(|e| UeError::Bind(cfg.local, e))?;
