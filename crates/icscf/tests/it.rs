@@ -1,0 +1,182 @@
+//! The I-CSCF over real sockets: our HSS answers its UARs over Diameter TCP, and the
+//! REGISTER goes to S-CSCF stand-ins of the test (real SIP endpoints): one that never answers,
+//! one that answers 503, one that answers 200. The I-CSCF must get past the first two.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ims_net::endpoint::SipEndpoint;
+use ims_sip::transaction::Timers;
+use ims_sip::{Message, response_to};
+use ims_store::{Credentials, NewPublicIdentity, NewSubscriber, Store};
+
+/// A stand-in S-CSCF answering every request with `status`; counts what it got.
+async fn scscf(status: u16) -> (SocketAddr, Arc<AtomicUsize>) {
+    let (ep, mut rx) =
+        SipEndpoint::bind("127.0.0.1:0".parse().unwrap(), "127.0.0.1", Timers::RFC3261)
+            .await
+            .unwrap();
+    let n = Arc::new(AtomicUsize::new(0));
+    let seen = n.clone();
+    let addr = ep.local_addr();
+    tokio::spawn(async move {
+        while let Some(req) = rx.recv().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            let r = response_to(&req.message, status, "Stand-in", Some("x")).unwrap();
+            ep.respond(&req, r).await;
+        }
+    });
+    (addr, n)
+}
+
+fn register(me: SocketAddr, call_id: &str, expires: u32) -> String {
+    format!(
+        "REGISTER sip:hims.net SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call_id};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@hims.net>;tag=1\r\nTo: <sip:alice@hims.net>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@{me}>\r\nExpires: {expires}\r\n\
+         Authorization: Digest username=\"alice@hims.net\", realm=\"hims.net\", uri=\"sip:hims.net\", nonce=\"\", response=\"\"\r\n\
+         P-Visited-Network-ID: \"hims.net\"\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+fn recv(s: &UdpSocket) -> Message {
+    let mut buf = vec![0u8; 65536];
+    let n = s.recv(&mut buf).expect("an answer in time");
+    Message::parse(Bytes::copy_from_slice(&buf[..n])).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_and_failing_s_cscfs_are_skipped() {
+    // Nobody answers here (a bound UDP socket that never reads).
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent_uri = format!("sip:{}", silent.local_addr().unwrap());
+    let (busy, busy_n) = scscf(503).await;
+    let (good, good_n) = scscf(200).await;
+
+    let dir = ims_testkit::scratch_dir("icscf-it");
+    let db = format!("sqlite://{}", dir.join("hss.sqlite").display());
+    let store = Store::open(&db).await.unwrap();
+    store
+        .add_subscriber(&NewSubscriber {
+            name: "alice".into(),
+            impi: "alice@hims.net".into(),
+            credentials: Credentials::Digest {
+                realm: "hims.net".into(),
+                ha1: zeroize::Zeroizing::new("0123456789abcdef0123456789abcdef".into()),
+            },
+            public_identities: vec![NewPublicIdentity {
+                impu: "sip:alice@hims.net".into(),
+                barred: false,
+                irs: 0,
+            }],
+            ifc_xml: String::new(),
+            capability_set: None,
+            roaming_allowed: vec![],
+        })
+        .await
+        .unwrap();
+    let hss = ims_hss::Hss::start(&ims_hss::Config {
+        database: db,
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        home_network: "hims.net".into(),
+        log: "info".into(),
+        diameter: ims_hss::DiameterConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            allowed_peers: vec!["icscf1.hims.net".into()],
+            // The operator prefers the silent one.
+            capabilities: ims_hss::Capabilities {
+                server_names: vec![silent_uri.clone()],
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    })
+    .await
+    .unwrap();
+    let hss_addr = hss.diameter_addr();
+    tokio::spawn(hss.run_until(std::future::pending()));
+    let entry = |uri: String| ims_icscf::ScscfEntry {
+        uri,
+        capabilities: vec![],
+    };
+    let icscf = ims_icscf::Icscf::start_with_timers(
+        ims_icscf::Config {
+            sip_listen: "127.0.0.1:0".parse().unwrap(),
+            via_host: "127.0.0.1".into(),
+            home_domain: "hims.net".into(),
+            dns: vec!["127.0.0.1:9".parse().unwrap()],
+            log: "info".into(),
+            diameter: ims_net::diameter::CxClientConfig {
+                hss: hss_addr,
+                origin_host: "icscf1.hims.net".into(),
+                origin_realm: "hims.net".into(),
+                destination_realm: "hims.net".into(),
+                destination_host: None,
+                watchdog_seconds: 30,
+                request_timeout_seconds: 5,
+                local_address: None,
+            },
+            scscf: vec![entry(format!("sip:{busy}")), entry(format!("sip:{good}"))],
+        },
+        // Timer F = 64 * 10 ms: the silent S-CSCF is given up on after 640 ms.
+        Timers::RFC3261.scaled_down(50),
+    )
+    .await
+    .unwrap();
+    let i = icscf.sip_addr();
+    tokio::spawn(icscf.run_until(std::future::pending()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let ue = UdpSocket::bind("127.0.0.1:0").unwrap();
+    ue.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let me = ue.local_addr().unwrap();
+    // First registration: the HSS gives capabilities with the silent one preferred; it times
+    // out, the 503 one is skipped, the third answers.
+    ue.send_to(register(me, "f1", 600).as_bytes(), i).unwrap();
+    let r = recv(&ue);
+    assert_eq!(r.status(), Some(200));
+    assert_eq!(
+        (busy_n.load(Ordering::SeqCst), good_n.load(Ordering::SeqCst)),
+        (1, 1)
+    );
+    silent.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    assert!(
+        silent.recv(&mut buf).is_ok(),
+        "the silent S-CSCF was tried first"
+    );
+    while silent.recv(&mut buf).is_ok() {}
+
+    // Registered at the silent one: the HSS names it (2002); it fails, so the I-CSCF asks
+    // again with REGISTRATION_AND_CAPABILITIES and picks another.
+    store
+        .set_scscf(
+            "sip:alice@hims.net",
+            Some(&ims_store::ScscfAssignment {
+                server_name: silent_uri,
+                diameter_host: None,
+            }),
+        )
+        .await
+        .unwrap();
+    store
+        .set_reg_state("sip:alice@hims.net", ims_store::RegState::Registered)
+        .await
+        .unwrap();
+    ue.send_to(register(me, "f2", 600).as_bytes(), i).unwrap();
+    let r = recv(&ue);
+    assert_eq!(r.status(), Some(200));
+    assert!(
+        silent.recv(&mut buf).is_ok(),
+        "the named S-CSCF was tried first"
+    );
+    assert_eq!(good_n.load(Ordering::SeqCst), 2);
+
+    // A deregistration that the named S-CSCF cannot take: nowhere else to go, 504.
+    ue.send_to(register(me, "f3", 0).as_bytes(), i).unwrap();
+    assert_eq!(recv(&ue).status(), Some(504));
+}
