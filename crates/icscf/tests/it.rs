@@ -179,4 +179,19 @@ async fn silent_and_failing_s_cscfs_are_skipped() {
     // A deregistration that the named S-CSCF cannot take: nowhere else to go, 504.
     ue.send_to(register(me, "f3", 0).as_bytes(), i).unwrap();
     assert_eq!(recv(&ue).status(), Some(504));
+
+    // A loop: the HSS names the I-CSCF itself as the S-CSCF. The REGISTER comes back with our
+    // own Via and loop hash: 482, which is final and goes back to the UE.
+    store
+        .set_scscf(
+            "sip:alice@hims.net",
+            Some(&ims_store::ScscfAssignment {
+                server_name: format!("sip:{i}"),
+                diameter_host: None,
+            }),
+        )
+        .await
+        .unwrap();
+    ue.send_to(register(me, "f4", 600).as_bytes(), i).unwrap();
+    assert_eq!(recv(&ue).status(), Some(482));
 }
