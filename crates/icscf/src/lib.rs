@@ -40,7 +40,7 @@ use ims_net::diameter::{CxClientConfig, DiameterClient};
 use ims_net::dns::{Destination, SipResolver, Target};
 use ims_net::endpoint::{ServerRequest, SipEndpoint, pop_own_via};
 use ims_sip::transaction::Timers;
-use ims_sip::{HeaderName, Message, Method, Uri, error_response};
+use ims_sip::{HeaderName, Message, Method, Uri};
 use serde::Deserialize;
 
 /// The I-CSCF configuration.
@@ -203,13 +203,8 @@ enum Where {
 
 impl Inner {
     async fn handle(&self, mut req: ServerRequest) {
-        if let Err(e) = req.message.check_request() {
-            tracing::info!(source = %req.source, error = %e, "bad request");
-            return self.reply(&req, 400, &reason_for(&e)).await;
-        }
-        if let Err((code, why)) = self.ep.proxy_checks(&mut req.message) {
-            tracing::info!(source = %req.source, code, why, "request refused by the proxy checks");
-            return self.reply(&req, code, why).await;
+        if !self.ep.admit(&mut req, "icscf").await {
+            return;
         }
         match req.message.method() {
             Some(Method::Register) => self.register(req).await,
@@ -225,10 +220,7 @@ impl Inner {
     }
 
     async fn reply(&self, req: &ServerRequest, code: u16, reason: &str) {
-        match error_response(&req.message, code, reason, Some("icscf")) {
-            Ok(r) => self.ep.respond(req, r).await,
-            Err(e) => tracing::info!(error = %e, "cannot build a response"),
-        }
+        self.ep.reply(req, code, reason, "icscf").await
     }
 
     async fn register(&self, req: ServerRequest) {
@@ -438,10 +430,4 @@ pub fn is_deregistration(m: &Message) -> bool {
             None => header == Some(0),
         },
     })
-}
-
-fn reason_for(e: &ims_sip::Error) -> String {
-    let s = e.to_string();
-    let s: String = s.chars().filter(|c| !c.is_control()).take(60).collect();
-    format!("Bad Request ({s})")
 }

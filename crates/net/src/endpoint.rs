@@ -418,6 +418,64 @@ impl SipEndpoint {
         }
     }
 
+    /// Puts our Via (a fresh branch, the transport and address toward `target`) on top of
+    /// `req`; returns the branch.
+    fn push_via(
+        &self,
+        req: &mut Message,
+        target: crate::dns::Target,
+    ) -> Result<String, ims_sip::Error> {
+        let branch = self.branch_for(req);
+        let proto = match target.transport {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        };
+        req.prepend_header(
+            "Via",
+            &format!(
+                "SIP/2.0/{proto} {};branch={branch};rport",
+                self.sent_by_on(self.toward(target.addr))
+            ),
+        )?;
+        Ok(branch)
+    }
+
+    /// Answers `req` with `code` and `reason` (a To tag `tag` added), however broken the
+    /// request (see [`ims_sip::error_response`]); an ACK gets nothing.
+    pub async fn reply(&self, req: &ServerRequest, code: u16, reason: &str, tag: &str) {
+        if req.message.method() == Some(Method::Ack) {
+            return;
+        }
+        match ims_sip::error_response(&req.message, code, reason, Some(tag)) {
+            Ok(r) => self.respond(req, r).await,
+            Err(e) => tracing::info!(error = %e, code, "request too broken to answer"),
+        }
+    }
+
+    /// The admission of a request a proxy is to handle: RFC 3261 §16.3 (a well-formed
+    /// request: 400/505/513 naming the problem; Max-Forwards: 483; loops: 482), answered here.
+    /// True when the request may go on (Max-Forwards already decremented).
+    pub async fn admit(&self, req: &mut ServerRequest, tag: &str) -> bool {
+        if let Err(e) = req.message.check_request() {
+            tracing::info!(source = %req.source, error = %e, "bad request");
+            let reason: String = e
+                .reason()
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(100)
+                .collect();
+            self.reply(req, e.status(), &reason, tag).await;
+            return false;
+        }
+        if let Err((code, why)) = self.proxy_checks(&mut req.message) {
+            tracing::info!(source = %req.source, code, why, "request refused by the proxy checks");
+            self.reply(req, code, why, tag).await;
+            return false;
+        }
+        true
+    }
+
     /// A fresh branch: `z9hG4bK` + the loop hash of `req` (§16.6 item 8) + a sequence number.
     pub fn branch_for(&self, req: &Message) -> String {
         let n = self.inner.branch_seq.fetch_add(1, Ordering::Relaxed);
@@ -488,19 +546,7 @@ impl SipEndpoint {
         if target.transport == Transport::Udp && req.serialized_len() + 80 > 1300 {
             target.transport = Transport::Tcp;
         }
-        let branch = self.branch_for(&req);
-        let proto = match target.transport {
-            Transport::Udp => "UDP",
-            Transport::Tcp => "TCP",
-            Transport::Tls => "TLS",
-        };
-        req.prepend_header(
-            "Via",
-            &format!(
-                "SIP/2.0/{proto} {};branch={branch};rport",
-                self.sent_by_on(self.toward(target.addr))
-            ),
-        )?;
+        let branch = self.push_via(&mut req, target)?;
         let (tx, mut rx) = mpsc::channel(8);
         self.inner.clients.with(&branch, |m| {
             m.insert(branch.clone(), ClientState::Waiting(tx))
@@ -581,19 +627,7 @@ impl SipEndpoint {
         mut req: Message,
         target: crate::dns::Target,
     ) -> Result<(), ClientError> {
-        let branch = self.branch_for(&req);
-        let proto = if target.transport == Transport::Udp {
-            "UDP"
-        } else {
-            "TCP"
-        };
-        req.prepend_header(
-            "Via",
-            &format!(
-                "SIP/2.0/{proto} {};branch={branch};rport",
-                self.sent_by_on(self.toward(target.addr))
-            ),
-        )?;
+        self.push_via(&mut req, target)?;
         self.toward(target.addr)
             .send(target.transport, target.addr, req.to_bytes())
             .await?;

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use ims_net::dns::{Destination, SipResolver, Target};
 use ims_net::endpoint::{ServerRequest, SipEndpoint, pop_own_via};
 use ims_sip::transaction::Timers;
-use ims_sip::{Auth, HeaderName, Message, Method, Uri, error_response};
+use ims_sip::{Auth, HeaderName, Message, Method, Uri};
 use registrations::{Flow, Registration, Registrations, contact_key};
 use serde::Deserialize;
 
@@ -224,18 +224,8 @@ fn first_line(m: &Message, name: HeaderName) -> Option<(usize, String)> {
 
 impl Inner {
     async fn handle(&self, mut req: ServerRequest) {
-        if let Err(e) = req.message.check_request() {
-            tracing::info!(source = %req.source, error = %e, "bad request");
-            let reason: String = format!("Bad Request ({e})")
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(80)
-                .collect();
-            return self.reply(&req, 400, &reason).await;
-        }
-        if let Err((code, why)) = self.ep.proxy_checks(&mut req.message) {
-            tracing::info!(source = %req.source, code, why, "request refused by the proxy checks");
-            return self.reply(&req, code, why).await;
+        if !self.ep.admit(&mut req, "pcscf").await {
+            return;
         }
         let flow = Flow {
             addr: req.source,
@@ -251,13 +241,7 @@ impl Inner {
     }
 
     async fn reply(&self, req: &ServerRequest, code: u16, reason: &str) {
-        if req.message.method() == Some(Method::Ack) {
-            return;
-        }
-        match error_response(&req.message, code, reason, Some("pcscf")) {
-            Ok(r) => self.ep.respond(req, r).await,
-            Err(e) => tracing::info!(error = %e, "cannot build a response"),
-        }
+        self.ep.reply(req, code, reason, "pcscf").await
     }
 
     /// Whether a Route/Path URI names this P-CSCF.
