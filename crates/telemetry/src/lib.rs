@@ -28,14 +28,17 @@ impl std::str::FromStr for LogFormat {
 }
 
 /// Installs the global subscriber, logging to stderr. `default_level` applies when `RUST_LOG`
-/// is unset (e.g. "info" or "ims_dns=debug,info"). Returns an error if one is installed already.
+/// is unset (e.g. "info" or "ims_dns=debug,info"). Colours only when stderr is a terminal
+/// (a log file or a pipe gets plain text that grep finds). Returns an error if one is
+/// installed already.
 pub fn init(format: LogFormat, default_level: &str) -> Result<(), String> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(default_level))
         .map_err(|e| format!("bad log filter `{default_level}`: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let res = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
