@@ -1,7 +1,7 @@
 //! The S-CSCF configuration (`configs/lab/scscf.toml` is the commented example): where SIP
 //! listens, our name (Server-Name on Cx and the Service-Route host), the home realm and
 //! domains, the registration store, the registration interval limits, the reg-await-auth
-//! timer, and the `[diameter]` section (how to reach the HSS). Unknown keys are rejected;
+//! timer, the limits of `reg` event subscriptions, and the `[diameter]` section (how to reach the HSS). Unknown keys are rejected;
 //! [`Config::validate`] checks what serde cannot.
 
 use std::net::SocketAddr;
@@ -39,6 +39,13 @@ pub struct Config {
     /// reg-await-auth: how long a challenge stays valid (TS 24.229 Table 7.8.1: 4 minutes).
     #[serde(default = "default_reg_await_auth")]
     pub reg_await_auth_seconds: u64,
+    /// Shortest `reg` event subscription accepted (seconds); a SUBSCRIBE asking for less
+    /// (but not 0, a fetch) gets 423 with Min-Expires.
+    #[serde(default = "default_subscribe_min_expires")]
+    pub subscribe_min_expires: u32,
+    /// Longest `reg` event subscription granted (seconds); longer is cut down to it.
+    #[serde(default = "default_subscribe_max_expires")]
+    pub subscribe_max_expires: u32,
     /// Log filter when RUST_LOG is unset.
     #[serde(default = "default_log")]
     pub log: String,
@@ -61,13 +68,19 @@ fn default_expires() -> u32 {
 fn default_reg_await_auth() -> u64 {
     240
 }
+fn default_subscribe_min_expires() -> u32 {
+    60
+}
+fn default_subscribe_max_expires() -> u32 {
+    3600
+}
 fn default_log() -> String {
     "info".to_owned()
 }
 
 impl Config {
     /// Checks what serde cannot: the name is a SIP URI with a host, the realm is set, the
-    /// expiry limits are ordered, timers are positive, and the `[diameter]` section.
+    /// expiry limits (registrations and subscriptions) are ordered, timers are positive, and the `[diameter]` section.
     pub fn validate(&self) -> Result<(), String> {
         let uri = SipUri::parse(&self.name)
             .map_err(|e| format!("name `{}` is not a SIP URI: {e}", self.name))?;
@@ -87,6 +100,14 @@ impl Config {
             return Err(format!(
                 "expiry limits must satisfy min_expires ({}) <= default_expires ({}) <= max_expires ({})",
                 self.min_expires, self.default_expires, self.max_expires
+            ));
+        }
+        if self.subscribe_min_expires == 0
+            || self.subscribe_min_expires > self.subscribe_max_expires
+        {
+            return Err(format!(
+                "subscription limits must satisfy 1 <= subscribe_min_expires ({}) <= subscribe_max_expires ({})",
+                self.subscribe_min_expires, self.subscribe_max_expires
             ));
         }
         if self.reg_await_auth_seconds == 0 {

@@ -1,35 +1,41 @@
-//! The S-CSCF of the IMS core (TS 24.229 §5.4): today its registrar.
+//! The S-CSCF of the IMS core (TS 24.229 §5.4): its registrar and the `reg` event package.
 //!
 //! - [`registrar`]: [`Registrar::handle_register`] turns a REGISTER into its final response
 //!   (Digest-AKAv1-MD5 and SIP Digest over Cx MAR/SAR, bindings, Path / Service-Route /
 //!   P-Associated-URI, deregistration, expiry, RTR and PPR from the HSS, registration events).
 //!   It knows nothing of sockets or transactions.
+//! - [`regevent`]: [`RegEvents`], the `reg` event package (RFC 3680, TS 24.229 §5.4.2.1):
+//!   SUBSCRIBE from the UE or its P-CSCF, and the NOTIFYs of every registration change, sent
+//!   over the transaction layer.
 //! - [`cx`]: MAR and SAR to the HSS over `ims_net`'s Diameter client, and how each Cx outcome
 //!   maps to a SIP status.
 //! - [`userdata`]: the TS 29.228 IMSSubscription User-Data, read just far enough for the
 //!   implicit registration set.
 //! - [`config`]: the serde [`Config`].
-//! - [`run`]: the daemon: a [`Registrar`] behind `ims_net`'s transaction layer
-//!   ([`SipEndpoint`]: retransmissions absorbed and answered again, responses routed by Via
-//!   with `received`/`rport`), one task per request. Methods other than REGISTER are answered
-//!   501 for now.
+//! - [`Scscf`] / [`run`]: the daemon: a [`Registrar`] and its [`RegEvents`] behind `ims_net`'s
+//!   transaction layer ([`SipEndpoint`]: retransmissions absorbed and answered again,
+//!   responses routed by Via with `received`/`rport`), one task per request ([`answer`]).
+//!   REGISTER and SUBSCRIBE are served; other methods are answered 501 for now.
 //!
 //! Dependencies beyond the workspace's own crates: `ring` (the system CSPRNG for digest nonces
 //! and To tags), `hex`, `zeroize` (CK/IK hex wiped after use).
 
 pub mod config;
 pub mod cx;
+pub mod regevent;
 pub mod registrar;
 mod reply;
 pub mod userdata;
 
 use std::future::Future;
+use std::net::SocketAddr;
 
 use ims_net::endpoint::{ServerRequest, SipEndpoint};
 use ims_sip::transaction::Timers;
 use ims_sip::{Message, Method};
 
 pub use config::Config;
+pub use regevent::{NotifyStart, RegEvents};
 pub use registrar::{RegEvent, RegEventKind, Registrar, StartError};
 
 /// Why the S-CSCF stopped.
@@ -49,60 +55,129 @@ pub enum ScscfError {
     },
 }
 
+/// The S-CSCF daemon, started and bound: its registrar, its `reg` event notifier and its SIP
+/// endpoint. [`Scscf::run`] serves requests until told to stop.
+pub struct Scscf {
+    registrar: Registrar,
+    reg_events: RegEvents,
+    ep: SipEndpoint,
+    incoming: tokio::sync::mpsc::Receiver<ServerRequest>,
+}
+
+impl Scscf {
+    /// Starts the registrar (store, HSS connection), binds SIP on `cfg.sip_listen` (port 0
+    /// picks one: see [`Scscf::local_addr`]) and starts the `reg` event notifier.
+    pub async fn start(cfg: Config) -> Result<Scscf, ScscfError> {
+        let registrar = Registrar::start(cfg.clone()).await?;
+        let via_host = ims_sip::SipUri::parse(&cfg.name)
+            .map(|u| u.host_str.to_owned())
+            .unwrap_or_else(|_| cfg.sip_listen.ip().to_string());
+        let (ep, incoming) = SipEndpoint::bind(cfg.sip_listen, &via_host, Timers::RFC3261)
+            .await
+            .map_err(|source| ScscfError::Bind {
+                addr: cfg.sip_listen,
+                source,
+            })?;
+        let reg_events = RegEvents::start(registrar.clone(), ep.clone());
+        tracing::info!(sip = %ep.local_addr(), name = %cfg.name, "S-CSCF running");
+        Ok(Scscf {
+            registrar,
+            reg_events,
+            ep,
+            incoming,
+        })
+    }
+
+    /// The SIP address (UDP and TCP).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.ep.local_addr()
+    }
+
+    /// The registrar.
+    pub fn registrar(&self) -> &Registrar {
+        &self.registrar
+    }
+
+    /// The `reg` event notifier.
+    pub fn reg_events(&self) -> &RegEvents {
+        &self.reg_events
+    }
+
+    /// Serves requests until `shutdown` resolves (or the endpoint stops).
+    pub async fn run(mut self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                msg = self.incoming.recv() => match msg {
+                    Some(req) => {
+                        tokio::spawn(serve(
+                            self.registrar.clone(),
+                            self.reg_events.clone(),
+                            self.ep.clone(),
+                            req,
+                        ));
+                    }
+                    None => break,
+                },
+            }
+        }
+        tracing::info!("S-CSCF stopped");
+    }
+}
+
 /// Runs the S-CSCF from `cfg` until `shutdown` resolves.
 pub async fn run(
     cfg: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ScscfError> {
-    let registrar = Registrar::start(cfg.clone()).await?;
-    let via_host = ims_sip::SipUri::parse(&cfg.name)
-        .map(|u| u.host_str.to_owned())
-        .unwrap_or_else(|_| cfg.sip_listen.ip().to_string());
-    let (ep, mut incoming) = SipEndpoint::bind(cfg.sip_listen, &via_host, Timers::RFC3261)
-        .await
-        .map_err(|source| ScscfError::Bind {
-            addr: cfg.sip_listen,
-            source,
-        })?;
-    tracing::info!(sip = %ep.local_addr(), name = %cfg.name, "S-CSCF running");
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            msg = incoming.recv() => match msg {
-                Some(req) => {
-                    tokio::spawn(serve(registrar.clone(), ep.clone(), req));
-                }
-                None => break,
-            },
-        }
-    }
-    tracing::info!("S-CSCF stopped");
+    Scscf::start(cfg).await?.run(shutdown).await;
     Ok(())
 }
 
-/// One received message: the response to send, if any.
-pub async fn answer(registrar: &Registrar, req: &Message) -> Option<Message> {
+/// One received message: the response to send, if any. A SUBSCRIBE's first NOTIFY is
+/// started at once (the daemon itself starts it only once the 200 is sent).
+pub async fn answer(
+    registrar: &Registrar,
+    reg_events: &RegEvents,
+    req: &Message,
+) -> Option<Message> {
+    let (resp, start) = dispatch(registrar, reg_events, req).await;
+    if let Some(s) = start {
+        reg_events.start_notifying(s);
+    }
+    resp
+}
+
+async fn dispatch(
+    registrar: &Registrar,
+    reg_events: &RegEvents,
+    req: &Message,
+) -> (Option<Message>, Option<NotifyStart>) {
     if !req.is_request() {
-        tracing::debug!("response dropped: the S-CSCF sends no requests yet");
-        return None;
+        tracing::debug!("response matching none of our transactions dropped");
+        return (None, None);
     }
     if let Err(e) = req.check_request() {
         tracing::info!(error = %e, "malformed request: 400");
-        return simple(req, e.status(), &e.reason());
+        return (simple(req, e.status(), &e.reason()), None);
     }
     if let Some(Ok(0)) = req.max_forwards() {
-        return simple(req, 483, "Too Many Hops");
+        return (simple(req, 483, "Too Many Hops"), None);
     }
     match req.method() {
-        Some(Method::Register) => Some(registrar.handle_register(req).await),
-        Some(Method::Ack) => None,
+        Some(Method::Register) => (Some(registrar.handle_register(req).await), None),
+        Some(Method::Subscribe) => {
+            let (resp, start) = reg_events.handle_subscribe(req);
+            (Some(resp), start)
+        }
+        Some(Method::Ack) => (None, None),
         _ => {
             tracing::info!(
                 method = req.method_str().unwrap_or("?"),
                 "method not implemented by this S-CSCF yet: 501"
             );
-            simple(req, 501, "Not Implemented")
+            (simple(req, 501, "Not Implemented"), None)
         }
     }
 }
@@ -117,8 +192,13 @@ fn simple(req: &Message, status: u16, reason: &str) -> Option<Message> {
     }
 }
 
-async fn serve(registrar: Registrar, ep: SipEndpoint, req: ServerRequest) {
-    if let Some(resp) = answer(&registrar, &req.message).await {
+async fn serve(registrar: Registrar, reg_events: RegEvents, ep: SipEndpoint, req: ServerRequest) {
+    let (resp, start) = dispatch(&registrar, &reg_events, &req.message).await;
+    if let Some(resp) = resp {
         ep.respond(&req, resp).await;
+    }
+    // The first NOTIFY after the 200 (RFC 6665 lets it overtake the 200; we do not need to).
+    if let Some(s) = start {
+        reg_events.start_notifying(s);
     }
 }

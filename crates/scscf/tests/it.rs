@@ -4,6 +4,11 @@
 //! with real REGISTER messages. The UE side is the aka crate's USIM model (Milenage): it must
 //! accept the AUTN of each challenge, and its RES is the digest password. What the HSS ends
 //! up believing (registration state, serving S-CSCF) is read from its store.
+//!
+//! The `reg` event package tests start the whole daemon ([`ims_scscf::Scscf`]) on
+//! 127.0.0.1 port 0 and play the UE or P-CSCF on a real UDP socket: REGISTER and SUBSCRIBE
+//! go through the S-CSCF's transaction layer, the NOTIFYs come back to the socket, are
+//! answered, and their `application/reginfo+xml` bodies are read with a minimal XML reader.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -132,6 +137,8 @@ impl Lab {
             max_expires: 3600,
             default_expires: 600,
             reg_await_auth_seconds: 240,
+            subscribe_min_expires: 60,
+            subscribe_max_expires: 3600,
             log: "info".into(),
             diameter: CxClientConfig {
                 hss: self.diameter,
@@ -771,25 +778,39 @@ async fn malformed_and_refused_requests() {
         .await;
     assert_eq!(resp.status(), Some(403), "{resp}");
     // The daemon's loop: other methods get 501, Max-Forwards 0 gets 483, garbage 400.
+    let (ep, _incoming) = ims_net::endpoint::SipEndpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1",
+        ims_sip::transaction::Timers::RFC3261,
+    )
+    .await
+    .unwrap();
+    let events = ims_scscf::RegEvents::start(r.clone(), ep);
     let msg = raw(format!(
         "MESSAGE sip:bob@hims.net SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.20;branch=z9hG4bKm\r\nFrom: <{ALICE}>;tag=1\r\nTo: <{BOB}>\r\nCall-ID: m\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     ));
     assert_eq!(
-        ims_scscf::answer(&r, &msg).await.unwrap().status(),
+        ims_scscf::answer(&r, &events, &msg).await.unwrap().status(),
         Some(501)
     );
     let hops = raw(format!(
         "REGISTER sip:hims.net SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.20;branch=z9hG4bKh\r\nFrom: <{ALICE}>;tag=1\r\nTo: <{ALICE}>\r\nCall-ID: h\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 0\r\nContact: <sip:a@b>\r\nContent-Length: 0\r\n\r\n"
     ));
     assert_eq!(
-        ims_scscf::answer(&r, &hops).await.unwrap().status(),
+        ims_scscf::answer(&r, &events, &hops)
+            .await
+            .unwrap()
+            .status(),
         Some(483)
     );
     let garbage = raw(format!(
         "REGISTER sip:hims.net SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.20;branch=z9hG4bKg\r\nFrom: <{ALICE}>;tag=1\r\nTo: <{ALICE}>\r\nCall-ID: g\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
     ));
     assert_eq!(
-        ims_scscf::answer(&r, &garbage).await.unwrap().status(),
+        ims_scscf::answer(&r, &events, &garbage)
+            .await
+            .unwrap()
+            .status(),
         Some(400)
     );
 
@@ -994,6 +1015,18 @@ fn the_lab_configuration_is_valid() {
     assert_eq!(cfg.sip_listen, "127.0.0.30:5060".parse().unwrap());
     assert_eq!(cfg.name, NAME);
     assert_eq!(cfg.host_port(), "scscf1.hims.net:5060");
+    assert_eq!(
+        (cfg.subscribe_min_expires, cfg.subscribe_max_expires),
+        (60, 3600),
+        "reg subscription limits default"
+    );
+    let mut bad = cfg.clone();
+    bad.subscribe_min_expires = 7200;
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .contains("subscribe_min_expires")
+    );
     let mut bad = cfg.clone();
     bad.min_expires = 7200;
     assert!(bad.validate().unwrap_err().contains("min_expires"));
@@ -1001,4 +1034,722 @@ fn the_lab_configuration_is_valid() {
     bad.name = "scscf1".into();
     assert!(bad.validate().is_err());
     assert!(toml::from_str::<Config>("sip_listen = \"127.0.0.1:5060\"\nbogus = 1").is_err());
+}
+
+// ----------------------------------------------------------------------------------------
+// the reg event package (RFC 3680, TS 24.229 §5.4.2.1), through the daemon's SIP endpoint
+
+/// The daemon on 127.0.0.1 port 0, serving until the test ends.
+async fn daemon(cfg: Config) -> (SocketAddr, ims_scscf::RegEvents) {
+    let s = ims_scscf::Scscf::start(cfg).await.unwrap();
+    assert!(
+        s.registrar().wait_diameter(Duration::from_secs(10)).await,
+        "CER/CEA with the HSS"
+    );
+    let addr = s.local_addr();
+    let events = s.reg_events().clone();
+    tokio::spawn(s.run(std::future::pending()));
+    (addr, events)
+}
+
+/// The UE (or P-CSCF) side on a real UDP socket. It answers every NOTIFY at once (200, or
+/// `notify_status`) and keeps it for the test; retransmissions are answered again, not kept.
+struct Peer {
+    sock: tokio::net::UdpSocket,
+    addr: SocketAddr,
+    scscf: SocketAddr,
+    n: u32,
+    responses: Vec<Message>,
+    notifies: std::collections::VecDeque<Message>,
+    answered: std::collections::HashSet<String>,
+    notify_status: u16,
+}
+
+impl Peer {
+    async fn new(scscf: SocketAddr) -> Peer {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        Peer {
+            sock,
+            addr,
+            scscf,
+            n: 0,
+            responses: Vec::new(),
+            notifies: Default::default(),
+            answered: Default::default(),
+            notify_status: 200,
+        }
+    }
+
+    /// Reads one datagram; false when none came within `wait`.
+    async fn pump(&mut self, wait: Duration) -> bool {
+        let mut buf = vec![0u8; 65536];
+        let Ok(r) = tokio::time::timeout(wait, self.sock.recv_from(&mut buf)).await else {
+            return false;
+        };
+        let (n, from) = r.unwrap();
+        buf.truncate(n);
+        let m = Message::parse(Bytes::from(buf)).unwrap();
+        if m.is_request() {
+            assert_eq!(m.method_str(), Some("NOTIFY"), "{m}");
+            let branch = m.top_via().unwrap().branch().unwrap().to_owned();
+            let status = self.notify_status;
+            let reason = if status == 200 {
+                "OK"
+            } else {
+                "Call/Transaction Does Not Exist"
+            };
+            let resp = ims_sip::response_to(&m, status, reason, None).unwrap();
+            self.sock.send_to(&resp.to_bytes(), from).await.unwrap();
+            if self.answered.insert(branch) {
+                self.notifies.push_back(m);
+            }
+        } else {
+            self.responses.push(m);
+        }
+        true
+    }
+
+    /// Sends a request (our Via on top, rport) and waits for its final response.
+    async fn request(&mut self, mut m: Message) -> Message {
+        self.n += 1;
+        let branch = format!("z9hG4bKpeer{}x{}", self.addr.port(), self.n);
+        m.prepend_header(
+            "Via",
+            &format!("SIP/2.0/UDP {};branch={branch};rport", self.addr),
+        )
+        .unwrap();
+        self.sock.send_to(&m.to_bytes(), self.scscf).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(i) = self
+                .responses
+                .iter()
+                .position(|r| r.top_via().unwrap().branch() == Some(branch.as_str()))
+            {
+                let r = self.responses.remove(i);
+                if r.status().unwrap() >= 200 {
+                    return r;
+                }
+                continue;
+            }
+            assert!(std::time::Instant::now() < deadline, "no response to {m}");
+            self.pump(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The next NOTIFY (already answered).
+    async fn notify(&mut self) -> Message {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(n) = self.notifies.pop_front() {
+                return n;
+            }
+            assert!(std::time::Instant::now() < deadline, "no NOTIFY came");
+            self.pump(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// No new NOTIFY within `wait` (answering whatever comes meanwhile).
+    async fn quiet(&mut self, wait: Duration) {
+        let end = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < end {
+            self.pump(Duration::from_millis(50)).await;
+        }
+        assert!(
+            self.notifies.is_empty(),
+            "unexpected NOTIFY: {}",
+            self.notifies[0]
+        );
+    }
+}
+
+/// Full AKA registration through the daemon: 401, then the answer.
+async fn register_over(peer: &mut Peer, ue: &mut Ue, usim: &mut Usim) -> Message {
+    let resp = peer
+        .request(ue.register(Some(ue.initial_auth()), &[]))
+        .await;
+    let (realm, nonce, alg, _, _, _) = challenge(&resp);
+    let (res, _, _) = run_usim(usim, &nonce);
+    let auth = answer(&ue.impi, &realm, &nonce, &alg, Qop::Auth, &res);
+    peer.request(ue.register(Some(auth), &[])).await
+}
+
+/// A re-registration (or deregistration, 0) the P-CSCF vouches for, through the daemon.
+async fn reregister_over(peer: &mut Peer, ue: &mut Ue, expires: u32) -> Message {
+    let contact = format!("<sip:alice@10.0.0.2:5060>;expires={expires}");
+    let resp = peer
+        .request(ue.register(Some(ue.vouched_auth()), &[("Contact", &contact)]))
+        .await;
+    assert_eq!(resp.status(), Some(200), "{resp}");
+    resp
+}
+
+/// A SUBSCRIBE dialog from the subscriber's side.
+struct Sub {
+    call_id: String,
+    cseq: u32,
+    ruri: String,
+    from: String,
+    to_tag: Option<String>,
+    contact: Option<String>,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Sub {
+    fn new(call_id: &str, ruri: &str, from: &str, contact: &str) -> Sub {
+        Sub {
+            call_id: call_id.into(),
+            cseq: 0,
+            ruri: ruri.into(),
+            from: from.into(),
+            to_tag: None,
+            contact: Some(contact.into()),
+            headers: Vec::new(),
+        }
+    }
+
+    fn asserting(mut self, pai: &str) -> Sub {
+        self.headers
+            .push(("P-Asserted-Identity", format!("<{pai}>")));
+        self
+    }
+
+    fn subscriber_tag(&self) -> String {
+        format!("sub-{}", self.call_id)
+    }
+
+    fn request(
+        &mut self,
+        event: Option<&str>,
+        expires: Option<u32>,
+        extra: &[(&str, &str)],
+    ) -> Message {
+        self.cseq += 1;
+        let to = match &self.to_tag {
+            Some(t) => format!("<{}>;tag={t}", self.ruri),
+            None => format!("<{}>", self.ruri),
+        };
+        let mut b = RequestBuilder::new("SUBSCRIBE", &self.ruri)
+            .header(
+                "From",
+                &format!("<{}>;tag={}", self.from, self.subscriber_tag()),
+            )
+            .header("To", &to)
+            .header("Call-ID", &self.call_id)
+            .header("CSeq", &format!("{} SUBSCRIBE", self.cseq))
+            .header("Max-Forwards", "70");
+        if let Some(c) = &self.contact {
+            b = b.header("Contact", c);
+        }
+        if let Some(e) = event {
+            b = b.header("Event", e);
+        }
+        if let Some(e) = expires {
+            b = b.header("Expires", &e.to_string());
+        }
+        for (n, v) in &self.headers {
+            b = b.header(n, v);
+        }
+        for (n, v) in extra {
+            b = b.header(n, v);
+        }
+        b.build().unwrap()
+    }
+
+    fn subscribe(&mut self, expires: u32) -> Message {
+        self.request(Some("reg"), Some(expires), &[])
+    }
+
+    /// The 200 to the first SUBSCRIBE: the dialog takes its To tag.
+    fn accepted(&mut self, resp: &Message) {
+        assert_eq!(resp.status(), Some(200), "{resp}");
+        let tag = resp.to_addr().unwrap().tag().expect("To tag on the 200");
+        self.to_tag = Some(tag.to_owned());
+    }
+}
+
+/// `Subscription-State`: (state, reason, expires).
+fn sub_state(n: &Message) -> (String, Option<String>, Option<u32>) {
+    let v = n.header_str(HeaderName::SubscriptionState).unwrap();
+    let mut parts = v.split(';').map(str::trim);
+    let state = parts.next().unwrap().to_owned();
+    let (mut reason, mut expires) = (None, None);
+    for p in parts {
+        if let Some(r) = p.strip_prefix("reason=") {
+            reason = Some(r.to_owned());
+        } else if let Some(e) = p.strip_prefix("expires=") {
+            expires = Some(e.parse().unwrap());
+        }
+    }
+    (state, reason, expires)
+}
+
+#[derive(Debug, Default)]
+struct RegInfo {
+    version: u32,
+    state: String,
+    regs: Vec<Registration>,
+}
+
+#[derive(Debug, Default)]
+struct Registration {
+    aor: String,
+    id: String,
+    state: String,
+    contacts: Vec<RegContact>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct RegContact {
+    id: String,
+    state: String,
+    event: String,
+    expires: u32,
+    uri: String,
+}
+
+fn xml_attrs(tag: &str) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
+    let mut rest = tag;
+    while let Some(eq) = rest.find("=\"") {
+        let name = rest[..eq].rsplit(' ').next().unwrap().trim().to_owned();
+        let after = &rest[eq + 2..];
+        let end = after.find('"').expect("closing quote");
+        out.insert(name, after[..end].to_owned());
+        rest = &after[end + 1..];
+    }
+    out
+}
+
+/// A minimal XML reader for the NOTIFY body: checks that every element closes in order and
+/// reads the reginfo elements and attributes we assert on.
+fn reginfo(n: &Message) -> RegInfo {
+    assert_eq!(
+        n.header_str(HeaderName::ContentType),
+        Some("application/reginfo+xml")
+    );
+    let xml = std::str::from_utf8(n.body()).unwrap();
+    assert!(xml.starts_with("<?xml version=\"1.0\""), "{xml}");
+    let mut doc = RegInfo::default();
+    let mut stack: Vec<String> = Vec::new();
+    let mut rest = xml;
+    let mut roots = 0;
+    while let Some(lt) = rest.find('<') {
+        let gt = rest[lt..].find('>').expect("tag closes") + lt;
+        let tag = &rest[lt + 1..gt];
+        let text = &rest[gt + 1..];
+        rest = text;
+        if tag.starts_with('?') {
+            continue;
+        }
+        if let Some(name) = tag.strip_prefix('/') {
+            assert_eq!(stack.pop().as_deref(), Some(name), "{xml}");
+            continue;
+        }
+        let name = tag.split([' ', '/']).next().unwrap().to_owned();
+        let a = xml_attrs(tag);
+        match name.as_str() {
+            "reginfo" => {
+                roots += 1;
+                assert!(stack.is_empty(), "{xml}");
+                assert_eq!(a["xmlns"], "urn:ietf:params:xml:ns:reginfo");
+                doc.version = a["version"].parse().unwrap();
+                doc.state = a["state"].clone();
+            }
+            "registration" => {
+                assert_eq!(stack, ["reginfo"], "{xml}");
+                doc.regs.push(Registration {
+                    aor: a["aor"].clone(),
+                    id: a["id"].clone(),
+                    state: a["state"].clone(),
+                    contacts: Vec::new(),
+                });
+            }
+            "contact" => {
+                assert_eq!(stack, ["reginfo", "registration"], "{xml}");
+                doc.regs.last_mut().unwrap().contacts.push(RegContact {
+                    id: a["id"].clone(),
+                    state: a["state"].clone(),
+                    event: a["event"].clone(),
+                    expires: a["expires"].parse().unwrap(),
+                    uri: String::new(),
+                });
+            }
+            "uri" => {
+                assert_eq!(stack, ["reginfo", "registration", "contact"], "{xml}");
+                let uri = &text[..text.find('<').unwrap()];
+                let c = doc.regs.last_mut().unwrap().contacts.last_mut().unwrap();
+                c.uri = uri.to_owned();
+            }
+            other => panic!("unexpected element {other} in {xml}"),
+        }
+        if !tag.ends_with('/') {
+            stack.push(name);
+        }
+    }
+    assert!(stack.is_empty(), "unclosed elements {stack:?} in {xml}");
+    assert_eq!(roots, 1);
+    doc
+}
+
+fn aors(doc: &RegInfo) -> Vec<&str> {
+    doc.regs.iter().map(|r| r.aor.as_str()).collect()
+}
+
+/// The one contact every registration of the document lists (the same in each).
+fn only_contact(doc: &RegInfo) -> RegContact {
+    let c = doc.regs[0].contacts.clone();
+    assert_eq!(c.len(), 1, "{doc:?}");
+    for r in &doc.regs {
+        assert_eq!(r.contacts.len(), 1, "{doc:?}");
+        assert_eq!(
+            (
+                &r.contacts[0].state,
+                &r.contacts[0].event,
+                r.contacts[0].expires,
+                &r.contacts[0].uri
+            ),
+            (&c[0].state, &c[0].event, c[0].expires, &c[0].uri)
+        );
+    }
+    c[0].clone()
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reg_event_subscription_follows_the_registration() {
+    let lab = lab().await;
+    let (scscf, events) = daemon(lab.config()).await;
+    let mut peer = Peer::new(scscf).await;
+    let mut ue = Ue::new(ALICE_IMPI, ALICE, "<sip:alice@10.0.0.2:5060>;expires=600");
+    let mut usim = usim();
+    let ok = register_over(&mut peer, &mut ue, &mut usim).await;
+    assert_eq!(ok.status(), Some(200), "{ok}");
+
+    // The UE subscribes to its own registration, through a proxy that record-routes.
+    let rr = format!("<sip:{};lr>", peer.addr);
+    let mut sub = Sub::new(
+        "ue-reg-1",
+        ALICE,
+        ALICE,
+        &format!("<sip:alice@{}>", peer.addr),
+    )
+    .asserting(ALICE);
+    sub.headers.push(("Record-Route", rr.clone()));
+    let resp = peer.request(sub.subscribe(600_000)).await;
+    sub.accepted(&resp);
+    assert_eq!(resp.header_str(HeaderName::Expires), Some("3600"), "capped");
+    assert_eq!(
+        resp.header_str(HeaderName::Contact),
+        Some(format!("<sip:scscf1.hims.net:{}>", scscf.port()).as_str())
+    );
+    assert_eq!(events.subscription_count(), 1);
+    assert_eq!(events.resources(), [ALICE]);
+
+    // The first NOTIFY: in the dialog, along the route set, the full state.
+    let n = peer.notify().await;
+    assert_eq!(
+        n.request_uri_str(),
+        Some(format!("sip:alice@{}", peer.addr).as_str())
+    );
+    assert_eq!(values(&n, HeaderName::Route), [rr.as_str()]);
+    assert_eq!(n.call_id().unwrap(), "ue-reg-1");
+    assert_eq!(n.from_addr().unwrap().uri_str, ALICE);
+    assert_eq!(n.from_addr().unwrap().tag(), sub.to_tag.as_deref());
+    assert_eq!(
+        n.to_addr().unwrap().tag(),
+        Some(sub.subscriber_tag().as_str())
+    );
+    assert_eq!(n.header_str(HeaderName::Event), Some("reg"));
+    let (state, reason, expires) = sub_state(&n);
+    assert_eq!((state.as_str(), reason), ("active", None));
+    assert!((3590..=3600).contains(&expires.unwrap()), "{expires:?}");
+    let cseq1 = n.cseq().unwrap().seq;
+    let doc = reginfo(&n);
+    assert_eq!((doc.version, doc.state.as_str()), (0, "full"));
+    // Every identity of the implicit set, the barred one left out.
+    assert_eq!(aors(&doc), [ALICE, ALICE_TEL]);
+    assert!(doc.regs.iter().all(|r| r.state == "active"));
+    assert_ne!(doc.regs[0].id, doc.regs[1].id);
+    assert_ne!(doc.regs[0].contacts[0].id, doc.regs[1].contacts[0].id);
+    let c = only_contact(&doc);
+    assert_eq!(
+        (c.state.as_str(), c.event.as_str(), c.uri.as_str()),
+        ("active", "registered", "sip:alice@10.0.0.2:5060")
+    );
+    assert!((595..=600).contains(&c.expires), "{c:?}");
+    let ids: Vec<String> = doc.regs.iter().map(|r| r.id.clone()).collect();
+
+    // A re-registration for longer: "refreshed" with the new expiry.
+    reregister_over(&mut peer, &mut ue, 900).await;
+    let n = peer.notify().await;
+    assert!(n.cseq().unwrap().seq > cseq1);
+    let doc = reginfo(&n);
+    assert_eq!(doc.version, 1);
+    assert_eq!(
+        doc.regs.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        ids,
+        "registration ids are stable"
+    );
+    let c = only_contact(&doc);
+    assert_eq!(
+        (c.state.as_str(), c.event.as_str()),
+        ("active", "refreshed")
+    );
+    assert!((895..=900).contains(&c.expires), "{c:?}");
+    // ... and for shorter: "shortened".
+    reregister_over(&mut peer, &mut ue, 300).await;
+    let doc = reginfo(&peer.notify().await);
+    assert_eq!(doc.version, 2);
+    let c = only_contact(&doc);
+    assert_eq!(
+        (c.event.as_str(), c.expires > 290 && c.expires <= 300),
+        ("shortened", true)
+    );
+
+    // A refresh of the subscription in its dialog: 200 with the new interval, a full NOTIFY.
+    let resp = peer.request(sub.subscribe(1200)).await;
+    assert_eq!(resp.status(), Some(200), "{resp}");
+    assert_eq!(resp.header_str(HeaderName::Expires), Some("1200"));
+    assert_eq!(resp.to_addr().unwrap().tag(), sub.to_tag.as_deref());
+    let n = peer.notify().await;
+    let (state, _, expires) = sub_state(&n);
+    assert_eq!(state, "active");
+    assert!((1190..=1200).contains(&expires.unwrap()), "{expires:?}");
+    assert_eq!(reginfo(&n).version, 3);
+    assert_eq!(events.subscription_count(), 1);
+
+    // Deregistration: the last NOTIFY, everything terminated.
+    reregister_over(&mut peer, &mut ue, 0).await;
+    let n = peer.notify().await;
+    assert_eq!(
+        sub_state(&n),
+        ("terminated".into(), Some("noresource".into()), None)
+    );
+    let doc = reginfo(&n);
+    assert_eq!(doc.version, 4);
+    assert_eq!(aors(&doc), [ALICE, ALICE_TEL]);
+    assert!(doc.regs.iter().all(|r| r.state == "terminated"), "{doc:?}");
+    let c = only_contact(&doc);
+    assert_eq!(
+        (c.state.as_str(), c.event.as_str(), c.uri.as_str()),
+        ("terminated", "unregistered", "sip:alice@10.0.0.2:5060")
+    );
+    wait_until("the subscription is gone", || {
+        events.subscription_count() == 0
+    })
+    .await;
+    // The dialog is gone (481), and nothing is registered to subscribe to (480).
+    let resp = peer.request(sub.subscribe(600)).await;
+    assert_eq!(resp.status(), Some(481), "{resp}");
+    let mut again = Sub::new(
+        "ue-reg-2",
+        ALICE,
+        ALICE,
+        &format!("<sip:alice@{}>", peer.addr),
+    )
+    .asserting(ALICE);
+    let resp = peer.request(again.subscribe(600)).await;
+    assert_eq!(resp.status(), Some(480), "{resp}");
+    peer.quiet(Duration::from_millis(500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reg_event_refusals_fetch_and_the_pcscf() {
+    let lab = lab().await;
+    let (scscf, events) = daemon(lab.config()).await;
+    let mut peer = Peer::new(scscf).await;
+    let mut ue = Ue::new(ALICE_IMPI, ALICE, "<sip:alice@10.0.0.2:5060>;expires=600");
+    let mut usim = usim();
+    let ok = register_over(&mut peer, &mut ue, &mut usim).await;
+    assert_eq!(ok.status(), Some(200), "{ok}");
+    let contact = format!("<sip:alice@{}>", peer.addr);
+
+    // Another event package, or none: 489 naming the one we serve.
+    let mut s = Sub::new("refused-1", ALICE, ALICE, &contact).asserting(ALICE);
+    let resp = peer
+        .request(s.request(Some("presence"), Some(600), &[]))
+        .await;
+    assert_eq!(resp.status(), Some(489), "{resp}");
+    assert_eq!(resp.header_str(HeaderName::AllowEvents), Some("reg"));
+    let resp = peer.request(s.request(None, Some(600), &[])).await;
+    assert_eq!(resp.status(), Some(489), "{resp}");
+    // An identity not registered here: 480 (TS 24.229 §5.4.2.1.1 step 0).
+    let mut s = Sub::new("refused-2", BOB, BOB, &contact).asserting(BOB);
+    let resp = peer.request(s.subscribe(600)).await;
+    assert_eq!(resp.status(), Some(480), "{resp}");
+    // Bob asking for Alice's registration: 403 (step 1).
+    let mut s = Sub::new("refused-3", ALICE, BOB, &contact).asserting(BOB);
+    let resp = peer.request(s.subscribe(600)).await;
+    assert_eq!(resp.status(), Some(403), "{resp}");
+    // So is a barred identity of Alice's own.
+    let mut s = Sub::new("refused-4", ALICE, ALICE_BARRED, &contact).asserting(ALICE_BARRED);
+    let resp = peer.request(s.subscribe(600)).await;
+    assert_eq!(resp.status(), Some(403), "{resp}");
+    // P-Asserted-Identity decides, not From.
+    let mut s = Sub::new("refused-5", ALICE, ALICE, &contact).asserting(BOB);
+    let resp = peer.request(s.subscribe(600)).await;
+    assert_eq!(resp.status(), Some(403), "{resp}");
+    // Too brief: 423 with Min-Expires.
+    let mut s = Sub::new("refused-6", ALICE, ALICE, &contact).asserting(ALICE);
+    let resp = peer.request(s.subscribe(30)).await;
+    assert_eq!(resp.status(), Some(423), "{resp}");
+    assert_eq!(resp.header_str(HeaderName::MinExpires), Some("60"));
+    // An Accept without reginfo: 406.
+    let resp = peer
+        .request(s.request(Some("reg"), Some(600), &[("Accept", "text/plain")]))
+        .await;
+    assert_eq!(resp.status(), Some(406), "{resp}");
+    // Malformed: no Contact, a CSeq that is not a number.
+    s.contact = None;
+    let resp = peer.request(s.subscribe(600)).await;
+    assert_eq!(resp.status(), Some(400), "{resp}");
+    assert!(reason(&resp).contains("Contact"), "{}", reason(&resp));
+    s.contact = Some(contact.clone());
+    let mut bad = s.subscribe(600);
+    bad.set_header("CSeq", "x SUBSCRIBE").unwrap();
+    let resp = peer.request(bad).await;
+    assert_eq!(resp.status(), Some(400), "{resp}");
+    // A SUBSCRIBE in a dialog that does not exist: 481.
+    s.to_tag = Some("no-such-dialog".into());
+    let resp = peer.request(s.subscribe(600)).await;
+    assert_eq!(resp.status(), Some(481), "{resp}");
+    peer.quiet(Duration::from_millis(300)).await;
+    assert_eq!(events.subscription_count(), 0);
+
+    // A fetch (Expires: 0): 200, one NOTIFY with the full state, and the end.
+    let mut f = Sub::new("fetch-1", ALICE, ALICE, &contact).asserting(ALICE);
+    let resp = peer.request(f.subscribe(0)).await;
+    f.accepted(&resp);
+    assert_eq!(resp.header_str(HeaderName::Expires), Some("0"));
+    let n = peer.notify().await;
+    assert_eq!(
+        sub_state(&n),
+        ("terminated".into(), Some("timeout".into()), None)
+    );
+    let doc = reginfo(&n);
+    assert_eq!(doc.version, 0);
+    assert_eq!(aors(&doc), [ALICE, ALICE_TEL]);
+    assert_eq!(only_contact(&doc).state, "active");
+    wait_until("the fetch leaves nothing", || {
+        events.subscription_count() == 0
+    })
+    .await;
+
+    // The P-CSCF on the Path subscribes, to the tel URI of the implicit set, without
+    // Record-Route: the NOTIFY goes straight to its Contact.
+    let pcscf = "sip:pcscf1.vims.net";
+    let pcontact = format!("<sip:pcscf@{}>", peer.addr);
+    let mut p = Sub::new("pcscf-1", ALICE_TEL, pcscf, &pcontact).asserting(pcscf);
+    let resp = peer.request(p.subscribe(3600)).await;
+    p.accepted(&resp);
+    assert_eq!(events.resources(), [ALICE_TEL]);
+    let n = peer.notify().await;
+    assert_eq!(
+        n.request_uri_str(),
+        Some(format!("sip:pcscf@{}", peer.addr).as_str())
+    );
+    assert!(n.header(HeaderName::Route).is_none());
+    assert_eq!(n.from_addr().unwrap().uri_str, ALICE_TEL);
+    let doc = reginfo(&n);
+    assert_eq!((doc.version, aors(&doc)), (0, vec![ALICE, ALICE_TEL]));
+
+    // The P-CSCF forgot it: its 481 to the next NOTIFY removes the subscription.
+    peer.notify_status = 481;
+    reregister_over(&mut peer, &mut ue, 600).await;
+    let n = peer.notify().await;
+    assert_eq!(reginfo(&n).version, 1);
+    wait_until("the 481 removes the subscription", || {
+        events.subscription_count() == 0
+    })
+    .await;
+    peer.notify_status = 200;
+    reregister_over(&mut peer, &mut ue, 600).await;
+    peer.quiet(Duration::from_millis(700)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reg_event_subscription_expiry_and_network_deregistration() {
+    let lab = lab().await;
+    let mut cfg = lab.config();
+    cfg.subscribe_min_expires = 1;
+    let (scscf, events) = daemon(cfg).await;
+    let mut peer = Peer::new(scscf).await;
+    let mut ue = Ue::new(ALICE_IMPI, ALICE, "<sip:alice@10.0.0.2:5060>;expires=600");
+    let mut usim = usim();
+    let ok = register_over(&mut peer, &mut ue, &mut usim).await;
+    assert_eq!(ok.status(), Some(200), "{ok}");
+    let contact = format!("<sip:alice@{}>", peer.addr);
+
+    // A two-second subscription ends on its own: terminated;reason=timeout, full state.
+    let mut s = Sub::new("short-1", ALICE, ALICE, &contact).asserting(ALICE);
+    let resp = peer.request(s.subscribe(2)).await;
+    s.accepted(&resp);
+    assert_eq!(resp.header_str(HeaderName::Expires), Some("2"));
+    let n = peer.notify().await;
+    assert_eq!(sub_state(&n).0, "active");
+    let started = std::time::Instant::now();
+    let n = peer.notify().await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "expired too early"
+    );
+    assert_eq!(
+        sub_state(&n),
+        ("terminated".into(), Some("timeout".into()), None)
+    );
+    let doc = reginfo(&n);
+    assert_eq!(doc.version, 1);
+    assert!(doc.regs.iter().all(|r| r.state == "active"));
+    wait_until("the expired subscription is gone", || {
+        events.subscription_count() == 0
+    })
+    .await;
+
+    // A route set whose first hop is a host name (no DNS configured): the NOTIFY goes back
+    // where the SUBSCRIBE came from, with the Route.
+    let rr = "<sip:mt@pcscf1.vims.net:5060;lr>";
+    let mut s = Sub::new("rtr-1", ALICE, ALICE, &contact).asserting(ALICE);
+    s.headers.push(("Record-Route", rr.into()));
+    let resp = peer.request(s.subscribe(600)).await;
+    s.accepted(&resp);
+    let n = peer.notify().await;
+    assert_eq!(values(&n, HeaderName::Route), [rr]);
+    assert_eq!(reginfo(&n).version, 0);
+
+    // RTR from the HSS: the last NOTIFY, the contact deactivated, noresource.
+    let admin = lab.admin;
+    let body = tokio::task::spawn_blocking(move || {
+        admin_post(admin, &format!("/v1/subscribers/{ALICE_IMPI}/deregister"))
+    })
+    .await
+    .unwrap();
+    assert!(body.contains("\"result_code\":2001"), "{body}");
+    let n = peer.notify().await;
+    assert_eq!(
+        sub_state(&n),
+        ("terminated".into(), Some("noresource".into()), None)
+    );
+    let doc = reginfo(&n);
+    assert_eq!(doc.version, 1);
+    assert!(doc.regs.iter().all(|r| r.state == "terminated"), "{doc:?}");
+    let c = only_contact(&doc);
+    assert_eq!(
+        (c.state.as_str(), c.event.as_str()),
+        ("terminated", "deactivated")
+    );
+    wait_until("the subscription is gone", || {
+        events.subscription_count() == 0
+    })
+    .await;
 }
