@@ -62,6 +62,21 @@ fn registration_end_to_end_in_namespaces() {
     sipp_registers(&lab, sipp::Transport::Tcp, false);
     sipp_registers(&lab, sipp::Transport::Udp, true);
     sipp_registers(&lab, sipp::Transport::Tcp, true);
+    // SIPp answering the challenge with a wrong response: 403 (the scenario expects it).
+    let wrong = Sipp::ue(
+        Scenario::RegAkaWrongRes,
+        &sipp::Ue {
+            pcscf: format!("{P}:5060"),
+            ..sipp::Ue::default()
+        },
+    )
+    .remote(format!("{P}:5060").parse().unwrap())
+    .local_ip("10.10.1.2".parse().unwrap())
+    .transport(sipp::Transport::Udp)
+    .prefix(&lab.topo.exec_prefix("ue"))
+    .run();
+    assert!(wrong.success(), "{}\n{}", wrong.report(), lab.logs());
+    assert_eq!(wrong.received_statuses(), [401, 403]);
 
     // Our UE: register, refresh, deregister, with what the 200 OK says checked.
     use ims_net::sip::Transport::{Tcp, Udp};
