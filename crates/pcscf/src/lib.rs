@@ -28,6 +28,7 @@
 //! INVITE, ACK and CANCEL are forwarded statelessly for now (the INVITE transaction machines
 //! are not written yet).
 
+pub mod ipsec;
 pub mod registrations;
 
 use std::future::Future;
