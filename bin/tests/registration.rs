@@ -218,6 +218,98 @@ fn registration_end_to_end_in_namespaces() {
     let out = lab.ue(bob, &[600, 0]).unwrap();
     assert_eq!(out[0].status, 200);
     lab.all_alive();
+
+    // This host's kernel has no ESP: the P-CSCF (ipsec.mode = "preferred", the default) said
+    // so once, registered everyone without IPsec, and left no SA or policy behind.
+    let pcscf_log = lab.logs();
+    assert_eq!(
+        pcscf_log
+            .matches("IPsec unavailable, continuing without it")
+            .count(),
+        1,
+        "{pcscf_log}"
+    );
+    for what in ["state", "policy"] {
+        let out = lab.topo.run("visited", &["ip", "xfrm", what, "list"]);
+        assert!(out.status.success());
+        assert!(
+            out.stdout.is_empty(),
+            "xfrm {what}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+/// ipsec.mode = "required" on a kernel without ESP: the P-CSCF refuses to start with one clear
+/// line (exit 1) and leaves no policy behind.
+#[test]
+fn pcscf_with_ipsec_required_refuses_a_kernel_without_esp() {
+    let test = "pcscf_with_ipsec_required_refuses_a_kernel_without_esp";
+    if !ims_testkit::require_root(test) {
+        return;
+    }
+    let mut topo = ims_testkit::netns::Topology::new("e2eipsec");
+    topo.add_node("visited", "10.10.2.2/24", "fd00:10:2::2/64");
+    let esp = topo.run(
+        "visited",
+        &[
+            "ip",
+            "xfrm",
+            "state",
+            "add",
+            "src",
+            "10.10.2.2",
+            "dst",
+            "10.10.2.2",
+            "proto",
+            "esp",
+            "spi",
+            "0x1000",
+            "mode",
+            "transport",
+            "auth",
+            "sha1",
+            "0x00112233445566778899aabbccddeeff00112233",
+        ],
+    );
+    if esp.status.success() {
+        eprintln!("SKIP {test}: this kernel has ESP (the VM test covers that case)");
+        return;
+    }
+    let cfg = topo.dir().join("pcscf.toml");
+    std::fs::write(
+        &cfg,
+        "sip_listen = \"10.10.2.2:5060\"\nvia_host = \"pcscf1.vims.net\"\nvisited_network_id = \"vims.net\"\n\
+         dns = [\"10.10.3.2:53\"]\n[ipsec]\nmode = \"required\"\n",
+    )
+    .unwrap();
+    let pcscf = lab::bin("pcscf").to_string_lossy().into_owned();
+    let out = topo.run("visited", &[&pcscf, "-c", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("ipsec.mode = \"required\" but"), "{err}");
+    assert!(err.contains("CONFIG_INET_ESP"), "{err}");
+    for what in ["state", "policy"] {
+        let l = topo.run("visited", &["ip", "xfrm", what, "list"]);
+        assert!(
+            l.stdout.is_empty(),
+            "xfrm {what}: {}",
+            String::from_utf8_lossy(&l.stdout)
+        );
+    }
+    // "preferred" on the same kernel starts (and is stopped by the test).
+    let mut cmd = std::process::Command::new(lab::bin("pcscf"));
+    cmd.arg("-c")
+        .arg(&cfg)
+        .env("IMS_PCSCF__IPSEC__MODE", "preferred");
+    let mut p = topo.spawn("visited", &cmd);
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(p.try_wait().is_none(), "preferred must start: {}", p.log());
+    assert!(
+        p.log().contains("IPsec unavailable, continuing without it"),
+        "{}",
+        p.log()
+    );
 }
 
 /// One line of the ladder a capture shows: who sent what to whom.

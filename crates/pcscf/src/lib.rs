@@ -67,6 +67,10 @@ pub struct Config {
     /// Log filter when RUST_LOG is unset.
     #[serde(default = "default_log")]
     pub log: String,
+    /// IPsec with the UEs (TS 33.203): `[ipsec] mode = "required" | "preferred" | "off"`,
+    /// protected ports, SPI range, algorithm preferences.
+    #[serde(default)]
+    pub ipsec: ipsec::IpsecConfig,
 }
 
 fn default_log() -> String {
@@ -87,6 +91,13 @@ impl Config {
         if self.dns.is_empty() && self.icscf.is_none() {
             return Err("set dns servers (RFC 3263 discovery) or a fixed icscf".into());
         }
+        self.ipsec.validate()?;
+        let sip_port = self.sip_listen.port();
+        if sip_port != 0 && (self.ipsec.port_c == sip_port || self.ipsec.port_s == sip_port) {
+            return Err(format!(
+                "ipsec.port_c/port_s must differ from the SIP port {sip_port}"
+            ));
+        }
         Ok(())
     }
 }
@@ -104,6 +115,8 @@ pub enum PcscfError {
     },
     #[error("DNS resolver: {0}")]
     Resolver(#[from] ims_net::dns::ResolveError),
+    #[error("{0}")]
+    Ipsec(String),
 }
 
 /// A started P-CSCF.
@@ -141,6 +154,13 @@ impl Pcscf {
     /// As [`Pcscf::start`], with other SIP timers (tests).
     pub async fn start_with_timers(cfg: Config, timers: Timers) -> Result<Self, PcscfError> {
         cfg.validate().map_err(PcscfError::Config)?;
+        // TS 33.203 needs ESP in the kernel: required stops here when it is missing,
+        // preferred goes on without it (one warning), off never looks.
+        let ipsec_cfg = cfg.ipsec.clone();
+        let use_ipsec = tokio::task::spawn_blocking(move || ipsec::probe::startup(&ipsec_cfg))
+            .await
+            .map_err(|e| PcscfError::Ipsec(format!("IPsec probe failed: {e}")))?
+            .map_err(PcscfError::Ipsec)?;
         let listens: Vec<SocketAddr> = std::iter::once(cfg.sip_listen)
             .chain(cfg.sip_listen_v6)
             .collect();
@@ -154,7 +174,7 @@ impl Pcscf {
         let icid_salt = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
-        tracing::info!(sip = %ep.local_addr(), "P-CSCF started");
+        tracing::info!(sip = %ep.local_addr(), ipsec = use_ipsec, "P-CSCF started");
         Ok(Self {
             inner: Arc::new(Inner {
                 cfg,

@@ -113,7 +113,7 @@ fn probe_reports_the_kernel_and_leaves_nothing_behind() {
                 assert!(is_esp_unsupported(e), "unexpected probe error: {e}");
                 let err = decide(IpsecMode::Required, &outcome).unwrap_err();
                 eprintln!("required: {err}");
-                assert!(err.starts_with("ipsec = \"required\" but "), "{err}");
+                assert!(err.starts_with("ipsec.mode = \"required\" but "), "{err}");
                 assert!(err.contains("the kernel cannot install ESP SAs ("), "{err}");
                 assert!(err.contains("EPROTONOSUPPORT"), "{err}");
                 assert_eq!(decide(IpsecMode::Preferred, &outcome), Ok(false));

@@ -187,6 +187,10 @@ async fn ue_registers_through_p_and_i_cscf_and_sends_along_the_service_route() {
         dns: vec!["127.0.0.1:9".parse().unwrap()],
         icscf: Some(format!("sip:{icscf_addr}")),
         log: "info".into(),
+        ipsec: ims_pcscf::ipsec::IpsecConfig {
+            mode: ims_pcscf::ipsec::IpsecMode::Off,
+            ..Default::default()
+        },
     })
     .await
     .unwrap();

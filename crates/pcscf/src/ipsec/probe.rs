@@ -118,7 +118,7 @@ pub fn decide(mode: IpsecMode, outcome: &ProbeOutcome) -> Result<bool, String> {
         (_, ProbeOutcome::Available) => Ok(true),
         (IpsecMode::Preferred, ProbeOutcome::Unavailable(_)) => Ok(false),
         (IpsecMode::Required, ProbeOutcome::Unavailable(e)) => Err(format!(
-            "ipsec = \"required\" but the startup probe failed: the kernel cannot install ESP SAs ({e})"
+            "ipsec.mode = \"required\" but the startup probe failed: the kernel cannot install ESP SAs ({e})"
         )),
     }
 }
@@ -163,7 +163,7 @@ mod tests {
         assert_eq!(decide(Required, &ProbeOutcome::Available), Ok(true));
         assert_eq!(decide(Preferred, &unavailable()), Ok(false));
         let e = decide(Required, &unavailable()).unwrap_err();
-        assert!(e.starts_with("ipsec = \"required\" but "), "{e}");
+        assert!(e.starts_with("ipsec.mode = \"required\" but "), "{e}");
         assert!(e.contains("the kernel cannot install ESP SAs ("), "{e}");
         assert!(e.contains("CONFIG_INET_ESP"), "{e}");
         assert!(!e.contains('\n'));
