@@ -3,7 +3,7 @@
 //! HMAC-SHA-1-96 integrity and null, AES-CBC or 3DES-CBC encryption.
 //!
 //! - [`msg`]: pure functions that build the netlink requests (NEWSA, UPDSA, DELSA, NEWPOLICY,
-//!   DELPOLICY, GETSA/GETPOLICY dumps, FLUSH*) and parse the kernel's replies. The structure
+//!   UPDPOLICY, DELPOLICY, GETSA/GETPOLICY dumps, FLUSH*) and parse the kernel's replies. The structure
 //!   layouts come from `netlink-packet-xfrm` (rust-netlink, the maintained crate for these
 //!   structs); what this crate adds is the IMS-shaped API, the marker, and the proof that the
 //!   bytes equal what iproute2's `ip xfrm` sends for the same SA and policy (tests/fixtures).

@@ -381,6 +381,16 @@ pub fn delete_sa(id: &SaId, seq: u32) -> Result<Vec<u8>, XfrmError> {
 
 /// `XFRM_MSG_NEWPOLICY`: ESP in transport mode for `src` → `dst`, bound to `reqid`.
 pub fn new_policy(spec: &PolicySpec, seq: u32) -> Result<Vec<u8>, XfrmError> {
+    policy_message(spec, seq, false)
+}
+
+/// `XFRM_MSG_UPDPOLICY`: the same policy, replacing one with the same selector and direction
+/// in place (a new lifetime, say) without a window in which the traffic is unprotected.
+pub fn update_policy(spec: &PolicySpec, seq: u32) -> Result<Vec<u8>, XfrmError> {
+    policy_message(spec, seq, true)
+}
+
+fn policy_message(spec: &PolicySpec, seq: u32, update: bool) -> Result<Vec<u8>, XfrmError> {
     let fam = family(spec.src.ip(), spec.dst.ip())?;
     let info = UserPolicyInfo {
         selector: selector(spec.src, spec.dst, spec.marker)?,
@@ -411,11 +421,12 @@ pub fn new_policy(spec: &PolicySpec, seq: u32) -> Result<Vec<u8>, XfrmError> {
         user_policy_info: info,
         nlas: vec![XfrmAttrs::Template(vec![tmpl])],
     };
-    Ok(serialize(
-        XfrmMessage::AddPolicy(msg),
-        NLM_F_REQUEST | NLM_F_ACK,
-        seq,
-    ))
+    let msg = if update {
+        XfrmMessage::UpdatePolicy(msg)
+    } else {
+        XfrmMessage::AddPolicy(msg)
+    };
+    Ok(serialize(msg, NLM_F_REQUEST | NLM_F_ACK, seq))
 }
 
 fn delete_policy_sel(sel: Selector, dir: u8, seq: u32) -> Vec<u8> {

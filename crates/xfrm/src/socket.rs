@@ -102,6 +102,13 @@ impl XfrmSocket {
         self.request("add policy", req, seq)
     }
 
+    /// Installs a policy, or replaces the one with the same selector and direction in place.
+    pub fn update_policy(&mut self, spec: &PolicySpec) -> Result<(), XfrmError> {
+        let seq = self.next_seq();
+        let req = msg::update_policy(spec, seq)?;
+        self.request("update policy", req, seq)
+    }
+
     /// Deletes a policy we installed.
     pub fn delete_policy(&mut self, spec: &PolicySpec) -> Result<(), XfrmError> {
         let seq = self.next_seq();

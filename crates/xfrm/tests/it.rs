@@ -285,6 +285,42 @@ fn requests_equal_live_iproute2_v4_and_v6() {
                 want_pol,
                 "NEWPOLICY case {i} {word} differs"
             );
+            // `ip xfrm policy update` sends the same body as XFRM_MSG_UPDPOLICY (0x19).
+            let mut upd_args = vec!["xfrm", "policy", "update"];
+            let sel_src = format!("{a}/{plen}");
+            let sel_dst = format!("{b}/{plen}");
+            upd_args.extend([
+                "src",
+                &sel_src,
+                "dst",
+                &sel_dst,
+                "sport",
+                "5062",
+                "dport",
+                "5063",
+                "dir",
+                word,
+                "priority",
+                "2080",
+                "tmpl",
+                "src",
+                a,
+                "dst",
+                b,
+                "proto",
+                "esp",
+                "reqid",
+                "4096",
+                "mode",
+                "transport",
+            ]);
+            let want_upd = strace_ip(&upd_args, &format!("upd{i}{word}"));
+            let ours = msg::update_policy(&p, 1).unwrap();
+            assert_eq!(
+                payload(&ours, 0x19),
+                want_upd,
+                "UPDPOLICY case {i} {word} differs"
+            );
         }
     }
 }
@@ -324,6 +360,26 @@ fn policies_install_list_and_delete_on_the_host_kernel() {
         x.add_policy(&ours[0]),
         Err(XfrmError::Exists { .. })
     ));
+    // An update replaces it in place: still one policy for that selector, with the new
+    // lifetime.
+    let longer = PolicySpec {
+        hard_expires_secs: 7200,
+        ..ours[0].clone()
+    };
+    x.update_policy(&longer).unwrap();
+    let mine: Vec<_> = x
+        .list_policies()
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.marker == MARKER)
+        .collect();
+    assert_eq!(mine.len(), ours.len(), "update added nothing");
+    let stats = Command::new("ip")
+        .args(["-s", "xfrm", "policy"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8(stats.stdout).unwrap();
+    assert!(shown.contains("hard 7200(sec)"), "{shown}");
     // iproute2 sees ours, with our ports, priority and template.
     let shown = String::from_utf8(ip_xfrm(&["policy"]).stdout).unwrap();
     assert!(

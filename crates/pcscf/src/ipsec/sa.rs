@@ -19,9 +19,8 @@
 //!
 //! Lifetimes: SAs and policies get the same hard time limit. The kernel counts an SA's limit
 //! from when the SA was *added*, also after `XFRM_MSG_UPDSA`, so [`SaManager::extend`] asks
-//! for the time already spent plus the new lifetime. Policies have no update request in
-//! [`ims_xfrm`], so `extend` deletes and re-adds each one (the window between the two
-//! requests is a few microseconds per policy).
+//! for the time already spent plus the new lifetime. Policies are replaced in place
+//! (`XFRM_MSG_UPDPOLICY`), so they never go missing while traffic flows.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, PoisonError};
@@ -276,7 +275,7 @@ impl SaManager {
     }
 
     /// Gives the set `lifetime_secs` more seconds from now (0: no time limit): each SA is
-    /// updated in place, each policy deleted and re-added. An SA that vanished meanwhile
+    /// updated in place, each policy replaced in place. An SA that vanished meanwhile
     /// (expired) fails the call with [`XfrmError::NotFound`]; remove the set then.
     pub fn extend(&self, set: &Installed, lifetime_secs: u64) -> Result<(), XfrmError> {
         let sa_hard = if lifetime_secs == 0 {
@@ -299,8 +298,8 @@ impl SaManager {
         for e in &set.entries {
             let mut pol = e.policy.clone();
             pol.hard_expires_secs = lifetime_secs;
-            gone_ok(sock.delete_policy(&e.policy))?;
-            sock.add_policy(&pol)?;
+            // Replaced in place (XFRM_MSG_UPDPOLICY): no moment without the policy.
+            sock.update_policy(&pol)?;
         }
         tracing::debug!(
             spi_pc = set.spis().spi_pc,
