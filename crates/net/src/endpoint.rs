@@ -704,6 +704,16 @@ fn response_destination(req: &Message) -> Option<SocketAddr> {
     via_destination(&req.top_via().ok()?)
 }
 
+/// Where a response to this Via goes, with its transport: `received`/`rport` as the
+/// transport layer completed them (RFC 3261 §18.2.2, RFC 3581); `None` when the Via names
+/// no address (a host name without `received`).
+pub fn via_target(via: &Via<'_>) -> Option<crate::dns::Target> {
+    Some(crate::dns::Target {
+        addr: via_destination(via)?,
+        transport: via_transport(via),
+    })
+}
+
 fn via_transport(via: &Via<'_>) -> Transport {
     if via.transport.eq_ignore_ascii_case("TCP") {
         Transport::Tcp

@@ -89,13 +89,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ims_net::dns::{Target, Transport};
 use ims_net::endpoint::{SipEndpoint, pop_own_via};
-use ims_sip::{HeaderName, Message, Method, NameAddr, RequestBuilder, Uri, Via, text};
+use ims_sip::{HeaderName, Message, Method, NameAddr, RequestBuilder, Uri, text};
 use ims_store::RegistrationRecord;
 use ring::rand::SystemRandom;
 use tokio::sync::broadcast;
@@ -310,28 +310,7 @@ fn numeric_target(uri: &str) -> Option<Target> {
 /// Where the request came from: its top Via (`received` and `rport` as the transport layer
 /// completed them), with the transport it names.
 fn via_source(req: &Message) -> Option<Target> {
-    let via: Via<'_> = req.top_via().ok()?;
-    let host = via.received().unwrap_or(via.host_str);
-    let ip: IpAddr = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse()
-        .ok()?;
-    let port = match via.rport() {
-        Some(Some(p)) => p,
-        _ => via.port.unwrap_or(5060),
-    };
-    let transport = if via.transport.eq_ignore_ascii_case("TCP") {
-        Transport::Tcp
-    } else if via.transport.eq_ignore_ascii_case("TLS") {
-        Transport::Tls
-    } else {
-        Transport::Udp
-    };
-    Some(Target {
-        addr: SocketAddr::new(ip, port),
-        transport,
-    })
+    ims_net::endpoint::via_target(&req.top_via().ok()?)
 }
 
 /// Same host and port (the default port when not written); user part and parameters ignored.
