@@ -1,0 +1,196 @@
+#!/bin/sh
+# The whole IMS chain inside the ESP-capable VM: the scenario ims-vm's /init runs (as /scenario,
+# busybox sh, the static binaries in /bin, iproute2 as ip2). Prints to the serial console:
+#   VM-STEP <name>: ok (<uptime>s) | VM-STEP <name>: FAIL <why>
+#   VM-PCSCF-IPSEC: <the P-CSCF's log line about IPsec>
+#   VM-UE-<label>: <each line ims-ue printed>
+#   VM-XFRM-<ns> ...: the xfrm states and policies left, VM-XFRM-LEFT-<NS>: <states> <policies>
+#   VM-RESULT: PASS | VM-RESULT: FAIL (<n> failed steps), then every daemon's log on failure
+#
+#   ue   10.0.0.1, fd00::1 ── veth ── core 10.0.0.2, fd00::2   P-CSCF pcscf1.vims.net
+#                                          lo 10.0.1.20          I-CSCF icscf1.hims.net
+#                                             10.0.1.30          S-CSCF scscf1.hims.net
+#                                             10.0.1.40          HSS hss1.hims.net (SQLite in /tmp)
+#                                             10.0.1.50          ims-dns (port 53)
+#
+# Subscribers: alice@hims.net (AKA, TS 35.208 test set 1 K/OP) and bob@hims.net (SIP Digest,
+# password bob-secret), both allowed to roam in vims.net. Addresses only, never names: the
+# binaries are static glibc ones, and glibc's NSS (getaddrinfo of a name) needs shared libraries.
+set -u
+export PATH=/bin:/sbin RUST_LOG=info
+UE=10.0.0.1 UE6=fd00::1 P=10.0.0.2 P6=fd00::2
+I=10.0.1.20 S=10.0.1.30 H=10.0.1.40 DNS=10.0.1.50
+K=465b5ce8b199b49faa5f0a2ee238a6bc OP=cdc202d5123e20f62b6d676ac72cb318
+D=/tmp/ims
+fails=0
+pids=""
+
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
+ok() { echo "VM-STEP $1: ok ($(uptime_s)s)"; }
+fail() { echo "VM-STEP $1: FAIL $2"; fails=$((fails + 1)); }
+core() { ip2 netns exec core "$@"; }
+imsctl() { core /bin/imsctl --url "http://$H:8080" "$@"; }
+# wait_for NAME TRIES COMMAND...: retries every 0.2 s.
+wait_for() {
+  name=$1 tries=$2; shift 2
+  n=0
+  while [ "$n" -lt "$tries" ]; do
+    if "$@" >/dev/null 2>&1; then ok "$name"; return 0; fi
+    n=$((n + 1)); sleep 0.2
+  done
+  fail "$name" "(not after $tries tries)"; return 1
+}
+start() { # daemon: in the core namespace, log in $D/<daemon>.log
+  core "/bin/$1" -c "$D/$1.toml" >"$D/$1.log" 2>&1 &
+  pids="$pids $!"
+}
+# ue LABEL ARGS...: ims-ue in the ue namespace; its lines prefixed, 0 when every step got 2xx.
+ue() {
+  label=$1; shift
+  ip2 netns exec ue /bin/ims-ue "$@" >"$D/ue-$label.out" 2>&1
+  rc=$?
+  sed "s/^/VM-UE-$label: /" "$D/ue-$label.out"
+  if [ "$rc" = 0 ]; then ok "ue $label"; else fail "ue $label" "(ims-ue exit $rc)"; fi
+}
+
+# 1. Two hosts: the UE, and the core (the P-CSCF on the veth, the home network on lo).
+mkdir -p "$D"
+if (
+  set -e
+  ip2 netns add ue
+  ip2 netns add core
+  ip2 link add veth-ue type veth peer name veth-core
+  ip2 link set veth-ue netns ue
+  ip2 link set veth-core netns core
+  ip2 -n ue addr add $UE/24 dev veth-ue
+  ip2 -n ue addr add $UE6/64 dev veth-ue nodad
+  ip2 -n core addr add $P/24 dev veth-core
+  ip2 -n core addr add $P6/64 dev veth-core nodad
+  for a in $I $S $H $DNS; do ip2 -n core addr add $a/32 dev lo; done
+  for ns in ue core; do ip2 -n $ns link set lo up; done
+  ip2 -n ue link set veth-ue up
+  ip2 -n core link set veth-core up
+); then ok "namespaces"; else fail "namespaces" "(ip2 failed)"; fi
+wait_for "veth carries traffic" 50 ip2 netns exec ue ping -c1 -W1 $P
+
+# 2. The configs, as bin/tests/lab/mod.rs writes them.
+cat >"$D/ims-dns.toml" <<EOF
+listen = ["$DNS:53"]
+ttl = 300
+[[zone]]
+origin = "hims.net"
+records = [
+  { type = "NAPTR", name = "@", order = 10, preference = 50, flags = "s", service = "SIP+D2U", replacement = "_sip._udp" },
+  { type = "NAPTR", name = "@", order = 20, preference = 50, flags = "s", service = "SIP+D2T", replacement = "_sip._tcp" },
+  { type = "SRV", name = "_sip._udp", priority = 0, weight = 0, port = 5060, target = "icscf1" },
+  { type = "SRV", name = "_sip._tcp", priority = 0, weight = 0, port = 5060, target = "icscf1" },
+  { type = "A", name = "icscf1", address = "$I" },
+  { type = "A", name = "scscf1", address = "$S" },
+  { type = "A", name = "hss1", address = "$H" },
+]
+[[zone]]
+origin = "vims.net"
+records = [
+  { type = "A", name = "pcscf1", address = "$P" },
+  { type = "AAAA", name = "pcscf1", address = "$P6" },
+]
+EOF
+cat >"$D/hss.toml" <<EOF
+database = "sqlite://$D/hss.sqlite"
+admin_listen = "$H:8080"
+home_network = "hims.net"
+[diameter]
+listen = "$H:3868"
+origin_host = "hss1.hims.net"
+origin_realm = "hims.net"
+allowed_peers = ["icscf1.hims.net", "scscf1.hims.net"]
+[diameter.capabilities]
+server_names = ["sip:scscf1.hims.net:5060"]
+EOF
+cx() { # origin host
+  printf '[diameter]\nhss = "%s:3868"\norigin_host = "%s"\norigin_realm = "hims.net"\ndestination_realm = "hims.net"\n' "$H" "$1"
+}
+cat >"$D/scscf.toml" <<EOF
+sip_listen = "$S:5060"
+name = "sip:scscf1.hims.net:5060"
+realm = "hims.net"
+home_domains = ["hims.net"]
+database = "sqlite://$D/scscf.sqlite"
+$(cx scscf1.hims.net)
+EOF
+cat >"$D/icscf.toml" <<EOF
+sip_listen = "$I:5060"
+via_host = "icscf1.hims.net"
+home_domain = "hims.net"
+dns = ["$DNS:53"]
+$(cx icscf1.hims.net)
+
+[[scscf]]
+uri = "sip:scscf1.hims.net:5060"
+EOF
+cat >"$D/pcscf.toml" <<EOF
+sip_listen = "$P:5060"
+sip_listen_v6 = "[$P6]:5060"
+via_host = "pcscf1.vims.net"
+visited_network_id = "vims.net"
+dns = ["$DNS:53"]
+[ipsec]
+mode = "preferred"
+port_c = 5062
+port_s = 5063
+EOF
+
+# 3. The core: DNS and HSS, subscribers through the admin API, then the CSCFs.
+start ims-dns
+start hss
+wait_for "HSS admin API up" 300 imsctl health
+imsctl subscriber add --impi alice@hims.net --impu sip:alice@hims.net --impu tel:+15550001 \
+  --k $K --op $OP --amf 8000 --roaming vims.net >"$D/prov-alice.out" 2>&1 &&
+  ok "provision alice (AKA)" || { fail "provision alice (AKA)" "$(cat "$D/prov-alice.out")"; }
+imsctl subscriber add --impi bob@hims.net --impu sip:bob@hims.net \
+  --realm hims.net --password bob-secret --roaming vims.net >"$D/prov-bob.out" 2>&1 &&
+  ok "provision bob (Digest)" || { fail "provision bob (Digest)" "$(cat "$D/prov-bob.out")"; }
+start scscf
+start icscf
+start pcscf
+peers_up() { imsctl metrics | grep -q '^ims_hss_diameter_peers_up 2$'; }
+wait_for "CSCFs connected to the HSS" 300 peers_up
+wait_for "P-CSCF started" 300 grep -q "P-CSCF started" "$D/pcscf.log"
+echo "VM-PCSCF-IPSEC: $(grep -m1 'IPsec' "$D/pcscf.log")"
+if grep -q 'IPsec available' "$D/pcscf.log"; then ok "P-CSCF IPsec available"; else
+  fail "P-CSCF IPsec available" "(no 'IPsec available' line)"; fi
+
+# 4. UEs from their own namespace, through the P-CSCF only.
+ue aka --pcscf $P:5060 --impi alice@hims.net --k $K --op $OP --deregister
+ue digest --pcscf $P:5060 --impi bob@hims.net --password bob-secret --deregister
+ue digest-tcp --pcscf $P:5060 --impi bob@hims.net --password bob-secret --transport tcp --deregister
+ue aka-v6 --pcscf "[$P6]:5060" --local "[$UE6]:0" --impi alice@hims.net --k $K --op $OP --deregister
+# A wrong password: 403 and exit 1.
+ip2 netns exec ue /bin/ims-ue --pcscf $P:5060 --impi bob@hims.net --password nope >"$D/ue-bad.out" 2>&1
+rc=$?
+sed "s/^/VM-UE-wrong-password: /" "$D/ue-bad.out"
+if [ "$rc" = 1 ] && grep -q ': 403' "$D/ue-bad.out"; then ok "wrong password gets 403"; else
+  fail "wrong password gets 403" "(ims-ue exit $rc)"; fi
+
+# 5. Nothing IPsec left behind, every daemon still alive.
+for ns in ue core; do
+  ip2 -n $ns xfrm state | sed "s/^/VM-XFRM-$ns state: /"
+  ip2 -n $ns xfrm policy | sed "s/^/VM-XFRM-$ns policy: /"
+  echo "VM-XFRM-LEFT-$(echo $ns | tr a-z A-Z): $(ip2 -n $ns xfrm state | wc -l) $(ip2 -n $ns xfrm policy | wc -l)"
+done
+for p in $pids; do kill -0 "$p" 2>/dev/null || fail "daemons alive" "(pid $p exited)"; done
+# Stop them (SIGTERM, then SIGKILL after 5 s).
+kill $pids 2>/dev/null
+n=0
+while [ "$n" -lt 25 ]; do
+  alive=""
+  for p in $pids; do kill -0 "$p" 2>/dev/null && alive="$alive $p"; done
+  [ -z "$alive" ] && break
+  n=$((n + 1)); sleep 0.2
+done
+if [ -n "$alive" ]; then fail "daemons stop on SIGTERM" "(still running:$alive)"; kill -9 $alive; fi
+
+if [ "$fails" = 0 ]; then echo "VM-RESULT: PASS"; else
+  echo "VM-RESULT: FAIL ($fails failed steps)"
+  for l in "$D"/*.log; do sed "s|^|[$(basename "$l" .log)] |" "$l"; done
+fi
