@@ -383,7 +383,7 @@ impl Inner {
         };
         let mut last = String::from("no address");
         for target in targets {
-            let mut fwd = Message::parse(req.message.to_bytes()).map_err(|e| e.to_string())?;
+            let mut fwd = req.message.clone();
             fwd.prepend_header("Route", &route)
                 .map_err(|e| e.to_string())?;
             match self.ep.send_request(fwd, pick(target, req)).await {

@@ -307,10 +307,7 @@ impl Inner {
     }
 
     async fn register(&self, req: ServerRequest, flow: Flow) {
-        let mut m = match Message::parse(req.message.to_bytes()) {
-            Ok(m) => m,
-            Err(e) => return self.reply(&req, 400, &format!("Bad Request ({e})")).await,
-        };
+        let mut m = req.message.clone();
         let call_id = m.call_id().unwrap_or("").to_owned();
         let span = tracing::info_span!("register", %call_id, ue = %req.source);
         let _g = span.enter();
@@ -512,10 +509,7 @@ impl Inner {
 
     /// A request from a registered UE toward the core (§5.2.6.3).
     async fn originating(&self, req: ServerRequest, reg: Registration) {
-        let mut m = match Message::parse(req.message.to_bytes()) {
-            Ok(m) => m,
-            Err(_) => return self.reply(&req, 400, "Bad Request").await,
-        };
+        let mut m = req.message.clone();
         let preferred = m
             .name_addrs(HeaderName::PPreferredIdentity)
             .flatten()
@@ -554,10 +548,7 @@ impl Inner {
 
     /// A request from the core toward a UE: our Path entry as Route, a registered contact.
     async fn terminating(&self, req: ServerRequest) {
-        let mut m = match Message::parse(req.message.to_bytes()) {
-            Ok(m) => m,
-            Err(_) => return self.reply(&req, 400, "Bad Request").await,
-        };
+        let mut m = req.message.clone();
         if !self.pop_own_routes(&mut m) {
             tracing::info!(source = %req.source, method = m.method_str().unwrap_or("?"), "request from an unregistered UE");
             return self.reply(&req, 403, "Forbidden (not registered)").await;
