@@ -37,7 +37,7 @@ use ims_diameter::cx::{RequestBase, Uaa, Uar};
 use ims_diameter::dict::UserAuthorizationType;
 use ims_diameter::{AnswerResult, SessionIdGenerator};
 use ims_net::diameter::{CxClientConfig, DiameterClient};
-use ims_net::dns::{Destination, SipResolver, Target};
+use ims_net::dns::{Destination, SipResolver};
 use ims_net::endpoint::{ServerRequest, SipEndpoint, pop_own_via};
 use ims_sip::transaction::Timers;
 use ims_sip::{HeaderName, Message, Method, Uri};
@@ -386,7 +386,7 @@ impl Inner {
             let mut fwd = req.message.clone();
             fwd.prepend_header("Route", &route)
                 .map_err(|e| e.to_string())?;
-            match self.ep.send_request(fwd, pick(target, req)).await {
+            match self.ep.send_request(fwd, target).await {
                 Ok(mut resp) => {
                     let status = resp.status().unwrap_or(0);
                     if status == 408 || (500..600).contains(&status) {
@@ -401,11 +401,6 @@ impl Inner {
         }
         Err(last)
     }
-}
-
-/// The transport toward the S-CSCF: what DNS said.
-fn pick(target: Target, _req: &ServerRequest) -> Target {
-    target
 }
 
 /// TS 24.229 §5.1.1.2: without an IMPI, the IMPU minus its scheme.

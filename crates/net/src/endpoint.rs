@@ -59,19 +59,6 @@ pub struct ServerRequest {
     key: Option<ServerKey>,
 }
 
-impl ServerRequest {
-    /// A request built by hand (for tests of application handlers): no transaction.
-    pub fn detached(message: Message, source: SocketAddr, transport: Transport) -> Self {
-        Self {
-            message,
-            source,
-            local: source,
-            transport,
-            key: None,
-        }
-    }
-}
-
 /// Why a client transaction ended without a final response.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -140,6 +127,8 @@ impl<K: Hash + Eq, V> Shards<K, V> {
 
 struct Inner {
     transports: Vec<SipTransport>,
+    /// Our Via sent-by (`host:port`) on each transport, computed once at bind.
+    sent_bys: Vec<String>,
     via_host: String,
     timers: Timers,
     servers: Shards<ServerKey, ServerState>,
@@ -188,8 +177,13 @@ impl SipEndpoint {
         let salt = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0x5eed, |d| d.as_nanos() as u64);
+        let sent_bys = transports
+            .iter()
+            .map(|t| sent_by_of(via_host, t.local_addr()))
+            .collect();
         let inner = Arc::new(Inner {
             transports,
+            sent_bys,
             via_host: via_host.to_owned(),
             timers,
             servers: Shards::new(),
@@ -222,21 +216,17 @@ impl SipEndpoint {
 
     /// Our Via sent-by (`host:port`) on the first address.
     pub fn sent_by(&self) -> String {
-        self.sent_by_on(&self.inner.transports[0])
+        self.inner.sent_bys[0].clone()
     }
 
-    fn sent_by_on(&self, t: &SipTransport) -> String {
-        let local = t.local_addr();
-        let host = if self.inner.via_host.parse::<IpAddr>().is_ok() {
-            local.ip().to_string()
-        } else {
-            self.inner.via_host.clone()
-        };
-        if host.contains(':') && !host.starts_with('[') {
-            format!("[{host}]:{}", local.port())
-        } else {
-            format!("{host}:{}", local.port())
-        }
+    /// Whether a Via host names us: our via_host, or the transport's own address.
+    fn is_our_host(&self, host: &str, ip: IpAddr) -> bool {
+        host.eq_ignore_ascii_case(&self.inner.via_host)
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .is_ok_and(|h| h == ip)
     }
 
     /// The transport underneath (the first address's).
@@ -244,13 +234,18 @@ impl SipEndpoint {
         &self.inner.transports[0]
     }
 
-    /// The transport that sends toward `to`: the first of its address family.
-    fn toward(&self, to: SocketAddr) -> &SipTransport {
+    /// The index of the transport that sends toward `to`: the first of its address family.
+    fn toward_index(&self, to: SocketAddr) -> usize {
         self.inner
             .transports
             .iter()
-            .find(|t| t.local_addr().is_ipv4() == to.is_ipv4())
-            .unwrap_or(&self.inner.transports[0])
+            .position(|t| t.local_addr().is_ipv4() == to.is_ipv4())
+            .unwrap_or(0)
+    }
+
+    /// The transport that sends toward `to`.
+    fn toward(&self, to: SocketAddr) -> &SipTransport {
+        &self.inner.transports[self.toward_index(to)]
     }
 
     /// The transport bound to `local`.
@@ -435,7 +430,7 @@ impl SipEndpoint {
             "Via",
             &format!(
                 "SIP/2.0/{proto} {};branch={branch};rport",
-                self.sent_by_on(self.toward(target.addr))
+                self.inner.sent_bys[self.toward_index(target.addr)]
             ),
         )?;
         Ok(branch)
@@ -513,20 +508,20 @@ impl SipEndpoint {
                 .set_header("Max-Forwards", "69")
                 .map_err(|_| (400, "Bad Max-Forwards"))?,
         }
-        let mine: Vec<String> = self
-            .inner
-            .transports
-            .iter()
-            .map(|t| self.sent_by_on(t))
-            .collect();
-        let hash = format!("z9hG4bK{:016x}.", self.loop_hash(req));
+        // A loop: one of our own Vias whose branch carries the loop hash this request would
+        // get from us again (§16.3 item 4). Compared without building strings.
+        let hash = self.loop_hash(req);
         let looped = req.vias().flatten().any(|v| {
-            let sent_by = match v.port {
-                Some(p) => format!("{}:{p}", v.host_str),
-                None => v.host_str.to_owned(),
-            };
-            mine.iter().any(|me| sent_by.eq_ignore_ascii_case(me))
-                && v.branch().is_some_and(|b| b.starts_with(&hash))
+            let ours = v
+                .branch()
+                .and_then(|b| b.strip_prefix("z9hG4bK"))
+                .and_then(|b| b.get(..16))
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+                == Some(hash);
+            ours && self.inner.transports.iter().any(|t| {
+                let local = t.local_addr();
+                v.port == Some(local.port()) && self.is_our_host(v.host_str, local.ip())
+            })
         });
         if looped {
             return Err((482, "Loop Detected"));
@@ -632,6 +627,21 @@ impl SipEndpoint {
             .send(target.transport, target.addr, req.to_bytes())
             .await?;
         Ok(())
+    }
+}
+
+/// Our Via sent-by on `local`: `via_host` when it is a name, else the local address itself
+/// (each address of a dual-stack endpoint names itself).
+fn sent_by_of(via_host: &str, local: SocketAddr) -> String {
+    let host = if via_host.parse::<IpAddr>().is_ok() {
+        local.ip().to_string()
+    } else {
+        via_host.to_owned()
+    };
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{}", local.port())
+    } else {
+        format!("{host}:{}", local.port())
     }
 }
 

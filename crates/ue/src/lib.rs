@@ -94,6 +94,8 @@ pub enum UeError {
     NetworkAuthFailed,
     #[error("too many challenges ({0})")]
     TooManyChallenges(u32),
+    #[error("SQN {0} is not a 48-bit sequence number: {1}")]
+    Sqn(u64, String),
     #[error("cannot build the request: {0}")]
     Message(#[from] ims_sip::Error),
 }
@@ -149,9 +151,12 @@ impl Ue {
         let usim = match &cfg.credentials {
             Credentials::Aka { k, opc, sqn_ms, .. } => {
                 let m = Milenage::new(&ims_aka::Key::new(*k), &ims_aka::Opc::new(*opc));
-                let state = match (*sqn_ms, Sqn::new(*sqn_ms)) {
-                    (0, _) | (_, Err(_)) => UsimSqnState::new(SqnScheme::default()),
-                    (_, Ok(sqn)) => UsimSqnState::with_sqn_ms(SqnScheme::default(), sqn),
+                let state = match *sqn_ms {
+                    0 => UsimSqnState::new(SqnScheme::default()),
+                    n => {
+                        let sqn = Sqn::new(n).map_err(|e| UeError::Sqn(n, e.to_string()))?;
+                        UsimSqnState::with_sqn_ms(SqnScheme::default(), sqn)
+                    }
                 };
                 Some((Usim::new(m.clone(), state), m))
             }
@@ -385,5 +390,30 @@ impl Ue {
         }
         auth.push_str(&extra);
         Ok((auth, res_hex, resync))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_sqn_beyond_48_bits_is_refused_not_reset() {
+        let cfg = UeConfig {
+            impi: "a@hims.net".into(),
+            impu: "sip:a@hims.net".into(),
+            domain: "hims.net".into(),
+            pcscf: "127.0.0.1:5060".parse().unwrap(),
+            transport: Transport::Udp,
+            local: "127.0.0.1:0".parse().unwrap(),
+            credentials: Credentials::Aka {
+                k: [0; 16],
+                opc: [0; 16],
+                sqn_ms: 1 << 48,
+                options: AkaOptions::default(),
+            },
+            timeout: Duration::from_secs(1),
+        };
+        assert!(matches!(Ue::start(cfg).await, Err(UeError::Sqn(..))));
     }
 }
