@@ -1,12 +1,14 @@
 //! `ims-ue`: a UE that registers through a P-CSCF with Digest-AKAv1-MD5 (a simulated USIM:
 //! `--k` and `--op`/`--opc`) or SIP Digest MD5 (`--password`), then optionally deregisters.
 //! Exit code 0 when every step got a 2xx, 1 otherwise (the final status is printed).
+//! `--ipsec` sets up the UE's own IPsec SAs with the P-CSCF (TS 33.203) over netlink;
+//! `--ipsec-hook PROGRAM` has a program install them instead (see [`ims_ue::SaInstaller`]).
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use ims_ue::{AkaOptions, Credentials, Ue, UeConfig};
+use ims_ue::{AkaOptions, Credentials, SaInstaller, Tamper, Ue, UeConfig, UeIpsec};
 
 #[derive(Parser)]
 #[command(about = "Register a UE with the IMS core")]
@@ -50,7 +52,39 @@ struct Args {
     /// Deregister after registering.
     #[arg(long)]
     deregister: bool,
+    /// Seconds to wait for each answer.
+    #[arg(long, default_value_t = 5)]
+    timeout: u64,
+    /// Seconds to stay registered before deregistering (with --deregister).
+    #[arg(long, default_value_t = 0)]
+    hold: u64,
+    /// Ends the hold early once this file exists (many UEs released at once).
+    #[arg(long, value_name = "FILE")]
+    release: Option<std::path::PathBuf>,
+    /// IPsec with the P-CSCF: the UE installs its four SAs itself (netlink; needs root).
+    #[arg(long)]
+    ipsec: bool,
+    /// IPsec, the SAs installed by this program (`PROGRAM add|del`, values in IMS_* variables).
+    #[arg(long, value_name = "PROGRAM")]
+    ipsec_hook: Option<std::path::PathBuf>,
+    /// The protected server port with IPsec (0 picks one); the protected client port is the
+    /// --local port.
+    #[arg(long, default_value_t = 0)]
+    port_us: u16,
+    /// Integrity algorithm offered with IPsec.
+    #[arg(long, default_value = "hmac-sha-1-96")]
+    alg: String,
+    /// Encryption algorithm offered with IPsec (aes-cbc, des-ede3-cbc, null).
+    #[arg(long, default_value = "aes-cbc")]
+    ealg: String,
+    /// Tests: spoil the Security-Verify or the Security-Client of the REGISTERs sent through
+    /// the SAs (`verify` or `client`); the P-CSCF must answer 494.
+    #[arg(long, value_name = "HEADER")]
+    ipsec_tamper: Option<String>,
 }
+
+/// The xfrm marker of the UE's own SAs (the P-CSCF's default differs).
+const UE_MARKER: u32 = 0x01A5_0E0E;
 
 fn key(name: &str, hex_text: &str) -> Result<[u8; 16], String> {
     hex::decode(hex_text)
@@ -92,6 +126,29 @@ fn config(a: &Args) -> Result<UeConfig, String> {
         "tcp" => ims_net::sip::Transport::Tcp,
         t => return Err(format!("--transport {t}: udp or tcp")),
     };
+    let installer = match (a.ipsec, &a.ipsec_hook) {
+        (false, None) => None,
+        (true, None) => Some(SaInstaller::Netlink { marker: UE_MARKER }),
+        (false, Some(p)) => Some(SaInstaller::Hook(p.clone())),
+        (true, Some(_)) => return Err("give one of --ipsec and --ipsec-hook".into()),
+    };
+    let ipsec = match installer {
+        Some(installer) => Some(UeIpsec {
+            port_us: a.port_us,
+            alg: ims_aka::IntegrityAlgorithm::from_name(&a.alg)
+                .map_err(|_| format!("--alg {}: hmac-sha-1-96 or hmac-md5-96", a.alg))?,
+            ealg: ims_aka::EncryptionAlgorithm::from_name(&a.ealg)
+                .map_err(|_| format!("--ealg {}: aes-cbc, des-ede3-cbc or null", a.ealg))?,
+            installer,
+            tamper: match a.ipsec_tamper.as_deref() {
+                None => None,
+                Some("verify") => Some(Tamper::Verify),
+                Some("client") => Some(Tamper::Client),
+                Some(t) => return Err(format!("--ipsec-tamper {t}: verify or client")),
+            },
+        }),
+        None => None,
+    };
     Ok(UeConfig {
         impu: a.impu.clone().unwrap_or_else(|| format!("sip:{}", a.impi)),
         impi: a.impi.clone(),
@@ -100,7 +157,8 @@ fn config(a: &Args) -> Result<UeConfig, String> {
         transport,
         local: a.local,
         credentials,
-        timeout: Duration::from_secs(5),
+        timeout: Duration::from_secs(a.timeout.max(1)),
+        ipsec,
     })
 }
 
@@ -135,25 +193,43 @@ fn main() -> ExitCode {
         if args.deregister {
             steps.push(0);
         }
-        for expires in steps {
+        let mut code = ExitCode::SUCCESS;
+        for (i, expires) in steps.into_iter().enumerate() {
+            if i == 1 && args.hold > 0 {
+                // Until the hold ends, or earlier once the --release file exists.
+                let until = tokio::time::Instant::now() + Duration::from_secs(args.hold);
+                while tokio::time::Instant::now() < until
+                    && !args.release.as_ref().is_some_and(|p| p.exists())
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
             match ue.register(expires).await {
                 Ok(o) => {
                     println!(
-                        "REGISTER expires={expires}: {} ({} challenge(s){})",
+                        "REGISTER expires={expires}: {} ({} challenge(s){}{})",
                         o.status,
                         o.challenges,
-                        if o.resynced { ", resynchronised" } else { "" }
+                        if o.resynced { ", resynchronised" } else { "" },
+                        if o.protected { ", IPsec" } else { "" }
                     );
                     if !(200..300).contains(&o.status) {
-                        return ExitCode::FAILURE;
+                        code = ExitCode::FAILURE;
+                        break;
                     }
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
+                    code = ExitCode::FAILURE;
+                    break;
                 }
             }
         }
-        ExitCode::SUCCESS
+        // Never leave SAs behind (after a deregistration there are none left).
+        if let Err(e) = ue.close() {
+            eprintln!("error: {e}");
+            code = ExitCode::FAILURE;
+        }
+        code
     })
 }

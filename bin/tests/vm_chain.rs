@@ -3,8 +3,19 @@
 //! emulation) with them in its initramfs, and runs `tests/vm/ims-chain.sh` there: the UE in
 //! one network namespace, the P-CSCF and the home network in another, joined by a veth pair.
 //! The P-CSCF's startup probe must find ESP, UEs register and deregister with AKA and SIP
-//! Digest (UDP, TCP, IPv6), a wrong password gets 403, and no xfrm state or policy is left.
-//! (No IPsec between UE and P-CSCF yet: this is the harness that will show it.)
+//! Digest (UDP, TCP, IPv6) without IPsec, a wrong password gets 403, and then with IPsec
+//! (TS 33.203) between the UE and the P-CSCF:
+//! - a UE whose SAs iproute2 installs (`tests/vm/ue-xfrm-hook.sh`, written from the spec, not
+//!   from our code) and `ims-ue` with its own netlink SAs both register and deregister
+//!   through their SAs: four SAs and policies on each side while registered, none after, and
+//!   ESP packets counted by the kernel on both sides;
+//! - a second REGISTER with a Security-Verify or Security-Client other than agreed gets 494,
+//!   and the SAs of that attempt go on both sides;
+//! - a UE that comes back from new ports leaves exactly the four SAs of its new registration;
+//! - a capture on the veth holds ESP and no clear SIP on the protected ports;
+//! - 50 UEs register at once, each with its four SAs (200 on each side), and are all cleaned
+//!   up after deregistering;
+//! - and no xfrm state or policy is left in either namespace at the end.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -57,6 +68,89 @@ fn whole_ims_chain_registers_in_a_real_esp_kernel() {
         console.contains("VM-UE-wrong-password: REGISTER expires=600: 403"),
         "a wrong password gets 403"
     );
+    // IPsec.
+    let value = |prefix: &str| -> String {
+        console
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` line"))
+            .trim()
+            .to_owned()
+    };
+    for ue in ["hook", "own", "newport2"] {
+        for expires in [600, 0] {
+            let line = format!("VM-UE-{ue}: REGISTER expires={expires}: 200 (");
+            let got = console
+                .lines()
+                .find(|l| l.starts_with(&line))
+                .unwrap_or_else(|| panic!("missing `{line}`"));
+            assert!(got.ends_with(", IPsec)"), "not through IPsec: {got}");
+        }
+    }
+    for label in ["hook", "own", "newport"] {
+        assert_eq!(
+            value(&format!("VM-SAS-{label}:")),
+            "core=4/4 ue=4/4",
+            "{label}: exactly four SAs and policies on each side while registered"
+        );
+        assert_eq!(
+            value(&format!("VM-SAS-AFTER-{label}:")),
+            "core=0/0 ue=0/0",
+            "{label}: nothing left after deregistration"
+        );
+    }
+    for label in ["hook", "own"] {
+        let esp = value(&format!("VM-ESP-{label}:"));
+        let packets: Vec<u64> = esp
+            .split_whitespace()
+            .map(|kv| kv.split('=').nth(1).unwrap().parse().unwrap())
+            .collect();
+        // The second REGISTER and the deregistration in, their 200s out: at least 2 each way.
+        assert!(
+            packets.iter().all(|&n| n >= 2),
+            "{label}: ESP counters: {esp}"
+        );
+    }
+    for t in ["verify", "client"] {
+        assert!(
+            console.contains(&format!(
+                "VM-UE-tamper-{t}: REGISTER expires=600: 494 (1 challenge(s), IPsec)"
+            )),
+            "a tampered Security-{t} gets 494 through the SAs"
+        );
+        assert_eq!(
+            value(&format!("VM-SAS-AFTER-tamper-{t}:")),
+            "core=0/0 ue=0/0",
+            "the SAs of a refused attempt go"
+        );
+    }
+    let capture = value("VM-CAPTURE:");
+    let field = |name: &str| -> u64 {
+        capture
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in `{capture}`"))
+            .parse()
+            .unwrap()
+    };
+    // hook, own and newport2: 2 REGISTERs and 2 responses each through ESP; newport1: 2.
+    assert!(field("esp") >= 12, "ESP on the veth: {capture}");
+    assert_eq!(
+        field("clear-protected"),
+        0,
+        "clear SIP on the protected ports: {capture}"
+    );
+    assert!(
+        field("clear-5060") >= 8,
+        "the first REGISTERs and 401s in clear: {capture}"
+    );
+    assert_eq!(
+        value("VM-SAS-50:"),
+        "core=200/200 ue=200/200 registered=50",
+        "50 UEs at once, four SAs each"
+    );
+    assert_eq!(value("VM-50-UES:"), "ok=50 deregistered=50");
+    assert_eq!(value("VM-SAS-AFTER-50:"), "core=0/0 ue=0/0");
     assert!(
         console.contains("VM-XFRM-LEFT-UE: 0 0\n"),
         "the UE namespace has xfrm states/policies"

@@ -4,6 +4,11 @@
 #   VM-STEP <name>: ok (<uptime>s) | VM-STEP <name>: FAIL <why>
 #   VM-PCSCF-IPSEC: <the P-CSCF's log line about IPsec>
 #   VM-UE-<label>: <each line ims-ue printed>
+#   VM-SAS-<label>: core=<states>/<policies> ue=<states>/<policies> while a UE is registered
+#     through IPsec, VM-SAS-AFTER-<label>: the same after it deregistered
+#   VM-ESP-<label>: core=<packets> ue=<packets>, the ESP packets the kernel counted on the SAs
+#   VM-CAPTURE: esp=<n> clear-protected=<n> clear-5060=<n>, packets of the veth capture
+#   VM-SAS-50 / VM-50-UES: 50 UEs registering through IPsec at once
 #   VM-XFRM-<ns> ...: the xfrm states and policies left, VM-XFRM-LEFT-<NS>: <states> <policies>
 #   VM-RESULT: PASS | VM-RESULT: FAIL (<n> failed steps), then every daemon's log on failure
 #
@@ -108,7 +113,9 @@ allowed_peers = ["icscf1.hims.net", "scscf1.hims.net"]
 server_names = ["sip:scscf1.hims.net:5060"]
 EOF
 cx() { # origin host
-  printf '[diameter]\nhss = "%s:3868"\norigin_host = "%s"\norigin_realm = "hims.net"\ndestination_realm = "hims.net"\n' "$H" "$1"
+  # A long answer timeout: the VM is emulated (and the binaries unoptimised), and 50 UEs
+  # register at once below.
+  printf '[diameter]\nhss = "%s:3868"\norigin_host = "%s"\norigin_realm = "hims.net"\ndestination_realm = "hims.net"\nrequest_timeout_seconds = 30\n' "$H" "$1"
 }
 cat >"$D/scscf.toml" <<EOF
 sip_listen = "$S:5060"
@@ -172,7 +179,109 @@ sed "s/^/VM-UE-wrong-password: /" "$D/ue-bad.out"
 if [ "$rc" = 1 ] && grep -q ': 403' "$D/ue-bad.out"; then ok "wrong password gets 403"; else
   fail "wrong password gets 403" "(ims-ue exit $rc)"; fi
 
-# 5. Nothing IPsec left behind, every daemon still alive.
+# 5. IPsec between the UE and the P-CSCF (TS 33.203): the UE's SAs from the 401, the second
+#    REGISTER and the deregistration through them, nothing left afterwards.
+sas() { echo "$(ip2 -n "$1" xfrm state | grep -c '^src')/$(ip2 -n "$1" xfrm policy | grep -c '^src')"; }
+# ESP packets counted by the kernel on every SA of a namespace.
+esp_packets() {
+  ip2 -n "$1" -s xfrm state | awk '/\(packets\)/ { for (i = 1; i <= NF; i++) if ($i ~ /\(packets\)/) { sub(/\(packets\).*/, "", $i); s += $i } } END { print s + 0 }'
+}
+# held LABEL ARGS...: ims-ue registers, holds (until $D/release-LABEL exists, 60 s at most),
+# deregisters; in the background. finish LABEL waits for it and prints its lines.
+held() {
+  label=$1; shift
+  ip2 netns exec ue /bin/ims-ue "$@" --hold 60 --release "$D/release-$label" --deregister \
+    >"$D/ue-$label.out" 2>&1 &
+  eval "pid_$label=$!"
+}
+release() { touch "$D/release-$1"; }
+finish() {
+  eval "wait \$pid_$1"
+  rc=$?
+  sed "s/^/VM-UE-$1: /" "$D/ue-$1.out"
+  if [ "$rc" = 0 ]; then ok "ue $1"; else fail "ue $1" "(ims-ue exit $rc)"; fi
+}
+registered() { grep -q 'expires=600: 200' "$D/ue-$1.out"; }
+AKA_ALICE="--pcscf $P:5060 --impi alice@hims.net --k $K --op $OP"
+
+if command -v tcpdump >/dev/null; then
+  core tcpdump -Z root -i veth-core -n -U -w "$D/veth.pcap" >"$D/tcpdump.log" 2>&1 &
+  tcpdump_pid=$!
+  wait_for "capture on the veth" 50 grep -q 'listening on' "$D/tcpdump.log"
+else
+  tcpdump_pid=""; fail "capture on the veth" "(no tcpdump in the VM)"
+fi
+# 5a. A UE whose SAs iproute2 installs (tests/vm/ue-xfrm-hook.sh), ims-ue as its SIP side.
+for mode in hook:--ipsec-hook=/bin/ue-xfrm-hook:5100 own:--ipsec:5110; do
+  label=${mode%%:*} rest=${mode#*:} opt=${rest%:*} port=${rest##*:}
+  held "$label" $AKA_ALICE --local "$UE:$port" --port-us $((port + 1)) "$opt"
+  if wait_for "$label UE registered through IPsec" 150 registered "$label"; then
+    echo "VM-SAS-$label: core=$(sas core) ue=$(sas ue)"
+    echo "VM-ESP-$label: core=$(esp_packets core) ue=$(esp_packets ue)"
+    ip2 -n core -s xfrm state | sed "s/^/VM-XFRM-STATS-$label: /"
+  fi
+  release "$label"; finish "$label"
+  echo "VM-SAS-AFTER-$label: core=$(sas core) ue=$(sas ue)"
+done
+# 5b. A second REGISTER whose Security-Verify or Security-Client is not the agreed one gets
+#     494 (through the SAs), and the SAs of that failed attempt go on both sides.
+for t in verify client; do
+  ip2 netns exec ue /bin/ims-ue $AKA_ALICE --local "$UE:5140" --port-us 5141 --ipsec \
+    --ipsec-tamper $t >"$D/ue-tamper-$t.out" 2>&1
+  rc=$?
+  sed "s/^/VM-UE-tamper-$t: /" "$D/ue-tamper-$t.out"
+  if [ "$rc" = 1 ] && grep -q 'expires=600: 494' "$D/ue-tamper-$t.out"; then ok "tampered $t gets 494"; else
+    fail "tampered $t gets 494" "(ims-ue exit $rc)"; fi
+  echo "VM-SAS-AFTER-tamper-$t: core=$(sas core) ue=$(sas ue)"
+done
+# 5c. The UE comes back from new ports (it restarted without deregistering): exactly the four
+#     SAs of the new registration remain at the P-CSCF.
+ue newport1 $AKA_ALICE --local "$UE:5120" --port-us 5121 --ipsec
+held newport2 $AKA_ALICE --local "$UE:5130" --port-us 5131 --ipsec
+if wait_for "newport UE registered again" 150 registered newport2; then
+  echo "VM-SAS-newport: core=$(sas core) ue=$(sas ue)"
+fi
+release newport2; finish newport2
+echo "VM-SAS-AFTER-newport: core=$(sas core) ue=$(sas ue)"
+if [ -n "$tcpdump_pid" ]; then
+  kill "$tcpdump_pid"; wait "$tcpdump_pid" 2>/dev/null
+  count() { tcpdump -Z root -n -r "$D/veth.pcap" "$1" 2>>"$D/tcpdump.log" | wc -l; }
+  echo "VM-CAPTURE: esp=$(count esp) clear-protected=$(count 'udp and (port 5062 or port 5063)')" \
+    "clear-5060=$(count 'udp port 5060') bytes=$(wc -c <"$D/veth.pcap")"
+  sed 's/^/VM-TCPDUMP: /' "$D/tcpdump.log"
+fi
+# 5d. 50 UEs at once, each its own subscriber, ports and SAs.
+n=1 provisioned=0
+while [ "$n" -le 50 ]; do
+  imsctl subscriber add --impi "ue$n@hims.net" --impu "sip:ue$n@hims.net" --k $K --op $OP \
+    --amf 8000 --roaming vims.net >/dev/null 2>&1 && provisioned=$((provisioned + 1))
+  n=$((n + 1))
+done
+[ "$provisioned" = 50 ] && ok "provision 50 UEs" || fail "provision 50 UEs" "($provisioned)"
+n=1
+while [ "$n" -le 50 ]; do
+  held "m$n" --pcscf $P:5060 --impi "ue$n@hims.net" --k $K --op $OP --timeout 60 \
+    --local "$UE:$((7000 + 2 * n))" --port-us $((7001 + 2 * n)) --ipsec
+  n=$((n + 1))
+done
+all_registered() { [ "$(grep -l 'expires=600: 200' "$D"/ue-m*.out 2>/dev/null | wc -l)" = 50 ]; }
+wait_for "50 UEs registered through IPsec" 600 all_registered
+echo "VM-SAS-50: core=$(sas core) ue=$(sas ue) registered=$(grep -l 'expires=600: 200 (1 challenge(s), IPsec)' "$D"/ue-m*.out 2>/dev/null | wc -l)"
+n=1
+while [ "$n" -le 50 ]; do release "m$n"; n=$((n + 1)); done
+n=1 done50=0
+while [ "$n" -le 50 ]; do
+  eval "wait \$pid_m$n" && done50=$((done50 + 1))
+  n=$((n + 1))
+done
+echo "VM-50-UES: ok=$done50 deregistered=$(grep -l 'expires=0: 200 (0 challenge(s), IPsec)' "$D"/ue-m*.out 2>/dev/null | wc -l)"
+[ "$done50" = 50 ] && ok "50 UEs registered and deregistered" || {
+  fail "50 UEs registered and deregistered" "($done50 ok)"
+  for f in "$D"/ue-m*.out; do grep -q 'expires=0: 200' "$f" || sed "s|^|VM-UE-$(basename "$f" .out): |" "$f"; done
+}
+echo "VM-SAS-AFTER-50: core=$(sas core) ue=$(sas ue)"
+
+# 6. Nothing IPsec left behind, every daemon still alive.
 for ns in ue core; do
   ip2 -n $ns xfrm state | sed "s/^/VM-XFRM-$ns state: /"
   ip2 -n $ns xfrm policy | sed "s/^/VM-XFRM-$ns policy: /"

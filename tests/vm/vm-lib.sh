@@ -67,9 +67,20 @@ vm_base_initramfs() {
   cp "$kdir"/kernel/drivers/net/veth.ko* "$ird/lib/modules/$kver/kernel/drivers/net/"
   cp "$kdir"/modules.{order,builtin,builtin.modinfo} "$ird/lib/modules/$kver/" 2>/dev/null || true
   depmod -b "$ird" "$kver"
-  ipbin=$(command -v ip)
-  cp "$ipbin" "$ird/bin/ip2"
-  for lib in $(ldd "$ipbin" | awk '/=>/{print $3} /ld-linux/{print $1}'); do
+  # Names iproute2 and tcpdump look up: protocols (ip xfrm ... proto udp), the root user
+  # (tcpdump -Z root).
+  cp /etc/protocols "$ird/etc/protocols"
+  echo 'root:x:0:0:root:/:/bin/sh' > "$ird/etc/passwd"
+  echo 'root:x:0:' > "$ird/etc/group"
+  vm_add_dynamic "$ird" "$(command -v ip)" ip2
+}
+
+# vm_add_dynamic D PROGRAM NAME: a dynamically linked host program as /bin/NAME in the
+# initramfs folder D, with the libraries ldd lists.
+vm_add_dynamic() {
+  local ird=$1 bin=$2 name=$3 lib
+  cp "$bin" "$ird/bin/$name"
+  for lib in $(ldd "$bin" | awk '/=>/{print $3} /ld-linux/{print $1}'); do
     mkdir -p "$ird$(dirname "$lib")"; cp -L "$lib" "$ird$lib"
   done
 }

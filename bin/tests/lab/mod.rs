@@ -318,5 +318,6 @@ pub fn aka_ue(
             options: AkaOptions::default(),
         },
         timeout: Duration::from_secs(5),
+        ipsec: None,
     }
 }

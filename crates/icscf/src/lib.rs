@@ -32,6 +32,7 @@ pub mod select;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use ims_diameter::cx::{RequestBase, Uaa, Uar};
 use ims_diameter::dict::UserAuthorizationType;
@@ -246,50 +247,59 @@ impl Inner {
             UserAuthorizationType::Registration
         };
         let span = tracing::info_span!("register", %impi, call_id = m.call_id().unwrap_or(""));
-        let _g = span.enter();
-        let mut tried: Vec<String> = Vec::new();
-        let mut kind = kind;
-        loop {
-            let answer = match self.uar(&impi, &impu, &visited, kind).await {
-                Ok(w) => w,
-                Err((code, why)) => return self.reply(&req, code, why).await,
-            };
-            let candidates: Vec<String> = match answer {
-                Where::Named(s) => vec![s],
-                Where::Choose(wanted) => select::rank(&self.cfg.scscf, &wanted),
-            };
-            let candidates: Vec<String> = candidates
-                .into_iter()
-                .filter(|c| !tried.iter().any(|t| t.eq_ignore_ascii_case(c)))
-                .collect();
-            if candidates.is_empty() {
-                if tried.is_empty() {
-                    tracing::warn!("no configured S-CSCF has the capabilities the HSS asks for");
-                    return self.reply(&req, 500, "No S-CSCF Available").await;
+        // Instrumented, not entered: a guard held across an await leaks the span into
+        // whatever else runs on the thread meanwhile.
+        async {
+            let mut tried: Vec<String> = Vec::new();
+            let mut kind = kind;
+            loop {
+                let answer = match self.uar(&impi, &impu, &visited, kind).await {
+                    Ok(w) => w,
+                    Err((code, why)) => return self.reply(&req, code, why).await,
+                };
+                let candidates: Vec<String> = match answer {
+                    Where::Named(s) => vec![s],
+                    Where::Choose(wanted) => select::rank(&self.cfg.scscf, &wanted),
+                };
+                let candidates: Vec<String> = candidates
+                    .into_iter()
+                    .filter(|c| !tried.iter().any(|t| t.eq_ignore_ascii_case(c)))
+                    .collect();
+                if candidates.is_empty() {
+                    if tried.is_empty() {
+                        tracing::warn!(
+                            "no configured S-CSCF has the capabilities the HSS asks for"
+                        );
+                        return self.reply(&req, 500, "No S-CSCF Available").await;
+                    }
+                    tracing::warn!(?tried, "every S-CSCF tried failed");
+                    return self.reply(&req, 504, "Server Time-out").await;
                 }
-                tracing::warn!(?tried, "every S-CSCF tried failed");
-                return self.reply(&req, 504, "Server Time-out").await;
-            }
-            let mut named_failed = false;
-            for scscf in candidates {
-                tried.push(scscf.clone());
-                match self.forward(&req, &scscf).await {
-                    Ok(resp) => return self.ep.respond(&req, resp).await,
-                    Err(e) => {
-                        tracing::warn!(%scscf, error = %e, "S-CSCF failed; trying the next");
-                        named_failed = true;
+                let mut named_failed = false;
+                for scscf in candidates {
+                    tried.push(scscf.clone());
+                    match self.forward(&req, &scscf).await {
+                        Ok(resp) => return self.ep.respond(&req, resp).await,
+                        Err(e) => {
+                            tracing::warn!(%scscf, error = %e, "S-CSCF failed; trying the next");
+                            named_failed = true;
+                        }
                     }
                 }
+                // The HSS's choice failed: ask for capabilities and choose another (TS 29.228
+                // §6.1.1); a deregistration has nowhere else to go.
+                if named_failed
+                    && kind != UserAuthorizationType::RegistrationAndCapabilities
+                    && !dereg
+                {
+                    kind = UserAuthorizationType::RegistrationAndCapabilities;
+                    continue;
+                }
+                return self.reply(&req, 504, "Server Time-out").await;
             }
-            // The HSS's choice failed: ask for capabilities and choose another (TS 29.228
-            // §6.1.1); a deregistration has nowhere else to go.
-            if named_failed && kind != UserAuthorizationType::RegistrationAndCapabilities && !dereg
-            {
-                kind = UserAuthorizationType::RegistrationAndCapabilities;
-                continue;
-            }
-            return self.reply(&req, 504, "Server Time-out").await;
         }
+        .instrument(span)
+        .await
     }
 
     async fn uar(

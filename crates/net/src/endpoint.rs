@@ -283,7 +283,7 @@ impl SipEndpoint {
             transport,
             local,
         } = inc;
-        if let Err(e) = complete_top_via(&mut message, source) {
+        if let Err(e) = complete_top_via(&mut message, source, false) {
             // No usable Via: nobody to answer.
             tracing::info!(%source, error = %e, "request without a usable Via dropped");
             return;
@@ -419,6 +419,7 @@ impl SipEndpoint {
         &self,
         req: &mut Message,
         target: crate::dns::Target,
+        index: usize,
     ) -> Result<String, ims_sip::Error> {
         let branch = self.branch_for(req);
         let proto = match target.transport {
@@ -430,7 +431,7 @@ impl SipEndpoint {
             "Via",
             &format!(
                 "SIP/2.0/{proto} {};branch={branch};rport",
-                self.inner.sent_bys[self.toward_index(target.addr)]
+                self.inner.sent_bys[index]
             ),
         )?;
         Ok(branch)
@@ -533,20 +534,62 @@ impl SipEndpoint {
     /// (our Via still on top: pop it with [`pop_own_via`] before passing the response on).
     pub async fn send_request(
         &self,
+        req: Message,
+        target: crate::dns::Target,
+    ) -> Result<Message, ClientError> {
+        let index = self.toward_index(target.addr);
+        self.send_request_on(req, target, index).await
+    }
+
+    /// As [`SipEndpoint::send_request`], leaving from our address `local` (one of
+    /// [`SipEndpoint::local_addrs`]; the P-CSCF's protected client port toward an IPsec UE),
+    /// which also names itself in the Via. An address we do not have is an error.
+    pub async fn send_request_from(
+        &self,
+        req: Message,
+        target: crate::dns::Target,
+        local: SocketAddr,
+    ) -> Result<Message, ClientError> {
+        let index = self.index_of(local)?;
+        self.send_request_on(req, target, index).await
+    }
+
+    fn index_of(&self, local: SocketAddr) -> Result<usize, ClientError> {
+        self.inner
+            .transports
+            .iter()
+            .position(|t| t.local_addr() == local)
+            .ok_or_else(|| {
+                ClientError::Transport(SendError::Io {
+                    transport: Transport::Udp,
+                    to: local,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::AddrNotAvailable,
+                        "not one of this endpoint's addresses",
+                    ),
+                })
+            })
+    }
+
+    async fn send_request_on(
+        &self,
         mut req: Message,
         mut target: crate::dns::Target,
+        index: usize,
     ) -> Result<Message, ClientError> {
         // RFC 3261 §18.1.1: a request within 200 bytes of the path MTU (1500) goes over a
         // congestion-controlled transport.
         if target.transport == Transport::Udp && req.serialized_len() + 80 > 1300 {
             target.transport = Transport::Tcp;
         }
-        let branch = self.push_via(&mut req, target)?;
+        let branch = self.push_via(&mut req, target, index)?;
         let (tx, mut rx) = mpsc::channel(8);
         self.inner.clients.with(&branch, |m| {
             m.insert(branch.clone(), ClientState::Waiting(tx))
         });
-        let result = self.run_client(req.to_bytes(), target, &mut rx).await;
+        let result = self
+            .run_client(req.to_bytes(), target, index, &mut rx)
+            .await;
         let until = Instant::now() + self.inner.timers.t4;
         self.inner.clients.with(&branch, |m| {
             if result.is_ok() && target.transport == Transport::Udp {
@@ -562,14 +605,14 @@ impl SipEndpoint {
         &self,
         bytes: Bytes,
         target: crate::dns::Target,
+        index: usize,
         rx: &mut mpsc::Receiver<Message>,
     ) -> Result<Message, ClientError> {
         let reliable = target.transport != Transport::Udp;
         let mut nict = NonInviteClient::new(bytes, reliable, Instant::now(), self.inner.timers);
         loop {
             while let Some(b) = nict.poll_transmit() {
-                if let Err(e) = self
-                    .toward(target.addr)
+                if let Err(e) = self.inner.transports[index]
                     .send(target.transport, target.addr, b)
                     .await
                 {
@@ -619,11 +662,32 @@ impl SipEndpoint {
     /// top, sent once.
     pub async fn forward_stateless(
         &self,
-        mut req: Message,
+        req: Message,
         target: crate::dns::Target,
     ) -> Result<(), ClientError> {
-        self.push_via(&mut req, target)?;
-        self.toward(target.addr)
+        let index = self.toward_index(target.addr);
+        self.forward_stateless_on(req, target, index).await
+    }
+
+    /// As [`SipEndpoint::forward_stateless`], leaving from our address `local`.
+    pub async fn forward_stateless_from(
+        &self,
+        req: Message,
+        target: crate::dns::Target,
+        local: SocketAddr,
+    ) -> Result<(), ClientError> {
+        let index = self.index_of(local)?;
+        self.forward_stateless_on(req, target, index).await
+    }
+
+    async fn forward_stateless_on(
+        &self,
+        mut req: Message,
+        target: crate::dns::Target,
+        index: usize,
+    ) -> Result<(), ClientError> {
+        self.push_via(&mut req, target, index)?;
+        self.inner.transports[index]
             .send(target.transport, target.addr, req.to_bytes())
             .await?;
         Ok(())
@@ -672,7 +736,11 @@ async fn sweep(inner: std::sync::Weak<Inner>) {
 
 /// RFC 3261 §18.2.1 and RFC 3581 §4: `received` when the sent-by host is not the source
 /// address, `rport=<source port>` when the sender asked for it.
-fn complete_top_via(req: &mut Message, source: SocketAddr) -> Result<(), ims_sip::Error> {
+fn complete_top_via(
+    req: &mut Message,
+    source: SocketAddr,
+    force_rport: bool,
+) -> Result<(), ims_sip::Error> {
     let via = req.top_via()?;
     let src_ip = source.ip().to_string();
     let host_is_source = via
@@ -681,7 +749,7 @@ fn complete_top_via(req: &mut Message, source: SocketAddr) -> Result<(), ims_sip
         .trim_end_matches(']')
         .parse::<IpAddr>()
         .is_ok_and(|ip| ip == source.ip());
-    let wants_rport = via.rport().is_some();
+    let wants_rport = force_rport || via.rport().is_some();
     if host_is_source && !wants_rport {
         return Ok(());
     }
@@ -707,6 +775,16 @@ fn complete_top_via(req: &mut Message, source: SocketAddr) -> Result<(), ims_sip
     }
     let v = items.join(", ");
     req.replace_value_at(index, &v)
+}
+
+impl ServerRequest {
+    /// Makes the responses to this request go back to its source address and port whatever
+    /// its top Via says (`rport` filled in as if the client had asked for it, RFC 3581): for
+    /// flows where only the source is right, like a UE's IPsec protected client port, whose
+    /// Via names its protected *server* port (TS 24.229 §5.1.1.2, TS 33.203 §7.1).
+    pub fn respond_to_source(&mut self) -> Result<(), ims_sip::Error> {
+        complete_top_via(&mut self.message, self.source, true)
+    }
 }
 
 /// Where a UDP response to `req` goes (RFC 3581 `rport`, else `received`/sent-by).

@@ -519,4 +519,65 @@ mod endpoint {
             .await;
         assert!(matches!(r, Err(ClientError::Transport(_))), "{r:?}");
     }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn answers_to_the_source_and_sends_from_a_chosen_address() {
+        let timers = Timers::RFC3261.scaled_down(10);
+        // Two addresses, as the P-CSCF binds its plain and protected ports.
+        let (ep, mut rx) = SipEndpoint::bind_all(
+            &[
+                "127.0.0.1:0".parse().unwrap(),
+                "127.0.0.1:0".parse().unwrap(),
+            ],
+            "127.0.0.1",
+            timers,
+        )
+        .await
+        .unwrap();
+        let [first, second] = ep.local_addrs()[..] else {
+            panic!("two addresses")
+        };
+        // A request without rport whose Via names another port (a UE's protected server
+        // port): respond_to_source sends the answer back to the source all the same.
+        let ue = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        ue.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let text = register("z9hG4bKsrc1", 70).replace(";rport", "");
+        ue.send_to(text.as_bytes(), second).unwrap();
+        let mut req = rx.recv().await.unwrap();
+        assert_eq!(req.local, second);
+        req.respond_to_source().unwrap();
+        let resp = response_to(&req.message, 200, "OK", Some("t")).unwrap();
+        ep.respond(&req, resp).await;
+        let got = recv(&ue);
+        assert_eq!(got.status(), Some(200));
+        let via = got.top_via().unwrap();
+        assert_eq!(via.rport(), Some(Some(ue.local_addr().unwrap().port())));
+        // A request sent from the second address leaves from it and names it in Via.
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let target = Target {
+            addr: peer.local_addr().unwrap(),
+            transport: Transport::Udp,
+        };
+        let m = Message::parse(register("z9hG4bKsrc2", 70).into()).unwrap();
+        let sending = {
+            let ep = ep.clone();
+            tokio::spawn(async move { ep.send_request_from(m, target, second).await })
+        };
+        let mut buf = vec![0u8; 65536];
+        let (n, from) = peer.recv_from(&mut buf).unwrap();
+        assert_eq!(from, second);
+        let sent = Message::parse(bytes::Bytes::copy_from_slice(&buf[..n])).unwrap();
+        assert_eq!(sent.top_via().unwrap().port, Some(second.port()));
+        let answer = response_to(&sent, 200, "OK", Some("p")).unwrap();
+        peer.send_to(&answer.to_bytes(), from).unwrap();
+        let r = sending.await.unwrap().unwrap();
+        assert_eq!(r.status(), Some(200));
+        // An address the endpoint does not have is an error, not a send from elsewhere.
+        let m = Message::parse(register("z9hG4bKsrc3", 70).into()).unwrap();
+        let nowhere: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert_ne!(nowhere, first);
+        let r = ep.send_request_from(m, target, nowhere).await;
+        assert!(matches!(r, Err(ClientError::Transport(_))), "{r:?}");
+    }
 }

@@ -6,15 +6,28 @@
 //! - `Path: <sip:term@<us>;lr>` and `Require: path` / `Supported: path` (RFC 3327),
 //! - `P-Visited-Network-ID` (ours prepended), `P-Charging-Vector` with a fresh `icid-value`
 //!   when the UE sent none,
-//! - `integrity-protected="no"` in Authorization (whatever the UE put there is removed; "yes"
-//!   comes with IPsec),
+//! - `integrity-protected` in Authorization: `"yes"` when the REGISTER came through the UE's
+//!   IPsec SAs, else `"no"` (whatever the UE put there is replaced),
 //! - without the UE's `sec-agree` option tag and Security-Client/Verify headers (the
-//!   security agreement ends here; IPsec is not negotiated yet).
+//!   security agreement ends here).
 //!
-//! On the **401** the S-CSCF's `ck` and `ik` are kept (for IPsec) and removed from
-//! WWW-Authenticate before the UE sees them. On the **200** the registration is stored
-//! ([`registrations`]): the UE's flow, its contacts and expiry, the P-Associated-URI list and
-//! the Service-Route; a 200 with no contact left (deregistration) forgets it.
+//! On the **401** the S-CSCF's `ck` and `ik` are removed from WWW-Authenticate before the UE
+//! sees them. On the **200** the registration is stored ([`registrations`]): the UE's flow, its
+//! contacts and expiry, the P-Associated-URI list and the Service-Route; a 200 with no contact
+//! left (deregistration) forgets it.
+//!
+//! **IPsec** (TS 33.203, RFC 3329; [`ipsec`]), when the kernel has ESP and `[ipsec] mode` is
+//! not `off`: a first REGISTER whose Security-Client offers an acceptable `ipsec-3gpp`
+//! mechanism gets our SPIs; on its 401 the four SAs are installed from `ck`/`ik` (reg-await-auth
+//! lifetime) and the 401 carries our Security-Server. The second REGISTER must come through
+//! them, from the UE's `port_uc` to our `port_ps`, with a Security-Verify equal to our
+//! Security-Server and (until registered) the first Security-Client, else `494 Security
+//! Agreement Required`. Its 200 extends the SAs to the registration's lifetime; a failed
+//! authentication, a deregistration (after its 200 went out through them) or expiry removes
+//! them. With `required`, a REGISTER without `sec-agree` gets `421 Extension Required` and an
+//! unacceptable offer `494`; with `preferred` such UEs register without IPsec. Requests from a
+//! protected registration must come through its SAs; requests toward it leave from our
+//! `port_pc` to the UE's `port_us`.
 //!
 //! **Other requests from a UE** (§5.2.6.3) must come from a registered flow, else `403
 //! Forbidden`. The P-CSCF asserts the identity (`P-Asserted-Identity`: the
@@ -36,11 +49,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use ims_net::dns::{Destination, SipResolver, Target};
 use ims_net::endpoint::{ServerRequest, SipEndpoint, pop_own_via};
 use ims_sip::transaction::Timers;
 use ims_sip::{Auth, HeaderName, Message, Method, Uri};
+use ipsec::flows::{Flows, SetInfo, SetKey};
+use ipsec::{Agreement, IpsecMode};
 use registrations::{Flow, Registration, Registrations, contact_key};
 use serde::Deserialize;
 
@@ -125,24 +141,40 @@ pub struct Pcscf {
     requests: tokio::sync::mpsc::Receiver<ServerRequest>,
 }
 
-/// CK/IK from a 401, kept for the IPsec security association (the IPsec issue).
-#[derive(Clone)]
-struct AuthKeys {
-    #[allow(dead_code)]
-    ck: String,
-    #[allow(dead_code)]
-    ik: String,
-    until: Instant,
-}
+/// The reg-await-auth time (TS 24.229 §5.4.1.2.1: 4 minutes): the lifetime of SAs installed
+/// on a 401, until the second REGISTER completes.
+const REG_AWAIT_AUTH: Duration = Duration::from_secs(240);
+/// How much longer than its registration a protected flow's SAs live (TS 33.203 §7.4: the
+/// SA outlives the registration a little, for the re-registration that refreshes it).
+const SA_MARGIN: Duration = Duration::from_secs(30);
 
 struct Inner {
     cfg: Config,
     ep: SipEndpoint,
     resolver: SipResolver,
     regs: Registrations,
-    keys: std::sync::Mutex<std::collections::HashMap<String, AuthKeys>>,
+    /// The UEs' IPsec SA sets, when IPsec is on.
+    ipsec: Option<Arc<Flows>>,
     icid: AtomicU64,
     icid_salt: u64,
+}
+
+/// Why the security agreement refuses a REGISTER.
+enum Refusal {
+    /// Answer with this status.
+    Status(u16, &'static str),
+    /// A REGISTER through the SAs of this UE (registered or not) broke the agreement: 494.
+    Broken(SetKey, bool),
+}
+
+/// Where a REGISTER stands in the security agreement.
+enum Security {
+    /// No IPsec for this UE.
+    Plain,
+    /// A first REGISTER whose offer we accepted: SPIs allocated, SAs come with the 401.
+    Offered(Agreement),
+    /// It came through the SA set of this UE (`port_uc` → our `port_ps`).
+    Protected(SetKey, SetInfo),
 }
 
 impl Pcscf {
@@ -161,9 +193,27 @@ impl Pcscf {
             .await
             .map_err(|e| PcscfError::Ipsec(format!("IPsec probe failed: {e}")))?
             .map_err(PcscfError::Ipsec)?;
-        let listens: Vec<SocketAddr> = std::iter::once(cfg.sip_listen)
+        let ipsec = if use_ipsec {
+            let c = cfg.ipsec.clone();
+            let flows = tokio::task::spawn_blocking(move || Flows::open(&c))
+                .await
+                .map_err(|e| PcscfError::Ipsec(format!("IPsec: {e}")))?
+                .map_err(PcscfError::Ipsec)?;
+            Some(Arc::new(flows))
+        } else {
+            None
+        };
+        let mut listens: Vec<SocketAddr> = std::iter::once(cfg.sip_listen)
             .chain(cfg.sip_listen_v6)
             .collect();
+        if ipsec.is_some() {
+            // The protected ports, on each address (after the plain ones: requests to the
+            // core leave from the first address of their family).
+            let plain = listens.clone();
+            for port in [cfg.ipsec.port_c, cfg.ipsec.port_s] {
+                listens.extend(plain.iter().map(|a| SocketAddr::new(a.ip(), port)));
+            }
+        }
         let (ep, requests) = SipEndpoint::bind_all(&listens, &cfg.via_host, timers)
             .await
             .map_err(|source| PcscfError::Bind {
@@ -181,7 +231,7 @@ impl Pcscf {
                 ep,
                 resolver,
                 regs: Registrations::new(),
-                keys: std::sync::Mutex::new(std::collections::HashMap::new()),
+                ipsec,
                 icid: AtomicU64::new(1),
                 icid_salt,
             }),
@@ -197,6 +247,11 @@ impl Pcscf {
     /// Registered UEs right now.
     pub fn registered(&self) -> usize {
         self.inner.regs.len()
+    }
+
+    /// IPsec SA sets installed right now (0 without IPsec).
+    pub fn ipsec_sets(&self) -> usize {
+        self.inner.ipsec.as_ref().map_or(0, |f| f.len())
     }
 
     /// Serves until `shutdown` completes.
@@ -218,12 +273,18 @@ impl Pcscf {
                     if n > 0 {
                         tracing::info!(expired = n, "registrations expired");
                     }
-                    if let Ok(mut k) = self.inner.keys.lock() {
-                        k.retain(|_, v| v.until > now);
+                    if let Some(flows) = self.inner.ipsec.clone() {
+                        let n = tokio::task::spawn_blocking(move || flows.sweep(now)).await.unwrap_or(0);
+                        if n > 0 {
+                            tracing::info!(removed = n, "IPsec SA sets expired");
+                        }
                     }
                 }
                 () = &mut shutdown => break,
             }
+        }
+        if let Some(flows) = self.inner.ipsec.clone() {
+            let _ = tokio::task::spawn_blocking(move || flows.remove_all()).await;
         }
         tracing::info!("P-CSCF stopped");
     }
@@ -245,6 +306,14 @@ fn first_line(m: &Message, name: HeaderName) -> Option<(usize, String)> {
 
 impl Inner {
     async fn handle(&self, mut req: ServerRequest) {
+        // Through the UE's SAs, answers go back to its protected client port (the source;
+        // its Via names its protected server port), never in clear to another port.
+        if self.through_sas(&req)
+            && let Err(e) = req.respond_to_source()
+        {
+            tracing::info!(source = %req.source, error = %e, "request without a usable Via dropped");
+            return;
+        }
         if !self.ep.admit(&mut req, "pcscf").await {
             return;
         }
@@ -255,6 +324,11 @@ impl Inner {
         match req.message.method() {
             Some(Method::Register) => self.register(req, flow).await,
             _ => match self.regs.get(&flow, Instant::now()) {
+                Some(reg) if reg.ipsec_port_us.is_some() && !self.through_sas(&req) => {
+                    tracing::info!(source = %req.source, "request from a protected UE outside its IPsec SAs");
+                    self.reply(&req, 403, "Forbidden (use the IPsec protected port)")
+                        .await
+                }
                 Some(reg) => self.originating(req, reg).await,
                 None => self.terminating(req).await,
             },
@@ -306,47 +380,309 @@ impl Inner {
         format!("{:016x}{n:08x}", self.icid_salt)
     }
 
+    /// Whether `req` came to our protected server port (the kernel lets nothing arrive
+    /// there from a UE's protected client port except through its SA).
+    fn through_sas(&self, req: &ServerRequest) -> bool {
+        self.ipsec.is_some() && req.local.port() == self.cfg.ipsec.port_s
+    }
+
+    /// Where the REGISTER stands in the security agreement, or the answer refusing it.
+    async fn security(&self, req: &ServerRequest) -> Result<Security, Refusal> {
+        let Some(flows) = &self.ipsec else {
+            return Ok(Security::Plain);
+        };
+        let m = &req.message;
+        let client: Vec<String> = m
+            .values(HeaderName::SecurityClient)
+            .flatten()
+            .map(str::to_owned)
+            .collect();
+        if self.through_sas(req) {
+            let Some(info) = flows.agreement(req.source) else {
+                tracing::info!(source = %req.source, "REGISTER at the protected port without an SA set for its source");
+                return Err(Refusal::Status(
+                    403,
+                    "Forbidden (no IPsec security association)",
+                ));
+            };
+            let verify: Vec<&str> = m.values(HeaderName::SecurityVerify).flatten().collect();
+            let checked = if info.registered {
+                // A re-registration: the UE may offer new parameters for the next SA pair;
+                // the Security-Verify must still be ours (RFC 3329 §2.3.1).
+                ims_ipsec::secagree::check_verify(&info.agreement.server, verify)
+            } else {
+                info.agreement
+                    .check_second_register(client.iter().map(String::as_str), verify)
+            };
+            if let Err(e) = checked {
+                tracing::info!(source = %req.source, error = %e, "security agreement violated");
+                return Err(Refusal::Broken(req.source, info.registered));
+            }
+            return Ok(Security::Protected(req.source, info));
+        }
+        let requires = m.has_option_tag(HeaderName::Require, "sec-agree")
+            || m.has_option_tag(HeaderName::ProxyRequire, "sec-agree");
+        let required = self.cfg.ipsec.mode == IpsecMode::Required;
+        if client.is_empty() {
+            if required {
+                tracing::info!(source = %req.source, "REGISTER without Security-Client, IPsec is required");
+                return Err(Refusal::Status(421, "Extension Required"));
+            }
+            return Ok(Security::Plain);
+        }
+        // No kernel call here: the SAs come with the 401.
+        match flows.negotiate(client.iter().map(String::as_str)) {
+            Ok(Some(a)) => Ok(Security::Offered(a)),
+            Ok(None) if required => Err(Refusal::Status(
+                503,
+                "Service Unavailable (no IPsec SPI left)",
+            )),
+            Ok(None) => Ok(Security::Plain),
+            Err(e) if required || requires => {
+                tracing::info!(source = %req.source, error = %e, "no acceptable IPsec offer");
+                Err(Refusal::Status(494, "Security Agreement Required"))
+            }
+            Err(e) => {
+                tracing::info!(source = %req.source, error = %e, "no acceptable IPsec offer; registering without IPsec");
+                Ok(Security::Plain)
+            }
+        }
+    }
+
     async fn register(&self, req: ServerRequest, flow: Flow) {
         let mut m = req.message.clone();
         let call_id = m.call_id().unwrap_or("").to_owned();
         let span = tracing::info_span!("register", %call_id, ue = %req.source);
-        let _g = span.enter();
-        self.pop_own_routes(&mut m);
-        if let Err(e) = self.edit_register(&mut m) {
-            tracing::info!(error = %e, "REGISTER cannot be edited");
-            return self.reply(&req, 400, "Bad Request").await;
-        }
-        let targets = match self.home_targets(&m).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(error = %e, "no I-CSCF found for the home network");
-                return self
-                    .reply(&req, 504, "Server Time-out (home network not found)")
-                    .await;
-            }
-        };
-        let mut last = None;
-        for target in targets {
-            match self.ep.send_request(m.clone(), target).await {
-                Ok(mut resp) => {
-                    if pop_own_via(&mut resp).is_err() {
-                        return;
+        // Instrumented, not entered: a guard held across an await leaks the span into
+        // whatever else runs on the thread meanwhile.
+        async {
+            let security = match self.security(&req).await {
+                Ok(s) => s,
+                Err(Refusal::Status(code, reason)) => {
+                    return self.refuse_security(&req, code, reason).await;
+                }
+                Err(Refusal::Broken(key, registered)) => {
+                    // Answered through the SAs; an unfinished set goes with it.
+                    self.refuse_security(&req, 494, "Security Agreement Required")
+                        .await;
+                    if !registered {
+                        self.ipsec_failed(key).await;
                     }
-                    self.on_register_response(&req, &mut resp, flow);
-                    return self.ep.respond(&req, resp).await;
+                    return;
                 }
+            };
+            self.pop_own_routes(&mut m);
+            let protected = matches!(security, Security::Protected(..));
+            if let Err(e) = self.edit_register(&mut m, protected) {
+                tracing::info!(error = %e, "REGISTER cannot be edited");
+                self.give_back(&security);
+                return self.reply(&req, 400, "Bad Request").await;
+            }
+            let targets = match self.home_targets(&m).await {
+                Ok(t) => t,
                 Err(e) => {
-                    tracing::warn!(%target.addr, error = %e, "I-CSCF did not answer; trying the next");
-                    last = Some(e);
+                    tracing::warn!(error = %e, "no I-CSCF found for the home network");
+                    self.give_back(&security);
+                    return self
+                        .reply(&req, 504, "Server Time-out (home network not found)")
+                        .await;
+                }
+            };
+            let mut last = None;
+            for target in targets {
+                match self.ep.send_request(m.clone(), target).await {
+                    Ok(mut resp) => {
+                        if pop_own_via(&mut resp).is_err() {
+                            self.give_back(&security);
+                            return;
+                        }
+                        return self.register_response(&req, resp, flow, security).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%target.addr, error = %e, "I-CSCF did not answer; trying the next");
+                        last = Some(e);
+                    }
+                }
+            }
+            tracing::warn!(error = ?last.map(|e| e.to_string()), "no I-CSCF answered");
+            self.give_back(&security);
+            self.reply(&req, 504, "Server Time-out").await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Answers a REGISTER the security agreement refuses (421 names sec-agree in Require,
+    /// 494 lists our mechanism in Security-Server, RFC 3329 §2.3.1).
+    async fn refuse_security(&self, req: &ServerRequest, code: u16, reason: &str) {
+        let resp = ims_sip::error_response(&req.message, code, reason, Some("pcscf"));
+        let Ok(mut resp) = resp else {
+            return self.reply(req, code, reason).await;
+        };
+        let extra = match code {
+            421 => Some(("Require", "sec-agree".to_owned())),
+            494 => Some((
+                "Security-Server",
+                format!(
+                    "ipsec-3gpp;q=0.1;prot=esp;mod=trans;alg={};ealg={}",
+                    self.cfg
+                        .ipsec
+                        .algorithms
+                        .first()
+                        .map_or("hmac-sha-1-96", |a| a),
+                    self.cfg.ipsec.encryption.first().map_or("null", |a| a)
+                ),
+            )),
+            _ => None,
+        };
+        if let Some((name, value)) = extra
+            && let Err(e) = resp.append_header(name, &value)
+        {
+            tracing::warn!(error = %e, "cannot add {name}");
+        }
+        self.ep.respond(req, resp).await
+    }
+
+    /// An offer that will get no SA set gives its SPIs back.
+    fn give_back(&self, security: &Security) {
+        if let (Security::Offered(a), Some(flows)) = (security, &self.ipsec) {
+            flows.release(a);
+        }
+    }
+
+    /// The response to a REGISTER, IPsec included, then on to the UE.
+    async fn register_response(
+        &self,
+        req: &ServerRequest,
+        mut resp: Message,
+        flow: Flow,
+        security: Security,
+    ) {
+        let status = resp.status().unwrap_or(0);
+        let keys = self.strip_ck_ik(&mut resp);
+        let impi = register_impi(&req.message);
+        match (status, security) {
+            (401, Security::Offered(a)) => {
+                let Some((ck, ik)) = keys else {
+                    // SIP Digest: no keys, no IPsec.
+                    self.give_back(&Security::Offered(a));
+                    return self.ep.respond(req, resp).await;
+                };
+                let server = a.server.clone();
+                match self.install(a, &impi, req, ck, ik).await {
+                    Ok(()) => {
+                        if let Err(e) = resp.append_header("Security-Server", &server) {
+                            tracing::warn!(error = %e, "cannot add Security-Server");
+                        }
+                    }
+                    Err(e) if self.cfg.ipsec.mode == IpsecMode::Required => {
+                        tracing::error!(error = %e, "IPsec SAs could not be installed; the UE cannot register");
+                        return self
+                            .reply(req, 500, "Server Internal Error (IPsec setup failed)")
+                            .await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "IPsec SAs could not be installed; this UE goes on without IPsec")
+                    }
+                }
+                self.ep.respond(req, resp).await
+            }
+            (401, Security::Protected(key, info)) => {
+                // A new challenge on the protected flow (re-authentication, TS 33.203 §7.4):
+                // a new SA set from this REGISTER's offer, announced in the 401, which still
+                // leaves through the current set; the new set goes in after it.
+                let fresh = match (&keys, &self.ipsec) {
+                    (Some(_), Some(flows)) => {
+                        let values: Vec<&str> = req
+                            .message
+                            .values(HeaderName::SecurityClient)
+                            .flatten()
+                            .collect();
+                        flows.negotiate(values).ok().flatten()
+                    }
+                    _ => None,
+                };
+                if let Some(a) = &fresh
+                    && let Err(e) = resp.append_header("Security-Server", &a.server)
+                {
+                    tracing::warn!(error = %e, "cannot add Security-Server");
+                }
+                self.ep.respond(req, resp).await;
+                if let (Some(a), Some((ck, ik))) = (fresh, keys) {
+                    if let Err(e) = self.install(a, &impi, req, ck, ik).await {
+                        tracing::warn!(error = %e, "IPsec SAs for the re-authentication could not be installed");
+                    }
+                } else if !info.registered {
+                    self.ipsec_failed(key).await;
+                }
+            }
+            (200..=299, security) => {
+                let stored = self.store_registration(req, &resp, flow, &impi, &security);
+                self.ep.respond(req, resp).await;
+                if let (Security::Protected(key, _), Some(flows)) = (security, self.ipsec.clone()) {
+                    match stored {
+                        Some(expiry) => {
+                            let life = expiry.saturating_duration_since(Instant::now()) + SA_MARGIN;
+                            let _ =
+                                tokio::task::spawn_blocking(move || flows.registered(key, life))
+                                    .await;
+                        }
+                        None => {
+                            // Deregistered: the 200 has gone out through the SAs; now they go.
+                            let gone = tokio::task::spawn_blocking(move || flows.remove(key))
+                                .await
+                                .unwrap_or(false);
+                            if gone {
+                                tracing::info!(ue = %key, "deregistered: IPsec SAs removed");
+                            }
+                        }
+                    }
+                }
+            }
+            (_, security) => {
+                self.give_back(&security);
+                self.ep.respond(req, resp).await;
+                if let Security::Protected(key, info) = security
+                    && status >= 300
+                    && !info.registered
+                {
+                    // The authentication through the new SAs failed (403 for a wrong RES).
+                    self.ipsec_failed(key).await;
                 }
             }
         }
-        tracing::warn!(error = ?last.map(|e| e.to_string()), "no I-CSCF answered");
-        self.reply(&req, 504, "Server Time-out").await
+    }
+
+    async fn ipsec_failed(&self, key: SetKey) {
+        if let Some(flows) = self.ipsec.clone() {
+            let _ = tokio::task::spawn_blocking(move || flows.failed(key)).await;
+        }
+    }
+
+    /// Installs the SA set of `a` for the UE that sent `req` (reg-await-auth lifetime).
+    async fn install(
+        &self,
+        a: Agreement,
+        impi: &str,
+        req: &ServerRequest,
+        ck: String,
+        ik: String,
+    ) -> Result<(), String> {
+        let Some(flows) = self.ipsec.clone() else {
+            return Err("IPsec is off".into());
+        };
+        let (impi, ue, us) = (impi.to_owned(), req.source.ip(), req.local.ip());
+        tokio::task::spawn_blocking(move || {
+            flows.install(a, &impi, ue, us, (&ck, &ik), REG_AWAIT_AUTH)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|_| ())
+        .map_err(|e| e.to_string())
     }
 
     /// The edits of TS 24.229 §5.2.2.1 on the REGISTER going home.
-    fn edit_register(&self, m: &mut Message) -> Result<(), ims_sip::Error> {
+    fn edit_register(&self, m: &mut Message, protected: bool) -> Result<(), ims_sip::Error> {
         let port = self.ep.local_addr().port();
         let host = bracket(&self.cfg.via_host);
         m.prepend_header("Path", &format!("<sip:term@{host}:{port};lr>"))?;
@@ -393,10 +729,11 @@ impl Inner {
                 ),
             )?;
         }
-        // integrity-protected="no" (TS 24.229 §5.2.2.1 without IPsec).
+        // integrity-protected: "yes" through the UE's SAs, else "no" (TS 24.229 §5.2.2.1).
         if let Some((i, v)) = first_line(m, HeaderName::Authorization) {
             let a = Auth::parse(&v)?;
-            let edited = a.with("integrity-protected", "no", true);
+            let value = if protected { "yes" } else { "no" };
+            let edited = a.with("integrity-protected", value, true);
             m.replace_value_at(i, &edited)?;
         }
         Ok(())
@@ -418,48 +755,47 @@ impl Inner {
             .map_err(|e| e.to_string())
     }
 
-    /// 401: keep and strip ck/ik. 200: store or forget the registration.
-    fn on_register_response(&self, req: &ServerRequest, resp: &mut Message, flow: Flow) {
-        let status = resp.status().unwrap_or(0);
-        let impi = req
-            .message
-            .auth(HeaderName::Authorization)
-            .flatten()
-            .find_map(|a| a.username().map(str::to_owned))
-            .unwrap_or_default();
-        if status == 401 {
-            let lines: Vec<(usize, String)> = resp
-                .headers()
-                .enumerate()
-                .filter(|(_, h)| h.name == HeaderName::WwwAuthenticate)
-                .filter_map(|(i, h)| h.value_str().ok().map(|v| (i, v.to_owned())))
-                .collect();
-            for (i, v) in lines {
-                let Ok(a) = Auth::parse(&v) else { continue };
-                if let (Some(ck), Some(ik)) = (a.ck(), a.ik())
-                    && let Ok(mut k) = self.keys.lock()
-                {
-                    k.insert(
-                        impi.clone(),
-                        AuthKeys {
-                            ck: ck.trim_matches('"').to_owned(),
-                            ik: ik.trim_matches('"').to_owned(),
-                            until: Instant::now() + Duration::from_secs(240),
-                        },
-                    );
-                }
-                if a.ck().is_some() || a.ik().is_some() {
-                    let stripped = a.without(&["ck", "ik"]);
-                    if let Err(e) = resp.replace_value_at(i, &stripped) {
-                        tracing::warn!(error = %e, "cannot strip ck/ik");
-                    }
+    /// Removes `ck` and `ik` from the response's WWW-Authenticate values (the UE never sees
+    /// them) and returns the first pair found.
+    fn strip_ck_ik(&self, resp: &mut Message) -> Option<(String, String)> {
+        if resp.status() != Some(401) {
+            return None;
+        }
+        let lines: Vec<(usize, String)> = resp
+            .headers()
+            .enumerate()
+            .filter(|(_, h)| h.name == HeaderName::WwwAuthenticate)
+            .filter_map(|(i, h)| h.value_str().ok().map(|v| (i, v.to_owned())))
+            .collect();
+        let mut keys = None;
+        for (i, v) in lines {
+            let Ok(a) = Auth::parse(&v) else { continue };
+            if let (Some(ck), Some(ik), None) = (a.ck(), a.ik(), &keys) {
+                keys = Some((
+                    ck.trim_matches('"').to_owned(),
+                    ik.trim_matches('"').to_owned(),
+                ));
+            }
+            if a.ck().is_some() || a.ik().is_some() {
+                let stripped = a.without(&["ck", "ik"]);
+                if let Err(e) = resp.replace_value_at(i, &stripped) {
+                    tracing::warn!(error = %e, "cannot strip ck/ik");
                 }
             }
-            return;
         }
-        if !(200..300).contains(&status) {
-            return;
-        }
+        keys
+    }
+
+    /// A 2xx to a REGISTER: stores the registration (returning its expiry) or, with no
+    /// contact of the UE's left, forgets it (`None`).
+    fn store_registration(
+        &self,
+        req: &ServerRequest,
+        resp: &Message,
+        flow: Flow,
+        impi: &str,
+        security: &Security,
+    ) -> Option<Instant> {
         let default_expires = resp.expires().and_then(Result::ok).unwrap_or(3600);
         let now = Instant::now();
         let contacts: Vec<(String, Instant)> = resp
@@ -485,7 +821,7 @@ impl Inner {
             if self.regs.remove(&flow).is_some() {
                 tracing::info!(%impi, "deregistered");
             }
-            return;
+            return None;
         }
         let associated: Vec<String> = resp
             .name_addrs(HeaderName::PAssociatedUri)
@@ -497,14 +833,22 @@ impl Inner {
             .flatten()
             .map(str::to_owned)
             .collect();
-        tracing::info!(%impi, contacts = contacts.len(), identities = associated.len(), "registered");
-        self.regs.put(Registration {
+        let ipsec_port_us = match security {
+            Security::Protected(_, info) => Some(info.agreement.offer.port_s),
+            _ => None,
+        };
+        tracing::info!(%impi, contacts = contacts.len(), identities = associated.len(), ipsec = ipsec_port_us.is_some(), "registered");
+        let reg = Registration {
             flow,
             contacts,
             associated,
             service_route,
-            impi,
-        });
+            impi: impi.to_owned(),
+            ipsec_port_us,
+        };
+        let expiry = reg.expires();
+        self.regs.put(reg);
+        expiry
     }
 
     /// A request from a registered UE toward the core (§5.2.6.3).
@@ -562,6 +906,15 @@ impl Inner {
             tracing::info!(contact = %key, "request for a UE that is not registered here");
             return self.reply(&req, 480, "Temporarily Unavailable").await;
         };
+        // A protected UE: from our protected client port to its protected server port (SA2).
+        let protected = self
+            .regs
+            .get(&flow, Instant::now())
+            .and_then(|r| r.ipsec_port_us)
+            .map(|port_us| {
+                let local = SocketAddr::new(req.local.ip(), self.cfg.ipsec.port_c);
+                (SocketAddr::new(flow.addr.ip(), port_us), local)
+            });
         if creates_dialog(&m) {
             let port = self.ep.local_addr().port();
             if let Err(e) = m.prepend_header(
@@ -571,11 +924,22 @@ impl Inner {
                 tracing::info!(error = %e, "cannot add Record-Route");
             }
         }
-        let target = Target {
-            addr: flow.addr,
-            transport: flow.transport,
-        };
-        self.send(req, m, target).await;
+        match protected {
+            Some((ue, local)) => {
+                let target = Target {
+                    addr: ue,
+                    transport: flow.transport,
+                };
+                self.send_from(req, m, target, Some(local)).await
+            }
+            None => {
+                let target = Target {
+                    addr: flow.addr,
+                    transport: flow.transport,
+                };
+                self.send_from(req, m, target, None).await
+            }
+        }
     }
 
     /// Sends `m` to the URI's RFC 3263 target and relays the outcome.
@@ -591,7 +955,7 @@ impl Inner {
             _ => return self.reply(&req, 500, "Bad Service-Route").await,
         };
         match target {
-            Ok(t) if !t.is_empty() => self.send(req, m, t[0]).await,
+            Ok(t) if !t.is_empty() => self.send_from(req, m, t[0], None).await,
             Ok(_) | Err(_) => {
                 tracing::warn!(%uri, "the next hop does not resolve");
                 self.reply(&req, 504, "Server Time-out").await
@@ -599,14 +963,28 @@ impl Inner {
         }
     }
 
-    async fn send(&self, req: ServerRequest, m: Message, target: Target) {
+    /// Sends `m` to `target` (from our address `local` when given) and relays the outcome.
+    async fn send_from(
+        &self,
+        req: ServerRequest,
+        m: Message,
+        target: Target,
+        local: Option<SocketAddr>,
+    ) {
         match m.method() {
             Some(Method::Invite | Method::Ack | Method::Cancel) => {
-                if let Err(e) = self.ep.forward_stateless(m, target).await {
+                let sent = match local {
+                    Some(l) => self.ep.forward_stateless_from(m, target, l).await,
+                    None => self.ep.forward_stateless(m, target).await,
+                };
+                if let Err(e) = sent {
                     tracing::info!(error = %e, "forwarding failed");
                 }
             }
-            _ => match self.ep.send_request(m, target).await {
+            _ => match match local {
+                Some(l) => self.ep.send_request_from(m, target, l).await,
+                None => self.ep.send_request(m, target).await,
+            } {
                 Ok(mut resp) => {
                     if pop_own_via(&mut resp).is_ok() {
                         self.ep.respond(&req, resp).await;
@@ -623,6 +1001,14 @@ impl Inner {
             },
         }
     }
+}
+
+/// The private identity of a REGISTER (its Authorization username), or "".
+fn register_impi(m: &Message) -> String {
+    m.auth(HeaderName::Authorization)
+        .flatten()
+        .find_map(|a| a.username().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 fn creates_dialog(m: &Message) -> bool {

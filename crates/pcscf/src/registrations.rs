@@ -37,6 +37,9 @@ pub struct Registration {
     pub service_route: Vec<String>,
     /// The private identity that registered.
     pub impi: String,
+    /// The UE's protected server port (`port_us`) when it registered through IPsec SAs:
+    /// requests toward it go there from our protected client port.
+    pub ipsec_port_us: Option<u16>,
 }
 
 impl Registration {
@@ -195,6 +198,7 @@ mod tests {
             associated: vec!["sip:alice@hims.net".into(), "tel:+1234".into()],
             service_route: vec!["<sip:orig@scscf1.hims.net:5060;lr>".into()],
             impi: "alice@hims.net".into(),
+            ipsec_port_us: None,
         });
         let got = r.get(&flow, now).unwrap();
         assert!(got.owns("<sip:ALICE@hims.net>"));

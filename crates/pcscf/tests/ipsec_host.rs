@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use ims_aka::{EncryptionAlgorithm, IntegrityAlgorithm};
 use ims_pcscf::ipsec::{
-    ClientOffer, IpsecConfig, IpsecMode, ProbeOutcome, SaManager, SaParams, decide, probe,
+    ClientOffer, IpsecConfig, IpsecMode, ProbeOutcome, SaManager, SaParams, Side, decide, probe,
     sa::build, startup,
 };
 use ims_testkit::netns::Topology;
@@ -59,6 +59,7 @@ fn policy(src: &str, dst: &str, marker: u32) -> PolicySpec {
 
 fn params(ue_ip: &str, pcscf_ip: &str) -> SaParams {
     SaParams {
+        side: Side::Pcscf,
         ue_ip: ue_ip.parse::<IpAddr>().unwrap(),
         pcscf_ip: pcscf_ip.parse::<IpAddr>().unwrap(),
         ue: ClientOffer {

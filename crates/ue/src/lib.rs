@@ -11,15 +11,29 @@
 //!
 //! Each [`Ue::register`] is one REGISTER transaction chain on one Call-ID (CSeq increasing):
 //! REGISTER → 401 → REGISTER with the response → final answer, with at most three challenges
-//! answered. No answer within the timeout is an error, never a hang. IPsec (the UE's own SAs)
-//! comes with the IPsec issue.
+//! answered. No answer within the timeout is an error, never a hang.
+//!
+//! **IPsec** ([`UeIpsec`], TS 33.203 §7, TS 24.229 §5.1.1.2): the UE binds its protected
+//! client port (`port_uc`, the main socket) and its protected server port (`port_us`), offers
+//! one `ipsec-3gpp` mechanism in Security-Client (`Require`/`Proxy-Require: sec-agree`), and
+//! on an AKA 401 carrying the P-CSCF's Security-Server sets up its four SAs from CK/IK — its
+//! own through [`ims_ipsec::SaManager`] (netlink), or by running a hook program with the
+//! values (e.g. a script calling iproute2's `ip xfrm`, an implementation independent of ours).
+//! Every following REGISTER goes from `port_uc` to the P-CSCF's `port_ps` through the SAs,
+//! with Security-Verify (the Security-Server echoed) and the same Security-Client. The SAs go
+//! after a deregistration's 200 OK, a failed authentication, and [`Ue::close`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
 use ims_aka::digest_aka::{self, AkaNonce};
-use ims_aka::{DigestParams, Milenage, Qop, Sqn, SqnScheme, Usim, UsimResponse, UsimSqnState};
+use ims_aka::{
+    Ck, DigestParams, EncryptionAlgorithm, Ik, IntegrityAlgorithm, Milenage, Qop, Sqn, SqnScheme,
+    Usim, UsimResponse, UsimSqnState,
+};
+use ims_ipsec::{ClientOffer, Installed, Preferences, SaManager, SaParams, Side};
 use ims_net::sip::{Incoming, SipTransport, Transport};
 use ims_sip::{Auth, HeaderName, Message};
 use tokio::sync::mpsc;
@@ -58,6 +72,48 @@ pub struct AkaOptions {
     pub ignore_mac_failure: bool,
 }
 
+/// How the UE installs its SAs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SaInstaller {
+    /// Itself, over NETLINK_XFRM ([`ims_ipsec::SaManager`]), with this selector marker.
+    Netlink {
+        /// The marker of its SAs and policies.
+        marker: u32,
+    },
+    /// A program run as `<path> add` after the 401 and `<path> del` when the SAs go, with
+    /// the values in the environment: `IMS_UE_IP`, `IMS_PCSCF_IP`, `IMS_PORT_UC`,
+    /// `IMS_PORT_US`, `IMS_PORT_PC`, `IMS_PORT_PS`, `IMS_SPI_UC`, `IMS_SPI_US`, `IMS_SPI_PC`,
+    /// `IMS_SPI_PS` (decimal), `IMS_ALG`, `IMS_EALG` (sec-agree names), `IMS_CK`, `IMS_IK`
+    /// (32 hex digits). It must exit 0.
+    Hook(PathBuf),
+}
+
+/// A deliberate fault in the second REGISTER's security headers, to test the P-CSCF's checks
+/// (it must answer `494 Security Agreement Required`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tamper {
+    /// Security-Verify differs from the Security-Server received (a parameter added).
+    Verify,
+    /// Security-Client differs from the first REGISTER's (a parameter added).
+    Client,
+}
+
+/// The UE's IPsec settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UeIpsec {
+    /// The protected server port (`port_us`; 0 picks one). The protected client port is the
+    /// port of [`UeConfig::local`].
+    pub port_us: u16,
+    /// The integrity algorithm offered.
+    pub alg: IntegrityAlgorithm,
+    /// The encryption algorithm offered.
+    pub ealg: EncryptionAlgorithm,
+    /// Who installs the SAs.
+    pub installer: SaInstaller,
+    /// A fault to put in the REGISTERs sent through the SAs (tests).
+    pub tamper: Option<Tamper>,
+}
+
 /// Who registers, where.
 #[derive(Debug, Clone)]
 pub struct UeConfig {
@@ -77,6 +133,8 @@ pub struct UeConfig {
     pub credentials: Credentials,
     /// How long to wait for each answer.
     pub timeout: Duration,
+    /// IPsec with the P-CSCF (`None`: plain SIP).
+    pub ipsec: Option<UeIpsec>,
 }
 
 /// What went wrong.
@@ -98,6 +156,8 @@ pub enum UeError {
     Sqn(u64, String),
     #[error("cannot build the request: {0}")]
     Message(#[from] ims_sip::Error),
+    #[error("IPsec: {0}")]
+    Ipsec(String),
 }
 
 /// How a registration ended.
@@ -113,6 +173,33 @@ pub struct Outcome {
     pub resynced: bool,
     /// The last AKA RES (hex) the UE sent, for diagnostics.
     pub last_res: Option<String>,
+    /// The final response came through the UE's IPsec SAs.
+    pub protected: bool,
+}
+
+/// The UE's side of the security agreement.
+struct Sec {
+    cfg: UeIpsec,
+    /// The server socket at `port_us` (kept open; requests from the network arrive there).
+    server: SipTransport,
+    /// Our Security-Client value.
+    client: String,
+    /// Our offer, parsed.
+    offer: ClientOffer,
+    /// Once the SAs are up: the P-CSCF's Security-Server value, its protected server
+    /// address, and our installed SAs.
+    up: Option<SecUp>,
+}
+
+struct SecUp {
+    server_value: String,
+    pcscf_ps: SocketAddr,
+    sas: InstalledSas,
+}
+
+enum InstalledSas {
+    Netlink(Box<(SaManager, Installed)>),
+    Hook(PathBuf, Vec<(String, String)>),
 }
 
 /// A UE.
@@ -125,6 +212,13 @@ pub struct Ue {
     cseq: u32,
     tag: String,
     branch: u64,
+    sec: Option<Sec>,
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    u32::from_be_bytes(b)
 }
 
 fn random_hex(n: usize) -> String {
@@ -162,6 +256,36 @@ impl Ue {
             }
             Credentials::Password(_) => None,
         };
+        let sec = match cfg.ipsec.clone() {
+            Some(ic) => {
+                let at = SocketAddr::new(sip.local_addr().ip(), ic.port_us);
+                let (server, _requests) = SipTransport::bind(at)
+                    .await
+                    .map_err(|e| UeError::Bind(at, e))?;
+                // Our inbound SPIs: random, 2^28 and above (the P-CSCF's default range is
+                // far below), spi_s = spi_c + 1.
+                let spi_c = 0x1000_0000 | (random_u32() & 0x0fff_fffe);
+                let client = format!(
+                    "ipsec-3gpp;prot=esp;mod=trans;spi-c={spi_c};spi-s={};port-c={};port-s={};alg={};ealg={}",
+                    spi_c + 1,
+                    sip.local_addr().port(),
+                    server.local_addr().port(),
+                    ic.alg.name(),
+                    ic.ealg.name()
+                );
+                let prefs = Preferences::new(vec![ic.alg], vec![ic.ealg]);
+                let offer = ims_ipsec::secagree::select_offer([client.as_str()], &prefs)
+                    .map_err(|e| UeError::Ipsec(format!("our own offer: {e}")))?;
+                Some(Sec {
+                    cfg: ic,
+                    server,
+                    client,
+                    offer,
+                    up: None,
+                })
+            }
+            None => None,
+        };
         Ok(Self {
             cfg,
             sip,
@@ -171,7 +295,26 @@ impl Ue {
             cseq: 0,
             tag: random_hex(4),
             branch: 0,
+            sec,
         })
+    }
+
+    /// The protected server port, with IPsec.
+    pub fn protected_server_port(&self) -> Option<u16> {
+        self.sec.as_ref().map(|s| s.server.local_addr().port())
+    }
+
+    /// Whether the UE's SAs are installed.
+    pub fn ipsec_up(&self) -> bool {
+        self.sec.as_ref().is_some_and(|s| s.up.is_some())
+    }
+
+    /// Removes the UE's SAs, if any (call before dropping the UE).
+    pub fn close(&mut self) -> Result<(), UeError> {
+        match self.sec.as_mut().and_then(|s| s.up.take()) {
+            Some(up) => remove_sas(up.sas),
+            None => Ok(()),
+        }
     }
 
     /// The bound address.
@@ -193,6 +336,33 @@ impl Ue {
         } else {
             ""
         };
+        // With IPsec, Via and Contact name the protected server port (TS 24.229 §5.1.1.2).
+        let me = match &self.sec {
+            Some(sec) => SocketAddr::new(me.ip(), sec.server.local_addr().port()),
+            None => me,
+        };
+        let mut security = String::new();
+        if let Some(sec) = &self.sec {
+            let fault = |t: Tamper| {
+                if sec.up.is_some() && sec.cfg.tamper == Some(t) {
+                    ";x=1"
+                } else {
+                    ""
+                }
+            };
+            security = format!(
+                "Supported: sec-agree\r\nSecurity-Client: {}{}\r\nRequire: sec-agree\r\nProxy-Require: sec-agree\r\n",
+                sec.client,
+                fault(Tamper::Client)
+            );
+            if let Some(up) = &sec.up {
+                security.push_str(&format!(
+                    "Security-Verify: {}{}\r\n",
+                    up.server_value,
+                    fault(Tamper::Verify)
+                ));
+            }
+        }
         let user = self
             .cfg
             .impu
@@ -212,6 +382,7 @@ impl Ue {
              Contact: <sip:{user}@{me}{tp}>;expires={expires}\r\n\
              Expires: {expires}\r\n\
              Supported: path\r\n\
+             {security}\
              Authorization: {authorization}\r\n\
              User-Agent: ims-ue\r\n\
              Content-Length: 0\r\n\r\n",
@@ -227,8 +398,12 @@ impl Ue {
 
     async fn transact(&mut self, req: Message) -> Result<Message, UeError> {
         let cseq = self.cseq;
+        let to = match self.sec.as_ref().and_then(|s| s.up.as_ref()) {
+            Some(up) => up.pcscf_ps,
+            None => self.cfg.pcscf,
+        };
         self.sip
-            .send(self.cfg.transport, self.cfg.pcscf, req.to_bytes())
+            .send(self.cfg.transport, to, req.to_bytes())
             .await?;
         let deadline = tokio::time::Instant::now() + self.cfg.timeout;
         loop {
@@ -256,6 +431,7 @@ impl Ue {
         let mut challenges = 0;
         let mut resynced = false;
         let mut last_res = None;
+        let was_up = self.ipsec_up();
         while matches!(resp.status(), Some(401 | 407)) {
             challenges += 1;
             if challenges > 3 {
@@ -270,26 +446,121 @@ impl Ue {
                 .header_str(name)
                 .ok_or_else(|| UeError::Challenge("no WWW-Authenticate".into()))?
                 .to_owned();
-            let (auth, res, resync) = self.answer(&www)?;
+            let (auth, res, resync, keys) = self.answer(&www)?;
             resynced |= resync;
             if res.is_some() {
                 last_res = res;
             }
+            if let Some((ck, ik)) = keys {
+                self.set_up_sas(&resp, &ck, &ik)?;
+            }
             let req = self.request(expires, &auth)?;
             resp = self.transact(req).await?;
         }
+        let status = resp.status().unwrap_or(0);
+        let protected = self.ipsec_up();
+        // The SAs go with a deregistration (its 200 came through them) and with an
+        // authentication that failed through new ones.
+        if protected
+            && ((expires == 0 && (200..300).contains(&status)) || (status >= 300 && !was_up))
+        {
+            self.close()?;
+        }
         Ok(Outcome {
-            status: resp.status().unwrap_or(0),
+            status,
             response: resp,
             challenges,
             resynced,
             last_res,
+            protected,
         })
+    }
+
+    /// After an AKA 401: the UE's four SAs from CK/IK and the P-CSCF's Security-Server (a 401
+    /// without one leaves the UE on plain SIP).
+    fn set_up_sas(&mut self, resp: &Message, ck: &Ck, ik: &Ik) -> Result<(), UeError> {
+        let ue_ip = self.local_addr().ip();
+        let pcscf_ip = self.cfg.pcscf.ip();
+        let Some(sec) = self.sec.as_mut() else {
+            return Ok(());
+        };
+        let values: Vec<&str> = resp.values(HeaderName::SecurityServer).flatten().collect();
+        if values.is_empty() {
+            tracing::info!("the 401 has no Security-Server: no IPsec");
+            return Ok(());
+        }
+        let prefs = Preferences::new(vec![sec.cfg.alg], vec![sec.cfg.ealg]);
+        let server = ims_ipsec::secagree::select_offer(values.iter().copied(), &prefs)
+            .map_err(|e| UeError::Ipsec(format!("the P-CSCF's Security-Server: {e}")))?;
+        // A new challenge replaces the SAs of the previous one.
+        if let Some(old) = sec.up.take() {
+            remove_sas(old.sas)?;
+        }
+        let params = SaParams {
+            side: Side::Ue,
+            ue_ip,
+            pcscf_ip,
+            ue: sec.offer.clone(),
+            spi_pc: server.spi_c,
+            spi_ps: server.spi_s,
+            port_pc: server.port_c,
+            port_ps: server.port_s,
+            ik: *ik.expose(),
+            ck: *ck.expose(),
+            lifetime_secs: 0,
+            marker: match &sec.cfg.installer {
+                SaInstaller::Netlink { marker } => *marker,
+                SaInstaller::Hook(_) => 0,
+            },
+            // Distinct per UE socket on this host (ports are), never 0.
+            reqid_base: 0x0100_0000 + u32::from(sec.offer.port_c) * 4,
+        };
+        let sas = match &sec.cfg.installer {
+            SaInstaller::Netlink { .. } => {
+                let mgr = SaManager::open().map_err(|e| UeError::Ipsec(e.to_string()))?;
+                let installed = mgr
+                    .install(&params)
+                    .map_err(|e| UeError::Ipsec(e.to_string()))?;
+                InstalledSas::Netlink(Box::new((mgr, installed)))
+            }
+            SaInstaller::Hook(path) => {
+                let env = vec![
+                    ("IMS_UE_IP".to_owned(), ue_ip.to_string()),
+                    ("IMS_PCSCF_IP".to_owned(), pcscf_ip.to_string()),
+                    ("IMS_PORT_UC".to_owned(), sec.offer.port_c.to_string()),
+                    ("IMS_PORT_US".to_owned(), sec.offer.port_s.to_string()),
+                    ("IMS_PORT_PC".to_owned(), server.port_c.to_string()),
+                    ("IMS_PORT_PS".to_owned(), server.port_s.to_string()),
+                    ("IMS_SPI_UC".to_owned(), sec.offer.spi_c.to_string()),
+                    ("IMS_SPI_US".to_owned(), sec.offer.spi_s.to_string()),
+                    ("IMS_SPI_PC".to_owned(), server.spi_c.to_string()),
+                    ("IMS_SPI_PS".to_owned(), server.spi_s.to_string()),
+                    ("IMS_ALG".to_owned(), server.alg.name().to_owned()),
+                    ("IMS_EALG".to_owned(), server.ealg.name().to_owned()),
+                    ("IMS_CK".to_owned(), hex::encode(ck.expose())),
+                    ("IMS_IK".to_owned(), hex::encode(ik.expose())),
+                ];
+                run_hook(path, "add", &env)?;
+                InstalledSas::Hook(path.clone(), env)
+            }
+        };
+        let pcscf_ps = SocketAddr::new(pcscf_ip, server.port_s);
+        tracing::info!(%pcscf_ps, spi_uc = sec.offer.spi_c, spi_ps = server.spi_s, "IPsec SAs up");
+        sec.up = Some(SecUp {
+            server_value: server.raw.clone(),
+            pcscf_ps,
+            sas,
+        });
+        Ok(())
     }
 
     /// The Authorization value answering a challenge; the RES used (hex), and whether it is a
     /// resynchronisation.
-    fn answer(&mut self, www: &str) -> Result<(String, Option<String>, bool), UeError> {
+    #[allow(clippy::type_complexity)]
+    fn answer(
+        &mut self,
+        www: &str,
+    ) -> Result<(String, Option<String>, bool, Option<(Ck, Ik)>), UeError> {
         let a = Auth::parse(www).map_err(|e| UeError::Challenge(e.to_string()))?;
         let nonce = a
             .nonce()
@@ -325,6 +596,7 @@ impl Ue {
         let mut extra = String::new();
         let mut res_hex = None;
         let mut resync = false;
+        let mut keys = None;
         let response = if algorithm.eq_ignore_ascii_case("AKAv1-MD5") {
             let Some((usim, m)) = self.usim.as_mut() else {
                 return Err(UeError::Challenge(
@@ -344,6 +616,7 @@ impl Ue {
             match usim.authenticate(&n.rand, &n.autn) {
                 Ok(UsimResponse::Success(r)) => {
                     res_hex = Some(hex::encode(r.res.expose()));
+                    keys = Some((r.ck.clone(), r.ik.clone()));
                     params
                         .response_with_password(digest_aka::password(&r.res))
                         .map_err(|e| UeError::Challenge(e.to_string()))?
@@ -358,6 +631,8 @@ impl Ue {
                 Err(_) if ignore => {
                     let res = m.f2(&n.rand);
                     res_hex = Some(hex::encode(res.expose()));
+                    let (ck, ik) = (m.f3(&n.rand), m.f4(&n.rand));
+                    keys = Some((ck, ik));
                     params
                         .response_with_password(digest_aka::password(&res))
                         .map_err(|e| UeError::Challenge(e.to_string()))?
@@ -389,7 +664,33 @@ impl Ue {
             ));
         }
         auth.push_str(&extra);
-        Ok((auth, res_hex, resync))
+        Ok((auth, res_hex, resync, keys))
+    }
+}
+
+/// Removes installed SAs (netlink, or the hook's `del`).
+fn remove_sas(sas: InstalledSas) -> Result<(), UeError> {
+    match sas {
+        InstalledSas::Netlink(b) => b.0.remove(&b.1).map_err(|e| UeError::Ipsec(e.to_string())),
+        InstalledSas::Hook(path, env) => run_hook(&path, "del", &env),
+    }
+}
+
+fn run_hook(path: &PathBuf, verb: &str, env: &[(String, String)]) -> Result<(), UeError> {
+    let out = std::process::Command::new(path)
+        .arg(verb)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .map_err(|e| UeError::Ipsec(format!("cannot run {}: {e}", path.display())))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(UeError::Ipsec(format!(
+            "{} {verb} failed ({}): {}",
+            path.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
     }
 }
 
@@ -413,6 +714,7 @@ mod tests {
                 options: AkaOptions::default(),
             },
             timeout: Duration::from_secs(1),
+            ipsec: None,
         };
         assert!(matches!(Ue::start(cfg).await, Err(UeError::Sqn(..))));
     }

@@ -2,27 +2,25 @@
 //! the four ESP transport-mode SAs of TS 33.203 §7, installed in the kernel through
 //! [`ims_xfrm`].
 //!
-//! The pieces, sans-io where possible:
+//! The pieces:
 //! - [`IpsecConfig`]: the `[ipsec]` settings (mode, protected ports, SPI range, algorithm
 //!   preferences, the xfrm marker of our entries), with [`IpsecConfig::validate`].
-//! - [`secagree`]: picks the UE's best `ipsec-3gpp` offer from Security-Client, writes our
-//!   Security-Server, and checks the second REGISTER (Security-Verify and Security-Client).
-//! - [`spi`]: allocates our SPI pairs (`spi_pc`, `spi_ps`) from the configured range.
-//! - [`sa`]: the four SAs and their policies as data ([`sa::build`]), and [`sa::SaManager`],
-//!   which installs them through an [`ims_xfrm::XfrmSocket`] — all or nothing — extends and
-//!   removes them (blocking; the async daemon calls it from `spawn_blocking`).
+//! - [`secagree`], [`spi`], [`sa`]: the agreement, SPI allocation and the SA sets, from
+//!   [`ims_ipsec`] (shared with the UE tool).
 //! - [`mod@probe`]: the startup check that the kernel can install an ESP SA at all, and
 //!   [`decide`] / [`startup`]: what the configured [`IpsecMode`] makes of its outcome.
+//! - [`mod@flows`]: the SA sets of the UEs, from the 401 to their deletion, as the REGISTER
+//!   handling drives them.
 
+pub mod flows;
 pub mod probe;
-pub mod sa;
-pub mod secagree;
-pub mod spi;
 
+pub use ims_ipsec::{
+    Agreement, ClientOffer, Installed, OfferError, Preferences, SaEntry, SaManager, SaParams, Side,
+    SpiAllocator, SpiExhausted, SpiPair, VerifyError,
+};
+pub use ims_ipsec::{sa, secagree, spi};
 pub use probe::{ProbeOutcome, decide, probe, startup};
-pub use sa::{Installed, SaEntry, SaManager, SaParams};
-pub use secagree::{ClientOffer, OfferError, VerifyError};
-pub use spi::{SpiAllocator, SpiExhausted, SpiPair};
 
 use ims_aka::{EncryptionAlgorithm, IntegrityAlgorithm};
 use serde::Deserialize;
@@ -119,6 +117,14 @@ impl IpsecConfig {
         parse_list("algorithms", &self.algorithms, |n| {
             IntegrityAlgorithm::from_name(n).ok()
         })
+    }
+
+    /// The algorithm preferences of the security agreement.
+    pub fn preferences(&self) -> Result<Preferences, String> {
+        Ok(Preferences::new(
+            self.integrity_preference()?,
+            self.encryption_preference()?,
+        ))
     }
 
     /// [`IpsecConfig::encryption`], parsed, in order.

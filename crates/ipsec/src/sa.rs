@@ -2,12 +2,15 @@
 //! their kernel policies: built as data by [`build`], installed, extended and removed by
 //! [`SaManager`] through an [`XfrmSocket`].
 //!
-//! | # | src → dst | SPI (the receiver's) | P-CSCF policy |
-//! |---|---|---|---|
-//! | 1 | UE:port_uc → P:port_ps | spi_ps | in |
-//! | 2 | P:port_pc → UE:port_us | spi_us | out |
-//! | 3 | P:port_ps → UE:port_uc | spi_uc | out |
-//! | 4 | UE:port_us → P:port_pc | spi_pc | in |
+//! | # | src → dst | SPI (the receiver's) | P-CSCF policy | UE policy |
+//! |---|---|---|---|---|
+//! | 1 | UE:port_uc → P:port_ps | spi_ps | in | out |
+//! | 2 | P:port_pc → UE:port_us | spi_us | out | in |
+//! | 3 | P:port_ps → UE:port_uc | spi_uc | out | in |
+//! | 4 | UE:port_us → P:port_pc | spi_pc | in | out |
+//!
+//! The SAs are the same on both ends; only the policies' directions differ ([`Side`]), so the
+//! UE (`ims-ue`) builds its set with the same code as the P-CSCF.
 //!
 //! Keys (Annex I, [`ims_aka::esp`]): IK_ESP = IK (hmac-md5-96) or IK || 0x00000000
 //! (hmac-sha-1-96); CK_ESP = CK (aes-cbc), CK1 || CK2 || CK1 (des-ede3-cbc) or none (null);
@@ -30,15 +33,27 @@ use ims_aka::{Ck, EncryptionAlgorithm, Ik, IntegrityAlgorithm};
 use ims_xfrm::{AuthAlg, Direction, EncAlg, PolicySpec, SaId, SaSpec, XfrmError, XfrmSocket};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::secagree::ClientOffer;
+use crate::secagree::ClientOffer;
 
 /// The priority of our policies (Kamailio's ims_ipsec_pcscf uses the same).
 pub const POLICY_PRIORITY: u32 = 2080;
 /// The anti-replay window of our SAs, in packets.
 pub const REPLAY_WINDOW: u8 = 32;
 
+/// Which end of the UE–P-CSCF hop installs the set: it decides the policies' directions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Side {
+    /// The P-CSCF (SA1 and SA4 inbound).
+    #[default]
+    Pcscf,
+    /// The UE (SA2 and SA3 inbound).
+    Ue,
+}
+
 /// Everything one UE's SA set is made of.
 pub struct SaParams {
+    /// Whose kernel the set is for.
+    pub side: Side,
     /// The UE's address (the source of its REGISTER).
     pub ue_ip: IpAddr,
     /// Our address facing the UE.
@@ -78,6 +93,7 @@ impl Drop for SaParams {
 impl std::fmt::Debug for SaParams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SaParams")
+            .field("side", &self.side)
             .field("ue_ip", &self.ue_ip)
             .field("pcscf_ip", &self.pcscf_ip)
             .field("ue", &self.ue)
@@ -148,6 +164,11 @@ pub fn build(p: &SaParams) -> [SaEntry; 4] {
         (4, ue(port_us), us(p.port_pc), p.spi_pc, Direction::In),
     ];
     table.map(|(number, src, dst, spi, dir)| {
+        let dir = match (p.side, dir) {
+            (Side::Pcscf, d) => d,
+            (Side::Ue, Direction::In) => Direction::Out,
+            (Side::Ue, _) => Direction::In,
+        };
         let reqid = p.reqid_base.wrapping_add(u32::from(number) - 1);
         SaEntry {
             number,
@@ -178,7 +199,7 @@ pub fn build(p: &SaParams) -> [SaEntry; 4] {
 }
 
 /// One UE's installed SA set (what [`SaManager::extend`] and [`SaManager::remove`] need).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Installed {
     /// SA1 to SA4 with their policies, as installed.
     pub entries: [SaEntry; 4],
@@ -188,8 +209,8 @@ pub struct Installed {
 
 impl Installed {
     /// Our SPIs (`spi_pc`, `spi_ps`), e.g. to release them after [`SaManager::remove`].
-    pub fn spis(&self) -> super::SpiPair {
-        super::SpiPair {
+    pub fn spis(&self) -> crate::SpiPair {
+        crate::SpiPair {
             spi_pc: self.entries[3].sa.spi,
             spi_ps: self.entries[0].sa.spi,
         }
@@ -373,6 +394,7 @@ mod tests {
 
     fn params(alg: IntegrityAlgorithm, ealg: EncryptionAlgorithm) -> SaParams {
         SaParams {
+            side: Side::Pcscf,
             ue_ip: "10.45.0.7".parse().unwrap(),
             pcscf_ip: "10.10.2.2".parse().unwrap(),
             ue: ClientOffer {
@@ -469,7 +491,7 @@ mod tests {
         };
         assert_eq!(
             inst.spis(),
-            super::super::SpiPair {
+            crate::SpiPair {
                 spi_pc: 4096,
                 spi_ps: 4097
             }
@@ -536,6 +558,30 @@ mod tests {
             [u32::MAX - 1, u32::MAX, 0, 1]
         );
         assert!(set.iter().all(|e| e.sa.hard_expires_secs == 0));
+    }
+
+    #[test]
+    fn the_ue_side_has_the_same_sas_and_flipped_policies() {
+        let p = params(IntegrityAlgorithm::HmacSha1, EncryptionAlgorithm::AesCbc);
+        let mut u = params(IntegrityAlgorithm::HmacSha1, EncryptionAlgorithm::AesCbc);
+        u.side = Side::Ue;
+        let (pcscf, ue) = (build(&p), build(&u));
+        for (a, b) in pcscf.iter().zip(ue.iter()) {
+            assert_eq!(
+                (a.sa.src, a.sa.dst, a.sa.spi),
+                (b.sa.src, b.sa.dst, b.sa.spi)
+            );
+            assert_eq!(*a.sa.auth_key, *b.sa.auth_key);
+            assert_eq!((a.policy.src, a.policy.dst), (b.policy.src, b.policy.dst));
+            assert_ne!(a.policy.dir, b.policy.dir, "SA{}", a.number);
+        }
+        // The UE sends on SA1 and SA4, receives on SA2 and SA3.
+        let out: Vec<u8> = ue
+            .iter()
+            .filter(|e| e.policy.dir == Direction::Out)
+            .map(|e| e.number)
+            .collect();
+        assert_eq!(out, [1, 4]);
     }
 
     #[test]

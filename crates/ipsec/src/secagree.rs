@@ -19,8 +19,7 @@ use ims_aka::{EncryptionAlgorithm, IntegrityAlgorithm};
 use ims_sip::SecMechanism;
 use ims_sip::text::split_commas;
 
-use super::IpsecConfig;
-use super::spi::SpiPair;
+use crate::spi::SpiPair;
 
 /// The longest piece of UE text an error repeats.
 const ECHO_MAX: usize = 40;
@@ -39,12 +38,12 @@ pub struct Preferences {
 }
 
 impl Preferences {
-    /// The configured preference lists (errors as in [`IpsecConfig::validate`]).
-    pub fn from_config(cfg: &IpsecConfig) -> Result<Self, String> {
-        Ok(Self {
-            integrity: cfg.integrity_preference()?,
-            encryption: cfg.encryption_preference()?,
-        })
+    /// Preference lists, most preferred first.
+    pub fn new(integrity: Vec<IntegrityAlgorithm>, encryption: Vec<EncryptionAlgorithm>) -> Self {
+        Self {
+            integrity,
+            encryption,
+        }
     }
 }
 

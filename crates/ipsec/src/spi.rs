@@ -48,7 +48,7 @@ pub struct SpiAllocator {
 
 impl SpiAllocator {
     /// An allocator over `[start, end]` (inclusive). A range of fewer than two SPIs (or
-    /// `start > end`) never yields a pair; [`super::IpsecConfig::validate`] refuses it first.
+    /// `start > end`) never yields a pair; a daemon's configuration check should refuse it first.
     pub fn new(start: u32, end: u32) -> Self {
         Self {
             start,
