@@ -78,7 +78,8 @@ struct Args {
     #[arg(long, default_value = "aes-cbc")]
     ealg: String,
     /// Tests: spoil the Security-Verify or the Security-Client of the REGISTERs sent through
-    /// the SAs (`verify` or `client`); the P-CSCF must answer 494.
+    /// the SAs (`verify`, `client`: the P-CSCF must answer 494), or the digest response
+    /// (`res`: 403).
     #[arg(long, value_name = "HEADER")]
     ipsec_tamper: Option<String>,
 }
@@ -144,7 +145,8 @@ fn config(a: &Args) -> Result<UeConfig, String> {
                 None => None,
                 Some("verify") => Some(Tamper::Verify),
                 Some("client") => Some(Tamper::Client),
-                Some(t) => return Err(format!("--ipsec-tamper {t}: verify or client")),
+                Some("res") => Some(Tamper::Res),
+                Some(t) => return Err(format!("--ipsec-tamper {t}: verify, client or res")),
             },
         }),
         None => None,

@@ -6,8 +6,8 @@
 //! Digest (UDP, TCP, IPv6) without IPsec, a wrong password gets 403, and then with IPsec
 //! (TS 33.203) between the UE and the P-CSCF:
 //! - a UE whose SAs iproute2 installs (`tests/vm/ue-xfrm-hook.sh`, written from the spec, not
-//!   from our code) and `ims-ue` with its own netlink SAs both register and deregister
-//!   through their SAs: four SAs and policies on each side while registered, none after, and
+//!   from our code) and `ims-ue` with its own netlink SAs (over UDP, and over TCP from its
+//!   protected client port) register and deregister through their SAs: four SAs and policies on each side while registered, none after, and
 //!   ESP packets counted by the kernel on both sides;
 //! - a second REGISTER with a Security-Verify or Security-Client other than agreed gets 494,
 //!   and the SAs of that attempt go on both sides;
@@ -77,7 +77,7 @@ fn whole_ims_chain_registers_in_a_real_esp_kernel() {
             .trim()
             .to_owned()
     };
-    for ue in ["hook", "own", "newport2"] {
+    for ue in ["hook", "own", "tcp", "newport2"] {
         for expires in [600, 0] {
             let line = format!("VM-UE-{ue}: REGISTER expires={expires}: 200 (");
             let got = console
@@ -87,7 +87,7 @@ fn whole_ims_chain_registers_in_a_real_esp_kernel() {
             assert!(got.ends_with(", IPsec)"), "not through IPsec: {got}");
         }
     }
-    for label in ["hook", "own", "newport"] {
+    for label in ["hook", "own", "tcp", "newport"] {
         assert_eq!(
             value(&format!("VM-SAS-{label}:")),
             "core=4/4 ue=4/4",
@@ -99,7 +99,7 @@ fn whole_ims_chain_registers_in_a_real_esp_kernel() {
             "{label}: nothing left after deregistration"
         );
     }
-    for label in ["hook", "own"] {
+    for label in ["hook", "own", "tcp"] {
         let esp = value(&format!("VM-ESP-{label}:"));
         let packets: Vec<u64> = esp
             .split_whitespace()
@@ -111,12 +111,12 @@ fn whole_ims_chain_registers_in_a_real_esp_kernel() {
             "{label}: ESP counters: {esp}"
         );
     }
-    for t in ["verify", "client"] {
+    for (t, code) in [("verify", 494), ("client", 494), ("res", 403)] {
         assert!(
             console.contains(&format!(
-                "VM-UE-tamper-{t}: REGISTER expires=600: 494 (1 challenge(s), IPsec)"
+                "VM-UE-tamper-{t}: REGISTER expires=600: {code} (1 challenge(s), IPsec)"
             )),
-            "a tampered Security-{t} gets 494 through the SAs"
+            "a tampered {t} gets {code} through the SAs"
         );
         assert_eq!(
             value(&format!("VM-SAS-AFTER-tamper-{t}:")),
@@ -124,6 +124,27 @@ fn whole_ims_chain_registers_in_a_real_esp_kernel() {
             "the SAs of a refused attempt go"
         );
     }
+    // The 200 OK extended the SAs and policies from reg-await-auth (240 s) to the registration
+    // (600 s) plus the margin.
+    for label in ["hook", "own"] {
+        let lifetimes = value(&format!("VM-LIFETIME-{label}:"));
+        let secs: Vec<u64> = lifetimes
+            .split_whitespace()
+            .filter(|w| *w != "/")
+            .map(|w| w.parse().unwrap())
+            .collect();
+        assert_eq!(secs.len(), 8, "{label}: 4 SAs and 4 policies: {lifetimes}");
+        assert!(
+            secs.iter().all(|&s| (600..=700).contains(&s)),
+            "{label}: hard lifetimes {lifetimes}"
+        );
+    }
+    // Expiry: four SAs while registered for 3 s, none a few seconds later.
+    assert_eq!(value("VM-SAS-expiry:"), "core=4/4");
+    assert!(console.contains("VM-STEP SAs gone when the registration expired: ok"));
+    // Back from the same ports: the old set replaced, not doubled.
+    assert!(console.contains("VM-UE-sameport: REGISTER expires=600: 200 (1 challenge(s), IPsec)"));
+    assert_eq!(value("VM-SAS-sameport:"), "core=4/4");
     let capture = value("VM-CAPTURE:");
     let field = |name: &str| -> u64 {
         capture
@@ -133,8 +154,9 @@ fn whole_ims_chain_registers_in_a_real_esp_kernel() {
             .parse()
             .unwrap()
     };
-    // hook, own and newport2: 2 REGISTERs and 2 responses each through ESP; newport1: 2.
-    assert!(field("esp") >= 12, "ESP on the veth: {capture}");
+    // hook, own, newport2: 2 REGISTERs and 2 responses each through ESP; tcp: more (the
+    // handshake too); the others at least 2.
+    assert!(field("esp") >= 20, "ESP on the veth: {capture}");
     assert_eq!(
         field("clear-protected"),
         0,

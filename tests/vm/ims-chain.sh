@@ -123,6 +123,8 @@ name = "sip:scscf1.hims.net:5060"
 realm = "hims.net"
 home_domains = ["hims.net"]
 database = "sqlite://$D/scscf.sqlite"
+# Short registrations are allowed: an IPsec UE's SAs must go when its registration expires.
+min_expires = 2
 $(cx scscf1.hims.net)
 EOF
 cat >"$D/icscf.toml" <<EOF
@@ -145,6 +147,7 @@ dns = ["$DNS:53"]
 mode = "preferred"
 port_c = 5062
 port_s = 5063
+sa_margin_secs = 2
 EOF
 
 # 3. The core: DNS and HSS, subscribers through the admin API, then the CSCFs.
@@ -186,6 +189,10 @@ sas() { echo "$(ip2 -n "$1" xfrm state | grep -c '^src')/$(ip2 -n "$1" xfrm poli
 esp_packets() {
   ip2 -n "$1" -s xfrm state | awk '/\(packets\)/ { for (i = 1; i <= NF; i++) if ($i ~ /\(packets\)/) { sub(/\(packets\).*/, "", $i); s += $i } } END { print s + 0 }'
 }
+# The hard time limits (s) of the core's SAs or policies, smallest first.
+hard_lifetimes() {
+  ip2 -n core -s xfrm "$1" | awk '/expire add:/ { for (i = 1; i <= NF; i++) if ($i == "hard") { v = $(i + 1); sub(/\(sec\).*/, "", v); print v } }' | sort -n | tr '\n' ' '
+}
 # held LABEL ARGS...: ims-ue registers, holds (until $D/release-LABEL exists, 60 s at most),
 # deregisters; in the background. finish LABEL waits for it and prints its lines.
 held() {
@@ -211,32 +218,51 @@ if command -v tcpdump >/dev/null; then
 else
   tcpdump_pid=""; fail "capture on the veth" "(no tcpdump in the VM)"
 fi
-# 5a. A UE whose SAs iproute2 installs (tests/vm/ue-xfrm-hook.sh), ims-ue as its SIP side.
-for mode in hook:--ipsec-hook=/bin/ue-xfrm-hook:5100 own:--ipsec:5110; do
-  label=${mode%%:*} rest=${mode#*:} opt=${rest%:*} port=${rest##*:}
-  held "$label" $AKA_ALICE --local "$UE:$port" --port-us $((port + 1)) "$opt"
+# 5a. A UE whose SAs iproute2 installs (tests/vm/ue-xfrm-hook.sh), ims-ue as its SIP side;
+#     ims-ue with its own SAs, over UDP and over TCP.
+no_sas() { [ "$(sas core)" = 0/0 ]; }
+# ipsec_ue LABEL PORT ARGS...: registers from PORT (protected server port PORT+1), holds,
+# shows the SAs, counters and lifetimes, deregisters, shows what is left.
+ipsec_ue() {
+  label=$1 port=$2; shift 2
+  held "$label" $AKA_ALICE --local "$UE:$port" --port-us $((port + 1)) "$@"
   if wait_for "$label UE registered through IPsec" 150 registered "$label"; then
     echo "VM-SAS-$label: core=$(sas core) ue=$(sas ue)"
     echo "VM-ESP-$label: core=$(esp_packets core) ue=$(esp_packets ue)"
+    echo "VM-LIFETIME-$label: $(hard_lifetimes state) / $(hard_lifetimes policy)"
     ip2 -n core -s xfrm state | sed "s/^/VM-XFRM-STATS-$label: /"
   fi
   release "$label"; finish "$label"
+  # (Over TCP the P-CSCF keeps the SAs 2 s more, for its 200 OK to cross them.)
+  wait_for "$label SAs removed" 50 no_sas
   echo "VM-SAS-AFTER-$label: core=$(sas core) ue=$(sas ue)"
-done
+}
+ipsec_ue hook 5100 --ipsec-hook /bin/ue-xfrm-hook
+ipsec_ue own 5110 --ipsec
+ipsec_ue tcp 5160 --ipsec --transport tcp
 # 5b. A second REGISTER whose Security-Verify or Security-Client is not the agreed one gets
 #     494 (through the SAs), and the SAs of that failed attempt go on both sides.
-for t in verify client; do
+#     A wrong RES through the new SAs gets 403, and they go too.
+for tc in verify:494 client:494 res:403; do
+  t=${tc%:*} code=${tc#*:}
   ip2 netns exec ue /bin/ims-ue $AKA_ALICE --local "$UE:5140" --port-us 5141 --ipsec \
     --ipsec-tamper $t >"$D/ue-tamper-$t.out" 2>&1
   rc=$?
   sed "s/^/VM-UE-tamper-$t: /" "$D/ue-tamper-$t.out"
-  if [ "$rc" = 1 ] && grep -q 'expires=600: 494' "$D/ue-tamper-$t.out"; then ok "tampered $t gets 494"; else
-    fail "tampered $t gets 494" "(ims-ue exit $rc)"; fi
+  if [ "$rc" = 1 ] && grep -q "expires=600: $code" "$D/ue-tamper-$t.out"; then ok "tampered $t gets $code"; else
+    fail "tampered $t gets $code" "(ims-ue exit $rc)"; fi
   echo "VM-SAS-AFTER-tamper-$t: core=$(sas core) ue=$(sas ue)"
 done
-# 5c. The UE comes back from new ports (it restarted without deregistering): exactly the four
-#     SAs of the new registration remain at the P-CSCF.
+# 5c. A registration that expires takes its SAs with it (3 s + the 2 s margin here).
+ue expiry $AKA_ALICE --local "$UE:5150" --port-us 5151 --ipsec --expires 3
+echo "VM-SAS-expiry: core=$(sas core)"
+wait_for "SAs gone when the registration expired" 100 no_sas
+# 5d. The UE comes back (it restarted without deregistering) from the same ports, then from
+#     new ones: each time exactly the four SAs of the newest registration remain at the
+#     P-CSCF (no EEXIST, no leak).
 ue newport1 $AKA_ALICE --local "$UE:5120" --port-us 5121 --ipsec
+ue sameport $AKA_ALICE --local "$UE:5120" --port-us 5121 --ipsec
+echo "VM-SAS-sameport: core=$(sas core)"
 held newport2 $AKA_ALICE --local "$UE:5130" --port-us 5131 --ipsec
 if wait_for "newport UE registered again" 150 registered newport2; then
   echo "VM-SAS-newport: core=$(sas core) ue=$(sas ue)"
@@ -245,12 +271,15 @@ release newport2; finish newport2
 echo "VM-SAS-AFTER-newport: core=$(sas core) ue=$(sas ue)"
 if [ -n "$tcpdump_pid" ]; then
   kill "$tcpdump_pid"; wait "$tcpdump_pid" 2>/dev/null
+  # SIP in clear on a protected port: any UDP datagram, any TCP segment with a payload (the
+  # FIN/ACKs of a connection closed after its SAs went carry no SIP).
+  protected_sip='(port 5062 or port 5063) and (udp or (tcp and (((ip[2:2] - ((ip[0] & 0xf) << 2)) - ((tcp[12] & 0xf0) >> 2)) != 0)))'
   count() { tcpdump -Z root -n -r "$D/veth.pcap" "$1" 2>>"$D/tcpdump.log" | wc -l; }
-  echo "VM-CAPTURE: esp=$(count esp) clear-protected=$(count 'udp and (port 5062 or port 5063)')" \
+  echo "VM-CAPTURE: esp=$(count esp) clear-protected=$(count "$protected_sip")" \
     "clear-5060=$(count 'udp port 5060') bytes=$(wc -c <"$D/veth.pcap")"
   sed 's/^/VM-TCPDUMP: /' "$D/tcpdump.log"
 fi
-# 5d. 50 UEs at once, each its own subscriber, ports and SAs.
+# 5e. 50 UEs at once, each its own subscriber, ports and SAs.
 n=1 provisioned=0
 while [ "$n" -le 50 ]; do
   imsctl subscriber add --impi "ue$n@hims.net" --impu "sip:ue$n@hims.net" --k $K --op $OP \

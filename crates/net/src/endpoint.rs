@@ -164,10 +164,26 @@ impl SipEndpoint {
         via_host: &str,
         timers: Timers,
     ) -> std::io::Result<(Self, mpsc::Receiver<ServerRequest>)> {
+        let listens: Vec<(SocketAddr, bool)> = listens.iter().map(|a| (*a, false)).collect();
+        Self::bind_listens(&listens, via_host, timers).await
+    }
+
+    /// As [`SipEndpoint::bind_all`]; an address paired with `true` also opens its TCP
+    /// connections from its own port ([`SipTransport::bind_connecting_from_port`]: the
+    /// P-CSCF's IPsec protected ports).
+    pub async fn bind_listens(
+        listens: &[(SocketAddr, bool)],
+        via_host: &str,
+        timers: Timers,
+    ) -> std::io::Result<(Self, mpsc::Receiver<ServerRequest>)> {
         let mut transports = Vec::new();
         let mut incomings = Vec::new();
-        for l in listens {
-            let (t, rx) = SipTransport::bind(*l).await?;
+        for &(l, from_port) in listens {
+            let (t, rx) = if from_port {
+                SipTransport::bind_connecting_from_port(l).await?
+            } else {
+                SipTransport::bind(l).await?
+            };
             transports.push(t);
             incomings.push(rx);
         }

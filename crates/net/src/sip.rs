@@ -11,6 +11,12 @@
 //! - Connection reuse: every TCP connection (accepted or opened) is kept by its remote
 //!   address, so a response to a UE goes back on the connection its request came in on
 //!   (RFC 3261 §18.2.2), and a request to a next hop reuses an open connection.
+//! - Outgoing TCP from our own port ([`SipTransport::bind_connecting_from_port`]): IPsec
+//!   selects packets by port (TS 33.203 §7.1), so a UE's connection to the P-CSCF's protected
+//!   server port must come from its protected client port, and the P-CSCF's to the UE's
+//!   protected server port from its protected client port. The listener and each outgoing
+//!   socket share the port with SO_REUSEADDR + SO_REUSEPORT (only there: on a daemon's plain
+//!   port, SO_REUSEPORT would let another process of the same user take half its connections).
 //! - A message that does not parse is dropped with one log line naming the problem (with no
 //!   parsable Via there is nobody to answer); whether a parsed request is acceptable
 //!   ([`ims_sip::Message::check_request`], 400) is the application's call.
@@ -69,13 +75,30 @@ pub struct SipTransport {
     conns: Conns,
     incoming: mpsc::Sender<Incoming>,
     max_len: usize,
+    /// Outgoing TCP connections leave from `local` (see the module docs).
+    connect_from_local: bool,
 }
 
 impl SipTransport {
     /// Binds UDP and TCP on `addr` (port 0 picks one port free on both) and starts
     /// receiving; received messages arrive on the returned channel.
     pub async fn bind(addr: SocketAddr) -> std::io::Result<(Self, mpsc::Receiver<Incoming>)> {
-        let (udp, tcp) = bind_both(addr).await?;
+        Self::bind_inner(addr, false).await
+    }
+
+    /// As [`SipTransport::bind`], and TCP connections we open leave from this address and
+    /// port too (for IPsec protected ports; see the module docs).
+    pub async fn bind_connecting_from_port(
+        addr: SocketAddr,
+    ) -> std::io::Result<(Self, mpsc::Receiver<Incoming>)> {
+        Self::bind_inner(addr, true).await
+    }
+
+    async fn bind_inner(
+        addr: SocketAddr,
+        connect_from_local: bool,
+    ) -> std::io::Result<(Self, mpsc::Receiver<Incoming>)> {
+        let (udp, tcp) = bind_both(addr, connect_from_local).await?;
         let local = udp.local_addr()?;
         let (tx, rx) = mpsc::channel(4096);
         let t = SipTransport {
@@ -84,6 +107,7 @@ impl SipTransport {
             conns: Arc::new(Mutex::new(HashMap::new())),
             incoming: tx,
             max_len: DEFAULT_MAX_MESSAGE_LEN,
+            connect_from_local,
         };
         tokio::spawn(t.clone().udp_loop());
         tokio::spawn(t.clone().accept_loop(tcp));
@@ -117,7 +141,14 @@ impl SipTransport {
                 let tx = match existing {
                     Some(tx) if !tx.is_closed() => tx,
                     _ => {
-                        let stream = TcpStream::connect(to).await.map_err(io)?;
+                        let stream = if self.connect_from_local {
+                            let sock = shared_port_socket(self.local)
+                                .and_then(|s| s.bind(self.local).map(|()| s))
+                                .map_err(io)?;
+                            sock.connect(to).await.map_err(io)?
+                        } else {
+                            TcpStream::connect(to).await.map_err(io)?
+                        };
                         self.spawn_conn(stream, to)
                     }
                 };
@@ -256,12 +287,34 @@ impl SipTransport {
 }
 
 /// Binds UDP and TCP on the same port (retrying when port 0 gave a port taken on TCP).
-async fn bind_both(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+/// A TCP socket that may share its port with our listener (SO_REUSEADDR + SO_REUSEPORT).
+fn shared_port_socket(local: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let sock = if local.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.set_reuseport(true)?;
+    Ok(sock)
+}
+
+async fn listen(addr: SocketAddr, shared: bool) -> std::io::Result<TcpListener> {
+    if shared {
+        let sock = shared_port_socket(addr)?;
+        sock.bind(addr)?;
+        sock.listen(1024)
+    } else {
+        TcpListener::bind(addr).await
+    }
+}
+
+async fn bind_both(addr: SocketAddr, shared: bool) -> std::io::Result<(UdpSocket, TcpListener)> {
     let mut last = None;
     for _ in 0..20 {
         let udp = UdpSocket::bind(addr).await?;
         let port = udp.local_addr()?.port();
-        match TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
+        match listen(SocketAddr::new(addr.ip(), port), shared).await {
             Ok(tcp) => return Ok((udp, tcp)),
             Err(e) if addr.port() == 0 => last = Some(e),
             Err(e) => return Err(e),

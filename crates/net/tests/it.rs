@@ -273,6 +273,67 @@ mod sip_transport {
         assert_eq!(a.tcp_connections(), 1);
         assert_eq!(b.tcp_connections(), 1);
     }
+
+    #[tokio::test]
+    async fn tcp_from_our_own_port_while_listening_on_it() {
+        // Both ends as with IPsec: each listens on its port and connects from it.
+        let (a, mut rx_a) = SipTransport::bind_connecting_from_port("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let (b, mut rx_b) = SipTransport::bind_connecting_from_port("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let (c, mut rx_c) = SipTransport::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        a.send(
+            Transport::Tcp,
+            b.local_addr(),
+            Bytes::from(register("p1", "")),
+        )
+        .await
+        .unwrap();
+        let got = next(&mut rx_b).await;
+        assert_eq!(
+            got.source,
+            a.local_addr(),
+            "the connection comes from a's own port"
+        );
+        a.send(
+            Transport::Tcp,
+            c.local_addr(),
+            Bytes::from(register("p2", "")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(next(&mut rx_c).await.source, a.local_addr());
+        // a still accepts connections on that port.
+        c.send(
+            Transport::Tcp,
+            a.local_addr(),
+            Bytes::from(register("p3", "")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(next(&mut rx_a).await.message.call_id().unwrap(), "p3");
+        // A plain transport connects from an ephemeral port.
+        assert_ne!(next_source(&c, &b, &mut rx_b).await, c.local_addr());
+    }
+
+    async fn next_source(
+        from: &SipTransport,
+        to: &SipTransport,
+        rx: &mut tokio::sync::mpsc::Receiver<ims_net::sip::Incoming>,
+    ) -> std::net::SocketAddr {
+        from.send(
+            Transport::Tcp,
+            to.local_addr(),
+            Bytes::from(register("p4", "")),
+        )
+        .await
+        .unwrap();
+        next(rx).await.source
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
-use ims_net::dns::{Destination, SipResolver, Target};
+use ims_net::dns::{Destination, SipResolver, Target, Transport};
 use ims_net::endpoint::{ServerRequest, SipEndpoint, pop_own_via};
 use ims_sip::transaction::Timers;
 use ims_sip::{Auth, HeaderName, Message, Method, Uri};
@@ -144,9 +144,9 @@ pub struct Pcscf {
 /// The reg-await-auth time (TS 24.229 §5.4.1.2.1: 4 minutes): the lifetime of SAs installed
 /// on a 401, until the second REGISTER completes.
 const REG_AWAIT_AUTH: Duration = Duration::from_secs(240);
-/// How much longer than its registration a protected flow's SAs live (TS 33.203 §7.4: the
-/// SA outlives the registration a little, for the re-registration that refreshes it).
-const SA_MARGIN: Duration = Duration::from_secs(30);
+/// How long a deregistered TCP flow keeps its SAs: its 200 OK is written (and acknowledged)
+/// after the handler has queued it.
+const TCP_DEREG_GRACE: Duration = Duration::from_secs(2);
 
 struct Inner {
     cfg: Config,
@@ -203,18 +203,24 @@ impl Pcscf {
         } else {
             None
         };
-        let mut listens: Vec<SocketAddr> = std::iter::once(cfg.sip_listen)
+        let mut listens: Vec<(SocketAddr, bool)> = std::iter::once(cfg.sip_listen)
             .chain(cfg.sip_listen_v6)
+            .map(|a| (a, false))
             .collect();
         if ipsec.is_some() {
             // The protected ports, on each address (after the plain ones: requests to the
-            // core leave from the first address of their family).
+            // core leave from the first address of their family); TCP toward a UE leaves
+            // from port_pc itself, as the SA selects.
             let plain = listens.clone();
             for port in [cfg.ipsec.port_c, cfg.ipsec.port_s] {
-                listens.extend(plain.iter().map(|a| SocketAddr::new(a.ip(), port)));
+                listens.extend(
+                    plain
+                        .iter()
+                        .map(|(a, _)| (SocketAddr::new(a.ip(), port), true)),
+                );
             }
         }
-        let (ep, requests) = SipEndpoint::bind_all(&listens, &cfg.via_host, timers)
+        let (ep, requests) = SipEndpoint::bind_listens(&listens, &cfg.via_host, timers)
             .await
             .map_err(|source| PcscfError::Bind {
                 addr: cfg.sip_listen,
@@ -622,19 +628,28 @@ impl Inner {
                 if let (Security::Protected(key, _), Some(flows)) = (security, self.ipsec.clone()) {
                     match stored {
                         Some(expiry) => {
-                            let life = expiry.saturating_duration_since(Instant::now()) + SA_MARGIN;
+                            let margin = Duration::from_secs(self.cfg.ipsec.sa_margin_secs);
+                            let life = expiry.saturating_duration_since(Instant::now()) + margin;
                             let _ =
                                 tokio::task::spawn_blocking(move || flows.registered(key, life))
                                     .await;
                         }
                         None => {
-                            // Deregistered: the 200 has gone out through the SAs; now they go.
-                            let gone = tokio::task::spawn_blocking(move || flows.remove(key))
-                                .await
-                                .unwrap_or(false);
-                            if gone {
-                                tracing::info!(ue = %key, "deregistered: IPsec SAs removed");
-                            }
+                            // Deregistered: the 200 has gone out through the SAs; now they
+                            // go. Over TCP the 200 is only queued for the connection's writer
+                            // yet, and must still cross (and be acknowledged) under the SAs.
+                            let tcp = flow.transport == Transport::Tcp;
+                            tokio::spawn(async move {
+                                if tcp {
+                                    tokio::time::sleep(TCP_DEREG_GRACE).await;
+                                }
+                                let gone = tokio::task::spawn_blocking(move || flows.remove(key))
+                                    .await
+                                    .unwrap_or(false);
+                                if gone {
+                                    tracing::info!(ue = %key, "deregistered: IPsec SAs removed");
+                                }
+                            });
                         }
                     }
                 }

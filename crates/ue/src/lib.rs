@@ -96,6 +96,9 @@ pub enum Tamper {
     Verify,
     /// Security-Client differs from the first REGISTER's (a parameter added).
     Client,
+    /// The digest response of the REGISTER answering the challenge is wrong (the network
+    /// must answer 403, through the new SAs, and remove them).
+    Res,
 }
 
 /// The UE's IPsec settings.
@@ -239,9 +242,14 @@ impl Ue {
                 cfg.local.set_ip(a.ip());
             }
         }
-        let (sip, rx) = SipTransport::bind(cfg.local)
-            .await
-            .map_err(|e| UeError::Bind(cfg.local, e))?;
+        // With IPsec the main socket is the protected client port: TCP connections to the
+        // P-CSCF must leave from it too, for the SA to select them.
+        let bound = if cfg.ipsec.is_some() {
+            SipTransport::bind_connecting_from_port(cfg.local).await
+        } else {
+            SipTransport::bind(cfg.local).await
+        };
+        let (sip, rx) = bound.map_err(|e| UeError::Bind(cfg.local, e))?;
         let usim = match &cfg.credentials {
             Credentials::Aka { k, opc, sqn_ms, .. } => {
                 let m = Milenage::new(&ims_aka::Key::new(*k), &ims_aka::Opc::new(*opc));
@@ -454,6 +462,12 @@ impl Ue {
             if let Some((ck, ik)) = keys {
                 self.set_up_sas(&resp, &ck, &ik)?;
             }
+            let auth = match &self.sec {
+                Some(sec) if sec.cfg.tamper == Some(Tamper::Res) => {
+                    auth.replacen("response=\"", "response=\"0", 1)
+                }
+                _ => auth,
+            };
             let req = self.request(expires, &auth)?;
             resp = self.transact(req).await?;
         }

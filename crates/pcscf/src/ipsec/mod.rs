@@ -62,6 +62,9 @@ pub struct IpsecConfig {
     pub encryption: Vec<String>,
     /// The selector `user` value that marks our SAs and policies (never 0).
     pub marker: u32,
+    /// How many seconds a registered UE's SAs outlive its registration (default 30, as
+    /// Kamailio's ims_ipsec_pcscf), so a re-registration near the end still finds them.
+    pub sa_margin_secs: u64,
 }
 
 impl Default for IpsecConfig {
@@ -74,6 +77,7 @@ impl Default for IpsecConfig {
             algorithms: vec!["hmac-sha-1-96".into(), "hmac-md5-96".into()],
             encryption: vec!["aes-cbc".into(), "des-ede3-cbc".into(), "null".into()],
             marker: DEFAULT_MARKER,
+            sa_margin_secs: 30,
         }
     }
 }
