@@ -15,6 +15,10 @@
 //! - a capture on the veth holds ESP and no clear SIP on the protected ports;
 //! - 50 UEs register at once, each with its four SAs (200 on each side), and are all cleaned
 //!   up after deregistering;
+//! - a P-CSCF killed with SAs installed leaves them to the next one, which removes them at
+//!   start; one stopped with SIGTERM removes its own;
+//! - with `ipsec.mode = "required"`, a UE without sec-agree gets 421, a SIP Digest UE 403, an
+//!   AKA UE registers through IPsec;
 //! - and no xfrm state or policy is left in either namespace at the end.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -145,6 +149,26 @@ fn whole_ims_chain_registers_in_a_real_esp_kernel() {
     // Back from the same ports: the old set replaced, not doubled.
     assert!(console.contains("VM-UE-sameport: REGISTER expires=600: 200 (1 challenge(s), IPsec)"));
     assert_eq!(value("VM-SAS-sameport:"), "core=4/4");
+    // Restarts: a killed P-CSCF's SAs stay in the kernel until the next one starts; a stopped
+    // one removes its own.
+    assert_eq!(value("VM-SAS-before-kill:"), "core=4/4");
+    assert_eq!(value("VM-SAS-killed:"), "core=4/4");
+    assert_eq!(value("VM-SAS-restarted:"), "core=0/0");
+    assert_eq!(value("VM-SAS-before-stop:"), "core=4/4");
+    assert_eq!(value("VM-SAS-stopped:"), "core=0/0");
+    // ipsec.mode = "required".
+    assert!(console.contains("VM-UE-required-plain: REGISTER expires=600: 421"));
+    assert!(console.contains("VM-UE-required-digest: REGISTER expires=600: 403"));
+    for expires in [600, 0] {
+        let line = format!("VM-UE-required-aka: REGISTER expires={expires}: 200 (");
+        assert!(
+            console
+                .lines()
+                .any(|l| l.starts_with(&line) && l.ends_with(", IPsec)")),
+            "missing `{line}... IPsec)`"
+        );
+    }
+    assert_eq!(value("VM-SAS-AFTER-required:"), "core=0/0 ue=0/0");
     let capture = value("VM-CAPTURE:");
     let field = |name: &str| -> u64 {
         capture

@@ -46,7 +46,9 @@ wait_for() {
   fail "$name" "(not after $tries tries)"; return 1
 }
 start() { # daemon: in the core namespace, log in $D/<daemon>.log
-  core "/bin/$1" -c "$D/$1.toml" >"$D/$1.log" 2>&1 &
+  # ip2 itself (not the core function, which would put a subshell between): $! is then the
+  # daemon's pid, as ip netns exec execs it.
+  ip2 netns exec core "/bin/$1" -c "$D/$1.toml" >"$D/$1.log" 2>&1 &
   pids="$pids $!"
 }
 # ue LABEL ARGS...: ims-ue in the ue namespace; its lines prefixed, 0 when every step got 2xx.
@@ -163,6 +165,7 @@ imsctl subscriber add --impi bob@hims.net --impu sip:bob@hims.net \
 start scscf
 start icscf
 start pcscf
+pcscf_pid=$!
 peers_up() { imsctl metrics | grep -q '^ims_hss_diameter_peers_up 2$'; }
 wait_for "CSCFs connected to the HSS" 300 peers_up
 wait_for "P-CSCF started" 300 grep -q "P-CSCF started" "$D/pcscf.log"
@@ -309,6 +312,47 @@ echo "VM-50-UES: ok=$done50 deregistered=$(grep -l 'expires=0: 200 (0 challenge(
   for f in "$D"/ue-m*.out; do grep -q 'expires=0: 200' "$f" || sed "s|^|VM-UE-$(basename "$f" .out): |" "$f"; done
 }
 echo "VM-SAS-AFTER-50: core=$(sas core) ue=$(sas ue)"
+
+# 5f. A P-CSCF killed with SAs installed: the next one removes them when it starts (our
+#     marker); one stopped with SIGTERM removes its own.
+# restart_pcscf MODE: starts a P-CSCF with ipsec.mode MODE and waits for it.
+restart_pcscf() {
+  sed -i "s/^mode = .*/mode = \"$1\"/" "$D/pcscf.toml"
+  starts=$(grep -c 'P-CSCF started' "$D/pcscf.log")
+  ip2 netns exec core /bin/pcscf -c "$D/pcscf.toml" >>"$D/pcscf.log" 2>&1 &
+  pcscf_pid=$!
+  pids="$pids $pcscf_pid"
+  started() { [ "$(grep -c 'P-CSCF started' "$D/pcscf.log")" -gt "$starts" ]; }
+  wait_for "P-CSCF restarted ($1)" 300 started
+}
+# forget PID: not among the daemons that must stay alive.
+forget() { keep=""; for p in $pids; do [ "$p" = "$1" ] || keep="$keep $p"; done; pids=$keep; }
+ue crash $AKA_ALICE --local "$UE:5170" --port-us 5171 --ipsec
+echo "VM-SAS-before-kill: core=$(sas core)"
+kill -9 "$pcscf_pid"; wait "$pcscf_pid" 2>/dev/null; forget "$pcscf_pid"
+echo "VM-SAS-killed: core=$(sas core)"
+restart_pcscf preferred
+echo "VM-SAS-restarted: core=$(sas core)"
+ue before-stop $AKA_ALICE --local "$UE:5180" --port-us 5181 --ipsec
+echo "VM-SAS-before-stop: core=$(sas core)"
+kill "$pcscf_pid"; wait "$pcscf_pid" 2>/dev/null; forget "$pcscf_pid"
+echo "VM-SAS-stopped: core=$(sas core)"
+# 5g. ipsec.mode = "required": no sec-agree gets 421, SIP Digest (no keys) 403, AKA with IPsec
+#     registers.
+restart_pcscf required
+# expect LABEL CODE ARGS...: ims-ue's first REGISTER must end with CODE.
+expect() {
+  label=$1 code=$2; shift 2
+  ip2 netns exec ue /bin/ims-ue "$@" >"$D/ue-$label.out" 2>&1
+  rc=$?
+  sed "s/^/VM-UE-$label: /" "$D/ue-$label.out"
+  if [ "$rc" = 1 ] && grep -q "expires=600: $code" "$D/ue-$label.out"; then ok "$label gets $code"; else
+    fail "$label gets $code" "(ims-ue exit $rc)"; fi
+}
+expect required-plain 421 $AKA_ALICE
+expect required-digest 403 --pcscf $P:5060 --impi bob@hims.net --password bob-secret --ipsec
+ue required-aka $AKA_ALICE --local "$UE:5190" --port-us 5191 --ipsec --deregister
+echo "VM-SAS-AFTER-required: core=$(sas core) ue=$(sas ue)"
 
 # 6. Nothing IPsec left behind, every daemon still alive.
 for ns in ue core; do

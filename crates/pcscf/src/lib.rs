@@ -24,8 +24,10 @@
 //! Security-Server and (until registered) the first Security-Client, else `494 Security
 //! Agreement Required`. Its 200 extends the SAs to the registration's lifetime; a failed
 //! authentication, a deregistration (after its 200 went out through them) or expiry removes
-//! them. With `required`, a REGISTER without `sec-agree` gets `421 Extension Required` and an
-//! unacceptable offer `494`; with `preferred` such UEs register without IPsec. Requests from a
+//! them. With `required`, a REGISTER without `sec-agree` gets `421 Extension Required`, an
+//! unacceptable offer `494`, and a challenge without keys (SIP Digest) `403`; with
+//! `preferred` such UEs register without IPsec. When the P-CSCF stops it removes every SA it
+//! installed; when it starts it removes those a killed predecessor left (our marker). Requests from a
 //! protected registration must come through its SAs; requests toward it leave from our
 //! `port_pc` to the UE's `port_us`.
 //!
@@ -572,6 +574,12 @@ impl Inner {
                 let Some((ck, ik)) = keys else {
                     // SIP Digest: no keys, no IPsec.
                     self.give_back(&Security::Offered(a));
+                    if self.cfg.ipsec.mode == IpsecMode::Required {
+                        tracing::info!(%impi, "IPsec is required but the challenge is not AKA (no ck/ik)");
+                        return self
+                            .reply(req, 403, "Forbidden (IPsec required, needs AKA)")
+                            .await;
+                    }
                     return self.ep.respond(req, resp).await;
                 };
                 let server = a.server.clone();
