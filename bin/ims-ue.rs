@@ -52,6 +52,9 @@ struct Args {
     /// Deregister after registering.
     #[arg(long)]
     deregister: bool,
+    /// Register a second time (a refresh: through the SAs with IPsec) before deregistering.
+    #[arg(long)]
+    refresh: bool,
     /// Seconds to wait for each answer.
     #[arg(long, default_value_t = 5)]
     timeout: u64,
@@ -192,12 +195,21 @@ fn main() -> ExitCode {
             }
         };
         let mut steps = vec![args.expires];
+        if args.refresh {
+            steps.push(args.expires);
+        }
         if args.deregister {
             steps.push(0);
         }
         let mut code = ExitCode::SUCCESS;
+        // The hold comes before the deregistration.
+        let steps_before_hold = if args.deregister {
+            steps.len() - 1
+        } else {
+            steps.len()
+        };
         for (i, expires) in steps.into_iter().enumerate() {
-            if i == 1 && args.hold > 0 {
+            if i == steps_before_hold && args.hold > 0 {
                 // Until the hold ends, or earlier once the --release file exists.
                 let until = tokio::time::Instant::now() + Duration::from_secs(args.hold);
                 while tokio::time::Instant::now() < until

@@ -91,6 +91,11 @@ fn whole_ims_chain_registers_in_a_real_esp_kernel() {
             assert!(got.ends_with(", IPsec)"), "not through IPsec: {got}");
         }
     }
+    // A refresh through the SAs: not challenged (the P-CSCF vouches, integrity-protected).
+    assert!(
+        console.contains("VM-UE-own: REGISTER expires=600: 200 (0 challenge(s), IPsec)"),
+        "the refresh goes through the SAs unchallenged"
+    );
     for label in ["hook", "own", "tcp", "newport"] {
         assert_eq!(
             value(&format!("VM-SAS-{label}:")),

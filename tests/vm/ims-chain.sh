@@ -241,7 +241,7 @@ ipsec_ue() {
   echo "VM-SAS-AFTER-$label: core=$(sas core) ue=$(sas ue)"
 }
 ipsec_ue hook 5100 --ipsec-hook /bin/ue-xfrm-hook
-ipsec_ue own 5110 --ipsec
+ipsec_ue own 5110 --ipsec --refresh
 ipsec_ue tcp 5160 --ipsec --transport tcp
 # 5b. A second REGISTER whose Security-Verify or Security-Client is not the agreed one gets
 #     494 (through the SAs), and the SAs of that failed attempt go on both sides.

@@ -144,8 +144,7 @@ impl Flows {
         &self,
         values: impl IntoIterator<Item = &'a str> + Clone,
     ) -> Result<Option<Agreement>, OfferError> {
-        // The offer first: no SPI is taken for a refused one.
-        ims_ipsec::secagree::select_offer(values.clone(), &self.prefs)?;
+        // A refused offer gives its SPIs back at once.
         let spis = match self.spis.allocate() {
             Ok(s) => s,
             Err(e) => {
