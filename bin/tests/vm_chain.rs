@@ -7,7 +7,7 @@
 //! (TS 33.203) between the UE and the P-CSCF:
 //! - a UE whose SAs iproute2 installs (`tests/vm/ue-xfrm-hook.sh`, written from the spec, not
 //!   from our code) and `ims-ue` with its own netlink SAs (over UDP, and over TCP from its
-//!   protected client port) register and deregister through their SAs: four SAs and policies on each side while registered, none after, and
+//!   protected client port, and over IPv6) register and deregister through their SAs: four SAs and policies on each side while registered, none after, and
 //!   ESP packets counted by the kernel on both sides;
 //! - a second REGISTER with a Security-Verify or Security-Client other than agreed gets 494,
 //!   and the SAs of that attempt go on both sides;
@@ -81,7 +81,7 @@ fn whole_ims_chain_registers_in_a_real_esp_kernel() {
             .trim()
             .to_owned()
     };
-    for ue in ["hook", "own", "tcp", "newport2"] {
+    for ue in ["hook", "own", "tcp", "v6", "newport2"] {
         for expires in [600, 0] {
             let line = format!("VM-UE-{ue}: REGISTER expires={expires}: 200 (");
             let got = console
@@ -96,7 +96,7 @@ fn whole_ims_chain_registers_in_a_real_esp_kernel() {
         console.contains("VM-UE-own: REGISTER expires=600: 200 (0 challenge(s), IPsec)"),
         "the refresh goes through the SAs unchallenged"
     );
-    for label in ["hook", "own", "tcp", "newport"] {
+    for label in ["hook", "own", "tcp", "v6", "newport"] {
         assert_eq!(
             value(&format!("VM-SAS-{label}:")),
             "core=4/4 ue=4/4",
@@ -108,7 +108,7 @@ fn whole_ims_chain_registers_in_a_real_esp_kernel() {
             "{label}: nothing left after deregistration"
         );
     }
-    for label in ["hook", "own", "tcp"] {
+    for label in ["hook", "own", "tcp", "v6"] {
         let esp = value(&format!("VM-ESP-{label}:"));
         let packets: Vec<u64> = esp
             .split_whitespace()

@@ -224,11 +224,17 @@ fi
 # 5a. A UE whose SAs iproute2 installs (tests/vm/ue-xfrm-hook.sh), ims-ue as its SIP side;
 #     ims-ue with its own SAs, over UDP and over TCP.
 no_sas() { [ "$(sas core)" = 0/0 ]; }
-# ipsec_ue LABEL PORT ARGS...: registers from PORT (protected server port PORT+1), holds,
-# shows the SAs, counters and lifetimes, deregisters, shows what is left.
+# ipsec_ue LABEL IP PORT ARGS...: registers from IP:PORT (protected server port PORT+1) to the
+# P-CSCF of IP's family, holds, shows the SAs, counters and lifetimes, deregisters, shows what
+# is left.
 ipsec_ue() {
-  label=$1 port=$2; shift 2
-  held "$label" $AKA_ALICE --local "$UE:$port" --port-us $((port + 1)) "$@"
+  label=$1 ip=$2 port=$3; shift 3
+  case $ip in
+    *:*) local_addr="[$ip]:$port" pcscf="[$P6]:5060" ;;
+    *) local_addr="$ip:$port" pcscf="$P:5060" ;;
+  esac
+  held "$label" --pcscf "$pcscf" --impi alice@hims.net --k $K --op $OP \
+    --local "$local_addr" --port-us $((port + 1)) "$@"
   if wait_for "$label UE registered through IPsec" 150 registered "$label"; then
     echo "VM-SAS-$label: core=$(sas core) ue=$(sas ue)"
     echo "VM-ESP-$label: core=$(esp_packets core) ue=$(esp_packets ue)"
@@ -240,9 +246,10 @@ ipsec_ue() {
   wait_for "$label SAs removed" 50 no_sas
   echo "VM-SAS-AFTER-$label: core=$(sas core) ue=$(sas ue)"
 }
-ipsec_ue hook 5100 --ipsec-hook /bin/ue-xfrm-hook
-ipsec_ue own 5110 --ipsec --refresh
-ipsec_ue tcp 5160 --ipsec --transport tcp
+ipsec_ue hook $UE 5100 --ipsec-hook /bin/ue-xfrm-hook
+ipsec_ue own $UE 5110 --ipsec --refresh
+ipsec_ue tcp $UE 5160 --ipsec --transport tcp
+ipsec_ue v6 $UE6 5200 --ipsec
 # 5b. A second REGISTER whose Security-Verify or Security-Client is not the agreed one gets
 #     494 (through the SAs), and the SAs of that failed attempt go on both sides.
 #     A wrong RES through the new SAs gets 403, and they go too.

@@ -631,6 +631,8 @@ impl Inner {
                 }
             }
             (200..=299, security) => {
+                // An offer answered without a challenge gets no SAs.
+                self.give_back(&security);
                 let stored = self.store_registration(req, &resp, flow, &impi, &security);
                 self.ep.respond(req, resp).await;
                 if let (Security::Protected(key, _), Some(flows)) = (security, self.ipsec.clone()) {
