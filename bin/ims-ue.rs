@@ -55,6 +55,10 @@ struct Args {
     /// Register a second time (a refresh: through the SAs with IPsec) before deregistering.
     #[arg(long)]
     refresh: bool,
+    /// Fetch the registration state after registering (reg event, SUBSCRIBE Expires: 0) and
+    /// answer its NOTIFY.
+    #[arg(long)]
+    fetch_reg: bool,
     /// Seconds to wait for each answer.
     #[arg(long, default_value_t = 5)]
     timeout: u64,
@@ -198,47 +202,31 @@ fn main() -> ExitCode {
         if args.refresh {
             steps.push(args.expires);
         }
-        if args.deregister {
-            steps.push(0);
+        let mut ok = true;
+        for expires in steps {
+            ok = register(&mut ue, expires).await;
+            if !ok {
+                break;
+            }
         }
-        let mut code = ExitCode::SUCCESS;
-        // The hold comes before the deregistration.
-        let steps_before_hold = if args.deregister {
-            steps.len() - 1
+        if ok && args.fetch_reg {
+            ok = fetch_reg(&mut ue).await;
+        }
+        if ok && args.deregister {
+            // Until the hold ends, or earlier once the --release file exists.
+            let until = tokio::time::Instant::now() + Duration::from_secs(args.hold);
+            while tokio::time::Instant::now() < until
+                && !args.release.as_ref().is_some_and(|p| p.exists())
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            ok = register(&mut ue, 0).await;
+        }
+        let mut code = if ok {
+            ExitCode::SUCCESS
         } else {
-            steps.len()
+            ExitCode::FAILURE
         };
-        for (i, expires) in steps.into_iter().enumerate() {
-            if i == steps_before_hold && args.hold > 0 {
-                // Until the hold ends, or earlier once the --release file exists.
-                let until = tokio::time::Instant::now() + Duration::from_secs(args.hold);
-                while tokio::time::Instant::now() < until
-                    && !args.release.as_ref().is_some_and(|p| p.exists())
-                {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-            match ue.register(expires).await {
-                Ok(o) => {
-                    println!(
-                        "REGISTER expires={expires}: {} ({} challenge(s){}{})",
-                        o.status,
-                        o.challenges,
-                        if o.resynced { ", resynchronised" } else { "" },
-                        if o.protected { ", IPsec" } else { "" }
-                    );
-                    if !(200..300).contains(&o.status) {
-                        code = ExitCode::FAILURE;
-                        break;
-                    }
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    code = ExitCode::FAILURE;
-                    break;
-                }
-            }
-        }
         // Never leave SAs behind (after a deregistration there are none left).
         if let Err(e) = ue.close() {
             eprintln!("error: {e}");
@@ -246,4 +234,44 @@ fn main() -> ExitCode {
         }
         code
     })
+}
+
+/// One REGISTER step, printed; true on a 2xx.
+async fn register(ue: &mut Ue, expires: u32) -> bool {
+    match ue.register(expires).await {
+        Ok(o) => {
+            println!(
+                "REGISTER expires={expires}: {} ({} challenge(s){}{})",
+                o.status,
+                o.challenges,
+                if o.resynced { ", resynchronised" } else { "" },
+                if o.protected { ", IPsec" } else { "" }
+            );
+            (200..300).contains(&o.status)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            false
+        }
+    }
+}
+
+/// The reg-event fetch, printed; true on a 2xx with a NOTIFY.
+async fn fetch_reg(ue: &mut Ue) -> bool {
+    match ue.fetch_reg().await {
+        Ok(o) => {
+            println!(
+                "SUBSCRIBE reg (fetch): {}, NOTIFY {}, registration {}{}",
+                o.status,
+                o.notify_state.as_deref().unwrap_or("none"),
+                o.registration_state.as_deref().unwrap_or("none"),
+                if o.protected { ", IPsec" } else { "" }
+            );
+            (200..300).contains(&o.status) && o.notify_state.is_some()
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            false
+        }
+    }
 }

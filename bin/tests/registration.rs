@@ -100,6 +100,21 @@ fn registration_end_to_end_in_namespaces() {
     assert!(pau.contains("sip:bob@hims.net"), "{pau}");
     assert_eq!(out[1].status, 200, "refresh");
     assert_eq!(out[2].status, 200, "deregistration");
+    // The reg event through the P-CSCF: the SUBSCRIBE along the Service-Route, the NOTIFY
+    // back by the P-CSCF's Record-Route entry to the UE's flow (answered 200 by the UE).
+    let (reg, fetch, dereg) = lab
+        .ue_fetching_reg(bob.clone())
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    assert_eq!((reg.status, dereg.status), (200, 200), "{}", lab.logs());
+    assert_eq!(fetch.status, 200, "{}", lab.logs());
+    assert_eq!(
+        fetch.notify_state.as_deref(),
+        Some("terminated;reason=timeout"),
+        "{}",
+        lab.logs()
+    );
+    assert_eq!(fetch.registration_state.as_deref(), Some("active"));
+    assert!(!fetch.protected, "no IPsec on this kernel");
     // The same over TCP.
     let mut bob_tcp = bob.clone();
     bob_tcp.transport = Tcp;

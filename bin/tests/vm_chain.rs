@@ -91,6 +91,31 @@ fn whole_ims_chain_registers_in_a_real_esp_kernel() {
             assert!(got.ends_with(", IPsec)"), "not through IPsec: {got}");
         }
     }
+    // The reg event through the P-CSCF: SUBSCRIBE from the UE, the NOTIFY toward it by our
+    // Record-Route; with IPsec the NOTIFY crosses SA2 and its 200 SA4, so all four SAs
+    // carried packets.
+    assert!(
+        console.contains(
+            "VM-UE-aka: SUBSCRIBE reg (fetch): 200, NOTIFY terminated;reason=timeout, registration active\n"
+        ),
+        "a reg-event fetch without IPsec"
+    );
+    assert!(
+        console.contains(
+            "VM-UE-own: SUBSCRIBE reg (fetch): 200, NOTIFY terminated;reason=timeout, registration active, IPsec\n"
+        ),
+        "a reg-event fetch through the SAs"
+    );
+    let per_sa = value("VM-ESP-SAS-own:");
+    let counts: Vec<u64> = per_sa
+        .split_whitespace()
+        .map(|kv| kv.split('=').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(counts.len(), 4, "{per_sa}");
+    assert!(
+        counts.iter().all(|&n| n > 0),
+        "every SA carried packets: {per_sa}"
+    );
     // A refresh through the SAs: not challenged (the P-CSCF vouches, integrity-protected).
     assert!(
         console.contains("VM-UE-own: REGISTER expires=600: 200 (0 challenge(s), IPsec)"),

@@ -174,7 +174,7 @@ if grep -q 'IPsec available' "$D/pcscf.log"; then ok "P-CSCF IPsec available"; e
   fail "P-CSCF IPsec available" "(no 'IPsec available' line)"; fi
 
 # 4. UEs from their own namespace, through the P-CSCF only.
-ue aka --pcscf $P:5060 --impi alice@hims.net --k $K --op $OP --deregister
+ue aka --pcscf $P:5060 --impi alice@hims.net --k $K --op $OP --fetch-reg --deregister
 ue digest --pcscf $P:5060 --impi bob@hims.net --password bob-secret --deregister
 ue digest-tcp --pcscf $P:5060 --impi bob@hims.net --password bob-secret --transport tcp --deregister
 ue aka-v6 --pcscf "[$P6]:5060" --local "[$UE6]:0" --impi alice@hims.net --k $K --op $OP --deregister
@@ -190,7 +190,11 @@ if [ "$rc" = 1 ] && grep -q ': 403' "$D/ue-bad.out"; then ok "wrong password get
 sas() { echo "$(ip2 -n "$1" xfrm state | grep -c '^src')/$(ip2 -n "$1" xfrm policy | grep -c '^src')"; }
 # ESP packets counted by the kernel on every SA of a namespace.
 esp_packets() {
-  ip2 -n "$1" -s xfrm state | awk '/\(packets\)/ { for (i = 1; i <= NF; i++) if ($i ~ /\(packets\)/) { sub(/\(packets\).*/, "", $i); s += $i } } END { print s + 0 }'
+  ip2 -n "$1" -s xfrm state | awk '/\(packets\)/ { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\(packets\)/) { sub(/\(packets\).*/, "", $i); s += $i } } END { print s + 0 }'
+}
+# The same per SA: "<spi>=<packets>" for each.
+esp_per_sa() {
+  ip2 -n "$1" -s xfrm state | awk '/proto esp spi/ { spi = $4 } /\(packets\)/ { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\(packets\)/) { sub(/\(packets\).*/, "", $i); printf "%s=%s ", spi, $i } }'
 }
 # The hard time limits (s) of the core's SAs or policies, smallest first.
 hard_lifetimes() {
@@ -238,6 +242,7 @@ ipsec_ue() {
   if wait_for "$label UE registered through IPsec" 150 registered "$label"; then
     echo "VM-SAS-$label: core=$(sas core) ue=$(sas ue)"
     echo "VM-ESP-$label: core=$(esp_packets core) ue=$(esp_packets ue)"
+    echo "VM-ESP-SAS-$label: $(esp_per_sa core)"
     echo "VM-LIFETIME-$label: $(hard_lifetimes state) / $(hard_lifetimes policy)"
     ip2 -n core -s xfrm state | sed "s/^/VM-XFRM-STATS-$label: /"
   fi
@@ -247,7 +252,7 @@ ipsec_ue() {
   echo "VM-SAS-AFTER-$label: core=$(sas core) ue=$(sas ue)"
 }
 ipsec_ue hook $UE 5100 --ipsec-hook /bin/ue-xfrm-hook
-ipsec_ue own $UE 5110 --ipsec --refresh
+ipsec_ue own $UE 5110 --ipsec --refresh --fetch-reg
 ipsec_ue tcp $UE 5160 --ipsec --transport tcp
 ipsec_ue v6 $UE6 5200 --ipsec
 # 5b. A second REGISTER whose Security-Verify or Security-Client is not the agreed one gets

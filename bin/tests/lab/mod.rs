@@ -294,6 +294,29 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Our UE registers, fetches its registration state (reg event, SUBSCRIBE `Expires: 0`
+    /// and the NOTIFY that the P-CSCF routes back by its Record-Route), and deregisters.
+    pub fn ue_fetching_reg(
+        &self,
+        cfg: UeConfig,
+    ) -> Result<(ims_ue::Outcome, ims_ue::FetchOutcome, ims_ue::Outcome), ims_ue::UeError> {
+        self.topo.enter("ue", move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut ue = Ue::start(cfg).await?;
+                let reg = ue.register(600).await?;
+                let fetch = ue.fetch_reg().await?;
+                let dereg = ue.register(0).await?;
+                Ok((reg, fetch, dereg))
+            })
+        })
+    }
+}
+
 pub fn aka_ue(
     impi: &str,
     impu: &str,

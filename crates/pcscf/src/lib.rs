@@ -361,10 +361,12 @@ impl Inner {
         })
     }
 
-    /// Removes the Route entries at the top that name us; true if one of them was our Path
-    /// entry (`sip:term@us`), i.e. the request comes from the home network toward a UE.
+    /// Removes the Route entries at the top that name us; true if there was one: our Path
+    /// entry (`sip:term@us`, a request from the home network toward a UE) or one of our
+    /// Record-Route entries (`mo`/`mt`, a request inside a dialog we record-routed, e.g. the
+    /// NOTIFY of a UE's reg-event subscription).
     fn pop_own_routes(&self, m: &mut Message) -> bool {
-        let mut term = false;
+        let mut ours = false;
         loop {
             let top = m
                 .name_addrs(HeaderName::Route)
@@ -374,11 +376,11 @@ impl Inner {
             match top {
                 Some(uri) if self.is_us(&uri) => {
                     if m.pop_first_value(HeaderName::Route).is_err() {
-                        return term;
+                        return ours;
                     }
-                    term |= matches!(Uri::parse(&uri), Ok(Uri::Sip(s)) if s.user == Some("term"));
+                    ours = true;
                 }
-                _ => return term,
+                _ => return ours,
             }
         }
     }

@@ -180,11 +180,26 @@ pub struct Outcome {
     pub protected: bool,
 }
 
+/// How a reg-event fetch ended ([`Ue::fetch_reg`]).
+#[derive(Debug, Clone)]
+pub struct FetchOutcome {
+    /// The SUBSCRIBE's final status.
+    pub status: u16,
+    /// The NOTIFY's Subscription-State, when one came (and was answered 200).
+    pub notify_state: Option<String>,
+    /// The NOTIFY's registration state (`state="..."` of the first `<registration>`).
+    pub registration_state: Option<String>,
+    /// The NOTIFY arrived at the protected server port (through the SAs).
+    pub protected: bool,
+}
+
 /// The UE's side of the security agreement.
 struct Sec {
     cfg: UeIpsec,
-    /// The server socket at `port_us` (kept open; requests from the network arrive there).
+    /// The server socket at `port_us` (requests from the network arrive there).
     server: SipTransport,
+    /// What arrives at it.
+    server_rx: mpsc::Receiver<Incoming>,
     /// Our Security-Client value.
     client: String,
     /// Our offer, parsed.
@@ -267,7 +282,7 @@ impl Ue {
         let sec = match cfg.ipsec.clone() {
             Some(ic) => {
                 let at = SocketAddr::new(sip.local_addr().ip(), ic.port_us);
-                let (server, _requests) = SipTransport::bind(at)
+                let (server, server_rx) = SipTransport::bind(at)
                     .await
                     .map_err(|e| UeError::Bind(at, e))?;
                 // Our inbound SPIs: random, 2^28 and above (the P-CSCF's default range is
@@ -287,6 +302,7 @@ impl Ue {
                 Some(Sec {
                     cfg: ic,
                     server,
+                    server_rx,
                     client,
                     offer,
                     up: None,
@@ -490,6 +506,115 @@ impl Ue {
         })
     }
 
+    /// Fetches its own registration state (RFC 3680 `reg` event, SUBSCRIBE with `Expires: 0`)
+    /// through the P-CSCF: waits for the SUBSCRIBE's final response and the NOTIFY, and
+    /// answers the NOTIFY 200. With IPsec the SUBSCRIBE goes through the SAs and the NOTIFY
+    /// comes to the protected server port through them (SA2, the 200 back on SA4).
+    pub async fn fetch_reg(&mut self) -> Result<FetchOutcome, UeError> {
+        let me = self.local_addr();
+        let contact = match &self.sec {
+            Some(sec) => SocketAddr::new(me.ip(), sec.server.local_addr().port()),
+            None => me,
+        };
+        let (proto, tp) = if self.cfg.transport == Transport::Tcp {
+            ("TCP", ";transport=tcp")
+        } else {
+            ("UDP", "")
+        };
+        let call_id = random_hex(8);
+        let user = self
+            .cfg
+            .impu
+            .trim_start_matches("sip:")
+            .split('@')
+            .next()
+            .unwrap_or("ue")
+            .to_owned();
+        let text = format!(
+            "SUBSCRIBE {impu} SIP/2.0\r\n\
+             Via: SIP/2.0/{proto} {contact};branch=z9hG4bK{call_id}.s;rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <{impu}>;tag={tag}\r\n\
+             To: <{impu}>\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: 1 SUBSCRIBE\r\n\
+             Contact: <sip:{user}@{contact}{tp}>\r\n\
+             Event: reg\r\n\
+             Accept: application/reginfo+xml\r\n\
+             Expires: 0\r\n\
+             User-Agent: ims-ue\r\n\
+             Content-Length: 0\r\n\r\n",
+            impu = self.cfg.impu,
+            tag = random_hex(4),
+        );
+        let req = Message::parse(Bytes::from(text))?;
+        let to = match self.sec.as_ref().and_then(|s| s.up.as_ref()) {
+            Some(up) => up.pcscf_ps,
+            None => self.cfg.pcscf,
+        };
+        self.sip
+            .send(self.cfg.transport, to, req.to_bytes())
+            .await?;
+        let deadline = tokio::time::Instant::now() + self.cfg.timeout;
+        let mut out = FetchOutcome {
+            status: 0,
+            notify_state: None,
+            registration_state: None,
+            protected: false,
+        };
+        while out.status < 200 || out.notify_state.is_none() {
+            let next = async {
+                match self.sec.as_mut() {
+                    Some(sec) => tokio::select! {
+                        m = self.rx.recv() => m.map(|m| (m, false)),
+                        m = sec.server_rx.recv() => m.map(|m| (m, true)),
+                    },
+                    None => self.rx.recv().await.map(|m| (m, false)),
+                }
+            };
+            let Ok(Some((inc, at_server))) = tokio::time::timeout_at(deadline, next).await else {
+                // The answer without a NOTIFY (or nothing at all) is what we have.
+                if out.status >= 200 {
+                    return Ok(out);
+                }
+                return Err(UeError::Timeout(self.cfg.timeout));
+            };
+            let m = &inc.message;
+            if m.call_id().ok() != Some(call_id.as_str()) {
+                continue;
+            }
+            if !m.is_request() {
+                let status = m.status().unwrap_or(0);
+                if status >= 200 {
+                    out.status = status;
+                    if status >= 300 {
+                        return Ok(out);
+                    }
+                }
+                continue;
+            }
+            if m.method_str() != Some("NOTIFY") {
+                continue;
+            }
+            out.notify_state = m
+                .header_str(HeaderName::SubscriptionState)
+                .map(|v| v.trim().to_owned());
+            out.registration_state = registration_state(m.body());
+            out.protected = at_server && self.ipsec_up();
+            let ok = ims_sip::response_to(m, 200, "OK", None)?;
+            let via = if at_server {
+                self.sec.as_ref().map(|s| s.server.clone())
+            } else {
+                None
+            };
+            let transport = via.as_ref().unwrap_or(&self.sip);
+            transport
+                .send(inc.transport, inc.source, ok.to_bytes())
+                .await?;
+        }
+        Ok(out)
+    }
+
     /// After an AKA 401: the UE's four SAs from CK/IK and the P-CSCF's Security-Server (a 401
     /// without one leaves the UE on plain SIP).
     fn set_up_sas(&mut self, resp: &Message, ck: &Ck, ik: &Ik) -> Result<(), UeError> {
@@ -680,6 +805,16 @@ impl Ue {
         auth.push_str(&extra);
         Ok((auth, res_hex, resync, keys))
     }
+}
+
+/// The `state` of the first `<registration>` of a reginfo document.
+fn registration_state(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let reg = &text[text.find("<registration")?..];
+    let end = reg.find('>')?;
+    let attrs = &reg[..end];
+    let v = &attrs[attrs.find(" state=\"")? + 8..];
+    Some(v[..v.find('"')?].to_owned())
 }
 
 /// Removes installed SAs (netlink, or the hook's `del`).
