@@ -361,7 +361,7 @@ impl Inner {
         })
     }
 
-    /// Removes the Route entries at the top that name us; true if there was one: our Path
+    /// Removes the Route entries at the top that name us; true if one of them was our Path
     /// entry (`sip:term@us`, a request from the home network toward a UE) or one of our
     /// Record-Route entries (`mo`/`mt`, a request inside a dialog we record-routed, e.g. the
     /// NOTIFY of a UE's reg-event subscription).
@@ -378,7 +378,9 @@ impl Inner {
                     if m.pop_first_value(HeaderName::Route).is_err() {
                         return ours;
                     }
-                    ours = true;
+                    // A UE's pre-loaded Route names us without a user part: not toward a UE.
+                    ours |= matches!(Uri::parse(&uri), Ok(Uri::Sip(s))
+                        if matches!(s.user, Some("term" | "mo" | "mt")));
                 }
                 _ => return ours,
             }
