@@ -277,19 +277,27 @@ impl Lab {
         steps: &[u32],
     ) -> Result<Vec<ims_ue::Outcome>, ims_ue::UeError> {
         let steps = steps.to_vec();
+        self.in_ue_ns(async move {
+            let mut ue = Ue::start(cfg).await?;
+            let mut out = Vec::new();
+            for expires in steps {
+                out.push(ue.register(expires).await?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Runs `f` on a fresh runtime inside the `ue` namespace.
+    fn in_ue_ns<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> T {
         self.topo.enter("ue", move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
+            tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .unwrap();
-            rt.block_on(async move {
-                let mut ue = Ue::start(cfg).await?;
-                let mut out = Vec::new();
-                for expires in steps {
-                    out.push(ue.register(expires).await?);
-                }
-                Ok(out)
-            })
+                .unwrap()
+                .block_on(f)
         })
     }
 }
@@ -301,18 +309,12 @@ impl Lab {
         &self,
         cfg: UeConfig,
     ) -> Result<(ims_ue::Outcome, ims_ue::FetchOutcome, ims_ue::Outcome), ims_ue::UeError> {
-        self.topo.enter("ue", move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let mut ue = Ue::start(cfg).await?;
-                let reg = ue.register(600).await?;
-                let fetch = ue.fetch_reg().await?;
-                let dereg = ue.register(0).await?;
-                Ok((reg, fetch, dereg))
-            })
+        self.in_ue_ns(async move {
+            let mut ue = Ue::start(cfg).await?;
+            let reg = ue.register(600).await?;
+            let fetch = ue.fetch_reg().await?;
+            let dereg = ue.register(0).await?;
+            Ok((reg, fetch, dereg))
         })
     }
 }

@@ -36,8 +36,9 @@
 //! P-Preferred-Identity when it is one of the UE's, else the default public identity; the
 //! preferred one is removed), replaces the UE's Route with the Service-Route, Record-Routes
 //! dialog-creating requests and forwards to the S-CSCF. **Requests toward a UE** (they come
-//! from the core with our Path entry as Route) go to the flow the contact registered from;
-//! an unknown contact gets `480 Temporarily Unavailable`.
+//! from the core with our Path entry, or inside a dialog with one of our Record-Route entries,
+//! as Route) go to the flow the contact registered from; an unknown contact gets `480
+//! Temporarily Unavailable`.
 //!
 //! Non-INVITE requests go through client transactions ([`SipEndpoint::send_request`]);
 //! INVITE, ACK and CANCEL are forwarded statelessly for now (the INVITE transaction machines
