@@ -106,6 +106,12 @@ fn whole_ims_chain_registers_in_a_real_esp_kernel() {
         ),
         "a reg-event fetch through the SAs"
     );
+    assert!(
+        console.contains(
+            "VM-UE-tcp: SUBSCRIBE reg (fetch): 200, NOTIFY terminated;reason=timeout, registration active, IPsec\n"
+        ),
+        "a reg-event fetch through the SAs over TCP (the NOTIFY on a connection from port_pc)"
+    );
     let per_sa = value("VM-ESP-SAS-own:");
     let counts: Vec<u64> = per_sa
         .split_whitespace()

@@ -253,7 +253,7 @@ ipsec_ue() {
 }
 ipsec_ue hook $UE 5100 --ipsec-hook /bin/ue-xfrm-hook
 ipsec_ue own $UE 5110 --ipsec --refresh --fetch-reg
-ipsec_ue tcp $UE 5160 --ipsec --transport tcp
+ipsec_ue tcp $UE 5160 --ipsec --transport tcp --fetch-reg
 ipsec_ue v6 $UE6 5200 --ipsec
 # 5b. A second REGISTER whose Security-Verify or Security-Client is not the agreed one gets
 #     494 (through the SAs), and the SAs of that failed attempt go on both sides.

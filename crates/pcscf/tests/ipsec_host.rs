@@ -232,3 +232,73 @@ fn failed_install_removes_the_policies_it_added() {
         assert_eq!(marked(&mut sock, MARKER), (0, 0));
     });
 }
+
+/// The P-CSCF's per-UE SA table on this kernel: offers are checked before anything is
+/// allocated, SPIs come back whenever no set results, and an install the kernel refuses (no
+/// ESP here) leaves no set, no SPI and no policy behind. Bad keys are refused before the
+/// kernel is asked. (Installs that succeed are shown in the VM, bin/tests/vm_chain.rs.)
+#[test]
+fn flows_give_everything_back_when_no_set_results() {
+    if !ims_testkit::require_root("flows_give_everything_back_when_no_set_results") {
+        return;
+    }
+    use ims_pcscf::ipsec::flows::{Flows, InstallError};
+    use std::time::Duration;
+    let topo = topology("ipsec_flows");
+    topo.enter("pcscf", || {
+        let cfg = IpsecConfig {
+            marker: MARKER,
+            spi_range: [4096, 4099],
+            ..IpsecConfig::default()
+        };
+        let flows = Flows::open(&cfg).unwrap();
+        let offer = "ipsec-3gpp;alg=hmac-sha-1-96;ealg=aes-cbc;spi-c=1111;spi-s=2222;port-c=5100;port-s=5101";
+        // An unacceptable offer: an error naming it, no SPI taken.
+        let err = flows
+            .negotiate(["ipsec-3gpp;alg=hmac-sha-256;spi-c=1;spi-s=2;port-c=3;port-s=4"])
+            .unwrap_err();
+        assert!(err.to_string().contains("hmac-sha-256"), "{err}");
+        assert_eq!(flows.spis_in_use(), 0);
+        // Two agreements use the whole range (two pairs); a third finds none.
+        let a = flows.negotiate([offer]).unwrap().unwrap();
+        let b = flows.negotiate([offer]).unwrap().unwrap();
+        assert_ne!(a.spis, b.spis);
+        assert!(flows.negotiate([offer]).unwrap().is_none(), "range exhausted");
+        assert_eq!(flows.spis_in_use(), 4);
+        assert!(a.server.contains("spi-c=") && a.server.contains("port-s=5063"));
+        // Released: usable again.
+        flows.release(&b);
+        assert_eq!(flows.spis_in_use(), 2);
+        // Keys that are not 128-bit hex: refused, SPIs back.
+        let ue: IpAddr = "10.77.1.9".parse().unwrap();
+        let us: IpAddr = "10.77.1.2".parse().unwrap();
+        let keys = ("00112233", "0011223344556677889900112233445566");
+        let r = flows.install(a, "a@hims.net", ue, us, keys, Duration::from_secs(240));
+        assert!(matches!(r, Err(InstallError::BadKeys)), "{r:?}");
+        assert_eq!(flows.spis_in_use(), 0);
+        // Good keys: this kernel refuses the SAs (no ESP) or accepts them (a kernel with ESP).
+        let c = flows.negotiate([offer]).unwrap().unwrap();
+        let keys = (
+            "b40ba9a3c58b2a05bbf0d987b21bf8cb",
+            "f769bcd751044604127672711c6d3441",
+        );
+        let mut sock = XfrmSocket::open().unwrap();
+        match flows.install(c, "a@hims.net", ue, us, keys, Duration::from_secs(240)) {
+            Err(InstallError::Kernel(e)) => {
+                assert!(is_esp_unsupported(&e), "{e}");
+                assert!(flows.is_empty());
+                assert_eq!(flows.spis_in_use(), 0, "SPIs of a refused install come back");
+                assert_eq!(marked(&mut sock, MARKER), (0, 0), "a refused install left entries");
+            }
+            Ok(key) => {
+                eprintln!("NOTE: this kernel has ESP; checking the installed branch");
+                assert_eq!(key, "10.77.1.9:5100".parse().unwrap());
+                assert_eq!(marked(&mut sock, MARKER), (4, 4));
+                assert!(flows.remove(key));
+                assert_eq!(marked(&mut sock, MARKER), (0, 0));
+                assert_eq!(flows.spis_in_use(), 0);
+            }
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    });
+}
