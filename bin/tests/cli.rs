@@ -321,3 +321,51 @@ fn imsctl_provisions_through_a_running_hss() {
         "{err}"
     );
 }
+
+const PCSCF: &str = env!("CARGO_BIN_EXE_pcscf");
+const LAB_PCSCF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/lab/pcscf.toml");
+
+/// `core_networks` takes CIDR networks and single addresses of both families; anything else
+/// is one line naming the value.
+#[test]
+fn pcscf_check_config_core_networks() {
+    let ok = Command::new(PCSCF)
+        .args(["--check-config", "-c", LAB_PCSCF])
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    let lab = std::fs::read_to_string(LAB_PCSCF).unwrap();
+    let dir = ims_testkit::scratch_dir("cli-pcscf");
+    let with = |networks: &str| {
+        // Top-level keys go before the first table.
+        let cfg = dir.join("pcscf.toml");
+        std::fs::write(
+            &cfg,
+            lab.replacen(
+                "[ipsec]",
+                &format!("core_networks = {networks}\n[ipsec]"),
+                1,
+            ),
+        )
+        .unwrap();
+        Command::new(PCSCF)
+            .args(["--check-config", "-c"])
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    let out = with("[\"10.10.4.0/24\", \"fd00:4::/64\", \"127.0.0.30\", \"::1\"]");
+    assert!(out.status.success(), "{out:?}");
+    for bad in ["10.0.0.0/33", "scscf1.hims.net"] {
+        let out = with(&format!("[\"127.0.0.0/8\", \"{bad}\"]"));
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "core_networks: `{bad}` is not an address or CIDR network"
+            )),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}

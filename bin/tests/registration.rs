@@ -115,6 +115,20 @@ fn registration_end_to_end_in_namespaces() {
     );
     assert_eq!(fetch.registration_state.as_deref(), Some("active"));
     assert!(!fetch.protected, "no IPsec on this kernel");
+    // The P-CSCF's Path entry as Route is no credential: from the UE's host but not from the
+    // core, a MESSAGE toward a registered UE gets 403 (the in-process P-CSCF test shows
+    // nothing reaches the UE).
+    let (reg, spoofed, dereg) = lab
+        .ue_with_spoofed_term(bob.clone())
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    assert_eq!((reg.status, dereg.status), (200, 200), "{}", lab.logs());
+    assert_eq!(spoofed, 403, "{}", lab.logs());
+    assert!(
+        lab.logs()
+            .contains("request toward a UE from outside the core"),
+        "{}",
+        lab.logs()
+    );
     // The same over TCP.
     let mut bob_tcp = bob.clone();
     bob_tcp.transport = Tcp;

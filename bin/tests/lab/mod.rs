@@ -12,6 +12,7 @@
 //! vims.net.
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -315,6 +316,52 @@ impl Lab {
             let fetch = ue.fetch_reg().await?;
             let dereg = ue.register(0).await?;
             Ok((reg, fetch, dereg))
+        })
+    }
+}
+
+impl Lab {
+    /// Registers `cfg`; then another socket on the UE's host, not its registered flow, sends
+    /// a MESSAGE to the UE's contact with the P-CSCF's Path entry as Route (as only the core
+    /// may); then deregisters. Returns the registration, the status that MESSAGE got (0: no
+    /// answer within 5 s) and the deregistration.
+    pub fn ue_with_spoofed_term(
+        &self,
+        cfg: UeConfig,
+    ) -> Result<(ims_ue::Outcome, u16, ims_ue::Outcome), ims_ue::UeError> {
+        let local = SocketAddr::new(cfg.local.ip(), 0);
+        self.in_ue_ns(async move {
+            let mut ue = Ue::start(cfg).await?;
+            let reg = ue.register(600).await?;
+            let contact = reg
+                .response
+                .name_addrs(ims_sip::HeaderName::Contact)
+                .flatten()
+                .map(|n| n.uri_str.to_owned())
+                .next()
+                .unwrap_or_default();
+            let sock = tokio::net::UdpSocket::bind(local).await.unwrap();
+            let me = sock.local_addr().unwrap();
+            let msg = format!(
+                "MESSAGE {contact} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKspoof1;rport\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:boss@hims.net>;tag=sp1\r\nTo: <sip:bob@hims.net>\r\n\
+                 Call-ID: spoof1\r\nCSeq: 1 MESSAGE\r\nRoute: <sip:term@pcscf1.vims.net:5060;lr>\r\n\
+                 P-Asserted-Identity: <sip:boss@hims.net>\r\nContent-Type: text/plain\r\n\
+                 Content-Length: 4\r\n\r\npay!"
+            );
+            sock.send_to(msg.as_bytes(), format!("{P}:5060")).await.unwrap();
+            let mut buf = vec![0u8; 65536];
+            let status =
+                match tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf)).await {
+                    Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n])
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(0),
+                    _ => 0,
+                };
+            let dereg = ue.register(0).await?;
+            Ok((reg, status, dereg))
         })
     }
 }

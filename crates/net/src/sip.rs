@@ -17,6 +17,8 @@
 //!   protected server port from its protected client port. The listener and each outgoing
 //!   socket share the port with SO_REUSEADDR + SO_REUSEPORT (only there: on a daemon's plain
 //!   port, SO_REUSEPORT would let another process of the same user take half its connections).
+//! - Outgoing TCP otherwise leaves from our own address (an ephemeral port) when we listen on
+//!   a specific one, like our UDP does: the kernel would pick the interface's first address.
 //! - A message that does not parse is dropped with one log line naming the problem (with no
 //!   parsable Via there is nobody to answer); whether a parsed request is acceptable
 //!   ([`ims_sip::Message::check_request`], 400) is the application's call.
@@ -144,6 +146,21 @@ impl SipTransport {
                         let stream = if self.connect_from_local {
                             let sock = shared_port_socket(self.local)
                                 .and_then(|s| s.bind(self.local).map(|()| s))
+                                .map_err(io)?;
+                            sock.connect(to).await.map_err(io)?
+                        } else if !self.local.ip().is_unspecified() {
+                            // From our own address (any port): a daemon on one of several
+                            // addresses of a host must not reach its peers from another's
+                            // (the P-CSCF trusts requests toward UEs by their source).
+                            let sock = if self.local.is_ipv4() {
+                                tokio::net::TcpSocket::new_v4()
+                            } else {
+                                tokio::net::TcpSocket::new_v6()
+                            };
+                            let sock = sock
+                                .and_then(|s| {
+                                    s.bind(SocketAddr::new(self.local.ip(), 0)).map(|()| s)
+                                })
                                 .map_err(io)?;
                             sock.connect(to).await.map_err(io)?
                         } else {

@@ -38,7 +38,10 @@
 //! dialog-creating requests and forwards to the S-CSCF. **Requests toward a UE** (they come
 //! from the core with our Path entry, or inside a dialog with one of our Record-Route entries,
 //! as Route) go to the flow the contact registered from; an unknown contact gets `480
-//! Temporarily Unavailable`.
+//! Temporarily Unavailable`. Those Route entries are no credential: such a request must come
+//! from the UE's S-CSCF (an address its Service-Route resolves to) or from `core_networks`,
+//! else `403` and one warning (an unregistered host could otherwise reach any UE past the
+//! core with any identity).
 //!
 //! Non-INVITE requests go through client transactions ([`SipEndpoint::send_request`]);
 //! INVITE, ACK and CANCEL are forwarded statelessly for now (the INVITE transaction machines
@@ -58,6 +61,7 @@ use ims_net::dns::{Destination, SipResolver, Target, Transport};
 use ims_net::endpoint::{ServerRequest, SipEndpoint, pop_own_via};
 use ims_sip::transaction::Timers;
 use ims_sip::{Auth, HeaderName, Message, Method, Uri};
+use ipnet::IpNet;
 use ipsec::flows::{Flows, SetInfo, SetKey};
 use ipsec::{Agreement, IpsecMode};
 use registrations::{Flow, Registration, Registrations, contact_key};
@@ -90,13 +94,38 @@ pub struct Config {
     /// protected ports, SPI range, algorithm preferences.
     #[serde(default)]
     pub ipsec: ipsec::IpsecConfig,
+    /// Networks (CIDR, or single addresses) the home core's SIP nodes send from, e.g.
+    /// `["10.10.4.0/24"]`. A request toward a UE is accepted from these, or from an address
+    /// the UE's own Service-Route (its S-CSCF) resolves to; empty (the default) means just
+    /// the latter.
+    #[serde(default)]
+    pub core_networks: Vec<String>,
 }
 
 fn default_log() -> String {
     "info".to_owned()
 }
 
+/// A network of `core_networks`: `10.10.4.0/24`, `fd00::/64`, or one address.
+fn parse_network(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
 impl Config {
+    /// `core_networks`, parsed.
+    fn core_networks(&self) -> Result<Vec<IpNet>, String> {
+        self.core_networks
+            .iter()
+            .map(|n| {
+                parse_network(n.trim()).ok_or_else(|| {
+                    format!("core_networks: `{n}` is not an address or CIDR network")
+                })
+            })
+            .collect()
+    }
+
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), String> {
         if self.via_host.is_empty() || self.visited_network_id.is_empty() {
@@ -111,6 +140,7 @@ impl Config {
             return Err("set dns servers (RFC 3263 discovery) or a fixed icscf".into());
         }
         self.ipsec.validate()?;
+        self.core_networks()?;
         let sip_port = self.sip_listen.port();
         if sip_port != 0 && (self.ipsec.port_c == sip_port || self.ipsec.port_s == sip_port) {
             return Err(format!(
@@ -158,6 +188,8 @@ struct Inner {
     regs: Registrations,
     /// The UEs' IPsec SA sets, when IPsec is on.
     ipsec: Option<Arc<Flows>>,
+    /// `core_networks`, parsed.
+    core: Vec<IpNet>,
     icid: AtomicU64,
     icid_salt: u64,
 }
@@ -189,6 +221,7 @@ impl Pcscf {
     /// As [`Pcscf::start`], with other SIP timers (tests).
     pub async fn start_with_timers(cfg: Config, timers: Timers) -> Result<Self, PcscfError> {
         cfg.validate().map_err(PcscfError::Config)?;
+        let core = cfg.core_networks().map_err(PcscfError::Config)?;
         // TS 33.203 needs ESP in the kernel: required stops here when it is missing,
         // preferred goes on without it (one warning), off never looks.
         let ipsec_cfg = cfg.ipsec.clone();
@@ -236,6 +269,7 @@ impl Pcscf {
         tracing::info!(sip = %ep.local_addr(), ipsec = use_ipsec, "P-CSCF started");
         Ok(Self {
             inner: Arc::new(Inner {
+                core,
                 cfg,
                 ep,
                 resolver,
@@ -932,19 +966,28 @@ impl Inner {
             .request_uri_str()
             .and_then(contact_key)
             .unwrap_or_default();
-        let Some(flow) = self.regs.flow_for_contact(&key) else {
+        let Some((flow, reg)) = self
+            .regs
+            .flow_for_contact(&key)
+            .and_then(|flow| Some((flow, self.regs.get(&flow, Instant::now())?)))
+        else {
             tracing::info!(contact = %key, "request for a UE that is not registered here");
             return self.reply(&req, 480, "Temporarily Unavailable").await;
         };
+        // Our Route entries are no credential (anyone can write them): only the UE's S-CSCF
+        // or the configured core may reach the UE through us (TS 24.229 §5.2.6.4).
+        if !self.trusted_toward(req.source.ip(), &reg).await {
+            tracing::warn!(source = %req.source, contact = %key, method = m.method_str().unwrap_or("?"),
+                "request toward a UE from outside the core (neither its S-CSCF nor core_networks)");
+            return self
+                .reply(&req, 403, "Forbidden (not from the home network)")
+                .await;
+        }
         // A protected UE: from our protected client port to its protected server port (SA2).
-        let protected = self
-            .regs
-            .get(&flow, Instant::now())
-            .and_then(|r| r.ipsec_port_us)
-            .map(|port_us| {
-                let local = SocketAddr::new(req.local.ip(), self.cfg.ipsec.port_c);
-                (SocketAddr::new(flow.addr.ip(), port_us), local)
-            });
+        let protected = reg.ipsec_port_us.map(|port_us| {
+            let local = SocketAddr::new(req.local.ip(), self.cfg.ipsec.port_c);
+            (SocketAddr::new(flow.addr.ip(), port_us), local)
+        });
         if creates_dialog(&m) {
             let port = self.ep.local_addr().port();
             if let Err(e) = m.prepend_header(
@@ -972,17 +1015,41 @@ impl Inner {
         }
     }
 
-    /// Sends `m` to the URI's RFC 3263 target and relays the outcome.
-    async fn relay(&self, req: ServerRequest, m: Message, uri: &str) {
-        let uri = uri.trim().trim_start_matches('<');
+    /// Whether `source` may send requests toward the UE of `reg`: one of `core_networks`, or
+    /// an address its Service-Route's first hop (the S-CSCF) resolves to (cached by the
+    /// resolver, as for the UE's own requests).
+    async fn trusted_toward(&self, source: IpAddr, reg: &Registration) -> bool {
+        if self.core.iter().any(|n| n.contains(&source)) {
+            return true;
+        }
+        match reg.service_route.first() {
+            Some(route) => matches!(self.resolve_route(route).await,
+                Some(Ok(targets)) if targets.iter().any(|t| t.addr.ip() == source)),
+            None => false,
+        }
+    }
+
+    /// The RFC 3263 targets of a Route value (`<sip:...;lr>`); `None` when it is no SIP URI.
+    async fn resolve_route(
+        &self,
+        route: &str,
+    ) -> Option<Result<Vec<Target>, ims_net::dns::ResolveError>> {
+        let uri = route.trim().trim_start_matches('<');
         let uri = uri.split('>').next().unwrap_or(uri);
-        let target = match Uri::parse(uri) {
-            Ok(Uri::Sip(sip)) => {
+        match Uri::parse(uri) {
+            Ok(Uri::Sip(sip)) => Some(
                 self.resolver
                     .resolve(&Destination::from_sip_uri(&sip))
-                    .await
-            }
-            _ => return self.reply(&req, 500, "Bad Service-Route").await,
+                    .await,
+            ),
+            _ => None,
+        }
+    }
+
+    /// Sends `m` to the URI's RFC 3263 target and relays the outcome.
+    async fn relay(&self, req: ServerRequest, m: Message, uri: &str) {
+        let Some(target) = self.resolve_route(uri).await else {
+            return self.reply(&req, 500, "Bad Service-Route").await;
         };
         match target {
             Ok(t) if !t.is_empty() => self.send_from(req, m, t[0], None).await,

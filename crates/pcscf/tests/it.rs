@@ -191,6 +191,7 @@ async fn ue_registers_through_p_and_i_cscf_and_sends_along_the_service_route() {
             mode: ims_pcscf::ipsec::IpsecMode::Off,
             ..Default::default()
         },
+        core_networks: Vec::new(),
     })
     .await
     .unwrap();
@@ -289,6 +290,42 @@ async fn ue_registers_through_p_and_i_cscf_and_sends_along_the_service_route() {
             "the Service-Route replaced the UE's Route"
         );
     }
+
+    // Toward alice: our Path entry as Route is no credential. From a host that is neither
+    // alice's S-CSCF (her Service-Route resolves to 127.0.0.1) nor in core_networks: 403,
+    // and nothing reaches alice.
+    let toward = |from: SocketAddr, id: &str| {
+        format!(
+            "MESSAGE sip:alice@{me} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK{id};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:bob@hims.net>;tag={id}\r\nTo: <sip:alice@hims.net>\r\n\
+             Call-ID: {id}\r\nCSeq: 1 MESSAGE\r\nRoute: <sip:term@127.0.0.1:{};lr>\r\n\
+             P-Asserted-Identity: <sip:bob@hims.net>\r\nContent-Length: 0\r\n\r\n",
+            p.port()
+        )
+    };
+    let outsider = UdpSocket::bind("127.0.0.2:0").unwrap();
+    outsider
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let from = outsider.local_addr().unwrap();
+    outsider
+        .send_to(toward(from, "spoof1").as_bytes(), p)
+        .unwrap();
+    assert_eq!(recv(&outsider).status(), Some(403));
+    // From the S-CSCF's address it reaches alice, and her 200 goes back.
+    let core = UdpSocket::bind("127.0.0.1:0").unwrap();
+    core.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let from = core.local_addr().unwrap();
+    core.send_to(toward(from, "core1").as_bytes(), p).unwrap();
+    let at_ue = recv(&ue);
+    assert_eq!(
+        at_ue.call_id(),
+        Ok("core1"),
+        "the spoofed MESSAGE got through"
+    );
+    let ok = response_to(&at_ue, 200, "OK", Some("a1")).unwrap();
+    ue.send_to(&ok.to_bytes(), p).unwrap();
+    assert_eq!(recv(&core).status(), Some(200));
 
     // Another UE, not registered: 403.
     let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
