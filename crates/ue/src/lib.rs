@@ -387,14 +387,7 @@ impl Ue {
                 ));
             }
         }
-        let user = self
-            .cfg
-            .impu
-            .trim_start_matches("sip:")
-            .split('@')
-            .next()
-            .unwrap_or("ue")
-            .to_owned();
+        let user = self.user_part();
         let text = format!(
             "REGISTER sip:{domain} SIP/2.0\r\n\
              Via: SIP/2.0/{proto} {me};branch=z9hG4bK{call}.{b};rport\r\n\
@@ -442,6 +435,17 @@ impl Ue {
                 return Ok(r);
             }
         }
+    }
+
+    /// The user part of our public identity (the Contact's user).
+    fn user_part(&self) -> String {
+        self.cfg
+            .impu
+            .trim_start_matches("sip:")
+            .split('@')
+            .next()
+            .unwrap_or("ue")
+            .to_owned()
     }
 
     /// Registers (or refreshes, or with `expires` 0 deregisters) and returns the final answer.
@@ -522,14 +526,7 @@ impl Ue {
             ("UDP", "")
         };
         let call_id = random_hex(8);
-        let user = self
-            .cfg
-            .impu
-            .trim_start_matches("sip:")
-            .split('@')
-            .next()
-            .unwrap_or("ue")
-            .to_owned();
+        let user = self.user_part();
         let text = format!(
             "SUBSCRIBE {impu} SIP/2.0\r\n\
              Via: SIP/2.0/{proto} {contact};branch=z9hG4bK{call_id}.s;rport\r\n\
