@@ -275,25 +275,19 @@ pub enum VerifyError {
 }
 
 /// True when the two lists hold the same mechanisms with the same parameters
-/// ([`SecMechanism::same_as`]: any parameter order and spacing), as multisets.
+/// ([`SecMechanism::same_as`]: any parameter order and spacing), as multisets. A value that
+/// does not parse matches only the same text: a UE whose first Security-Client carried an
+/// item we could not read (and ignored when choosing) may echo it unchanged.
 fn same_lists<'a, 'b>(
     header: &'static str,
     want: impl IntoIterator<Item = &'a str>,
     got: impl IntoIterator<Item = &'b str>,
 ) -> Result<(), VerifyError> {
-    let parse = |raw: &'b str| {
-        SecMechanism::parse(raw).map_err(|_| VerifyError::Malformed {
-            header,
-            value: echo(raw),
-        })
-    };
-    let got: Vec<(&str, SecMechanism<'_>)> = items(got)
-        .map(|raw| parse(raw).map(|m| (raw, m)))
-        .collect::<Result<_, _>>()?;
-    // What we expect was written or checked by us; a value of it that does not parse cannot
-    // be matched by anything, which the Differs below reports.
-    let want: Vec<Option<SecMechanism<'_>>> = items(want)
-        .map(|raw| SecMechanism::parse(raw).ok())
+    let got: Vec<(&str, Option<SecMechanism<'_>>)> = items(got)
+        .map(|raw| (raw.trim(), SecMechanism::parse(raw).ok()))
+        .collect();
+    let want: Vec<(&str, Option<SecMechanism<'_>>)> = items(want)
+        .map(|raw| (raw.trim(), SecMechanism::parse(raw).ok()))
         .collect();
     if got.is_empty() {
         return Err(VerifyError::Missing { header });
@@ -307,13 +301,23 @@ fn same_lists<'a, 'b>(
     }
     let mut used = vec![false; want.len()];
     for (raw, g) in &got {
-        let hit = want
-            .iter()
-            .enumerate()
-            .position(|(i, w)| !used[i] && w.as_ref().is_some_and(|w| w.same_as(g)));
-        match hit {
-            Some(i) => used[i] = true,
-            None => {
+        let hit = want.iter().enumerate().position(|(i, (w_raw, w))| {
+            !used[i]
+                && match (w, g) {
+                    (Some(w), Some(g)) => w.same_as(g),
+                    (None, None) => w_raw == raw,
+                    _ => false,
+                }
+        });
+        match (hit, g) {
+            (Some(i), _) => used[i] = true,
+            (None, None) => {
+                return Err(VerifyError::Malformed {
+                    header,
+                    value: echo(raw),
+                });
+            }
+            (None, Some(_)) => {
                 return Err(VerifyError::Differs {
                     header,
                     value: echo(raw),
@@ -720,8 +724,202 @@ mod tests {
                 ..
             })
         ));
+        // An item we could not read in the first Security-Client (and ignored) may come back
+        // unchanged, not changed (found by the property test below: the UE was stuck on 494).
+        let spis = SpiPair {
+            spi_pc: 5000,
+            spi_ps: 5001,
+        };
+        let odd = Agreement::negotiate([";=;", PHONE], &prefs(), spis, 5062, 5063).unwrap();
+        let v = [odd.server.as_str()];
+        odd.check_second_register([PHONE, " ;=; "], v).unwrap();
+        assert!(matches!(
+            odd.check_second_register([PHONE, ";=;;"], v),
+            Err(VerifyError::Malformed {
+                header: "Security-Client",
+                ..
+            })
+        ));
         // Duplicates count: [A, A] is not [A, B].
         check_client_unchanged([PHONE, PHONE], [PHONE, PHONE]).unwrap();
         assert!(check_client_unchanged([PHONE, "digest"], [PHONE, PHONE]).is_err());
+    }
+
+    mod props {
+        //! Random Security-Client lists (valid and broken offers, other mechanisms, odd
+        //! spacing and case): the choice is always an acceptable, best-ranked offer, and the
+        //! second REGISTER passes exactly when it echoes what was agreed.
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// One parameter: a good value, a bad one, or left out.
+        fn param(name: &'static str, good: BoxedStrategy<String>) -> BoxedStrategy<String> {
+            prop_oneof![
+                6 => good.prop_map(move |v| format!(";{name}={v}")),
+                1 => prop_oneof![
+                    Just(String::new()),
+                    Just(format!(";{name}=")),
+                    Just(format!(";{name}=0")),
+                    Just(format!(";{name}=x")),
+                    Just(format!(";{name}=99999999999")),
+                ],
+            ]
+            .boxed()
+        }
+
+        fn mechanism() -> impl Strategy<Value = String> {
+            let alg = prop_oneof![
+                Just("hmac-sha-1-96"),
+                Just("hmac-md5-96"),
+                Just("HMAC-SHA-1-96"),
+                Just("hmac-sha-256-128"),
+            ]
+            .prop_map(str::to_owned)
+            .boxed();
+            let ealg = prop_oneof![
+                Just("null"),
+                Just("aes-cbc"),
+                Just("des-ede3-cbc"),
+                Just("aes-gcm")
+            ]
+            .prop_map(str::to_owned)
+            .boxed();
+            let spi = (1u32..8).prop_map(|v| v.to_string()).boxed();
+            let port = (5060u16..5066).prop_map(|v| v.to_string()).boxed();
+            let q = prop_oneof![Just("0.1"), Just("0.5"), Just("1"), Just("2"), Just("nan")]
+                .prop_map(str::to_owned)
+                .boxed();
+            // Every parameter, each usually good, sometimes broken or left out, in any order.
+            let ipsec = (
+                prop_oneof![
+                    8 => Just("ipsec-3gpp"),
+                    1 => Just("IPSEC-3GPP"),
+                    1 => Just("ipsec-ike")
+                ],
+                (
+                    param("alg", alg),
+                    prop_oneof![Just(String::new()), param("ealg", ealg)],
+                    param("spi-c", spi.clone()),
+                    param("spi-s", spi),
+                    param("port-c", port.clone()),
+                    param("port-s", port),
+                ),
+                (
+                    prop_oneof![Just(String::new()), param("q", q)],
+                    prop_oneof![
+                        4 => Just(String::new()),
+                        2 => param("prot", Just("esp".to_owned()).boxed()),
+                        1 => Just(";prot=ah".to_owned())
+                    ],
+                    prop_oneof![
+                        4 => Just(String::new()),
+                        2 => param("mod", Just("trans".to_owned()).boxed()),
+                        1 => Just(";mod=tun".to_owned())
+                    ],
+                ),
+            )
+                .prop_flat_map(|(mech, (a, b, c, d, e, f), (g, h, i))| {
+                    (
+                        Just(mech),
+                        Just(vec![a, b, c, d, e, f, g, h, i]).prop_shuffle(),
+                    )
+                })
+                .prop_map(|(mech, params)| format!("{mech}{}", params.concat()));
+            prop_oneof![
+                8 => ipsec,
+                1 => Just("digest;d-alg=md5".to_owned()),
+                1 => Just("tls;q=0.2".to_owned()),
+                1 => Just(";=;".to_owned()),
+            ]
+        }
+
+        /// Header values: mechanisms grouped into comma lists.
+        fn values() -> impl Strategy<Value = Vec<String>> {
+            proptest::collection::vec(proptest::collection::vec(mechanism(), 1..3), 0..4)
+                .prop_map(|hs| hs.into_iter().map(|h| h.join(" , ")).collect())
+        }
+
+        const SPIS: SpiPair = SpiPair {
+            spi_pc: 4096,
+            spi_ps: 4097,
+        };
+
+        proptest! {
+            // About one case in ten has an acceptable offer: enough of both branches.
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
+            #[test]
+            fn the_choice_is_acceptable_and_the_echo_verifies(vals in values(), md5_first: bool) {
+                let prefs = if md5_first {
+                    Preferences::new(
+                        vec![IntegrityAlgorithm::HmacMd5, IntegrityAlgorithm::HmacSha1],
+                        vec![EncryptionAlgorithm::AesCbc, EncryptionAlgorithm::Null],
+                    )
+                } else {
+                    Preferences::default()
+                };
+                let refs: Vec<&str> = vals.iter().map(String::as_str).collect();
+                let acceptable: Vec<(ClientOffer, usize, usize)> = items(refs.iter().copied())
+                    .filter_map(|raw| {
+                        let m = SecMechanism::parse(raw).ok()?;
+                        if !m.is_ipsec_3gpp() {
+                            return None;
+                        }
+                        let q = m.q().ok()?.unwrap_or(1.0);
+                        if !(0.0..=1.0).contains(&q) {
+                            return None;
+                        }
+                        evaluate(&m, raw, &prefs).ok()
+                    })
+                    .collect();
+                match Agreement::negotiate(refs.iter().copied(), &prefs, SPIS, 5062, 5063) {
+                    Ok(a) => {
+                        let o = &a.offer;
+                        prop_assert!(o.spi_c != 0 && o.spi_s != 0 && o.spi_c != o.spi_s);
+                        prop_assert!(o.port_c != 0 && o.port_s != 0 && o.port_c != o.port_s);
+                        prop_assert!(prefs.integrity.contains(&o.alg));
+                        prop_assert!(prefs.encryption.contains(&o.ealg));
+                        // The best algorithm ranks among all acceptable offers.
+                        let best = acceptable.iter().map(|(_, a, e)| (*a, *e)).min();
+                        let mine = acceptable
+                            .iter()
+                            .find(|(c, _, _)| c == o)
+                            .map(|(_, a, e)| (*a, *e));
+                        prop_assert!(mine.is_some(), "the chosen offer is one of the acceptable ones");
+                        prop_assert_eq!(mine, best);
+                        // The echo of the agreement passes, in any order of the offers.
+                        let server = a.server.clone();
+                        prop_assert!(a.check_second_register(refs.iter().copied(), [server.as_str()]).is_ok());
+                        let reversed: Vec<&str> = {
+                            let mut v: Vec<&str> = items(refs.iter().copied()).collect();
+                            v.reverse();
+                            v
+                        };
+                        prop_assert!(a.check_second_register(reversed.iter().copied(), [server.as_str()]).is_ok());
+                        // A changed Security-Verify, a dropped or an added offer: 494.
+                        let other_spi = server.replace("spi-s=4097", "spi-s=4098");
+                        prop_assert!(a.check_second_register(refs.iter().copied(), [other_spi.as_str()]).is_err());
+                        prop_assert!(a
+                            .check_second_register(refs.iter().copied(), [server.as_str(), "digest"])
+                            .is_err());
+                        let fewer = &reversed[1..];
+                        prop_assert!(a.check_second_register(fewer.iter().copied(), [server.as_str()]).is_err());
+                        let mut more = reversed.clone();
+                        more.push(PHONE);
+                        prop_assert!(a.check_second_register(more.iter().copied(), [server.as_str()]).is_err());
+                    }
+                    Err(_) => prop_assert!(acceptable.is_empty(), "an acceptable offer was refused: {vals:?}"),
+                }
+            }
+
+            #[test]
+            fn any_text_is_answered(vals in proptest::collection::vec(".{0,80}", 0..4), verify in ".{0,80}") {
+                let refs: Vec<&str> = vals.iter().map(String::as_str).collect();
+                let _ = select_offer(refs.iter().copied(), &Preferences::default());
+                let _ = check_verify(PHONE, [verify.as_str()]);
+                let _ = check_client_unchanged(refs.iter().copied(), [verify.as_str()]);
+            }
+        }
     }
 }
