@@ -115,6 +115,22 @@ fn registration_end_to_end_in_namespaces() {
     );
     assert_eq!(fetch.registration_state.as_deref(), Some("active"));
     assert!(!fetch.protected, "no IPsec on this kernel");
+    // A deregistration by the network (the HSS's RTR): the S-CSCF's reg event NOTIFY to the
+    // P-CSCF's own subscription ends the registration there too.
+    let fixed = UeConfig {
+        local: "10.10.1.2:5170".parse().unwrap(),
+        ..bob.clone()
+    };
+    let (reg, after) = lab
+        .network_deregisters(fixed, "bob.private@hims.net")
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    assert_eq!(reg.status, 200, "{}", lab.logs());
+    assert_eq!(after, 403, "the P-CSCF still had the flow\n{}", lab.logs());
+    assert!(
+        lab.logs().contains("registration ended by the network"),
+        "{}",
+        lab.logs()
+    );
     // The P-CSCF's Path entry as Route is no credential: from the UE's host but not from the
     // core, a MESSAGE toward a registered UE gets 403 (the in-process P-CSCF test shows
     // nothing reaches the UE).
@@ -493,8 +509,10 @@ fn malformed(pcap: &std::path::Path) -> usize {
 
 /// A capture in every namespace, read by tshark, shows the flow of DEVELOPERS.md message by
 /// message: REGISTER, DNS, REGISTER, UAR/UAA, REGISTER, MAR/MAA, 401 three hops back, second
-/// REGISTER, UAR/UAA, SAR/SAA, 200 OK three hops back; Path, Service-Route and
-/// P-Associated-URI where they belong, no ck/ik toward the UE, nothing malformed.
+/// REGISTER, UAR/UAA, SAR/SAA, 200 OK three hops back, then the P-CSCF's own reg event
+/// subscription at the S-CSCF (TS 24.229 §5.2.3: SUBSCRIBE, 200, NOTIFY, 200); Path,
+/// Service-Route and P-Associated-URI where they belong, no ck/ik toward the UE, nothing
+/// malformed.
 #[test]
 fn captures_show_the_registration_ladder() {
     let Some(lab) = Lab::start("e2ecap") else {
@@ -558,7 +576,11 @@ fn captures_show_the_registration_ladder() {
             "UE>P REGISTER",
             "P>I REGISTER",
             "I>P 200",
-            "P>UE 200"
+            "P>UE 200",
+            "P>S SUBSCRIBE",
+            "S>P 200",
+            "S>P NOTIFY",
+            "P>S 200"
         ],
         "visited network's capture: {v:#?}"
     );
@@ -593,7 +615,11 @@ fn captures_show_the_registration_ladder() {
             "S>HSS SAR",
             "HSS>S SAA",
             "S>I 200",
-            "I>P 200"
+            "I>P 200",
+            "P>S SUBSCRIBE",
+            "S>P 200",
+            "S>P NOTIFY",
+            "P>S 200"
         ],
         "home network's capture"
     );

@@ -12,6 +12,8 @@
 //! - a second REGISTER with a Security-Verify or Security-Client other than agreed gets 494,
 //!   and the SAs of that attempt go on both sides;
 //! - a UE that comes back from new ports leaves exactly the four SAs of its new registration;
+//! - a deregistration by the network (the HSS's RTR) removes the UE's SAs at the P-CSCF at
+//!   once (the S-CSCF's reg event NOTIFY to the P-CSCF's own subscription);
 //! - a capture on the veth holds ESP and no clear SIP on the protected ports;
 //! - 50 UEs register at once, each with its four SAs (200 on each side), and are all cleaned
 //!   up after deregistering;
@@ -179,6 +181,11 @@ fn whole_ims_chain_registers_in_a_real_esp_kernel() {
             "{label}: hard lifetimes {lifetimes}"
         );
     }
+    // A deregistration by the network: the reg event NOTIFY to the P-CSCF's subscription
+    // removes the UE's SAs at once.
+    assert_eq!(value("VM-SAS-rtr:"), "core=4/4");
+    assert_eq!(value("VM-SAS-AFTER-rtr:"), "core=0/0");
+    assert!(console.contains("VM-STEP SAs gone when the network deregistered the UE: ok"));
     // Expiry: four SAs while registered for 3 s, none a few seconds later.
     assert_eq!(value("VM-SAS-expiry:"), "core=4/4");
     assert!(console.contains("VM-STEP SAs gone when the registration expired: ok"));

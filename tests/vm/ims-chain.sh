@@ -255,6 +255,18 @@ ipsec_ue hook $UE 5100 --ipsec-hook /bin/ue-xfrm-hook
 ipsec_ue own $UE 5110 --ipsec --refresh --fetch-reg
 ipsec_ue tcp $UE 5160 --ipsec --transport tcp --fetch-reg
 ipsec_ue v6 $UE6 5200 --ipsec
+# 5a. A deregistration by the network (the HSS's RTR; the S-CSCF's reg event NOTIFY reaches
+#     the P-CSCF's own subscription): the P-CSCF removes that UE's SAs at once, not at expiry.
+#     The UE's own de-REGISTER afterwards finds no SA at the P-CSCF and times out; ims-ue
+#     removes its SAs when it exits.
+held rtr $AKA_ALICE --local "$UE:5400" --port-us 5401 --ipsec --timeout 3
+if wait_for "rtr UE registered through IPsec" 150 registered rtr; then
+  echo "VM-SAS-rtr: core=$(sas core)"
+  imsctl subscriber deregister alice@hims.net >/dev/null 2>&1
+  wait_for "SAs gone when the network deregistered the UE" 300 no_sas
+  echo "VM-SAS-AFTER-rtr: core=$(sas core)"
+fi
+release rtr; wait "$pid_rtr"; sed "s/^/VM-UE-rtr: /" "$D/ue-rtr.out"
 # 5b. A second REGISTER whose Security-Verify or Security-Client is not the agreed one gets
 #     494 (through the SAs), and the SAs of that failed attempt go on both sides.
 #     A wrong RES through the new SAs gets 403, and they go too.

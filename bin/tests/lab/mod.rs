@@ -366,6 +366,47 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Registers `cfg` (from a fixed local port) and leaves it registered; then the HSS
+    /// deregisters the subscriber (`imsctl subscriber deregister`: RTR to the S-CSCF, whose
+    /// reg event NOTIFY reaches the P-CSCF's subscription); then, once the P-CSCF logs it, a
+    /// UE on the same address and port asks for its registration state without registering.
+    /// Returns the registration and that request's status (the P-CSCF's 403 once it has
+    /// forgotten the flow; the S-CSCF's 480 if it had not).
+    pub fn network_deregisters(
+        &self,
+        cfg: UeConfig,
+        impi: &str,
+    ) -> Result<(ims_ue::Outcome, u16), ims_ue::UeError> {
+        let again = cfg.clone();
+        let reg = self.in_ue_ns(async move {
+            let mut ue = Ue::start(cfg).await?;
+            ue.register(600).await
+        })?;
+        let before = self
+            .logs()
+            .matches("registration ended by the network")
+            .count();
+        self.imsctl(&["subscriber", "deregister", impi]);
+        for _ in 0..100 {
+            if self
+                .logs()
+                .matches("registration ended by the network")
+                .count()
+                > before
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let fetch = self.in_ue_ns(async move {
+            let mut ue = Ue::start(again).await?;
+            ue.fetch_reg().await
+        })?;
+        Ok((reg, fetch.status))
+    }
+}
+
 pub fn aka_ue(
     impi: &str,
     impu: &str,

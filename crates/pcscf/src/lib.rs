@@ -43,11 +43,18 @@
 //! else `403` and one warning (an unregistered host could otherwise reach any UE past the
 //! core with any identity).
 //!
+//! **Its own reg event subscription** ([`regevent`], TS 24.229 §5.2.3): after a UE's
+//! registration the P-CSCF subscribes to its `reg` event at the S-CSCF (`reg_event = true`, the
+//! default); a NOTIFY saying the network ended the UE's contacts (the HSS's RTR, an
+//! administrative deregistration, expiry) ends the registration here too, and removes its
+//! IPsec SAs. (The UE's own deregistration is acted on when its 200 passes, as before.)
+//!
 //! Non-INVITE requests go through client transactions ([`SipEndpoint::send_request`]);
 //! INVITE, ACK and CANCEL are forwarded statelessly for now (the INVITE transaction machines
 //! are not written yet).
 
 pub mod ipsec;
+pub mod regevent;
 pub mod registrations;
 
 use std::future::Future;
@@ -64,7 +71,9 @@ use ims_sip::{Auth, HeaderName, Message, Method, Uri};
 use ipnet::IpNet;
 use ipsec::flows::{Flows, SetInfo, SetKey};
 use ipsec::{Agreement, IpsecMode};
+use regevent::{Subscription, Subscriptions, terminated_contacts};
 use registrations::{Flow, Registration, Registrations, contact_key};
+use ring::rand::{SecureRandom, SystemRandom};
 use serde::Deserialize;
 
 /// The P-CSCF configuration.
@@ -100,6 +109,15 @@ pub struct Config {
     /// the latter.
     #[serde(default)]
     pub core_networks: Vec<String>,
+    /// Subscribe to the reg event package of each UE registered here (TS 24.229 §5.2.3), so
+    /// that a deregistration by the network (the HSS's RTR, an administrative one) ends the
+    /// registration and its IPsec SAs here too. Default true.
+    #[serde(default = "yes")]
+    pub reg_event: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_log() -> String {
@@ -180,6 +198,8 @@ const REG_AWAIT_AUTH: Duration = Duration::from_secs(240);
 /// How long a deregistered TCP flow keeps its SAs: its 200 OK is written (and acknowledged)
 /// after the handler has queued it.
 const TCP_DEREG_GRACE: Duration = Duration::from_secs(2);
+/// How long our reg event subscription asks to outlive the registration it watches.
+const REG_EVENT_MARGIN: Duration = Duration::from_secs(60);
 
 struct Inner {
     cfg: Config,
@@ -190,6 +210,9 @@ struct Inner {
     ipsec: Option<Arc<Flows>>,
     /// `core_networks`, parsed.
     core: Vec<IpNet>,
+    /// Our reg event subscriptions, one per registered flow.
+    subs: Subscriptions,
+    rng: SystemRandom,
     icid: AtomicU64,
     icid_salt: u64,
 }
@@ -274,6 +297,8 @@ impl Pcscf {
                 ep,
                 resolver,
                 regs: Registrations::new(),
+                subs: Subscriptions::new(),
+                rng: SystemRandom::new(),
                 ipsec,
                 icid: AtomicU64::new(1),
                 icid_salt,
@@ -316,6 +341,7 @@ impl Pcscf {
                     if n > 0 {
                         tracing::info!(expired = n, "registrations expired");
                     }
+                    self.inner.subs.expire(now);
                     if let Some(flows) = self.inner.ipsec.clone() {
                         let n = tokio::task::spawn_blocking(move || flows.sweep(now)).await.unwrap_or(0);
                         if n > 0 {
@@ -364,6 +390,12 @@ impl Inner {
             addr: req.source,
             transport: req.transport,
         };
+        if req.message.method() == Some(Method::Notify)
+            && let Some(call_id) = req.message.call_id().ok().map(str::to_owned)
+            && let Some(sub) = self.subs.get(&call_id)
+        {
+            return self.reg_notify(req, call_id, sub).await;
+        }
         match req.message.method() {
             Some(Method::Register) => self.register(req, flow).await,
             _ => match self.regs.get(&flow, Instant::now()) {
@@ -702,6 +734,9 @@ impl Inner {
                         }
                     }
                 }
+                if let Some(expiry) = stored {
+                    self.watch(req, flow, expiry).await;
+                }
             }
             (_, security) => {
                 self.give_back(&security);
@@ -913,6 +948,166 @@ impl Inner {
         let expiry = reg.expires();
         self.regs.put(reg);
         expiry
+    }
+
+    /// Subscribes to the UE's reg event after its registration's 200 (TS 24.229 §5.2.3), or
+    /// refreshes our subscription when the registration now outlives it.
+    async fn watch(&self, req: &ServerRequest, flow: Flow, reg_expiry: Instant) {
+        if !self.cfg.reg_event {
+            return;
+        }
+        let Some(impu) = req.message.to_addr().ok().map(|a| a.uri_str.to_owned()) else {
+            return;
+        };
+        let Some(reg) = self.regs.get(&flow, Instant::now()) else {
+            return;
+        };
+        let want = reg_expiry + REG_EVENT_MARGIN;
+        let existing = self
+            .subs
+            .for_flow(&flow)
+            .and_then(|c| self.subs.get(&c).map(|s| (c, s)));
+        let (call_id, mut sub) = match existing {
+            Some((_, s)) if s.impu == impu && s.expires_at >= want => return,
+            Some((c, s)) if s.impu == impu && s.remote_target.is_some() => (c, s),
+            other => {
+                if let Some((c, _)) = other {
+                    self.subs.remove(&c);
+                }
+                let sub = Subscription {
+                    flow,
+                    impu: impu.clone(),
+                    local_tag: self.random_hex(8),
+                    remote_tag: None,
+                    remote_target: None,
+                    cseq: 0,
+                    // Until the S-CSCF's 200 grants more; its NOTIFY may come first.
+                    expires_at: Instant::now() + Duration::from_secs(32),
+                };
+                (self.random_hex(16), sub)
+            }
+        };
+        sub.cseq += 1;
+        let secs = want.saturating_duration_since(Instant::now()).as_secs();
+        let port = self.ep.local_addr().port();
+        let me = format!("<sip:{}:{port}>", bracket(&self.cfg.via_host));
+        let (ruri, routes, next) = match &sub.remote_target {
+            Some(t) => (t.clone(), Vec::new(), t.clone()),
+            None => match reg.service_route.first() {
+                Some(first) => (impu.clone(), reg.service_route.clone(), first.clone()),
+                None => return,
+            },
+        };
+        let mut b = ims_sip::RequestBuilder::new("SUBSCRIBE", &ruri);
+        for r in &routes {
+            b = b.header("Route", r);
+        }
+        let to = match &sub.remote_tag {
+            Some(t) => format!("<{impu}>;tag={t}"),
+            None => format!("<{impu}>"),
+        };
+        let built = b
+            .header("Max-Forwards", "70")
+            .header("From", &format!("{me};tag={}", sub.local_tag))
+            .header("To", &to)
+            .header("Call-ID", &call_id)
+            .header("CSeq", &format!("{} SUBSCRIBE", sub.cseq))
+            .header("Contact", &format!("<sip:{}>", self.ep.local_addr()))
+            .header("P-Asserted-Identity", &me)
+            .header("Event", "reg")
+            .header("Accept", "application/reginfo+xml")
+            .header("Expires", &secs.to_string())
+            .build();
+        let m = match built {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(%impu, error = %e, "cannot build the reg event SUBSCRIBE");
+                return;
+            }
+        };
+        self.subs.put(&call_id, sub);
+        let target = match self.resolve_route(&next).await {
+            Some(Ok(t)) if !t.is_empty() => t[0],
+            _ => {
+                tracing::warn!(%impu, next = %next, "reg event SUBSCRIBE: the next hop does not resolve");
+                self.subs.remove(&call_id);
+                return;
+            }
+        };
+        match self.ep.send_request(m, target).await {
+            Ok(resp) if resp.status().is_some_and(|s| (200..300).contains(&s)) => {
+                let granted = resp.expires().and_then(Result::ok).map_or(secs, u64::from);
+                let tag = resp.to_addr().ok().and_then(|a| a.tag().map(str::to_owned));
+                let contact = resp
+                    .contacts()
+                    .flatten()
+                    .find_map(|c| c.addr().map(|a| a.uri_str.to_owned()));
+                self.subs.update(&call_id, |s| {
+                    s.expires_at = Instant::now() + Duration::from_secs(granted);
+                    s.remote_tag = tag.or(s.remote_tag.take());
+                    s.remote_target = contact.or(s.remote_target.take());
+                });
+                tracing::debug!(%impu, granted, "subscribed to the reg event");
+            }
+            Ok(resp) => {
+                tracing::warn!(%impu, status = resp.status().unwrap_or(0), "the S-CSCF refused our reg event subscription");
+                self.subs.remove(&call_id);
+            }
+            Err(e) => {
+                tracing::warn!(%impu, error = %e, "reg event SUBSCRIBE got no answer");
+                self.subs.remove(&call_id);
+            }
+        }
+    }
+
+    /// A NOTIFY of one of our reg event subscriptions: contacts it says ended are forgotten,
+    /// and a UE left without any loses its registration and its IPsec SAs.
+    async fn reg_notify(&self, req: ServerRequest, call_id: String, sub: Subscription) {
+        let m = &req.message;
+        let ended = match terminated_contacts(m.body()) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(source = %req.source, error = %e, "reg event NOTIFY with a document we cannot read");
+                return self.reply(&req, 400, "Bad Request (reginfo)").await;
+            }
+        };
+        self.reply(&req, 200, "OK").await;
+        let state = m
+            .header_str(HeaderName::SubscriptionState)
+            .unwrap_or("")
+            .trim_start()
+            .to_ascii_lowercase();
+        if state.starts_with("terminated") {
+            self.subs.remove(&call_id);
+        } else if sub.remote_tag.is_none() {
+            let tag = m.from_addr().ok().and_then(|a| a.tag().map(str::to_owned));
+            self.subs.update(&call_id, |s| s.remote_tag = tag);
+        }
+        for key in ended {
+            let Some(flow) = self.regs.flow_for_contact(&key) else {
+                continue;
+            };
+            let Some(reg) = self.regs.drop_contact(&flow, &key) else {
+                continue;
+            };
+            tracing::info!(impi = %reg.impi, impu = %sub.impu, "registration ended by the network (reg event)");
+            if reg.ipsec_port_us.is_some()
+                && let Some(flows) = self.ipsec.clone()
+            {
+                let key = flow.addr;
+                let _ = tokio::task::spawn_blocking(move || flows.remove(key)).await;
+            }
+        }
+    }
+
+    fn random_hex(&self, bytes: usize) -> String {
+        let mut b = [0u8; 16];
+        let b = &mut b[..bytes.min(16)];
+        if self.rng.fill(b).is_err() {
+            // Unique is what a tag must be; the counter is.
+            return format!("{:016x}", self.icid.fetch_add(1, Ordering::Relaxed));
+        }
+        b.iter().map(|x| format!("{x:02x}")).collect()
     }
 
     /// A request from a registered UE toward the core (§5.2.6.3).

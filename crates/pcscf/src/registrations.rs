@@ -144,6 +144,24 @@ impl Registrations {
         Some(reg)
     }
 
+    /// Forgets one contact (`host:port`, [`contact_key`]) of a flow's registration; when it
+    /// was the last, the whole registration, which is returned.
+    pub fn drop_contact(&self, flow: &Flow, key: &str) -> Option<Registration> {
+        if let Ok(mut m) = self.by_contact[shard(&key)].lock()
+            && m.get(key) == Some(flow)
+        {
+            m.remove(key);
+        }
+        let mut m = self.by_flow[shard(flow)].lock().ok()?;
+        let reg = m.get_mut(flow)?;
+        reg.contacts
+            .retain(|(c, _)| contact_key(c).as_deref() != Some(key));
+        if reg.contacts.is_empty() {
+            return m.remove(flow);
+        }
+        None
+    }
+
     /// Drops expired registrations; returns how many.
     pub fn expire(&self, now: Instant) -> usize {
         let mut gone = Vec::new();
@@ -180,6 +198,38 @@ impl Registrations {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn contacts_dropped_one_by_one() {
+        let r = Registrations::new();
+        let later = Instant::now() + Duration::from_secs(60);
+        let flow = Flow {
+            addr: "10.0.0.2:5060".parse().unwrap(),
+            transport: Transport::Udp,
+        };
+        r.put(Registration {
+            flow,
+            contacts: vec![
+                ("sip:alice@10.0.0.2:5060".into(), later),
+                ("sip:alice@10.0.0.2:5070;transport=tcp".into(), later),
+            ],
+            associated: vec!["sip:alice@hims.net".into()],
+            service_route: Vec::new(),
+            impi: "alice@hims.net".into(),
+            ipsec_port_us: None,
+        });
+        assert!(r.drop_contact(&flow, "10.0.0.2:5060").is_none());
+        assert!(r.flow_for_contact("10.0.0.2:5060").is_none());
+        assert_eq!(r.flow_for_contact("10.0.0.2:5070"), Some(flow));
+        assert!(
+            r.drop_contact(&flow, "10.0.0.9:5060").is_none(),
+            "not one of its contacts"
+        );
+        let gone = r.drop_contact(&flow, "10.0.0.2:5070").unwrap();
+        assert_eq!(gone.impi, "alice@hims.net");
+        assert!(r.flow_for_contact("10.0.0.2:5070").is_none());
+        assert!(r.is_empty());
+    }
 
     #[test]
     fn put_get_expire() {

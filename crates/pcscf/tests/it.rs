@@ -192,6 +192,7 @@ async fn ue_registers_through_p_and_i_cscf_and_sends_along_the_service_route() {
             ..Default::default()
         },
         core_networks: Vec::new(),
+        reg_event: true,
     })
     .await
     .unwrap();
