@@ -20,16 +20,14 @@
 //! a [`RegInfoError`] and the NOTIFY gets 400.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
 use std::time::Instant;
 
 use quick_xml::events::Event;
 use quick_xml::reader::Reader;
 
-use crate::registrations::{Flow, contact_key};
+use crate::registrations::{Flow, SHARDS, contact_key, shard};
 
-const SHARDS: usize = 16;
 /// The largest reginfo document read.
 pub const MAX_DOC: usize = 256 * 1024;
 
@@ -165,12 +163,6 @@ pub struct Subscription {
 pub struct Subscriptions {
     by_call: [Mutex<HashMap<String, Subscription>>; SHARDS],
     by_flow: [Mutex<HashMap<Flow, String>>; SHARDS],
-}
-
-fn shard<K: Hash + ?Sized>(k: &K) -> usize {
-    let mut h = DefaultHasher::new();
-    k.hash(&mut h);
-    (h.finish() as usize) % SHARDS
 }
 
 impl Default for Subscriptions {

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use ims_net::dns::Transport;
 
-const SHARDS: usize = 16;
+pub(crate) const SHARDS: usize = 16;
 
 /// The UE's flow: where its requests come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,7 +81,8 @@ pub struct Registrations {
     by_contact: [Mutex<HashMap<String, Flow>>; SHARDS],
 }
 
-fn shard<K: Hash>(k: &K) -> usize {
+/// The shard of a key (the P-CSCF's maps of UEs all use [`SHARDS`] shards).
+pub(crate) fn shard<K: Hash + ?Sized>(k: &K) -> usize {
     let mut h = DefaultHasher::new();
     k.hash(&mut h);
     (h.finish() as usize) % SHARDS
