@@ -342,6 +342,7 @@ impl Pcscf {
                         tracing::info!(expired = n, "registrations expired");
                     }
                     self.inner.subs.expire(now);
+                    self.inner.refresh_subscriptions(now);
                     if let Some(flows) = self.inner.ipsec.clone() {
                         let n = tokio::task::spawn_blocking(move || flows.sweep(now)).await.unwrap_or(0);
                         if n > 0 {
@@ -734,8 +735,10 @@ impl Inner {
                         }
                     }
                 }
-                if let Some(expiry) = stored {
-                    self.watch(req, flow, expiry).await;
+                if let Some(expiry) = stored
+                    && let Ok(to) = req.message.to_addr()
+                {
+                    self.watch(flow, to.uri_str.to_owned(), expiry).await;
                 }
             }
             (_, security) => {
@@ -951,14 +954,11 @@ impl Inner {
     }
 
     /// Subscribes to the UE's reg event after its registration's 200 (TS 24.229 §5.2.3), or
-    /// refreshes our subscription when the registration now outlives it.
-    async fn watch(&self, req: &ServerRequest, flow: Flow, reg_expiry: Instant) {
+    /// refreshes our subscription (inside its dialog) when the registration now outlives it.
+    async fn watch(&self, flow: Flow, impu: String, reg_expiry: Instant) {
         if !self.cfg.reg_event {
             return;
         }
-        let Some(impu) = req.message.to_addr().ok().map(|a| a.uri_str.to_owned()) else {
-            return;
-        };
         let Some(reg) = self.regs.get(&flow, Instant::now()) else {
             return;
         };
@@ -967,9 +967,15 @@ impl Inner {
             .subs
             .for_flow(&flow)
             .and_then(|c| self.subs.get(&c).map(|s| (c, s)));
-        let (call_id, mut sub) = match existing {
-            Some((_, s)) if s.impu == impu && s.expires_at >= want => return,
-            Some((c, s)) if s.impu == impu && s.remote_target.is_some() => (c, s),
+        let (call_id, sub) = match existing {
+            Some((_, s)) if s.impu == impu && (s.pending || s.expires_at >= want) => return,
+            Some((c, s)) if s.impu == impu && s.remote_target.is_some() => {
+                // Atomically: one SUBSCRIBE of a dialog in flight at a time, CSeq + 1.
+                match self.subs.begin(&c) {
+                    Some(s) => (c, s),
+                    None => return,
+                }
+            }
             other => {
                 if let Some((c, _)) = other {
                     self.subs.remove(&c);
@@ -980,14 +986,17 @@ impl Inner {
                     local_tag: self.random_hex(8),
                     remote_tag: None,
                     remote_target: None,
-                    cseq: 0,
+                    cseq: 1,
                     // Until the S-CSCF's 200 grants more; its NOTIFY may come first.
                     expires_at: Instant::now() + Duration::from_secs(32),
+                    granted: Duration::from_secs(32),
+                    pending: true,
                 };
-                (self.random_hex(16), sub)
+                let call_id = self.random_hex(16);
+                self.subs.put(&call_id, sub.clone());
+                (call_id, sub)
             }
         };
-        sub.cseq += 1;
         let secs = want.saturating_duration_since(Instant::now()).as_secs();
         let port = self.ep.local_addr().port();
         let me = format!("<sip:{}:{port}>", bracket(&self.cfg.via_host));
@@ -995,7 +1004,10 @@ impl Inner {
             Some(t) => (t.clone(), Vec::new(), t.clone()),
             None => match reg.service_route.first() {
                 Some(first) => (impu.clone(), reg.service_route.clone(), first.clone()),
-                None => return,
+                None => {
+                    self.subs.remove(&call_id);
+                    return;
+                }
             },
         };
         let mut b = ims_sip::RequestBuilder::new("SUBSCRIBE", &ruri);
@@ -1022,10 +1034,10 @@ impl Inner {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(%impu, error = %e, "cannot build the reg event SUBSCRIBE");
+                self.subs.remove(&call_id);
                 return;
             }
         };
-        self.subs.put(&call_id, sub);
         let target = match self.resolve_route(&next).await {
             Some(Ok(t)) if !t.is_empty() => t[0],
             _ => {
@@ -1043,11 +1055,13 @@ impl Inner {
                     .flatten()
                     .find_map(|c| c.addr().map(|a| a.uri_str.to_owned()));
                 self.subs.update(&call_id, |s| {
-                    s.expires_at = Instant::now() + Duration::from_secs(granted);
+                    s.granted = Duration::from_secs(granted);
+                    s.expires_at = Instant::now() + s.granted;
                     s.remote_tag = tag.or(s.remote_tag.take());
                     s.remote_target = contact.or(s.remote_target.take());
+                    s.pending = false;
                 });
-                tracing::debug!(%impu, granted, "subscribed to the reg event");
+                tracing::debug!(%impu, granted, cseq = sub.cseq, "subscribed to the reg event");
             }
             Ok(resp) => {
                 tracing::warn!(%impu, status = resp.status().unwrap_or(0), "the S-CSCF refused our reg event subscription");
@@ -1056,6 +1070,20 @@ impl Inner {
             Err(e) => {
                 tracing::warn!(%impu, error = %e, "reg event SUBSCRIBE got no answer");
                 self.subs.remove(&call_id);
+            }
+        }
+    }
+
+    /// Refreshes the subscriptions past half their granted time whose registration outlives
+    /// them (an S-CSCF may grant less than we ask).
+    fn refresh_subscriptions(self: &Arc<Self>, now: Instant) {
+        for sub in self.subs.due(now) {
+            let Some(expiry) = self.regs.get(&sub.flow, now).and_then(|r| r.expires()) else {
+                continue;
+            };
+            if expiry + REG_EVENT_MARGIN > sub.expires_at {
+                let inner = self.clone();
+                tokio::spawn(async move { inner.watch(sub.flow, sub.impu, expiry).await });
             }
         }
     }

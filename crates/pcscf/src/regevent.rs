@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use quick_xml::events::Event;
 use quick_xml::reader::Reader;
@@ -157,6 +157,10 @@ pub struct Subscription {
     pub cseq: u32,
     /// When it lapses.
     pub expires_at: Instant,
+    /// How long the S-CSCF granted it for (refreshed past half of it).
+    pub granted: Duration,
+    /// A SUBSCRIBE of it is in flight.
+    pub pending: bool,
 }
 
 /// Our subscriptions by Call-ID, with an index from the UE flow to the Call-ID.
@@ -210,6 +214,38 @@ impl Subscriptions {
             Ok(mut m) => m.get_mut(call_id).map(f).is_some(),
             Err(_) => false,
         }
+    }
+
+    /// Starts a SUBSCRIBE inside the dialog `call_id`: unless one is in flight already,
+    /// marks it pending and returns it with its CSeq advanced.
+    pub fn begin(&self, call_id: &str) -> Option<Subscription> {
+        let mut m = self.by_call[shard(call_id)].lock().ok()?;
+        let s = m.get_mut(call_id)?;
+        if s.pending {
+            return None;
+        }
+        s.pending = true;
+        s.cseq = s.cseq.wrapping_add(1);
+        Some(s.clone())
+    }
+
+    /// The established subscriptions past half their granted time, none in flight.
+    pub fn due(&self, now: Instant) -> Vec<Subscription> {
+        let mut out = Vec::new();
+        for s in &self.by_call {
+            if let Ok(m) = s.lock() {
+                out.extend(
+                    m.values()
+                        .filter(|s| {
+                            !s.pending
+                                && s.remote_target.is_some()
+                                && s.expires_at.saturating_duration_since(now) <= s.granted / 2
+                        })
+                        .cloned(),
+                );
+            }
+        }
+        out
     }
 
     /// Forgets the subscription `call_id`.
@@ -334,14 +370,28 @@ mod tests {
                 remote_tag: None,
                 remote_target: None,
                 cseq: 1,
-                expires_at: now + std::time::Duration::from_secs(60),
+                expires_at: now + Duration::from_secs(60),
+                granted: Duration::from_secs(60),
+                pending: false,
             },
         );
         assert_eq!(s.for_flow(&flow).as_deref(), Some("c1"));
         assert!(s.update("c1", |x| x.remote_tag = Some("r".into())));
         assert_eq!(s.get("c1").unwrap().remote_tag.as_deref(), Some("r"));
+        // Due past half its time, once it has a dialog; one refresh in flight at a time.
+        assert!(
+            s.due(now + Duration::from_secs(31)).is_empty(),
+            "no dialog yet"
+        );
+        assert!(s.update("c1", |x| x.remote_target = Some("sip:10.0.0.9".into())));
+        assert!(s.due(now + Duration::from_secs(29)).is_empty());
+        assert_eq!(s.due(now + Duration::from_secs(31)).len(), 1);
+        assert_eq!(s.begin("c1").unwrap().cseq, 2);
+        assert!(s.begin("c1").is_none(), "pending");
+        assert!(s.due(now + Duration::from_secs(31)).is_empty());
+        assert!(s.update("c1", |x| x.pending = false));
         assert_eq!(s.expire(now), 0);
-        assert_eq!(s.expire(now + std::time::Duration::from_secs(61)), 1);
+        assert_eq!(s.expire(now + Duration::from_secs(61)), 1);
         assert!(s.is_empty() && s.for_flow(&flow).is_none());
     }
 }

@@ -86,6 +86,12 @@ async fn registrar(seen: Arc<Mutex<Vec<Message>>>) -> SocketAddr {
                     r.append_header("Contact", &format!("{c};expires={expires}"))
                         .unwrap();
                 }
+            } else if m.method_str() == Some("SUBSCRIBE") {
+                // The P-CSCF's reg event subscription: granted for 2 s only, so that it
+                // must refresh it inside the dialog.
+                r = response_to(m, 200, "OK", Some("s2")).unwrap();
+                r.append_header("Expires", "2").unwrap();
+                r.append_header("Contact", &format!("<sip:{me}>")).unwrap();
             } else {
                 r = response_to(m, 200, "OK", Some("s2")).unwrap();
             }
@@ -278,8 +284,11 @@ async fn ue_registers_through_p_and_i_cscf_and_sends_along_the_service_route() {
     assert_eq!(r.status(), Some(200));
     {
         let seen = seen.lock().unwrap();
-        let m = seen.last().unwrap();
-        assert_eq!(m.method_str(), Some("MESSAGE"));
+        let m = seen
+            .iter()
+            .rev()
+            .find(|m| m.method_str() == Some("MESSAGE"))
+            .unwrap();
         assert_eq!(
             m.header_str(HeaderName::PAssertedIdentity),
             Some("<tel:+15551234>")
@@ -290,6 +299,43 @@ async fn ue_registers_through_p_and_i_cscf_and_sends_along_the_service_route() {
             format!("<sip:orig@{scscf};lr>"),
             "the Service-Route replaced the UE's Route"
         );
+    }
+
+    // The P-CSCF subscribed to alice's reg event along her Service-Route, as the entity on her
+    // Path; granted 2 s, it refreshes inside the dialog (to the Contact, CSeq up, our To tag).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    {
+        let seen = seen.lock().unwrap();
+        let subs: Vec<&Message> = seen
+            .iter()
+            .filter(|m| m.method_str() == Some("SUBSCRIBE"))
+            .collect();
+        assert!(
+            subs.len() >= 2,
+            "a SUBSCRIBE and its refresh: {}",
+            subs.len()
+        );
+        let (first, refresh) = (subs[0], subs[1]);
+        assert_eq!(first.request_uri_str(), Some("sip:alice@hims.net"));
+        assert_eq!(
+            first.header_str(HeaderName::Route).unwrap(),
+            format!("<sip:orig@{scscf};lr>")
+        );
+        assert_eq!(
+            first.header_str(HeaderName::PAssertedIdentity).unwrap(),
+            format!("<sip:127.0.0.1:{}>", p.port())
+        );
+        assert_eq!(first.header_str(HeaderName::Event), Some("reg"));
+        let expires = first.expires().unwrap().unwrap();
+        assert!((600..=700).contains(&expires), "{expires}");
+        assert_eq!(refresh.call_id(), first.call_id());
+        assert_eq!(
+            refresh.request_uri_str(),
+            Some(format!("sip:{scscf}").as_str())
+        );
+        assert!(refresh.header(HeaderName::Route).is_none());
+        assert_eq!(refresh.to_addr().unwrap().tag(), Some("s2"));
+        assert_eq!(refresh.cseq().unwrap().seq, first.cseq().unwrap().seq + 1);
     }
 
     // Toward alice: our Path entry as Route is no credential. From a host that is neither
