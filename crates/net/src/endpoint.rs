@@ -28,11 +28,10 @@
 //! held across an await). INVITE transactions are not tracked here yet: the registration path
 //! needs none, and INVITE is forwarded statelessly.
 
-use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -41,9 +40,8 @@ use ims_sip::{HeaderName, Message, Method, Via, text};
 use tokio::sync::mpsc;
 
 use crate::dns::Transport;
+use crate::shards::Shards;
 use crate::sip::{Incoming, SendError, SipTransport};
-
-const SHARDS: usize = 16;
 
 /// A request for the application, once per transaction.
 #[derive(Debug)]
@@ -96,33 +94,6 @@ enum ClientState {
     Waiting(mpsc::Sender<Message>),
     /// Answered; later copies of the final response are absorbed until the instant.
     Absorbing(Instant),
-}
-
-struct Shards<K, V>([Mutex<HashMap<K, V>>; SHARDS]);
-
-impl<K: Hash + Eq, V> Shards<K, V> {
-    fn new() -> Self {
-        Self(std::array::from_fn(|_| Mutex::new(HashMap::new())))
-    }
-    fn with<R>(&self, key: &K, f: impl FnOnce(&mut HashMap<K, V>) -> R) -> Option<R> {
-        let mut h = DefaultHasher::new();
-        key.hash(&mut h);
-        let shard = &self.0[(h.finish() as usize) % SHARDS];
-        shard.lock().ok().map(|mut m| f(&mut m))
-    }
-    fn retain(&self, mut keep: impl FnMut(&V) -> bool) {
-        for s in &self.0 {
-            if let Ok(mut m) = s.lock() {
-                m.retain(|_, v| keep(v));
-            }
-        }
-    }
-    fn len(&self) -> usize {
-        self.0
-            .iter()
-            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
-            .sum()
-    }
 }
 
 struct Inner {
@@ -739,11 +710,11 @@ async fn sweep(inner: std::sync::Weak<Inner>) {
         let Some(inner) = inner.upgrade() else { return };
         let now = Instant::now();
         let stale = inner.timers.t1x64() * 2;
-        inner.servers.retain(|s| match s {
+        inner.servers.retain(|_, s| match s {
             ServerState::Pending { since } => now.duration_since(*since) < stale,
             ServerState::Done { until, .. } => *until > now,
         });
-        inner.clients.retain(|c| match c {
+        inner.clients.retain(|_, c| match c {
             ClientState::Waiting(tx) => !tx.is_closed(),
             ClientState::Absorbing(until) => *until > now,
         });

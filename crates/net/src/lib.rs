@@ -4,9 +4,11 @@
 //! [`diameter`] is the CSCFs' Diameter client connection (reconnect, watchdog, many requests
 //! in flight). [`endpoint`] is the CSCFs' transaction layer over the transport (server
 //! transactions absorbing retransmissions, client transactions with Timer E/F, stateless
-//! forwarding of responses by Via, the proxy checks of RFC 3261 §16.3).
+//! forwarding of responses by Via, the proxy checks of RFC 3261 §16.3). [`shards`] is the
+//! sharded map the daemons keep their per-key state in.
 
 pub mod diameter;
 pub mod dns;
 pub mod endpoint;
+pub mod shards;
 pub mod sip;

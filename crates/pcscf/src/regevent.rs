@@ -19,14 +19,13 @@
 //! The reginfo reader is quick-xml (no DTD, no external entities); anything it cannot read is
 //! a [`RegInfoError`] and the NOTIFY gets 400.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use ims_net::shards::Shards;
 use quick_xml::events::Event;
 use quick_xml::reader::Reader;
 
-use crate::registrations::{Flow, SHARDS, contact_key, shard};
+use crate::registrations::{Flow, contact_key};
 
 /// The largest reginfo document read.
 pub const MAX_DOC: usize = 256 * 1024;
@@ -164,113 +163,91 @@ pub struct Subscription {
 }
 
 /// Our subscriptions by Call-ID, with an index from the UE flow to the Call-ID.
+#[derive(Default)]
 pub struct Subscriptions {
-    by_call: [Mutex<HashMap<String, Subscription>>; SHARDS],
-    by_flow: [Mutex<HashMap<Flow, String>>; SHARDS],
-}
-
-impl Default for Subscriptions {
-    fn default() -> Self {
-        Self::new()
-    }
+    by_call: Shards<String, Subscription>,
+    by_flow: Shards<Flow, String>,
 }
 
 impl Subscriptions {
     /// None yet.
     pub fn new() -> Self {
-        Self {
-            by_call: std::array::from_fn(|_| Mutex::new(HashMap::new())),
-            by_flow: std::array::from_fn(|_| Mutex::new(HashMap::new())),
-        }
+        Self::default()
     }
 
     /// Records (or replaces) the subscription `call_id`.
     pub fn put(&self, call_id: &str, sub: Subscription) {
-        if let Ok(mut m) = self.by_flow[shard(&sub.flow)].lock() {
-            m.insert(sub.flow, call_id.to_owned());
-        }
-        if let Ok(mut m) = self.by_call[shard(call_id)].lock() {
-            m.insert(call_id.to_owned(), sub);
-        }
+        let flow = sub.flow;
+        self.by_flow
+            .with(&flow, |m| m.insert(flow, call_id.to_owned()));
+        self.by_call
+            .with(call_id, move |m| m.insert(call_id.to_owned(), sub));
     }
 
     /// The subscription `call_id`.
     pub fn get(&self, call_id: &str) -> Option<Subscription> {
-        self.by_call[shard(call_id)]
-            .lock()
-            .ok()?
-            .get(call_id)
-            .cloned()
+        self.by_call
+            .with(call_id, |m| m.get(call_id).cloned())
+            .flatten()
     }
 
     /// The Call-ID of the subscription watching `flow`.
     pub fn for_flow(&self, flow: &Flow) -> Option<String> {
-        self.by_flow[shard(flow)].lock().ok()?.get(flow).cloned()
+        self.by_flow.with(flow, |m| m.get(flow).cloned()).flatten()
     }
 
     /// Updates the subscription `call_id` in place; false when there is none.
     pub fn update(&self, call_id: &str, f: impl FnOnce(&mut Subscription)) -> bool {
-        match self.by_call[shard(call_id)].lock() {
-            Ok(mut m) => m.get_mut(call_id).map(f).is_some(),
-            Err(_) => false,
-        }
+        self.by_call
+            .with(call_id, |m| m.get_mut(call_id).map(f).is_some())
+            .unwrap_or(false)
     }
 
     /// Starts a SUBSCRIBE inside the dialog `call_id`: unless one is in flight already,
     /// marks it pending and returns it with its CSeq advanced.
     pub fn begin(&self, call_id: &str) -> Option<Subscription> {
-        let mut m = self.by_call[shard(call_id)].lock().ok()?;
-        let s = m.get_mut(call_id)?;
-        if s.pending {
-            return None;
-        }
-        s.pending = true;
-        s.cseq = s.cseq.wrapping_add(1);
-        Some(s.clone())
+        self.by_call
+            .with(call_id, |m| {
+                let s = m.get_mut(call_id)?;
+                if s.pending {
+                    return None;
+                }
+                s.pending = true;
+                s.cseq = s.cseq.wrapping_add(1);
+                Some(s.clone())
+            })
+            .flatten()
     }
 
     /// The established subscriptions past half their granted time, none in flight.
     pub fn due(&self, now: Instant) -> Vec<Subscription> {
-        let mut out = Vec::new();
-        for s in &self.by_call {
-            if let Ok(m) = s.lock() {
-                out.extend(
-                    m.values()
-                        .filter(|s| {
-                            !s.pending
-                                && s.remote_target.is_some()
-                                && s.expires_at.saturating_duration_since(now) <= s.granted / 2
-                        })
-                        .cloned(),
-                );
-            }
-        }
-        out
+        self.by_call.collect(|_, s| {
+            (!s.pending
+                && s.remote_target.is_some()
+                && s.expires_at.saturating_duration_since(now) <= s.granted / 2)
+                .then(|| s.clone())
+        })
     }
 
     /// Forgets the subscription `call_id`.
     pub fn remove(&self, call_id: &str) -> Option<Subscription> {
-        let sub = self.by_call[shard(call_id)].lock().ok()?.remove(call_id)?;
-        if let Ok(mut m) = self.by_flow[shard(&sub.flow)].lock()
-            && m.get(&sub.flow).map(String::as_str) == Some(call_id)
-        {
-            m.remove(&sub.flow);
-        }
+        let sub = self
+            .by_call
+            .with(call_id, |m| m.remove(call_id))
+            .flatten()?;
+        self.by_flow.with(&sub.flow, |m| {
+            if m.get(&sub.flow).map(String::as_str) == Some(call_id) {
+                m.remove(&sub.flow);
+            }
+        });
         Some(sub)
     }
 
     /// Forgets the lapsed subscriptions; returns how many.
     pub fn expire(&self, now: Instant) -> usize {
-        let mut gone = Vec::new();
-        for s in &self.by_call {
-            if let Ok(m) = s.lock() {
-                gone.extend(
-                    m.iter()
-                        .filter(|(_, s)| s.expires_at <= now)
-                        .map(|(c, _)| c.clone()),
-                );
-            }
-        }
+        let gone = self
+            .by_call
+            .collect(|c, s| (s.expires_at <= now).then(|| c.clone()));
         for c in &gone {
             self.remove(c);
         }
@@ -279,15 +256,12 @@ impl Subscriptions {
 
     /// How many there are.
     pub fn len(&self) -> usize {
-        self.by_call
-            .iter()
-            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
-            .sum()
+        self.by_call.len()
     }
 
     /// True when there are none.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.by_call.is_empty()
     }
 }
 

@@ -5,15 +5,11 @@
 //! from contact `host:port` to the flow for requests toward the UE. No lock is held across an
 //! await.
 
-use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use ims_net::dns::Transport;
-
-pub(crate) const SHARDS: usize = 16;
+use ims_net::shards::Shards;
 
 /// The UE's flow: where its requests come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -76,70 +72,64 @@ pub fn contact_key(uri: &str) -> Option<String> {
 }
 
 /// The registered UEs.
+#[derive(Default)]
 pub struct Registrations {
-    by_flow: [Mutex<HashMap<Flow, Registration>>; SHARDS],
-    by_contact: [Mutex<HashMap<String, Flow>>; SHARDS],
-}
-
-/// The shard of a key (the P-CSCF's maps of UEs all use [`SHARDS`] shards).
-pub(crate) fn shard<K: Hash + ?Sized>(k: &K) -> usize {
-    let mut h = DefaultHasher::new();
-    k.hash(&mut h);
-    (h.finish() as usize) % SHARDS
-}
-
-impl Default for Registrations {
-    fn default() -> Self {
-        Self::new()
-    }
+    by_flow: Shards<Flow, Registration>,
+    by_contact: Shards<String, Flow>,
 }
 
 impl Registrations {
     /// Empty.
     pub fn new() -> Self {
-        Self {
-            by_flow: std::array::from_fn(|_| Mutex::new(HashMap::new())),
-            by_contact: std::array::from_fn(|_| Mutex::new(HashMap::new())),
-        }
+        Self::default()
+    }
+
+    /// Forgets `key` in the contact index if it still points at `flow`.
+    fn unindex(&self, key: &str, flow: &Flow) {
+        self.by_contact.with(key, |m| {
+            if m.get(key) == Some(flow) {
+                m.remove(key);
+            }
+        });
     }
 
     /// Stores (or replaces) the registration of `reg.flow`.
     pub fn put(&self, reg: Registration) {
         for (c, _) in &reg.contacts {
-            if let Some(k) = contact_key(c)
-                && let Ok(mut m) = self.by_contact[shard(&k)].lock()
-            {
-                m.insert(k, reg.flow);
+            if let Some(k) = contact_key(c) {
+                self.by_contact
+                    .with(k.as_str(), |m| m.insert(k.clone(), reg.flow));
             }
         }
-        if let Ok(mut m) = self.by_flow[shard(&reg.flow)].lock() {
-            m.insert(reg.flow, reg);
-        }
+        let flow = reg.flow;
+        self.by_flow.with(&flow, move |m| m.insert(flow, reg));
     }
 
     /// The registration of a flow, unless expired.
     pub fn get(&self, flow: &Flow, now: Instant) -> Option<Registration> {
-        let m = self.by_flow[shard(flow)].lock().ok()?;
-        m.get(flow)
-            .filter(|r| r.expires().is_some_and(|e| e > now))
-            .cloned()
+        self.by_flow
+            .with(flow, |m| {
+                m.get(flow)
+                    .filter(|r| r.expires().is_some_and(|e| e > now))
+                    .cloned()
+            })
+            .flatten()
     }
 
     /// The flow that registered a contact `host:port`.
     pub fn flow_for_contact(&self, key: &str) -> Option<Flow> {
         let k = key.to_ascii_lowercase();
-        self.by_contact[shard(&k)].lock().ok()?.get(&k).copied()
+        self.by_contact
+            .with(k.as_str(), |m| m.get(&k).copied())
+            .flatten()
     }
 
     /// Forgets a flow's registration.
     pub fn remove(&self, flow: &Flow) -> Option<Registration> {
-        let reg = self.by_flow[shard(flow)].lock().ok()?.remove(flow)?;
+        let reg = self.by_flow.with(flow, |m| m.remove(flow)).flatten()?;
         for (c, _) in &reg.contacts {
-            if let Some(k) = contact_key(c)
-                && let Ok(mut m) = self.by_contact[shard(&k)].lock()
-                && m.get(&k) == Some(flow)
-            {
-                m.remove(&k);
+            if let Some(k) = contact_key(c) {
+                self.unindex(&k, flow);
             }
         }
         Some(reg)
@@ -148,33 +138,26 @@ impl Registrations {
     /// Forgets one contact (`host:port`, [`contact_key`]) of a flow's registration; when it
     /// was the last, the whole registration, which is returned.
     pub fn drop_contact(&self, flow: &Flow, key: &str) -> Option<Registration> {
-        if let Ok(mut m) = self.by_contact[shard(&key)].lock()
-            && m.get(key) == Some(flow)
-        {
-            m.remove(key);
-        }
-        let mut m = self.by_flow[shard(flow)].lock().ok()?;
-        let reg = m.get_mut(flow)?;
-        reg.contacts
-            .retain(|(c, _)| contact_key(c).as_deref() != Some(key));
-        if reg.contacts.is_empty() {
-            return m.remove(flow);
-        }
-        None
+        self.unindex(key, flow);
+        self.by_flow
+            .with(flow, |m| {
+                let reg = m.get_mut(flow)?;
+                reg.contacts
+                    .retain(|(c, _)| contact_key(c).as_deref() != Some(key));
+                if reg.contacts.is_empty() {
+                    m.remove(flow)
+                } else {
+                    None
+                }
+            })
+            .flatten()
     }
 
     /// Drops expired registrations; returns how many.
     pub fn expire(&self, now: Instant) -> usize {
-        let mut gone = Vec::new();
-        for s in &self.by_flow {
-            if let Ok(m) = s.lock() {
-                gone.extend(
-                    m.values()
-                        .filter(|r| r.expires().is_none_or(|e| e <= now))
-                        .map(|r| r.flow),
-                );
-            }
-        }
+        let gone = self
+            .by_flow
+            .collect(|flow, r| r.expires().is_none_or(|e| e <= now).then_some(*flow));
         for f in &gone {
             self.remove(f);
         }
@@ -183,15 +166,12 @@ impl Registrations {
 
     /// How many UEs are registered.
     pub fn len(&self) -> usize {
-        self.by_flow
-            .iter()
-            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
-            .sum()
+        self.by_flow.len()
     }
 
     /// True when nobody is registered.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.by_flow.is_empty()
     }
 }
 

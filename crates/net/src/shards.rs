@@ -1,0 +1,100 @@
+//! [`Shards`]: a map split over a fixed number of mutex-guarded `HashMap`s by the key's hash,
+//! the shape every table of per-transaction or per-UE state in the daemons takes (the
+//! endpoint's transactions, the P-CSCF's registrations and subscriptions). A caller holds one
+//! shard's lock for the length of a closure and never across an await, so requests for
+//! different keys rarely wait on each other and nothing can deadlock.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Mutex;
+
+/// How many shards: a few per core of the machines we aim at, small enough to walk.
+pub const SHARDS: usize = 16;
+
+/// A map of `K` to `V` in [`SHARDS`] locked shards.
+pub struct Shards<K, V>([Mutex<HashMap<K, V>>; SHARDS]);
+
+impl<K: Hash + Eq, V> Default for Shards<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: Hash + Eq, V> Shards<K, V> {
+    /// Empty.
+    pub fn new() -> Self {
+        Self(std::array::from_fn(|_| Mutex::new(HashMap::new())))
+    }
+
+    /// Runs `f` on the shard that holds `key` (any borrowed form of `K` that hashes the
+    /// same, e.g. `&str` for `String`); `None` if that shard's lock is poisoned.
+    pub fn with<Q: Hash + ?Sized, R>(
+        &self,
+        key: &Q,
+        f: impl FnOnce(&mut HashMap<K, V>) -> R,
+    ) -> Option<R> {
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        let shard = &self.0[(h.finish() as usize) % SHARDS];
+        shard.lock().ok().map(|mut m| f(&mut m))
+    }
+
+    /// Keeps the entries `keep` says to keep, shard by shard.
+    pub fn retain(&self, mut keep: impl FnMut(&K, &mut V) -> bool) {
+        for s in &self.0 {
+            if let Ok(mut m) = s.lock() {
+                m.retain(|k, v| keep(k, v));
+            }
+        }
+    }
+
+    /// What `f` picks from each entry, shard by shard (a snapshot: no lock is held after).
+    pub fn collect<T>(&self, mut f: impl FnMut(&K, &V) -> Option<T>) -> Vec<T> {
+        let mut out = Vec::new();
+        for s in &self.0 {
+            if let Ok(m) = s.lock() {
+                out.extend(m.iter().filter_map(|(k, v)| f(k, v)));
+            }
+        }
+        out
+    }
+
+    /// How many entries.
+    pub fn len(&self) -> usize {
+        self.0
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn borrowed_keys_find_their_shard() {
+        let s: Shards<String, u32> = Shards::new();
+        for i in 0..100u32 {
+            s.with(&format!("k{i}"), |m| m.insert(format!("k{i}"), i));
+        }
+        assert_eq!(s.len(), 100);
+        for i in 0..100u32 {
+            let key = format!("k{i}");
+            let got = s.with(key.as_str(), |m| m.get(key.as_str()).copied());
+            assert_eq!(got, Some(Some(i)));
+        }
+        let mut odd = s.collect(|_, v| (v % 2 == 1).then_some(*v));
+        odd.sort_unstable();
+        assert_eq!(odd.len(), 50);
+        assert_eq!(odd[0], 1);
+        s.retain(|_, v| *v < 10);
+        assert_eq!(s.len(), 10);
+        assert!(!s.is_empty());
+    }
+}
