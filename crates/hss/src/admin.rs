@@ -569,7 +569,8 @@ async fn put_caps(
 
 /// CSV with a header row. Columns (by name, any order; empty cells are absent):
 /// `impi, impus (separated by spaces or ';'), k, op, opc, amf, sqn, realm, password, ha1,
-/// capability_set`. A row with `k` is AKA, a row with `realm` is digest.
+/// capability_set, roaming` (visited network ids the user may register from, separated the
+/// same way). A row with `k` is AKA, a row with `realm` is digest.
 async fn import_csv(
     State(store): State<Store>,
     body: axum::body::Bytes,
@@ -581,7 +582,7 @@ async fn import_csv(
         .headers()
         .map_err(|e| ApiError::invalid("header", format!("CSV header: {e}")))?
         .clone();
-    const KNOWN: [&str; 11] = [
+    const KNOWN: [&str; 12] = [
         "impi",
         "impus",
         "k",
@@ -593,6 +594,7 @@ async fn import_csv(
         "password",
         "ha1",
         "capability_set",
+        "roaming",
     ];
     if let Some(bad) = headers.iter().find(|h| !KNOWN.contains(h)) {
         return Err(ApiError::invalid(
@@ -611,15 +613,18 @@ async fn import_csv(
                 .filter(|v| !v.is_empty())
                 .map(str::to_owned)
         };
-        let req = SubscriberReq {
-            impi: get("impi").unwrap_or_default(),
-            name: None,
-            impus: get("impus")
+        let list = |name: &str| -> Vec<String> {
+            get(name)
                 .unwrap_or_default()
                 .split([' ', ';'])
                 .filter(|s| !s.is_empty())
-                .map(|s| ImpuReq::Uri(s.to_owned()))
-                .collect(),
+                .map(str::to_owned)
+                .collect()
+        };
+        let req = SubscriberReq {
+            impi: get("impi").unwrap_or_default(),
+            name: None,
+            impus: list("impus").into_iter().map(ImpuReq::Uri).collect(),
             aka: get("k").map(|k| AkaReq {
                 k,
                 op: get("op"),
@@ -634,7 +639,7 @@ async fn import_csv(
             }),
             ifc_xml: String::new(),
             capability_set: get("capability_set"),
-            roaming_allowed: vec![],
+            roaming_allowed: list("roaming"),
         };
         if get("sqn").is_some_and(|s| s.parse::<u64>().is_err()) {
             return Err(ApiError::invalid(

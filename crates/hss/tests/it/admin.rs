@@ -249,13 +249,13 @@ fn provisioning_shows_no_secret_and_names_every_bad_field() {
 fn csv_import_and_openapi() {
     let hss = start();
     let b = &hss.base;
-    let mut csv = String::from("impi,impus,k,opc,amf,sqn,realm,password\n");
+    let mut csv = String::from("impi,impus,k,opc,amf,sqn,realm,password,roaming\n");
     for i in 0..1500 {
         csv.push_str(&format!(
-            "u{i}@hims.net,sip:u{i}@hims.net;tel:+4930{i:06},465b5ce8b199b49faa5f0a2ee238a6bc,cd63cb71954a9f4e48a5994e37a02baf,8000,0,,\n"
+            "u{i}@hims.net,sip:u{i}@hims.net;tel:+4930{i:06},465b5ce8b199b49faa5f0a2ee238a6bc,cd63cb71954a9f4e48a5994e37a02baf,8000,0,,,vims.net;other.net\n"
         ));
     }
-    csv.push_str("d1@hims.net,sip:d1@hims.net,,,,,hims.net,pw\n");
+    csv.push_str("d1@hims.net,sip:d1@hims.net,,,,,hims.net,pw,\n");
     let mut r = agent()
         .post(&format!("{b}/v1/subscribers/import"))
         .header("content-type", "text/csv")
@@ -264,6 +264,32 @@ fn csv_import_and_openapi() {
     assert_eq!(r.status().as_u16(), 200);
     let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
     assert_eq!(v["imported"], 1501);
+    // The roaming column reached the store; an empty cell allows nothing.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (u7, d1) = rt.block_on(async {
+        let store = Store::open(&hss.db).await.unwrap();
+        (
+            [
+                store
+                    .roaming_allowed("sip:u7@hims.net", "vims.net", "hims.net")
+                    .await
+                    .unwrap(),
+                store
+                    .roaming_allowed("tel:+4930000007", "other.net", "hims.net")
+                    .await
+                    .unwrap(),
+                store
+                    .roaming_allowed("sip:u7@hims.net", "third.net", "hims.net")
+                    .await
+                    .unwrap(),
+            ],
+            store
+                .roaming_allowed("sip:d1@hims.net", "vims.net", "hims.net")
+                .await
+                .unwrap(),
+        )
+    });
+    assert_eq!((u7, d1), ([true, true, false], false));
 
     // A bad row is named by its line; an unknown column by its name.
     let bad = "impi,impus,k,opc\nx@hims.net,sip:x@hims.net,465b5ce8b199b49faa5f0a2ee238a6bc,cd63cb71954a9f4e48a5994e37a02baf\ny@hims.net,sip:y@hims.net,notahexkey,cd63cb71954a9f4e48a5994e37a02baf\n";
