@@ -663,3 +663,70 @@ fn captures_show_the_registration_ladder() {
         );
     }
 }
+
+/// The load generator: subscribers provisioned from its CSV through `imsctl subscriber
+/// import`, then 60 UEs (20 in flight) register with full AKA through the chain and
+/// deregister; its summary line counts them all and reports the rate and latencies.
+#[test]
+fn load_generator_registers_and_deregisters_many_ues() {
+    let Some(lab) = Lab::start("e2eload") else {
+        return;
+    };
+    let load = lab::bin("ims-load").to_string_lossy().into_owned();
+    let csv = std::process::Command::new(&load)
+        .args(["--csv", "--count", "60", "--prefix", "load"])
+        .output()
+        .unwrap();
+    assert!(csv.status.success());
+    let text = String::from_utf8(csv.stdout).unwrap();
+    assert_eq!(text.lines().count(), 61, "a header and 60 rows");
+    let file = lab.dir.join("load.csv");
+    std::fs::write(&file, text).unwrap();
+    lab.imsctl(&["subscriber", "import", file.to_str().unwrap()]);
+    let out = lab.topo.run(
+        "ue",
+        &[
+            &load,
+            "--pcscf",
+            "10.10.2.2:5060",
+            "--local-ip",
+            "10.10.1.2",
+            "--count",
+            "60",
+            "--concurrency",
+            "20",
+            "--deregister",
+        ],
+    );
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{summary}");
+    assert!(out.status.success(), "{summary}\n{}", lab.logs());
+    assert!(
+        summary.starts_with("registered=60 failed=0 deregistered=60 rate="),
+        "{summary}"
+    );
+    for field in ["p50=", "p90=", "p99=", "max="] {
+        assert!(summary.contains(field), "{summary}");
+    }
+    // A subscriber that does not exist: counted as a failure, exit 1.
+    let out = lab.topo.run(
+        "ue",
+        &[
+            &load,
+            "--pcscf",
+            "10.10.2.2:5060",
+            "--local-ip",
+            "10.10.1.2",
+            "--count",
+            "1",
+            "--prefix",
+            "nobody",
+        ],
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{summary}");
+    assert!(
+        summary.starts_with("registered=0 failed=1 (403 x1)"),
+        "{summary}"
+    );
+}

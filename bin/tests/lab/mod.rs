@@ -35,6 +35,7 @@ pub fn bin(name: &str) -> PathBuf {
         "hss" => env!("CARGO_BIN_EXE_hss").into(),
         "ims-dns" => env!("CARGO_BIN_EXE_ims-dns").into(),
         "imsctl" => env!("CARGO_BIN_EXE_imsctl").into(),
+        "ims-load" => env!("CARGO_BIN_EXE_ims-load").into(),
         _ => unreachable!(),
     }
 }
