@@ -1092,7 +1092,14 @@ impl Inner {
     /// and a UE left without any loses its registration and its IPsec SAs.
     async fn reg_notify(&self, req: ServerRequest, call_id: String, sub: Subscription) {
         let m = &req.message;
-        let ended = match terminated_contacts(m.body()) {
+        // RFC 6665 lets a NOTIFY carry no document (a final one, say): nothing ended then.
+        let body = m.body();
+        let read = if body.iter().all(u8::is_ascii_whitespace) {
+            Ok(Vec::new())
+        } else {
+            terminated_contacts(body)
+        };
+        let ended = match read {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(source = %req.source, error = %e, "reg event NOTIFY with a document we cannot read");

@@ -338,6 +338,63 @@ async fn ue_registers_through_p_and_i_cscf_and_sends_along_the_service_route() {
         assert_eq!(refresh.cseq().unwrap().seq, first.cseq().unwrap().seq + 1);
     }
 
+    // The S-CSCF's NOTIFYs to that subscription: a document we cannot read gets 400, none at
+    // all 200; one saying the network ended alice's contact (the HSS's RTR: deactivated)
+    // ends her registration here, so her MESSAGE gets 403. Then she registers again.
+    let (sub_call_id, our_tag) = {
+        let seen = seen.lock().unwrap();
+        let first = seen
+            .iter()
+            .find(|m| m.method_str() == Some("SUBSCRIBE"))
+            .unwrap();
+        (
+            first.call_id().unwrap().to_owned(),
+            first.from_addr().unwrap().tag().unwrap().to_owned(),
+        )
+    };
+    let notifier = UdpSocket::bind("127.0.0.1:0").unwrap();
+    notifier
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let from = notifier.local_addr().unwrap();
+    let notify = |cseq: u32, body: &str| {
+        format!(
+            "NOTIFY sip:{p} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKn{cseq};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@hims.net>;tag=s2\r\nTo: <sip:127.0.0.1:{}>;tag={our_tag}\r\n\
+             Call-ID: {sub_call_id}\r\nCSeq: {cseq} NOTIFY\r\nEvent: reg\r\n\
+             Subscription-State: active;expires=600\r\nContent-Type: application/reginfo+xml\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            p.port(),
+            body.len()
+        )
+    };
+    notifier
+        .send_to(notify(101, "<reginfo><oops></reginfo>").as_bytes(), p)
+        .unwrap();
+    assert_eq!(recv(&notifier).status(), Some(400));
+    notifier.send_to(notify(102, "").as_bytes(), p).unwrap();
+    assert_eq!(recv(&notifier).status(), Some(200));
+    let deactivated = format!(
+        "<?xml version=\"1.0\"?><reginfo xmlns=\"urn:ietf:params:xml:ns:reginfo\" version=\"1\" state=\"full\">\
+         <registration aor=\"sip:alice@hims.net\" id=\"a\" state=\"terminated\">\
+         <contact id=\"c\" state=\"terminated\" event=\"deactivated\"><uri>sip:alice@{me}</uri></contact>\
+         </registration></reginfo>"
+    );
+    notifier
+        .send_to(notify(103, &deactivated).as_bytes(), p)
+        .unwrap();
+    assert_eq!(recv(&notifier).status(), Some(200));
+    let after = msg.replace("z9hG4bKm1", "z9hG4bKm0");
+    ue.send_to(after.as_bytes(), p).unwrap();
+    assert_eq!(
+        recv(&ue).status(),
+        Some(403),
+        "alice is no longer registered here"
+    );
+    ue.send_to(register(me, "c1", 10, "alice", second, 600).as_bytes(), p)
+        .unwrap();
+    assert_eq!(recv(&ue).status(), Some(200));
+
     // Toward alice: our Path entry as Route is no credential. From a host that is neither
     // alice's S-CSCF (her Service-Route resolves to 127.0.0.1) nor in core_networks: 403,
     // and nothing reaches alice.
