@@ -14,7 +14,9 @@
 //!   the network ended (`state="terminated"`, or every contact of a terminated `<registration>`,
 //!   not those the UE removed itself):
 //!   the P-CSCF forgets them, and a UE left without contacts loses its registration and SAs.
-//!   `Subscription-State: terminated` ends our subscription.
+//!   A NOTIFY without a document ends no contact; `Subscription-State: terminated` ends our
+//!   subscription. A subscription past half of what the S-CSCF granted is refreshed inside
+//!   its dialog while the registration outlives it.
 //!
 //! The reginfo reader is quick-xml (no DTD, no external entities); anything it cannot read is
 //! a [`RegInfoError`] and the NOTIFY gets 400.
