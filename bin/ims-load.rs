@@ -6,6 +6,8 @@
 //! time (with `--deregister` the wall time includes the deregistrations). Subscribers are `<prefix><n>@<domain>` with
 //! one K/OP; `--csv` prints them for `imsctl subscriber import` instead of registering.
 //! Exit code 0 when every UE registered (and deregistered, when asked), 1 otherwise.
+mod tool;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use ims_ue::{AkaOptions, Credentials, Ue, UeConfig};
+
+use tool::key;
 
 #[derive(Parser)]
 #[command(about = "Register many UEs through a P-CSCF and report the rate and latency")]
@@ -60,13 +64,6 @@ struct Args {
     /// With --csv: the visited networks they may register from (the P-CSCF's network).
     #[arg(long, default_value = "vims.net")]
     roaming: String,
-}
-
-fn key(name: &str, hex_text: &str) -> Result<[u8; 16], String> {
-    hex::decode(hex_text)
-        .ok()
-        .and_then(|v| <[u8; 16]>::try_from(v).ok())
-        .ok_or_else(|| format!("--{name} must be 32 hex digits"))
 }
 
 /// What one UE got.
@@ -121,15 +118,9 @@ fn main() -> ExitCode {
     };
     let opc =
         *ims_aka::milenage::compute_opc(&ims_aka::Key::new(k), &ims_aka::Op::new(op)).expose();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tool::runtime(true) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let a = Arc::new(a);
     let (results, wall) = rt.block_on(async {

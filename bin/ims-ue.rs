@@ -3,12 +3,16 @@
 //! Exit code 0 when every step got a 2xx, 1 otherwise (the final status is printed).
 //! `--ipsec` sets up the UE's own IPsec SAs with the P-CSCF (TS 33.203) over netlink;
 //! `--ipsec-hook PROGRAM` has a program install them instead (see [`ims_ue::SaInstaller`]).
+mod tool;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use ims_ue::{AkaOptions, Credentials, SaInstaller, Tamper, Ue, UeConfig, UeIpsec};
+
+use tool::key;
 
 #[derive(Parser)]
 #[command(about = "Register a UE with the IMS core")]
@@ -94,13 +98,6 @@ struct Args {
 /// The xfrm marker of the UE's own SAs (the P-CSCF's default differs).
 const UE_MARKER: u32 = 0x01A5_0E0E;
 
-fn key(name: &str, hex_text: &str) -> Result<[u8; 16], String> {
-    hex::decode(hex_text)
-        .ok()
-        .and_then(|v| <[u8; 16]>::try_from(v).ok())
-        .ok_or_else(|| format!("--{name} must be 32 hex digits"))
-}
-
 fn config(a: &Args) -> Result<UeConfig, String> {
     let credentials = match (&a.password, &a.k) {
         (Some(p), None) => Credentials::Password(p.clone()),
@@ -180,15 +177,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tool::runtime(false) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     rt.block_on(async move {
         let mut ue = match Ue::start(cfg).await {
