@@ -368,28 +368,41 @@ impl Lab {
 }
 
 impl Lab {
-    /// Registers `cfg` (from a fixed local port) and leaves it registered; then the HSS
-    /// deregisters the subscriber (`imsctl subscriber deregister`: RTR to the S-CSCF, whose
-    /// reg event NOTIFY reaches the P-CSCF's subscription); then, once the P-CSCF logs it, a
-    /// UE on the same address and port asks for its registration state without registering.
-    /// Returns the registration and that request's status (the P-CSCF's 403 once it has
-    /// forgotten the flow; the S-CSCF's 480 if it had not).
+    /// Registers `cfg` (from a fixed local port) and subscribes to its own reg event; then
+    /// the HSS deregisters the subscriber (`imsctl subscriber deregister`: RTR to the
+    /// S-CSCF, whose reg event NOTIFYs go to the UE's subscription and to the P-CSCF's); then,
+    /// once the P-CSCF logs it, a UE on the same address and port asks for its registration
+    /// state without registering. Returns the registration, the UE's NOTIFY after the RTR,
+    /// and that last request's status (the P-CSCF's 403 once it has forgotten the flow; the
+    /// S-CSCF's 480 if it had not).
     pub fn network_deregisters(
         &self,
         cfg: UeConfig,
         impi: &str,
-    ) -> Result<(ims_ue::Outcome, u16), ims_ue::UeError> {
+    ) -> Result<(ims_ue::Outcome, ims_ue::FetchOutcome, u16), ims_ue::UeError> {
         let again = cfg.clone();
-        let reg = self.in_ue_ns(async move {
-            let mut ue = Ue::start(cfg).await?;
-            ue.register(600).await
-        })?;
         let before = self
             .logs()
             .matches("registration ended by the network")
             .count();
-        self.imsctl(&["subscriber", "deregister", impi]);
-        for _ in 0..100 {
+        let (ready_tx, ready) = std::sync::mpsc::channel::<()>();
+        let (reg, told) = std::thread::scope(|sc| {
+            let ue = sc.spawn(|| {
+                self.in_ue_ns(async move {
+                    let mut ue = Ue::start(cfg).await?;
+                    let reg = ue.register(600).await?;
+                    ue.subscribe_reg(600).await?;
+                    let _ = ready_tx.send(());
+                    let told = ue.next_reg_notify(Duration::from_secs(20)).await?;
+                    Ok::<_, ims_ue::UeError>((reg, told))
+                })
+            });
+            if ready.recv_timeout(Duration::from_secs(20)).is_ok() {
+                self.imsctl(&["subscriber", "deregister", impi]);
+            }
+            ue.join().unwrap()
+        })?;
+        for _ in 0..200 {
             if self
                 .logs()
                 .matches("registration ended by the network")
@@ -404,7 +417,7 @@ impl Lab {
             let mut ue = Ue::start(again).await?;
             ue.fetch_reg().await
         })?;
-        Ok((reg, fetch.status))
+        Ok((reg, told, fetch.status))
     }
 }
 

@@ -198,6 +198,9 @@ const REG_AWAIT_AUTH: Duration = Duration::from_secs(240);
 /// How long a deregistered TCP flow keeps its SAs: its 200 OK is written (and acknowledged)
 /// after the handler has queued it.
 const TCP_DEREG_GRACE: Duration = Duration::from_secs(2);
+/// How long a UE the network deregistered stays reachable here: the S-CSCF's NOTIFY to the
+/// UE's own reg event subscription, sent with ours, must still reach it (through its SAs).
+const NETWORK_DEREG_GRACE: Duration = Duration::from_secs(3);
 /// How long our reg event subscription asks to outlive the registration it watches.
 const REG_EVENT_MARGIN: Duration = Duration::from_secs(60);
 
@@ -1117,6 +1120,11 @@ impl Inner {
         } else if sub.remote_tag.is_none() {
             let tag = m.from_addr().ok().and_then(|a| a.tag().map(str::to_owned));
             self.subs.update(&call_id, |s| s.remote_tag = tag);
+        }
+        if !ended.is_empty() {
+            // The S-CSCF notifies the UE's own subscription at the same time; its NOTIFY
+            // must still find the UE's flow (and SAs) here.
+            tokio::time::sleep(NETWORK_DEREG_GRACE).await;
         }
         for key in ended {
             let Some(flow) = self.regs.flow_for_contact(&key) else {

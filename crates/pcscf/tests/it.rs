@@ -384,6 +384,23 @@ async fn ue_registers_through_p_and_i_cscf_and_sends_along_the_service_route() {
         .send_to(notify(103, &deactivated).as_bytes(), p)
         .unwrap();
     assert_eq!(recv(&notifier).status(), Some(200));
+    // For a grace the UE stays reachable: the S-CSCF's NOTIFY to her own subscription, sent
+    // with ours, still reaches her.
+    let late = format!(
+        "NOTIFY sip:alice@{me} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKlate1;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@hims.net>;tag=n1\r\nTo: <sip:alice@hims.net>;tag=u1\r\n\
+         Call-ID: late1\r\nCSeq: 1 NOTIFY\r\nRoute: <sip:term@127.0.0.1:{};lr>\r\nEvent: reg\r\n\
+         Subscription-State: terminated;reason=noresource\r\nContent-Length: 0\r\n\r\n",
+        p.port()
+    );
+    notifier.send_to(late.as_bytes(), p).unwrap();
+    let at_ue = recv(&ue);
+    assert_eq!(at_ue.call_id(), Ok("late1"));
+    let ok = response_to(&at_ue, 200, "OK", None).unwrap();
+    ue.send_to(&ok.to_bytes(), p).unwrap();
+    assert_eq!(recv(&notifier).status(), Some(200));
+    // After the grace she is gone here.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     let after = msg.replace("z9hG4bKm1", "z9hG4bKm0");
     ue.send_to(after.as_bytes(), p).unwrap();
     assert_eq!(

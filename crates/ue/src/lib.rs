@@ -161,6 +161,8 @@ pub enum UeError {
     Message(#[from] ims_sip::Error),
     #[error("IPsec: {0}")]
     Ipsec(String),
+    #[error("no reg event subscription (subscribe_reg first)")]
+    NoSubscription,
 }
 
 /// How a registration ended.
@@ -231,6 +233,8 @@ pub struct Ue {
     tag: String,
     branch: u64,
     sec: Option<Sec>,
+    /// The Call-ID of our reg event subscription ([`Ue::subscribe_reg`]).
+    reg_sub: Option<String>,
 }
 
 fn random_u32() -> u32 {
@@ -320,6 +324,7 @@ impl Ue {
             tag: random_hex(4),
             branch: 0,
             sec,
+            reg_sub: None,
         })
     }
 
@@ -515,6 +520,13 @@ impl Ue {
     /// answers the NOTIFY 200. With IPsec the SUBSCRIBE goes through the SAs and the NOTIFY
     /// comes to the protected server port through them (SA2, the 200 back on SA4).
     pub async fn fetch_reg(&mut self) -> Result<FetchOutcome, UeError> {
+        self.subscribe_reg(0).await
+    }
+
+    /// Subscribes to our own reg event for `expires` seconds (0: a fetch), through the
+    /// P-CSCF, and waits for the SUBSCRIBE's answer and the first NOTIFY (answered 200).
+    /// Later NOTIFYs of the subscription come with [`Ue::next_reg_notify`].
+    pub async fn subscribe_reg(&mut self, expires: u32) -> Result<FetchOutcome, UeError> {
         let me = self.local_addr();
         let contact = match &self.sec {
             Some(sec) => SocketAddr::new(me.ip(), sec.server.local_addr().port()),
@@ -538,7 +550,7 @@ impl Ue {
              Contact: <sip:{user}@{contact}{tp}>\r\n\
              Event: reg\r\n\
              Accept: application/reginfo+xml\r\n\
-             Expires: 0\r\n\
+             Expires: {expires}\r\n\
              User-Agent: ims-ue\r\n\
              Content-Length: 0\r\n\r\n",
             impu = self.cfg.impu,
@@ -552,9 +564,30 @@ impl Ue {
         self.sip
             .send(self.cfg.transport, to, req.to_bytes())
             .await?;
-        let deadline = tokio::time::Instant::now() + self.cfg.timeout;
+        self.reg_sub = Some(call_id.clone());
+        self.reg_notifies(&call_id, false, self.cfg.timeout).await
+    }
+
+    /// Waits up to `wait` for the next NOTIFY of our reg event subscription and answers it
+    /// 200 (its `status` is 0: no SUBSCRIBE was answered).
+    pub async fn next_reg_notify(&mut self, wait: Duration) -> Result<FetchOutcome, UeError> {
+        let Some(call_id) = self.reg_sub.clone() else {
+            return Err(UeError::NoSubscription);
+        };
+        self.reg_notifies(&call_id, true, wait).await
+    }
+
+    /// Reads what comes for the subscription `call_id`: the SUBSCRIBE's final answer (unless
+    /// `notify_only`) and one NOTIFY, answered 200.
+    async fn reg_notifies(
+        &mut self,
+        call_id: &str,
+        notify_only: bool,
+        wait: Duration,
+    ) -> Result<FetchOutcome, UeError> {
+        let deadline = tokio::time::Instant::now() + wait;
         let mut out = FetchOutcome {
-            status: 0,
+            status: if notify_only { 200 } else { 0 },
             notify_state: None,
             registration_state: None,
             protected: false,
@@ -574,10 +607,10 @@ impl Ue {
                 if out.status >= 200 {
                     return Ok(out);
                 }
-                return Err(UeError::Timeout(self.cfg.timeout));
+                return Err(UeError::Timeout(wait));
             };
             let m = &inc.message;
-            if m.call_id().ok() != Some(call_id.as_str()) {
+            if m.call_id().ok() != Some(call_id) {
                 continue;
             }
             if !m.is_request() {
@@ -608,6 +641,9 @@ impl Ue {
             transport
                 .send(inc.transport, inc.source, ok.to_bytes())
                 .await?;
+        }
+        if notify_only {
+            out.status = 0;
         }
         Ok(out)
     }
