@@ -13,7 +13,8 @@
 //!   seen) is answered 200; its reginfo document ([`terminated_contacts`]) names the contacts
 //!   the network ended (`state="terminated"`, or every contact of a terminated `<registration>`,
 //!   not those the UE removed itself):
-//!   the P-CSCF forgets them, and a UE left without contacts loses its registration and SAs.
+//!   the P-CSCF forgets them (after 3 s, for the S-CSCF's NOTIFY to the UE's own subscription
+//!   to reach it), and a UE left without contacts loses its registration and SAs.
 //!   A NOTIFY without a document ends no contact; `Subscription-State: terminated` ends our
 //!   subscription. A subscription past half of what the S-CSCF granted is refreshed inside
 //!   its dialog while the registration outlives it.
