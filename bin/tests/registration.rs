@@ -705,21 +705,19 @@ fn load_generator_registers_and_deregisters_many_ues() {
     let file = lab.dir.join("load.csv");
     std::fs::write(&file, text).unwrap();
     lab.imsctl(&["subscriber", "import", file.to_str().unwrap()]);
-    let out = lab.topo.run(
-        "ue",
-        &[
-            &load,
+    // ims-load in the UE's namespace, toward the P-CSCF.
+    let run_load = |args: &[&str]| {
+        let mut all = vec![
+            load.as_str(),
             "--pcscf",
             "10.10.2.2:5060",
             "--local-ip",
             "10.10.1.2",
-            "--count",
-            "60",
-            "--concurrency",
-            "20",
-            "--deregister",
-        ],
-    );
+        ];
+        all.extend_from_slice(args);
+        lab.topo.run("ue", &all)
+    };
+    let out = run_load(&["--count", "60", "--concurrency", "20", "--deregister"]);
     let summary = String::from_utf8_lossy(&out.stdout).into_owned();
     eprintln!("{summary}");
     assert!(out.status.success(), "{summary}\n{}", lab.logs());
@@ -731,20 +729,7 @@ fn load_generator_registers_and_deregisters_many_ues() {
         assert!(summary.contains(field), "{summary}");
     }
     // A subscriber that does not exist: counted as a failure, exit 1.
-    let out = lab.topo.run(
-        "ue",
-        &[
-            &load,
-            "--pcscf",
-            "10.10.2.2:5060",
-            "--local-ip",
-            "10.10.1.2",
-            "--count",
-            "1",
-            "--prefix",
-            "nobody",
-        ],
-    );
+    let out = run_load(&["--count", "1", "--prefix", "nobody"]);
     let summary = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{summary}");
     assert!(

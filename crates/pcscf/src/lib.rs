@@ -962,9 +962,8 @@ impl Inner {
         if !self.cfg.reg_event {
             return;
         }
-        let Some(reg) = self.regs.get(&flow, Instant::now()) else {
-            return;
-        };
+        // (Most calls are re-registrations our subscription already covers: they return
+        // here without cloning the registration.)
         let want = reg_expiry + REG_EVENT_MARGIN;
         let existing = self
             .subs
@@ -1005,8 +1004,16 @@ impl Inner {
         let me = format!("<sip:{}:{port}>", bracket(&self.cfg.via_host));
         let (ruri, routes, next) = match &sub.remote_target {
             Some(t) => (t.clone(), Vec::new(), t.clone()),
-            None => match reg.service_route.first() {
-                Some(first) => (impu.clone(), reg.service_route.clone(), first.clone()),
+            None => match self
+                .regs
+                .get(&flow, Instant::now())
+                .map(|r| r.service_route)
+                .filter(|sr| !sr.is_empty())
+            {
+                Some(sr) => {
+                    let first = sr[0].clone();
+                    (impu.clone(), sr, first)
+                }
                 None => {
                     self.subs.remove(&call_id);
                     return;
