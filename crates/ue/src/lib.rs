@@ -38,6 +38,8 @@ use ims_net::sip::{Incoming, SipTransport, Transport};
 use ims_sip::{Auth, HeaderName, Message};
 use tokio::sync::mpsc;
 
+pub mod swarm;
+
 /// How the UE proves who it is.
 #[derive(Clone)]
 pub enum Credentials {
@@ -393,27 +395,24 @@ impl Ue {
             }
         }
         let user = self.user_part();
-        let text = format!(
-            "REGISTER sip:{domain} SIP/2.0\r\n\
-             Via: SIP/2.0/{proto} {me};branch=z9hG4bK{call}.{b};rport\r\n\
-             Max-Forwards: 70\r\n\
-             From: <{impu}>;tag={tag}\r\n\
-             To: <{impu}>\r\n\
-             Call-ID: {call}\r\n\
-             CSeq: {cseq} REGISTER\r\n\
-             Contact: <sip:{user}@{me}{tp}>;expires={expires}\r\n\
-             Expires: {expires}\r\n\
-             Supported: path\r\n\
-             {security}\
-             Authorization: {authorization}\r\n\
-             User-Agent: ims-ue\r\n\
-             Content-Length: 0\r\n\r\n",
-            domain = self.cfg.domain,
-            impu = self.cfg.impu,
-            tag = self.tag,
-            call = self.call_id,
-            b = self.branch,
-            cseq = self.cseq,
+        let mut text = String::with_capacity(768);
+        write_register(
+            &mut text,
+            &RegisterText {
+                domain: &self.cfg.domain,
+                impu: &self.cfg.impu,
+                user: &user,
+                proto,
+                tp,
+                me,
+                call_id: &self.call_id,
+                branch: self.branch,
+                tag: &self.tag,
+                cseq: self.cseq,
+                expires,
+                security: &security,
+                authorization,
+            },
         );
         Ok(Message::parse(Bytes::from(text))?)
     }
@@ -455,10 +454,8 @@ impl Ue {
 
     /// Registers (or refreshes, or with `expires` 0 deregisters) and returns the final answer.
     pub async fn register(&mut self, expires: u32) -> Result<Outcome, UeError> {
-        let first = format!(
-            "Digest username=\"{}\", realm=\"{}\", uri=\"sip:{}\", nonce=\"\", response=\"\"",
-            self.cfg.impi, self.cfg.domain, self.cfg.domain
-        );
+        let mut first = String::new();
+        write_initial_authorization(&mut first, &self.cfg.impi, &self.cfg.domain);
         let req = self.request(expires, &first)?;
         let mut resp = self.transact(req).await?;
         let mut challenges = 0;
@@ -733,111 +730,281 @@ impl Ue {
         &mut self,
         www: &str,
     ) -> Result<(String, Option<String>, bool, Option<(Ck, Ik)>), UeError> {
-        let a = Auth::parse(www).map_err(|e| UeError::Challenge(e.to_string()))?;
-        let nonce = a
-            .nonce()
-            .map(|n| n.trim_matches('"').to_owned())
-            .ok_or_else(|| UeError::Challenge("no nonce".into()))?;
-        let realm = a
-            .realm()
-            .map(|r| r.trim_matches('"').to_owned())
-            .unwrap_or_else(|| self.cfg.domain.clone());
-        let algorithm = a
-            .algorithm()
-            .map(|s| s.trim_matches('"').to_owned())
-            .unwrap_or_else(|| "MD5".into());
-        let offered_qop = a.qop().map(|q| q.trim_matches('"').to_owned());
-        let qop = match offered_qop {
-            Some(q) if q.split(',').any(|x| x.trim() == "auth") => Some(Qop::Auth),
-            Some(q) if q.split(',').any(|x| x.trim() == "auth-int") => Some(Qop::AuthInt),
-            _ => None,
-        };
+        let ch = Challenge::parse(www).map_err(UeError::Challenge)?;
+        let realm = ch.realm.unwrap_or(&self.cfg.domain).to_owned();
+        let nonce = ch.nonce.to_owned();
+        let algorithm = ch.algorithm.to_owned();
         let cnonce = random_hex(8);
         let uri = format!("sip:{}", self.cfg.domain);
-        let params = DigestParams {
-            username: &self.cfg.impi,
-            realm: &realm,
-            nonce: &nonce,
-            uri: &uri,
-            qop,
-            nc: Some("00000001"),
-            cnonce: Some(&cnonce),
-            method: "REGISTER",
-            body: b"",
+        let answer = |password: &[u8], extra: &str| {
+            let mut auth = String::with_capacity(320);
+            write_authorization(
+                &mut auth,
+                &DigestAnswer {
+                    username: &self.cfg.impi,
+                    realm: &realm,
+                    nonce: &nonce,
+                    uri: &uri,
+                    algorithm: &algorithm,
+                    qop: ch.qop,
+                    nc: 1,
+                    cnonce: &cnonce,
+                    extra,
+                },
+                password,
+            )
+            .map(|()| auth)
+            .map_err(|e| UeError::Challenge(e.to_string()))
         };
-        let mut extra = String::new();
         let mut res_hex = None;
         let mut resync = false;
         let mut keys = None;
-        let response = if algorithm.eq_ignore_ascii_case("AKAv1-MD5") {
-            let Some((usim, m)) = self.usim.as_mut() else {
-                return Err(UeError::Challenge(
-                    "AKA challenge, but this UE has a password".into(),
-                ));
-            };
-            let ignore = matches!(
-                self.cfg.credentials,
-                Credentials::Aka {
-                    options: AkaOptions {
-                        ignore_mac_failure: true
-                    },
-                    ..
+        let auth = match ch.kind {
+            ChallengeKind::Aka => {
+                let Some((usim, m)) = self.usim.as_mut() else {
+                    return Err(UeError::Challenge(
+                        "AKA challenge, but this UE has a password".into(),
+                    ));
+                };
+                let ignore = matches!(
+                    self.cfg.credentials,
+                    Credentials::Aka {
+                        options: AkaOptions {
+                            ignore_mac_failure: true
+                        },
+                        ..
+                    }
+                );
+                let n = AkaNonce::decode(&nonce).map_err(|e| UeError::Challenge(e.to_string()))?;
+                match usim.authenticate(&n.rand, &n.autn) {
+                    Ok(UsimResponse::Success(r)) => {
+                        res_hex = Some(hex::encode(r.res.expose()));
+                        keys = Some((r.ck.clone(), r.ik.clone()));
+                        answer(digest_aka::password(&r.res), "")?
+                    }
+                    Ok(UsimResponse::SyncFailure(auts)) => {
+                        resync = true;
+                        let extra = format!(", auts=\"{}\"", digest_aka::encode_auts(&auts));
+                        answer(digest_aka::RESYNC_PASSWORD, &extra)?
+                    }
+                    Err(_) if ignore => {
+                        let res = m.f2(&n.rand);
+                        res_hex = Some(hex::encode(res.expose()));
+                        let (ck, ik) = (m.f3(&n.rand), m.f4(&n.rand));
+                        keys = Some((ck, ik));
+                        answer(digest_aka::password(&res), "")?
+                    }
+                    Err(_) => return Err(UeError::NetworkAuthFailed),
                 }
-            );
-            let n = AkaNonce::decode(&nonce).map_err(|e| UeError::Challenge(e.to_string()))?;
-            match usim.authenticate(&n.rand, &n.autn) {
-                Ok(UsimResponse::Success(r)) => {
-                    res_hex = Some(hex::encode(r.res.expose()));
-                    keys = Some((r.ck.clone(), r.ik.clone()));
-                    params
-                        .response_with_password(digest_aka::password(&r.res))
-                        .map_err(|e| UeError::Challenge(e.to_string()))?
-                }
-                Ok(UsimResponse::SyncFailure(auts)) => {
-                    resync = true;
-                    extra = format!(", auts=\"{}\"", digest_aka::encode_auts(&auts));
-                    params
-                        .response_with_password(b"")
-                        .map_err(|e| UeError::Challenge(e.to_string()))?
-                }
-                Err(_) if ignore => {
-                    let res = m.f2(&n.rand);
-                    res_hex = Some(hex::encode(res.expose()));
-                    let (ck, ik) = (m.f3(&n.rand), m.f4(&n.rand));
-                    keys = Some((ck, ik));
-                    params
-                        .response_with_password(digest_aka::password(&res))
-                        .map_err(|e| UeError::Challenge(e.to_string()))?
-                }
-                Err(_) => return Err(UeError::NetworkAuthFailed),
             }
-        } else if algorithm.eq_ignore_ascii_case("MD5") {
-            let Credentials::Password(p) = &self.cfg.credentials else {
-                return Err(UeError::Challenge(
-                    "MD5 challenge, but this UE has a USIM".into(),
-                ));
-            };
-            params
-                .response_with_password(p.as_bytes())
-                .map_err(|e| UeError::Challenge(e.to_string()))?
-        } else {
-            return Err(UeError::Challenge(format!(
-                "algorithm {algorithm} is not supported"
-            )));
+            ChallengeKind::Md5 => {
+                let Credentials::Password(p) = &self.cfg.credentials else {
+                    return Err(UeError::Challenge(
+                        "MD5 challenge, but this UE has a USIM".into(),
+                    ));
+                };
+                answer(p.as_bytes(), "")?
+            }
         };
-        let mut auth = format!(
-            "Digest username=\"{}\", realm=\"{}\", nonce=\"{}\", uri=\"{}\", response=\"{}\", algorithm={}",
-            self.cfg.impi, realm, nonce, uri, response, algorithm
-        );
-        if let Some(q) = qop {
-            auth.push_str(&format!(
-                ", qop={}, nc=00000001, cnonce=\"{cnonce}\"",
-                q.as_str()
-            ));
-        }
-        auth.push_str(&extra);
         Ok((auth, res_hex, resync, keys))
     }
+}
+
+/// What the UE and the swarm ([`swarm`]) put in a REGISTER.
+pub(crate) struct RegisterText<'a> {
+    /// Home domain (Request-URI `sip:<domain>`).
+    pub domain: &'a str,
+    /// Public identity (From/To).
+    pub impu: &'a dyn std::fmt::Display,
+    /// The Contact's user part.
+    pub user: &'a dyn std::fmt::Display,
+    /// `UDP` or `TCP` (Via).
+    pub proto: &'a str,
+    /// `""` or `";transport=tcp"` (Contact).
+    pub tp: &'a str,
+    /// Via sent-by and Contact host:port.
+    pub me: SocketAddr,
+    /// Call-ID (also the first part of the branch).
+    pub call_id: &'a dyn std::fmt::Display,
+    /// The branch's counter: `z9hG4bK<call-id>.<branch>`.
+    pub branch: u64,
+    /// From tag.
+    pub tag: &'a dyn std::fmt::Display,
+    /// CSeq number.
+    pub cseq: u32,
+    /// Expires (and the Contact's `expires`).
+    pub expires: u32,
+    /// Extra header lines, each ending in CRLF (sec-agree), or empty.
+    pub security: &'a str,
+    /// The Authorization value.
+    pub authorization: &'a str,
+}
+
+/// Appends a REGISTER's text to `out`.
+pub(crate) fn write_register(out: &mut String, r: &RegisterText<'_>) {
+    use std::fmt::Write as _;
+    // Writing to a String cannot fail.
+    let _ = write!(
+        out,
+        "REGISTER sip:{domain} SIP/2.0\r\n\
+         Via: SIP/2.0/{proto} {me};branch=z9hG4bK{call}.{b};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <{impu}>;tag={tag}\r\n\
+         To: <{impu}>\r\n\
+         Call-ID: {call}\r\n\
+         CSeq: {cseq} REGISTER\r\n\
+         Contact: <sip:{user}@{me}{tp}>;expires={expires}\r\n\
+         Expires: {expires}\r\n\
+         Supported: path\r\n\
+         {security}\
+         Authorization: {authorization}\r\n\
+         User-Agent: ims-ue\r\n\
+         Content-Length: 0\r\n\r\n",
+        domain = r.domain,
+        proto = r.proto,
+        me = r.me,
+        call = r.call_id,
+        b = r.branch,
+        impu = r.impu,
+        tag = r.tag,
+        cseq = r.cseq,
+        user = r.user,
+        tp = r.tp,
+        expires = r.expires,
+        security = r.security,
+        authorization = r.authorization,
+    );
+}
+
+/// Appends the Authorization of a first REGISTER (TS 24.229 §5.1.1.2.1: the private
+/// identity, an empty nonce and response).
+pub(crate) fn write_initial_authorization(
+    out: &mut String,
+    impi: &dyn std::fmt::Display,
+    domain: &str,
+) {
+    use std::fmt::Write as _;
+    let _ = write!(
+        out,
+        "Digest username=\"{impi}\", realm=\"{domain}\", uri=\"sip:{domain}\", nonce=\"\", response=\"\""
+    );
+}
+
+/// Which password a challenge asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChallengeKind {
+    /// `AKAv1-MD5`: RES.
+    Aka,
+    /// `MD5` (or no algorithm): the user's password.
+    Md5,
+}
+
+/// A Digest challenge (WWW-Authenticate or Proxy-Authenticate), as a UE reads it.
+pub(crate) struct Challenge<'a> {
+    pub nonce: &'a str,
+    pub realm: Option<&'a str>,
+    /// As written (echoed in the answer).
+    pub algorithm: &'a str,
+    pub kind: ChallengeKind,
+    /// `auth` when offered, else `auth-int` when offered, else none.
+    pub qop: Option<Qop>,
+}
+
+impl<'a> Challenge<'a> {
+    /// Reads a challenge; the error names what is wrong.
+    pub(crate) fn parse(www: &'a str) -> Result<Self, String> {
+        let a = Auth::parse(www).map_err(|e| e.to_string())?;
+        let unquote = |v: &'a str| v.trim_matches('"');
+        let nonce = a.nonce().map(unquote).ok_or("no nonce")?;
+        let realm = a.realm().map(unquote);
+        let algorithm = a.algorithm().map_or("MD5", unquote);
+        let kind = if algorithm.eq_ignore_ascii_case(digest_aka::ALGORITHM) {
+            ChallengeKind::Aka
+        } else if algorithm.eq_ignore_ascii_case("MD5") {
+            ChallengeKind::Md5
+        } else {
+            return Err(format!("algorithm {algorithm} is not supported"));
+        };
+        let offered = |q: &str| {
+            a.qop()
+                .map(unquote)
+                .is_some_and(|v| v.split(',').any(|x| x.trim() == q))
+        };
+        let qop = if offered("auth") {
+            Some(Qop::Auth)
+        } else if offered("auth-int") {
+            Some(Qop::AuthInt)
+        } else {
+            None
+        };
+        Ok(Self {
+            nonce,
+            realm,
+            algorithm,
+            kind,
+            qop,
+        })
+    }
+}
+
+/// The parameters of an answer to a Digest challenge.
+pub(crate) struct DigestAnswer<'a> {
+    pub username: &'a dyn std::fmt::Display,
+    pub realm: &'a str,
+    pub nonce: &'a str,
+    pub uri: &'a str,
+    pub algorithm: &'a str,
+    pub qop: Option<Qop>,
+    /// The nonce count (sent as 8 hex digits with a qop).
+    pub nc: u32,
+    pub cnonce: &'a str,
+    /// Parameters appended as they are (`, auts="..."`), or empty.
+    pub extra: &'a str,
+}
+
+/// Appends the Authorization answering a challenge with `password` (RES for AKA, the empty
+/// password for a resynchronisation, the user's password for MD5).
+pub(crate) fn write_authorization(
+    out: &mut String,
+    a: &DigestAnswer<'_>,
+    password: &[u8],
+) -> Result<(), ims_aka::AkaError> {
+    use std::fmt::Write as _;
+    let start = out.len();
+    // The username as text once (it is hashed and sent).
+    let _ = write!(out, "{}", a.username);
+    let username = out[start..].to_owned();
+    out.truncate(start);
+    let mut nc = [0u8; 8];
+    let _ = hex::encode_to_slice(a.nc.to_be_bytes(), &mut nc);
+    let nc = std::str::from_utf8(&nc).unwrap_or("00000001");
+    let params = DigestParams {
+        username: &username,
+        realm: a.realm,
+        nonce: a.nonce,
+        uri: a.uri,
+        qop: a.qop,
+        nc: Some(nc),
+        cnonce: Some(a.cnonce),
+        method: "REGISTER",
+        body: b"",
+    };
+    let response = params.response_with_password(password)?;
+    let _ = write!(
+        out,
+        "Digest username=\"{username}\", realm=\"{}\", nonce=\"{}\", uri=\"{}\", response=\"{response}\", algorithm={}",
+        a.realm, a.nonce, a.uri, a.algorithm
+    );
+    if let Some(q) = a.qop {
+        let _ = write!(
+            out,
+            ", qop={}, nc={nc}, cnonce=\"{}\"",
+            q.as_str(),
+            a.cnonce
+        );
+    }
+    out.push_str(a.extra);
+    Ok(())
 }
 
 /// The `state` of the first `<registration>` of a reginfo document.
