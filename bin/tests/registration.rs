@@ -687,8 +687,11 @@ fn captures_show_the_registration_ladder() {
 }
 
 /// The load generator: subscribers provisioned from its CSV through `imsctl subscriber
-/// import`, then 60 UEs (20 in flight) register with full AKA through the chain and
-/// deregister; its summary line counts them all and reports the rate and latencies.
+/// import`, then 60 UEs (20 in flight, over 4 shared sockets) register with full AKA through
+/// the chain and deregister; its summary line counts them all and reports the rate and
+/// latencies. Then an open-loop run (20 new UEs a second for 2 s) that re-registers every
+/// half second (the S-CSCF challenges the reused nonce again) and deregisters, its summary
+/// read as JSON; bad arguments exit 2.
 #[test]
 fn load_generator_registers_and_deregisters_many_ues() {
     let Some(lab) = Lab::start("e2eload") else {
@@ -725,8 +728,44 @@ fn load_generator_registers_and_deregisters_many_ues() {
         summary.starts_with("registered=60 failed=0 deregistered=60 rate="),
         "{summary}"
     );
-    for field in ["p50=", "p90=", "p99=", "max="] {
+    for field in [
+        "p50=",
+        "p90=",
+        "p99=",
+        "max=",
+        "401_p50=",
+        "auth_p99=",
+        "sockets=4",
+    ] {
         assert!(summary.contains(field), "{summary}");
+    }
+    // Open loop, with re-registrations and a JSON summary.
+    let out = run_load(&[
+        "--count",
+        "60",
+        "--rate",
+        "20",
+        "--duration",
+        "2",
+        "--sockets",
+        "2",
+        "--reregister-every",
+        "0.5",
+        "--deregister",
+        "--json",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{text}");
+    assert!(out.status.success(), "{text}\n{}", lab.logs());
+    let j: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(j["mode"], "open", "{j}");
+    assert_eq!(j["started"], 40, "{j}");
+    assert_eq!(j["registered"], 40, "{j}");
+    assert_eq!(j["deregistered"], 40, "{j}");
+    assert_eq!(j["failed"], 0, "{j}");
+    assert!(j["reregistered"].as_u64().unwrap() >= 20, "{j}");
+    for phase in ["register", "challenge", "auth"] {
+        assert!(j["latency_ms"][phase]["p50"].as_f64().unwrap() > 0.0, "{j}");
     }
     // A subscriber that does not exist: counted as a failure, exit 1.
     let out = run_load(&["--count", "1", "--prefix", "nobody"]);
@@ -736,4 +775,15 @@ fn load_generator_registers_and_deregisters_many_ues() {
         summary.starts_with("registered=0 failed=1 (403 x1)"),
         "{summary}"
     );
+    // Bad arguments: exit 2, one line naming the problem.
+    for args in [
+        &["--rate", "5"][..],
+        &["--sockets", "0"],
+        &["--transport", "tcp"],
+    ] {
+        let out = run_load(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
 }
