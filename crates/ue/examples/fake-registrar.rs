@@ -22,7 +22,8 @@ fn main() -> std::io::Result<()> {
         0xcd, 0xc2, 0x02, 0xd5, 0x12, 0x3e, 0x20, 0xf6, 0x2b, 0x6d, 0x67, 0x6a, 0xc7, 0x2c, 0xb3,
         0x18,
     ];
-    let opc = *ims_aka::milenage::compute_opc(&ims_aka::Key::new(k), &ims_aka::Op::new(op)).expose();
+    let opc =
+        *ims_aka::milenage::compute_opc(&ims_aka::Key::new(k), &ims_aka::Op::new(op)).expose();
     let mut reg = FakeRegistrar::new("hims.net", FakeCredentials::Aka { k, opc });
     eprintln!("fake registrar on {at}");
     let mut buf = vec![0u8; 65536];
