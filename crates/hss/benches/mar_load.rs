@@ -158,8 +158,12 @@ fn main() {
             let store = rt.block_on(Store::open(&url)).unwrap();
             rt.block_on(store.delete_all_subscribers()).unwrap();
             let took = rt.block_on(fill(&store, n));
+            let subs = {
+                let _rt = rt.enter();
+                ims_hss::subscribers::Subscribers::start(store, 32, false)
+            };
             let cx = CxHandler::new(
-                store,
+                subs,
                 CxConfig {
                     origin_host: "hss1.hims.net".into(),
                     origin_realm: "hims.net".into(),

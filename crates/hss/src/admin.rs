@@ -68,6 +68,22 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::subscribers::Error> for ApiError {
+    fn from(e: crate::subscribers::Error) -> Self {
+        match e {
+            crate::subscribers::Error::Store(e) => e.into(),
+            e => {
+                tracing::error!(error = %e, "admin API: subscriber failure");
+                Self {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    field: None,
+                    message: e.to_string(),
+                }
+            }
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let (status, field) = match &e {
@@ -289,6 +305,8 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 pub struct AppState {
     /// The subscriber store.
     pub store: Store,
+    /// The subscribers in memory (Cx answers from them): told of every change made here.
+    pub subs: std::sync::Arc<crate::subscribers::Subscribers>,
     /// The Diameter side, to send RTR and PPR to the serving S-CSCF.
     pub diameter: crate::server::Diameter,
     /// Prometheus metrics.
@@ -426,10 +444,10 @@ async fn deregister(
     if result == ims_diameter::dict::result_code::SUCCESS
         && let Some(first) = impus.first()
     {
-        s.store
+        s.subs
             .set_reg_state(first, ims_store::RegState::NotRegistered)
             .await?;
-        s.store.set_scscf(first, None).await?;
+        s.subs.set_scscf(first, None).await?;
     }
     Ok(Json(json!({ "scscf": host, "result_code": result })))
 }
@@ -501,11 +519,12 @@ async fn list(State(store): State<Store>, Query(p): Query<Page>) -> Result<Json<
 }
 
 async fn create(
-    State(store): State<Store>,
+    State(s): State<AppState>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let new = parse::<SubscriberReq>(&body)?.into_new()?;
-    store.add_subscriber(&new).await?;
+    s.store.add_subscriber(&new).await?;
+    s.subs.added();
     Ok((StatusCode::CREATED, Json(json!({ "impi": new.impi }))))
 }
 
@@ -532,10 +551,11 @@ async fn show(
 }
 
 async fn remove(
-    State(store): State<Store>,
+    State(s): State<AppState>,
     Path(impi): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    store.delete_subscriber(&impi).await?;
+    s.store.delete_subscriber(&impi).await?;
+    s.subs.forget(&impi)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -551,19 +571,19 @@ struct CapsReq {
 }
 
 async fn put_caps(
-    State(store): State<Store>,
+    State(s): State<AppState>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
     let c: CapsReq = parse(&body)?;
-    store
-        .put_capability_set(&CapabilitySet {
-            name,
-            mandatory: c.mandatory,
-            optional: c.optional,
-            server_names: c.server_names,
-        })
-        .await?;
+    let set = CapabilitySet {
+        name,
+        mandatory: c.mandatory,
+        optional: c.optional,
+        server_names: c.server_names,
+    };
+    s.store.put_capability_set(&set).await?;
+    s.subs.put_capability_set(&set)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -572,7 +592,7 @@ async fn put_caps(
 /// capability_set, roaming` (visited network ids the user may register from, separated the
 /// same way). A row with `k` is AKA, a row with `realm` is digest.
 async fn import_csv(
-    State(store): State<Store>,
+    State(s): State<AppState>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let mut rdr = csv::ReaderBuilder::new()
@@ -653,7 +673,10 @@ async fn import_csv(
         })?;
         subs.push(new);
     }
-    let n = store.import_subscribers(&subs, IMPORT_BATCH).await?;
+    // Batches before a bad row stay committed: load those too.
+    let imported = s.store.import_subscribers(&subs, IMPORT_BATCH).await;
+    s.subs.added();
+    let n = imported?;
     Ok(Json(json!({ "imported": n })))
 }
 

@@ -1,6 +1,7 @@
 //! The HSS side of Cx (TS 29.228 §6, TS 29.229): one request in, one answer out. The
 //! transport (TCP, the RFC 6733 peer state machine, the allow-list) lives in [`crate::server`];
-//! this module only turns a UAR, MAR, SAR or LIR into its answer on the store.
+//! this module only turns a UAR, MAR, SAR or LIR into its answer, on the subscribers in memory
+//! ([`crate::subscribers`]: loaded from the store once, changes written through in batches).
 //!
 //! - Strict on input: the codec refuses a request without a mandatory AVP (5005 +
 //!   Failed-AVP), with a wrong value (5004) or a bad header (3008, E bit), and the answer
@@ -10,8 +11,9 @@
 //!   REGISTRATION answers 2002 SUBSEQUENT with Server-Name or 2001 FIRST with
 //!   Server-Capabilities; REGISTRATION_AND_CAPABILITIES always 2001 with capabilities.
 //! - MAR: Digest-AKAv1-MD5 vectors (RAND from the system CSPRNG via ring), as many as asked up
-//!   to the configured cap; the SQN range they use is reserved by one atomic UPDATE before
-//!   they are built, so a crash can never hand out an SQN twice. A SIP-Authorization of
+//!   to the configured cap; their SQNs come from a block reserved in the store (one atomic
+//!   UPDATE per `sqn_block` vectors) before any is handed out, so a crash can never hand out
+//!   an SQN twice. A SIP-Authorization of
 //!   RAND‖AUTS resynchronises (MAC-S checked, SQN_MS adopted). SIP Digest answers the stored
 //!   HA1. "Unknown" means the subscriber's own scheme; any other mismatch is 5006. The asking
 //!   S-CSCF is recorded while the user is not registered.
@@ -33,7 +35,9 @@ use ims_diameter::dict::{
     experimental_result_code as erc, result_code as rc,
 };
 use ims_diameter::{AnswerResult, Error as CodecError, Header, Message, MessageBuilder};
-use ims_store::{CapabilitySet, Credentials, RegState, ScscfAssignment, Store, StoreError};
+use ims_store::{CapabilitySet, Credentials, RegState, ScscfAssignment, StoreError};
+
+use crate::subscribers::{self, Subscribers};
 use ring::rand::{SecureRandom, SystemRandom};
 
 /// Authentication scheme names on Cx (TS 29.229 §6.3.2).
@@ -60,10 +64,10 @@ pub struct CxConfig {
     pub default_capabilities: CapabilitySet,
 }
 
-/// Turns Cx requests into answers on the store.
+/// Turns Cx requests into answers on the subscribers.
 #[derive(Clone)]
 pub struct CxHandler {
-    store: Store,
+    subs: Arc<Subscribers>,
     cfg: Arc<CxConfig>,
     rng: SystemRandom,
     scheme: SqnScheme,
@@ -94,18 +98,24 @@ impl From<StoreError> for Internal {
     }
 }
 
+impl From<subscribers::Error> for Internal {
+    fn from(e: subscribers::Error) -> Self {
+        Internal(e.to_string())
+    }
+}
+
 type Handled = Result<(Vec<u8>, AnswerResult, bool), Internal>;
 
 impl CxHandler {
-    /// A handler on `store`.
-    pub fn new(store: Store, cfg: CxConfig) -> Result<Self, String> {
+    /// A handler on the subscribers in memory.
+    pub fn new(subs: Arc<Subscribers>, cfg: CxConfig) -> Result<Self, String> {
         let scheme = SqnScheme::new(cfg.sqn_ind_bits)
             .map_err(|e| format!("sqn_ind_bits {}: {e}", cfg.sqn_ind_bits))?;
         if cfg.max_auth_items == 0 {
             return Err("max_auth_items must be at least 1".into());
         }
         Ok(Self {
-            store,
+            subs,
             cfg: Arc::new(cfg),
             rng: SystemRandom::new(),
             scheme,
@@ -217,7 +227,7 @@ impl CxHandler {
         }
         let vni = String::from_utf8_lossy(r.visited_network_identifier);
         if !self
-            .store
+            .subs
             .roaming_allowed(r.public_identity, &vni, &self.cfg.home_network)
             .await?
         {
@@ -228,9 +238,9 @@ impl CxHandler {
                 None,
             );
         }
-        let pi = self.store.public_identity(r.public_identity).await?;
+        let pi = self.subs.public_identity(r.public_identity).await?;
         let reg_state = pi.map_or(0, |p| p.reg_state);
-        let assigned = self.store.scscf_for(r.public_identity).await?;
+        let assigned = self.subs.scscf_for(r.public_identity).await?;
         let caps = self.capabilities(r.public_identity).await?;
         match r.authorization_type.unwrap_or(Uat::Registration) {
             Uat::DeRegistration => match assigned {
@@ -270,16 +280,16 @@ impl CxHandler {
         impi: Option<&str>,
         impu: &str,
     ) -> Result<Result<Option<Credentials>, AnswerResult>, Internal> {
-        let Some(pi) = self.store.public_identity(impu).await? else {
+        let Some(pi) = self.subs.public_identity(impu).await? else {
             return Ok(Err(AnswerResult::experimental(erc::ERROR_USER_UNKNOWN)));
         };
         let mut creds = None;
         if let Some(impi) = impi {
-            creds = self.store.credentials(impi).await?;
+            creds = self.subs.credentials(impi).await?;
             if creds.is_none() {
                 return Ok(Err(AnswerResult::experimental(erc::ERROR_USER_UNKNOWN)));
             }
-            if !self.store.impi_has_impu(impi, impu).await? {
+            if !self.subs.impi_has_impu(impi, impu).await? {
                 return Ok(Err(AnswerResult::experimental(
                     erc::ERROR_IDENTITIES_DONT_MATCH,
                 )));
@@ -293,7 +303,7 @@ impl CxHandler {
 
     async fn capabilities(&self, impu: &str) -> Result<CapabilitySet, Internal> {
         Ok(self
-            .store
+            .subs
             .capabilities_for(impu)
             .await?
             .unwrap_or_else(|| self.cfg.default_capabilities.clone()))
@@ -411,7 +421,7 @@ impl CxHandler {
                     let step = 1u64 << self.scheme.ind_bits();
                     let base =
                         (next.value() + ims_store::SQN_MODULUS - step) % ims_store::SQN_MODULUS;
-                    self.store.set_sqn(r.user_name, base).await?;
+                    self.subs.set_sqn(r.user_name, base).await?;
                     tracing::info!(
                         impi = r.user_name,
                         sqn_ms = sqn_ms.value(),
@@ -423,9 +433,10 @@ impl CxHandler {
                 let step = 1u64 << self.scheme.ind_bits();
                 // Reserve the SQNs first (one atomic UPDATE), then build the vectors.
                 let last = self
-                    .store
-                    .advance_sqn(r.user_name, step * u64::from(n))
-                    .await?;
+                    .subs
+                    .take_sqns(r.user_name, u64::from(n), step)
+                    .await?
+                    .ok_or_else(|| Internal(format!("{} has no AKA SQN", r.user_name)))?;
                 let amf = Amf::new(amf);
                 let mut vectors = Vec::with_capacity(n as usize);
                 for i in 0..u64::from(n) {
@@ -498,7 +509,7 @@ impl CxHandler {
         server_name: &str,
         host: &str,
     ) -> Result<(), Internal> {
-        self.store
+        self.subs
             .record_scscf_unless_registered(
                 impu,
                 &ScscfAssignment {
@@ -538,13 +549,8 @@ impl CxHandler {
                         false,
                     ));
                 };
-                match self
-                    .store
-                    .subscriber(impi)
-                    .await?
-                    .and_then(|s| s.public_identities.into_iter().next())
-                {
-                    Some(p) => p.impu,
+                match self.subs.first_impu(impi).await? {
+                    Some(p) => p,
                     None => {
                         return answer(
                             AnswerResult::experimental(erc::ERROR_USER_UNKNOWN),
@@ -578,22 +584,16 @@ impl CxHandler {
                 }
             }
         }
-        let pi = self.store.public_identity(&impu).await?;
+        let pi = self.subs.public_identity(&impu).await?;
         let reg_state = pi.map_or(0, |p| p.reg_state);
-        let assigned = self.store.scscf_for(&impu).await?;
+        let assigned = self.subs.scscf_for(&impu).await?;
         let me = ScscfAssignment {
             server_name: r.server_name.to_owned(),
             diameter_host: Some(r.base.origin_host.to_owned()),
         };
         let impi = match r.user_name {
             Some(i) => Some(i.to_owned()),
-            None => self.impi_of(&impu).await?,
-        };
-        let user_data = |store: Store, impi: Option<String>| async move {
-            match impi {
-                Some(i) => Ok::<_, Internal>(store.profile(&i).await?.map(|p| user_data_xml(&p))),
-                None => Ok(None),
-            }
+            None => self.subs.impi_of(&impu).await?,
         };
         let wants_data =
             r.user_data_already_available == UserDataAlreadyAvailable::UserDataNotAvailable;
@@ -608,12 +608,10 @@ impl CxHandler {
                         None,
                     );
                 }
-                self.store.set_scscf(&impu, Some(&me)).await?;
-                self.store
-                    .set_reg_state(&impu, RegState::Registered)
-                    .await?;
+                self.subs.set_scscf(&impu, Some(&me)).await?;
+                self.subs.set_reg_state(&impu, RegState::Registered).await?;
                 let data = if wants_data {
-                    user_data(self.store.clone(), impi).await?
+                    self.user_data(impi.as_deref()).await?
                 } else {
                     None
                 };
@@ -634,12 +632,12 @@ impl CxHandler {
                         Some(&a.server_name),
                     );
                 }
-                self.store.set_scscf(&impu, Some(&me)).await?;
-                self.store
+                self.subs.set_scscf(&impu, Some(&me)).await?;
+                self.subs
                     .set_reg_state(&impu, RegState::Unregistered)
                     .await?;
                 let data = if wants_data {
-                    user_data(self.store.clone(), impi).await?
+                    self.user_data(impi.as_deref()).await?
                 } else {
                     None
                 };
@@ -653,14 +651,14 @@ impl CxHandler {
             | Sat::UserDeregistration
             | Sat::AdministrativeDeregistration
             | Sat::DeregistrationTooMuchData => {
-                self.store
+                self.subs
                     .set_reg_state(&impu, RegState::NotRegistered)
                     .await?;
-                self.store.set_scscf(&impu, None).await?;
+                self.subs.set_scscf(&impu, None).await?;
                 answer(AnswerResult::SUCCESS, None, None)
             }
             Sat::TimeoutDeregistrationStoreServerName | Sat::UserDeregistrationStoreServerName => {
-                self.store
+                self.subs
                     .set_reg_state(&impu, RegState::NotRegistered)
                     .await?;
                 answer(AnswerResult::SUCCESS, None, None)
@@ -668,8 +666,8 @@ impl CxHandler {
             Sat::AuthenticationFailure | Sat::AuthenticationTimeout => {
                 // The user never registered: forget the S-CSCF MAR recorded, unless registered.
                 if reg_state != RegState::Registered as i64 {
-                    self.store.set_scscf(&impu, None).await?;
-                    self.store
+                    self.subs.set_scscf(&impu, None).await?;
+                    self.subs
                         .set_reg_state(&impu, RegState::NotRegistered)
                         .await?;
                 }
@@ -685,7 +683,7 @@ impl CxHandler {
                         Some(&a.server_name),
                     );
                 }
-                let data = user_data(self.store.clone(), impi).await?;
+                let data = self.user_data(impi.as_deref()).await?;
                 answer(
                     AnswerResult::SUCCESS,
                     data.as_deref().map(str::as_bytes),
@@ -694,7 +692,7 @@ impl CxHandler {
             }
             Sat::PgwUpdate | Sat::Restoration => {
                 let data = if wants_data {
-                    user_data(self.store.clone(), impi).await?
+                    self.user_data(impi.as_deref()).await?
                 } else {
                     None
                 };
@@ -707,20 +705,11 @@ impl CxHandler {
         }
     }
 
-    async fn impi_of(&self, impu: &str) -> Result<Option<String>, Internal> {
-        // The store keys profiles by IMPI; find one IMPI allowed to use this IMPU.
-        let mut offset = 0;
-        loop {
-            let page = self.store.list_impis(offset, 500).await?;
-            if page.is_empty() {
-                return Ok(None);
-            }
-            for impi in &page {
-                if self.store.impi_has_impu(impi, impu).await? {
-                    return Ok(Some(impi.clone()));
-                }
-            }
-            offset += 500;
+    /// The TS 29.228 User-Data of the subscription of `impi`.
+    async fn user_data(&self, impi: Option<&str>) -> Result<Option<String>, Internal> {
+        match impi {
+            Some(i) => Ok(self.subs.profile(i).await?.map(|p| user_data_xml(&p))),
+            None => Ok(None),
         }
     }
 
@@ -755,7 +744,7 @@ impl CxHandler {
         if let Err(res) = self.identity_checks(None, r.public_identity).await? {
             return answer(res, None, None);
         }
-        match self.store.scscf_for(r.public_identity).await? {
+        match self.subs.scscf_for(r.public_identity).await? {
             Some(a) => answer(AnswerResult::SUCCESS, Some(&a.server_name), None),
             None => {
                 let caps = self.capabilities(r.public_identity).await?;
@@ -912,7 +901,7 @@ mod tests {
     /// AMF of the set carries the set's MAC-A (in AUTN), RES (as XRES), CK and IK.
     #[tokio::test]
     async fn mar_vector_matches_ts_35_208_set_1() {
-        let store = Store::open("sqlite::memory:").await.unwrap();
+        let store = ims_store::Store::open("sqlite::memory:").await.unwrap();
         store
             .add_subscriber(&NewSubscriber {
                 name: "set1".into(),
@@ -935,10 +924,10 @@ mod tests {
             .await
             .unwrap();
         let sqn = 0xff9b_b4d0_b607u64;
-        // The MAR advances one step (IND 5 bits) before using the SQN: start one step below.
+        // The MAR takes the step after the stored SQN (IND 5 bits): start one step below.
         store.set_sqn("set1@hims.net", sqn - 32).await.unwrap();
         let mut handler = CxHandler::new(
-            store.clone(),
+            crate::subscribers::Subscribers::start(store.clone(), 1, false),
             CxConfig {
                 origin_host: "hss1.hims.net".into(),
                 origin_realm: "hims.net".into(),

@@ -3,6 +3,8 @@
 //! - [`cx`]: Cx requests (UAR, MAR, SAR, LIR) answered on the subscriber store (crates/store),
 //!   vectors from crates/aka. The Diameter transport (TCP listener, peer state machine,
 //!   allow-list, RTR/PPR toward the S-CSCF) joins with the Diameter peer crate.
+//! - [`subscribers`]: the subscribers in memory (loaded once, changes written through in
+//!   group commits, SQNs reserved in blocks); Cx and the admin API both go through it.
 //! - [`metrics`]: Prometheus counters and the answer-latency histogram.
 //! - [`admin`]: the JSON HTTP admin API with its OpenAPI document, for provisioning by hand,
 //!   by `imsctl`, or by bulk CSV import.
@@ -11,6 +13,7 @@ pub mod admin;
 pub mod cx;
 pub mod metrics;
 pub mod server;
+pub mod subscribers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,6 +38,14 @@ pub struct Config {
     /// The Diameter Cx side.
     #[serde(default)]
     pub diameter: DiameterConfig,
+    /// Load every subscription into memory at start (in the background, between requests);
+    /// otherwise each is loaded on its first request.
+    #[serde(default = "yes")]
+    pub preload: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The Diameter Cx side of the HSS.
@@ -57,6 +68,9 @@ pub struct DiameterConfig {
     pub max_auth_items: u32,
     /// IND bits of the SQN (TS 33.102 Annex C).
     pub sqn_ind_bits: u8,
+    /// SQNs reserved in the store at once per IMPI (a crash skips the rest of a block; the UE
+    /// accepts that). 1 with several HSS front-ends on one database.
+    pub sqn_block: u32,
     /// Server-Capabilities for subscribers without a capability set of their own.
     pub capabilities: Capabilities,
 }
@@ -84,6 +98,7 @@ impl Default for DiameterConfig {
             watchdog_seconds: 30,
             max_auth_items: 5,
             sqn_ind_bits: 5,
+            sqn_block: 32,
             capabilities: Capabilities::default(),
         }
     }
@@ -112,6 +127,7 @@ pub enum HssError {
 
 /// A started HSS: store open, admin API and Diameter listener bound.
 pub struct Hss {
+    subs: Arc<subscribers::Subscribers>,
     admin: tokio::net::TcpListener,
     router: axum::Router,
     diameter: server::Diameter,
@@ -131,8 +147,9 @@ impl Hss {
             .origin_realm
             .clone()
             .unwrap_or_else(|| config.home_network.clone());
+        let subs = subscribers::Subscribers::start(store, d.sqn_block, config.preload);
         let cx = cx::CxHandler::new(
-            store.clone(),
+            subs.clone(),
             cx::CxConfig {
                 origin_host: origin_host.clone(),
                 origin_realm: origin_realm.clone(),
@@ -178,18 +195,25 @@ impl Hss {
             tracing::info!(admin = %a, "HSS admin API listening");
         }
         let router = admin::router(admin::AppState {
-            store,
+            store: subs.store().clone(),
+            subs: subs.clone(),
             diameter: diameter.clone(),
             metrics,
             origin_host,
             origin_realm,
         });
         Ok(Self {
+            subs,
             admin,
             router,
             diameter,
             diameter_loop: Box::pin(diameter_loop),
         })
+    }
+
+    /// The subscribers the HSS answers from (changes made here are written through).
+    pub fn subscribers(&self) -> Arc<subscribers::Subscribers> {
+        self.subs.clone()
     }
 
     /// The admin API's bound address.

@@ -1,7 +1,9 @@
 //! The HSS's Diameter transport: a TCP listener (3868 by default), one task per connection
 //! driving the sans-io [`ims_diameter::peer::Peer`] (responder role: CER from the allow-list
 //! only, 3010 otherwise; DWR/DWA; DPR/DPA; our own DWR when idle), Cx requests answered by
-//! [`crate::cx::CxHandler`] in their own tasks so many are in flight per connection, and a
+//! [`crate::cx::CxHandler`] (in the connection's task when the answer is ready at once, as it
+//! is from memory; in a task of their own when it waits on the store, so many are in flight
+//! per connection), and a
 //! registry of open peers by Origin-Host through which the admin API sends RTR and PPR to the
 //! serving S-CSCF ([`Diameter::request`]).
 
@@ -173,15 +175,17 @@ async fn connection(
     peer.handle_connected(Instant::now());
     tracing::debug!(%from, "Diameter connection accepted");
     'conn: loop {
-        // Write what the peer wants sent, then act on its events.
-        while let Some(bytes) = peer.poll_transmit() {
-            if let Err(e) = stream.write_all(&bytes).await {
-                tracing::info!(%from, error = %e, "Diameter write failed");
-                peer.handle_disconnected(Instant::now());
-                break;
+        // Write what the peer wants sent, then act on its events (answering a request queues
+        // a transmit: write it before waiting again).
+        loop {
+            while let Some(bytes) = peer.poll_transmit() {
+                if let Err(e) = stream.write_all(&bytes).await {
+                    tracing::info!(%from, error = %e, "Diameter write failed");
+                    peer.handle_disconnected(Instant::now());
+                    break;
+                }
             }
-        }
-        while let Some(ev) = peer.poll_event() {
+            let Some(ev) = peer.poll_event() else { break };
             match ev {
                 Event::Up { host, realm } => {
                     let key = host.to_ascii_lowercase();
@@ -201,17 +205,32 @@ async fn connection(
                     }
                 }
                 Event::Request(bytes) => {
-                    let cx = cx.clone();
-                    let tx = tx.clone();
-                    let metrics = metrics.clone();
-                    tokio::spawn(async move {
-                        let t = Instant::now();
-                        let out = cx.handle(&bytes).await;
-                        metrics.answered(out.command, out.result, t.elapsed(), out.resync);
-                        if !out.answer.is_empty() {
-                            let _ = tx.send(Command::Answer(out.answer)).await;
+                    // Most requests are answered from memory without waiting for anything:
+                    // answer those here, in this task. Only one that waits (a load, a write)
+                    // becomes a task of its own, so that it holds up no other request.
+                    let t = Instant::now();
+                    let cx2 = cx.clone();
+                    let mut fut = Box::pin(async move { cx2.handle(&bytes).await });
+                    let mut ctx = std::task::Context::from_waker(std::task::Waker::noop());
+                    match fut.as_mut().poll(&mut ctx) {
+                        std::task::Poll::Ready(out) => {
+                            metrics.answered(out.command, out.result, t.elapsed(), out.resync);
+                            if !out.answer.is_empty() {
+                                peer.send_answer(out.answer);
+                            }
                         }
-                    });
+                        std::task::Poll::Pending => {
+                            let tx = tx.clone();
+                            let metrics = metrics.clone();
+                            tokio::spawn(async move {
+                                let out = fut.await;
+                                metrics.answered(out.command, out.result, t.elapsed(), out.resync);
+                                if !out.answer.is_empty() {
+                                    let _ = tx.send(Command::Answer(out.answer)).await;
+                                }
+                            });
+                        }
+                    }
                 }
                 Event::Answer { handle, bytes } => {
                     if let Some(w) = waiting.remove(&handle) {

@@ -84,6 +84,7 @@ async fn silent_and_failing_s_cscfs_are_skipped() {
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         home_network: "hims.net".into(),
         log: "info".into(),
+        preload: true,
         diameter: ims_hss::DiameterConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             allowed_peers: vec!["icscf1.hims.net".into()],
@@ -98,6 +99,8 @@ async fn silent_and_failing_s_cscfs_are_skipped() {
     .await
     .unwrap();
     let hss_addr = hss.diameter_addr();
+    // The HSS answers from memory: change its subscribers through it, not behind its back.
+    let subs = hss.subscribers();
     tokio::spawn(hss.run_until(std::future::pending()));
     let entry = |uri: String| ims_icscf::ScscfEntry {
         uri,
@@ -153,18 +156,16 @@ async fn silent_and_failing_s_cscfs_are_skipped() {
 
     // Registered at the silent one: the HSS names it (2002); it fails, so the I-CSCF asks
     // again with REGISTRATION_AND_CAPABILITIES and picks another.
-    store
-        .set_scscf(
-            "sip:alice@hims.net",
-            Some(&ims_store::ScscfAssignment {
-                server_name: silent_uri,
-                diameter_host: None,
-            }),
-        )
-        .await
-        .unwrap();
-    store
-        .set_reg_state("sip:alice@hims.net", ims_store::RegState::Registered)
+    subs.set_scscf(
+        "sip:alice@hims.net",
+        Some(&ims_store::ScscfAssignment {
+            server_name: silent_uri,
+            diameter_host: None,
+        }),
+    )
+    .await
+    .unwrap();
+    subs.set_reg_state("sip:alice@hims.net", ims_store::RegState::Registered)
         .await
         .unwrap();
     ue.send_to(register(me, "f2", 600).as_bytes(), i).unwrap();
@@ -182,16 +183,15 @@ async fn silent_and_failing_s_cscfs_are_skipped() {
 
     // A loop: the HSS names the I-CSCF itself as the S-CSCF. The REGISTER comes back with our
     // own Via and loop hash: 482, which is final and goes back to the UE.
-    store
-        .set_scscf(
-            "sip:alice@hims.net",
-            Some(&ims_store::ScscfAssignment {
-                server_name: format!("sip:{i}"),
-                diameter_host: None,
-            }),
-        )
-        .await
-        .unwrap();
+    subs.set_scscf(
+        "sip:alice@hims.net",
+        Some(&ims_store::ScscfAssignment {
+            server_name: format!("sip:{i}"),
+            diameter_host: None,
+        }),
+    )
+    .await
+    .unwrap();
     ue.send_to(register(me, "f4", 600).as_bytes(), i).unwrap();
     assert_eq!(recv(&ue).status(), Some(482));
 }

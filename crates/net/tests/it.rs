@@ -354,6 +354,7 @@ mod diameter_client {
             admin_listen: "127.0.0.1:0".parse().unwrap(),
             home_network: "hims.net".into(),
             log: "info".into(),
+            preload: true,
             diameter: ims_hss::DiameterConfig {
                 listen,
                 allowed_peers: vec!["icscf1.hims.net".into()],

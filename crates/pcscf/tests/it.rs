@@ -147,6 +147,7 @@ async fn ue_registers_through_p_and_i_cscf_and_sends_along_the_service_route() {
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         home_network: "hims.net".into(),
         log: "info".into(),
+        preload: true,
         diameter: ims_hss::DiameterConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             allowed_peers: vec!["icscf1.hims.net".into()],
@@ -160,6 +161,8 @@ async fn ue_registers_through_p_and_i_cscf_and_sends_along_the_service_route() {
     .await
     .unwrap();
     let hss_addr = hss.diameter_addr();
+    // The HSS answers from memory: change its subscribers through it, not behind its back.
+    let subs = hss.subscribers();
     tokio::spawn(hss.run_until(std::future::pending()));
 
     let icscf = ims_icscf::Icscf::start(ims_icscf::Config {
@@ -487,18 +490,16 @@ async fn ue_registers_through_p_and_i_cscf_and_sends_along_the_service_route() {
     assert_eq!(recv(&ue).status(), Some(403));
     // What the S-CSCF's SAR would have stored; then Expires 0 goes through, and the P-CSCF
     // forgets the UE: its MESSAGE gets 403.
-    store
-        .set_scscf(
-            "sip:alice@hims.net",
-            Some(&ims_store::ScscfAssignment {
-                server_name: format!("sip:{scscf}"),
-                diameter_host: None,
-            }),
-        )
-        .await
-        .unwrap();
-    store
-        .set_reg_state("sip:alice@hims.net", ims_store::RegState::Registered)
+    subs.set_scscf(
+        "sip:alice@hims.net",
+        Some(&ims_store::ScscfAssignment {
+            server_name: format!("sip:{scscf}"),
+            diameter_host: None,
+        }),
+    )
+    .await
+    .unwrap();
+    subs.set_reg_state("sip:alice@hims.net", ims_store::RegState::Registered)
         .await
         .unwrap();
     ue.send_to(register(me, "c1", 4, "alice", second, 0).as_bytes(), p)

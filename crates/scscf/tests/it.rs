@@ -59,6 +59,7 @@ async fn lab() -> Lab {
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         home_network: "hims.net".into(),
         log: "info".into(),
+        preload: true,
         diameter: ims_hss::DiameterConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             origin_host: Some("hss1.hims.net".into()),

@@ -7,7 +7,9 @@
 //! subscriptions, private identities with their AKA or digest credentials and SQN, service
 //! profiles, public identities and implicit registration sets, roaming permissions, and the
 //! S-CSCF assignment; and the S-CSCF's registrations ([`RegistrationRecord`], see
-//! `registrations.rs` and `migrations/*/0002_registrations.sql`).
+//! `registrations.rs` and `migrations/*/0002_registrations.sql`). A network function that
+//! answers from memory loads whole subscriptions and writes its changes in batches through
+//! `snapshot.rs` ([`SubscriptionRecord`], [`Write`]).
 //!
 //! Every change is one transaction, so nothing is ever half-written; the SQN is advanced by a
 //! single `UPDATE ... RETURNING`, so no two callers, on one node or several, ever receive the
@@ -18,7 +20,9 @@ use sqlx::{AnyPool, Row};
 use zeroize::Zeroizing;
 
 mod registrations;
+mod snapshot;
 pub use registrations::{BindingRecord, RegistrationRecord};
+pub use snapshot::{IdentityKey, PrivateIdentityRecord, SubscriptionRecord, Write};
 
 /// 2^48: SQN is a 48-bit counter.
 pub const SQN_MODULUS: u64 = 1 << 48;
@@ -170,6 +174,17 @@ fn split_str(s: &str) -> Vec<String> {
         .filter(|x| !x.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+/// A capability set from a row of (name, mandatory, optional, server_names).
+fn capability_row(row: &sqlx::any::AnyRow) -> Result<CapabilitySet, StoreError> {
+    let get = |e| db("read capabilities")(e);
+    Ok(CapabilitySet {
+        name: row.try_get(0).map_err(get)?,
+        mandatory: split_u32(&row.try_get::<String, _>(1).map_err(get)?),
+        optional: split_u32(&row.try_get::<String, _>(2).map_err(get)?),
+        server_names: split_str(&row.try_get::<String, _>(3).map_err(get)?),
+    })
 }
 
 /// A subscriber as the admin API shows it: no secret, ever.
@@ -855,14 +870,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(db("read capabilities"))?;
-        let Some(row) = row else { return Ok(None) };
-        let get = |e| db("read capabilities")(e);
-        Ok(Some(CapabilitySet {
-            name: row.try_get(0).map_err(get)?,
-            mandatory: split_u32(&row.try_get::<String, _>(1).map_err(get)?),
-            optional: split_u32(&row.try_get::<String, _>(2).map_err(get)?),
-            server_names: split_str(&row.try_get::<String, _>(3).map_err(get)?),
-        }))
+        row.map(|r| capability_row(&r)).transpose()
     }
 
     /// The service profiles and public identities of the subscription owning `impi`, for the
@@ -871,7 +879,8 @@ impl Store {
         let rows = sqlx::query(
             "SELECT sp.id, sp.ifc_xml, p.impu, p.subscription_id, p.irs, p.barred, p.reg_state \
              FROM private_identity i JOIN service_profile sp ON sp.subscription_id = i.subscription_id \
-             JOIN public_identity p ON p.service_profile_id = sp.id WHERE i.impi = $1 ORDER BY sp.id, p.impu",
+             JOIN public_identity p ON p.subscription_id = sp.subscription_id AND p.service_profile_id = sp.id \
+             WHERE i.impi = $1 ORDER BY sp.id, p.impu",
         )
         .bind(impi)
         .fetch_all(&self.pool)

@@ -47,6 +47,7 @@ pub(crate) fn start_on(db: String, diameter: ims_hss::DiameterConfig) -> Running
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         home_network: "hims.net".into(),
         log: "info".into(),
+        preload: true,
         diameter,
     };
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();

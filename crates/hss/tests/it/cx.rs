@@ -451,8 +451,13 @@ async fn mar_vectors_are_accepted_by_the_usim_and_sqn_only_grows(mut e: Env) {
             ));
         }
     }
+    // The HSS reserves SQNs in blocks (sqn_block, 32 by default) before it hands any out:
+    // the store holds the end of the current block, never less than what went out.
     let stored = e.store.subscriber(a).await.unwrap().unwrap().sqn.unwrap();
-    assert_eq!(stored, last_sqn, "the store holds the last SQN handed out");
+    assert!(
+        stored >= last_sqn && stored - last_sqn < 32 << 5,
+        "the store holds the end of the reserved block: stored {stored}, last handed out {last_sqn}"
+    );
 }
 
 async fn mar_resync_gives_a_vector_the_ue_accepts(mut e: Env) {

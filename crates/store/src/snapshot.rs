@@ -1,0 +1,324 @@
+//! Whole subscriptions in and batched changes out, for a network function that serves from
+//! memory (the HSS's `subscribers` module): [`Store::load_subscriptions`] reads every table
+//! of a range of subscriptions in five queries (one subscription on a cache miss, or a whole
+//! range of ids when the HSS preloads), and [`Store::apply`] writes many small changes (S-CSCF
+//! assignment, registration state, SQN) in one transaction, so that the per-message cost of
+//! the database is a share of one commit instead of a round trip per query.
+
+use std::collections::HashMap;
+
+use sqlx::Row;
+use zeroize::Zeroizing;
+
+use crate::{
+    CapabilitySet, Credentials, PublicIdentity, RegState, SQN_MODULUS, ScscfAssignment, Store,
+    StoreError, db,
+};
+
+/// One private identity of a subscription, with the public identities it may use.
+#[derive(Debug, Clone)]
+pub struct PrivateIdentityRecord {
+    pub impi: String,
+    pub credentials: Credentials,
+    /// Public identities this IMPI may use, sorted.
+    pub impus: Vec<String>,
+}
+
+/// A whole subscription: everything the HSS needs to answer Cx for it.
+#[derive(Debug, Clone)]
+pub struct SubscriptionRecord {
+    pub id: i64,
+    /// The name of its capability set, if it has one.
+    pub capability_set: Option<String>,
+    pub scscf: Option<ScscfAssignment>,
+    /// Visited networks it may register from (besides the home network).
+    pub roaming_allowed: Vec<String>,
+    /// Sorted by IMPI.
+    pub private_identities: Vec<PrivateIdentityRecord>,
+    /// Service profiles in id order: their iFC XML and public identities (sorted by IMPU).
+    pub profiles: Vec<(String, Vec<PublicIdentity>)>,
+}
+
+/// Which identity names a subscription.
+#[derive(Debug, Clone, Copy)]
+pub enum IdentityKey<'a> {
+    Impu(&'a str),
+    Impi(&'a str),
+}
+
+/// One change for [`Store::apply`].
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Assign (`Some`) or clear (`None`) the subscription's S-CSCF.
+    Scscf {
+        subscription_id: i64,
+        assignment: Option<ScscfAssignment>,
+    },
+    /// Set the registration state of one implicit registration set.
+    RegState {
+        subscription_id: i64,
+        irs: i64,
+        state: RegState,
+    },
+    /// Advance the SQN of an AKA IMPI by `delta` (mod 2^48); the outcome is the new value.
+    AdvanceSqn { impi: String, delta: u64 },
+    /// Set the SQN of an AKA IMPI (resynchronisation); the outcome is the value.
+    SetSqn { impi: String, sqn: u64 },
+}
+
+impl Store {
+    /// The id of the subscription that owns `key`, or `None`.
+    pub async fn subscription_id(&self, key: IdentityKey<'_>) -> Result<Option<i64>, StoreError> {
+        let (sql, k) = match key {
+            IdentityKey::Impu(k) => (
+                "SELECT subscription_id FROM public_identity WHERE impu = $1",
+                k,
+            ),
+            IdentityKey::Impi(k) => (
+                "SELECT subscription_id FROM private_identity WHERE impi = $1",
+                k,
+            ),
+        };
+        sqlx::query_scalar(sql)
+            .bind(k)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("find subscription"))
+    }
+
+    /// The subscriptions with ids in `first..=last`, whole, in id order (five queries
+    /// whatever the range).
+    pub async fn load_subscriptions(
+        &self,
+        first: i64,
+        last: i64,
+    ) -> Result<Vec<SubscriptionRecord>, StoreError> {
+        let op = "load subscriptions";
+        let get = |e| db(op)(e);
+        let rows = sqlx::query(
+            "SELECT id, capability_set, scscf_name, scscf_host FROM subscription \
+             WHERE id BETWEEN $1 AND $2 ORDER BY id",
+        )
+        .bind(first)
+        .bind(last)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(get)?;
+        let mut subs: Vec<SubscriptionRecord> = Vec::with_capacity(rows.len());
+        let mut index: HashMap<i64, usize> = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let id: i64 = r.try_get(0).map_err(get)?;
+            let name: Option<String> = r.try_get(2).map_err(get)?;
+            let host: Option<String> = r.try_get(3).map_err(get)?;
+            index.insert(id, subs.len());
+            subs.push(SubscriptionRecord {
+                id,
+                capability_set: r.try_get(1).map_err(get)?,
+                scscf: name.map(|server_name| ScscfAssignment {
+                    server_name,
+                    diameter_host: host,
+                }),
+                roaming_allowed: Vec::new(),
+                private_identities: Vec::new(),
+                profiles: Vec::new(),
+            });
+        }
+        if subs.is_empty() {
+            return Ok(subs);
+        }
+        let rows = sqlx::query(
+            "SELECT subscription_id, impi, auth_scheme, k, opc, amf, sqn, digest_realm, digest_ha1 \
+             FROM private_identity WHERE subscription_id BETWEEN $1 AND $2 ORDER BY impi",
+        )
+        .bind(first)
+        .bind(last)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(get)?;
+        let mut impi_at: HashMap<String, (usize, usize)> = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let sid: i64 = r.try_get(0).map_err(get)?;
+            let Some(&at) = index.get(&sid) else { continue };
+            let impi: String = r.try_get(1).map_err(get)?;
+            let scheme: String = r.try_get(2).map_err(get)?;
+            let credentials = if scheme == "aka" {
+                let amf: Vec<u8> = r.try_get(5).map_err(get)?;
+                let sqn: i64 = r.try_get(6).map_err(get)?;
+                Credentials::Aka {
+                    k: Zeroizing::new(r.try_get(3).map_err(get)?),
+                    opc: Zeroizing::new(r.try_get(4).map_err(get)?),
+                    amf: [
+                        amf.first().copied().unwrap_or(0),
+                        amf.get(1).copied().unwrap_or(0),
+                    ],
+                    sqn: sqn as u64,
+                }
+            } else {
+                Credentials::Digest {
+                    realm: r.try_get(7).map_err(get)?,
+                    ha1: Zeroizing::new(r.try_get(8).map_err(get)?),
+                }
+            };
+            let ids = &mut subs[at].private_identities;
+            impi_at.insert(impi.clone(), (at, ids.len()));
+            ids.push(PrivateIdentityRecord {
+                impi,
+                credentials,
+                impus: Vec::new(),
+            });
+        }
+        let rows = sqlx::query(
+            "SELECT a.impi, a.impu FROM impi_impu a JOIN private_identity i ON i.impi = a.impi \
+             WHERE i.subscription_id BETWEEN $1 AND $2 ORDER BY a.impu",
+        )
+        .bind(first)
+        .bind(last)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(get)?;
+        for r in rows {
+            let impi: String = r.try_get(0).map_err(get)?;
+            if let Some(&(s, i)) = impi_at.get(&impi) {
+                subs[s].private_identities[i]
+                    .impus
+                    .push(r.try_get(1).map_err(get)?);
+            }
+        }
+        let rows = sqlx::query(
+            "SELECT sp.subscription_id, sp.id, sp.ifc_xml, p.impu, p.irs, p.barred, p.reg_state \
+             FROM service_profile sp JOIN public_identity p \
+             ON p.subscription_id = sp.subscription_id AND p.service_profile_id = sp.id \
+             WHERE sp.subscription_id BETWEEN $1 AND $2 ORDER BY sp.subscription_id, sp.id, p.impu",
+        )
+        .bind(first)
+        .bind(last)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(get)?;
+        let mut last_profile: Option<(i64, i64)> = None;
+        for r in rows {
+            let sid: i64 = r.try_get(0).map_err(get)?;
+            let Some(&at) = index.get(&sid) else { continue };
+            let pid: i64 = r.try_get(1).map_err(get)?;
+            let identity = PublicIdentity {
+                impu: r.try_get(3).map_err(get)?,
+                subscription_id: sid,
+                irs: r.try_get(4).map_err(get)?,
+                barred: r.try_get::<i64, _>(5).map_err(get)? != 0,
+                reg_state: r.try_get(6).map_err(get)?,
+            };
+            let profiles = &mut subs[at].profiles;
+            match profiles.last_mut() {
+                Some((_, ids)) if last_profile == Some((sid, pid)) => ids.push(identity),
+                _ => profiles.push((r.try_get(2).map_err(get)?, vec![identity])),
+            }
+            last_profile = Some((sid, pid));
+        }
+        let rows = sqlx::query(
+            "SELECT subscription_id, visited_network FROM roaming_allowed \
+             WHERE subscription_id BETWEEN $1 AND $2",
+        )
+        .bind(first)
+        .bind(last)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(get)?;
+        for r in rows {
+            let sid: i64 = r.try_get(0).map_err(get)?;
+            if let Some(&at) = index.get(&sid) {
+                subs[at].roaming_allowed.push(r.try_get(1).map_err(get)?);
+            }
+        }
+        Ok(subs)
+    }
+
+    /// The highest subscription id (0 when there is none): the end of a preload.
+    pub async fn max_subscription_id(&self) -> Result<i64, StoreError> {
+        let id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM subscription")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("find subscriptions"))?;
+        Ok(id.unwrap_or(0))
+    }
+
+    /// A capability set by name, or `None`.
+    pub async fn capability_set(&self, name: &str) -> Result<Option<CapabilitySet>, StoreError> {
+        let row = sqlx::query(
+            "SELECT name, mandatory, optional, server_names FROM capability_set WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("read capabilities"))?;
+        row.map(|r| crate::capability_row(&r)).transpose()
+    }
+
+    /// Writes `writes` in one transaction, in order. The outcome of each is its new SQN for
+    /// the SQN writes (`None` when the IMPI is gone or not AKA) and `None` for the others (a
+    /// subscription deleted meanwhile is not an error: nothing is left to change). A database
+    /// error fails the whole batch and nothing of it is written.
+    pub async fn apply(&self, writes: &[Write]) -> Result<Vec<Option<u64>>, StoreError> {
+        let op = "write batch";
+        let mut out = Vec::with_capacity(writes.len());
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        for w in writes {
+            match w {
+                Write::Scscf {
+                    subscription_id,
+                    assignment,
+                } => {
+                    sqlx::query(
+                        "UPDATE subscription SET scscf_name = $2, scscf_host = $3 WHERE id = $1",
+                    )
+                    .bind(subscription_id)
+                    .bind(assignment.as_ref().map(|a| a.server_name.as_str()))
+                    .bind(assignment.as_ref().and_then(|a| a.diameter_host.as_deref()))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db(op))?;
+                    out.push(None);
+                }
+                Write::RegState {
+                    subscription_id,
+                    irs,
+                    state,
+                } => {
+                    sqlx::query(
+                        "UPDATE public_identity SET reg_state = $3 WHERE subscription_id = $1 AND irs = $2",
+                    )
+                    .bind(subscription_id)
+                    .bind(irs)
+                    .bind(*state as i64)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db(op))?;
+                    out.push(None);
+                }
+                Write::AdvanceSqn { impi, delta } => {
+                    let new: Option<i64> = sqlx::query_scalar(
+                        "UPDATE private_identity SET sqn = (sqn + $2) % 281474976710656 WHERE impi = $1 AND auth_scheme = 'aka' RETURNING sqn",
+                    )
+                    .bind(impi)
+                    .bind((delta % SQN_MODULUS) as i64)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db(op))?;
+                    out.push(new.map(|n| n as u64));
+                }
+                Write::SetSqn { impi, sqn } => {
+                    let res = sqlx::query(
+                        "UPDATE private_identity SET sqn = $2 WHERE impi = $1 AND auth_scheme = 'aka'",
+                    )
+                    .bind(impi)
+                    .bind((sqn % SQN_MODULUS) as i64)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db(op))?;
+                    out.push((res.rows_affected() > 0).then_some(*sqn));
+                }
+            }
+        }
+        tx.commit().await.map_err(db("commit"))?;
+        Ok(out)
+    }
+}
