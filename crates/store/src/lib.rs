@@ -176,6 +176,31 @@ fn split_str(s: &str) -> Vec<String> {
         .collect()
 }
 
+/// Credentials from the columns `auth_scheme, k, opc, amf, sqn, digest_realm, digest_ha1` of
+/// `row`, starting at column `at`.
+fn credentials_row(row: &sqlx::any::AnyRow, at: usize) -> Result<Credentials, StoreError> {
+    let get = |e| db("read credentials")(e);
+    let scheme: String = row.try_get(at).map_err(get)?;
+    Ok(if scheme == "aka" {
+        let amf: Vec<u8> = row.try_get(at + 3).map_err(get)?;
+        let sqn: i64 = row.try_get(at + 4).map_err(get)?;
+        Credentials::Aka {
+            k: Zeroizing::new(row.try_get(at + 1).map_err(get)?),
+            opc: Zeroizing::new(row.try_get(at + 2).map_err(get)?),
+            amf: [
+                amf.first().copied().unwrap_or(0),
+                amf.get(1).copied().unwrap_or(0),
+            ],
+            sqn: sqn as u64,
+        }
+    } else {
+        Credentials::Digest {
+            realm: row.try_get(at + 5).map_err(get)?,
+            ha1: Zeroizing::new(row.try_get(at + 6).map_err(get)?),
+        }
+    })
+}
+
 /// A capability set from a row of (name, mandatory, optional, server_names).
 fn capability_row(row: &sqlx::any::AnyRow) -> Result<CapabilitySet, StoreError> {
     let get = |e| db("read capabilities")(e);
@@ -633,27 +658,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(db("read credentials"))?;
-        let Some(row) = row else { return Ok(None) };
-        let get = |e| db("read credentials")(e);
-        let scheme: String = row.try_get(0).map_err(get)?;
-        Ok(Some(if scheme == "aka" {
-            let amf: Vec<u8> = row.try_get(3).map_err(get)?;
-            let sqn: i64 = row.try_get(4).map_err(get)?;
-            Credentials::Aka {
-                k: Zeroizing::new(row.try_get(1).map_err(get)?),
-                opc: Zeroizing::new(row.try_get(2).map_err(get)?),
-                amf: [
-                    amf.first().copied().unwrap_or(0),
-                    amf.get(1).copied().unwrap_or(0),
-                ],
-                sqn: sqn as u64,
-            }
-        } else {
-            Credentials::Digest {
-                realm: row.try_get(5).map_err(get)?,
-                ha1: Zeroizing::new(row.try_get(6).map_err(get)?),
-            }
-        }))
+        row.map(|r| credentials_row(&r, 0)).transpose()
     }
 
     /// Advances the SQN of `impi` by `delta` (mod 2^48) atomically and returns the new value.

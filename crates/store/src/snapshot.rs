@@ -7,13 +7,11 @@
 
 use std::collections::HashMap;
 
-use sqlx::Row;
-use zeroize::Zeroizing;
-
 use crate::{
     CapabilitySet, Credentials, PublicIdentity, RegState, SQN_MODULUS, ScscfAssignment, Store,
     StoreError, db,
 };
+use sqlx::Row;
 
 /// One private identity of a subscription, with the public identities it may use.
 #[derive(Debug, Clone)]
@@ -140,25 +138,7 @@ impl Store {
             let sid: i64 = r.try_get(0).map_err(get)?;
             let Some(&at) = index.get(&sid) else { continue };
             let impi: String = r.try_get(1).map_err(get)?;
-            let scheme: String = r.try_get(2).map_err(get)?;
-            let credentials = if scheme == "aka" {
-                let amf: Vec<u8> = r.try_get(5).map_err(get)?;
-                let sqn: i64 = r.try_get(6).map_err(get)?;
-                Credentials::Aka {
-                    k: Zeroizing::new(r.try_get(3).map_err(get)?),
-                    opc: Zeroizing::new(r.try_get(4).map_err(get)?),
-                    amf: [
-                        amf.first().copied().unwrap_or(0),
-                        amf.get(1).copied().unwrap_or(0),
-                    ],
-                    sqn: sqn as u64,
-                }
-            } else {
-                Credentials::Digest {
-                    realm: r.try_get(7).map_err(get)?,
-                    ha1: Zeroizing::new(r.try_get(8).map_err(get)?),
-                }
-            };
+            let credentials = crate::credentials_row(&r, 2)?;
             let ids = &mut subs[at].private_identities;
             impi_at.insert(impi.clone(), (at, ids.len()));
             ids.push(PrivateIdentityRecord {
