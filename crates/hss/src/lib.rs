@@ -1,7 +1,7 @@
 //! The HSS (home subscriber server) of the IMS core.
 //!
-//! - [`cx`]: Cx requests (UAR, MAR, SAR, LIR) answered on the subscriber store (crates/store),
-//!   vectors from crates/aka. The Diameter transport (TCP listener, peer state machine,
+//! - [`cx`]: Cx requests (UAR, MAR, SAR, LIR) answered from [`subscribers`], vectors from
+//!   crates/aka. The Diameter transport (TCP listener, peer state machine,
 //!   allow-list, RTR/PPR toward the S-CSCF) joins with the Diameter peer crate.
 //! - [`subscribers`]: the subscribers in memory (loaded once, changes written through in
 //!   group commits, SQNs reserved in blocks); Cx and the admin API both go through it.

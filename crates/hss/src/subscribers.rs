@@ -99,10 +99,32 @@ fn lock(s: &Shared) -> Result<MutexGuard<'_, Sub>> {
     s.lock().map_err(|_| Error::Poisoned)
 }
 
+/// An [`IdentityKey`] that can travel to the writer task.
+enum OwnedKey {
+    Impu(String),
+    Impi(String),
+}
+
+impl OwnedKey {
+    fn new(key: IdentityKey<'_>) -> Self {
+        match key {
+            IdentityKey::Impu(k) => Self::Impu(k.to_owned()),
+            IdentityKey::Impi(k) => Self::Impi(k.to_owned()),
+        }
+    }
+
+    fn key(&self) -> IdentityKey<'_> {
+        match self {
+            Self::Impu(k) => IdentityKey::Impu(k),
+            Self::Impi(k) => IdentityKey::Impi(k),
+        }
+    }
+}
+
 /// What the writer task is asked to do.
 enum Job {
     Write(Write, oneshot::Sender<Result<Option<u64>>>),
-    Load(String, bool, oneshot::Sender<Result<Option<Shared>>>),
+    Load(OwnedKey, oneshot::Sender<Result<Option<Shared>>>),
     /// Load the subscriptions added since the last preload (in chunks, between other work).
     Preload,
     /// This subscription id was deleted: SQLite may give it (or any above the new maximum)
@@ -205,13 +227,9 @@ impl Subscribers {
         if let Some(s) = self.maps.get(key) {
             return Ok(Some(s));
         }
-        let (k, is_impu) = match key {
-            IdentityKey::Impu(k) => (k, true),
-            IdentityKey::Impi(k) => (k, false),
-        };
         let (tx, rx) = oneshot::channel();
         self.jobs
-            .send(Job::Load(k.to_owned(), is_impu, tx))
+            .send(Job::Load(OwnedKey::new(key), tx))
             .map_err(|_| Error::WriterGone)?;
         rx.await.map_err(|_| Error::WriterGone)?
     }
@@ -599,7 +617,7 @@ async fn writer(store: Store, maps: Arc<Maps>, mut rx: mpsc::UnboundedReceiver<J
                     writes.push(w);
                     waiting.push(tx);
                 }
-                Job::Load(k, impu, tx) => loads.push((k, impu, tx)),
+                Job::Load(k, tx) => loads.push((k, tx)),
                 Job::Deleted(id) => high = high.min(id - 1),
                 Job::Preload => match store.max_subscription_id().await {
                     Ok(max) if max > high => {
@@ -635,13 +653,8 @@ async fn writer(store: Store, maps: Arc<Maps>, mut rx: mpsc::UnboundedReceiver<J
                 }
             }
         }
-        for (k, impu, tx) in loads {
-            let key = if impu {
-                IdentityKey::Impu(&k)
-            } else {
-                IdentityKey::Impi(&k)
-            };
-            let _ = tx.send(load(&store, &maps, key).await);
+        for (k, tx) in loads {
+            let _ = tx.send(load(&store, &maps, k.key()).await);
         }
     }
 }

@@ -93,15 +93,14 @@ impl Store {
     ) -> Result<Vec<SubscriptionRecord>, StoreError> {
         let op = "load subscriptions";
         let get = |e| db(op)(e);
-        let rows = sqlx::query(
-            "SELECT id, capability_set, scscf_name, scscf_host FROM subscription \
+        let rows = self
+            .range(
+                "SELECT id, capability_set, scscf_name, scscf_host FROM subscription \
              WHERE id BETWEEN $1 AND $2 ORDER BY id",
-        )
-        .bind(first)
-        .bind(last)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(get)?;
+                first,
+                last,
+            )
+            .await?;
         let mut subs: Vec<SubscriptionRecord> = Vec::with_capacity(rows.len());
         let mut index: HashMap<i64, usize> = HashMap::with_capacity(rows.len());
         for r in rows {
@@ -124,15 +123,14 @@ impl Store {
         if subs.is_empty() {
             return Ok(subs);
         }
-        let rows = sqlx::query(
+        let rows = self
+        .range(
             "SELECT subscription_id, impi, auth_scheme, k, opc, amf, sqn, digest_realm, digest_ha1 \
              FROM private_identity WHERE subscription_id BETWEEN $1 AND $2 ORDER BY impi",
+            first,
+            last,
         )
-        .bind(first)
-        .bind(last)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(get)?;
+        .await?;
         let mut impi_at: HashMap<String, (usize, usize)> = HashMap::with_capacity(rows.len());
         for r in rows {
             let sid: i64 = r.try_get(0).map_err(get)?;
@@ -147,15 +145,14 @@ impl Store {
                 impus: Vec::new(),
             });
         }
-        let rows = sqlx::query(
-            "SELECT a.impi, a.impu FROM impi_impu a JOIN private_identity i ON i.impi = a.impi \
+        let rows = self
+            .range(
+                "SELECT a.impi, a.impu FROM impi_impu a JOIN private_identity i ON i.impi = a.impi \
              WHERE i.subscription_id BETWEEN $1 AND $2 ORDER BY a.impu",
-        )
-        .bind(first)
-        .bind(last)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(get)?;
+                first,
+                last,
+            )
+            .await?;
         for r in rows {
             let impi: String = r.try_get(0).map_err(get)?;
             if let Some(&(s, i)) = impi_at.get(&impi) {
@@ -164,17 +161,16 @@ impl Store {
                     .push(r.try_get(1).map_err(get)?);
             }
         }
-        let rows = sqlx::query(
+        let rows = self
+        .range(
             "SELECT sp.subscription_id, sp.id, sp.ifc_xml, p.impu, p.irs, p.barred, p.reg_state \
              FROM service_profile sp JOIN public_identity p \
              ON p.subscription_id = sp.subscription_id AND p.service_profile_id = sp.id \
              WHERE sp.subscription_id BETWEEN $1 AND $2 ORDER BY sp.subscription_id, sp.id, p.impu",
+            first,
+            last,
         )
-        .bind(first)
-        .bind(last)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(get)?;
+        .await?;
         let mut last_profile: Option<(i64, i64)> = None;
         for r in rows {
             let sid: i64 = r.try_get(0).map_err(get)?;
@@ -194,15 +190,14 @@ impl Store {
             }
             last_profile = Some((sid, pid));
         }
-        let rows = sqlx::query(
-            "SELECT subscription_id, visited_network FROM roaming_allowed \
+        let rows = self
+            .range(
+                "SELECT subscription_id, visited_network FROM roaming_allowed \
              WHERE subscription_id BETWEEN $1 AND $2",
-        )
-        .bind(first)
-        .bind(last)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(get)?;
+                first,
+                last,
+            )
+            .await?;
         for r in rows {
             let sid: i64 = r.try_get(0).map_err(get)?;
             if let Some(&at) = index.get(&sid) {
@@ -210,6 +205,21 @@ impl Store {
             }
         }
         Ok(subs)
+    }
+
+    /// The rows of `sql`, whose `$1` and `$2` are the first and last subscription ids.
+    async fn range(
+        &self,
+        sql: &str,
+        first: i64,
+        last: i64,
+    ) -> Result<Vec<sqlx::any::AnyRow>, StoreError> {
+        sqlx::query(sql)
+            .bind(first)
+            .bind(last)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("load subscriptions"))
     }
 
     /// The highest subscription id (0 when there is none): the end of a preload.
