@@ -1,17 +1,23 @@
-//! MAR load: MAR→MAA per second and p50/p99 latency with many MARs in flight, on SQLite and
-//! on PostgreSQL (when installed), with 1,000 and 1,000,000 provisioned subscribers (the
-//! bulk import's rate is printed on the way). The Cx handler is driven directly by tokio
-//! tasks (64 in flight) on a multi-thread runtime: the HSS's own cost, without the TCP hop.
+//! Cx load on the HSS: requests per second and p50/p99 latency with many in flight, on SQLite
+//! and on PostgreSQL (when installed), with 1,000 and 1,000,000 provisioned subscribers (the
+//! bulk import's rate is printed on the way). The Cx handler is driven directly by tokio tasks
+//! (64 in flight) on a current-thread runtime: the HSS's own cost on one core, without the TCP
+//! hop. Two loads per size: MARs alone, and the registration mix (UAR, MAR, SAR REGISTRATION
+//! with User-Data for each subscriber, in that order), the mix the HSS target of #16 names.
+//! The HSS is started as the daemon starts it (preload on) and measured once the preload is
+//! done; the preload time is printed.
 //!
-//! `IMS_BENCH_MAR_SUBS` (default `1000,1000000`) and `IMS_BENCH_MAR_COUNT` (MARs per run,
-//! default 20000) change the sizes; `--test` (CI's smoke run) uses 1,000 subscribers and 500
-//! MARs on SQLite only. Output: one line per run, for the closing note.
+//! `IMS_BENCH_MAR_SUBS` (default `1000,1000000`) and `IMS_BENCH_MAR_COUNT` (MARs per run and
+//! registrations per mix run, default 20000) change the sizes; `--test` (CI's smoke run) uses
+//! 1,000 subscribers and 500 of each on SQLite only. Output: one line per run, for the
+//! closing note and docs/PERFORMANCE.md.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ims_diameter::cx::{Mar, RequestBase, SipAuthDataItem};
+use ims_diameter::cx::{Mar, RequestBase, Sar, SipAuthDataItem, Uar};
+use ims_diameter::dict::{ServerAssignmentType, UserAuthorizationType, UserDataAlreadyAvailable};
 use ims_hss::cx::{CxConfig, CxHandler};
 use ims_store::{CapabilitySet, Credentials, NewPublicIdentity, NewSubscriber, Store};
 use zeroize::Zeroizing;
@@ -81,7 +87,62 @@ fn mar(i: usize) -> Vec<u8> {
     b
 }
 
-async fn load(cx: CxHandler, n_subs: usize, count: usize) -> (f64, Duration, Duration) {
+fn base() -> RequestBase<'static> {
+    RequestBase {
+        session_id: "scscf1.hims.net;1;1",
+        origin_host: "scscf1.hims.net",
+        origin_realm: "hims.net",
+        destination_realm: "hims.net",
+        ..RequestBase::default()
+    }
+}
+
+fn uar(i: usize) -> Vec<u8> {
+    let (impi, impu) = (impi(i), impu(i));
+    let m = Uar {
+        base: base(),
+        user_name: &impi,
+        public_identity: &impu,
+        visited_network_identifier: b"hims.net",
+        authorization_type: Some(UserAuthorizationType::Registration),
+        uar_flags: None,
+    };
+    let mut b = Vec::new();
+    m.encode(&mut b).unwrap();
+    b
+}
+
+fn sar(i: usize) -> Vec<u8> {
+    let (impi, impu) = (impi(i), impu(i));
+    let m = Sar {
+        base: base(),
+        user_name: Some(&impi),
+        public_identities: vec![&impu],
+        server_name: "sip:scscf1.hims.net:6060",
+        assignment_type: ServerAssignmentType::Registration,
+        user_data_already_available: UserDataAlreadyAvailable::UserDataNotAvailable,
+    };
+    let mut b = Vec::new();
+    m.encode(&mut b).unwrap();
+    b
+}
+
+/// What one unit of load is: a MAR, or a registration's UAR, MAR and SAR.
+#[derive(Clone, Copy, PartialEq)]
+enum Load {
+    Mar,
+    Registration,
+}
+
+/// Runs `count` units over `n_subs` subscribers; (Cx requests per second, p50, p99 of one
+/// request).
+async fn load(
+    cx: CxHandler,
+    n_subs: usize,
+    count: usize,
+    what: Load,
+    offset: usize,
+) -> (f64, Duration, Duration) {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let t = Instant::now();
     let mut tasks = Vec::new();
@@ -96,11 +157,19 @@ async fn load(cx: CxHandler, n_subs: usize, count: usize) -> (f64, Duration, Dur
                     return lat;
                 }
                 // Spread over the whole set, so no hot page answers everything.
-                let req = mar((k * 7_919 + 13) % n_subs);
-                let s = Instant::now();
-                let out = cx.handle(&req).await;
-                lat.push(s.elapsed());
-                assert_eq!(out.result, 2001);
+                let i = (k * 7_919 + 13 + offset) % n_subs;
+                let reqs = match what {
+                    Load::Mar => vec![mar(i)],
+                    Load::Registration => vec![uar(i), mar(i), sar(i)],
+                };
+                for req in reqs {
+                    let s = Instant::now();
+                    let out = cx.handle(&req).await;
+                    lat.push(s.elapsed());
+                    // UAR: 2001 FIRST_REGISTRATION, or 2002 SUBSEQUENT when the run comes
+                    // back to a subscriber it registered.
+                    assert!(matches!(out.result, 2001 | 2002), "{}", out.result);
+                }
             }
         }));
     }
@@ -111,7 +180,11 @@ async fn load(cx: CxHandler, n_subs: usize, count: usize) -> (f64, Duration, Dur
     let elapsed = t.elapsed();
     all.sort_unstable();
     let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
-    (count as f64 / elapsed.as_secs_f64(), pct(0.50), pct(0.99))
+    (
+        all.len() as f64 / elapsed.as_secs_f64(),
+        pct(0.50),
+        pct(0.99),
+    )
 }
 
 fn main() {
@@ -133,7 +206,7 @@ fn main() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(20_000)
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
@@ -143,7 +216,7 @@ fn main() {
         ims_testkit::postgres::Postgres::start("bench_mar_load_postgres")
     };
     println!(
-        "backend   subscribers  import/s   MAR/s     p50       p99      ({IN_FLIGHT} in flight, {count} MARs)"
+        "backend   subscribers  import/s  preload s  load          Cx/s      p50       p99      (one core, {IN_FLIGHT} in flight, {count} each)"
     );
     for &n in &sizes {
         let dir = ims_testkit::scratch_dir("bench-mar-load");
@@ -158,10 +231,17 @@ fn main() {
             let store = rt.block_on(Store::open(&url)).unwrap();
             rt.block_on(store.delete_all_subscribers()).unwrap();
             let took = rt.block_on(fill(&store, n));
+            let t = Instant::now();
             let subs = {
                 let _rt = rt.enter();
-                ims_hss::subscribers::Subscribers::start(store, 32, false)
+                ims_hss::subscribers::Subscribers::start(store, 32, true)
             };
+            rt.block_on(async {
+                while subs.loaded() < n {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+            let preload = t.elapsed();
             let cx = CxHandler::new(
                 subs,
                 CxConfig {
@@ -174,13 +254,20 @@ fn main() {
                 },
             )
             .unwrap();
-            let (rate, p50, p99) = rt.block_on(load(cx, n, count));
-            println!(
-                "{name:<9} {n:>11}  {:>8.0}  {rate:>8.0}  {:>7.2}ms  {:>7.2}ms",
-                n as f64 / took.as_secs_f64(),
-                p50.as_secs_f64() * 1e3,
-                p99.as_secs_f64() * 1e3
-            );
+            for (what, label, offset) in [
+                (Load::Mar, "MAR", 0),
+                // Other subscribers than the MARs': a first registration each.
+                (Load::Registration, "UAR+MAR+SAR", n / 2),
+            ] {
+                let (rate, p50, p99) = rt.block_on(load(cx.clone(), n, count, what, offset));
+                println!(
+                    "{name:<9} {n:>11}  {:>8.0}  {:>9.1}  {label:<12} {rate:>8.0}  {:>7.3}ms  {:>7.3}ms",
+                    n as f64 / took.as_secs_f64(),
+                    preload.as_secs_f64(),
+                    p50.as_secs_f64() * 1e3,
+                    p99.as_secs_f64() * 1e3
+                );
+            }
         }
         let _ = std::fs::remove_dir_all(dir);
     }
