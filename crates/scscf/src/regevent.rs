@@ -144,6 +144,8 @@ struct Change {
     contacts: Vec<String>,
     /// The implicit registration set of the event.
     impus: Vec<String>,
+    /// The registrar's sequence number of the event ([`RegEvent::seq`]).
+    seq: u64,
 }
 
 /// One NOTIFY to send.
@@ -183,6 +185,10 @@ struct Subscription {
     queue: VecDeque<Job>,
     /// A task is sending the queue (or will be, once the 200 is out).
     draining: bool,
+    /// The registrar's event count when the subscription was made: its first NOTIFY (full
+    /// state, read later) already holds every change up to this one, so events that old,
+    /// delivered late, are not notified again.
+    since: u64,
     /// The last NOTIFY is queued: nothing more is, and the index no longer lists it.
     ending: bool,
 }
@@ -739,6 +745,7 @@ impl RegEvents {
             req.request_uri().ok().as_ref().and_then(identity_of),
             req.to_addr().ok().and_then(|t| identity_of(&t.uri)),
         ];
+        let since = self.inner.registrar.events_so_far();
         for id in candidates.into_iter().flatten() {
             if let Some(rec) = self.inner.registrar.registration(&id) {
                 resource = Some((id, rec));
@@ -802,6 +809,7 @@ impl RegEvents {
             }]),
             draining: true,
             ending: fetch,
+            since,
         };
         lock(self.shard(&key)).insert(key.clone(), sub);
         if !fetch {
@@ -918,6 +926,10 @@ impl RegEvents {
                 return;
             };
             if sub.ending {
+                return;
+            }
+            if job.change.as_ref().is_some_and(|c| c.seq <= sub.since) {
+                // From before the subscription: its first NOTIFY holds this change already.
                 return;
             }
             sub.queue.push_back(job);
@@ -1091,6 +1103,7 @@ impl RegEvents {
             kind: ev.kind,
             contacts: ev.contacts.clone(),
             impus,
+            seq: ev.seq,
         };
         for k in keys {
             self.enqueue(

@@ -113,6 +113,9 @@ pub struct RegEvent {
     pub contacts: Vec<String>,
     /// The contacts still bound afterwards.
     pub contacts_left: Vec<String>,
+    /// The registrar's count of events up to this one (1 for the first): a state read after
+    /// [`Registrar::events_so_far`] returned `n` already holds every change with `seq <= n`.
+    pub seq: u64,
 }
 
 /// Why [`Registrar::start`] failed.
@@ -163,6 +166,8 @@ struct Inner {
     index: Vec<Mutex<HashMap<String, String>>>,
     rng: SystemRandom,
     events: broadcast::Sender<RegEvent>,
+    /// How many events have been emitted (each after its change was applied).
+    event_seq: std::sync::atomic::AtomicU64,
 }
 
 /// The registrar. Clone it freely; clones share the state.
@@ -314,6 +319,7 @@ impl Registrar {
             index: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             rng: SystemRandom::new(),
             events,
+            event_seq: std::sync::atomic::AtomicU64::new(0),
             cfg,
         });
         let r = Registrar { inner };
@@ -410,8 +416,22 @@ impl Registrar {
             .insert(key(&rec.impu), rec);
     }
 
+    /// How many registration events have been emitted so far. Every change of an event
+    /// counted here is already applied: a registration read after this call holds it.
+    pub fn events_so_far(&self) -> u64 {
+        self.inner
+            .event_seq
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn emit(&self, kind: RegEventKind, rec: &RegistrationRecord, contacts: Vec<String>) {
+        let seq = self
+            .inner
+            .event_seq
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
         let _ = self.inner.events.send(RegEvent {
+            seq,
             kind,
             impi: rec.impi.clone(),
             impu: rec.impu.clone(),
