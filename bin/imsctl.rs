@@ -77,8 +77,13 @@ enum Sub {
     Deregister { impi: String },
     /// Push the current profile: the HSS sends PPR (User-Data) to the serving S-CSCF.
     PushProfile { impi: String },
-    /// Bulk import from a CSV file (see the README for the columns).
-    Import { file: std::path::PathBuf },
+    /// Bulk import from a CSV file (see the README for the columns), streamed in parts of
+    /// --batch rows with a progress line on stderr, so that files of millions of rows import.
+    Import {
+        file: std::path::PathBuf,
+        #[arg(long, default_value_t = 5000)]
+        batch: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -123,16 +128,9 @@ fn main() -> ExitCode {
         Cmd::Subscriber(Sub::Delete { impi }) => {
             agent.delete(format!("{base}/v1/subscribers/{impi}")).call()
         }
-        Cmd::Subscriber(Sub::Import { file }) => match std::fs::read(&file) {
-            Ok(csv) => agent
-                .post(format!("{base}/v1/subscribers/import"))
-                .header("content-type", "text/csv")
-                .send(&csv[..]),
-            Err(e) => {
-                eprintln!("error: cannot read {}: {e}", file.display());
-                return ExitCode::FAILURE;
-            }
-        },
+        Cmd::Subscriber(Sub::Import { file, batch }) => {
+            return import(&agent, base, &file, batch.max(1));
+        }
         Cmd::Subscriber(Sub::Add {
             impi,
             impus,
@@ -177,34 +175,145 @@ fn main() -> ExitCode {
                 json!({ "mandatory": mandatory, "optional": optional, "server_names": servers }),
             ),
     };
-    let mut resp = match res {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot reach the HSS admin API at {base}: {e}");
-            return ExitCode::FAILURE;
+    match answer(res, base) {
+        Ok(v) => {
+            match v {
+                Some(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
+                None => println!("ok"),
+            }
+            ExitCode::SUCCESS
         }
-    };
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The API's answer: its JSON (None for an empty body) or the one-line error to print.
+fn answer(
+    res: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    base: &str,
+) -> Result<Option<Value>, String> {
+    let mut resp = res.map_err(|e| format!("cannot reach the HSS admin API at {base}: {e}"))?;
     let status = resp.status();
     let text = resp.body_mut().read_to_string().unwrap_or_default();
     let parsed: Option<Value> = serde_json::from_str(&text).ok();
     if status.is_success() {
-        match parsed {
-            Some(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or(text)),
-            None if text.is_empty() => println!("ok"),
-            None => println!("{text}"),
-        }
-        ExitCode::SUCCESS
-    } else {
-        let msg = parsed
-            .as_ref()
-            .and_then(|v| v["error"].as_str())
-            .unwrap_or(text.as_str())
-            .to_owned();
-        match parsed.as_ref().and_then(|v| v["field"].as_str()) {
-            Some(f) => eprintln!("error: {msg} (HTTP {}, field `{f}`)", status.as_u16()),
-            None => eprintln!("error: {msg} (HTTP {})", status.as_u16()),
-        }
+        return Ok(match parsed {
+            Some(v) => Some(v),
+            None if text.is_empty() => None,
+            None => Some(Value::String(text)),
+        });
+    }
+    let msg = parsed
+        .as_ref()
+        .and_then(|v| v["error"].as_str())
+        .unwrap_or(text.as_str())
+        .to_owned();
+    Err(match parsed.as_ref().and_then(|v| v["field"].as_str()) {
+        Some(f) => format!("{msg} (HTTP {}, field `{f}`)", status.as_u16()),
+        None => format!("{msg} (HTTP {})", status.as_u16()),
+    })
+}
+
+/// Imports a CSV file in parts of `batch` rows, each sent with the header row and the line
+/// number of its first row (so that the HSS names lines of the whole file). The file is read
+/// as it goes, never whole. Records are split at newlines outside double quotes (RFC 4180).
+fn import(agent: &ureq::Agent, base: &str, file: &std::path::Path, batch: usize) -> ExitCode {
+    let fail = |msg: String| {
+        eprintln!("error: {msg}");
         ExitCode::FAILURE
+    };
+    let f = match std::fs::File::open(file) {
+        Ok(f) => f,
+        Err(e) => return fail(format!("cannot read {}: {e}", file.display())),
+    };
+    let mut lines = std::io::BufReader::new(f);
+    let mut header = String::new();
+    match read_record(&mut lines, &mut header) {
+        Ok(0) => return fail(format!("{} is empty (no header row)", file.display())),
+        Ok(_) => {}
+        Err(e) => return fail(format!("cannot read {}: {e}", file.display())),
+    }
+    let mut imported = 0u64;
+    let mut line = 2u64; // of the next record
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    loop {
+        let first_line = line;
+        let mut part = header.clone();
+        let mut rows = 0;
+        while rows < batch {
+            let mut rec = String::new();
+            match read_record(&mut lines, &mut rec) {
+                Ok(0) => break,
+                Ok(n) => line += n as u64,
+                Err(e) => {
+                    return fail(format!(
+                        "cannot read {} at line {line}: {e}",
+                        file.display()
+                    ));
+                }
+            }
+            if rec.trim().is_empty() {
+                continue;
+            }
+            part.push_str(&rec);
+            rows += 1;
+        }
+        if rows == 0 {
+            break;
+        }
+        let res = agent
+            .post(format!(
+                "{base}/v1/subscribers/import?first_line={first_line}"
+            ))
+            .header("content-type", "text/csv")
+            .send(part.as_bytes());
+        match answer(res, base) {
+            Ok(v) => imported += v.and_then(|v| v["imported"].as_u64()).unwrap_or(0),
+            Err(msg) if imported > 0 => {
+                return fail(format!(
+                    "{msg}; the {imported} rows before line {first_line} were imported"
+                ));
+            }
+            Err(msg) => return fail(msg),
+        }
+        if tty {
+            eprint!("\rimported {imported} rows");
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({ "imported": imported })).unwrap_or_default()
+    );
+    ExitCode::SUCCESS
+}
+
+/// Appends one CSV record (one or more lines, when a quoted field holds newlines) to `out`;
+/// returns how many lines it took (0 at the end of the file).
+fn read_record(r: &mut impl std::io::BufRead, out: &mut String) -> std::io::Result<usize> {
+    let mut n = 0;
+    let mut quotes = 0usize;
+    loop {
+        let start = out.len();
+        if r.read_line(out)? == 0 {
+            if n > 0 && !out.ends_with('\n') {
+                out.push('\n');
+            }
+            return Ok(n);
+        }
+        n += 1;
+        quotes += out[start..].matches('"').count();
+        if quotes.is_multiple_of(2) {
+            if !out.ends_with('\n') {
+                out.push('\n');
+            }
+            return Ok(n);
+        }
     }
 }
 

@@ -241,6 +241,7 @@ fn imsctl_provisions_through_a_running_hss() {
     );
     let (ok, out, _) = imsctl(&url, &["metrics"]);
     assert!(ok && out.contains("ims_hss_diameter_peers_up 0"), "{out}");
+    assert!(out.contains("\nims_hss_subscriptions_loaded "), "{out}");
 
     let (ok, _, err) = imsctl(
         &url,
@@ -284,6 +285,32 @@ fn imsctl_provisions_through_a_running_hss() {
     assert!(
         ok && out.contains("alice@hims.net") && out.contains("bob@hims.net"),
         "{out}"
+    );
+
+    // A file bigger than one request goes in parts; a quoted cell may hold a newline; an
+    // error names the line of the whole file and what was imported before it.
+    let mut rows = String::from("impi,impus,realm,password\n");
+    for i in 0..11 {
+        rows.push_str(&format!(
+            "u{i}@hims.net,sip:u{i}@hims.net,hims.net,\"p,{i}\"\n"
+        ));
+    }
+    rows.push_str("q@hims.net,sip:q@hims.net,hims.net,\"two\nlines\"\n\n");
+    let big = dir.join("big.csv");
+    std::fs::write(&big, &rows).unwrap();
+    let path = big.to_str().unwrap();
+    let (ok, out, err) = imsctl(&url, &["subscriber", "import", "--batch", "5", path]);
+    assert!(ok && out.contains("\"imported\": 12"), "{out} {err}");
+    let (ok, out, _) = imsctl(&url, &["subscriber", "show", "u10@hims.net"]);
+    assert!(ok && out.contains("u10@hims.net"), "{out}");
+    // Line 15 (after the two-line record of lines 13 and 14) has no identity.
+    rows.truncate(rows.len() - 1);
+    rows.push_str(",sip:x@hims.net,hims.net,pw\n");
+    std::fs::write(&big, &rows).unwrap();
+    let (ok, _, err) = imsctl(&url, &["subscriber", "import", "--batch", "5", path]);
+    assert!(
+        !ok && err.contains("line 15") && err.contains("the 10 rows before line 12 were imported"),
+        "{err}"
     );
 
     let (ok, _, err) = imsctl(

@@ -339,11 +339,16 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
-    )
-        .into_response()
+    let mut text = s.metrics.render();
+    text.push_str(
+        "# HELP ims_hss_subscriptions_loaded Subscriptions held in memory (Cx answers from them).\n\
+         # TYPE ims_hss_subscriptions_loaded gauge\n",
+    );
+    text.push_str(&format!(
+        "ims_hss_subscriptions_loaded {}\n",
+        s.subs.loaded()
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// The serving S-CSCF's Diameter host and the subscriber's public identities.
@@ -587,12 +592,28 @@ async fn put_caps(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Deserialize)]
+struct ImportQuery {
+    /// The line number of the first row in the whole file (2: right after the header).
+    #[serde(default = "second_line")]
+    first_line: u64,
+}
+
+fn second_line() -> u64 {
+    2
+}
+
 /// CSV with a header row. Columns (by name, any order; empty cells are absent):
 /// `impi, impus (separated by spaces or ';'), k, op, opc, amf, sqn, realm, password, ha1,
 /// capability_set, roaming` (visited network ids the user may register from, separated the
 /// same way). A row with `k` is AKA, a row with `realm` is digest.
+///
+/// Large files come in parts (imsctl sends 5,000 rows a request, each part with the header
+/// row): `?first_line=N` says which line of the whole file the part's first row is, so that
+/// an error names the line of the file, not of the part.
 async fn import_csv(
     State(s): State<AppState>,
+    Query(q): Query<ImportQuery>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let mut rdr = csv::ReaderBuilder::new()
@@ -625,7 +646,7 @@ async fn import_csv(
     let col = |name: &str| headers.iter().position(|h| h == name);
     let mut subs = Vec::new();
     for (n, rec) in rdr.records().enumerate() {
-        let line = n + 2;
+        let line = n as u64 + q.first_line;
         let rec = rec.map_err(|e| ApiError::invalid("row", format!("line {line}: {e}")))?;
         let get = |name: &str| {
             col(name)
