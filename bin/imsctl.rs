@@ -178,6 +178,7 @@ fn main() -> ExitCode {
     match answer(res, base) {
         Ok(v) => {
             match v {
+                Some(Value::String(text)) => print!("{text}"),
                 Some(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
                 None => println!("ok"),
             }
@@ -190,7 +191,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// The API's answer: its JSON (None for an empty body) or the one-line error to print.
+/// The API's answer: its JSON (a body that is not JSON, such as the metrics text, as a JSON
+/// string; None for an empty body) or the one-line error to print.
 fn answer(
     res: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     base: &str,

@@ -646,8 +646,16 @@ async fn import_csv(
     let col = |name: &str| headers.iter().position(|h| h == name);
     let mut subs = Vec::new();
     for (n, rec) in rdr.records().enumerate() {
-        let line = n as u64 + q.first_line;
-        let rec = rec.map_err(|e| ApiError::invalid("row", format!("line {line}: {e}")))?;
+        // The line in the whole file: the record's own line in this part (a quoted cell may
+        // hold newlines) counted from the part's first row.
+        let at = |pos: Option<&csv::Position>| {
+            pos.map_or(n as u64 + q.first_line, |p| {
+                q.first_line + p.line().saturating_sub(2)
+            })
+        };
+        let rec =
+            rec.map_err(|e| ApiError::invalid("row", format!("line {}: {e}", at(e.position()))))?;
+        let line = at(rec.position());
         let get = |name: &str| {
             col(name)
                 .and_then(|i| rec.get(i))

@@ -761,6 +761,35 @@ impl CxHandler {
 
     /// An answer to a request we could not decode: the codec's Result-Code and Failed-AVP,
     /// the E bit for protocol errors, the request's identifiers and Session-Id.
+    /// The answer to a request the HSS has no room for: 3004 DIAMETER_TOO_BUSY (a protocol
+    /// error: the E bit, no Cx AVPs), logged at debug level (there may be many).
+    pub fn busy(&self, bytes: &[u8]) -> Outcome {
+        let command = if bytes.len() >= 8 {
+            u32::from_be_bytes([0, bytes[5], bytes[6], bytes[7]])
+        } else {
+            0
+        };
+        tracing::debug!(
+            command,
+            "Cx request refused: too many waiting on the store (3004)"
+        );
+        let answer = match Message::parse(bytes) {
+            Ok(msg) if msg.is_request() => self.generic_answer(
+                &msg,
+                AnswerResult::ResultCode(rc::TOO_BUSY),
+                Some("too many requests waiting on the store"),
+                None,
+            ),
+            _ => Vec::new(),
+        };
+        Outcome {
+            answer,
+            command,
+            result: rc::TOO_BUSY,
+            resync: false,
+        }
+    }
+
     fn error_outcome(&self, bytes: &[u8], e: &CodecError) -> Outcome {
         let command = if bytes.len() >= 8 {
             u32::from_be_bytes([0, bytes[5], bytes[6], bytes[7]])

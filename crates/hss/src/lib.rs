@@ -71,6 +71,11 @@ pub struct DiameterConfig {
     /// SQNs reserved in the store at once per IMPI (a crash skips the rest of a block; the UE
     /// accepts that). 1 with several HSS front-ends on one database.
     pub sqn_block: u32,
+    /// Most Cx requests waiting on the store at once (a load or a write), across connections;
+    /// past it every new request is answered 3004 DIAMETER_TOO_BUSY at once (the CSCFs turn
+    /// that into 503) instead of queueing without bound. Requests answered from memory never
+    /// wait.
+    pub max_waiting: usize,
     /// Server-Capabilities for subscribers without a capability set of their own.
     pub capabilities: Capabilities,
 }
@@ -99,6 +104,7 @@ impl Default for DiameterConfig {
             max_auth_items: 5,
             sqn_ind_bits: 5,
             sqn_block: 32,
+            max_waiting: 1000,
             capabilities: Capabilities::default(),
         }
     }
@@ -183,7 +189,8 @@ impl Hss {
                 source,
             })?;
         let metrics = Arc::new(metrics::Metrics::default());
-        let (diameter, diameter_loop) = server::serve(listener, peer_cfg, cx, metrics.clone());
+        let (diameter, diameter_loop) =
+            server::serve(listener, peer_cfg, cx, metrics.clone(), d.max_waiting);
         tracing::info!(listen = %diameter.local_addr(), origin_host = %origin_host, "HSS Cx listening");
         let admin = tokio::net::TcpListener::bind(config.admin_listen)
             .await

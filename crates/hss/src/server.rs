@@ -6,9 +6,14 @@
 //! per connection), and a
 //! registry of open peers by Origin-Host through which the admin API sends RTR and PPR to the
 //! serving S-CSCF ([`Diameter::request`]).
+//!
+//! Overload: at most `max_waiting` requests wait on the store at once, across connections;
+//! while that many wait, new requests are answered 3004 DIAMETER_TOO_BUSY at once (RFC 6733
+//! §7.1.3), so that a slow store makes the HSS refuse rather than queue without bound.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -116,7 +121,12 @@ pub fn serve(
     peer_cfg: PeerConfig,
     cx: CxHandler,
     metrics: Arc<Metrics>,
+    max_waiting: usize,
 ) -> (Diameter, impl std::future::Future<Output = ()>) {
+    let on_store = Arc::new(Waiting {
+        now: AtomicUsize::new(0),
+        max: max_waiting,
+    });
     let registry: Registry = Arc::new(Mutex::new(HashMap::new()));
     let local = listener
         .local_addr()
@@ -149,6 +159,7 @@ pub fn serve(
                 cx.clone(),
                 metrics.clone(),
                 registry.clone(),
+                on_store.clone(),
                 stop_rx.clone(),
             ));
         }
@@ -156,6 +167,22 @@ pub fn serve(
     (handle, fut)
 }
 
+/// Requests waiting on the store, and how many may.
+struct Waiting {
+    now: AtomicUsize,
+    max: usize,
+}
+
+/// One waiting request: counted from its creation until dropped.
+struct WaitGuard(Arc<Waiting>);
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn connection(
     mut stream: TcpStream,
     from: SocketAddr,
@@ -163,6 +190,7 @@ async fn connection(
     cx: CxHandler,
     metrics: Arc<Metrics>,
     registry: Registry,
+    on_store: Arc<Waiting>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -209,6 +237,14 @@ async fn connection(
                     // answer those here, in this task. Only one that waits (a load, a write)
                     // becomes a task of its own, so that it holds up no other request.
                     let t = Instant::now();
+                    if on_store.now.load(Ordering::Relaxed) >= on_store.max {
+                        let out = cx.busy(&bytes);
+                        metrics.answered(out.command, out.result, t.elapsed(), false);
+                        if !out.answer.is_empty() {
+                            peer.send_answer(out.answer);
+                        }
+                        continue;
+                    }
                     let cx2 = cx.clone();
                     let mut fut = Box::pin(async move { cx2.handle(&bytes).await });
                     let mut ctx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -222,8 +258,11 @@ async fn connection(
                         std::task::Poll::Pending => {
                             let tx = tx.clone();
                             let metrics = metrics.clone();
+                            on_store.now.fetch_add(1, Ordering::Relaxed);
+                            let guard = WaitGuard(on_store.clone());
                             tokio::spawn(async move {
                                 let out = fut.await;
+                                drop(guard);
                                 metrics.answered(out.command, out.result, t.elapsed(), out.resync);
                                 if !out.answer.is_empty() {
                                     let _ = tx.send(Command::Answer(out.answer)).await;

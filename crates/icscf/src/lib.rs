@@ -18,11 +18,13 @@
 //!
 //! Failures, as TS 24.229 §5.3.1.2 asks: a negative UAA (user unknown 5001, identities don't
 //! match 5002, authorization rejected 5003, roaming not allowed 5004, not registered on a
-//! deregistration) → `403 Forbidden`; the HSS unreachable or failing (no answer, 3xxx,
-//! 5012) → `480 Temporarily Unavailable`; no configured S-CSCF has the mandatory
+//! deregistration) → `403 Forbidden`; the HSS too busy (3004) → `503 Service Unavailable`
+//! with Retry-After; the HSS unreachable or failing otherwise (no answer, 3xxx, 5012) →
+//! `480 Temporarily Unavailable`; no configured S-CSCF has the mandatory
 //! capabilities → `500 No S-CSCF Available` (a server-side fault: the operator's S-CSCF list
-//! does not match the HSS's capability sets); every S-CSCF tried failed or stayed
-//! silent → `504 Server Time-out`.
+//! does not match the HSS's capability sets); every S-CSCF tried answered 503 (overload) →
+//! `503` with Retry-After, without asking the HSS for another; every S-CSCF tried failed or
+//! stayed silent → `504 Server Time-out`.
 //!
 //! Requests other than REGISTER (terminating traffic routed by LIR) are answered `501` with a
 //! log line for now.
@@ -35,7 +37,7 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 use ims_diameter::cx::{RequestBase, Uaa, Uar};
-use ims_diameter::dict::UserAuthorizationType;
+use ims_diameter::dict::{UserAuthorizationType, result_code as rc};
 use ims_diameter::{AnswerResult, SessionIdGenerator};
 use ims_net::diameter::{CxClientConfig, DiameterClient};
 use ims_net::dns::{Destination, SipResolver};
@@ -276,15 +278,28 @@ impl Inner {
                     return self.reply(&req, 504, "Server Time-out").await;
                 }
                 let mut named_failed = false;
+                let mut all_busy = true;
                 for scscf in candidates {
                     tried.push(scscf.clone());
                     match self.forward(&req, &scscf).await {
                         Ok(resp) => return self.ep.respond(&req, resp).await,
-                        Err(e) => {
-                            tracing::warn!(%scscf, error = %e, "S-CSCF failed; trying the next");
+                        Err(Failed::Busy) => {
+                            tracing::debug!(%scscf, "S-CSCF answered 503; trying the next");
                             named_failed = true;
                         }
+                        Err(Failed::Other(e)) => {
+                            tracing::warn!(%scscf, error = %e, "S-CSCF failed; trying the next");
+                            named_failed = true;
+                            all_busy = false;
+                        }
                     }
+                }
+                // Overloaded (the S-CSCFs or the HSS behind them): refuse now, with
+                // Retry-After, rather than asking the HSS again for another S-CSCF.
+                if named_failed && all_busy {
+                    return self
+                        .reply(&req, 503, "Service Unavailable (S-CSCF overloaded)")
+                        .await;
                 }
                 // The HSS's choice failed: ask for capabilities and choose another (TS 29.228
                 // §6.1.1); a deregistration has nowhere else to go.
@@ -371,15 +386,18 @@ impl Inner {
                 code: 5001..=5004, ..
             }
             | AnswerResult::ResultCode(5003) => Err((403, "Forbidden")),
+            AnswerResult::ResultCode(rc::TOO_BUSY) => {
+                Err((503, "Service Unavailable (HSS too busy)"))
+            }
             _ => Err((480, "Temporarily Unavailable")),
         }
     }
 
     /// Sends the REGISTER to `scscf` with a Route to it; `Err` when it should be given up on.
-    async fn forward(&self, req: &ServerRequest, scscf: &str) -> Result<Message, String> {
+    async fn forward(&self, req: &ServerRequest, scscf: &str) -> Result<Message, Failed> {
         let uri = Uri::parse(scscf).map_err(|e| format!("`{scscf}`: {e}"))?;
         let Uri::Sip(sip) = uri else {
-            return Err(format!("`{scscf}` is not a SIP URI"));
+            return Err(format!("`{scscf}` is not a SIP URI").into());
         };
         let targets = self
             .resolver
@@ -392,6 +410,7 @@ impl Inner {
             format!("<{scscf};lr>")
         };
         let mut last = String::from("no address");
+        let mut busy = false;
         for target in targets {
             let mut fwd = req.message.clone();
             fwd.prepend_header("Route", &route)
@@ -399,17 +418,39 @@ impl Inner {
             match self.ep.send_request(fwd, target).await {
                 Ok(mut resp) => {
                     let status = resp.status().unwrap_or(0);
+                    if status == 503 {
+                        busy = true;
+                        continue;
+                    }
                     if status == 408 || (500..600).contains(&status) {
                         last = format!("answered {status}");
                         continue;
                     }
-                    pop_own_via(&mut resp).map_err(|e| e.to_string())?;
+                    pop_own_via(&mut resp).map_err(|e| Failed::Other(e.to_string()))?;
                     return Ok(resp);
                 }
                 Err(e) => last = e.to_string(),
             }
         }
-        Err(last)
+        Err(if busy {
+            Failed::Busy
+        } else {
+            Failed::Other(last)
+        })
+    }
+}
+
+/// Why an S-CSCF did not take a REGISTER.
+enum Failed {
+    /// It answered 503 (overloaded, or its HSS too busy): refused, not broken.
+    Busy,
+    /// It failed otherwise (no answer, an error); the reason.
+    Other(String),
+}
+
+impl From<String> for Failed {
+    fn from(why: String) -> Self {
+        Failed::Other(why)
     }
 }
 

@@ -43,6 +43,9 @@ use crate::dns::Transport;
 use crate::shards::Shards;
 use crate::sip::{Incoming, SendError, SipTransport};
 
+/// The least Retry-After, in seconds, of the 503s we answer (overload, a busy HSS).
+pub const RETRY_AFTER: u32 = 5;
+
 /// A request for the application, once per transaction.
 #[derive(Debug)]
 pub struct ServerRequest {
@@ -425,15 +428,28 @@ impl SipEndpoint {
     }
 
     /// Answers `req` with `code` and `reason` (a To tag `tag` added), however broken the
-    /// request (see [`ims_sip::error_response`]); an ACK gets nothing.
+    /// request (see [`ims_sip::error_response`]); a 503 gets a Retry-After
+    /// ([`SipEndpoint::retry_after`]); an ACK gets nothing.
     pub async fn reply(&self, req: &ServerRequest, code: u16, reason: &str, tag: &str) {
         if req.message.method() == Some(Method::Ack) {
             return;
         }
         match ims_sip::error_response(&req.message, code, reason, Some(tag)) {
-            Ok(r) => self.respond(req, r).await,
+            Ok(mut r) => {
+                if code == 503 {
+                    let _ = r.append_header("Retry-After", &self.retry_after().to_string());
+                }
+                self.respond(req, r).await
+            }
             Err(e) => tracing::info!(error = %e, code, "request too broken to answer"),
         }
+    }
+
+    /// Seconds for the Retry-After of a 503 (RFC 3261 §21.5.4): [`RETRY_AFTER`] plus up to as
+    /// much again, spread so that refused UEs do not all come back in the same second.
+    pub fn retry_after(&self) -> u32 {
+        let n = self.inner.branch_seq.fetch_add(1, Ordering::Relaxed) ^ self.inner.salt;
+        RETRY_AFTER + (n % u64::from(RETRY_AFTER + 1)) as u32
     }
 
     /// The admission of a request a proxy is to handle: RFC 3261 §16.3 (a well-formed

@@ -49,6 +49,13 @@
 //! administrative deregistration, expiry) ends the registration here too, and removes its
 //! IPsec SAs. (The UE's own deregistration is acted on when its 200 passes, as before.)
 //!
+//! **Overload** (the edge of the core refuses, the rest does not queue): at most
+//! `max_registrations_in_flight` REGISTERs are forwarded and not yet answered; past it a new
+//! registration (a REGISTER without credentials: no Authorization, or one with an empty
+//! `response`) is answered `503 Service Unavailable` with `Retry-After` at once, and one warning
+//! says when refusing starts and one line when it ends. REGISTERs that answer a challenge
+//! always go on, so that registrations already begun finish and goodput holds.
+//!
 //! Non-INVITE requests go through client transactions ([`SipEndpoint::send_request`]);
 //! INVITE, ACK and CANCEL are forwarded statelessly for now (the INVITE transaction machines
 //! are not written yet).
@@ -60,7 +67,7 @@ pub mod registrations;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
@@ -114,6 +121,14 @@ pub struct Config {
     /// registration and its IPsec SAs here too. Default true.
     #[serde(default = "yes")]
     pub reg_event: bool,
+    /// Most REGISTERs forwarded into the core and not yet answered; past it new registrations
+    /// get 503 with Retry-After at once (0: no limit). Default 256.
+    #[serde(default = "default_max_in_flight")]
+    pub max_registrations_in_flight: usize,
+}
+
+fn default_max_in_flight() -> usize {
+    256
 }
 
 fn yes() -> bool {
@@ -218,6 +233,28 @@ struct Inner {
     rng: SystemRandom,
     icid: AtomicU64,
     icid_salt: u64,
+    /// REGISTERs forwarded and not yet answered.
+    in_flight: AtomicUsize,
+    /// Refusing new registrations (for the one line when it starts and ends).
+    overloaded: AtomicBool,
+}
+
+/// One REGISTER in flight, counted until dropped.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A REGISTER that starts a registration: no credentials (no Authorization, or one with an
+/// empty or absent `response`, as a UE's first REGISTER in IMS has).
+fn is_initial_register(m: &Message) -> bool {
+    match m.auth(HeaderName::Authorization).next() {
+        Some(Ok(a)) => a.response().is_none_or(str::is_empty),
+        Some(Err(_)) | None => true,
+    }
 }
 
 /// Why the security agreement refuses a REGISTER.
@@ -305,6 +342,8 @@ impl Pcscf {
                 ipsec,
                 icid: AtomicU64::new(1),
                 icid_salt,
+                in_flight: AtomicUsize::new(0),
+                overloaded: AtomicBool::new(false),
             }),
             requests,
         })
@@ -401,7 +440,29 @@ impl Inner {
             return self.reg_notify(req, call_id, sub).await;
         }
         match req.message.method() {
-            Some(Method::Register) => self.register(req, flow).await,
+            Some(Method::Register) => {
+                let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
+                let _counted = InFlight(&self.in_flight);
+                let max = self.cfg.max_registrations_in_flight;
+                if max > 0 && is_initial_register(&req.message) {
+                    if before >= max {
+                        if !self.overloaded.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(
+                                in_flight = before,
+                                "overload: refusing new registrations with 503 until fewer than \
+                                 max_registrations_in_flight are in the core"
+                            );
+                        }
+                        return self
+                            .reply(&req, 503, "Service Unavailable (overload)")
+                            .await;
+                    }
+                    if self.overloaded.swap(false, Ordering::Relaxed) {
+                        tracing::warn!("overload over: new registrations admitted again");
+                    }
+                }
+                self.register(req, flow).await
+            }
             _ => match self.regs.get(&flow, Instant::now()) {
                 Some(reg) if reg.ipsec_port_us.is_some() && !self.through_sas(&req) => {
                     tracing::info!(source = %req.source, "request from a protected UE outside its IPsec SAs");

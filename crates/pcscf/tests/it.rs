@@ -202,6 +202,7 @@ async fn ue_registers_through_p_and_i_cscf_and_sends_along_the_service_route() {
         },
         core_networks: Vec::new(),
         reg_event: true,
+        max_registrations_in_flight: 256,
     })
     .await
     .unwrap();
@@ -510,4 +511,89 @@ async fn ue_registers_through_p_and_i_cscf_and_sends_along_the_service_route() {
         .replace("CSeq: 1", "CSeq: 2");
     ue.send_to(again.as_bytes(), p).unwrap();
     assert_eq!(recv(&ue).status(), Some(403));
+}
+
+/// Overload at the edge: with `max_registrations_in_flight = 1` and one REGISTER held in the
+/// core (an I-CSCF of the test's own that does not answer yet), a new registration is refused
+/// at once with 503 and Retry-After and never reaches the core; a REGISTER answering a
+/// challenge still goes through; once the core has answered, new registrations are admitted
+/// again.
+#[tokio::test(flavor = "multi_thread")]
+async fn overload_refuses_new_registrations_with_503_at_once() {
+    let core = UdpSocket::bind("127.0.0.1:0").unwrap();
+    core.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let core_addr = core.local_addr().unwrap();
+    let pcscf = ims_pcscf::Pcscf::start(ims_pcscf::Config {
+        sip_listen: "127.0.0.1:0".parse().unwrap(),
+        sip_listen_v6: None,
+        via_host: "127.0.0.1".into(),
+        visited_network_id: "vims.net".into(),
+        dns: vec!["127.0.0.1:9".parse().unwrap()],
+        icscf: Some(format!("sip:{core_addr}")),
+        log: "info".into(),
+        ipsec: ims_pcscf::ipsec::IpsecConfig {
+            mode: ims_pcscf::ipsec::IpsecMode::Off,
+            ..Default::default()
+        },
+        core_networks: Vec::new(),
+        reg_event: false,
+        max_registrations_in_flight: 1,
+    })
+    .await
+    .unwrap();
+    let p = pcscf.sip_addr();
+    tokio::spawn(pcscf.run_until(std::future::pending()));
+    let ue = UdpSocket::bind("127.0.0.1:0").unwrap();
+    ue.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let me = ue.local_addr().unwrap();
+    let initial = "Digest username=\"alice@hims.net\", realm=\"hims.net\", uri=\"sip:hims.net\", \
+                   nonce=\"\", response=\"\"";
+    let answered = "Digest username=\"alice@hims.net\", realm=\"hims.net\", uri=\"sip:hims.net\", \
+                    nonce=\"bm9uY2U=\", response=\"0123456789abcdef0123456789abcdef\", \
+                    algorithm=AKAv1-MD5";
+    let send = |call: &str, auth: &str| {
+        ue.send_to(register(me, call, 1, "alice", auth, 600).as_bytes(), p)
+            .unwrap();
+    };
+    // What reaches the core next, skipping the P-CSCF's retransmissions (Timer E).
+    let mut seen_by_core: Vec<String> = Vec::new();
+    let mut at_core = || loop {
+        let m = recv(&core);
+        let call = m.call_id().unwrap().to_owned();
+        if !seen_by_core.contains(&call) {
+            seen_by_core.push(call);
+            return m;
+        }
+    };
+
+    // The first registration goes into the core and stays there.
+    send("o1", initial);
+    let held = at_core();
+    assert_eq!(held.call_id().unwrap(), "o1");
+    // A second one: 503 at once, with Retry-After, and the core sees nothing of it.
+    let t = std::time::Instant::now();
+    send("o2", initial);
+    let r = recv(&ue);
+    assert_eq!((r.status(), r.call_id().unwrap()), (Some(503), "o2"), "{r}");
+    let after: u32 = r
+        .header_str(HeaderName::RetryAfter)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((5..=10).contains(&after), "{r}");
+    assert!(t.elapsed() < Duration::from_secs(1), "refused at once");
+    // An answer to a challenge is let through past the limit.
+    send("o3", answered);
+    let through = at_core();
+    assert_eq!(through.call_id().unwrap(), "o3", "not o2: it was refused");
+    // The core answers both; then a new registration is admitted again.
+    for m in [&held, &through] {
+        let resp = response_to(m, 403, "Forbidden", Some("c1")).unwrap();
+        core.send_to(&resp.to_bytes(), p).unwrap();
+        let r = recv(&ue);
+        assert_eq!(r.status(), Some(403), "{r}");
+    }
+    send("o4", initial);
+    assert_eq!(at_core().call_id().unwrap(), "o4");
 }

@@ -202,7 +202,13 @@ impl Reject {
 impl From<CxFailure> for Reject {
     fn from(f: CxFailure) -> Self {
         let (status, reason) = f.sip_status();
-        Reject::new(status, reason)
+        let mut r = Reject::new(status, reason);
+        if status == 503 {
+            // The HSS is too busy (3004): come back later, not at once (RFC 3261 §21.5.4).
+            r.headers
+                .push(("Retry-After", ims_net::endpoint::RETRY_AFTER.to_string()));
+        }
+        r
     }
 }
 

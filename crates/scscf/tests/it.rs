@@ -52,6 +52,12 @@ struct Lab {
 }
 
 async fn lab() -> Lab {
+    lab_with(ims_hss::DiameterConfig::default().max_waiting).await
+}
+
+/// The lab with an HSS that lets `max_waiting` Cx requests wait on its store (0: it answers
+/// every request 3004 DIAMETER_TOO_BUSY).
+async fn lab_with(max_waiting: usize) -> Lab {
     let dir = ims_testkit::scratch_dir("scscf");
     let db = format!("sqlite://{}", dir.join("hss.sqlite").display());
     let cfg = ims_hss::Config {
@@ -64,6 +70,7 @@ async fn lab() -> Lab {
             listen: "127.0.0.1:0".parse().unwrap(),
             origin_host: Some("hss1.hims.net".into()),
             allowed_peers: vec!["scscf1.hims.net".into()],
+            max_waiting,
             ..Default::default()
         },
     };
@@ -1006,6 +1013,25 @@ async fn hss_unreachable_is_504() {
         .handle_register(&ue.register(Some(ue.initial_auth()), &[]))
         .await;
     assert_eq!(resp.status(), Some(504), "{resp}");
+}
+
+/// An HSS with no room answers 3004; the S-CSCF refuses with 503 and Retry-After at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn hss_too_busy_is_503_with_retry_after() {
+    let lab = lab_with(0).await;
+    let r = Registrar::start(lab.config()).await.unwrap();
+    let mut ue = Ue::new(ALICE_IMPI, ALICE, "<sip:alice@10.0.0.2:5060>");
+    let t = std::time::Instant::now();
+    let resp = r
+        .handle_register(&ue.register(Some(ue.initial_auth()), &[]))
+        .await;
+    assert_eq!(resp.status(), Some(503), "{resp}");
+    let after: u32 = resp
+        .header_str(HeaderName::RetryAfter)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(after >= 1, "{resp}");
+    assert!(t.elapsed() < Duration::from_secs(2), "refused at once");
 }
 
 #[test]
