@@ -4,7 +4,7 @@
 //! address plan and IMS domain of its own (the .env values overridden from the environment,
 //! so a value the compose file forgets to pass on shows), waits for every health check,
 //! registers a SIPp AKA UE and a SIPp MD5 UE from the host through the published P-CSCF
-//! port, kills the HSS container and starts it again (subscribers kept on its volume, the
+//! port and an `ims-ue` container from inside the network, kills the HSS container and starts it again (subscribers kept on its volume, the
 //! CSCFs reconnect, registrations resume), then `docker-compose down -v` and checks that no
 //! container, network or volume of the project is left.
 //!
@@ -370,6 +370,28 @@ fn compose_stack_registers_survives_an_hss_restart_and_cleans_up() {
     );
 
     both_register(&stack, "first start");
+    // Our UE tool from the image, inside the network, straight to the P-CSCF's address.
+    let ue = run(&mut stack.compose(&[
+        "run",
+        "--rm",
+        "--no-deps",
+        "-T",
+        "provision",
+        "ims-ue",
+        "--pcscf",
+        &format!("{}:5060", ip(21)),
+        "--impi",
+        &format!("alice@{DOMAIN}"),
+        "--k",
+        sipp::TEST_K,
+        "--op",
+        sipp::TEST_OP,
+        "--deregister",
+    ]));
+    assert!(
+        ue.contains("REGISTER expires=600: 200") && ue.contains("REGISTER expires=0: 200"),
+        "ims-ue in a container: {ue}"
+    );
 
     // The HSS killed and started again: its subscribers are on the volume, the CSCFs
     // reconnect, and registrations go on.
