@@ -216,6 +216,49 @@ impl Drop for Stack {
     }
 }
 
+/// Takes down what an earlier run of this test left when it was killed before its cleanup
+/// (a nextest timeout): its project would hold the host ports and the subnet. Only projects
+/// and images named as this test names them (`imsct<pid>`, `ims-core:ct-<pid>`).
+fn remove_leftovers() {
+    let projects = run(Command::new("docker").args([
+        "ps",
+        "-a",
+        "--format",
+        "{{.Label \"com.docker.compose.project\"}}",
+    ]));
+    let networks = run(Command::new("docker").args(["network", "ls", "--format", "{{.Name}}"]));
+    let mut old: Vec<&str> = projects
+        .lines()
+        .chain(networks.lines().filter_map(|n| n.strip_suffix("_ims")))
+        .filter(|p| {
+            p.strip_prefix("imsct")
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .collect();
+    old.sort_unstable();
+    old.dedup();
+    for project in old {
+        eprintln!("{TEST}: removing the leftover compose project {project}");
+        let stack = Stack {
+            project: project.to_string(),
+            image: format!("ims-core:ct-{}", &project["imsct".len()..]),
+            env: Vec::new(),
+        };
+        drop(stack);
+    }
+    let images = run(Command::new("docker").args([
+        "images",
+        "--format",
+        "{{.Repository}}:{{.Tag}}",
+        "ims-core",
+    ]));
+    for image in images.lines().filter(|i| i.starts_with("ims-core:ct-")) {
+        let _ = Command::new("docker")
+            .args(["image", "rm", "-f", image])
+            .output();
+    }
+}
+
 /// The build context of the no-registry path: deploy/ and prebuilt/ (this run's binaries,
 /// debug info stripped to keep the context small).
 fn context() -> PathBuf {
@@ -307,6 +350,7 @@ fn compose_stack_registers_survives_an_hss_restart_and_cleans_up() {
         run(&mut Command::new(root().join("deploy/local-base.sh")));
     }
 
+    remove_leftovers();
     let tag = std::process::id();
     let project = format!("imsct{tag}");
     let image = format!("ims-core:ct-{tag}");
