@@ -8,6 +8,9 @@ fn main() -> ExitCode {
         "HSS",
         |_: &ims_hss::Config| Ok(()),
         |c: &ims_hss::Config| c.log.clone(),
+        // The admin API opens after the Cx listener, so it answering means both are up;
+        // probing the Cx port too would log a peer lost before its CER at every probe.
+        |c: &ims_hss::Config| vec![c.admin_listen],
         ims_hss::run,
     )
 }

@@ -8,6 +8,7 @@ fn main() -> ExitCode {
         "ICSCF",
         ims_icscf::Config::validate,
         |c: &ims_icscf::Config| c.log.clone(),
+        |c: &ims_icscf::Config| vec![c.sip_listen],
         ims_icscf::run,
     )
 }

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string())
         },
         |c: &ims_dns::Config| c.log.clone(),
+        |c: &ims_dns::Config| c.listen.clone(),
         ims_dns::run,
     )
 }

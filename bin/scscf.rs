@@ -8,6 +8,7 @@ fn main() -> ExitCode {
         "SCSCF",
         ims_scscf::Config::validate,
         |c: &ims_scscf::Config| c.log.clone(),
+        |c: &ims_scscf::Config| vec![c.sip_listen],
         ims_scscf::run,
     )
 }

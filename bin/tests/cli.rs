@@ -64,17 +64,25 @@ fn serves_then_stops_cleanly_on_sigterm() {
         .local_addr()
         .unwrap()
         .port();
-    let lab = std::fs::read_to_string(LAB_DNS).unwrap();
-    let dir = ims_testkit::scratch_dir("cli");
-    let cfg = dir.join("dns.toml");
-    std::fs::write(
-        &cfg,
-        lab.replace("127.0.0.50:10053", &format!("127.0.0.1:{port}")),
-    )
-    .unwrap();
+    // The lab's file, with `listen` (a list) overridden by a TOML array in the environment.
+    let listen = ("IMS_DNS__LISTEN", format!("[\"127.0.0.1:{port}\"]"));
+    let health = || {
+        Command::new(DNS)
+            .args(["--health", "-c", LAB_DNS])
+            .env(listen.0, &listen.1)
+            .output()
+            .unwrap()
+    };
+    let down = health();
+    assert_eq!(down.status.code(), Some(1), "nothing listens yet: {down:?}");
+    assert!(
+        String::from_utf8_lossy(&down.stdout)
+            .contains(&format!("127.0.0.1:{port} does not accept")),
+        "{down:?}"
+    );
     let mut child = Command::new(DNS)
-        .args(["--log-format", "json", "-c"])
-        .arg(&cfg)
+        .args(["--log-format", "json", "-c", LAB_DNS])
+        .env(listen.0, &listen.1)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -100,6 +108,8 @@ fn serves_then_stops_cleanly_on_sigterm() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(answer, "0 0 5060 icscf1.hims.net.");
+    let up = health();
+    assert!(up.status.success(), "the daemon answers: {up:?}");
     assert!(
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
