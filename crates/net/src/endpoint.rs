@@ -46,6 +46,14 @@ use crate::sip::{Incoming, SendError, SipTransport};
 /// The least Retry-After, in seconds, of the 503s we answer (overload, a busy HSS).
 pub const RETRY_AFTER: u32 = 5;
 
+/// Seconds for the Retry-After of a 503 (RFC 3261 §21.5.4): [`RETRY_AFTER`] plus 0 to
+/// [`RETRY_AFTER`] more, in turn, so that UEs refused together do not all come back in the
+/// same second. Every 503 of ours takes its value from here.
+pub fn retry_after() -> u32 {
+    static TURN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    RETRY_AFTER + TURN.fetch_add(1, Ordering::Relaxed) % (RETRY_AFTER + 1)
+}
+
 /// A request for the application, once per transaction.
 #[derive(Debug)]
 pub struct ServerRequest {
@@ -429,7 +437,7 @@ impl SipEndpoint {
 
     /// Answers `req` with `code` and `reason` (a To tag `tag` added), however broken the
     /// request (see [`ims_sip::error_response`]); a 503 gets a Retry-After
-    /// ([`SipEndpoint::retry_after`]); an ACK gets nothing.
+    /// ([`retry_after`]); an ACK gets nothing.
     pub async fn reply(&self, req: &ServerRequest, code: u16, reason: &str, tag: &str) {
         if req.message.method() == Some(Method::Ack) {
             return;
@@ -437,19 +445,12 @@ impl SipEndpoint {
         match ims_sip::error_response(&req.message, code, reason, Some(tag)) {
             Ok(mut r) => {
                 if code == 503 {
-                    let _ = r.append_header("Retry-After", &self.retry_after().to_string());
+                    let _ = r.append_header("Retry-After", &retry_after().to_string());
                 }
                 self.respond(req, r).await
             }
             Err(e) => tracing::info!(error = %e, code, "request too broken to answer"),
         }
-    }
-
-    /// Seconds for the Retry-After of a 503 (RFC 3261 §21.5.4): [`RETRY_AFTER`] plus up to as
-    /// much again, spread so that refused UEs do not all come back in the same second.
-    pub fn retry_after(&self) -> u32 {
-        let n = self.inner.branch_seq.fetch_add(1, Ordering::Relaxed) ^ self.inner.salt;
-        RETRY_AFTER + (n % u64::from(RETRY_AFTER + 1)) as u32
     }
 
     /// The admission of a request a proxy is to handle: RFC 3261 §16.3 (a well-formed

@@ -206,7 +206,7 @@ impl From<CxFailure> for Reject {
         if status == 503 {
             // The HSS is too busy (3004): come back later, not at once (RFC 3261 §21.5.4).
             r.headers
-                .push(("Retry-After", ims_net::endpoint::RETRY_AFTER.to_string()));
+                .push(("Retry-After", ims_net::endpoint::retry_after().to_string()));
         }
         r
     }

@@ -1030,7 +1030,7 @@ async fn hss_too_busy_is_503_with_retry_after() {
         .header_str(HeaderName::RetryAfter)
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    assert!(after >= 1, "{resp}");
+    assert!((5..=10).contains(&after), "{resp}");
     assert!(t.elapsed() < Duration::from_secs(2), "refused at once");
 }
 
