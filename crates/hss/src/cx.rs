@@ -764,11 +764,7 @@ impl CxHandler {
     /// The answer to a request the HSS has no room for: 3004 DIAMETER_TOO_BUSY (a protocol
     /// error: the E bit, no Cx AVPs), logged at debug level (there may be many).
     pub fn busy(&self, bytes: &[u8]) -> Outcome {
-        let command = if bytes.len() >= 8 {
-            u32::from_be_bytes([0, bytes[5], bytes[6], bytes[7]])
-        } else {
-            0
-        };
+        let command = command_of(bytes);
         tracing::debug!(
             command,
             "Cx request refused: too many waiting on the store (3004)"
@@ -791,11 +787,7 @@ impl CxHandler {
     }
 
     fn error_outcome(&self, bytes: &[u8], e: &CodecError) -> Outcome {
-        let command = if bytes.len() >= 8 {
-            u32::from_be_bytes([0, bytes[5], bytes[6], bytes[7]])
-        } else {
-            0
-        };
+        let command = command_of(bytes);
         tracing::info!(command, result = e.result_code(), error = %e, "Cx request refused");
         let answer = match Message::parse(bytes) {
             Ok(msg) => self.generic_answer(
@@ -913,6 +905,15 @@ fn xml_escape(s: &str) -> String {
         }
     }
     o
+}
+
+/// The command code of a message's header (0 when too short to have one), read without
+/// parsing the rest: for logs and metrics of requests that are refused.
+fn command_of(bytes: &[u8]) -> u32 {
+    match bytes.get(5..8) {
+        Some(&[a, b, c]) => u32::from_be_bytes([0, a, b, c]),
+        _ => 0,
+    }
 }
 
 #[cfg(test)]

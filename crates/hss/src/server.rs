@@ -173,8 +173,21 @@ struct Waiting {
     max: usize,
 }
 
-/// One waiting request: counted from its creation until dropped.
+/// One waiting request: counted from [`Waiting::enter`] until dropped.
 struct WaitGuard(Arc<Waiting>);
+
+impl Waiting {
+    /// Whether no new request may wait now.
+    fn full(&self) -> bool {
+        self.now.load(Ordering::Relaxed) >= self.max
+    }
+
+    /// Counts one more request waiting, until the guard is dropped.
+    fn enter(self: &Arc<Self>) -> WaitGuard {
+        self.now.fetch_add(1, Ordering::Relaxed);
+        WaitGuard(self.clone())
+    }
+}
 
 impl Drop for WaitGuard {
     fn drop(&mut self) {
@@ -237,7 +250,7 @@ async fn connection(
                     // answer those here, in this task. Only one that waits (a load, a write)
                     // becomes a task of its own, so that it holds up no other request.
                     let t = Instant::now();
-                    if on_store.now.load(Ordering::Relaxed) >= on_store.max {
+                    if on_store.full() {
                         let out = cx.busy(&bytes);
                         metrics.answered(out.command, out.result, t.elapsed(), false);
                         if !out.answer.is_empty() {
@@ -258,8 +271,7 @@ async fn connection(
                         std::task::Poll::Pending => {
                             let tx = tx.clone();
                             let metrics = metrics.clone();
-                            on_store.now.fetch_add(1, Ordering::Relaxed);
-                            let guard = WaitGuard(on_store.clone());
+                            let guard = on_store.enter();
                             tokio::spawn(async move {
                                 let out = fut.await;
                                 drop(guard);

@@ -457,7 +457,10 @@ impl Inner {
                             .reply(&req, 503, "Service Unavailable (overload)")
                             .await;
                     }
-                    if self.overloaded.swap(false, Ordering::Relaxed) {
+                    // Read first: no write to the shared flag per admitted REGISTER.
+                    if self.overloaded.load(Ordering::Relaxed)
+                        && self.overloaded.swap(false, Ordering::Relaxed)
+                    {
                         tracing::warn!("overload over: new registrations admitted again");
                     }
                 }
