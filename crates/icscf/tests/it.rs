@@ -49,14 +49,17 @@ fn recv(s: &UdpSocket) -> Message {
     Message::parse(Bytes::copy_from_slice(&buf[..n])).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn silent_and_failing_s_cscfs_are_skipped() {
-    // Nobody answers here (a bound UDP socket that never reads).
-    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let silent_uri = format!("sip:{}", silent.local_addr().unwrap());
-    let (busy, busy_n) = scscf(503).await;
-    let (good, good_n) = scscf(200).await;
-
+/// Our HSS (alice provisioned, `max_waiting` as given, `preferred` the S-CSCF it names in
+/// Server-Capabilities) and our I-CSCF over it with `scscfs` configured (Timer F 640 ms).
+/// Returns the I-CSCF's SIP address and the HSS's subscribers.
+async fn chain(
+    max_waiting: usize,
+    preferred: &str,
+    scscfs: &[String],
+) -> (
+    SocketAddr,
+    std::sync::Arc<ims_hss::subscribers::Subscribers>,
+) {
     let dir = ims_testkit::scratch_dir("icscf-it");
     let db = format!("sqlite://{}", dir.join("hss.sqlite").display());
     let store = Store::open(&db).await.unwrap();
@@ -88,9 +91,10 @@ async fn silent_and_failing_s_cscfs_are_skipped() {
         diameter: ims_hss::DiameterConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             allowed_peers: vec!["icscf1.hims.net".into()],
+            max_waiting,
             // The operator prefers the silent one.
             capabilities: ims_hss::Capabilities {
-                server_names: vec![silent_uri.clone()],
+                server_names: vec![preferred.to_owned()],
                 ..Default::default()
             },
             ..Default::default()
@@ -123,7 +127,7 @@ async fn silent_and_failing_s_cscfs_are_skipped() {
                 request_timeout_seconds: 5,
                 local_address: None,
             },
-            scscf: vec![entry(format!("sip:{busy}")), entry(format!("sip:{good}"))],
+            scscf: scscfs.iter().cloned().map(entry).collect(),
         },
         // Timer F = 64 * 10 ms: the silent S-CSCF is given up on after 640 ms.
         Timers::RFC3261.scaled_down(50),
@@ -133,6 +137,23 @@ async fn silent_and_failing_s_cscfs_are_skipped() {
     let i = icscf.sip_addr();
     tokio::spawn(icscf.run_until(std::future::pending()));
     tokio::time::sleep(Duration::from_millis(300)).await;
+    (i, subs)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_and_failing_s_cscfs_are_skipped() {
+    // Nobody answers here (a bound UDP socket that never reads).
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent_uri = format!("sip:{}", silent.local_addr().unwrap());
+    let (busy, busy_n) = scscf(503).await;
+    let (good, good_n) = scscf(200).await;
+
+    let (i, subs) = chain(
+        1000,
+        &silent_uri,
+        &[format!("sip:{busy}"), format!("sip:{good}")],
+    )
+    .await;
 
     let ue = UdpSocket::bind("127.0.0.1:0").unwrap();
     ue.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -194,4 +215,51 @@ async fn silent_and_failing_s_cscfs_are_skipped() {
     .unwrap();
     ue.send_to(register(me, "f4", 600).as_bytes(), i).unwrap();
     assert_eq!(recv(&ue).status(), Some(482));
+}
+
+/// Overload: an HSS with no room answers the UAR 3004, and the I-CSCF answers 503 with
+/// Retry-After at once; S-CSCFs that all answer 503 give a 503 too, without a second UAR
+/// and without a 504.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_hss_or_busy_s_cscfs_are_503_with_retry_after() {
+    let ue = UdpSocket::bind("127.0.0.1:0").unwrap();
+    ue.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let me = ue.local_addr().unwrap();
+    let retry_after = |r: &Message| -> u32 {
+        r.header_str(ims_sip::HeaderName::RetryAfter)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+
+    let (busy, busy_n) = scscf(503).await;
+    let (i, _) = chain(0, &format!("sip:{busy}"), &[format!("sip:{busy}")]).await;
+    ue.send_to(register(me, "b1", 600).as_bytes(), i).unwrap();
+    let r = recv(&ue);
+    assert_eq!(r.status(), Some(503), "{r}");
+    assert!(
+        String::from_utf8_lossy(r.reason().unwrap_or(b"")).contains("HSS too busy"),
+        "{r}"
+    );
+    assert!((5..=10).contains(&retry_after(&r)), "{r}");
+    assert_eq!(busy_n.load(Ordering::SeqCst), 0, "no S-CSCF asked");
+
+    let (busy2, busy2_n) = scscf(503).await;
+    let scscfs = [format!("sip:{busy}"), format!("sip:{busy2}")];
+    let (i, _) = chain(1000, &scscfs[0], &scscfs).await;
+    ue.send_to(register(me, "b2", 600).as_bytes(), i).unwrap();
+    let r = recv(&ue);
+    assert_eq!(r.status(), Some(503), "{r}");
+    assert!(
+        String::from_utf8_lossy(r.reason().unwrap_or(b"")).contains("S-CSCF overloaded"),
+        "{r}"
+    );
+    assert!((5..=10).contains(&retry_after(&r)), "{r}");
+    assert_eq!(
+        (
+            busy_n.load(Ordering::SeqCst),
+            busy2_n.load(Ordering::SeqCst)
+        ),
+        (1, 1),
+        "each S-CSCF tried once: no second UAR and round"
+    );
 }

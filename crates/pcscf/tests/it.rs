@@ -122,6 +122,26 @@ fn register(
     )
 }
 
+/// A P-CSCF on loopback without IPsec, with a fixed I-CSCF at `icscf`, defaults otherwise.
+fn pcscf_config(icscf: SocketAddr) -> ims_pcscf::Config {
+    ims_pcscf::Config {
+        sip_listen: "127.0.0.1:0".parse().unwrap(),
+        sip_listen_v6: None,
+        via_host: "127.0.0.1".into(),
+        visited_network_id: "vims.net".into(),
+        dns: vec!["127.0.0.1:9".parse().unwrap()],
+        icscf: Some(format!("sip:{icscf}")),
+        log: "info".into(),
+        ipsec: ims_pcscf::ipsec::IpsecConfig {
+            mode: ims_pcscf::ipsec::IpsecMode::Off,
+            ..Default::default()
+        },
+        core_networks: Vec::new(),
+        reg_event: true,
+        max_registrations_in_flight: 256,
+    }
+}
+
 fn recv(s: &UdpSocket) -> Message {
     let mut buf = vec![0u8; 65536];
     let n = s.recv(&mut buf).expect("an answer within 5 s");
@@ -188,24 +208,9 @@ async fn ue_registers_through_p_and_i_cscf_and_sends_along_the_service_route() {
     let icscf_addr = icscf.sip_addr();
     tokio::spawn(icscf.run_until(std::future::pending()));
 
-    let pcscf = ims_pcscf::Pcscf::start(ims_pcscf::Config {
-        sip_listen: "127.0.0.1:0".parse().unwrap(),
-        sip_listen_v6: None,
-        via_host: "127.0.0.1".into(),
-        visited_network_id: "vims.net".into(),
-        dns: vec!["127.0.0.1:9".parse().unwrap()],
-        icscf: Some(format!("sip:{icscf_addr}")),
-        log: "info".into(),
-        ipsec: ims_pcscf::ipsec::IpsecConfig {
-            mode: ims_pcscf::ipsec::IpsecMode::Off,
-            ..Default::default()
-        },
-        core_networks: Vec::new(),
-        reg_event: true,
-        max_registrations_in_flight: 256,
-    })
-    .await
-    .unwrap();
+    let pcscf = ims_pcscf::Pcscf::start(pcscf_config(icscf_addr))
+        .await
+        .unwrap();
     let p = pcscf.sip_addr();
     tokio::spawn(pcscf.run_until(std::future::pending()));
     tokio::time::sleep(Duration::from_millis(300)).await; // CER/CEA
@@ -524,20 +529,9 @@ async fn overload_refuses_new_registrations_with_503_at_once() {
     core.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let core_addr = core.local_addr().unwrap();
     let pcscf = ims_pcscf::Pcscf::start(ims_pcscf::Config {
-        sip_listen: "127.0.0.1:0".parse().unwrap(),
-        sip_listen_v6: None,
-        via_host: "127.0.0.1".into(),
-        visited_network_id: "vims.net".into(),
-        dns: vec!["127.0.0.1:9".parse().unwrap()],
-        icscf: Some(format!("sip:{core_addr}")),
-        log: "info".into(),
-        ipsec: ims_pcscf::ipsec::IpsecConfig {
-            mode: ims_pcscf::ipsec::IpsecMode::Off,
-            ..Default::default()
-        },
-        core_networks: Vec::new(),
         reg_event: false,
         max_registrations_in_flight: 1,
+        ..pcscf_config(core_addr)
     })
     .await
     .unwrap();
