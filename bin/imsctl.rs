@@ -176,12 +176,16 @@ fn main() -> ExitCode {
             ),
     };
     match answer(res, base) {
-        Ok(v) => {
-            match v {
-                Some(Value::String(text)) => print!("{text}"),
-                Some(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
-                None => println!("ok"),
-            }
+        Ok(Body::Json(v)) => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(Body::Text(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(Body::Empty) => {
+            println!("ok");
             ExitCode::SUCCESS
         }
         Err(msg) => {
@@ -191,21 +195,28 @@ fn main() -> ExitCode {
     }
 }
 
-/// The API's answer: its JSON (a body that is not JSON, such as the metrics text, as a JSON
-/// string; None for an empty body) or the one-line error to print.
+/// A successful answer of the API.
+enum Body {
+    Json(Value),
+    /// Not JSON (the metrics text): printed as it is.
+    Text(String),
+    Empty,
+}
+
+/// The API's answer, or the one-line error to print.
 fn answer(
     res: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     base: &str,
-) -> Result<Option<Value>, String> {
+) -> Result<Body, String> {
     let mut resp = res.map_err(|e| format!("cannot reach the HSS admin API at {base}: {e}"))?;
     let status = resp.status();
     let text = resp.body_mut().read_to_string().unwrap_or_default();
     let parsed: Option<Value> = serde_json::from_str(&text).ok();
     if status.is_success() {
         return Ok(match parsed {
-            Some(v) => Some(v),
-            None if text.is_empty() => None,
-            None => Some(Value::String(text)),
+            Some(v) => Body::Json(v),
+            None if text.is_empty() => Body::Empty,
+            None => Body::Text(text),
         });
     }
     let msg = parsed
@@ -221,59 +232,62 @@ fn answer(
 
 /// Imports a CSV file in parts of `batch` rows, each sent with the header row and the line
 /// number of its first row (so that the HSS names lines of the whole file). The file is read
-/// as it goes, never whole. Records are split at newlines outside double quotes (RFC 4180).
+/// as it goes, never whole, by the `csv` crate the HSS parses it with (a quoted cell may hold
+/// newlines; blank lines are skipped).
 fn import(agent: &ureq::Agent, base: &str, file: &std::path::Path, batch: usize) -> ExitCode {
     let fail = |msg: String| {
         eprintln!("error: {msg}");
         ExitCode::FAILURE
     };
-    let f = match std::fs::File::open(file) {
-        Ok(f) => f,
+    let mut rdr = match std::fs::File::open(file) {
+        // Rows of another length go on to the HSS, which names the problem.
+        Ok(f) => csv::ReaderBuilder::new().flexible(true).from_reader(f),
         Err(e) => return fail(format!("cannot read {}: {e}", file.display())),
     };
-    let mut lines = std::io::BufReader::new(f);
-    let mut header = String::new();
-    match read_record(&mut lines, &mut header) {
-        Ok(0) => return fail(format!("{} is empty (no header row)", file.display())),
-        Ok(_) => {}
+    let header = match rdr.byte_headers() {
+        Ok(h) if h.is_empty() => {
+            return fail(format!("{} is empty (no header row)", file.display()));
+        }
+        Ok(h) => h.clone(),
         Err(e) => return fail(format!("cannot read {}: {e}", file.display())),
-    }
+    };
+    let mut records = rdr.into_byte_records();
     let mut imported = 0u64;
-    let mut line = 2u64; // of the next record
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     loop {
-        let first_line = line;
-        let mut part = header.clone();
+        let mut part = csv::Writer::from_writer(Vec::new());
+        let mut first_line = None;
         let mut rows = 0;
-        while rows < batch {
-            let mut rec = String::new();
-            match read_record(&mut lines, &mut rec) {
-                Ok(0) => break,
-                Ok(n) => line += n as u64,
-                Err(e) => {
-                    return fail(format!(
-                        "cannot read {} at line {line}: {e}",
-                        file.display()
-                    ));
-                }
-            }
-            if rec.trim().is_empty() {
-                continue;
-            }
-            part.push_str(&rec);
+        let mut wrote = part.write_byte_record(&header);
+        for rec in records.by_ref() {
+            let rec = match rec {
+                Ok(r) => r,
+                Err(e) => return fail(format!("cannot read {}: {e}", file.display())),
+            };
+            first_line.get_or_insert(rec.position().map_or(0, csv::Position::line));
+            wrote = wrote.and(part.write_byte_record(&rec));
             rows += 1;
+            if rows == batch {
+                break;
+            }
         }
-        if rows == 0 {
-            break;
-        }
+        let Some(first_line) = first_line else { break };
+        let body = match wrote.and_then(|()| {
+            part.into_inner()
+                .map_err(|e| csv::Error::from(e.into_error()))
+        }) {
+            Ok(b) => b,
+            Err(e) => return fail(format!("cannot write a part of {}: {e}", file.display())),
+        };
         let res = agent
             .post(format!(
                 "{base}/v1/subscribers/import?first_line={first_line}"
             ))
             .header("content-type", "text/csv")
-            .send(part.as_bytes());
+            .send(&body[..]);
         match answer(res, base) {
-            Ok(v) => imported += v.and_then(|v| v["imported"].as_u64()).unwrap_or(0),
+            Ok(Body::Json(v)) => imported += v["imported"].as_u64().unwrap_or(0),
+            Ok(_) => {}
             Err(msg) if imported > 0 => {
                 return fail(format!(
                     "{msg}; the {imported} rows before line {first_line} were imported"
@@ -293,30 +307,6 @@ fn import(agent: &ureq::Agent, base: &str, file: &std::path::Path, batch: usize)
         serde_json::to_string_pretty(&json!({ "imported": imported })).unwrap_or_default()
     );
     ExitCode::SUCCESS
-}
-
-/// Appends one CSV record (one or more lines, when a quoted field holds newlines) to `out`;
-/// returns how many lines it took (0 at the end of the file).
-fn read_record(r: &mut impl std::io::BufRead, out: &mut String) -> std::io::Result<usize> {
-    let mut n = 0;
-    let mut quotes = 0usize;
-    loop {
-        let start = out.len();
-        if r.read_line(out)? == 0 {
-            if n > 0 && !out.ends_with('\n') {
-                out.push('\n');
-            }
-            return Ok(n);
-        }
-        n += 1;
-        quotes += out[start..].matches('"').count();
-        if quotes.is_multiple_of(2) {
-            if !out.ends_with('\n') {
-                out.push('\n');
-            }
-            return Ok(n);
-        }
-    }
 }
 
 fn strip_nulls(v: &mut Value) {
