@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 
 use ims_testkit::sipp::{self, Scenario, Sipp};
 
+#[path = "lab/bins.rs"]
+mod bins;
+use bins::bin;
+
 const TEST: &str = "compose_stack_registers_survives_an_hss_restart_and_cleans_up";
 const BASE_IMAGE: &str = "ims-core-base:bookworm";
 const SERVICES: [&str; 5] = ["dns", "hss", "scscf", "icscf", "pcscf"];
@@ -36,20 +40,6 @@ fn root() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
-}
-
-fn bin(name: &str) -> PathBuf {
-    match name {
-        "pcscf" => env!("CARGO_BIN_EXE_pcscf").into(),
-        "icscf" => env!("CARGO_BIN_EXE_icscf").into(),
-        "scscf" => env!("CARGO_BIN_EXE_scscf").into(),
-        "hss" => env!("CARGO_BIN_EXE_hss").into(),
-        "ims-dns" => env!("CARGO_BIN_EXE_ims-dns").into(),
-        "imsctl" => env!("CARGO_BIN_EXE_imsctl").into(),
-        "ims-ue" => env!("CARGO_BIN_EXE_ims-ue").into(),
-        "ims-load" => env!("CARGO_BIN_EXE_ims-load").into(),
-        _ => unreachable!(),
-    }
 }
 
 fn text(o: &Output) -> String {
@@ -148,10 +138,29 @@ impl Stack {
             .unwrap_or_default()
     }
 
-    /// Polls until every service's health check passes and `provision` exited 0.
-    fn wait_healthy(&self, timeout: Duration) {
+    /// Polls `check` every 250 ms until it passes; past `timeout`, panics with what it last
+    /// said and the services' logs.
+    fn poll(&self, timeout: Duration, what: &str, mut check: impl FnMut() -> Result<(), String>) {
         let t0 = Instant::now();
         loop {
+            match check() {
+                Ok(()) => {
+                    eprintln!("{TEST}: {what} after {:?}", t0.elapsed());
+                    return;
+                }
+                Err(why) => assert!(
+                    t0.elapsed() < timeout,
+                    "not {what} after {timeout:?}: {why}\n{}",
+                    self.logs()
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Polls until every service's health check passes and `provision` exited 0.
+    fn wait_healthy(&self, timeout: Duration) {
+        self.poll(timeout, "every service healthy", || {
             let mut pending = Vec::new();
             for s in SERVICES {
                 let id = self.container(s);
@@ -167,23 +176,17 @@ impl Stack {
                 pending.push(format!("provision: {state}"));
             }
             if pending.is_empty() {
-                eprintln!("{TEST}: every service healthy after {:?}", t0.elapsed());
-                return;
+                Ok(())
+            } else {
+                Err(format!("{pending:?}"))
             }
-            assert!(
-                t0.elapsed() < timeout,
-                "not healthy after {timeout:?}: {pending:?}\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        });
     }
 
     /// Polls the published admin API until the HSS has both CSCFs as Diameter peers.
     fn wait_peers_up(&self, timeout: Duration) {
-        let t0 = Instant::now();
         let url = format!("http://{HOST_IP}:8080/metrics");
-        loop {
+        self.poll(timeout, "both CSCFs the HSS's peers", || {
             let body = ureq::get(&url)
                 .call()
                 .ok()
@@ -193,15 +196,11 @@ impl Stack {
                 .lines()
                 .any(|l| l.trim() == "ims_hss_diameter_peers_up 2")
             {
-                return;
+                Ok(())
+            } else {
+                Err(body)
             }
-            assert!(
-                t0.elapsed() < timeout,
-                "the CSCFs did not reconnect to the HSS in {timeout:?}:\n{body}\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        });
     }
 }
 

@@ -21,24 +21,14 @@ use ims_testkit::netns::{NsChild, Topology};
 use ims_testkit::sipp;
 use ims_ue::{AkaOptions, Credentials, Ue, UeConfig};
 
+mod bins;
+pub use bins::bin;
+
 pub const P: &str = "10.10.2.2";
 pub const I: &str = "10.10.4.2";
 pub const S: &str = "10.10.4.3";
 pub const H: &str = "10.10.4.4";
 pub const DNS: &str = "10.10.3.2";
-
-pub fn bin(name: &str) -> PathBuf {
-    match name {
-        "pcscf" => env!("CARGO_BIN_EXE_pcscf").into(),
-        "icscf" => env!("CARGO_BIN_EXE_icscf").into(),
-        "scscf" => env!("CARGO_BIN_EXE_scscf").into(),
-        "hss" => env!("CARGO_BIN_EXE_hss").into(),
-        "ims-dns" => env!("CARGO_BIN_EXE_ims-dns").into(),
-        "imsctl" => env!("CARGO_BIN_EXE_imsctl").into(),
-        "ims-load" => env!("CARGO_BIN_EXE_ims-load").into(),
-        _ => unreachable!(),
-    }
-}
 
 pub struct Lab {
     pub topo: Topology,
