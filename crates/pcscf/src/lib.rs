@@ -122,13 +122,13 @@ pub struct Config {
     #[serde(default = "yes")]
     pub reg_event: bool,
     /// Most REGISTERs forwarded into the core and not yet answered; past it new registrations
-    /// get 503 with Retry-After at once (0: no limit). Default 256.
+    /// get 503 with Retry-After at once (0: no limit). Default 64 (measured in docs/PERFORMANCE.md).
     #[serde(default = "default_max_in_flight")]
     pub max_registrations_in_flight: usize,
 }
 
 fn default_max_in_flight() -> usize {
-    256
+    64
 }
 
 fn yes() -> bool {

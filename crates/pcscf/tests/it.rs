@@ -138,7 +138,7 @@ fn pcscf_config(icscf: SocketAddr) -> ims_pcscf::Config {
         },
         core_networks: Vec::new(),
         reg_event: true,
-        max_registrations_in_flight: 256,
+        max_registrations_in_flight: 64,
     }
 }
 
