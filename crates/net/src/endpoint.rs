@@ -495,6 +495,13 @@ impl SipEndpoint {
         for r in req.values(HeaderName::ProxyRequire).flatten() {
             r.hash(&mut h);
         }
+        // The route set too: in IMS a request passes the same S-CSCF twice with the same
+        // Request-URI (originating with `orig` in its Route, then terminating after the
+        // I-CSCF), a spiral and not a loop; a request that comes back with the route set it
+        // left with is still a loop.
+        for r in req.values(HeaderName::Route).flatten() {
+            r.hash(&mut h);
+        }
         h.finish()
     }
 
