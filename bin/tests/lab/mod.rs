@@ -98,7 +98,7 @@ server_names = ["sip:scscf1.hims.net:5060"]
         "scscf.toml",
         &format!(
             "sip_listen = \"{S}:5060\"\nname = \"sip:scscf1.hims.net:5060\"\nrealm = \"hims.net\"\n\
-             home_domains = [\"hims.net\"]\ndatabase = \"sqlite://{}\"\n{}",
+             home_domains = [\"hims.net\"]\ndns = [\"{DNS}:53\"]\ndatabase = \"sqlite://{}\"\n{}",
             dir.join("scscf.sqlite").display(),
             cx("scscf1.hims.net")
         ),

@@ -1,7 +1,9 @@
 //! The S-CSCF configuration (`configs/lab/scscf.toml` is the commented example): where SIP
 //! listens, our name (Server-Name on Cx and the Service-Route host), the home realm and
 //! domains, the registration store, the registration interval limits, the reg-await-auth
-//! timer, the limits of `reg` event subscriptions, and the `[diameter]` section (how to reach the HSS). Unknown keys are rejected;
+//! timer, the limits of `reg` event subscriptions, where requests toward our users go (DNS
+//! servers, an optional fixed I-CSCF), and the `[diameter]` section (how to reach the HSS).
+//! Unknown keys are rejected;
 //! [`Config::validate`] checks what serde cannot.
 
 use std::net::SocketAddr;
@@ -49,6 +51,14 @@ pub struct Config {
     /// Log filter when RUST_LOG is unset.
     #[serde(default = "default_log")]
     pub log: String,
+    /// DNS servers for RFC 3263 lookups: the I-CSCF of a callee's home domain, the P-CSCF
+    /// named in a callee's Path. Empty (the default): only numeric hosts are reached.
+    #[serde(default)]
+    pub dns: Vec<SocketAddr>,
+    /// A fixed I-CSCF (`sip:icscf1.hims.net:5060`) for requests toward our own users,
+    /// instead of RFC 3263 on the callee's domain.
+    #[serde(default)]
+    pub icscf: Option<String>,
     /// Cx towards the HSS.
     pub diameter: CxClientConfig,
 }
@@ -121,6 +131,9 @@ impl Config {
                 "database `{}` is neither sqlite:// nor postgres://",
                 self.database
             ));
+        }
+        if let Some(i) = &self.icscf {
+            SipUri::parse(i).map_err(|e| format!("icscf `{i}` is not a SIP URI: {e}"))?;
         }
         self.diameter.validate()
     }

@@ -230,10 +230,29 @@ impl CxClient {
         assignment: ServerAssignmentType,
         data_available: bool,
     ) -> Result<Option<String>, CxFailure> {
+        self.sar_as(Some(impi), impus, assignment, data_available)
+            .await
+    }
+
+    /// SAR UNREGISTERED_USER for a callee not registered here (TS 29.228 §6.1.2: no
+    /// User-Name; the HSS finds the IMPI), asking for the User-Data.
+    pub async fn sar_unregistered(&self, impu: &str) -> Result<(), CxFailure> {
+        self.sar_as(None, &[impu], ServerAssignmentType::UnregisteredUser, false)
+            .await
+            .map(drop)
+    }
+
+    async fn sar_as(
+        &self,
+        impi: Option<&str>,
+        impus: &[&str],
+        assignment: ServerAssignmentType,
+        data_available: bool,
+    ) -> Result<Option<String>, CxFailure> {
         let sid = self.sessions.next_id();
         let sar = Sar {
             base: self.base(&sid),
-            user_name: Some(impi),
+            user_name: impi,
             public_identities: impus.to_vec(),
             server_name: &self.server_name,
             assignment_type: assignment,

@@ -15,7 +15,11 @@
 //! - [`Scscf`] / [`run`]: the daemon: a [`Registrar`] and its [`RegEvents`] behind `ims_net`'s
 //!   transaction layer ([`SipEndpoint`]: retransmissions absorbed and answered again,
 //!   responses routed by Via with `received`/`rport`), one task per request ([`answer`]).
-//!   REGISTER and SUBSCRIBE are served; other methods are answered 501 for now.
+//!   REGISTER and SUBSCRIBE are served; MESSAGE and OPTIONS are routed ([`session`]:
+//!   originating toward the callee's home I-CSCF, terminating to the callee's registered
+//!   contacts through their Path); other methods are answered 501 for now.
+//! - [`session`]: session routing (TS 24.229 §5.4.3) as a plan made from the registrar's
+//!   memory, carried out over the endpoint.
 //!
 //! Dependencies beyond the workspace's own crates: `ring` (the system CSPRNG for digest nonces
 //! and To tags), `hex`, `zeroize` (CK/IK hex wiped after use).
@@ -25,11 +29,14 @@ pub mod cx;
 pub mod regevent;
 pub mod registrar;
 mod reply;
+pub mod session;
 pub mod userdata;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use ims_net::dns::SipResolver;
 use ims_net::endpoint::{ServerRequest, SipEndpoint};
 use ims_sip::transaction::Timers;
 use ims_sip::{Message, Method};
@@ -53,6 +60,9 @@ pub enum ScscfError {
         #[source]
         source: std::io::Error,
     },
+    /// The DNS resolver could not be set up.
+    #[error("DNS resolver: {0}")]
+    Resolver(#[from] ims_net::dns::ResolveError),
 }
 
 /// The S-CSCF daemon, started and bound: its registrar, its `reg` event notifier and its SIP
@@ -61,6 +71,7 @@ pub struct Scscf {
     registrar: Registrar,
     reg_events: RegEvents,
     ep: SipEndpoint,
+    resolver: Arc<SipResolver>,
     incoming: tokio::sync::mpsc::Receiver<ServerRequest>,
 }
 
@@ -79,11 +90,13 @@ impl Scscf {
                 source,
             })?;
         let reg_events = RegEvents::start(registrar.clone(), ep.clone());
+        let resolver = Arc::new(SipResolver::new(&cfg.dns)?);
         tracing::info!(sip = %ep.local_addr(), name = %cfg.name, "S-CSCF running");
         Ok(Scscf {
             registrar,
             reg_events,
             ep,
+            resolver,
             incoming,
         })
     }
@@ -115,6 +128,7 @@ impl Scscf {
                             self.registrar.clone(),
                             self.reg_events.clone(),
                             self.ep.clone(),
+                            self.resolver.clone(),
                             req,
                         ));
                     }
@@ -192,7 +206,19 @@ fn simple(req: &Message, status: u16, reason: &str) -> Option<Message> {
     }
 }
 
-async fn serve(registrar: Registrar, reg_events: RegEvents, ep: SipEndpoint, req: ServerRequest) {
+async fn serve(
+    registrar: Registrar,
+    reg_events: RegEvents,
+    ep: SipEndpoint,
+    resolver: Arc<SipResolver>,
+    mut req: ServerRequest,
+) {
+    if req.message.is_request() && session::is_routed(req.message.method()) {
+        if ep.admit(&mut req, "scscf").await {
+            session::route(&registrar, &ep, &resolver, req).await;
+        }
+        return;
+    }
     let (resp, start) = dispatch(&registrar, &reg_events, &req.message).await;
     if let Some(resp) = resp {
         ep.respond(&req, resp).await;

@@ -284,6 +284,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The public identity a Request-URI or To URI names (without parameters and headers);
+/// `None` for a scheme other than sip:, sips: and tel:.
+pub(crate) fn public_identity(uri: &Uri<'_>) -> Option<String> {
+    impu_of(uri).ok()
+}
+
 /// The IMPU of a To URI: the URI without parameters and headers.
 fn impu_of(uri: &Uri<'_>) -> Result<String, Reject> {
     match uri {
@@ -377,6 +383,11 @@ impl Registrar {
                 same_uri(&r.impu, impu) || r.associated_uris.iter().any(|a| same_uri(a, impu))
             })
             .cloned()
+    }
+
+    /// SAR UNREGISTERED_USER for a callee that is not registered here (session routing).
+    pub(crate) async fn sar_unregistered(&self, impu: &str) -> Result<(), CxFailure> {
+        self.inner.cx.sar_unregistered(impu).await
     }
 
     /// Every registration held (a snapshot, shard by shard).

@@ -148,6 +148,8 @@ impl Lab {
             subscribe_min_expires: 60,
             subscribe_max_expires: 3600,
             log: "info".into(),
+            dns: vec![],
+            icscf: None,
             diameter: CxClientConfig {
                 hss: self.diameter,
                 origin_host: "scscf1.hims.net".into(),
@@ -1779,4 +1781,134 @@ async fn reg_event_subscription_expiry_and_network_deregistration() {
         events.subscription_count() == 0
     })
     .await;
+}
+
+// ----------------------------------------------------------------------------------------
+// session routing (TS 24.229 §5.4.3): MESSAGE and OPTIONS
+
+fn message(ruri: &str, route: Option<&str>, pai: Option<&str>) -> Message {
+    let mut b = RequestBuilder::new("MESSAGE", ruri)
+        .header("Via", "SIP/2.0/UDP 127.0.0.10;branch=z9hG4bKp1")
+        .header("From", "<sip:alice@hims.net>;tag=m1")
+        .header("To", &format!("<{ruri}>"))
+        .header("Call-ID", &format!("msg-{ruri}"))
+        .header("CSeq", "1 MESSAGE")
+        .header("Max-Forwards", "69");
+    if let Some(r) = route {
+        b = b.header("Route", r);
+    }
+    if let Some(p) = pai {
+        b = b.header("P-Asserted-Identity", &format!("<{p}>"));
+    }
+    b.build().unwrap()
+}
+
+/// The decisions without sockets: originating (the served user, the home I-CSCF by the
+/// callee's domain, no breakout), terminating (the contacts through their Path, the implicit
+/// set's tel: URI, an unregistered callee).
+#[tokio::test(flavor = "multi_thread")]
+async fn session_routing_plans() {
+    use ims_scscf::session::{Plan, plan};
+    let lab = lab().await;
+    let r = lab.registrar().await;
+    let mut ue = Ue::new(ALICE_IMPI, ALICE, "<sip:alice@10.0.0.2:5060>;expires=600");
+    let ok = aka_register(&r, &mut ue, &mut usim(), Qop::Auth, &[]).await;
+    assert_eq!(ok.status(), Some(200), "{ok}");
+    let orig = Some("<sip:orig@scscf1.hims.net:5060;lr>");
+    let term = Some("<sip:scscf1.hims.net:5060;lr>");
+
+    // Originating, from alice to bob of our domain: toward hims.net's I-CSCF, our Route gone.
+    match plan(&message(BOB, orig, Some(ALICE)), &r) {
+        Plan::Forward(b) => {
+            assert_eq!(b.next_hop, "sip:hims.net");
+            assert_eq!(b.message.request_uri_str(), Some(BOB));
+            assert!(
+                b.message.header(HeaderName::Route).is_none(),
+                "{}",
+                b.message
+            );
+        }
+        p => panic!("originating to bob: {p:?}"),
+    }
+    // A tel: callee goes to the home domain's I-CSCF as well (the HSS knows our numbers).
+    match plan(&message("tel:+4930999", orig, Some(ALICE)), &r) {
+        Plan::Forward(b) => assert_eq!(b.next_hop, "sip:hims.net"),
+        p => panic!("originating to a tel: URI: {p:?}"),
+    }
+    // Another Route after ours is followed.
+    match plan(
+        &message(
+            BOB,
+            Some("<sip:orig@scscf1.hims.net:5060;lr>, <sip:as1.hims.net;lr>"),
+            Some(ALICE),
+        ),
+        &r,
+    ) {
+        Plan::Forward(b) => assert_eq!(b.next_hop, "sip:as1.hims.net;lr"),
+        p => panic!("originating with a second Route: {p:?}"),
+    }
+    // No breakout: another domain is 404; no asserted identity, or one not registered here,
+    // is 403.
+    for (req, code) in [
+        (message("sip:carol@example.org", orig, Some(ALICE)), 404),
+        (message(BOB, orig, None), 403),
+        (message(ALICE, orig, Some(BOB)), 403),
+    ] {
+        match plan(&req, &r) {
+            Plan::Refuse(c, why) => assert_eq!(c, code, "{why}"),
+            p => panic!("{req}: {p:?}"),
+        }
+    }
+
+    // Terminating for alice (the I-CSCF's Route): her contact as Request-URI, her Path as
+    // Route, sent to the P-CSCF the Path names. Her tel: URI reaches the same contact.
+    for ruri in [ALICE, ALICE_TEL] {
+        match plan(&message(ruri, term, None), &r) {
+            Plan::Fork(branches) => {
+                assert_eq!(branches.len(), 1);
+                let b = &branches[0];
+                assert_eq!(b.message.request_uri_str(), Some("sip:alice@10.0.0.2:5060"));
+                assert_eq!(
+                    b.message.header_str(HeaderName::Route),
+                    Some(PATH),
+                    "{}",
+                    b.message
+                );
+                assert_eq!(b.next_hop, "sip:term@pcscf1.vims.net;lr");
+            }
+            p => panic!("terminating to {ruri}: {p:?}"),
+        }
+    }
+    // Bob is provisioned but not registered: SAR UNREGISTERED_USER, then 480.
+    match plan(&message(BOB, term, None), &r) {
+        Plan::Unregistered(impu) => assert_eq!(impu, BOB),
+        p => panic!("terminating to bob: {p:?}"),
+    }
+}
+
+/// Through the daemon: a callee that is not registered is 480 after SAR UNREGISTERED_USER
+/// (the HSS then names us for bob in the unregistered state); one the HSS does not know is
+/// 404; a Max-Forwards of 0 is 483.
+#[tokio::test(flavor = "multi_thread")]
+async fn message_to_an_unregistered_or_unknown_callee() {
+    let lab = lab().await;
+    let (addr, _) = daemon(lab.config()).await;
+    let mut peer = Peer::new(addr).await;
+    let term = Some("<sip:scscf1.hims.net:5060;lr>");
+    let resp = peer.request(message(BOB, term, None)).await;
+    assert_eq!(resp.status(), Some(480), "{resp}");
+    let (state, scscf) = lab.hss_view(BOB).await;
+    assert_eq!(
+        (state, scscf.as_deref()),
+        (2, Some(NAME)),
+        "bob is unregistered with us"
+    );
+    let resp = peer
+        .request(message("sip:nobody@hims.net", term, None))
+        .await;
+    assert_eq!(resp.status(), Some(404), "{resp}");
+    let mut hop0 = message(BOB, term, None);
+    hop0.set_header("Max-Forwards", "0").unwrap();
+    let resp = peer.request(hop0).await;
+    assert_eq!(resp.status(), Some(483), "{resp}");
 }
