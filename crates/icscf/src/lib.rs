@@ -26,8 +26,16 @@
 //! `503` with Retry-After, without asking the HSS for another; every S-CSCF tried failed or
 //! stayed silent → `504 Server Time-out`.
 //!
-//! Requests other than REGISTER (terminating traffic routed by LIR) are answered `501` with a
-//! log line for now.
+//! **Terminating requests** (TS 24.229 §5.3.2, TS 29.228 §6.1.4): MESSAGE and OPTIONS for a
+//! public identity of ours (the Request-URI without parameters, sip: or tel:) make a LIR. A
+//! Server-Name routes the request to that S-CSCF; capabilities (Experimental-Result 2003
+//! UNREGISTERED_SERVICE: no S-CSCF yet) choose one as for a registration. The S-CSCF gets a
+//! `Route: <S-CSCF;lr>` and the I-CSCF does not stay in the path (no Record-Route). Every
+//! response is passed back as it is; only an S-CSCF that cannot be reached or stays silent
+//! is replaced by the next. A user the HSS does not know (5001) → `404 Not Found`; a user not
+//! registered and without services (5003) → `480 Temporarily Unavailable`; a busy HSS →
+//! `503` with Retry-After; an unreachable HSS → `480`. INVITE is still answered `501` until
+//! the INVITE transactions exist; other methods too.
 
 pub mod select;
 
@@ -36,8 +44,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tracing::Instrument;
 
-use ims_diameter::cx::{RequestBase, Uaa, Uar};
-use ims_diameter::dict::{UserAuthorizationType, result_code as rc};
+use ims_diameter::cx::{Lia, Lir, RequestBase, ServerCapabilities, Uaa, Uar};
+use ims_diameter::dict::{
+    UserAuthorizationType, experimental_result_code as erc, result_code as rc,
+};
 use ims_diameter::{AnswerResult, SessionIdGenerator};
 use ims_net::diameter::{CxClientConfig, DiameterClient};
 use ims_net::dns::{Destination, SipResolver};
@@ -211,11 +221,12 @@ impl Inner {
         }
         match req.message.method() {
             Some(Method::Register) => self.register(req).await,
+            Some(Method::Message | Method::Options) => self.terminating(req).await,
             Some(Method::Ack) => {}
             _ => {
                 tracing::info!(
                     method = req.message.method_str().unwrap_or("?"),
-                    "I-CSCF routes only REGISTER so far"
+                    "I-CSCF routes only REGISTER, MESSAGE and OPTIONS so far"
                 );
                 self.reply(&req, 501, "Not Implemented").await
             }
@@ -281,7 +292,7 @@ impl Inner {
                 let mut all_busy = true;
                 for scscf in candidates {
                     tried.push(scscf.clone());
-                    match self.forward(&req, &scscf).await {
+                    match self.forward(&req, &scscf, false).await {
                         Ok(resp) => return self.ep.respond(&req, resp).await,
                         Err(Failed::Busy) => {
                             tracing::debug!(%scscf, "S-CSCF answered 503; trying the next");
@@ -367,21 +378,11 @@ impl Inner {
             AnswerResult::Experimental {
                 code: 2001..=2003, ..
             }
-            | AnswerResult::ResultCode(2001) => {
-                if let (Some(name), false) = (
-                    uaa.server_name,
-                    kind == UserAuthorizationType::RegistrationAndCapabilities,
-                ) {
-                    Ok(Where::Named(name.to_owned()))
-                } else {
-                    let caps = uaa.server_capabilities.unwrap_or_default();
-                    Ok(Where::Choose(select::Wanted {
-                        mandatory: caps.mandatory,
-                        optional: caps.optional,
-                        preferred: caps.server_names.iter().map(|s| (*s).to_owned()).collect(),
-                    }))
-                }
-            }
+            | AnswerResult::ResultCode(2001) => Ok(where_of(
+                uaa.server_name
+                    .filter(|_| kind != UserAuthorizationType::RegistrationAndCapabilities),
+                uaa.server_capabilities,
+            )),
             AnswerResult::Experimental {
                 code: 5001..=5004, ..
             }
@@ -393,8 +394,143 @@ impl Inner {
         }
     }
 
-    /// Sends the REGISTER to `scscf` with a Route to it; `Err` when it should be given up on.
-    async fn forward(&self, req: &ServerRequest, scscf: &str) -> Result<Message, Failed> {
+    /// A terminating request (MESSAGE, OPTIONS): LIR, then the S-CSCF it names or one chosen
+    /// by capabilities; see the module docs.
+    async fn terminating(&self, mut req: ServerRequest) {
+        if let Err(e) = self.pop_own_routes(&mut req.message) {
+            tracing::info!(error = %e, "bad Route");
+            return self.reply(&req, 400, "Bad Request (Route)").await;
+        }
+        let impu = match req
+            .message
+            .request_uri()
+            .ok()
+            .and_then(|u| public_identity(&u))
+        {
+            Some(i) => i,
+            None => {
+                return self
+                    .reply(&req, 416, "Unsupported URI Scheme (neither sip: nor tel:)")
+                    .await;
+            }
+        };
+        let span = tracing::info_span!("lir", %impu, call_id = req.message.call_id().unwrap_or(""));
+        async {
+            let candidates = match self.lir(&impu).await {
+                Ok(Where::Named(s)) => vec![s],
+                Ok(Where::Choose(wanted)) => select::rank(&self.cfg.scscf, &wanted),
+                Err((code, why)) => return self.reply(&req, code, why).await,
+            };
+            if candidates.is_empty() {
+                tracing::warn!("no configured S-CSCF has the capabilities the HSS asks for");
+                return self.reply(&req, 500, "No S-CSCF Available").await;
+            }
+            for scscf in candidates {
+                match self.forward(&req, &scscf, true).await {
+                    Ok(resp) => return self.ep.respond(&req, resp).await,
+                    Err(Failed::Busy) => {}
+                    Err(Failed::Other(e)) => {
+                        tracing::warn!(%scscf, error = %e, "S-CSCF not reached; trying the next");
+                    }
+                }
+            }
+            self.reply(&req, 504, "Server Time-out").await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Removes Route entries at the top that name this I-CSCF (our host or address and port).
+    fn pop_own_routes(&self, m: &mut Message) -> Result<(), ims_sip::Error> {
+        loop {
+            let top = match m.name_addrs(HeaderName::Route).next() {
+                Some(r) => r?.uri_str.to_owned(),
+                None => return Ok(()),
+            };
+            let Ok(Uri::Sip(u)) = Uri::parse(&top) else {
+                return Ok(());
+            };
+            let host = u.host_str.trim_start_matches('[').trim_end_matches(']');
+            let local = self.ep.local_addr();
+            let me = u.port.unwrap_or(5060) == local.port()
+                && (host.eq_ignore_ascii_case(&self.cfg.via_host)
+                    || host.parse::<std::net::IpAddr>().ok() == Some(local.ip()));
+            if !me {
+                return Ok(());
+            }
+            m.pop_first_value(HeaderName::Route)?;
+        }
+    }
+
+    async fn lir(&self, impu: &str) -> Result<Where, (u16, &'static str)> {
+        let session = self.sessions.next_id();
+        let d = &self.cfg.diameter;
+        let lir = Lir {
+            base: RequestBase {
+                session_id: &session,
+                origin_host: &d.origin_host,
+                origin_realm: &d.origin_realm,
+                destination_realm: &d.destination_realm,
+                destination_host: d.destination_host.as_deref(),
+                ..RequestBase::default()
+            },
+            public_identity: impu,
+            originating_request: None,
+            authorization_type: None,
+        };
+        let mut buf = Vec::with_capacity(384);
+        if let Err(e) = lir.encode(&mut buf) {
+            tracing::warn!(error = %e, "cannot encode the LIR");
+            return Err((500, "Server Internal Error"));
+        }
+        let bytes = match self.cx.request(buf).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "LIR got no answer: HSS unreachable");
+                return Err((480, "Temporarily Unavailable"));
+            }
+        };
+        let msg = ims_diameter::Message::parse(&bytes).map_err(|e| {
+            tracing::warn!(error = %e, "LIA does not parse");
+            (480, "Temporarily Unavailable")
+        })?;
+        let lia = Lia::decode(&msg).map_err(|e| {
+            tracing::warn!(error = %e, "LIA is not valid");
+            (480, "Temporarily Unavailable")
+        })?;
+        let r = lia.base.result;
+        tracing::info!(result = r.code(), name = r.name().unwrap_or("?"), "LIA");
+        match r {
+            AnswerResult::ResultCode(2001)
+            | AnswerResult::Experimental {
+                code: erc::UNREGISTERED_SERVICE,
+                ..
+            } => Ok(where_of(lia.server_name, lia.server_capabilities)),
+            AnswerResult::Experimental {
+                code: erc::ERROR_USER_UNKNOWN,
+                ..
+            } => Err((404, "Not Found")),
+            AnswerResult::Experimental {
+                code: erc::ERROR_IDENTITY_NOT_REGISTERED,
+                ..
+            } => Err((480, "Temporarily Unavailable")),
+            AnswerResult::ResultCode(rc::TOO_BUSY) => {
+                Err((503, "Service Unavailable (HSS too busy)"))
+            }
+            _ => Err((480, "Temporarily Unavailable")),
+        }
+    }
+
+    /// Sends the request to `scscf` with a Route to it; `Err` when it should be given up on.
+    /// A REGISTER's 408 and 5xx count as failures (another S-CSCF may serve it); with
+    /// `any_response`, every response is the answer and only silence or a transport error is
+    /// a failure (a terminating request may already have reached the callee).
+    async fn forward(
+        &self,
+        req: &ServerRequest,
+        scscf: &str,
+        any_response: bool,
+    ) -> Result<Message, Failed> {
         let uri = Uri::parse(scscf).map_err(|e| format!("`{scscf}`: {e}"))?;
         let Uri::Sip(sip) = uri else {
             return Err(format!("`{scscf}` is not a SIP URI").into());
@@ -418,6 +554,10 @@ impl Inner {
             match self.ep.send_request(fwd, target).await {
                 Ok(mut resp) => {
                     let status = resp.status().unwrap_or(0);
+                    if any_response {
+                        pop_own_via(&mut resp).map_err(|e| Failed::Other(e.to_string()))?;
+                        return Ok(resp);
+                    }
                     if status == 503 {
                         busy = true;
                         continue;
@@ -451,6 +591,40 @@ enum Failed {
 impl From<String> for Failed {
     fn from(why: String) -> Self {
         Failed::Other(why)
+    }
+}
+
+/// The S-CSCF a UAA or LIA names, or the capabilities to choose one by.
+fn where_of(server_name: Option<&str>, caps: Option<ServerCapabilities<'_>>) -> Where {
+    match server_name {
+        Some(name) => Where::Named(name.to_owned()),
+        None => {
+            let caps = caps.unwrap_or_default();
+            Where::Choose(select::Wanted {
+                mandatory: caps.mandatory,
+                optional: caps.optional,
+                preferred: caps.server_names.iter().map(|s| (*s).to_owned()).collect(),
+            })
+        }
+    }
+}
+
+/// The public identity a Request-URI names: a sip:/sips: URI as `scheme:user@host[:port]`, a
+/// tel: URI without its parameters; `None` for other schemes.
+fn public_identity(uri: &Uri<'_>) -> Option<String> {
+    match uri {
+        Uri::Sip(u) => {
+            let scheme = if u.secure { "sips" } else { "sip" };
+            Some(match u.port {
+                Some(p) => format!("{scheme}:{}:{p}", u.user_host()),
+                None => format!("{scheme}:{}", u.user_host()),
+            })
+        }
+        Uri::Tel(t) => {
+            let s = t.as_str();
+            Some(s.split(';').next().unwrap_or(s).to_owned())
+        }
+        _ => None,
     }
 }
 

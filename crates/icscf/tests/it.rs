@@ -263,3 +263,96 @@ async fn a_busy_hss_or_busy_s_cscfs_are_503_with_retry_after() {
         "each S-CSCF tried once: no second UAR and round"
     );
 }
+
+/// A stand-in S-CSCF answering every request with `status`, keeping what it got.
+async fn recording_scscf(status: u16) -> (SocketAddr, Arc<std::sync::Mutex<Vec<Message>>>) {
+    let (ep, mut rx) =
+        SipEndpoint::bind("127.0.0.1:0".parse().unwrap(), "127.0.0.1", Timers::RFC3261)
+            .await
+            .unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = seen.clone();
+    let addr = ep.local_addr();
+    tokio::spawn(async move {
+        while let Some(req) = rx.recv().await {
+            keep.lock().unwrap().push(req.message.clone());
+            let r = response_to(&req.message, status, "Stand-in", Some("x")).unwrap();
+            ep.respond(&req, r).await;
+        }
+    });
+    (addr, seen)
+}
+
+fn request(method: &str, me: SocketAddr, ruri: &str, route: &str, call_id: &str) -> String {
+    format!(
+        "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call_id};rport\r\n\
+         Max-Forwards: 70\r\nRoute: {route}\r\nFrom: <sip:bob@hims.net>;tag=1\r\nTo: <{ruri}>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 {method}\r\nContent-Type: text/plain\r\n\
+         Content-Length: 2\r\n\r\nhi"
+    )
+}
+
+/// Terminating requests (TS 24.229 §5.3.2): the LIR decides. No S-CSCF assigned (2003 with
+/// capabilities): one is chosen; the Server-Name of the user's S-CSCF: that one, whose
+/// answer comes back whatever it is (no failover once an S-CSCF answered); a user the HSS
+/// does not know: 404; the I-CSCF stays out of the path; INVITE is not routed yet (501).
+#[tokio::test(flavor = "multi_thread")]
+async fn terminating_requests_are_routed_by_lir() {
+    let (chosen, chosen_seen) = recording_scscf(200).await;
+    let (named, named_seen) = recording_scscf(500).await;
+    let (i, subs) = chain(1000, &format!("sip:{chosen}"), &[format!("sip:{chosen}")]).await;
+    let ue = UdpSocket::bind("127.0.0.1:0").unwrap();
+    ue.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let me = ue.local_addr().unwrap();
+    let our_route = format!("<sip:{i};lr>");
+
+    let send = |method: &str, ruri: &str, call_id: &str| {
+        ue.send_to(request(method, me, ruri, &our_route, call_id).as_bytes(), i)
+            .unwrap();
+        recv(&ue)
+    };
+    let r = send("MESSAGE", "sip:alice@hims.net", "t1");
+    assert_eq!(r.status(), Some(200), "{r}");
+    {
+        let seen = chosen_seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        let m = &seen[0];
+        assert_eq!(m.request_uri_str(), Some("sip:alice@hims.net"));
+        let routes: Vec<&str> = m.values(ims_sip::HeaderName::Route).flatten().collect();
+        assert_eq!(
+            routes,
+            [format!("<sip:{chosen};lr>")],
+            "our Route popped: {m}"
+        );
+        assert!(m.header(ims_sip::HeaderName::RecordRoute).is_none(), "{m}");
+        assert_eq!(m.body(), b"hi");
+    }
+
+    subs.set_scscf(
+        "sip:alice@hims.net",
+        Some(&ims_store::ScscfAssignment {
+            server_name: format!("sip:{named}"),
+            diameter_host: None,
+        }),
+    )
+    .await
+    .unwrap();
+    let r = send("OPTIONS", "sip:alice@hims.net", "t2");
+    assert_eq!(
+        r.status(),
+        Some(500),
+        "the S-CSCF's answer, passed back: {r}"
+    );
+    assert_eq!(named_seen.lock().unwrap().len(), 1);
+    assert_eq!(
+        chosen_seen.lock().unwrap().len(),
+        1,
+        "no failover after an answer"
+    );
+
+    let r = send("MESSAGE", "sip:nobody@hims.net", "t3");
+    assert_eq!(r.status(), Some(404), "{r}");
+    let r = send("INVITE", "sip:alice@hims.net", "t4");
+    assert_eq!(r.status(), Some(501), "{r}");
+    assert_eq!(named_seen.lock().unwrap().len(), 1);
+}
