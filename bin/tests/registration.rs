@@ -787,3 +787,199 @@ fn load_generator_registers_and_deregisters_many_ues() {
         assert_eq!(err.lines().count(), 1, "{err}");
     }
 }
+
+/// The caller's MESSAGEs, put after its registration (before the registration's hold) in a
+/// UE registration scenario: to `callee` (200 expected), to a user the HSS does not know
+/// (404, from the I-CSCF's LIR) and to a user who is not registered (480, from the S-CSCF
+/// after SAR UNREGISTERED_USER). Same Call-ID as the REGISTER: SIPp matches responses to its
+/// call by Call-ID.
+fn with_messages(registration: &str, callee: &str) -> String {
+    let message = |to: &str, cseq: u32, status: u16| {
+        format!(
+            r#"
+  <send retrans="500">
+    <![CDATA[
+      MESSAGE {to} SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      Max-Forwards: 70
+      Route: <sip:@PCSCF@;lr>
+      From: <@IMPU@>;tag=[pid]SIPpTag10[call_number]
+      To: <{to}>
+      Call-ID: [call_id]
+      CSeq: {cseq} MESSAGE
+      Content-Type: text/plain
+      Content-Length: [len]
+
+      hello {to}
+    ]]>
+  </send>
+
+  <recv response="100" optional="true" />
+  <recv response="{status}" />
+"#
+        )
+    };
+    let hold = r#"  <pause milliseconds="@HOLD_MS@" />"#;
+    assert!(registration.contains(hold), "no hold in the scenario");
+    let messages = [
+        message(callee, 10, 200),
+        message("sip:nobody@hims.net", 11, 404),
+        message("sip:bob@hims.net", 12, 480),
+    ]
+    .concat();
+    registration.replacen(hold, &format!("{messages}\n{hold}"), 1)
+}
+
+/// Issue #17, pager mode: alice (SIPp, AKA) sends MESSAGE to carol (SIPp, SIP Digest) through
+/// P-CSCF → S-CSCF (orig) → I-CSCF (LIR) → S-CSCF (term) → P-CSCF → carol's flow, over UDP
+/// and over TCP. Carol gets it with alice's asserted identity and her registered contact as
+/// Request-URI, and her 200 comes back to alice; a user the HSS does not know is 404, one
+/// who is not registered 480.
+#[test]
+fn message_between_registered_users() {
+    let Some(mut lab) = Lab::start("e2emsg") else {
+        return;
+    };
+    let dir = ims_testkit::scratch_dir("e2emsg-sipp");
+    let ooc = dir.join("uas_message.xml");
+    std::fs::write(&ooc, include_str!("sipp/uas_message.xml")).unwrap();
+    for (transport, v6) in [
+        (sipp::Transport::Udp, false),
+        (sipp::Transport::Tcp, false),
+        (sipp::Transport::Udp, true),
+        (sipp::Transport::Tcp, true),
+    ] {
+        message_over(&lab, transport, v6, &ooc);
+    }
+    lab.all_alive();
+}
+
+fn message_over(lab: &Lab, transport: sipp::Transport, v6: bool, ooc: &std::path::Path) {
+    let (pcscf, local, host): (SocketAddr, std::net::IpAddr, &str) = if v6 {
+        (
+            "[fd00:10:2::2]:5060".parse().unwrap(),
+            "fd00:10:1::2".parse().unwrap(),
+            "[fd00:10:1::2]",
+        )
+    } else {
+        (
+            format!("{P}:5060").parse().unwrap(),
+            "10.10.1.2".parse().unwrap(),
+            "10.10.1.2",
+        )
+    };
+    let registered = |lab: &Lab| {
+        lab.logs()
+            .lines()
+            .filter(|l| l.contains("carol@hims.net") && l.contains(" registered"))
+            .count()
+    };
+    let before = registered(lab);
+    // Carol registers and holds her registration; her SIPp answers the MESSAGE out of call.
+    let carol = sipp::Ue {
+        impi: "carol@hims.net".into(),
+        impu: "sip:carol@hims.net".into(),
+        user: "carol".into(),
+        password: "carol-secret".into(),
+        pcscf: pcscf.to_string(),
+        hold: Duration::from_secs(120),
+        ..sipp::Ue::default()
+    };
+    let callee = Sipp::new("callee", carol.fill(Scenario::RegMd5))
+        .remote(pcscf)
+        .local_ip(local)
+        .transport(transport)
+        .prefix(&lab.topo.exec_prefix("ue"))
+        .timeout(Duration::from_secs(150))
+        .arg("-oocsf")
+        .arg(&ooc.display().to_string())
+        .spawn();
+    // Registered once the P-CSCF has stored it (after the S-CSCF bound the contact).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while registered(lab) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "carol never registered ({transport:?}, v6 {v6})\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let alice = sipp::Ue {
+        pcscf: pcscf.to_string(),
+        ..sipp::Ue::default()
+    };
+    let scenario = alice.fill_text(&with_messages(
+        Scenario::RegAka.template(),
+        "sip:carol@hims.net",
+    ));
+    let mut caller = None;
+    for attempt in 0..3 {
+        let out = Sipp::new("caller", scenario.clone())
+            .remote(pcscf)
+            .local_ip(local)
+            .transport(transport)
+            .prefix(&lab.topo.exec_prefix("ue"))
+            .run();
+        if out.success() {
+            caller = Some(out);
+            break;
+        }
+        assert!(
+            out.aka_verdict(&alice.k, &alice.op).is_sipp_bug(),
+            "alice's MESSAGEs ({transport:?}, v6 {v6}, attempt {attempt}):\n{}\n{}",
+            out.report(),
+            lab.logs()
+        );
+    }
+    let caller = caller.expect("SIPp hit its RES bug three times in a row");
+    let statuses = caller.received_statuses();
+    assert!(
+        statuses.windows(3).any(|w| w == [200, 404, 480]),
+        "MESSAGE answers 200, 404, 480 in order: {statuses:?}"
+    );
+
+    let out = callee.stop();
+    let got: Vec<String> = out
+        .trace()
+        .into_iter()
+        .filter(|(received, text)| *received && text.trim_start().starts_with("MESSAGE "))
+        .map(|(_, text)| text)
+        .collect();
+    // One MESSAGE per caller run that got past its registration (a run that hit SIPp's RES
+    // bug in its deregistration has sent one already).
+    assert!(
+        !got.is_empty(),
+        "carol got no MESSAGE ({transport:?}, v6 {v6}):\n{}",
+        out.messages
+    );
+    for m in &got {
+        assert!(
+            m.trim_start()
+                .starts_with(&format!("MESSAGE sip:carol@{host}:")),
+            "her registered contact is the Request-URI: {m}"
+        );
+        assert!(
+            m.contains("P-Asserted-Identity: <sip:alice@hims.net>"),
+            "{m}"
+        );
+        assert!(m.contains("hello sip:carol@hims.net"), "{m}");
+        assert!(
+            !m.contains("Route:"),
+            "every Route consumed on the way: {m}"
+        );
+    }
+    let answered = out
+        .trace()
+        .iter()
+        .filter(|(received, text)| {
+            !*received && text.trim_start().starts_with("SIP/2.0 200") && text.contains("MESSAGE")
+        })
+        .count();
+    assert_eq!(
+        answered,
+        got.len(),
+        "carol answered each 200:\n{}",
+        out.messages
+    );
+}

@@ -549,6 +549,17 @@ impl SippChild {
     }
 }
 
+impl SippChild {
+    /// Stops SIPp now (a UE holding its registration while the test acts) and collects what
+    /// it left.
+    pub fn stop(mut self) -> SippOutcome {
+        let mut child = self.child.take().expect("a running child");
+        let _ = child.kill();
+        let status = child.wait().expect("wait sipp");
+        SippOutcome::collect(status, false, &self.dir, &self.command_line, self.owned_dir)
+    }
+}
+
 impl Drop for SippChild {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
