@@ -165,6 +165,67 @@ fn build_response(
     Message::parse(Bytes::from(out))
 }
 
+/// The ACK a client transaction sends for a 300-699 final response to `invite` (RFC 3261
+/// §17.1.1.3): the INVITE's Request-URI, top Via (the one the response matched), From,
+/// Call-ID, CSeq number and Route set, with the response's To (its tag).
+pub fn ack_for(invite: &Message, response: &Message) -> Result<Message> {
+    let uri = invite
+        .request_uri_str()
+        .ok_or(Error::BadStartLine("not a request"))?;
+    let via = invite
+        .values(HeaderName::Via)
+        .next()
+        .ok_or(Error::MissingHeader("Via"))??;
+    let seq = invite.cseq()?.seq;
+    let mut b = RequestBuilder::new("ACK", uri)
+        .header("Via", via)
+        .header("Max-Forwards", "70")
+        .header("From", header_value(invite, HeaderName::From, "From")?)
+        .header("To", header_value(response, HeaderName::To, "To")?)
+        .header(
+            "Call-ID",
+            header_value(invite, HeaderName::CallId, "Call-ID")?,
+        )
+        .header("CSeq", &format!("{seq} ACK"));
+    for r in invite.headers_named(HeaderName::Route) {
+        b = b.header("Route", r.value_str()?);
+    }
+    b.build()
+}
+
+/// The CANCEL for `invite` as it was sent (RFC 3261 §9.1): the same Request-URI, top Via
+/// (so the same branch), From, To, Call-ID, CSeq number and Route set.
+pub fn cancel_for(invite: &Message) -> Result<Message> {
+    let uri = invite
+        .request_uri_str()
+        .ok_or(Error::BadStartLine("not a request"))?;
+    let via = invite
+        .values(HeaderName::Via)
+        .next()
+        .ok_or(Error::MissingHeader("Via"))??;
+    let seq = invite.cseq()?.seq;
+    let mut b = RequestBuilder::new("CANCEL", uri)
+        .header("Via", via)
+        .header("Max-Forwards", "70")
+        .header("From", header_value(invite, HeaderName::From, "From")?)
+        .header("To", header_value(invite, HeaderName::To, "To")?)
+        .header(
+            "Call-ID",
+            header_value(invite, HeaderName::CallId, "Call-ID")?,
+        )
+        .header("CSeq", &format!("{seq} CANCEL"));
+    for r in invite.headers_named(HeaderName::Route) {
+        b = b.header("Route", r.value_str()?);
+    }
+    b.build()
+}
+
+fn header_value<'m>(m: &'m Message, name: HeaderName, label: &'static str) -> Result<&'m str> {
+    m.header(name)
+        .ok_or(Error::MissingHeader(label))?
+        .value_str()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,5 +265,37 @@ mod tests {
         assert_eq!(r.status(), Some(400));
         assert_eq!(r.to_addr().unwrap().tag(), Some("x"));
         assert!(r.header(HeaderName::CallId).is_none());
+    }
+    #[test]
+    fn ack_and_cancel_of_an_invite() {
+        let invite = RequestBuilder::new("INVITE", "sip:bob@10.0.0.9:5060")
+            .header("Via", "SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK.x;rport")
+            .header("Via", "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK0")
+            .header("Route", "<sip:p.hims.net;lr>")
+            .header("From", "<sip:alice@hims.net>;tag=a")
+            .header("To", "<sip:bob@hims.net>")
+            .header("Call-ID", "c1")
+            .header("CSeq", "7 INVITE")
+            .header("Max-Forwards", "69")
+            .body("application/sdp", b"v=0\r\n")
+            .build()
+            .unwrap();
+        let busy = response_to(&invite, 486, "Busy Here", Some("b")).unwrap();
+        let ack = ack_for(&invite, &busy).unwrap();
+        ack.check_request().unwrap();
+        assert_eq!(ack.method(), Some(crate::Method::Ack));
+        assert_eq!(ack.request_uri_str(), Some("sip:bob@10.0.0.9:5060"));
+        assert_eq!(ack.vias().count(), 1);
+        assert_eq!(ack.top_via().unwrap().branch(), Some("z9hG4bK.x"));
+        assert_eq!(ack.to_addr().unwrap().tag(), Some("b"));
+        assert_eq!(ack.cseq().unwrap().seq, 7);
+        assert_eq!(ack.values(HeaderName::Route).count(), 1);
+        assert!(ack.body().is_empty());
+        let cancel = cancel_for(&invite).unwrap();
+        cancel.check_request().unwrap();
+        assert_eq!(cancel.cseq().unwrap().method, crate::Method::Cancel);
+        assert_eq!(cancel.top_via().unwrap().branch(), Some("z9hG4bK.x"));
+        assert_eq!(cancel.to_addr().unwrap().tag(), None);
+        assert!(ack_for(&busy, &busy).is_err(), "a response is no INVITE");
     }
 }

@@ -62,7 +62,7 @@ pub mod text;
 pub mod transaction;
 pub mod uri;
 
-pub use builder::{RequestBuilder, error_response, response_to};
+pub use builder::{RequestBuilder, ack_for, cancel_for, error_response, response_to};
 pub use error::{Error, Result};
 pub use headers::{
     AccessNetworkInfo, Auth, CSeq, ChargingVector, Contact, NameAddr, SecMechanism, Via,

@@ -26,7 +26,10 @@
 //!   until the ACK arrives, and the proxy core forwards 2xx statelessly. RFC 6026's Accepted
 //!   state is not implemented.
 //!
-//! The INVITE client transaction (§17.1.1) is not here yet.
+//! - [`InviteClient`] (§17.1.1, Timers A, B, D, and a proxy's Timer C of §16.8). The ACK
+//!   of a non-2xx final response is built by the caller (it needs the response's To tag) and
+//!   re-sent by the machine for each retransmission of that response. A 2xx ends it and every
+//!   2xx still goes up (RFC 6026: the proxy core forwards each one).
 //!
 //! Timer values come from [`Timers`] (RFC defaults, scalable for tests). Transactions are
 //! found by [`TransactionKey`] (§17.1.3 for responses, §17.2.3 for requests) in a
@@ -61,6 +64,7 @@
 //! ```
 
 mod client;
+mod invite_client;
 mod invite_server;
 mod server;
 mod table;
@@ -72,6 +76,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 pub use client::{NictState, NonInviteClient};
+pub use invite_client::{IctState, InviteClient, TIMER_C};
 pub use invite_server::{InviteServer, IstState};
 pub use server::{NistState, NonInviteServer};
 pub use table::{KeyMethod, TransactionKey, TransactionTable, is_rfc3261_branch};
