@@ -26,7 +26,7 @@
 //! `503` with Retry-After, without asking the HSS for another; every S-CSCF tried failed or
 //! stayed silent → `504 Server Time-out`.
 //!
-//! **Terminating requests** (TS 24.229 §5.3.2, TS 29.228 §6.1.4): MESSAGE and OPTIONS for a
+//! **Terminating requests** (TS 24.229 §5.3.2, TS 29.228 §6.1.4): INVITE, MESSAGE and OPTIONS for a
 //! public identity of ours (the Request-URI without parameters, sip: or tel:) make a LIR. A
 //! Server-Name routes the request to that S-CSCF; capabilities (Experimental-Result 2003
 //! UNREGISTERED_SERVICE: no S-CSCF yet) choose one as for a registration. The S-CSCF gets a
@@ -34,8 +34,9 @@
 //! response is passed back as it is; only an S-CSCF that cannot be reached or stays silent
 //! is replaced by the next. A user the HSS does not know (5001) → `404 Not Found`; a user not
 //! registered and without services (5003) → `480 Temporarily Unavailable`; a busy HSS →
-//! `503` with Retry-After; an unreachable HSS → `480`. INVITE is still answered `501` until
-//! the INVITE transactions exist; other methods too.
+//! `503` with Retry-After; an unreachable HSS → `480`. INVITE takes the same way through the
+//! stateful proxy core ([`ims_net::proxy`]: 100 at once, CANCEL passed on, responses passed
+//! back); other methods get `501`.
 
 pub mod select;
 
@@ -221,12 +222,12 @@ impl Inner {
         }
         match req.message.method() {
             Some(Method::Register) => self.register(req).await,
-            Some(Method::Message | Method::Options) => self.terminating(req).await,
+            Some(Method::Message | Method::Options | Method::Invite) => self.terminating(req).await,
             Some(Method::Ack) => {}
             _ => {
                 tracing::info!(
                     method = req.message.method_str().unwrap_or("?"),
-                    "I-CSCF routes only REGISTER, MESSAGE and OPTIONS so far"
+                    "I-CSCF routes only REGISTER, INVITE, MESSAGE and OPTIONS"
                 );
                 self.reply(&req, 501, "Not Implemented").await
             }
@@ -425,6 +426,22 @@ impl Inner {
                 tracing::warn!("no configured S-CSCF has the capabilities the HSS asks for");
                 return self.reply(&req, 500, "No S-CSCF Available").await;
             }
+            if req.message.method() == Some(Method::Invite) {
+                // One INVITE branch to the first S-CSCF that resolves; the proxy core
+                // passes every response back (and a 408 when it stays silent).
+                for scscf in &candidates {
+                    match self.branch_to(&req, scscf).await {
+                        Ok(b) => {
+                            ims_net::proxy::proxy_invite(&self.ep, &req, vec![b], "icscf").await;
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(%scscf, error = %e, "S-CSCF not reached; trying the next");
+                        }
+                    }
+                }
+                return self.reply(&req, 504, "Server Time-out").await;
+            }
             for scscf in candidates {
                 match self.forward(&req, &scscf, true).await {
                     Ok(resp) => return self.ep.respond(&req, resp).await,
@@ -525,6 +542,38 @@ impl Inner {
     /// A REGISTER's 408 and 5xx count as failures (another S-CSCF may serve it); with
     /// `any_response`, every response is the answer and only silence or a transport error is
     /// a failure (a terminating request may already have reached the callee).
+    /// The INVITE toward `scscf` (its Route on top) and the first address it resolves to.
+    async fn branch_to(
+        &self,
+        req: &ServerRequest,
+        scscf: &str,
+    ) -> Result<ims_net::proxy::ProxyBranch, String> {
+        let uri = Uri::parse(scscf).map_err(|e| format!("`{scscf}`: {e}"))?;
+        let Uri::Sip(sip) = uri else {
+            return Err(format!("`{scscf}` is not a SIP URI"));
+        };
+        let targets = self
+            .resolver
+            .resolve(&Destination::from_sip_uri(&sip))
+            .await
+            .map_err(|e| e.to_string())?;
+        let target = *targets.first().ok_or("no address")?;
+        let mut message = req.message.clone();
+        let route = if sip.lr() {
+            format!("<{scscf}>")
+        } else {
+            format!("<{scscf};lr>")
+        };
+        message
+            .prepend_header("Route", &route)
+            .map_err(|e| e.to_string())?;
+        Ok(ims_net::proxy::ProxyBranch {
+            message,
+            target,
+            local: None,
+        })
+    }
+
     async fn forward(
         &self,
         req: &ServerRequest,

@@ -295,7 +295,8 @@ fn request(method: &str, me: SocketAddr, ruri: &str, route: &str, call_id: &str)
 /// Terminating requests (TS 24.229 §5.3.2): the LIR decides. No S-CSCF assigned (2003 with
 /// capabilities): one is chosen; the Server-Name of the user's S-CSCF: that one, whose
 /// answer comes back whatever it is (no failover once an S-CSCF answered); a user the HSS
-/// does not know: 404; the I-CSCF stays out of the path; INVITE is not routed yet (501).
+/// does not know: 404; the I-CSCF stays out of the path. INVITE goes the same way: 100 at
+/// once, the S-CSCF's final answer passed back, and the ACK of that failure absorbed.
 #[tokio::test(flavor = "multi_thread")]
 async fn terminating_requests_are_routed_by_lir() {
     let (chosen, chosen_seen) = recording_scscf(200).await;
@@ -353,6 +354,46 @@ async fn terminating_requests_are_routed_by_lir() {
     let r = send("MESSAGE", "sip:nobody@hims.net", "t3");
     assert_eq!(r.status(), Some(404), "{r}");
     let r = send("INVITE", "sip:alice@hims.net", "t4");
+    assert_eq!(r.status(), Some(100), "100 Trying at once: {r}");
+    let r = recv(&ue);
+    assert_eq!(
+        r.status(),
+        Some(500),
+        "the S-CSCF's answer to the INVITE: {r}"
+    );
+    {
+        let seen = named_seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "the named S-CSCF got the INVITE");
+        assert!(seen[1].header(ims_sip::HeaderName::RecordRoute).is_none());
+    }
+    let tag = r.to_addr().unwrap().tag().unwrap().to_owned();
+    let ack = request("ACK", me, "sip:alice@hims.net", &our_route, "t4").replace(
+        "To: <sip:alice@hims.net>",
+        &format!("To: <sip:alice@hims.net>;tag={tag}"),
+    );
+    ue.send_to(ack.as_bytes(), i).unwrap();
+    // Timer G (T1 is 10 ms here) may have re-sent the 500 before the ACK got there; once
+    // it did, the retransmissions stop.
+    // Without the ACK they would go on until Timer H (640 ms).
+    let acked = std::time::Instant::now();
+    ue.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = vec![0u8; 65536];
+    let mut last = None;
+    while ue.recv(&mut buf).is_ok() {
+        last = Some(acked.elapsed());
+    }
+    assert!(
+        last.is_none_or(|l| l < Duration::from_millis(150)),
+        "500 still re-sent {last:?} after the ACK"
+    );
+    ue.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // A method no I-CSCF routes: 501.
+    let r = send("SUBSCRIBE", "sip:alice@hims.net", "t5");
     assert_eq!(r.status(), Some(501), "{r}");
-    assert_eq!(named_seen.lock().unwrap().len(), 1);
+    assert_eq!(
+        named_seen.lock().unwrap().len(),
+        2,
+        "the ACK stayed at the I-CSCF"
+    );
 }

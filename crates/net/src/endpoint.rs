@@ -9,24 +9,33 @@
 //!   ([`ims_sip::response_to`]) carries where it must go. [`SipEndpoint::respond`] sends it
 //!   there: back on the connection the request came on (TCP), or to the source address when
 //!   the UE asked for `rport`, else to `received`/sent-by (UDP).
+//! - **INVITE server side.** A new INVITE is answered `100 Trying` at once and gets an
+//!   [`InviteServer`] driven by a task of its own: retransmissions get the last provisional
+//!   again, a non-2xx final response is retransmitted (Timer G) until its ACK, which is
+//!   absorbed here; after a 2xx the INVITE's retransmissions are absorbed for 64·T1 (RFC
+//!   6026) and the ACK of the 2xx goes to the application as a request. A CANCEL is
+//!   answered here (200, or 481 when no INVITE matches) and fires the INVITE's
+//!   [`ServerRequest::cancellation`].
 //! - **Client side.** [`SipEndpoint::send_request`] puts our Via (a fresh branch) on top of a
 //!   request and runs the sans-io [`NonInviteClient`] machine over the transport
 //!   (retransmissions by Timer E over UDP, Timer F as the time limit), returning the final
 //!   response; provisional responses are absorbed. A request larger than 1300 bytes goes
 //!   over TCP instead of UDP (RFC 3261 §18.1.1). Retransmitted final responses that come
-//!   after it are absorbed for T4.
+//!   after it are absorbed for T4. [`SipEndpoint::send_invite`] runs an [`InviteClient`]
+//!   (Timers A, B, C, D; the hop-by-hop ACK; CANCEL on request) and reports every response
+//!   but the 100; [`crate::proxy`] builds forking on it.
 //! - **Stateless forwarding.** A response that matches no client transaction of ours is
-//!   forwarded by its Via (ours popped), as RFC 3261 §16.11 allows; so is a request the
-//!   application forwards with [`SipEndpoint::forward_stateless`] (INVITE, ACK, CANCEL,
-//!   which this layer does not track).
+//!   forwarded by its Via (ours popped), as RFC 3261 §16.11 allows (2xx retransmissions of
+//!   an INVITE among them); so is a request the application forwards with
+//!   [`SipEndpoint::forward_stateless`] (the ACK of a 2xx).
 //! - **Proxy checks** (§16.3): [`SipEndpoint::proxy_checks`] answers `483 Too Many Hops` for
 //!   Max-Forwards 0 and `482 Loop Detected` when our own Via is there with a branch that the
 //!   same request would get from us again; it decrements Max-Forwards (inserting 70 − 1 when
 //!   absent).
 //!
 //! State is kept in fixed shards of small maps keyed by branch (no global lock; no lock is
-//! held across an await). INVITE transactions are not tracked here yet: the registration path
-//! needs none, and INVITE is forwarded statelessly.
+//! held across an await); an INVITE transaction's machine lives in its task, the map holds
+//! the channel to it.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
@@ -35,9 +44,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ims_sip::transaction::{Event, NonInviteClient, Timers};
+use ims_sip::transaction::{Event, InviteClient, InviteServer, NonInviteClient, TIMER_C, Timers};
 use ims_sip::{HeaderName, Message, Method, Via, text};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::dns::Transport;
 use crate::shards::Shards;
@@ -66,6 +75,8 @@ pub struct ServerRequest {
     /// The local address it arrived at.
     pub local: SocketAddr,
     key: Option<ServerKey>,
+    /// An INVITE's: turns true when a CANCEL for it arrived (answered 200 here).
+    cancel: Option<watch::Receiver<bool>>,
 }
 
 /// Why a client transaction ended without a final response.
@@ -92,6 +103,11 @@ struct ServerKey {
 enum ServerState {
     /// The application has it.
     Pending { since: Instant },
+    /// An INVITE server transaction, driven by its own task ([`SipEndpoint::drive_ist`]).
+    Invite(mpsc::UnboundedSender<IstInput>),
+    /// A 2xx to the INVITE went upstream: its retransmissions are absorbed until then
+    /// (RFC 6026's Accepted state), 2xx from other branches go upstream statelessly.
+    Accepted(Instant),
     /// Answered: retransmissions get this response again, until `until`.
     Done {
         response: Bytes,
@@ -99,6 +115,19 @@ enum ServerState {
         to: SocketAddr,
         until: Instant,
     },
+}
+
+/// What reaches an INVITE server transaction's task.
+#[derive(Debug)]
+enum IstInput {
+    /// The INVITE again.
+    Retransmission,
+    /// The ACK of our non-2xx final response.
+    Ack,
+    /// The application's response (status, bytes).
+    Response(u16, Bytes),
+    /// A CANCEL matched it.
+    Cancel,
 }
 
 enum ClientState {
@@ -302,14 +331,56 @@ impl SipEndpoint {
                 }),
             Err(_) => None,
         };
-        let tracked = !matches!(
-            message.method(),
-            Some(Method::Ack | Method::Invite | Method::Cancel)
-        );
+        let mut cancel = None;
+        match (message.method(), &key) {
+            (Some(Method::Invite), Some(k)) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let seen = self.inner.servers.with(k, |m| match m.get(k) {
+                    Some(ServerState::Invite(tx)) => Some(Some(tx.clone())),
+                    Some(_) => Some(None),
+                    None => {
+                        m.insert(k.clone(), ServerState::Invite(tx));
+                        None
+                    }
+                });
+                match seen.flatten() {
+                    Some(Some(tx)) => {
+                        tracing::debug!(%source, "INVITE retransmission");
+                        let _ = tx.send(IstInput::Retransmission);
+                        return;
+                    }
+                    Some(None) => {
+                        tracing::debug!(%source, "INVITE retransmission absorbed (answered 2xx)");
+                        return;
+                    }
+                    None => {
+                        cancel =
+                            Some(self.start_ist(k.clone(), &message, transport, source, local, rx));
+                    }
+                }
+            }
+            (Some(Method::Ack), Some(k)) => {
+                let tx = self.inner.servers.with(k, |m| match m.get(k) {
+                    Some(ServerState::Invite(tx)) => Some(tx.clone()),
+                    _ => None,
+                });
+                if let Some(tx) = tx.flatten()
+                    && tx.send(IstInput::Ack).is_ok()
+                {
+                    return;
+                }
+                // The ACK of a 2xx: a request of its own for the application to route.
+            }
+            _ => {}
+        }
+        let tracked = !matches!(message.method(), Some(Method::Ack | Method::Invite));
         if let (Some(k), true) = (&key, tracked) {
             let now = Instant::now();
             let seen = self.inner.servers.with(k, |m| match m.get(k) {
-                Some(ServerState::Pending { .. }) => Some(None),
+                // (INVITE states never have a non-INVITE key.)
+                Some(
+                    ServerState::Pending { .. } | ServerState::Invite(_) | ServerState::Accepted(_),
+                ) => Some(None),
                 Some(ServerState::Done {
                     response,
                     transport,
@@ -334,13 +405,18 @@ impl SipEndpoint {
                 None => {}
             }
         }
+        let is_invite = message.method() == Some(Method::Invite);
         let req = ServerRequest {
             message,
             source,
             transport,
             local,
-            key: if tracked { key } else { None },
+            key: if tracked || is_invite { key } else { None },
+            cancel,
         };
+        if req.message.method() == Some(Method::Cancel) {
+            return self.on_cancel(req).await;
+        }
         if app.send(req).await.is_err() {
             tracing::warn!("the application stopped taking requests");
         }
@@ -354,7 +430,11 @@ impl SipEndpoint {
                 return;
             }
         };
-        if let Some(b) = branch {
+        if let Some(mut b) = branch {
+            // A CANCEL has its INVITE's branch: its responses have a key of their own.
+            if inc.message.cseq().is_ok_and(|c| c.method == Method::Cancel) {
+                b = cancel_key(&b);
+            }
             let now = Instant::now();
             let waiter = self.inner.clients.with(&b, |m| match m.get(&b) {
                 Some(ClientState::Waiting(tx)) => Some(Some(tx.clone())),
@@ -379,15 +459,27 @@ impl SipEndpoint {
     /// request's retransmissions.
     pub async fn respond(&self, req: &ServerRequest, response: Message) {
         let bytes = response.to_bytes();
-        let (transport, to) = match req.transport {
-            Transport::Udp => match response_destination(&req.message) {
-                Some(to) => (Transport::Udp, to),
-                None => (Transport::Udp, req.source),
-            },
-            t => (t, req.source),
-        };
+        let (transport, to) = response_route(req);
         let status = response.status().unwrap_or(0);
-        if let (Some(k), true) = (&req.key, status >= 200) {
+        if let (Some(k), Some(Method::Invite)) = (&req.key, req.message.method()) {
+            let tx = self.inner.servers.with(k, |m| match m.get(k) {
+                Some(ServerState::Invite(tx)) => Some(tx.clone()),
+                _ => None,
+            });
+            match tx
+                .flatten()
+                .map(|tx| tx.send(IstInput::Response(status, bytes.clone())))
+            {
+                Some(Ok(())) => return,
+                // The transaction ended (a 2xx went already): 2xx from other branches go
+                // upstream statelessly (RFC 3261 §16.7 item 5), anything else is dropped.
+                _ if (200..300).contains(&status) => {}
+                _ => {
+                    tracing::debug!(status, "response to an ended INVITE transaction dropped");
+                    return;
+                }
+            }
+        } else if let (Some(k), true) = (&req.key, status >= 200) {
             let reliable = transport != Transport::Udp;
             let until = Instant::now() + self.inner.timers.timer_j(reliable);
             self.inner.servers.with(k, |m| {
@@ -408,6 +500,142 @@ impl SipEndpoint {
         }
         if let Err(e) = self.at(req.local).send(transport, to, bytes).await {
             tracing::info!(error = %e, status, "response could not be sent");
+        }
+    }
+
+    /// Starts the INVITE server transaction of a new INVITE: its task sends `100 Trying` at
+    /// once (every hop of ours answers an INVITE with 100 at once, RFC 3261 §16.2) and then
+    /// carries the application's responses (Timer G, H, I); the returned receiver says
+    /// whether a CANCEL came.
+    fn start_ist(
+        &self,
+        key: ServerKey,
+        invite: &Message,
+        transport: Transport,
+        source: SocketAddr,
+        local: SocketAddr,
+        rx: mpsc::UnboundedReceiver<IstInput>,
+    ) -> watch::Receiver<bool> {
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let probe = ServerRequest {
+            message: invite.clone(),
+            source,
+            transport,
+            local,
+            key: None,
+            cancel: None,
+        };
+        let (transport, to) = response_route(&probe);
+        let now = Instant::now();
+        let reliable = transport != Transport::Udp;
+        let mut ist = InviteServer::new(reliable, now, self.inner.timers, None);
+        match ims_sip::response_to(invite, 100, "Trying", None) {
+            Ok(trying) => {
+                let _ = ist.send_response(now, 100, trying.to_bytes());
+            }
+            Err(e) => tracing::debug!(error = %e, "no 100 Trying for this INVITE"),
+        }
+        tokio::spawn(
+            self.clone()
+                .drive_ist(key, ist, rx, cancel_tx, (transport, to, local)),
+        );
+        cancel_rx
+    }
+
+    /// Runs one INVITE server transaction until it ends; then a 2xx leaves its key in the
+    /// Accepted state for 64·T1, anything else removes it.
+    async fn drive_ist(
+        self,
+        key: ServerKey,
+        mut ist: InviteServer,
+        mut rx: mpsc::UnboundedReceiver<IstInput>,
+        cancel: watch::Sender<bool>,
+        (transport, to, local): (Transport, SocketAddr, SocketAddr),
+    ) {
+        let mut accepted = false;
+        // An application that never answers (a bug, or a request forwarded statelessly) must
+        // not keep the transaction forever: past a proxy's Timer C and 64·T1 it is dropped.
+        let stale = Instant::now() + TIMER_C + self.inner.timers.t1x64();
+        loop {
+            while let Some(b) = ist.poll_transmit() {
+                if let Err(e) = self.at(local).send(transport, to, b).await {
+                    tracing::info!(error = %e, "INVITE response could not be sent");
+                    ist.handle_transport_error(Instant::now());
+                }
+            }
+            while let Some(ev) = ist.poll_event() {
+                if ev == Event::AckTimeout {
+                    tracing::info!(%to, "no ACK for our final response to an INVITE (Timer H)");
+                }
+            }
+            if ist.is_terminated() {
+                break;
+            }
+            tokio::select! {
+                input = rx.recv() => {
+                    let now = Instant::now();
+                    match input {
+                        Some(IstInput::Retransmission) => ist.handle_request_retransmission(now),
+                        Some(IstInput::Ack) => ist.handle_ack(now),
+                        Some(IstInput::Response(status, bytes)) => {
+                            accepted |= (200..300).contains(&status);
+                            if let Err(e) = ist.send_response(now, status, bytes) {
+                                tracing::debug!(status, error = %e, "response refused by the INVITE transaction");
+                            }
+                        }
+                        Some(IstInput::Cancel) => {
+                            let _ = cancel.send(true);
+                        }
+                        None => break,
+                    }
+                }
+                () = sleep_until(ist.poll_timeout()) => ist.handle_timeout(Instant::now()),
+                () = sleep_until(Some(stale)) => {
+                    tracing::warn!(%to, "INVITE never answered by the application: transaction dropped");
+                    break;
+                }
+            }
+        }
+        let until = Instant::now() + self.inner.timers.t1x64();
+        self.inner.servers.with(&key, |m| {
+            if accepted {
+                m.insert(key.clone(), ServerState::Accepted(until));
+            } else {
+                m.remove(&key);
+            }
+        });
+    }
+
+    /// A CANCEL (RFC 3261 §9.2, §16.10): matched to its INVITE's server transaction by
+    /// branch and sent-by, answered here: 200 and the INVITE's [`ServerRequest::cancellation`]
+    /// fires (after a final response it changes nothing); no such INVITE: 481.
+    async fn on_cancel(&self, req: ServerRequest) {
+        let found = req.key.as_ref().and_then(|k| {
+            let invite = ServerKey {
+                method: "INVITE".into(),
+                ..k.clone()
+            };
+            self.inner.servers.with(&invite, |m| match m.get(&invite) {
+                Some(ServerState::Invite(tx)) => Some(tx.send(IstInput::Cancel).is_ok()),
+                Some(ServerState::Accepted(_)) => Some(true),
+                _ => None,
+            })
+        });
+        let found = found.flatten();
+        let tag = format!("{:x}", self.inner.salt & 0xffff_ffff);
+        match found {
+            Some(_) => {
+                tracing::debug!(source = %req.source, "CANCEL matched its INVITE");
+                match ims_sip::response_to(&req.message, 200, "OK", Some(&tag)) {
+                    Ok(r) => self.respond(&req, r).await,
+                    Err(e) => tracing::info!(error = %e, "CANCEL too broken to answer"),
+                }
+            }
+            None => {
+                tracing::info!(source = %req.source, "CANCEL for no INVITE of ours: 481");
+                self.reply(&req, 481, "Call/Transaction Does Not Exist", &tag)
+                    .await;
+            }
         }
     }
 
@@ -653,6 +881,167 @@ impl SipEndpoint {
         }
     }
 
+    /// Sends an INVITE (our Via on top, a fresh branch) to `target`, from our address
+    /// `local` when given, and runs its client transaction ([`InviteClient`]: Timer A, B, a
+    /// proxy's Timer C, the ACK of a non-2xx final response, CANCEL) in a task of its own.
+    /// Its provisional responses (not the 100), its final response and any further 2xx
+    /// arrive on `out` tagged with `id`, our Via still on top; a branch that ends without a
+    /// final response reports the [`ClientError`] once.
+    pub async fn send_invite(
+        &self,
+        mut req: Message,
+        mut target: crate::dns::Target,
+        local: Option<SocketAddr>,
+        id: usize,
+        out: mpsc::Sender<BranchReport>,
+    ) -> Result<InviteBranch, ClientError> {
+        let index = match local {
+            Some(l) => self.index_of(l)?,
+            None => self.toward_index(target.addr),
+        };
+        if target.transport == Transport::Udp && req.serialized_len() + 80 > 1300 {
+            target.transport = Transport::Tcp;
+        }
+        let branch = self.push_via(&mut req, target, index)?;
+        let (tx, rx) = mpsc::channel(16);
+        self.inner.clients.with(&branch, |m| {
+            m.insert(branch.clone(), ClientState::Waiting(tx))
+        });
+        let (cancel_tx, cancel_rx) = mpsc::unbounded_channel();
+        tokio::spawn(self.clone().drive_ict(
+            req,
+            branch,
+            (target, index),
+            rx,
+            cancel_rx,
+            (id, out),
+        ));
+        Ok(InviteBranch { cancel: cancel_tx })
+    }
+
+    async fn drive_ict(
+        self,
+        sent: Message,
+        branch: String,
+        (target, index): (crate::dns::Target, usize),
+        mut rx: mpsc::Receiver<Message>,
+        mut cancel_rx: mpsc::UnboundedReceiver<()>,
+        (id, out): (usize, mpsc::Sender<BranchReport>),
+    ) {
+        let reliable = target.transport != Transport::Udp;
+        let timers = self.inner.timers;
+        let mut ict = InviteClient::new(
+            sent.to_bytes(),
+            reliable,
+            Instant::now(),
+            timers,
+            Some(TIMER_C),
+        );
+        let mut proceeding = false;
+        let mut cancel_wanted = false;
+        let mut cancel_open = true;
+        // After our CANCEL, the INVITE is given up if no final response comes in 64·T1 (§9.1).
+        let mut give_up: Option<Instant> = None;
+        let mut failure: Option<ClientError> = None;
+        loop {
+            while let Some(b) = ict.poll_transmit() {
+                if let Err(e) = self.inner.transports[index]
+                    .send(target.transport, target.addr, b)
+                    .await
+                {
+                    ict.handle_transport_error(Instant::now());
+                    failure = Some(e.into());
+                }
+            }
+            while let Some(ev) = ict.poll_event() {
+                match ev {
+                    Event::Timeout if !proceeding => {
+                        failure = Some(ClientError::Timeout(target.addr));
+                    }
+                    // Timer C: no final response for minutes; CANCEL, then 408 if still none.
+                    Event::Timeout => cancel_wanted = true,
+                    _ => {}
+                }
+            }
+            if ict.is_terminated() {
+                break;
+            }
+            if cancel_wanted && proceeding && give_up.is_none() {
+                give_up = Some(Instant::now() + timers.t1x64());
+                match ims_sip::cancel_for(&sent) {
+                    Ok(c) => {
+                        tokio::spawn(self.clone().send_cancel(c, branch.clone(), target, index));
+                    }
+                    Err(e) => tracing::info!(error = %e, "cannot build the CANCEL"),
+                }
+            }
+            let wake = match (ict.poll_timeout(), give_up) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(resp) => {
+                        let status = resp.status().unwrap_or(0);
+                        let ack = (status >= 300)
+                            .then(|| ims_sip::ack_for(&sent, &resp).ok().map(|a| a.to_bytes()))
+                            .flatten();
+                        proceeding |= (100..200).contains(&status);
+                        if ict.handle_response(Instant::now(), status, ack)
+                            && status > 100
+                            && out.send((id, Ok(resp))).await.is_err()
+                        {
+                            // Nobody listens any more: stop, as if cancelled.
+                            cancel_wanted = true;
+                        }
+                    }
+                    None => break,
+                },
+                c = cancel_rx.recv(), if cancel_open => match c {
+                    Some(()) => cancel_wanted = true,
+                    None => cancel_open = false,
+                },
+                () = sleep_until(wake) => {
+                    let now = Instant::now();
+                    if give_up.is_some_and(|g| g <= now) {
+                        tracing::info!(to = %target.addr, "no final response after our CANCEL");
+                        failure = Some(ClientError::Timeout(target.addr));
+                        break;
+                    }
+                    ict.handle_timeout(now);
+                }
+            }
+        }
+        // Further 2xx (retransmissions) now match nothing and go upstream by Via.
+        self.inner.clients.with(&branch, |m| m.remove(&branch));
+        if let Some(e) = failure {
+            let _ = out.send((id, Err(e))).await;
+        }
+    }
+
+    /// Sends the CANCEL of an INVITE we sent (same Via and branch) as a non-INVITE client
+    /// transaction; its 200 is absorbed.
+    async fn send_cancel(
+        self,
+        cancel: Message,
+        branch: String,
+        target: crate::dns::Target,
+        index: usize,
+    ) {
+        let key = cancel_key(&branch);
+        let (tx, mut rx) = mpsc::channel(4);
+        self.inner
+            .clients
+            .with(&key, |m| m.insert(key.clone(), ClientState::Waiting(tx)));
+        let result = self
+            .run_client(cancel.to_bytes(), target, index, &mut rx)
+            .await;
+        if let Err(e) = &result {
+            tracing::info!(error = %e, "CANCEL not answered");
+        }
+        self.inner.clients.with(&key, |m| m.remove(&key));
+    }
+
     /// Pops our Via from a response and sends it to the next Via (RFC 3261 §16.7 item 9,
     /// §18.2.2 with RFC 3581).
     pub async fn forward_response(&self, mut resp: Message) -> Result<(), ClientError> {
@@ -705,6 +1094,31 @@ impl SipEndpoint {
     }
 }
 
+/// The client-transaction key of the CANCEL of the INVITE sent with `branch`.
+fn cancel_key(branch: &str) -> String {
+    format!("{branch} CANCEL")
+}
+
+/// One INVITE sent by [`SipEndpoint::send_invite`]: its responses arrive on the channel given
+/// there; [`InviteBranch::cancel`] CANCELs it.
+#[derive(Debug)]
+pub struct InviteBranch {
+    cancel: mpsc::UnboundedSender<()>,
+}
+
+impl InviteBranch {
+    /// CANCELs the INVITE (RFC 3261 §9.1): at once when a provisional response has come,
+    /// else as soon as one does; nothing once it has a final response. The branch's final
+    /// response (a 487, or a 2xx that crossed the CANCEL) still arrives.
+    pub fn cancel(&self) {
+        let _ = self.cancel.send(());
+    }
+}
+
+/// What an INVITE branch reports: a response (our Via still on top), or why it ended
+/// without a final one.
+pub type BranchReport = (usize, Result<Message, ClientError>);
+
 /// Our Via sent-by on `local`: `via_host` when it is a name, else the local address itself
 /// (each address of a dual-stack endpoint names itself).
 fn sent_by_of(via_host: &str, local: SocketAddr) -> String {
@@ -736,7 +1150,8 @@ async fn sweep(inner: std::sync::Weak<Inner>) {
         let stale = inner.timers.t1x64() * 2;
         inner.servers.retain(|_, s| match s {
             ServerState::Pending { since } => now.duration_since(*since) < stale,
-            ServerState::Done { until, .. } => *until > now,
+            ServerState::Done { until, .. } | ServerState::Accepted(until) => *until > now,
+            ServerState::Invite(tx) => !tx.is_closed(),
         });
         inner.clients.retain(|_, c| match c {
             ClientState::Waiting(tx) => !tx.is_closed(),
@@ -789,12 +1204,31 @@ fn complete_top_via(
 }
 
 impl ServerRequest {
+    /// An INVITE's cancellation: changes to `true` when a CANCEL for it arrived (the
+    /// endpoint answered the CANCEL with 200; the proxy now cancels its branches, a UAS
+    /// answers 487). `None` for other methods.
+    pub fn cancellation(&self) -> Option<watch::Receiver<bool>> {
+        self.cancel.clone()
+    }
+
     /// Makes the responses to this request go back to its source address and port whatever
     /// its top Via says (`rport` filled in as if the client had asked for it, RFC 3581): for
     /// flows where only the source is right, like a UE's IPsec protected client port, whose
     /// Via names its protected *server* port (TS 24.229 §5.1.1.2, TS 33.203 §7.1).
     pub fn respond_to_source(&mut self) -> Result<(), ims_sip::Error> {
         complete_top_via(&mut self.message, self.source, true)
+    }
+}
+
+/// How a response to `req` leaves: on its connection (TCP), else to the Via's
+/// `rport`/`received`/sent-by (UDP), else to the source.
+fn response_route(req: &ServerRequest) -> (Transport, SocketAddr) {
+    match req.transport {
+        Transport::Udp => match response_destination(&req.message) {
+            Some(to) => (Transport::Udp, to),
+            None => (Transport::Udp, req.source),
+        },
+        t => (t, req.source),
     }
 }
 

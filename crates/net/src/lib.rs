@@ -4,11 +4,14 @@
 //! [`diameter`] is the CSCFs' Diameter client connection (reconnect, watchdog, many requests
 //! in flight). [`endpoint`] is the CSCFs' transaction layer over the transport (server
 //! transactions absorbing retransmissions, client transactions with Timer E/F, stateless
-//! forwarding of responses by Via, the proxy checks of RFC 3261 §16.3). [`shards`] is the
+//! forwarding of responses by Via, the proxy checks of RFC 3261 §16.3, INVITE server and
+//! client transactions with CANCEL). [`proxy`] is the stateful proxy core for INVITE
+//! (forking, CANCEL, the best answer). [`shards`] is the
 //! sharded map the daemons keep their per-key state in.
 
 pub mod diameter;
 pub mod dns;
 pub mod endpoint;
+pub mod proxy;
 pub mod shards;
 pub mod sip;

@@ -643,3 +643,228 @@ mod endpoint {
         assert!(matches!(r, Err(ClientError::Transport(_))), "{r:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// INVITE through the stateful proxy core: 100 at once, provisionals passed, forking with
+// CANCEL, CANCEL from upstream, hop-by-hop ACK, the best answer.
+
+mod invite_proxy {
+    use ims_net::dns::{Target, Transport};
+    use ims_net::endpoint::SipEndpoint;
+    use ims_net::proxy::{ProxyBranch, proxy_invite};
+    use ims_sip::transaction::Timers;
+    use ims_sip::{Message, Method, response_to};
+    use std::net::{SocketAddr, UdpSocket};
+    use std::time::Duration;
+
+    fn invite(branch: &str, call: &str) -> String {
+        format!(
+            "INVITE sip:bob@hims.net SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch={branch};rport\r\n\
+             From: <sip:alice@hims.net>;tag=a1\r\nTo: <sip:bob@hims.net>\r\nCall-ID: {call}\r\n\
+             CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContact: <sip:alice@127.0.0.1:5999>\r\n\
+             Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n"
+        )
+    }
+
+    fn cancel(branch: &str, call: &str) -> String {
+        format!(
+            "CANCEL sip:bob@hims.net SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch={branch};rport\r\n\
+             From: <sip:alice@hims.net>;tag=a1\r\nTo: <sip:bob@hims.net>\r\nCall-ID: {call}\r\n\
+             CSeq: 1 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+    }
+
+    fn ack(branch: &str, call: &str, to_tag: &str) -> String {
+        format!(
+            "ACK sip:bob@hims.net SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch={branch};rport\r\n\
+             From: <sip:alice@hims.net>;tag=a1\r\nTo: <sip:bob@hims.net>;tag={to_tag}\r\nCall-ID: {call}\r\n\
+             CSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+    }
+
+    fn socket() -> UdpSocket {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s
+    }
+
+    /// The next message on `s` that `want` accepts (retransmissions and others skipped).
+    fn next(s: &UdpSocket, want: impl Fn(&Message) -> bool) -> (Message, SocketAddr) {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let (n, from) = s
+                .recv_from(&mut buf)
+                .expect("a datagram within the timeout");
+            let m = Message::parse(bytes::Bytes::copy_from_slice(&buf[..n])).unwrap();
+            if want(&m) {
+                return (m, from);
+            }
+        }
+    }
+
+    fn status(code: u16) -> impl Fn(&Message) -> bool {
+        move |m| m.status() == Some(code)
+    }
+
+    fn method(want: Method) -> impl Fn(&Message) -> bool {
+        move |m| m.method() == Some(want)
+    }
+
+    /// A UAS's answer to `req`, sent back to the proxy at `to`.
+    fn answer(s: &UdpSocket, req: &Message, code: u16, tag: &str, to: SocketAddr) {
+        let r = response_to(req, code, "X", Some(tag)).unwrap();
+        s.send_to(&r.to_bytes(), to).unwrap();
+    }
+
+    /// Nothing that `want` accepts arrives on `s` within `d`.
+    fn quiet(s: &UdpSocket, d: Duration, want: impl Fn(&Message) -> bool) -> bool {
+        s.set_read_timeout(Some(d)).unwrap();
+        let mut buf = vec![0u8; 65536];
+        let mut ok = true;
+        while let Ok(n) = s.recv(&mut buf) {
+            let m = Message::parse(bytes::Bytes::copy_from_slice(&buf[..n])).unwrap();
+            if want(&m) {
+                ok = false;
+            }
+        }
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        ok
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn forks_cancels_and_answers_the_best() {
+        let timers = Timers::RFC3261.scaled_down(10);
+        let (proxy, mut rx) =
+            SipEndpoint::bind("127.0.0.1:0".parse().unwrap(), "127.0.0.1", timers)
+                .await
+                .unwrap();
+        let p_addr = proxy.local_addr();
+        let (uas1, uas2, uac) = (socket(), socket(), socket());
+        let targets = [uas1.local_addr().unwrap(), uas2.local_addr().unwrap()];
+        let p = proxy.clone();
+        tokio::spawn(async move {
+            while let Some(mut req) = rx.recv().await {
+                let p = p.clone();
+                tokio::spawn(async move {
+                    if !p.admit(&mut req, "px").await {
+                        return;
+                    }
+                    let branches = targets
+                        .iter()
+                        .map(|&addr| ProxyBranch {
+                            message: req.message.clone(),
+                            target: Target {
+                                addr,
+                                transport: Transport::Udp,
+                            },
+                            local: None,
+                        })
+                        .collect();
+                    proxy_invite(&p, &req, branches, "px").await;
+                });
+            }
+        });
+
+        // 1. Two branches; one answers, the other is CANCELled and its 487 ACKed here.
+        uac.send_to(invite("z9hG4bKc1", "call1").as_bytes(), p_addr)
+            .unwrap();
+        let (trying, _) = next(&uac, |m| m.status().is_some());
+        assert_eq!(trying.status(), Some(100), "100 Trying at once");
+        let (inv1, _) = next(&uas1, method(Method::Invite));
+        let (inv2, _) = next(&uas2, method(Method::Invite));
+        assert_eq!(inv1.vias().count(), 2, "our Via on top");
+        assert_eq!(inv1.body(), b"v=0\n");
+        assert_ne!(
+            inv1.top_via().unwrap().branch(),
+            inv2.top_via().unwrap().branch()
+        );
+        answer(&uas1, &inv1, 180, "b1", p_addr);
+        answer(&uas2, &inv2, 180, "b2", p_addr);
+        let (ringing, _) = next(&uac, status(180));
+        assert_eq!(ringing.vias().count(), 1, "the proxy's Via popped");
+        // The INVITE again: the last provisional again, no second INVITE downstream.
+        uac.send_to(invite("z9hG4bKc1", "call1").as_bytes(), p_addr)
+            .unwrap();
+        let (again, _) = next(&uac, |m| m.status().is_some_and(|s| s < 200));
+        assert!(again.status() == Some(180) || again.status() == Some(100));
+        answer(&uas1, &inv1, 200, "b1", p_addr);
+        let (ok, _) = next(&uac, status(200));
+        assert_eq!(ok.to_addr().unwrap().tag(), Some("b1"));
+        let (c2, _) = next(&uas2, method(Method::Cancel));
+        assert_eq!(
+            c2.top_via().unwrap().branch(),
+            inv2.top_via().unwrap().branch(),
+            "the CANCEL has its INVITE's branch"
+        );
+        answer(&uas2, &c2, 200, "b2", p_addr);
+        answer(&uas2, &inv2, 487, "b2", p_addr);
+        let (a2, _) = next(&uas2, method(Method::Ack));
+        assert_eq!(
+            a2.top_via().unwrap().branch(),
+            inv2.top_via().unwrap().branch(),
+            "hop-by-hop ACK of the 487"
+        );
+        assert_eq!(a2.to_addr().unwrap().tag(), Some("b2"));
+        assert!(
+            quiet(&uac, Duration::from_millis(300), status(487)),
+            "the 487 of the losing branch stays here"
+        );
+
+        // 2. CANCEL from upstream: 200 to it, CANCEL to both, one 487 up, its ACK absorbed.
+        uac.send_to(invite("z9hG4bKc2", "call2").as_bytes(), p_addr)
+            .unwrap();
+        next(&uac, status(100));
+        let (inv1, _) = next(&uas1, method(Method::Invite));
+        let (inv2, _) = next(&uas2, method(Method::Invite));
+        answer(&uas1, &inv1, 183, "b1", p_addr);
+        answer(&uas2, &inv2, 180, "b2", p_addr);
+        next(&uac, |m| m.status().is_some_and(|s| s > 100 && s < 200));
+        uac.send_to(cancel("z9hG4bKc2", "call2").as_bytes(), p_addr)
+            .unwrap();
+        let (c200, _) = next(&uac, |m| m.cseq().is_ok_and(|c| c.method == Method::Cancel));
+        assert_eq!(c200.status(), Some(200));
+        for (uas, inv, tag) in [(&uas1, &inv1, "b1"), (&uas2, &inv2, "b2")] {
+            let (c, _) = next(uas, method(Method::Cancel));
+            answer(uas, &c, 200, tag, p_addr);
+            answer(uas, inv, 487, tag, p_addr);
+            next(uas, method(Method::Ack));
+        }
+        let (terminated, _) = next(&uac, status(487));
+        let tag = terminated.to_addr().unwrap().tag().unwrap().to_owned();
+        uac.send_to(ack("z9hG4bKc2", "call2", &tag).as_bytes(), p_addr)
+            .unwrap();
+        assert!(
+            quiet(&uac, Duration::from_millis(300), status(487)),
+            "no 487 retransmission after our ACK"
+        );
+        // A CANCEL for nothing: 481.
+        uac.send_to(cancel("z9hG4bKnone", "call9").as_bytes(), p_addr)
+            .unwrap();
+        let (r, _) = next(&uac, |m| m.status().is_some());
+        assert_eq!(r.status(), Some(481));
+
+        // 3. No 2xx: 486 and 603 -> the 6xx goes up; retransmitted until ACKed.
+        uac.send_to(invite("z9hG4bKc3", "call3").as_bytes(), p_addr)
+            .unwrap();
+        let (inv1, _) = next(&uas1, method(Method::Invite));
+        let (inv2, _) = next(&uas2, method(Method::Invite));
+        answer(&uas1, &inv1, 486, "b1", p_addr);
+        next(&uas1, method(Method::Ack));
+        answer(&uas2, &inv2, 603, "b2", p_addr);
+        next(&uas2, method(Method::Ack));
+        let (decline, _) = next(&uac, |m| m.status().is_some_and(|s| s >= 300));
+        assert_eq!(decline.status(), Some(603));
+        let (again, _) = next(&uac, status(603));
+        assert_eq!(again.to_bytes(), decline.to_bytes(), "Timer G");
+
+        // 4. Nobody answers: Timer B (3.2 s at this scale), 408.
+        drop((uas1, uas2));
+        uac.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        uac.send_to(invite("z9hG4bKc4", "call4").as_bytes(), p_addr)
+            .unwrap();
+        let (r, _) = next(&uac, |m| {
+            m.status().is_some_and(|s| s >= 200) && m.call_id().ok() == Some("call4")
+        });
+        assert_eq!(r.status(), Some(408));
+    }
+}

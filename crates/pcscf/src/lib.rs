@@ -57,8 +57,8 @@
 //! always go on, so that registrations already begun finish and goodput holds.
 //!
 //! Non-INVITE requests go through client transactions ([`SipEndpoint::send_request`]);
-//! INVITE, ACK and CANCEL are forwarded statelessly for now (the INVITE transaction machines
-//! are not written yet).
+//! INVITE through the stateful proxy core ([`ims_net::proxy`]: 100 at once, CANCEL, the
+//! hop-by-hop ACK of a failure); the ACK of a 2xx is forwarded statelessly by its Route.
 
 pub mod ipsec;
 pub mod regevent;
@@ -1378,7 +1378,16 @@ impl Inner {
         local: Option<SocketAddr>,
     ) {
         match m.method() {
-            Some(Method::Invite | Method::Ack | Method::Cancel) => {
+            Some(Method::Invite) => {
+                let branch = ims_net::proxy::ProxyBranch {
+                    message: m,
+                    target,
+                    local,
+                };
+                ims_net::proxy::proxy_invite(&self.ep, &req, vec![branch], "pcscf").await;
+            }
+            // The ACK of a 2xx (the endpoint absorbs the others, and answers CANCEL).
+            Some(Method::Ack | Method::Cancel) => {
                 let sent = match local {
                     Some(l) => self.ep.forward_stateless_from(m, target, l).await,
                     None => self.ep.forward_stateless(m, target).await,

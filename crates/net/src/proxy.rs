@@ -1,0 +1,208 @@
+//! The stateful proxy core for INVITE (RFC 3261 §16.7–16.10), over [`SipEndpoint`]: one
+//! server transaction upstream (the endpoint already answered `100 Trying`), one client
+//! transaction per branch, forked in parallel.
+//!
+//! - Provisional responses (101–199) of every branch go upstream at once.
+//! - The first 2xx goes upstream and every other branch is CANCELled; a later 2xx (another
+//!   branch's, or a retransmission) goes upstream too, as §16.7 item 5 requires: the caller
+//!   ACKs and hangs up what it did not want.
+//! - A 6xx CANCELs the other branches and is the answer unless a 2xx crossed it.
+//! - Otherwise, when every branch has ended, the best final response goes upstream
+//!   (§16.7 item 6: a 6xx, else the lowest status class; a downstream 503 becomes 500); a
+//!   branch that never answered counts as 408, one that could not be sent as 503.
+//! - A CANCEL from upstream (the endpoint answered it 200) CANCELs every branch still
+//!   pending; their 487 then goes upstream as the answer.
+//!
+//! ACKs are hop by hop for non-2xx (the endpoint's transactions send and absorb them) and
+//! end to end for 2xx (the application routes them as requests of their own).
+
+use std::net::SocketAddr;
+
+use ims_sip::Message;
+use tokio::sync::mpsc;
+
+use crate::dns::Target;
+use crate::endpoint::{ClientError, ServerRequest, SipEndpoint, pop_own_via};
+
+/// One branch of a proxied INVITE.
+#[derive(Debug)]
+pub struct ProxyBranch {
+    /// The INVITE as it leaves (Request-URI and Route set; our Via is added on sending).
+    pub message: Message,
+    /// Where it goes.
+    pub target: Target,
+    /// Our address it leaves from (the P-CSCF's protected port toward an IPsec UE).
+    pub local: Option<SocketAddr>,
+}
+
+/// How a branch ended, for choosing the best answer.
+enum Ended {
+    /// Its final response (our Via popped).
+    Response(Message),
+    /// No final response: the status we answer for it.
+    Failed(u16, &'static str),
+}
+
+impl Ended {
+    fn status(&self) -> u16 {
+        match self {
+            Ended::Response(r) => r.status().unwrap_or(500),
+            Ended::Failed(code, _) => *code,
+        }
+    }
+}
+
+/// The rank of a final status among a fork's answers (§16.7 item 6): lower is better.
+fn rank(status: u16) -> (u8, u16) {
+    match status {
+        600..=699 => (0, status),
+        s => (1, s),
+    }
+}
+
+/// Proxies the INVITE `req` to `branches` and answers it upstream (see the module docs).
+/// `tag` is the To tag of the answers we make ourselves. Returns the status that went
+/// upstream as the answer.
+pub async fn proxy_invite(
+    ep: &SipEndpoint,
+    req: &ServerRequest,
+    branches: Vec<ProxyBranch>,
+    tag: &str,
+) -> u16 {
+    let (tx, mut rx) = mpsc::channel(32);
+    let mut handles = Vec::with_capacity(branches.len());
+    let mut best: Option<Ended> = None;
+    let mut pending = 0usize;
+    let better = |best: &Option<Ended>, e: &Ended| match best {
+        None => true,
+        Some(b) => rank(e.status()) < rank(b.status()),
+    };
+    for (id, b) in branches.into_iter().enumerate() {
+        let to = b.target.addr;
+        match ep
+            .send_invite(b.message, b.target, b.local, id, tx.clone())
+            .await
+        {
+            Ok(h) => {
+                handles.push(Some(h));
+                pending += 1;
+            }
+            Err(e) => {
+                tracing::info!(%to, error = %e, "INVITE branch could not be sent");
+                handles.push(None);
+                let e = Ended::Failed(503, "Service Unavailable");
+                if better(&best, &e) {
+                    best = Some(e);
+                }
+            }
+        }
+    }
+    drop(tx);
+    let mut cancel = req.cancellation();
+    let mut cancelled = false;
+    let mut answered: Option<u16> = None;
+    let cancel_all = |handles: &mut Vec<Option<crate::endpoint::InviteBranch>>| {
+        for h in handles.iter().flatten() {
+            h.cancel();
+        }
+    };
+    while pending > 0 {
+        tokio::select! {
+            report = rx.recv() => {
+                let Some((id, outcome)) = report else { break };
+                match outcome {
+                    Ok(mut resp) => {
+                        let status = resp.status().unwrap_or(500);
+                        if pop_own_via(&mut resp).is_err() {
+                            continue;
+                        }
+                        if status < 200 {
+                            if answered.is_none() {
+                                ep.respond(req, resp).await;
+                            }
+                            continue;
+                        }
+                        if let Some(h) = handles.get_mut(id).and_then(Option::take) {
+                            drop(h);
+                            pending -= 1;
+                        }
+                        if (200..300).contains(&status) {
+                            ep.respond(req, resp).await;
+                            if answered.is_none() {
+                                answered = Some(status);
+                                cancel_all(&mut handles);
+                            }
+                            continue;
+                        }
+                        if status >= 600 && answered.is_none() {
+                            cancel_all(&mut handles);
+                        }
+                        let e = Ended::Response(resp);
+                        if better(&best, &e) {
+                            best = Some(e);
+                        }
+                    }
+                    Err(e) => {
+                        if handles.get_mut(id).and_then(Option::take).is_some() {
+                            pending -= 1;
+                        }
+                        let ended = match e {
+                            ClientError::Timeout(to) => {
+                                tracing::info!(%to, "INVITE branch unanswered: 408");
+                                Ended::Failed(408, "Request Timeout")
+                            }
+                            e => {
+                                tracing::info!(error = %e, "INVITE branch failed: 503");
+                                Ended::Failed(503, "Service Unavailable")
+                            }
+                        };
+                        if better(&best, &ended) {
+                            best = Some(ended);
+                        }
+                    }
+                }
+            }
+            () = cancelled_signal(&mut cancel), if !cancelled => {
+                cancelled = true;
+                tracing::debug!("INVITE cancelled upstream: CANCEL to every branch");
+                cancel_all(&mut handles);
+            }
+        }
+    }
+    if let Some(status) = answered {
+        return status;
+    }
+    match best {
+        Some(Ended::Response(mut resp)) => {
+            let status = resp.status().unwrap_or(500);
+            if status == 503 {
+                // Not ours to pass on (§16.7 item 6): the caller would think *we* are busy.
+                let _ = resp.set_status(500, "Server Internal Error (next hop unavailable)");
+            }
+            let status = resp.status().unwrap_or(500);
+            ep.respond(req, resp).await;
+            status
+        }
+        Some(Ended::Failed(code, reason)) => {
+            let code = if code == 503 { 500 } else { code };
+            ep.reply(req, code, reason, tag).await;
+            code
+        }
+        None => {
+            ep.reply(req, 480, "Temporarily Unavailable", tag).await;
+            480
+        }
+    }
+}
+
+/// Resolves once the INVITE is cancelled upstream; never for a request without a
+/// cancellation signal (or once the endpoint forgot it).
+async fn cancelled_signal(cancel: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    if let Some(rx) = cancel {
+        if rx.wait_for(|c| *c).await.is_ok() {
+            return;
+        }
+        *cancel = None;
+    }
+    std::future::pending().await
+}
