@@ -830,32 +830,237 @@ fn with_messages(registration: &str, callee: &str) -> String {
     registration.replacen(hold, &format!("{messages}\n{hold}"), 1)
 }
 
-/// Issue #17, pager mode: alice (SIPp, AKA) sends MESSAGE to carol (SIPp, SIP Digest) through
-/// P-CSCF → S-CSCF (orig) → I-CSCF (LIR) → S-CSCF (term) → P-CSCF → carol's flow, over UDP
-/// and over TCP. Carol gets it with alice's asserted identity and her registered contact as
-/// Request-URI, and her 200 comes back to alice; a user the HSS does not know is 404, one
-/// who is not registered 480.
+/// `registration` (a SIPp registration scenario) with a call to `callee` inserted after the
+/// registration: INVITE, 100/180, 200 (its Record-Route kept as the route set), ACK, BYE, 200;
+/// then an INVITE to a user the HSS does not know (404) and one to a user not registered
+/// (480), each failure ACKed with the INVITE's own Via (hop by hop).
+fn with_call(registration: &str, callee: &str) -> String {
+    let invite = |to: &str, cseq: u32, tag: u32| {
+        format!(
+            r#"
+  <send retrans="500">
+    <![CDATA[
+      INVITE {to} SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      Max-Forwards: 70
+      Route: <sip:@PCSCF@;lr>
+      From: <@IMPU@>;tag=[pid]SIPpTag{tag}[call_number]
+      To: <{to}>
+      Call-ID: [call_id]
+      CSeq: {cseq} INVITE
+      Contact: <sip:@USER@@[local_ip]:[local_port]>
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=alice 1 1 IN IP[media_ip_type] [media_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0
+
+    ]]>
+  </send>
+
+  <recv response="100" optional="true" />
+"#
+        )
+    };
+    let in_dialog = |method: &str, to: &str, cseq: u32, tag: u32| {
+        format!(
+            r#"
+  <send{retrans}>
+    <![CDATA[
+      {method} [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      Max-Forwards: 70
+      [routes]
+      From: <@IMPU@>;tag=[pid]SIPpTag{tag}[call_number]
+      To: <{to}>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: {cseq} {method}
+      Content-Length: 0
+
+    ]]>
+  </send>
+"#,
+            retrans = if method == "ACK" {
+                ""
+            } else {
+                r#" retrans="500""#
+            }
+        )
+    };
+    let failed = |to: &str, cseq: u32, tag: u32, status: u16| {
+        format!(
+            r#"{}
+  <recv response="{status}" />
+
+  <send>
+    <![CDATA[
+      ACK {to} SIP/2.0
+      [last_Via:]
+      Max-Forwards: 70
+      Route: <sip:@PCSCF@;lr>
+      From: <@IMPU@>;tag=[pid]SIPpTag{tag}[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: {cseq} ACK
+      Content-Length: 0
+
+    ]]>
+  </send>
+"#,
+            invite(to, cseq, tag)
+        )
+    };
+    let call = [
+        invite(callee, 20, 20),
+        r#"  <recv response="180" optional="true" />
+  <recv response="200" rrs="true" />
+"#
+        .to_owned(),
+        in_dialog("ACK", callee, 20, 20),
+        "\n  <pause milliseconds=\"200\" />\n".to_owned(),
+        in_dialog("BYE", callee, 21, 20),
+        "\n  <recv response=\"200\" />\n".to_owned(),
+        failed("sip:nobody@hims.net", 30, 30, 404),
+        failed("sip:bob@hims.net", 40, 40, 480),
+    ]
+    .concat();
+    let hold = r#"  <pause milliseconds="@HOLD_MS@" />"#;
+    assert!(registration.contains(hold), "no hold in the scenario");
+    registration.replacen(hold, &format!("{call}\n{hold}"), 1)
+}
+
+/// Issue #17, a basic call: alice (SIPp, AKA) calls carol (SIPp, SIP Digest) through
+/// P-CSCF → S-CSCF (orig) → I-CSCF (LIR) → S-CSCF (term) → P-CSCF → carol's flow: 100 from
+/// the first hop, carol's 180 and 200 back to alice with the Record-Route of both P-CSCF
+/// passes and both S-CSCF passes (not the I-CSCF's), the ACK and the BYE along that route
+/// set to carol, and the BYE's 200 back. An unknown callee is 404 and one not registered 480,
+/// both ACKed hop by hop. Over UDP and TCP, IPv4 and IPv6 at the UE side.
 #[test]
-fn message_between_registered_users() {
-    let Some(mut lab) = Lab::start("e2emsg") else {
+fn call_between_registered_users() {
+    let Some(mut lab) = Lab::start("e2ecall") else {
         return;
     };
-    let dir = ims_testkit::scratch_dir("e2emsg-sipp");
-    let ooc = dir.join("uas_message.xml");
-    std::fs::write(&ooc, include_str!("sipp/uas_message.xml")).unwrap();
+    let dir = ims_testkit::scratch_dir("e2ecall-sipp");
+    let ooc = dir.join("uas_call.xml");
+    std::fs::write(&ooc, include_str!("sipp/uas_call.xml")).unwrap();
     for (transport, v6) in [
         (sipp::Transport::Udp, false),
         (sipp::Transport::Tcp, false),
         (sipp::Transport::Udp, true),
         (sipp::Transport::Tcp, true),
     ] {
-        message_over(&lab, transport, v6, &ooc);
+        call_over(&lab, transport, v6, &ooc);
     }
     lab.all_alive();
 }
 
-fn message_over(lab: &Lab, transport: sipp::Transport, v6: bool, ooc: &std::path::Path) {
-    let (pcscf, local, host): (SocketAddr, std::net::IpAddr, &str) = if v6 {
+fn call_over(lab: &Lab, transport: sipp::Transport, v6: bool, ooc: &std::path::Path) {
+    let (pcscf, local, host) = ue_side(v6);
+    let callee = hold_carol(lab, transport, v6, pcscf, local, ooc);
+    let alice = sipp::Ue {
+        pcscf: pcscf.to_string(),
+        ..sipp::Ue::default()
+    };
+    let scenario = alice.fill_text(&with_call(
+        Scenario::RegAka.template(),
+        "sip:carol@hims.net",
+    ));
+    let caller = run_caller(lab, &alice, &scenario, transport, v6, local, pcscf);
+    let statuses = caller.received_statuses();
+    let finals: Vec<u16> = statuses.iter().copied().filter(|&s| s != 100).collect();
+    assert!(
+        finals.windows(5).any(|w| w == [180, 200, 200, 404, 480]),
+        "ringing, answered, hung up (200 to the BYE), then 404 and 480: {statuses:?}"
+    );
+    assert!(
+        statuses.windows(2).filter(|w| w[0] == 100).count() >= 3,
+        "each INVITE got a 100 Trying: {statuses:?}"
+    );
+    let trace = caller.trace();
+    let ok = trace
+        .iter()
+        .find(|(received, text)| {
+            *received && text.trim_start().starts_with("SIP/2.0 200") && text.contains(" INVITE")
+        })
+        .map(|(_, t)| t.clone())
+        .unwrap_or_else(|| panic!("no 200 to the INVITE:\n{}", caller.report()));
+    let rr: Vec<&str> = ok
+        .lines()
+        .filter_map(|l| l.strip_prefix("Record-Route:"))
+        .flat_map(|v| v.split(','))
+        .collect();
+    assert_eq!(
+        rr.len(),
+        4,
+        "P (mt), S, S, P (mo) record-routed, the I-CSCF not: {ok}"
+    );
+    assert!(
+        rr[0].contains("sip:mt@") && rr[3].contains("sip:mo@"),
+        "{ok}"
+    );
+    assert!(
+        rr[1].contains("scscf1.hims.net") && rr[2].contains("scscf1.hims.net"),
+        "{ok}"
+    );
+
+    let out = callee.stop();
+    let got = |method: &str| -> Vec<String> {
+        out.trace()
+            .into_iter()
+            .filter(|(received, text)| {
+                *received && text.trim_start().starts_with(&format!("{method} "))
+            })
+            .map(|(_, text)| text)
+            .collect()
+    };
+    let invites = got("INVITE");
+    assert!(
+        !invites.is_empty(),
+        "carol got no INVITE:\n{}",
+        out.messages
+    );
+    for m in &invites {
+        assert!(
+            m.trim_start()
+                .starts_with(&format!("INVITE sip:carol@{host}:")),
+            "her registered contact is the Request-URI: {m}"
+        );
+        assert!(
+            m.contains("P-Asserted-Identity: <sip:alice@hims.net>"),
+            "{m}"
+        );
+        assert!(m.contains("m=audio"), "the SDP untouched: {m}");
+        assert!(
+            !m.lines().any(|l| l.starts_with("Route:")),
+            "every Route consumed on the way: {m}"
+        );
+    }
+    let acks = got("ACK");
+    let byes = got("BYE");
+    assert!(
+        !acks.is_empty(),
+        "the ACK of the 200 reached carol:\n{}",
+        out.messages
+    );
+    assert!(!byes.is_empty(), "the BYE reached carol:\n{}", out.messages);
+    for m in acks.iter().chain(&byes) {
+        assert!(
+            m.trim_start()
+                .starts_with(&format!("ACK sip:carol@{host}:"))
+                || m.trim_start()
+                    .starts_with(&format!("BYE sip:carol@{host}:")),
+            "to her Contact: {m}"
+        );
+    }
+}
+
+/// The P-CSCF's address, the UE's local address and how it appears in a URI.
+fn ue_side(v6: bool) -> (SocketAddr, std::net::IpAddr, &'static str) {
+    if v6 {
         (
             "[fd00:10:2::2]:5060".parse().unwrap(),
             "fd00:10:1::2".parse().unwrap(),
@@ -867,7 +1072,19 @@ fn message_over(lab: &Lab, transport: sipp::Transport, v6: bool, ooc: &std::path
             "10.10.1.2".parse().unwrap(),
             "10.10.1.2",
         )
-    };
+    }
+}
+
+/// Carol (SIPp, SIP Digest) registers and holds her registration, answering what comes out
+/// of her calls with the scenario `ooc`; returns once the P-CSCF has stored her.
+fn hold_carol(
+    lab: &Lab,
+    transport: sipp::Transport,
+    v6: bool,
+    pcscf: SocketAddr,
+    local: std::net::IpAddr,
+    ooc: &std::path::Path,
+) -> sipp::SippChild {
     let registered = |lab: &Lab| {
         lab.logs()
             .lines()
@@ -875,7 +1092,6 @@ fn message_over(lab: &Lab, transport: sipp::Transport, v6: bool, ooc: &std::path
             .count()
     };
     let before = registered(lab);
-    // Carol registers and holds her registration; her SIPp answers the MESSAGE out of call.
     let carol = sipp::Ue {
         impi: "carol@hims.net".into(),
         impu: "sip:carol@hims.net".into(),
@@ -904,7 +1120,67 @@ fn message_over(lab: &Lab, transport: sipp::Transport, v6: bool, ooc: &std::path
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    callee
+}
 
+/// Alice's SIPp run of `scenario`, again when SIPp's AKA RES bug failed it (at most three
+/// times).
+fn run_caller(
+    lab: &Lab,
+    alice: &sipp::Ue,
+    scenario: &str,
+    transport: sipp::Transport,
+    v6: bool,
+    local: std::net::IpAddr,
+    pcscf: SocketAddr,
+) -> sipp::SippOutcome {
+    for attempt in 0..3 {
+        let out = Sipp::new("caller", scenario.to_owned())
+            .remote(pcscf)
+            .local_ip(local)
+            .transport(transport)
+            .prefix(&lab.topo.exec_prefix("ue"))
+            .run();
+        if out.success() {
+            return out;
+        }
+        assert!(
+            out.aka_verdict(&alice.k, &alice.op).is_sipp_bug(),
+            "alice's run ({transport:?}, v6 {v6}, attempt {attempt}):\n{}\n{}",
+            out.report(),
+            lab.logs()
+        );
+    }
+    panic!("SIPp hit its RES bug three times in a row");
+}
+
+/// Issue #17, pager mode: alice (SIPp, AKA) sends MESSAGE to carol (SIPp, SIP Digest) through
+/// P-CSCF → S-CSCF (orig) → I-CSCF (LIR) → S-CSCF (term) → P-CSCF → carol's flow, over UDP
+/// and over TCP. Carol gets it with alice's asserted identity and her registered contact as
+/// Request-URI, and her 200 comes back to alice; a user the HSS does not know is 404, one
+/// who is not registered 480.
+#[test]
+fn message_between_registered_users() {
+    let Some(mut lab) = Lab::start("e2emsg") else {
+        return;
+    };
+    let dir = ims_testkit::scratch_dir("e2emsg-sipp");
+    let ooc = dir.join("uas_message.xml");
+    std::fs::write(&ooc, include_str!("sipp/uas_message.xml")).unwrap();
+    for (transport, v6) in [
+        (sipp::Transport::Udp, false),
+        (sipp::Transport::Tcp, false),
+        (sipp::Transport::Udp, true),
+        (sipp::Transport::Tcp, true),
+    ] {
+        message_over(&lab, transport, v6, &ooc);
+    }
+    lab.all_alive();
+}
+
+fn message_over(lab: &Lab, transport: sipp::Transport, v6: bool, ooc: &std::path::Path) {
+    let (pcscf, local, host) = ue_side(v6);
+    let callee = hold_carol(lab, transport, v6, pcscf, local, ooc);
     let alice = sipp::Ue {
         pcscf: pcscf.to_string(),
         ..sipp::Ue::default()
@@ -913,26 +1189,7 @@ fn message_over(lab: &Lab, transport: sipp::Transport, v6: bool, ooc: &std::path
         Scenario::RegAka.template(),
         "sip:carol@hims.net",
     ));
-    let mut caller = None;
-    for attempt in 0..3 {
-        let out = Sipp::new("caller", scenario.clone())
-            .remote(pcscf)
-            .local_ip(local)
-            .transport(transport)
-            .prefix(&lab.topo.exec_prefix("ue"))
-            .run();
-        if out.success() {
-            caller = Some(out);
-            break;
-        }
-        assert!(
-            out.aka_verdict(&alice.k, &alice.op).is_sipp_bug(),
-            "alice's MESSAGEs ({transport:?}, v6 {v6}, attempt {attempt}):\n{}\n{}",
-            out.report(),
-            lab.logs()
-        );
-    }
-    let caller = caller.expect("SIPp hit its RES bug three times in a row");
+    let caller = run_caller(lab, &alice, &scenario, transport, v6, local, pcscf);
     let statuses = caller.received_statuses();
     assert!(
         statuses.windows(3).any(|w| w == [200, 404, 480]),

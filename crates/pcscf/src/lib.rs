@@ -1226,6 +1226,20 @@ impl Inner {
 
     /// A request from a registered UE toward the core (§5.2.6.3).
     async fn originating(&self, req: ServerRequest, reg: Registration) {
+        // Inside a dialog we record-routed (§5.2.6.3.3 for target refresh and the rest): the
+        // UE's route set starts with our entry; the request follows the rest of it.
+        if req.message.to_addr().is_ok_and(|t| t.tag().is_some()) {
+            let mut m = req.message.clone();
+            let ours = self.pop_own_routes(&mut m);
+            let next: Option<String> = m
+                .name_addrs(HeaderName::Route)
+                .next()
+                .and_then(Result::ok)
+                .map(|n| n.uri_str.to_owned());
+            if let (true, Some(next)) = (ours, next) {
+                return self.relay(req, m, &next).await;
+            }
+        }
         let mut m = req.message.clone();
         let preferred = m
             .name_addrs(HeaderName::PPreferredIdentity)

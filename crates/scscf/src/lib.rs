@@ -15,9 +15,10 @@
 //! - [`Scscf`] / [`run`]: the daemon: a [`Registrar`] and its [`RegEvents`] behind `ims_net`'s
 //!   transaction layer ([`SipEndpoint`]: retransmissions absorbed and answered again,
 //!   responses routed by Via with `received`/`rport`), one task per request ([`answer`]).
-//!   REGISTER and SUBSCRIBE are served; MESSAGE and OPTIONS are routed ([`session`]:
-//!   originating toward the callee's home I-CSCF, terminating to the callee's registered
-//!   contacts through their Path); other methods are answered 501 for now.
+//!   REGISTER and SUBSCRIBE are served; INVITE, MESSAGE and OPTIONS are routed
+//!   ([`session`]: originating toward the callee's home I-CSCF, terminating to the callee's
+//!   registered contacts through their Path, INVITE record-routed and forked with CANCEL),
+//!   and so are the requests of the dialogs we record-routed; other methods get 501.
 //! - [`session`]: session routing (TS 24.229 §5.4.3) as a plan made from the registrar's
 //!   memory, carried out over the endpoint.
 //!

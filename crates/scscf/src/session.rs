@@ -1,6 +1,7 @@
 //! Session routing at the S-CSCF (TS 24.229 §5.4.3) for requests that are neither a
-//! registration nor a `reg` event subscription: MESSAGE (RFC 3428, pager mode) and OPTIONS
-//! outside a dialog. INVITE waits for the INVITE transactions and is still answered 501.
+//! registration nor a `reg` event subscription: INVITE, MESSAGE (RFC 3428, pager mode) and
+//! OPTIONS outside a dialog, and the requests inside a dialog we record-routed (ACK, BYE,
+//! re-INVITE, UPDATE, PRACK, INFO, MESSAGE, REFER, NOTIFY).
 //!
 //! [`plan`] decides, from the request and the registrar's memory alone (no I/O, so it is
 //! tested without sockets); [`route`] carries the plan out over the endpoint.
@@ -23,10 +24,20 @@
 //!   user's S-CSCF for the unregistered state), then `480 Temporarily Unavailable`; a user the
 //!   HSS does not know is `404`.
 //!
+//! - **Inside a dialog** (a To tag): our own Route entries (the Record-Route we put in the
+//!   dialog) are removed and the request follows the rest of the route set, else its
+//!   Request-URI (the remote target): no identity check, the dialog was checked when it was
+//!   made.
+//!
+//! A dialog-creating INVITE gets our `Record-Route` on both passes (originating and
+//! terminating), so the dialog's requests come back through us (§5.4.3.2 item 10, §5.4.3.3
+//! item 9); MESSAGE and OPTIONS create no dialog and get none. INVITE goes through the
+//! stateful proxy core ([`ims_net::proxy`]: forking with CANCEL, the best answer); the ACK
+//! of a 2xx is forwarded statelessly.
+//!
 //! Max-Forwards and loops are checked first ([`SipEndpoint::admit`]); the Route set is part
 //! of the loop hash, so the second pass of a request (originating, then terminating at the
-//! same S-CSCF) is a spiral, not a loop. The S-CSCF does not Record-Route MESSAGE or OPTIONS
-//! (they create no dialog).
+//! same S-CSCF) is a spiral, not a loop.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -35,15 +46,30 @@ use ims_diameter::AnswerResult;
 use ims_diameter::dict::experimental_result_code as erc;
 use ims_net::dns::{Destination, SipResolver, Target};
 use ims_net::endpoint::{ClientError, ServerRequest, SipEndpoint, pop_own_via};
+use ims_net::proxy::{ProxyBranch, proxy_invite};
 use ims_sip::{HeaderName, Message, Method, Uri};
 
 use crate::config::Config;
 use crate::cx::CxFailure;
 use crate::registrar::{Registrar, public_identity};
 
-/// The methods routed here.
+/// The methods routed here (REGISTER and SUBSCRIBE are the registrar's).
 pub fn is_routed(method: Option<Method>) -> bool {
-    matches!(method, Some(Method::Message | Method::Options))
+    matches!(
+        method,
+        Some(
+            Method::Invite
+                | Method::Ack
+                | Method::Bye
+                | Method::Message
+                | Method::Options
+                | Method::Update
+                | Method::Prack
+                | Method::Info
+                | Method::Refer
+                | Method::Notify
+        )
+    )
 }
 
 /// One request to send: the message and the URI whose RFC 3263 targets it goes to.
@@ -123,11 +149,48 @@ fn plan_inner(req: &Message, registrar: &Registrar) -> Result<Plan, ims_sip::Err
     let cfg = registrar.config();
     let mut m = req.clone();
     let orig = pop_own_routes(cfg, &mut m)? == Some(true);
-    if orig {
-        originating(cfg, registrar, m)
-    } else {
-        terminating(registrar, m)
+    if m.to_addr()?.tag().is_some() {
+        let next_hop = match first_route(&m)? {
+            Some(r) => r,
+            None => m.request_uri_str().unwrap_or_default().to_owned(),
+        };
+        return Ok(Plan::Forward(Branch {
+            message: m,
+            next_hop,
+        }));
     }
+    let method = m.method();
+    if method == Some(Method::Ack) || (method == Some(Method::Notify)) {
+        // An ACK outside a dialog is for a failure we answered (absorbed by the endpoint);
+        // a NOTIFY outside a dialog has nowhere to go.
+        return Ok(Plan::Refuse(481, "Call/Transaction Does Not Exist".into()));
+    }
+    let plan = if orig {
+        originating(cfg, registrar, m)?
+    } else {
+        terminating(registrar, m)?
+    };
+    if method == Some(Method::Invite) {
+        return record_route(cfg, plan);
+    }
+    Ok(plan)
+}
+
+/// Our Record-Route entry on each branch of a dialog-creating request.
+fn record_route(cfg: &Config, plan: Plan) -> Result<Plan, ims_sip::Error> {
+    let rr = match ims_sip::SipUri::parse(&cfg.name) {
+        Ok(u) => format!("<sip:{};lr>", u.host_port_str()),
+        Err(_) => format!("<sip:{};lr>", cfg.sip_listen),
+    };
+    let add = |mut b: Branch| -> Result<Branch, ims_sip::Error> {
+        b.message.prepend_header("Record-Route", &rr)?;
+        Ok(b)
+    };
+    Ok(match plan {
+        Plan::Forward(b) => Plan::Forward(add(b)?),
+        Plan::Fork(bs) => Plan::Fork(bs.into_iter().map(add).collect::<Result<_, _>>()?),
+        p => p,
+    })
 }
 
 fn originating(cfg: &Config, registrar: &Registrar, m: Message) -> Result<Plan, ims_sip::Error> {
@@ -230,7 +293,21 @@ pub async fn route(
     resolver: &Arc<SipResolver>,
     req: ServerRequest,
 ) {
+    let invite = req.message.method() == Some(Method::Invite);
+    let ack = req.message.method() == Some(Method::Ack);
     let outcome = match plan(&req.message, registrar) {
+        Plan::Refuse(_, _) if ack => return,
+        Plan::Forward(b) if ack => {
+            // The ACK of a 2xx: end to end, no transaction, no answer.
+            if let Ok(target) = resolve(resolver, &b.next_hop).await
+                && let Err(e) = ep.forward_stateless(b.message, target).await
+            {
+                tracing::info!(error = %e, "ACK not forwarded");
+            }
+            return;
+        }
+        Plan::Forward(b) if invite => return proxy(ep, resolver, &req, vec![b]).await,
+        Plan::Fork(bs) if invite => return proxy(ep, resolver, &req, bs).await,
         Plan::Refuse(code, reason) => Err((code, reason)),
         Plan::Forward(b) => send(ep.clone(), resolver.clone(), b).await,
         Plan::Fork(branches) => fork(ep, resolver, branches).await,
@@ -240,6 +317,32 @@ pub async fn route(
         Ok(resp) => ep.respond(&req, resp).await,
         Err((code, reason)) => ep.reply(&req, code, &reason, "scscf").await,
     }
+}
+
+/// An INVITE's branches, resolved, through the stateful proxy core.
+async fn proxy(
+    ep: &SipEndpoint,
+    resolver: &Arc<SipResolver>,
+    req: &ServerRequest,
+    branches: Vec<Branch>,
+) {
+    let mut out = Vec::with_capacity(branches.len());
+    let mut refusal = None;
+    for b in branches {
+        match resolve(resolver, &b.next_hop).await {
+            Ok(target) => out.push(ProxyBranch {
+                message: b.message,
+                target,
+                local: None,
+            }),
+            Err(e) => refusal = Some(e),
+        }
+    }
+    if out.is_empty() {
+        let (code, reason) = refusal.unwrap_or((480, "Temporarily Unavailable".into()));
+        return ep.reply(req, code, &reason, "scscf").await;
+    }
+    proxy_invite(ep, req, out, "scscf").await;
 }
 
 /// SAR UNREGISTERED_USER for a callee not registered here; the status to answer.

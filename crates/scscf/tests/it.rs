@@ -1784,15 +1784,29 @@ async fn reg_event_subscription_expiry_and_network_deregistration() {
 }
 
 // ----------------------------------------------------------------------------------------
-// session routing (TS 24.229 §5.4.3): MESSAGE and OPTIONS
+// session routing (TS 24.229 §5.4.3): INVITE, MESSAGE and OPTIONS, requests in a dialog
 
 fn message(ruri: &str, route: Option<&str>, pai: Option<&str>) -> Message {
-    let mut b = RequestBuilder::new("MESSAGE", ruri)
+    request("MESSAGE", ruri, None, route, pai)
+}
+
+fn request(
+    method: &str,
+    ruri: &str,
+    to_tag: Option<&str>,
+    route: Option<&str>,
+    pai: Option<&str>,
+) -> Message {
+    let to = match to_tag {
+        Some(t) => format!("<{ruri}>;tag={t}"),
+        None => format!("<{ruri}>"),
+    };
+    let mut b = RequestBuilder::new(method, ruri)
         .header("Via", "SIP/2.0/UDP 127.0.0.10;branch=z9hG4bKp1")
         .header("From", "<sip:alice@hims.net>;tag=m1")
-        .header("To", &format!("<{ruri}>"))
+        .header("To", &to)
         .header("Call-ID", &format!("msg-{ruri}"))
-        .header("CSeq", "1 MESSAGE")
+        .header("CSeq", &format!("1 {method}"))
         .header("Max-Forwards", "69");
     if let Some(r) = route {
         b = b.header("Route", r);
@@ -1883,6 +1897,57 @@ async fn session_routing_plans() {
     match plan(&message(BOB, term, None), &r) {
         Plan::Unregistered(impu) => assert_eq!(impu, BOB),
         p => panic!("terminating to bob: {p:?}"),
+    }
+    // MESSAGE creates no dialog: no Record-Route. INVITE gets ours on both passes.
+    let rr = "<sip:scscf1.hims.net:5060;lr>";
+    match plan(&request("INVITE", BOB, None, orig, Some(ALICE)), &r) {
+        Plan::Forward(b) => {
+            assert_eq!(b.message.header_str(HeaderName::RecordRoute), Some(rr));
+            assert_eq!(b.next_hop, "sip:hims.net");
+        }
+        p => panic!("originating INVITE: {p:?}"),
+    }
+    match plan(&request("INVITE", ALICE, None, term, None), &r) {
+        Plan::Fork(bs) => {
+            assert_eq!(bs[0].message.header_str(HeaderName::RecordRoute), Some(rr));
+            assert_eq!(bs[0].message.header_str(HeaderName::Route), Some(PATH));
+        }
+        p => panic!("terminating INVITE: {p:?}"),
+    }
+    match plan(&message(ALICE, term, None), &r) {
+        Plan::Fork(bs) => assert!(bs[0].message.header(HeaderName::RecordRoute).is_none()),
+        p => panic!("terminating MESSAGE: {p:?}"),
+    }
+    // Inside a dialog: both our entries (the two passes) removed, the rest followed, no
+    // identity asked for; without more Route, the remote target. Nothing added.
+    let set =
+        "<sip:scscf1.hims.net:5060;lr>, <sip:scscf1.hims.net:5060;lr>, <sip:mt@pcscf1.vims.net;lr>";
+    for method in ["BYE", "ACK", "INVITE", "UPDATE", "PRACK", "INFO", "MESSAGE"] {
+        match plan(
+            &request(method, "sip:bob@10.0.0.3:5060", Some("b1"), Some(set), None),
+            &r,
+        ) {
+            Plan::Forward(b) => {
+                assert_eq!(b.next_hop, "sip:mt@pcscf1.vims.net;lr", "{method}");
+                assert_eq!(b.message.values(HeaderName::Route).count(), 1);
+                assert!(b.message.header(HeaderName::RecordRoute).is_none());
+            }
+            p => panic!("{method} in a dialog: {p:?}"),
+        }
+    }
+    match plan(
+        &request("BYE", "sip:bob@10.0.0.3:5060", Some("b1"), term, None),
+        &r,
+    ) {
+        Plan::Forward(b) => assert_eq!(b.next_hop, "sip:bob@10.0.0.3:5060"),
+        p => panic!("BYE to the remote target: {p:?}"),
+    }
+    // An ACK or a NOTIFY outside any dialog goes nowhere.
+    for method in ["ACK", "NOTIFY"] {
+        match plan(&request(method, ALICE, None, term, None), &r) {
+            Plan::Refuse(481, _) => {}
+            p => panic!("{method} outside a dialog: {p:?}"),
+        }
     }
 }
 
