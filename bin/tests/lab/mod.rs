@@ -189,6 +189,8 @@ impl Lab {
             "carol@hims.net",
             "--impu",
             "sip:carol@hims.net",
+            "--impu",
+            "tel:+15551230003",
             "--realm",
             "hims.net",
             "--password",

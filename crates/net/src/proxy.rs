@@ -11,7 +11,10 @@
 //!   (§16.7 item 6: a 6xx, else the lowest status class; a downstream 503 becomes 500); a
 //!   branch that never answered counts as 408, one that could not be sent as 503.
 //! - A CANCEL from upstream (the endpoint answered it 200) CANCELs every branch still
-//!   pending; their 487 then goes upstream as the answer.
+//!   pending; their 487 then goes upstream as the answer. A branch that has not answered
+//!   at all cannot be CANCELled yet (§9.1): it is counted as a 487 at once (as Kamailio's tm
+//!   does), so that a dead contact does not hold the caller for Timer B; its CANCEL still
+//!   leaves if a provisional response comes later.
 //!
 //! ACKs are hop by hop for non-2xx (the endpoint's transactions send and absorb them) and
 //! end to end for 2xx (the application routes them as requests of their own).
@@ -71,6 +74,7 @@ pub async fn proxy_invite(
 ) -> u16 {
     let (tx, mut rx) = mpsc::channel(32);
     let mut handles = Vec::with_capacity(branches.len());
+    let mut answered_at_all = vec![false; branches.len()];
     let mut best: Option<Ended> = None;
     let mut pending = 0usize;
     let better = |best: &Option<Ended>, e: &Ended| match best {
@@ -115,6 +119,9 @@ pub async fn proxy_invite(
                         let status = resp.status().unwrap_or(500);
                         if pop_own_via(&mut resp).is_err() {
                             continue;
+                        }
+                        if let Some(a) = answered_at_all.get_mut(id) {
+                            *a = true;
                         }
                         if status < 200 {
                             if answered.is_none() {
@@ -166,6 +173,15 @@ pub async fn proxy_invite(
                 cancelled = true;
                 tracing::debug!("INVITE cancelled upstream: CANCEL to every branch");
                 cancel_all(&mut handles);
+                for (h, heard) in handles.iter_mut().zip(&answered_at_all) {
+                    if !heard && h.take().is_some() {
+                        pending -= 1;
+                        let e = Ended::Failed(487, "Request Terminated");
+                        if better(&best, &e) {
+                            best = Some(e);
+                        }
+                    }
+                }
             }
         }
     }

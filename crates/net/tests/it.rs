@@ -843,6 +843,37 @@ mod invite_proxy {
         let (r, _) = next(&uac, |m| m.status().is_some());
         assert_eq!(r.status(), Some(481));
 
+        // 2b. CANCEL while one branch has not answered at all: it counts as 487 at once, so
+        // the caller is not held for Timer B (3.2 s here).
+        uac.send_to(invite("z9hG4bKc5", "call5").as_bytes(), p_addr)
+            .unwrap();
+        let (inv1, _) = next(&uas1, method(Method::Invite));
+        next(&uas2, method(Method::Invite));
+        answer(&uas1, &inv1, 180, "b1", p_addr);
+        next(&uac, status(180));
+        let t0 = std::time::Instant::now();
+        uac.send_to(cancel("z9hG4bKc5", "call5").as_bytes(), p_addr)
+            .unwrap();
+        let (c, _) = next(&uas1, method(Method::Cancel));
+        answer(&uas1, &c, 200, "b1", p_addr);
+        answer(&uas1, &inv1, 487, "b1", p_addr);
+        let (r, _) = next(&uac, |m| {
+            m.status().is_some_and(|s| s >= 200)
+                && m.cseq().is_ok_and(|c| c.method == Method::Invite)
+        });
+        assert_eq!(r.status(), Some(487));
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        let tag = r.to_addr().unwrap().tag().unwrap().to_owned();
+        uac.send_to(ack("z9hG4bKc5", "call5", &tag).as_bytes(), p_addr)
+            .unwrap();
+        // The silent branch answers late: it gets its CANCEL then.
+        let (inv2_late, _) = next(&uas2, method(Method::Invite));
+        answer(&uas2, &inv2_late, 180, "b2", p_addr);
+        let (c2, _) = next(&uas2, method(Method::Cancel));
+        answer(&uas2, &c2, 200, "b2", p_addr);
+        answer(&uas2, &inv2_late, 487, "b2", p_addr);
+        next(&uas2, method(Method::Ack));
+
         // 3. No 2xx: 486 and 603 -> the 6xx goes up; retransmitted until ACKed.
         uac.send_to(invite("z9hG4bKc3", "call3").as_bytes(), p_addr)
             .unwrap();
