@@ -850,6 +850,7 @@ fn invite_step(to: &str, cseq: u32, tag: u32, method_line: &str) -> String {
       To: <{to}>@TO_TAG@
       Call-ID: [call_id]
       CSeq: {cseq} INVITE
+      Supported: 100rel
       Contact: <sip:@USER@@[local_ip]:[local_port]>
       Content-Type: application/sdp
       Content-Length: [len]
@@ -897,18 +898,23 @@ fn in_dialog_step(method: &str, to: &str, cseq: u32, tag: u32) -> String {
     )
 }
 
-/// A whole call to `to` (From tag and first CSeq `n`): INVITE, 180, 200 (route set kept),
-/// ACK, re-INVITE (200, ACK), UPDATE (200), BYE (200) — `uas_call.xml` on the other side.
+/// A whole call to `to` (From tag and first CSeq `n`): INVITE, reliable 180, 200 (route set
+/// kept), PRACK (200), ACK, re-INVITE (200, ACK), UPDATE (200), BYE (200) — `uas_call.xml`
+/// on the other side.
 fn call_steps(to: &str, n: u32) -> String {
-    let reinvite = invite_step(to, n + 1, n, "INVITE [next_url] SIP/2.0")
+    let reinvite = invite_step(to, n + 2, n, "INVITE [next_url] SIP/2.0")
         .replace("@ROUTE@", "[routes]")
         .replace("@TO_TAG@", "[peer_tag_param]");
     [
         invite_step(to, n, n, &format!("INVITE {to} SIP/2.0"))
             .replace("@ROUTE@", "Route: <sip:@PCSCF@;lr>")
             .replace("@TO_TAG@", ""),
-        "  <recv response=\"180\" optional=\"true\" />\n  <recv response=\"200\" rrs=\"true\" />\n"
-            .to_owned(),
+        "  <recv response=\"180\" />\n  <recv response=\"200\" rrs=\"true\" />\n".to_owned(),
+        // The reliable 180 PRACKed (RFC 3262), after the 200 here: the callee may answer
+        // before the PRACK when its 180 has no SDP.
+        in_dialog_step("PRACK", to, n + 1, n)
+            .replace("CSeq: ", &format!("RAck: 1 {n} INVITE\n      CSeq: ")),
+        "  <recv response=\"200\" />\n".to_owned(),
         in_dialog_step("ACK", to, n, n),
         // The ACK crosses the core statelessly and the re-INVITE through transactions, each
         // hop handling requests in parallel: without a gap the re-INVITE may overtake the
@@ -916,11 +922,11 @@ fn call_steps(to: &str, n: u32) -> String {
         "  <pause milliseconds=\"200\" />\n".to_owned(),
         reinvite,
         "  <recv response=\"200\" />\n".to_owned(),
-        in_dialog_step("ACK", to, n + 1, n),
+        in_dialog_step("ACK", to, n + 2, n),
         "  <pause milliseconds=\"200\" />\n".to_owned(),
-        in_dialog_step("UPDATE", to, n + 2, n),
+        in_dialog_step("UPDATE", to, n + 3, n),
         "  <recv response=\"200\" />\n".to_owned(),
-        in_dialog_step("BYE", to, n + 3, n),
+        in_dialog_step("BYE", to, n + 4, n),
         "  <recv response=\"200\" />\n".to_owned(),
     ]
     .concat()
@@ -999,9 +1005,10 @@ fn cancelled_steps(to: &str, n: u32) -> String {
 /// Issue #17, calls: alice (SIPp, AKA) calls carol (SIPp, SIP Digest) through P-CSCF →
 /// S-CSCF (orig) → I-CSCF (LIR) → S-CSCF (term) → P-CSCF → carol's flow, over UDP and TCP,
 /// IPv4 and IPv6 at the UE side:
-/// - a call by sip: URI and one by carol's tel: number: 100 from the first hop, 180 and 200
-///   with the Record-Route of both P-CSCF passes and both S-CSCF passes (not the
-///   I-CSCF's); ACK, re-INVITE, UPDATE and BYE along that route set to carol's contact;
+/// - a call by sip: URI and one by carol's tel: number: 100 from the first hop, a reliable
+///   180 (100rel) and 200 with the Record-Route of both P-CSCF passes and both S-CSCF passes
+///   (not the I-CSCF's); PRACK, ACK, re-INVITE, UPDATE and BYE along that route set to
+///   carol's contact;
 /// - an unknown callee is 404 and one not registered 480, both ACKed hop by hop;
 /// - forking: with a second contact of carol's that never answers, the first answers and
 ///   the second gets CANCEL (its 487 stays in the core);
@@ -1069,12 +1076,12 @@ fn call_over(
     );
     let statuses = out.received_statuses();
     let finals: Vec<u16> = statuses.iter().copied().filter(|&s| s != 100).collect();
-    let call = [180, 200, 200, 200, 200];
+    let call = [180, 200, 200, 200, 200, 200];
     assert!(
         finals
-            .windows(12)
-            .any(|w| w[..5] == call && w[5..10] == call && w[10..] == [404, 480]),
-        "two calls (180, 200, re-INVITE 200, UPDATE 200, BYE 200), then 404 and 480 ({what}): {statuses:?}"
+            .windows(14)
+            .any(|w| w[..6] == call && w[6..12] == call && w[12..] == [404, 480]),
+        "two calls (180, 200, PRACK 200, re-INVITE 200, UPDATE 200, BYE 200), then 404 and 480 ({what}): {statuses:?}"
     );
     let oks: Vec<String> = out
         .trace()
@@ -1142,7 +1149,7 @@ fn call_over(
             .any(|m| m.contains(&format!("To: <{CAROL_TEL}>"))),
         "the tel: call reached carol: {invites:?}"
     );
-    for method in ["ACK", "UPDATE", "BYE"] {
+    for method in ["ACK", "PRACK", "UPDATE", "BYE"] {
         let got = received(&out, method);
         let want = if method == "ACK" { 4 } else { 2 };
         assert_eq!(
