@@ -11,10 +11,11 @@
 //!   (§16.7 item 6: a 6xx, else the lowest status class; a downstream 503 becomes 500); a
 //!   branch that never answered counts as 408, one that could not be sent as 503.
 //! - A CANCEL from upstream (the endpoint answered it 200) CANCELs every branch still
-//!   pending; their 487 then goes upstream as the answer. A branch that has not answered
-//!   at all cannot be CANCELled yet (§9.1): it is counted as a 487 at once (as Kamailio's tm
-//!   does), so that a dead contact does not hold the caller for Timer B; its CANCEL still
-//!   leaves if a provisional response comes later.
+//!   pending; their 487 then goes upstream as the answer. A branch that has sent nothing
+//!   but 100 Trying is counted as a 487 at once (close to what Kamailio's tm does for
+//!   branches without a reply), so that a dead contact behind a next hop that said 100 does
+//!   not hold the caller for Timer B; its CANCEL still leaves (at once after a 100, else
+//!   when a provisional comes), and a 2xx that crosses it still goes upstream by Via.
 //!
 //! ACKs are hop by hop for non-2xx (the endpoint's transactions send and absorb them) and
 //! end to end for 2xx (the application routes them as requests of their own).
