@@ -372,7 +372,9 @@ fn pcscf_with_ipsec_required_refuses_a_kernel_without_esp() {
 }
 
 /// One line of the ladder a capture shows: who sent what to whom.
-fn ladder(pcap: &std::path::Path) -> Vec<String> {
+/// The messages of a capture, one line each: `P>S REGISTER`, `S>P 200` (with `cseq`:
+/// `S>P 200 INVITE`), `I>HSS UAR`, `P>DNS DNS NAPTR hims.net query`.
+fn ladder(pcap: &std::path::Path, cseq: bool) -> Vec<String> {
     let out = std::process::Command::new("tshark")
         .args(["-r"])
         .arg(pcap)
@@ -404,6 +406,8 @@ fn ladder(pcap: &std::path::Path) -> Vec<String> {
             "dns.qry.type",
             "-e",
             "dns.qry.name",
+            "-e",
+            "sip.CSeq.method",
         ])
         .output()
         .expect("tshark runs");
@@ -427,6 +431,8 @@ fn ladder(pcap: &std::path::Path) -> Vec<String> {
         let (src, dst) = (name(f[0]), name(f[1]));
         let what = if !f[2].is_empty() {
             f[2].to_owned()
+        } else if !f[3].is_empty() && cseq {
+            format!("{} {}", f[3], f.get(9).copied().unwrap_or(""))
         } else if !f[3].is_empty() {
             f[3].to_owned()
         } else if !f[4].is_empty() {
@@ -562,12 +568,12 @@ fn captures_show_the_registration_ladder() {
 
     // The UE sees REGISTER, 401, REGISTER, 200.
     assert_eq!(
-        ladder(ue),
+        ladder(ue, false),
         ["UE>P REGISTER", "P>UE 401", "UE>P REGISTER", "P>UE 200"],
         "UE's capture"
     );
     // The visited network: the P-CSCF asks DNS for the home network, then relays.
-    let v = ladder(visited);
+    let v = ladder(visited, false);
     let dns_lines: Vec<&String> = v.iter().filter(|l| l.contains("DNS")).collect();
     assert!(
         dns_lines
@@ -602,12 +608,12 @@ fn captures_show_the_registration_ladder() {
     let first_dns = v.iter().position(|l| l.contains("DNS")).unwrap();
     assert!(first_dns > 0 && first_dns < v.iter().position(|l| l == "P>I REGISTER").unwrap());
     assert!(
-        ladder(dns)
+        ladder(dns, false)
             .iter()
             .any(|l| l == "DNS>P DNS NAPTR hims.net answer")
     );
     // The home network: UAR/UAA, MAR/MAA, 401 back; UAR/UAA, SAR/SAA, 200 back.
-    let h: Vec<String> = ladder(home)
+    let h: Vec<String> = ladder(home, false)
         .into_iter()
         .filter(|l| !l.contains("DNS"))
         .collect();
@@ -1206,6 +1212,161 @@ fn call_over(
         "its 487s were ACKed:\n{}",
         out.messages
     );
+}
+
+/// The tshark ladder of a call (issue #17), checked message by message against the TS 24.229
+/// origination and termination flow: alice → P-CSCF → S-CSCF → I-CSCF → HSS (LIR) →
+/// I-CSCF → S-CSCF → P-CSCF → carol and every answer back the same way; the dialog's
+/// requests (PRACK, ACK, re-INVITE, UPDATE, BYE) along P → S → P only (the I-CSCF is not in
+/// the route set); each hop answers the INVITE with 100 Trying; nothing malformed.
+#[test]
+fn captures_show_the_call_ladder() {
+    let Some(mut lab) = Lab::start("e2ecallcap") else {
+        return;
+    };
+    if ims_testkit::require_tool("captures_show_the_call_ladder", "tshark").is_none() {
+        return;
+    }
+    let dir = lab.dir.clone();
+    let answers = dir.join("uas_call.xml");
+    std::fs::write(&answers, include_str!("sipp/uas_call.xml")).unwrap();
+    let (pcscf, local, _) = ue_side(false);
+    let transport = sipp::Transport::Udp;
+    let carol = hold_carol(&lab, transport, false, pcscf, local, CAROL_PORT, &answers);
+    let caps: Vec<_> = [("ue", "eth0"), ("home", "any")]
+        .iter()
+        .map(|(n, i)| lab.topo.capture(n, i, &dir.join(format!("call-{n}.pcap"))))
+        .collect();
+    let alice = sipp::Ue {
+        pcscf: pcscf.to_string(),
+        ..sipp::Ue::default()
+    };
+    let scenario = alice.fill_text(&with_steps(
+        Scenario::RegAka.template(),
+        &call_steps("sip:carol@hims.net", 20),
+    ));
+    let out = run_caller(&lab, &alice, &scenario, transport, false, local, pcscf);
+    assert!(out.success());
+    drop(carol.stop());
+    let files: Vec<_> = caps.into_iter().map(|c| c.stop()).collect();
+    let [ue, home] = [&files[0], &files[1]];
+
+    // The call only: from the first INVITE on, without the 100s (checked below), the
+    // registrations' lines and DNS.
+    let call = |lines: Vec<String>, first: &str| -> Vec<String> {
+        let start = lines.iter().position(|l| l == first).unwrap_or(lines.len());
+        lines[start..]
+            .iter()
+            .filter(|l| {
+                !l.contains(" 100 ")
+                    && !l.contains("DNS")
+                    && !l.contains("SUBSCRIBE")
+                    && !l.contains("NOTIFY")
+                    && !l.contains("REGISTER")
+                    // (alice's deregistration at the end)
+                    && ![" UAR", " UAA", " MAR", " MAA", " SAR", " SAA"]
+                        .iter()
+                        .any(|cx| l.ends_with(cx))
+            })
+            .cloned()
+            .collect()
+    };
+    // A dialog's requests from a to b and on (the same names on both sides: the UEs share
+    // an address, as do P-A and P-B), each answered back the same way.
+    let in_dialog = |a: &str, b: &str| -> Vec<String> {
+        let mut v = Vec::new();
+        for (req, resp) in [
+            ("PRACK", Some("200 PRACK")),
+            ("ACK", None),
+            ("INVITE", Some("200 INVITE")),
+            ("ACK", None),
+            ("UPDATE", Some("200 UPDATE")),
+            ("BYE", Some("200 BYE")),
+        ] {
+            v.push(format!("{a}>{b} {req}"));
+            v.push(format!("{b}>{a} {req}"));
+            if let Some(r) = resp {
+                v.push(format!("{a}>{b} {r}"));
+                v.push(format!("{b}>{a} {r}"));
+            }
+        }
+        v
+    };
+
+    // The UEs' side: both are at 10.10.1.2; each message goes UE → P, then P → the other UE.
+    let mut want_ue: Vec<String> = ["INVITE", "180 INVITE", "200 INVITE"]
+        .iter()
+        .flat_map(|w| [format!("UE>P {w}"), format!("P>UE {w}")])
+        .collect();
+    want_ue.extend(in_dialog("UE", "P"));
+    let got_ue = call(ladder(ue, true), "UE>P INVITE");
+    assert_eq!(
+        per_link(&got_ue),
+        per_link(&want_ue),
+        "the UEs' capture: {got_ue:#?}"
+    );
+
+    // The core: the INVITE through S (orig), I (LIR), S (term) to P; the answers back the
+    // same way; the dialog's requests P → S → P.
+    let mut want_home: Vec<String> = [
+        "P>S INVITE",
+        "S>I INVITE",
+        "I>HSS LIR",
+        "HSS>I LIA",
+        "I>S INVITE",
+        "S>P INVITE",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for r in ["180 INVITE", "200 INVITE"] {
+        for hop in ["P>S", "S>I", "I>S", "S>P"] {
+            want_home.push(format!("{hop} {r}"));
+        }
+    }
+    want_home.extend(in_dialog("P", "S"));
+    let got_home = call(ladder(home, true), "P>S INVITE");
+    assert_eq!(
+        per_link(&got_home),
+        per_link(&want_home),
+        "the core's capture: {got_home:#?}"
+    );
+    // Before any answer, strictly in this order: the INVITE crosses the core, the I-CSCF
+    // asking the HSS on the way.
+    assert_eq!(got_home.get(..6), want_home.get(..6), "{got_home:#?}");
+
+    // Each hop answered the INVITE (and the re-INVITE) with 100 Trying.
+    let home_all = ladder(home, true);
+    for hop in ["S>P", "I>S", "S>I", "P>S"] {
+        assert!(
+            home_all.iter().any(|l| l == &format!("{hop} 100 INVITE")),
+            "{hop} 100 Trying: {home_all:#?}"
+        );
+    }
+    for f in &files {
+        assert_eq!(
+            malformed(f),
+            0,
+            "tshark finds malformed packets in {}",
+            f.display()
+        );
+    }
+    lab.all_alive();
+}
+
+/// A ladder's lines by link (`P>S`, `S>P`, ...), each link's in order: what one hop sends
+/// to another keeps its order, while different hops' messages may interleave either way
+/// (a 180 and the 200 right behind it, say).
+fn per_link(lines: &[String]) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut links = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for l in lines {
+        let (link, what) = l.split_once(' ').unwrap_or((l, ""));
+        links
+            .entry(link.to_owned())
+            .or_default()
+            .push(what.to_owned());
+    }
+    links
 }
 
 /// The P-CSCF's address, the UE's local address and how it appears in a URI.

@@ -987,17 +987,17 @@ impl SipEndpoint {
                             .then(|| ims_sip::ack_for(&sent, &resp).ok().map(|a| a.to_bytes()))
                             .flatten();
                         proceeding |= (100..200).contains(&status);
-                        if ict.handle_response(Instant::now(), status, ack) && status > 100 {
-                            if let Err(mpsc::error::SendError((_, Ok(resp)))) =
+                        if ict.handle_response(Instant::now(), status, ack)
+                            && status > 100
+                            && let Err(mpsc::error::SendError((_, Ok(resp)))) =
                                 out.send((id, Ok(resp))).await
-                            {
+                        {
                                 // The proxy has answered upstream already: a 2xx still goes
                                 // up by Via (§16.7 item 5); anything else stops here.
-                                if (200..300).contains(&status) {
-                                    let _ = self.forward_response(resp).await;
-                                }
-                                cancel_wanted = true;
+                            if (200..300).contains(&status) {
+                                let _ = self.forward_response(resp).await;
                             }
+                            cancel_wanted = true;
                         }
                     }
                     None => break,
