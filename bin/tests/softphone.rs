@@ -1,7 +1,8 @@
 //! A real softphone against our chain: linphonec (Debian `linphone-cli` 5.1) registers
 //! `sip:carol@hims.net` with SIP Digest MD5 through P-CSCF → I-CSCF → S-CSCF → HSS in the
 //! namespace lab of `lab/`, then unregisters; a second linphonec with a wrong password is
-//! refused (403) and never registers.
+//! refused (403) and never registers. Then two linphonecs (carol and dave) call each other
+//! through the core, with RTP both ways between them.
 //!
 //! linphonec runs in the `ue` namespace with its own HOME and config file in the lab's scratch
 //! directory, and is driven through its command line on stdin (`status register`, `states
@@ -24,6 +25,9 @@
 //!   password (`Password for carol on hims.net:`); at EOF that prompt loops forever. So the
 //!   wrong-password run is never typed to: its state comes from its log (`moving from state
 //!   [..] to [LinphoneRegistrationFailed]`) and it is ended with SIGTERM.
+//! - Without `reg_route` (the outbound proxy) it sends a call straight to the first hop of
+//!   the Service-Route (`scscf1.hims.net`, which the UE's namespace cannot even resolve)
+//!   instead of through the P-CSCF.
 //! - Its un-REGISTER reuses the last nonce (nc=00000002); our S-CSCF's nonces are single-use,
 //!   so it is challenged again (401) before its 200. The capture check allows that.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -48,12 +52,46 @@ struct Linphonec {
     out: PathBuf,
     /// Its debug log (`-d 6`), with every SIP message it sent and received.
     log: PathBuf,
+    /// Its public identity.
+    impu: String,
+}
+
+/// Who a linphonec is and how it runs.
+struct Account<'a> {
+    /// User part of `sip:<user>@hims.net`; the IMPI is `<user>@hims.net`.
+    user: &'a str,
+    passwd: &'a str,
+    /// Its SIP port (UDP only).
+    port: u16,
+    /// Its RTP port for audio.
+    rtp_port: u16,
+    /// `-a`: answers incoming calls by itself.
+    auto_answer: bool,
 }
 
 impl Linphonec {
     /// Writes a fresh HOME and config for `sip:carol@hims.net` with `passwd`, listening on UDP
     /// `port` only, registering through the P-CSCF, and starts linphonec on them.
     fn start(lab: &Lab, exe: &Path, name: &str, port: u16, passwd: &str) -> Linphonec {
+        let carol = Account {
+            user: "carol",
+            passwd,
+            port,
+            rtp_port: 7078,
+            auto_answer: false,
+        };
+        Self::start_as(lab, exe, name, &carol)
+    }
+
+    /// As [`Linphonec::start`], for any account of the lab's domain.
+    fn start_as(lab: &Lab, exe: &Path, name: &str, account: &Account<'_>) -> Linphonec {
+        let Account {
+            user,
+            passwd,
+            port,
+            rtp_port,
+            auto_answer,
+        } = *account;
         let home = lab.dir.join(name);
         // Without its database directory linphonec's core never starts (see the header).
         std::fs::create_dir_all(home.join(".local/share/linphone")).unwrap();
@@ -69,17 +107,20 @@ impl Linphonec {
                  register_only_when_network_is_up=0\n\
                  [net]\n\
                  firewall_policy=0\n\
+                 [rtp]\n\
+                 audio_rtp_port={rtp_port}\n\
                  [sound]\n\
                  echocancellation=0\n\
                  [proxy_0]\n\
                  reg_proxy=<sip:{P}:5060;transport=udp>\n\
-                 reg_identity=sip:carol@hims.net\n\
+                 reg_route=<sip:{P}:5060;transport=udp;lr>\n\
+                 reg_identity=sip:{user}@hims.net\n\
                  reg_expires=600\n\
                  reg_sendregister=1\n\
                  publish=0\n\
                  [auth_info_0]\n\
-                 username=carol\n\
-                 userid=carol@hims.net\n\
+                 username={user}\n\
+                 userid={user}@hims.net\n\
                  passwd={passwd}\n\
                  realm=hims.net\n\
                  domain=hims.net\n"
@@ -95,6 +136,7 @@ impl Linphonec {
             .arg("6")
             .arg("-l")
             .arg(&log)
+            .args(auto_answer.then_some("-a"))
             .env("HOME", &home)
             .env_remove("DISPLAY")
             .current_dir(&home);
@@ -111,6 +153,7 @@ impl Linphonec {
             stdin,
             out,
             log,
+            impu: format!("sip:{user}@hims.net"),
         }
     }
 
@@ -155,6 +198,9 @@ impl Linphonec {
                 l.contains("belle-sip")
                     || l.contains("Registration")
                     || l.contains("REGISTER")
+                    || l.contains("INVITE")
+                    || l.contains("BYE")
+                    || l.contains("Call")
                     || l.starts_with("SIP/2.0")
             })
             .collect();
@@ -164,6 +210,19 @@ impl Linphonec {
             self.log.display(),
             sip.join("\n")
         )
+    }
+
+    /// Waits until its stdout has a line containing `want` (true) or `timeout` has passed,
+    /// typing nothing.
+    fn wait_output(&self, want: &str, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.output().lines().any(|l| l.contains(want)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// Waits until its account has reached registration state `state` (true) or `timeout`
@@ -184,7 +243,7 @@ impl Linphonec {
     fn registration_states(&self) -> Vec<String> {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         log.lines()
-            .filter(|l| l.contains("for identity [sip:carol@hims.net] moving from state"))
+            .filter(|l| l.contains(&format!("for identity [{}] moving from state", self.impu)))
             .filter_map(|l| {
                 let to = l.split(" to [").nth(1)?;
                 Some(to.split(']').next()?.to_owned())
@@ -509,5 +568,202 @@ fn linphonec_registers_with_digest_md5() {
             .any(|x| x.status.is_empty() && x.auth_username == "\"carol@hims.net\""),
         "the wrong password was sent as a Digest answer: {bad_msgs:#?}"
     );
+    lab.all_alive();
+}
+
+/// Writes 5 s of a 440 Hz tone as a WAV file (8 kHz, 16-bit mono PCM).
+fn write_tone(path: &Path) {
+    let rate = 8000u32;
+    let samples: Vec<u8> = (0..rate * 5)
+        .flat_map(|i| {
+            let x = (2.0 * std::f64::consts::PI * 440.0 * f64::from(i) / f64::from(rate)).sin();
+            ((x * 8000.0) as i16).to_le_bytes()
+        })
+        .collect();
+    let mut wav = Vec::with_capacity(44 + samples.len());
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + samples.len() as u32).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    wav.extend_from_slice(&1u16.to_le_bytes()); // mono
+    wav.extend_from_slice(&rate.to_le_bytes());
+    wav.extend_from_slice(&(rate * 2).to_le_bytes());
+    wav.extend_from_slice(&2u16.to_le_bytes());
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&(samples.len() as u32).to_le_bytes());
+    wav.extend_from_slice(&samples);
+    std::fs::write(path, wav).unwrap();
+}
+
+/// Issue #17: two real softphones registered through the core with SIP Digest call each
+/// other. carol's linphonec calls `sip:dave@hims.net`; dave's answers by itself (`-a`). The
+/// call is established on both sides (each says `connected` and that media streams are up),
+/// RTP flows both ways directly between them (the core never touches the SDP: a capture in
+/// the UEs' namespace sees packets from each RTP port to the other), the INVITE crossed the
+/// P-CSCF, and carol hangs up: both sides say the call ended, and the BYE got its 200.
+#[test]
+fn two_linphonecs_call_each_other() {
+    const CALL: &str = "two_linphonecs_call_each_other";
+    let Some(exe) = ims_testkit::require_tool(CALL, "linphonec") else {
+        return;
+    };
+    let Some(tshark) = ims_testkit::require_tool(CALL, "tshark") else {
+        return;
+    };
+    let Some(mut lab) = Lab::start("e2esoftcall") else {
+        return;
+    };
+    lab.imsctl(&[
+        "subscriber",
+        "add",
+        "--impi",
+        "dave@hims.net",
+        "--impu",
+        "sip:dave@hims.net",
+        "--realm",
+        "hims.net",
+        "--password",
+        "dave-secret",
+        "--roaming",
+        "vims.net",
+    ]);
+    let pcap = lab.topo.capture("ue", "any", &lab.dir.join("call.pcap"));
+    let mut carol = Linphonec::start_as(
+        &lab,
+        &exe,
+        "carol",
+        &Account {
+            user: "carol",
+            passwd: "carol-secret",
+            port: 5062,
+            rtp_port: 7078,
+            auto_answer: false,
+        },
+    );
+    let mut dave = Linphonec::start_as(
+        &lab,
+        &exe,
+        "dave",
+        &Account {
+            user: "dave",
+            passwd: "dave-secret",
+            port: 5064,
+            rtp_port: 7088,
+            auto_answer: true,
+        },
+    );
+    for (phone, who) in [(&carol, "carol"), (&dave, "dave")] {
+        assert!(
+            phone.wait_state("LinphoneRegistrationOk", Duration::from_secs(10)),
+            "{who} did not register\n{}\n{}",
+            phone.report(),
+            lab.logs()
+        );
+        assert!(
+            wait_log(
+                &lab,
+                &[&format!("ims_pcscf: registered impi={who}@hims.net")]
+            ),
+            "{}",
+            lab.logs()
+        );
+    }
+
+    // No sound card here: each phone's microphone is a WAV file (linphonec's `soundcard use
+    // files`, then `play`), or it would send next to no RTP.
+    let tone = lab.dir.join("tone.wav");
+    write_tone(&tone);
+    carol.send("soundcard use files");
+    dave.send("soundcard use files");
+    carol.send("call sip:dave@hims.net");
+    for (phone, who) in [(&carol, "carol"), (&dave, "dave")] {
+        assert!(
+            phone.wait_output("connected.", Duration::from_secs(10))
+                && phone.wait_output("Media streams established", Duration::from_secs(5)),
+            "{who}'s side of the call is not established\n{}\n{}",
+            phone.report(),
+            lab.logs()
+        );
+    }
+    let play = format!("play {}", tone.display());
+    carol.send(&play);
+    dave.send(&play);
+    // Let media flow for a while: this is the call's length, not a wait for a state.
+    std::thread::sleep(Duration::from_secs(2));
+    carol.send("terminate");
+    for (phone, who) in [(&carol, "carol"), (&dave, "dave")] {
+        assert!(
+            phone.wait_output("ended", Duration::from_secs(10)),
+            "{who}'s side of the call did not end\n{}\n{}",
+            phone.report(),
+            lab.logs()
+        );
+    }
+    carol.quit();
+    dave.quit();
+    let file = pcap.stop();
+
+    // RTP both ways, straight between the phones.
+    let out = Command::new(&tshark)
+        .arg("-r")
+        .arg(&file)
+        .args([
+            "-n",
+            "-Y",
+            "udp.port == 7078 && udp.port == 7088",
+            "-T",
+            "fields",
+            "-e",
+            "udp.srcport",
+            "-e",
+            "udp.dstport",
+        ])
+        .output()
+        .expect("tshark runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let one_way = |from: &str, to: &str| {
+        text.lines()
+            .filter(|l| l.split('\t').collect::<Vec<_>>() == [from, to])
+            .count()
+    };
+    let (c2d, d2c) = (one_way("7078", "7088"), one_way("7088", "7078"));
+    assert!(
+        c2d >= 10 && d2c >= 10,
+        "RTP carol→dave {c2d} packets, dave→carol {d2c}\n{text}"
+    );
+    // The signalling went through the P-CSCF: INVITE and BYE from each phone to it and on
+    // to the other, each answered.
+    let sip = Command::new(&tshark)
+        .arg("-r")
+        .arg(&file)
+        .args([
+            "-n",
+            "-Y",
+            "sip.CSeq.method == \"INVITE\" || sip.CSeq.method == \"BYE\"",
+            "-T",
+            "fields",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+            "-e",
+            "sip.Method",
+            "-e",
+            "sip.Status-Code",
+        ])
+        .output()
+        .expect("tshark runs");
+    let sip = String::from_utf8_lossy(&sip.stdout);
+    for want in [
+        "10.10.1.2\t10.10.2.2\tINVITE\t",
+        "10.10.2.2\t10.10.1.2\tINVITE\t",
+        "10.10.2.2\t10.10.1.2\t\t200",
+        "10.10.1.2\t10.10.2.2\tBYE\t",
+        "10.10.2.2\t10.10.1.2\tBYE\t",
+    ] {
+        assert!(sip.lines().any(|l| l == want), "no `{want}` in\n{sip}");
+    }
     lab.all_alive();
 }

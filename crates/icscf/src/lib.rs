@@ -571,6 +571,7 @@ impl Inner {
             message,
             target,
             local: None,
+            flow: false,
         })
     }
 

@@ -777,7 +777,7 @@ impl SipEndpoint {
         target: crate::dns::Target,
     ) -> Result<Message, ClientError> {
         let index = self.toward_index(target.addr);
-        self.send_request_on(req, target, index).await
+        self.send_request_on(req, target, index, false).await
     }
 
     /// As [`SipEndpoint::send_request`], leaving from our address `local` (one of
@@ -790,7 +790,24 @@ impl SipEndpoint {
         local: SocketAddr,
     ) -> Result<Message, ClientError> {
         let index = self.index_of(local)?;
-        self.send_request_on(req, target, index).await
+        self.send_request_on(req, target, index, false).await
+    }
+
+    /// As [`SipEndpoint::send_request`] toward a UE's registered flow (from `local` when
+    /// given): the flow's transport is kept whatever the request's size, since a UE
+    /// registered over UDP need not listen on TCP (TS 24.229 §5.2.6.4: requests to the UE go
+    /// over the flow it registered).
+    pub async fn send_request_to_flow(
+        &self,
+        req: Message,
+        target: crate::dns::Target,
+        local: Option<SocketAddr>,
+    ) -> Result<Message, ClientError> {
+        let index = match local {
+            Some(l) => self.index_of(l)?,
+            None => self.toward_index(target.addr),
+        };
+        self.send_request_on(req, target, index, true).await
     }
 
     fn index_of(&self, local: SocketAddr) -> Result<usize, ClientError> {
@@ -815,12 +832,9 @@ impl SipEndpoint {
         mut req: Message,
         mut target: crate::dns::Target,
         index: usize,
+        flow: bool,
     ) -> Result<Message, ClientError> {
-        // RFC 3261 §18.1.1: a request within 200 bytes of the path MTU (1500) goes over a
-        // congestion-controlled transport.
-        if target.transport == Transport::Udp && req.serialized_len() + 80 > 1300 {
-            target.transport = Transport::Tcp;
-        }
+        target.transport = transport_for(&req, target.transport, flow);
         let branch = self.push_via(&mut req, target, index)?;
         let (tx, mut rx) = mpsc::channel(8);
         self.inner.clients.with(&branch, |m| {
@@ -882,7 +896,8 @@ impl SipEndpoint {
     }
 
     /// Sends an INVITE (our Via on top, a fresh branch) to `target`, from our address
-    /// `local` when given, and runs its client transaction ([`InviteClient`]: Timer A, B, a
+    /// `local` when given (with `flow`, `target` is a UE's registered flow: see
+    /// [`SipEndpoint::send_request_to_flow`]), and runs its client transaction ([`InviteClient`]: Timer A, B, a
     /// proxy's Timer C, the ACK of a non-2xx final response, CANCEL) in a task of its own.
     /// Its provisional responses (not the 100), its final response and any further 2xx
     /// arrive on `out` tagged with `id`, our Via still on top; a branch that ends without a
@@ -892,16 +907,14 @@ impl SipEndpoint {
         mut req: Message,
         mut target: crate::dns::Target,
         local: Option<SocketAddr>,
-        id: usize,
-        out: mpsc::Sender<BranchReport>,
+        flow: bool,
+        (id, out): (usize, mpsc::Sender<BranchReport>),
     ) -> Result<InviteBranch, ClientError> {
         let index = match local {
             Some(l) => self.index_of(l)?,
             None => self.toward_index(target.addr),
         };
-        if target.transport == Transport::Udp && req.serialized_len() + 80 > 1300 {
-            target.transport = Transport::Tcp;
-        }
+        target.transport = transport_for(&req, target.transport, flow);
         let branch = self.push_via(&mut req, target, index)?;
         let (tx, rx) = mpsc::channel(16);
         self.inner.clients.with(&branch, |m| {
@@ -1096,6 +1109,17 @@ impl SipEndpoint {
             .send(target.transport, target.addr, req.to_bytes())
             .await?;
         Ok(())
+    }
+}
+
+/// The transport a request goes over: RFC 3261 §18.1.1, a request within 200 bytes of the
+/// path MTU (1500) goes over TCP instead of UDP, except over a UE's registered flow, whose
+/// transport is kept (the UE may not listen on TCP at all).
+fn transport_for(req: &Message, transport: Transport, flow: bool) -> Transport {
+    if transport == Transport::Udp && !flow && req.serialized_len() + 80 > 1300 {
+        Transport::Tcp
+    } else {
+        transport
     }
 }
 

@@ -37,6 +37,9 @@ pub struct ProxyBranch {
     pub target: Target,
     /// Our address it leaves from (the P-CSCF's protected port toward an IPsec UE).
     pub local: Option<SocketAddr>,
+    /// `target` is a UE's registered flow: its transport is kept whatever the INVITE's size
+    /// ([`SipEndpoint::send_request_to_flow`]).
+    pub flow: bool,
 }
 
 /// How a branch ended, for choosing the best answer.
@@ -85,7 +88,7 @@ pub async fn proxy_invite(
     for (id, b) in branches.into_iter().enumerate() {
         let to = b.target.addr;
         match ep
-            .send_invite(b.message, b.target, b.local, id, tx.clone())
+            .send_invite(b.message, b.target, b.local, b.flow, (id, tx.clone()))
             .await
         {
             Ok(h) => {

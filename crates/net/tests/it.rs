@@ -758,6 +758,7 @@ mod invite_proxy {
                                 transport: Transport::Udp,
                             },
                             local: None,
+                            flow: false,
                         })
                         .collect();
                     proxy_invite(&p, &req, branches, "px").await;

@@ -35,7 +35,9 @@
 //! Forbidden`. The P-CSCF asserts the identity (`P-Asserted-Identity`: the
 //! P-Preferred-Identity when it is one of the UE's, else the default public identity; the
 //! preferred one is removed), replaces the UE's Route with the Service-Route, Record-Routes
-//! dialog-creating requests and forwards to the S-CSCF. **Requests toward a UE** (they come
+//! dialog-creating requests (twice, RFC 5658: our name for the core, our address and port
+//! for the UE, which need not resolve our name and must come back through its SAs) and
+//! forwards to the S-CSCF; a request inside such a dialog follows its route set. **Requests toward a UE** (they come
 //! from the core with our Path entry, or inside a dialog with one of our Record-Route entries,
 //! as Route) go to the flow the contact registered from; an unknown contact gets `480
 //! Temporarily Unavailable`. Those Route entries are no credential: such a request must come
@@ -1261,11 +1263,9 @@ impl Inner {
                 m.prepend_header("Route", r)?;
             }
             if creates_dialog(m) {
-                let port = self.ep.local_addr().port();
-                m.prepend_header(
-                    "Record-Route",
-                    &format!("<sip:mo@{}:{port};lr>", bracket(&self.cfg.via_host)),
-                )?;
+                // The UE's entry below the core's (RFC 5658): the UE reads the route set
+                // from the bottom of the 2xx's Record-Route.
+                self.record_route(m, "mo", req.local)?;
             }
             Ok(())
         };
@@ -1312,11 +1312,18 @@ impl Inner {
             (SocketAddr::new(flow.addr.ip(), port_us), local)
         });
         if creates_dialog(&m) {
-            let port = self.ep.local_addr().port();
-            if let Err(e) = m.prepend_header(
-                "Record-Route",
-                &format!("<sip:mt@{}:{port};lr>", bracket(&self.cfg.via_host)),
-            ) {
+            // Where the UE reaches us: our protected server port for an IPsec UE, else our
+            // address of the UE's family.
+            let ue_side = match protected {
+                Some(_) => SocketAddr::new(req.local.ip(), self.cfg.ipsec.port_s),
+                None => self
+                    .ep
+                    .local_addrs()
+                    .into_iter()
+                    .find(|a| a.is_ipv4() == flow.addr.is_ipv4())
+                    .unwrap_or(req.local),
+            };
+            if let Err(e) = self.record_route_toward_ue(&mut m, ue_side) {
                 tracing::info!(error = %e, "cannot add Record-Route");
             }
         }
@@ -1326,15 +1333,63 @@ impl Inner {
                     addr: ue,
                     transport: flow.transport,
                 };
-                self.send_from(req, m, target, Some(local)).await
+                self.send_from(req, m, target, Some(local), true).await
             }
             None => {
                 let target = Target {
                     addr: flow.addr,
                     transport: flow.transport,
                 };
-                self.send_from(req, m, target, None).await
+                self.send_from(req, m, target, None, true).await
             }
+        }
+    }
+
+    /// Our Record-Route on a dialog-creating request from a UE (`mo`): the entry the core
+    /// resolves (our name) on top, and below it, when it differs, the entry the UE uses: the
+    /// address and port its request came to (`ue_side`: our protected server port for an
+    /// IPsec UE). RFC 5658 double Record-Route: a UE cannot be expected to resolve our name
+    /// (linphonec in the lab cannot), and its in-dialog requests must reach the port its
+    /// SAs protect.
+    fn record_route(
+        &self,
+        m: &mut Message,
+        user: &str,
+        ue_side: SocketAddr,
+    ) -> Result<(), ims_sip::Error> {
+        let core = self.rr_entry(user, None);
+        let ue = self.rr_entry(user, Some(ue_side));
+        if ue != core {
+            m.prepend_header("Record-Route", &ue)?;
+        }
+        m.prepend_header("Record-Route", &core)
+    }
+
+    /// As `record_route` for a request toward a UE (`mt`): the UE's entry on top,
+    /// the core's below it (the callee reads the route set from the top).
+    fn record_route_toward_ue(
+        &self,
+        m: &mut Message,
+        ue_side: SocketAddr,
+    ) -> Result<(), ims_sip::Error> {
+        let core = self.rr_entry("mt", None);
+        let ue = self.rr_entry("mt", Some(ue_side));
+        m.prepend_header("Record-Route", &core)?;
+        if ue != core {
+            m.prepend_header("Record-Route", &ue)?;
+        }
+        Ok(())
+    }
+
+    /// `<sip:user@host:port;lr>`: our name and SIP port, or the address `at`.
+    fn rr_entry(&self, user: &str, at: Option<SocketAddr>) -> String {
+        match at {
+            Some(a) => format!("<sip:{user}@{};lr>", a),
+            None => format!(
+                "<sip:{user}@{}:{};lr>",
+                bracket(&self.cfg.via_host),
+                self.ep.local_addr().port()
+            ),
         }
     }
 
@@ -1375,7 +1430,7 @@ impl Inner {
             return self.reply(&req, 500, "Bad Service-Route").await;
         };
         match target {
-            Ok(t) if !t.is_empty() => self.send_from(req, m, t[0], None).await,
+            Ok(t) if !t.is_empty() => self.send_from(req, m, t[0], None, false).await,
             Ok(_) | Err(_) => {
                 tracing::warn!(%uri, "the next hop does not resolve");
                 self.reply(&req, 504, "Server Time-out").await
@@ -1384,12 +1439,15 @@ impl Inner {
     }
 
     /// Sends `m` to `target` (from our address `local` when given) and relays the outcome.
+    /// `flow`: `target` is a UE's registered flow, whose transport is kept whatever the
+    /// size of `m` (a UE registered over UDP may not listen on TCP).
     async fn send_from(
         &self,
         req: ServerRequest,
         m: Message,
         target: Target,
         local: Option<SocketAddr>,
+        flow: bool,
     ) {
         match m.method() {
             Some(Method::Invite) => {
@@ -1397,6 +1455,7 @@ impl Inner {
                     message: m,
                     target,
                     local,
+                    flow,
                 };
                 ims_net::proxy::proxy_invite(&self.ep, &req, vec![branch], "pcscf").await;
             }
@@ -1410,9 +1469,10 @@ impl Inner {
                     tracing::info!(error = %e, "forwarding failed");
                 }
             }
-            _ => match match local {
-                Some(l) => self.ep.send_request_from(m, target, l).await,
-                None => self.ep.send_request(m, target).await,
+            _ => match match (local, flow) {
+                (_, true) => self.ep.send_request_to_flow(m, target, local).await,
+                (Some(l), false) => self.ep.send_request_from(m, target, l).await,
+                (None, false) => self.ep.send_request(m, target).await,
             } {
                 Ok(mut resp) => {
                     if pop_own_via(&mut resp).is_ok() {

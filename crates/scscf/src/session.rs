@@ -334,6 +334,7 @@ async fn proxy(
                 message: b.message,
                 target,
                 local: None,
+                flow: false,
             }),
             Err(e) => refusal = Some(e),
         }
