@@ -548,22 +548,9 @@ impl Inner {
         req: &ServerRequest,
         scscf: &str,
     ) -> Result<ims_net::proxy::ProxyBranch, String> {
-        let uri = Uri::parse(scscf).map_err(|e| format!("`{scscf}`: {e}"))?;
-        let Uri::Sip(sip) = uri else {
-            return Err(format!("`{scscf}` is not a SIP URI"));
-        };
-        let targets = self
-            .resolver
-            .resolve(&Destination::from_sip_uri(&sip))
-            .await
-            .map_err(|e| e.to_string())?;
+        let (targets, route) = self.resolve_scscf(scscf).await?;
         let target = *targets.first().ok_or("no address")?;
         let mut message = req.message.clone();
-        let route = if sip.lr() {
-            format!("<{scscf}>")
-        } else {
-            format!("<{scscf};lr>")
-        };
         message
             .prepend_header("Route", &route)
             .map_err(|e| e.to_string())?;
@@ -575,15 +562,14 @@ impl Inner {
         })
     }
 
-    async fn forward(
+    /// The addresses an S-CSCF URI resolves to (RFC 3263) and the Route entry naming it.
+    async fn resolve_scscf(
         &self,
-        req: &ServerRequest,
         scscf: &str,
-        any_response: bool,
-    ) -> Result<Message, Failed> {
+    ) -> Result<(Vec<ims_net::dns::Target>, String), String> {
         let uri = Uri::parse(scscf).map_err(|e| format!("`{scscf}`: {e}"))?;
         let Uri::Sip(sip) = uri else {
-            return Err(format!("`{scscf}` is not a SIP URI").into());
+            return Err(format!("`{scscf}` is not a SIP URI"));
         };
         let targets = self
             .resolver
@@ -595,6 +581,16 @@ impl Inner {
         } else {
             format!("<{scscf};lr>")
         };
+        Ok((targets, route))
+    }
+
+    async fn forward(
+        &self,
+        req: &ServerRequest,
+        scscf: &str,
+        any_response: bool,
+    ) -> Result<Message, Failed> {
+        let (targets, route) = self.resolve_scscf(scscf).await?;
         let mut last = String::from("no address");
         let mut busy = false;
         for target in targets {
@@ -659,23 +655,9 @@ fn where_of(server_name: Option<&str>, caps: Option<ServerCapabilities<'_>>) -> 
     }
 }
 
-/// The public identity a Request-URI names: a sip:/sips: URI as `scheme:user@host[:port]`, a
-/// tel: URI without its parameters; `None` for other schemes.
+/// The public identity a Request-URI names ([`Uri::identity`]).
 fn public_identity(uri: &Uri<'_>) -> Option<String> {
-    match uri {
-        Uri::Sip(u) => {
-            let scheme = if u.secure { "sips" } else { "sip" };
-            Some(match u.port {
-                Some(p) => format!("{scheme}:{}:{p}", u.user_host()),
-                None => format!("{scheme}:{}", u.user_host()),
-            })
-        }
-        Uri::Tel(t) => {
-            let s = t.as_str();
-            Some(s.split(';').next().unwrap_or(s).to_owned())
-        }
-        _ => None,
-    }
+    uri.identity()
 }
 
 /// TS 24.229 §5.1.1.2: without an IMPI, the IMPU minus its scheme.

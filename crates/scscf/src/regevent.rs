@@ -249,23 +249,9 @@ fn fnv(parts: &[&str]) -> u64 {
     h
 }
 
-/// The identity of a URI: without parameters and headers (`sip:user@host[:port]`, the tel
-/// number).
+/// The identity of a URI: without parameters and headers ([`Uri::identity`]).
 fn identity_of(uri: &Uri<'_>) -> Option<String> {
-    match uri {
-        Uri::Sip(u) => {
-            let scheme = if u.secure { "sips" } else { "sip" };
-            Some(match u.port {
-                Some(p) => format!("{scheme}:{}:{p}", u.user_host()),
-                None => format!("{scheme}:{}", u.user_host()),
-            })
-        }
-        Uri::Tel(t) => {
-            let s = t.as_str();
-            Some(s.split(';').next().unwrap_or(s).to_owned())
-        }
-        _ => None,
-    }
+    uri.identity()
 }
 
 /// A header value on one line (a folded value from the wire has CR LF in it).

@@ -290,22 +290,10 @@ pub(crate) fn public_identity(uri: &Uri<'_>) -> Option<String> {
     impu_of(uri).ok()
 }
 
-/// The IMPU of a To URI: the URI without parameters and headers.
+/// The IMPU of a To URI: the URI without parameters and headers ([`Uri::identity`]).
 fn impu_of(uri: &Uri<'_>) -> Result<String, Reject> {
-    match uri {
-        Uri::Sip(u) => {
-            let scheme = if u.secure { "sips" } else { "sip" };
-            Ok(match u.port {
-                Some(p) => format!("{scheme}:{}:{p}", u.user_host()),
-                None => format!("{scheme}:{}", u.user_host()),
-            })
-        }
-        Uri::Tel(t) => {
-            let s = t.as_str();
-            Ok(s.split(';').next().unwrap_or(s).to_owned())
-        }
-        _ => Err(Reject::bad("To is neither a SIP nor a tel URI")),
-    }
+    uri.identity()
+        .ok_or_else(|| Reject::bad("To is neither a SIP nor a tel URI"))
 }
 
 /// Remaining seconds of a binding at `now` (rounded up, at least 1 while it lives).

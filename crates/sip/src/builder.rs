@@ -169,33 +169,22 @@ fn build_response(
 /// §17.1.1.3): the INVITE's Request-URI, top Via (the one the response matched), From,
 /// Call-ID, CSeq number and Route set, with the response's To (its tag).
 pub fn ack_for(invite: &Message, response: &Message) -> Result<Message> {
-    let uri = invite
-        .request_uri_str()
-        .ok_or(Error::BadStartLine("not a request"))?;
-    let via = invite
-        .values(HeaderName::Via)
-        .next()
-        .ok_or(Error::MissingHeader("Via"))??;
-    let seq = invite.cseq()?.seq;
-    let mut b = RequestBuilder::new("ACK", uri)
-        .header("Via", via)
-        .header("Max-Forwards", "70")
-        .header("From", header_value(invite, HeaderName::From, "From")?)
-        .header("To", header_value(response, HeaderName::To, "To")?)
-        .header(
-            "Call-ID",
-            header_value(invite, HeaderName::CallId, "Call-ID")?,
-        )
-        .header("CSeq", &format!("{seq} ACK"));
-    for r in invite.headers_named(HeaderName::Route) {
-        b = b.header("Route", r.value_str()?);
-    }
-    b.build()
+    same_transaction("ACK", invite, header_value(response, HeaderName::To, "To")?)
 }
 
 /// The CANCEL for `invite` as it was sent (RFC 3261 §9.1): the same Request-URI, top Via
 /// (so the same branch), From, To, Call-ID, CSeq number and Route set.
 pub fn cancel_for(invite: &Message) -> Result<Message> {
+    same_transaction(
+        "CANCEL",
+        invite,
+        header_value(invite, HeaderName::To, "To")?,
+    )
+}
+
+/// `method` on the INVITE transaction of `invite`: its Request-URI, top Via, From, Call-ID,
+/// CSeq number and Route set, with `to`.
+fn same_transaction(method: &str, invite: &Message, to: &str) -> Result<Message> {
     let uri = invite
         .request_uri_str()
         .ok_or(Error::BadStartLine("not a request"))?;
@@ -204,16 +193,16 @@ pub fn cancel_for(invite: &Message) -> Result<Message> {
         .next()
         .ok_or(Error::MissingHeader("Via"))??;
     let seq = invite.cseq()?.seq;
-    let mut b = RequestBuilder::new("CANCEL", uri)
+    let mut b = RequestBuilder::new(method, uri)
         .header("Via", via)
         .header("Max-Forwards", "70")
         .header("From", header_value(invite, HeaderName::From, "From")?)
-        .header("To", header_value(invite, HeaderName::To, "To")?)
+        .header("To", to)
         .header(
             "Call-ID",
             header_value(invite, HeaderName::CallId, "Call-ID")?,
         )
-        .header("CSeq", &format!("{seq} CANCEL"));
+        .header("CSeq", &format!("{seq} {method}"));
     for r in invite.headers_named(HeaderName::Route) {
         b = b.header("Route", r.value_str()?);
     }

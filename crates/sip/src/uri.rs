@@ -84,6 +84,26 @@ impl<'a> Uri<'a> {
             _ => None,
         }
     }
+
+    /// The identity the URI names, as IMS compares public identities: a sip:/sips: URI
+    /// without parameters and headers (`sip:user@host[:port]`), a tel: URI without its
+    /// parameters; `None` for other schemes.
+    pub fn identity(&self) -> Option<String> {
+        match self {
+            Uri::Sip(u) => {
+                let scheme = if u.secure { "sips" } else { "sip" };
+                Some(match u.port {
+                    Some(p) => format!("{scheme}:{}:{p}", u.user_host()),
+                    None => format!("{scheme}:{}", u.user_host()),
+                })
+            }
+            Uri::Tel(t) => {
+                let s = t.as_str();
+                Some(s.split(';').next().unwrap_or(s).to_owned())
+            }
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Uri<'_> {
