@@ -1,6 +1,8 @@
 //! `ims-ue`: a UE that registers through a P-CSCF with Digest-AKAv1-MD5 (a simulated USIM:
 //! `--k` and `--op`/`--opc`) or SIP Digest MD5 (`--password`), then optionally deregisters.
 //! Exit code 0 when every step got a 2xx, 1 otherwise (the final status is printed).
+//! `--message-to URI` sends a pager-mode MESSAGE once registered; `--await-messages N`
+//! answers N MESSAGEs from the network (with `--hold`, before deregistering).
 //! `--ipsec` sets up the UE's own IPsec SAs with the P-CSCF (TS 33.203) over netlink;
 //! `--ipsec-hook PROGRAM` has a program install them instead (see [`ims_ue::SaInstaller`]).
 mod tool;
@@ -63,6 +65,17 @@ struct Args {
     /// answer its NOTIFY.
     #[arg(long)]
     fetch_reg: bool,
+    /// After registering, send a pager-mode MESSAGE to this URI (its final status must be
+    /// 2xx).
+    #[arg(long, value_name = "URI")]
+    message_to: Option<String>,
+    /// The text of --message-to.
+    #[arg(long, default_value = "hello from ims-ue")]
+    message_text: String,
+    /// After registering, wait (up to --hold seconds, else --timeout) for this many MESSAGEs
+    /// and answer each 200; fewer is a failure.
+    #[arg(long, default_value_t = 0)]
+    await_messages: u32,
     /// Seconds to wait for each answer.
     #[arg(long, default_value_t = 5)]
     timeout: u64,
@@ -203,6 +216,17 @@ fn main() -> ExitCode {
         if ok && args.fetch_reg {
             ok = fetch_reg(&mut ue).await;
         }
+        if ok && let Some(to) = &args.message_to {
+            ok = message(&mut ue, to, &args.message_text).await;
+        }
+        if ok && args.await_messages > 0 {
+            let wait = Duration::from_secs(if args.hold > 0 {
+                args.hold
+            } else {
+                args.timeout
+            });
+            ok = await_messages(&mut ue, args.await_messages, wait).await;
+        }
         if ok && args.deregister {
             // Until the hold ends, or earlier once the --release file exists.
             let until = tokio::time::Instant::now() + Duration::from_secs(args.hold);
@@ -245,6 +269,48 @@ async fn register(ue: &mut Ue, expires: u32) -> bool {
             false
         }
     }
+}
+
+/// A MESSAGE sent, printed; true on a 2xx.
+async fn message(ue: &mut Ue, to: &str, text: &str) -> bool {
+    match ue.send_message(to, text).await {
+        Ok(status) => {
+            println!(
+                "MESSAGE to {to}: {status}{}",
+                if ue.ipsec_up() { ", IPsec" } else { "" }
+            );
+            (200..300).contains(&status)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            false
+        }
+    }
+}
+
+/// `n` MESSAGEs received within `wait`, each printed and answered; true when all came.
+async fn await_messages(ue: &mut Ue, n: u32, wait: Duration) -> bool {
+    let until = tokio::time::Instant::now() + wait;
+    for _ in 0..n {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        match ue.next_message(left).await {
+            Ok(Some(m)) => println!(
+                "MESSAGE from {}: {}{}",
+                m.from,
+                m.body,
+                if m.protected { ", IPsec" } else { "" }
+            ),
+            Ok(None) => {
+                eprintln!("error: no MESSAGE within {} s", wait.as_secs());
+                return false;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// The reg-event fetch, printed; true on a 2xx with a NOTIFY.

@@ -248,6 +248,16 @@ fn whole_ims_chain_registers_in_a_real_esp_kernel() {
         console.contains("VM-XFRM-LEFT-CORE: 0 0\n"),
         "the core namespace has xfrm states/policies left"
     );
+    // Pager mode between two IPsec UEs: alice's MESSAGE answered 200 through her SAs,
+    // delivered to carol at her protected server port (through her SAs).
+    assert!(
+        console.contains("VM-UE-imcaller: MESSAGE to sip:carol@hims.net: 200, IPsec\n"),
+        "{console}"
+    );
+    assert!(
+        console.contains("VM-UE-imcallee: MESSAGE from sip:alice@hims.net: hello carol, IPsec\n"),
+        "{console}"
+    );
     assert!(console.contains("VM-RESULT: PASS"));
     assert!(console.contains("\nVM-DONE"), "the scenario did not finish");
     assert!(out.status.success(), "ims-vm failed: {:?}", out.status);

@@ -124,6 +124,7 @@ sip_listen = "$S:5060"
 name = "sip:scscf1.hims.net:5060"
 realm = "hims.net"
 home_domains = ["hims.net"]
+dns = ["$DNS:53"]
 database = "sqlite://$D/scscf.sqlite"
 # Short registrations are allowed: an IPsec UE's SAs must go when its registration expires.
 min_expires = 2
@@ -162,6 +163,9 @@ imsctl subscriber add --impi alice@hims.net --impu sip:alice@hims.net --impu tel
 imsctl subscriber add --impi bob@hims.net --impu sip:bob@hims.net \
   --realm hims.net --password bob-secret --roaming vims.net >"$D/prov-bob.out" 2>&1 &&
   ok "provision bob (Digest)" || { fail "provision bob (Digest)" "$(cat "$D/prov-bob.out")"; }
+imsctl subscriber add --impi carol@hims.net --impu sip:carol@hims.net \
+  --k $K --op $OP --amf 8000 --roaming vims.net >"$D/prov-carol.out" 2>&1 &&
+  ok "provision carol (AKA)" || { fail "provision carol (AKA)" "$(cat "$D/prov-carol.out")"; }
 start scscf
 start icscf
 start pcscf
@@ -255,6 +259,20 @@ ipsec_ue hook $UE 5100 --ipsec-hook /bin/ue-xfrm-hook
 ipsec_ue own $UE 5110 --ipsec --refresh --fetch-reg
 ipsec_ue tcp $UE 5160 --ipsec --transport tcp --fetch-reg
 ipsec_ue v6 $UE6 5200 --ipsec
+# 5a. Pager mode between two IPsec UEs (issue #17): carol registers through her SAs and waits;
+#     alice, through hers, sends her a MESSAGE (P, S, I with LIR, S, P); it reaches carol at
+#     her protected server port, so through her SAs (the kernel lets nothing else in there).
+held imcallee --pcscf $P:5060 --impi carol@hims.net --k $K --op $OP \
+  --local "$UE:5300" --port-us 5301 --ipsec --await-messages 1
+if wait_for "imcallee UE registered through IPsec" 150 registered imcallee; then
+  ue imcaller $AKA_ALICE --local "$UE:5310" --port-us 5311 --ipsec \
+    --message-to sip:carol@hims.net --message-text "hello carol" --deregister
+  got_message() { grep -q '^MESSAGE from' "$D/ue-imcallee.out"; }
+  wait_for "carol got the MESSAGE" 150 got_message
+  echo "VM-ESP-imcallee: core=$(esp_packets core) ue=$(esp_packets ue)"
+fi
+release imcallee; finish imcallee
+wait_for "msg SAs removed" 50 no_sas
 # 5a. A deregistration by the network (the HSS's RTR; the S-CSCF's reg event NOTIFY reaches
 #     the P-CSCF's own subscription): the P-CSCF removes that UE's SAs at once, not at expiry.
 #     The UE's own de-REGISTER afterwards finds no SA at the P-CSCF and times out; ims-ue

@@ -22,6 +22,11 @@
 //! Every following REGISTER goes from `port_uc` to the P-CSCF's `port_ps` through the SAs,
 //! with Security-Verify (the Security-Server echoed) and the same Security-Client. The SAs go
 //! after a deregistration's 200 OK, a failed authentication, and [`Ue::close`].
+//!
+//! **Pager mode** (RFC 3428): once registered, [`Ue::send_message`] sends a MESSAGE through
+//! the P-CSCF (through the SAs with IPsec) and returns its final status;
+//! [`Ue::next_message`] waits for one from the network (at the protected server port with
+//! IPsec) and answers it 200.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -194,6 +199,17 @@ pub struct FetchOutcome {
     /// The NOTIFY's registration state (`state="..."` of the first `<registration>`).
     pub registration_state: Option<String>,
     /// The NOTIFY arrived at the protected server port (through the SAs).
+    pub protected: bool,
+}
+
+/// A MESSAGE the UE received ([`Ue::next_message`]).
+#[derive(Debug, Clone)]
+pub struct ReceivedMessage {
+    /// Who sent it: the P-Asserted-Identity the network put on it, else From's URI.
+    pub from: String,
+    /// Its body.
+    pub body: String,
+    /// It arrived at the protected server port (through the SAs).
     pub protected: bool,
 }
 
@@ -419,13 +435,28 @@ impl Ue {
 
     async fn transact(&mut self, req: Message) -> Result<Message, UeError> {
         let cseq = self.cseq;
-        let to = match self.sec.as_ref().and_then(|s| s.up.as_ref()) {
+        let call_id = self.call_id.clone();
+        self.sip
+            .send(self.cfg.transport, self.pcscf_target(), req.to_bytes())
+            .await?;
+        self.final_response(&call_id, Some(cseq)).await
+    }
+
+    /// Where requests to the P-CSCF go: its protected server port once the SAs are up.
+    fn pcscf_target(&self) -> SocketAddr {
+        match self.sec.as_ref().and_then(|s| s.up.as_ref()) {
             Some(up) => up.pcscf_ps,
             None => self.cfg.pcscf,
-        };
-        self.sip
-            .send(self.cfg.transport, to, req.to_bytes())
-            .await?;
+        }
+    }
+
+    /// The final response for `call_id` (and CSeq number `cseq`, when given) that comes to
+    /// the main socket within the timeout; others are skipped.
+    async fn final_response(
+        &mut self,
+        call_id: &str,
+        cseq: Option<u32>,
+    ) -> Result<Message, UeError> {
         let deadline = tokio::time::Instant::now() + self.cfg.timeout;
         loop {
             let m = tokio::time::timeout_at(deadline, self.rx.recv())
@@ -433,12 +464,42 @@ impl Ue {
                 .map_err(|_| UeError::Timeout(self.cfg.timeout))?
                 .ok_or(UeError::Timeout(self.cfg.timeout))?;
             let r = m.message;
-            let ours = r.call_id().ok() == Some(self.call_id.as_str())
-                && r.cseq().is_ok_and(|c| c.seq == cseq);
+            let ours = r.call_id().ok() == Some(call_id)
+                && cseq.is_none_or(|n| r.cseq().is_ok_and(|c| c.seq == n));
             if !r.is_request() && ours && r.status().unwrap_or(0) >= 200 {
                 return Ok(r);
             }
         }
+    }
+
+    /// The next message from the network within `deadline`, at the main socket or (with
+    /// IPsec) the protected server port (`true`).
+    async fn next_incoming(&mut self, deadline: tokio::time::Instant) -> Option<(Incoming, bool)> {
+        let next = async {
+            match self.sec.as_mut() {
+                Some(sec) => tokio::select! {
+                    m = self.rx.recv() => m.map(|m| (m, false)),
+                    m = sec.server_rx.recv() => m.map(|m| (m, true)),
+                },
+                None => self.rx.recv().await.map(|m| (m, false)),
+            }
+        };
+        tokio::time::timeout_at(deadline, next).await.ok().flatten()
+    }
+
+    /// Answers `req` (which came at the protected server port when `at_server`) with 200.
+    async fn answer_ok(&self, inc: &Incoming, at_server: bool) -> Result<(), UeError> {
+        let ok = ims_sip::response_to(&inc.message, 200, "OK", Some(&random_hex(4)))?;
+        let via = if at_server {
+            self.sec.as_ref().map(|s| s.server.clone())
+        } else {
+            None
+        };
+        let transport = via.as_ref().unwrap_or(&self.sip);
+        transport
+            .send(inc.transport, inc.source, ok.to_bytes())
+            .await?;
+        Ok(())
     }
 
     /// The user part of our public identity (the Contact's user).
@@ -554,15 +615,81 @@ impl Ue {
             tag = random_hex(4),
         );
         let req = Message::parse(Bytes::from(text))?;
-        let to = match self.sec.as_ref().and_then(|s| s.up.as_ref()) {
-            Some(up) => up.pcscf_ps,
-            None => self.cfg.pcscf,
-        };
         self.sip
-            .send(self.cfg.transport, to, req.to_bytes())
+            .send(self.cfg.transport, self.pcscf_target(), req.to_bytes())
             .await?;
         self.reg_sub = Some(call_id.clone());
         self.reg_notifies(&call_id, false, self.cfg.timeout).await
+    }
+
+    /// Sends a pager-mode MESSAGE (RFC 3428) with `text` to `to` through the P-CSCF (from
+    /// the protected client port to its protected server port with IPsec) and returns its
+    /// final status. Provisional answers are skipped; none within the timeout is an error.
+    pub async fn send_message(&mut self, to: &str, text: &str) -> Result<u16, UeError> {
+        let me = self.local_addr();
+        let contact = match &self.sec {
+            Some(sec) => SocketAddr::new(me.ip(), sec.server.local_addr().port()),
+            None => me,
+        };
+        let proto = if self.cfg.transport == Transport::Tcp {
+            "TCP"
+        } else {
+            "UDP"
+        };
+        let call_id = random_hex(8);
+        let msg = format!(
+            "MESSAGE {to} SIP/2.0\r\n\
+             Via: SIP/2.0/{proto} {contact};branch=z9hG4bK{call_id}.m;rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <{impu}>;tag={tag}\r\n\
+             To: <{to}>\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: 1 MESSAGE\r\n\
+             Content-Type: text/plain\r\n\
+             User-Agent: ims-ue\r\n\
+             Content-Length: {len}\r\n\r\n{text}",
+            impu = self.cfg.impu,
+            tag = random_hex(4),
+            len = text.len(),
+        );
+        let req = Message::parse(Bytes::from(msg))?;
+        self.sip
+            .send(self.cfg.transport, self.pcscf_target(), req.to_bytes())
+            .await?;
+        let r = self.final_response(&call_id, None).await?;
+        Ok(r.status().unwrap_or(0))
+    }
+
+    /// Waits up to `wait` for a MESSAGE from the network and answers it 200; `None` when
+    /// none came. With IPsec it arrives at the protected server port.
+    pub async fn next_message(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Option<ReceivedMessage>, UeError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let Some((inc, at_server)) = self.next_incoming(deadline).await else {
+                return Ok(None);
+            };
+            let m = &inc.message;
+            if m.method_str() != Some("MESSAGE") {
+                continue;
+            }
+            let from = m
+                .name_addrs(HeaderName::PAssertedIdentity)
+                .next()
+                .and_then(Result::ok)
+                .map(|n| n.uri_str.to_owned())
+                .or_else(|| m.from_addr().ok().map(|f| f.uri_str.to_owned()))
+                .unwrap_or_default();
+            let got = ReceivedMessage {
+                from,
+                body: String::from_utf8_lossy(m.body()).into_owned(),
+                protected: at_server && self.ipsec_up(),
+            };
+            self.answer_ok(&inc, at_server).await?;
+            return Ok(Some(got));
+        }
     }
 
     /// Waits up to `wait` for the next NOTIFY of our reg event subscription and answers it
@@ -590,16 +717,7 @@ impl Ue {
             protected: false,
         };
         while out.status < 200 || out.notify_state.is_none() {
-            let next = async {
-                match self.sec.as_mut() {
-                    Some(sec) => tokio::select! {
-                        m = self.rx.recv() => m.map(|m| (m, false)),
-                        m = sec.server_rx.recv() => m.map(|m| (m, true)),
-                    },
-                    None => self.rx.recv().await.map(|m| (m, false)),
-                }
-            };
-            let Ok(Some((inc, at_server))) = tokio::time::timeout_at(deadline, next).await else {
+            let Some((inc, at_server)) = self.next_incoming(deadline).await else {
                 // The answer without a NOTIFY (or nothing at all) is what we have.
                 if out.status >= 200 {
                     return Ok(out);
@@ -628,16 +746,7 @@ impl Ue {
                 .map(|v| v.trim().to_owned());
             out.registration_state = registration_state(m.body());
             out.protected = at_server && self.ipsec_up();
-            let ok = ims_sip::response_to(m, 200, "OK", None)?;
-            let via = if at_server {
-                self.sec.as_ref().map(|s| s.server.clone())
-            } else {
-                None
-            };
-            let transport = via.as_ref().unwrap_or(&self.sip);
-            transport
-                .send(inc.transport, inc.source, ok.to_bytes())
-                .await?;
+            self.answer_ok(&inc, at_server).await?;
         }
         if notify_only {
             out.status = 0;
