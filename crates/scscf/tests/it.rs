@@ -1977,3 +1977,86 @@ async fn message_to_an_unregistered_or_unknown_callee() {
     let resp = peer.request(hop0).await;
     assert_eq!(resp.status(), Some(483), "{resp}");
 }
+
+/// Issue #17's bad input at the S-CSCF, each with a specific answer and the daemon unharmed:
+/// an INVITE without SDP and one with a broken SDP body are routed like any other (the core
+/// never reads the SDP: 480 and 404 here); a Route to a host that does not resolve is 404; a
+/// Max-Forwards of 0 is 483; a request without Call-ID is 400; a CANCEL matching nothing is
+/// 481; an ACK matching nothing is dropped; the daemon still answers afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_call_input_gets_specific_answers() {
+    let lab = lab().await;
+    let (addr, _) = daemon(lab.config()).await;
+    let mut peer = Peer::new(addr).await;
+    let mut ue = Ue::new(ALICE_IMPI, ALICE, &format!("<sip:alice@{}>", peer.addr));
+    let ok = register_over(&mut peer, &mut ue, &mut usim()).await;
+    assert_eq!(ok.status(), Some(200), "{ok}");
+    let term = Some("<sip:scscf1.hims.net:5060;lr>");
+
+    let no_sdp = request("INVITE", BOB, None, term, None);
+    let r = peer.request(no_sdp).await;
+    assert_eq!(r.status(), Some(480), "no SDP, callee not registered: {r}");
+
+    let mut broken = request("INVITE", "sip:nobody@hims.net", None, term, None);
+    broken
+        .set_body(
+            Some("application/sdp"),
+            Bytes::from_static(b"v=banana\r\nm=\x01\x02 nonsense\r\n"),
+        )
+        .unwrap();
+    let r = peer.request(broken).await;
+    assert_eq!(r.status(), Some(404), "broken SDP, unknown callee: {r}");
+
+    let unknown_route = request(
+        "INVITE",
+        BOB,
+        None,
+        Some("<sip:orig@scscf1.hims.net:5060;lr>, <sip:nowhere.invalid;lr>"),
+        Some(ALICE),
+    );
+    let r = peer.request(unknown_route).await;
+    assert_eq!(r.status(), Some(404), "a Route that does not resolve: {r}");
+
+    let mut hop0 = request("INVITE", BOB, None, term, None);
+    hop0.set_header("Max-Forwards", "0").unwrap();
+    let r = peer.request(hop0).await;
+    assert_eq!(r.status(), Some(483), "{r}");
+
+    let mut no_call_id = request("INVITE", BOB, None, term, None);
+    no_call_id.remove_headers(HeaderName::CallId);
+    let r = peer.request(no_call_id).await;
+    assert_eq!(r.status(), Some(400), "{r}");
+    assert!(
+        r.reason()
+            .is_some_and(|why| String::from_utf8_lossy(why).contains("Call-ID")),
+        "the 400 names the problem: {r}"
+    );
+
+    let r = peer.request(request("CANCEL", BOB, None, term, None)).await;
+    assert_eq!(r.status(), Some(481), "a CANCEL for no INVITE: {r}");
+
+    // An ACK for nothing: no answer at all (an ACK is never answered), nothing else either.
+    let mut ack = request("ACK", BOB, None, term, None);
+    ack.prepend_header(
+        "Via",
+        &format!("SIP/2.0/UDP {};branch=z9hG4bKlostack;rport", peer.addr),
+    )
+    .unwrap();
+    peer.sock.send_to(&ack.to_bytes(), addr).await.unwrap();
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_millis(500) {
+        peer.pump(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !peer
+            .responses
+            .iter()
+            .any(|r| r.top_via().unwrap().branch() == Some("z9hG4bKlostack")),
+        "an ACK got an answer"
+    );
+    // Still serving.
+    let r = peer
+        .request(message("sip:nobody@hims.net", term, None))
+        .await;
+    assert_eq!(r.status(), Some(404), "{r}");
+}
