@@ -160,10 +160,23 @@ fn plan_inner(req: &Message, registrar: &Registrar) -> Result<Plan, ims_sip::Err
         }));
     }
     let method = m.method();
-    if method == Some(Method::Ack) || (method == Some(Method::Notify)) {
-        // An ACK outside a dialog is for a failure we answered (absorbed by the endpoint);
-        // a NOTIFY outside a dialog has nowhere to go.
-        return Ok(Plan::Refuse(481, "Call/Transaction Does Not Exist".into()));
+    if matches!(
+        method,
+        Some(
+            Method::Ack
+                | Method::Notify
+                | Method::Bye
+                | Method::Update
+                | Method::Prack
+                | Method::Info
+        )
+    ) {
+        // Requests that only exist inside a dialog, outside one: an ACK for a failure we
+        // answered (the endpoint absorbed it), a BYE of a call that never was, ...
+        return Ok(Plan::Refuse(
+            481,
+            "Call/Transaction Does Not Exist (outside any dialog)".into(),
+        ));
     }
     let plan = if orig {
         originating(cfg, registrar, m)?

@@ -1942,8 +1942,8 @@ async fn session_routing_plans() {
         Plan::Forward(b) => assert_eq!(b.next_hop, "sip:bob@10.0.0.3:5060"),
         p => panic!("BYE to the remote target: {p:?}"),
     }
-    // An ACK or a NOTIFY outside any dialog goes nowhere.
-    for method in ["ACK", "NOTIFY"] {
+    // Requests that only exist inside a dialog go nowhere outside one.
+    for method in ["ACK", "NOTIFY", "BYE", "UPDATE", "PRACK", "INFO"] {
         match plan(&request(method, ALICE, None, term, None), &r) {
             Plan::Refuse(481, _) => {}
             p => panic!("{method} outside a dialog: {p:?}"),
