@@ -354,25 +354,10 @@ impl Inner {
             uar_flags: None,
         };
         let mut buf = Vec::with_capacity(512);
-        if let Err(e) = uar.encode(&mut buf) {
-            tracing::warn!(error = %e, "cannot encode the UAR");
-            return Err((500, "Server Internal Error"));
-        }
-        let bytes = match self.cx.request(buf).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "UAR got no answer: HSS unreachable");
-                return Err((480, "Temporarily Unavailable"));
-            }
-        };
-        let msg = ims_diameter::Message::parse(&bytes).map_err(|e| {
-            tracing::warn!(error = %e, "UAA does not parse");
-            (480, "Temporarily Unavailable")
-        })?;
-        let uaa = Uaa::decode(&msg).map_err(|e| {
-            tracing::warn!(error = %e, "UAA is not valid");
-            (480, "Temporarily Unavailable")
-        })?;
+        let encoded = uar.encode(&mut buf);
+        let bytes = self.cx_request("UAR", buf, encoded).await?;
+        let msg = parse_answer(&bytes, "UAA")?;
+        let uaa = Uaa::decode(&msg).map_err(|e| invalid_answer("UAA", &e))?;
         let r = uaa.base.result;
         tracing::info!(result = r.code(), name = r.name().unwrap_or("?"), "UAA");
         match r {
@@ -479,6 +464,28 @@ impl Inner {
         }
     }
 
+    /// Sends the Cx request `what` (`buf`, as `encoded` says it was encoded) and returns the
+    /// answer's bytes; the SIP status when it could not be encoded (500) or got no answer
+    /// (480: the HSS is unreachable).
+    async fn cx_request<E: std::fmt::Display>(
+        &self,
+        what: &'static str,
+        buf: Vec<u8>,
+        encoded: Result<usize, E>,
+    ) -> Result<Vec<u8>, (u16, &'static str)> {
+        if let Err(e) = encoded {
+            tracing::warn!(error = %e, "cannot encode the {what}");
+            return Err((500, "Server Internal Error"));
+        }
+        match self.cx.request(buf).await {
+            Ok(b) => Ok(b),
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} got no answer: HSS unreachable");
+                Err((480, "Temporarily Unavailable"))
+            }
+        }
+    }
+
     async fn lir(&self, impu: &str) -> Result<Where, (u16, &'static str)> {
         let session = self.sessions.next_id();
         let d = &self.cfg.diameter;
@@ -496,25 +503,10 @@ impl Inner {
             authorization_type: None,
         };
         let mut buf = Vec::with_capacity(384);
-        if let Err(e) = lir.encode(&mut buf) {
-            tracing::warn!(error = %e, "cannot encode the LIR");
-            return Err((500, "Server Internal Error"));
-        }
-        let bytes = match self.cx.request(buf).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "LIR got no answer: HSS unreachable");
-                return Err((480, "Temporarily Unavailable"));
-            }
-        };
-        let msg = ims_diameter::Message::parse(&bytes).map_err(|e| {
-            tracing::warn!(error = %e, "LIA does not parse");
-            (480, "Temporarily Unavailable")
-        })?;
-        let lia = Lia::decode(&msg).map_err(|e| {
-            tracing::warn!(error = %e, "LIA is not valid");
-            (480, "Temporarily Unavailable")
-        })?;
+        let encoded = lir.encode(&mut buf);
+        let bytes = self.cx_request("LIR", buf, encoded).await?;
+        let msg = parse_answer(&bytes, "LIA")?;
+        let lia = Lia::decode(&msg).map_err(|e| invalid_answer("LIA", &e))?;
         let r = lia.base.result;
         tracing::info!(result = r.code(), name = r.name().unwrap_or("?"), "LIA");
         match r {
@@ -653,6 +645,23 @@ fn where_of(server_name: Option<&str>, caps: Option<ServerCapabilities<'_>>) -> 
             })
         }
     }
+}
+
+/// A Cx answer (`what`: "UAA", "LIA") parsed; 480 when it does not parse.
+fn parse_answer<'a>(
+    bytes: &'a [u8],
+    what: &str,
+) -> Result<ims_diameter::Message<'a>, (u16, &'static str)> {
+    ims_diameter::Message::parse(bytes).map_err(|e| {
+        tracing::warn!(error = %e, "{what} does not parse");
+        (480, "Temporarily Unavailable")
+    })
+}
+
+/// The status for a Cx answer (`what`) that parses but is not a valid one: 480.
+fn invalid_answer(what: &str, e: &ims_diameter::Error) -> (u16, &'static str) {
+    tracing::warn!(error = %e, "{what} is not valid");
+    (480, "Temporarily Unavailable")
 }
 
 /// The public identity a Request-URI names ([`Uri::identity`]).
