@@ -247,7 +247,45 @@ impl Store {
     /// the SQN writes (`None` when the IMPI is gone or not AKA) and `None` for the others (a
     /// subscription deleted meanwhile is not an error: nothing is left to change). A database
     /// error fails the whole batch and nothing of it is written.
+    ///
+    /// The batch goes to the database as one SQL text ([`batch_sql`]), so it costs one round
+    /// trip to sqlx's SQLite worker thread instead of one per statement: profiled at 1,000,000
+    /// subscribers (`mar_load`, every MAR a new subscriber, so a write each), about 60% of
+    /// the HSS's CPU was the thread hand-offs of per-statement execution, 1.5% SQLite itself.
+    /// A string that cannot be a literal (a NUL in it) sends that batch statement by
+    /// statement, with bound parameters, as before.
     pub async fn apply(&self, writes: &[Write]) -> Result<Vec<Option<u64>>, StoreError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(sql) = batch_sql(writes) else {
+            return self.apply_each(writes).await;
+        };
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        // (Through `Executor::fetch_all`: `RawSql::fetch_all` on `Any` makes the future ask
+        // for `Executor` over every lifetime, and the HSS's writer task would not be `Send`.)
+        let rows = sqlx::Executor::fetch_all(&mut *tx, sqlx::raw_sql(&sql))
+            .await
+            .map_err(db("write batch"))?;
+        tx.commit().await.map_err(db("commit"))?;
+        let mut out = vec![None; writes.len()];
+        for row in rows {
+            let index: i64 = row.try_get(0).map_err(db("write batch"))?;
+            let sqn: i64 = row.try_get(1).map_err(db("write batch"))?;
+            let Some(slot) = usize::try_from(index).ok().and_then(|i| out.get_mut(i)) else {
+                continue;
+            };
+            *slot = match writes.get(index as usize) {
+                // The value asked for, as the per-statement path returns it.
+                Some(Write::SetSqn { sqn, .. }) => Some(*sqn),
+                _ => Some(sqn as u64),
+            };
+        }
+        Ok(out)
+    }
+
+    /// [`Store::apply`] statement by statement, with bound parameters.
+    async fn apply_each(&self, writes: &[Write]) -> Result<Vec<Option<u64>>, StoreError> {
         let op = "write batch";
         let mut out = Vec::with_capacity(writes.len());
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
@@ -310,5 +348,88 @@ impl Store {
         }
         tx.commit().await.map_err(db("commit"))?;
         Ok(out)
+    }
+}
+
+/// The SQL text of a batch for [`Store::apply`]: one statement per write, in order; those
+/// that return an SQN return `(index of the write, sqn)`. Numbers are written as they are
+/// (they are typed integers), strings as SQL literals with their quotes doubled, which both
+/// SQLite and PostgreSQL (standard_conforming_strings, on by default since 9.1) read as the
+/// string itself. `None` when a string has a NUL, which no SQL literal can hold.
+fn batch_sql(writes: &[Write]) -> Option<String> {
+    use std::fmt::Write as _;
+    fn lit(s: &str) -> Option<String> {
+        (!s.contains('\0')).then(|| format!("'{}'", s.replace('\'', "''")))
+    }
+    fn opt_lit(s: Option<&str>) -> Option<String> {
+        match s {
+            Some(s) => lit(s),
+            None => Some("NULL".to_owned()),
+        }
+    }
+    let mut sql = String::with_capacity(writes.len() * 128);
+    for (i, w) in writes.iter().enumerate() {
+        let _ = match w {
+            Write::Scscf {
+                subscription_id,
+                assignment,
+            } => writeln!(
+                sql,
+                "UPDATE subscription SET scscf_name = {}, scscf_host = {} WHERE id = {subscription_id};",
+                opt_lit(assignment.as_ref().map(|a| a.server_name.as_str()))?,
+                opt_lit(assignment.as_ref().and_then(|a| a.diameter_host.as_deref()))?,
+            ),
+            Write::RegState {
+                subscription_id,
+                irs,
+                state,
+            } => writeln!(
+                sql,
+                "UPDATE public_identity SET reg_state = {} WHERE subscription_id = {subscription_id} AND irs = {irs};",
+                *state as i64
+            ),
+            Write::AdvanceSqn { impi, delta } => writeln!(
+                sql,
+                "UPDATE private_identity SET sqn = (sqn + {}) % {SQN_MODULUS} WHERE impi = {} AND auth_scheme = 'aka' RETURNING CAST({i} AS BIGINT), sqn;",
+                delta % SQN_MODULUS,
+                lit(impi)?
+            ),
+            Write::SetSqn { impi, sqn } => writeln!(
+                sql,
+                "UPDATE private_identity SET sqn = {} WHERE impi = {} AND auth_scheme = 'aka' RETURNING CAST({i} AS BIGINT), sqn;",
+                sqn % SQN_MODULUS,
+                lit(impi)?
+            ),
+        };
+    }
+    Some(sql)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_one_text_with_literals_escaped_and_nul_refused() {
+        let writes = [
+            Write::AdvanceSqn {
+                impi: "a'b@hims.net".into(),
+                delta: 32,
+            },
+            Write::RegState {
+                subscription_id: 3,
+                irs: 1,
+                state: RegState::Registered,
+            },
+        ];
+        let sql = batch_sql(&writes).unwrap_or_default();
+        assert!(sql.contains("impi = 'a''b@hims.net'"), "{sql}");
+        assert!(sql.contains("RETURNING CAST(0 AS BIGINT), sqn;"), "{sql}");
+        assert_eq!(sql.lines().count(), 2, "{sql}");
+        let nul = [Write::SetSqn {
+            impi: "a\0b".into(),
+            sqn: 1,
+        }];
+        assert!(batch_sql(&nul).is_none());
     }
 }

@@ -419,3 +419,88 @@ async fn postgres_queries_for_cx() {
     };
     queries_for_cx(&pg.url()).await;
 }
+
+/// `Store::apply` writes a batch as one SQL text: every kind of write lands, in order (the
+/// same IMPI advanced twice in one batch gets two blocks), an unknown IMPI is `None`, and a
+/// name with a quote is stored as it was (the literal is escaped, not interpreted).
+async fn batched_writes(url: &str) {
+    use ims_store::{IdentityKey, Write};
+    let store = Store::open(url).await.unwrap();
+    store.add_subscriber(&aka_subscriber(7)).await.unwrap();
+    let id = store
+        .subscription_id(IdentityKey::Impi("user7.private@hims.net"))
+        .await
+        .unwrap()
+        .unwrap();
+    let odd = "sip:o'brien.hims.net:5060';DROP TABLE subscription;--";
+    let writes = vec![
+        Write::Scscf {
+            subscription_id: id,
+            assignment: Some(ScscfAssignment {
+                server_name: odd.into(),
+                diameter_host: Some("it's.hims.net".into()),
+            }),
+        },
+        Write::RegState {
+            subscription_id: id,
+            irs: 1,
+            state: RegState::Registered,
+        },
+        Write::AdvanceSqn {
+            impi: "user7.private@hims.net".into(),
+            delta: 64,
+        },
+        Write::AdvanceSqn {
+            impi: "user7.private@hims.net".into(),
+            delta: 64,
+        },
+        Write::AdvanceSqn {
+            impi: "nobody@hims.net".into(),
+            delta: 64,
+        },
+        Write::SetSqn {
+            impi: "nobody@hims.net".into(),
+            sqn: 5,
+        },
+    ];
+    let out = store.apply(&writes).await.unwrap();
+    assert_eq!(out, [None, None, Some(96), Some(160), None, None]);
+    let subs = store.load_subscriptions(id, id).await.unwrap();
+    let scscf = subs[0].scscf.clone().unwrap();
+    assert_eq!(scscf.server_name, odd);
+    assert_eq!(scscf.diameter_host.as_deref(), Some("it's.hims.net"));
+    let out = store
+        .apply(&[Write::SetSqn {
+            impi: "user7.private@hims.net".into(),
+            sqn: 1000,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(out, [Some(1000)]);
+    let sub = store
+        .subscriber("user7.private@hims.net")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sub.sqn, Some(1000));
+    let impu = store
+        .public_identity("sip:user7@hims.net")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(impu.reg_state, RegState::Registered as i64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_batched_writes() {
+    let (_, url) = db_url("store-batch");
+    batched_writes(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_batched_writes() {
+    let Some(pg) = ims_testkit::postgres::Postgres::start("store_pg_batch") else {
+        return;
+    };
+    batched_writes(&pg.url()).await;
+}
