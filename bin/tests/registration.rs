@@ -1124,10 +1124,11 @@ fn call_over(
 
     let out = carol.stop();
     let invites = received(&out, "INVITE");
-    assert_eq!(
-        invites.len(),
-        4,
-        "two INVITEs and two re-INVITEs reached carol ({what}):\n{}",
+    // Per run of alice's scenario (SIPp's AKA RES bug can make run_caller run it again).
+    let runs = invites.len() / 4;
+    assert!(
+        runs >= 1 && invites.len().is_multiple_of(4),
+        "two INVITEs and two re-INVITEs reached carol per run ({what}):\n{}",
         out.messages
     );
     for m in &invites {
@@ -1155,7 +1156,7 @@ fn call_over(
     );
     for method in ["ACK", "PRACK", "UPDATE", "BYE"] {
         let got = received(&out, method);
-        let want = if method == "ACK" { 4 } else { 2 };
+        let want = if method == "ACK" { 4 * runs } else { 2 * runs };
         assert_eq!(
             got.len(),
             want,

@@ -8,7 +8,9 @@
 //!
 //! - **Originating** (§5.4.3.2): the top Route is ours with the user part `orig` (the
 //!   Service-Route the registrar hands out, which the P-CSCF puts on the UE's requests). The
-//!   served user is the first P-Asserted-Identity; it must be registered here, else `403`.
+//!   served user is the first P-Asserted-Identity; it must be registered here, else `403`,
+//!   and the request must come from that user's P-CSCF (an address the first entry of the
+//!   user's Path resolves to), else `403`: the identity is believed from there only.
 //!   With more Route entries the request follows them (loose routing); otherwise a sip: or
 //!   sips: Request-URI in one of our home domains, or a tel: URI (our users' numbers live in
 //!   the HSS), goes to the home I-CSCF (the configured `icscf`, else RFC 3263 on the
@@ -306,6 +308,16 @@ pub async fn route(
     resolver: &Arc<SipResolver>,
     req: ServerRequest,
 ) {
+    if !from_served_users_pcscf(registrar, resolver, &req).await {
+        return ep
+            .reply(
+                &req,
+                403,
+                "Forbidden (not from the served user's P-CSCF)",
+                "scscf",
+            )
+            .await;
+    }
     let invite = req.message.method() == Some(Method::Invite);
     let ack = req.message.method() == Some(Method::Ack);
     let outcome = match plan(&req.message, registrar) {
@@ -330,6 +342,61 @@ pub async fn route(
         Ok(resp) => ep.respond(&req, resp).await,
         Err((code, reason)) => ep.reply(&req, code, &reason, "scscf").await,
     }
+}
+
+/// Whether an originating request (our `orig` Route, outside a dialog) comes from the served
+/// user's P-CSCF: an address that the first Path entry of one of the user's bindings
+/// resolves to (or the contact's own host for a binding registered without Path). The
+/// P-Asserted-Identity is only believed from there (TS 24.229 §5.4.3.2 and its trust
+/// domain): anyone else could name any of our users. Other requests, and originating ones
+/// whose user is not registered here (which [`plan`] refuses), pass.
+async fn from_served_users_pcscf(
+    registrar: &Registrar,
+    resolver: &SipResolver,
+    req: &ServerRequest,
+) -> bool {
+    let m = &req.message;
+    let orig = first_route(m)
+        .ok()
+        .flatten()
+        .and_then(|r| ours(registrar.config(), &r))
+        == Some(true);
+    if !orig || m.to_addr().is_ok_and(|t| t.tag().is_some()) {
+        return true;
+    }
+    let Some(served) = m
+        .name_addrs(HeaderName::PAssertedIdentity)
+        .next()
+        .and_then(Result::ok)
+        .map(|a| a.uri_str.to_owned())
+    else {
+        return true;
+    };
+    let Some(reg) = registrar.registration(&served) else {
+        return true;
+    };
+    let source = req.source.ip();
+    for b in &reg.bindings {
+        let hop = b
+            .path
+            .first()
+            .map(|p| {
+                let p = p.trim().trim_start_matches('<');
+                p.split('>').next().unwrap_or(p).to_owned()
+            })
+            .unwrap_or_else(|| b.contact_uri.clone());
+        let Ok(Uri::Sip(sip)) = Uri::parse(&hop) else {
+            continue;
+        };
+        if let Ok(targets) = resolver.resolve(&Destination::from_sip_uri(&sip)).await
+            && targets.iter().any(|t| t.addr.ip() == source)
+        {
+            return true;
+        }
+    }
+    tracing::warn!(%served, source = %req.source,
+        "originating request from an address that is none of the served user's P-CSCFs: 403");
+    false
 }
 
 /// An INVITE's branches, resolved, through the stateful proxy core.

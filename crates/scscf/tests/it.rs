@@ -200,6 +200,8 @@ struct Ue {
     call_id: String,
     cseq: u32,
     contact: String,
+    /// The P-CSCF's Path entry in its REGISTERs.
+    path: String,
 }
 
 impl Ue {
@@ -210,6 +212,7 @@ impl Ue {
             call_id: format!("call-{impi}"),
             cseq: 0,
             contact: contact.into(),
+            path: PATH.into(),
         }
     }
 
@@ -228,7 +231,7 @@ impl Ue {
                     self.cseq
                 ),
             )
-            .header("Path", PATH)
+            .header("Path", &self.path)
             .header("From", &format!("<{}>;tag=ue{}", self.impu, self.cseq))
             .header("To", &format!("<{}>", self.impu))
             .header("Call-ID", &self.call_id)
@@ -1982,13 +1985,30 @@ async fn message_to_an_unregistered_or_unknown_callee() {
 /// an INVITE without SDP and one with a broken SDP body are routed like any other (the core
 /// never reads the SDP: 480 and 404 here); a Route to a host that does not resolve is 404; a
 /// Max-Forwards of 0 is 483; a request without Call-ID is 400; a CANCEL matching nothing is
-/// 481; an ACK matching nothing is dropped; the daemon still answers afterwards.
+/// 481; an ACK matching nothing is dropped; the daemon still answers afterwards. And an
+/// originating request is believed only from the served user's P-CSCF (its Path): from
+/// anywhere else it is 403.
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_call_input_gets_specific_answers() {
     let lab = lab().await;
     let (addr, _) = daemon(lab.config()).await;
     let mut peer = Peer::new(addr).await;
     let mut ue = Ue::new(ALICE_IMPI, ALICE, &format!("<sip:alice@{}>", peer.addr));
+    let ok = register_over(&mut peer, &mut ue, &mut usim()).await;
+    assert_eq!(ok.status(), Some(200), "{ok}");
+    // Alice's Path names pcscf1.vims.net, which is not us (the peer): her identity is not
+    // believed from here.
+    let spoofed = request(
+        "MESSAGE",
+        BOB,
+        None,
+        Some("<sip:orig@scscf1.hims.net:5060;lr>"),
+        Some(ALICE),
+    );
+    let r = peer.request(spoofed).await;
+    assert_eq!(r.status(), Some(403), "not from alice's P-CSCF: {r}");
+    // Registered again through a P-CSCF at the peer's address: now it is hers.
+    ue.path = format!("<sip:term@{};lr>", peer.addr);
     let ok = register_over(&mut peer, &mut ue, &mut usim()).await;
     assert_eq!(ok.status(), Some(200), "{ok}");
     let term = Some("<sip:scscf1.hims.net:5060;lr>");
