@@ -459,7 +459,7 @@ impl SipEndpoint {
     /// request's retransmissions.
     pub async fn respond(&self, req: &ServerRequest, response: Message) {
         let bytes = response.to_bytes();
-        let (transport, to) = response_route(req);
+        let (transport, to) = response_route(&req.message, req.transport, req.source);
         let status = response.status().unwrap_or(0);
         if let (Some(k), Some(Method::Invite)) = (&req.key, req.message.method()) {
             let tx = self.inner.servers.with(k, |m| match m.get(k) {
@@ -517,15 +517,7 @@ impl SipEndpoint {
         rx: mpsc::UnboundedReceiver<IstInput>,
     ) -> watch::Receiver<bool> {
         let (cancel_tx, cancel_rx) = watch::channel(false);
-        let probe = ServerRequest {
-            message: invite.clone(),
-            source,
-            transport,
-            local,
-            key: None,
-            cancel: None,
-        };
-        let (transport, to) = response_route(&probe);
+        let (transport, to) = response_route(invite, transport, source);
         let now = Instant::now();
         let reliable = transport != Transport::Udp;
         let mut ist = InviteServer::new(reliable, now, self.inner.timers, None);
@@ -836,19 +828,31 @@ impl SipEndpoint {
     ) -> Result<Message, ClientError> {
         target.transport = transport_for(&req, target.transport, flow);
         let branch = self.push_via(&mut req, target, index)?;
+        self.client_transaction(branch, req.to_bytes(), target, index)
+            .await
+    }
+
+    /// A non-INVITE client transaction for `bytes`, its responses found under `key` (the
+    /// branch, or [`cancel_key`] for a CANCEL); after the final response its retransmissions
+    /// are absorbed for T4 over UDP.
+    async fn client_transaction(
+        &self,
+        key: String,
+        bytes: Bytes,
+        target: crate::dns::Target,
+        index: usize,
+    ) -> Result<Message, ClientError> {
         let (tx, mut rx) = mpsc::channel(8);
-        self.inner.clients.with(&branch, |m| {
-            m.insert(branch.clone(), ClientState::Waiting(tx))
-        });
-        let result = self
-            .run_client(req.to_bytes(), target, index, &mut rx)
-            .await;
+        self.inner
+            .clients
+            .with(&key, |m| m.insert(key.clone(), ClientState::Waiting(tx)));
+        let result = self.run_client(bytes, target, index, &mut rx).await;
         let until = Instant::now() + self.inner.timers.t4;
-        self.inner.clients.with(&branch, |m| {
+        self.inner.clients.with(&key, |m| {
             if result.is_ok() && target.transport == Transport::Udp {
-                m.insert(branch.clone(), ClientState::Absorbing(until));
+                m.insert(key.clone(), ClientState::Absorbing(until));
             } else {
-                m.remove(&branch);
+                m.remove(&key);
             }
         });
         result
@@ -1005,8 +1009,8 @@ impl SipEndpoint {
                             && let Err(mpsc::error::SendError((_, Ok(resp)))) =
                                 out.send((id, Ok(resp))).await
                         {
-                                // The proxy has answered upstream already: a 2xx still goes
-                                // up by Via (§16.7 item 5); anything else stops here.
+                            // The proxy has answered upstream already: a 2xx still goes up
+                            // by Via (§16.7 item 5); anything else stops here.
                             if (200..300).contains(&status) {
                                 let _ = self.forward_response(resp).await;
                             }
@@ -1038,7 +1042,7 @@ impl SipEndpoint {
     }
 
     /// Sends the CANCEL of an INVITE we sent (same Via and branch) as a non-INVITE client
-    /// transaction; its 200 is absorbed.
+    /// transaction; its 200 (and retransmissions of it) are absorbed.
     async fn send_cancel(
         self,
         cancel: Message,
@@ -1046,18 +1050,12 @@ impl SipEndpoint {
         target: crate::dns::Target,
         index: usize,
     ) {
-        let key = cancel_key(&branch);
-        let (tx, mut rx) = mpsc::channel(4);
-        self.inner
-            .clients
-            .with(&key, |m| m.insert(key.clone(), ClientState::Waiting(tx)));
         let result = self
-            .run_client(cancel.to_bytes(), target, index, &mut rx)
+            .client_transaction(cancel_key(&branch), cancel.to_bytes(), target, index)
             .await;
         if let Err(e) = &result {
             tracing::info!(error = %e, "CANCEL not answered");
         }
-        self.inner.clients.with(&key, |m| m.remove(&key));
     }
 
     /// Pops our Via from a response and sends it to the next Via (RFC 3261 §16.7 item 9,
@@ -1251,13 +1249,17 @@ impl ServerRequest {
 
 /// How a response to `req` leaves: on its connection (TCP), else to the Via's
 /// `rport`/`received`/sent-by (UDP), else to the source.
-fn response_route(req: &ServerRequest) -> (Transport, SocketAddr) {
-    match req.transport {
-        Transport::Udp => match response_destination(&req.message) {
+fn response_route(
+    message: &Message,
+    transport: Transport,
+    source: SocketAddr,
+) -> (Transport, SocketAddr) {
+    match transport {
+        Transport::Udp => match response_destination(message) {
             Some(to) => (Transport::Udp, to),
-            None => (Transport::Udp, req.source),
+            None => (Transport::Udp, source),
         },
-        t => (t, req.source),
+        t => (t, source),
     }
 }
 
