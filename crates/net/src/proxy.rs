@@ -59,32 +59,47 @@ impl Ended {
     }
 }
 
-/// The rank of a final status among a fork's answers (§16.7 item 6): lower is better.
-fn rank(status: u16) -> (u8, u16) {
+/// The rank of a final status among a fork's answers (RFC 3261 §16.7 item 6): lower is
+/// better (a 6xx, else the lowest status). Shared by every forking of the CSCFs.
+pub fn rank(status: u16) -> (u8, u16) {
     match status {
         600..=699 => (0, status),
         s => (1, s),
     }
 }
 
+/// A downstream 503 is not ours to pass on (§16.7 item 6): the caller would think *we* are
+/// busy. It goes upstream as 500.
+pub fn not_our_503(resp: &mut Message) -> Result<(), ims_sip::Error> {
+    if resp.status() == Some(503) {
+        resp.set_status(500, "Server Internal Error (next hop unavailable)")?;
+    }
+    Ok(())
+}
+
+/// Keeps `e` as the answer when it ranks better than the one kept.
+fn keep_best(best: &mut Option<Ended>, e: Ended) {
+    if best
+        .as_ref()
+        .is_none_or(|b| rank(e.status()) < rank(b.status()))
+    {
+        *best = Some(e);
+    }
+}
+
 /// Proxies the INVITE `req` to `branches` and answers it upstream (see the module docs).
-/// `tag` is the To tag of the answers we make ourselves. Returns the status that went
-/// upstream as the answer.
+/// `tag` is the To tag of the answers we make ourselves.
 pub async fn proxy_invite(
     ep: &SipEndpoint,
     req: &ServerRequest,
     branches: Vec<ProxyBranch>,
     tag: &str,
-) -> u16 {
+) {
     let (tx, mut rx) = mpsc::channel(32);
     let mut handles = Vec::with_capacity(branches.len());
     let mut answered_at_all = vec![false; branches.len()];
     let mut best: Option<Ended> = None;
     let mut pending = 0usize;
-    let better = |best: &Option<Ended>, e: &Ended| match best {
-        None => true,
-        Some(b) => rank(e.status()) < rank(b.status()),
-    };
     for (id, b) in branches.into_iter().enumerate() {
         let to = b.target.addr;
         match ep
@@ -98,17 +113,15 @@ pub async fn proxy_invite(
             Err(e) => {
                 tracing::info!(%to, error = %e, "INVITE branch could not be sent");
                 handles.push(None);
-                let e = Ended::Failed(503, "Service Unavailable");
-                if better(&best, &e) {
-                    best = Some(e);
-                }
+                keep_best(&mut best, Ended::Failed(503, "Service Unavailable"));
             }
         }
     }
     drop(tx);
     let mut cancel = req.cancellation();
     let mut cancelled = false;
-    let mut answered: Option<u16> = None;
+    // A 2xx went upstream: that is the answer.
+    let mut answered = false;
     let cancel_all = |handles: &mut Vec<Option<crate::endpoint::InviteBranch>>| {
         for h in handles.iter().flatten() {
             h.cancel();
@@ -128,7 +141,7 @@ pub async fn proxy_invite(
                             *a = true;
                         }
                         if status < 200 {
-                            if answered.is_none() {
+                            if !answered {
                                 ep.respond(req, resp).await;
                             }
                             continue;
@@ -139,19 +152,16 @@ pub async fn proxy_invite(
                         }
                         if (200..300).contains(&status) {
                             ep.respond(req, resp).await;
-                            if answered.is_none() {
-                                answered = Some(status);
+                            if !answered {
+                                answered = true;
                                 cancel_all(&mut handles);
                             }
                             continue;
                         }
-                        if status >= 600 && answered.is_none() {
+                        if status >= 600 && !answered {
                             cancel_all(&mut handles);
                         }
-                        let e = Ended::Response(resp);
-                        if better(&best, &e) {
-                            best = Some(e);
-                        }
+                        keep_best(&mut best, Ended::Response(resp));
                     }
                     Err(e) => {
                         if handles.get_mut(id).and_then(Option::take).is_some() {
@@ -167,9 +177,7 @@ pub async fn proxy_invite(
                                 Ended::Failed(503, "Service Unavailable")
                             }
                         };
-                        if better(&best, &ended) {
-                            best = Some(ended);
-                        }
+                        keep_best(&mut best, ended);
                     }
                 }
             }
@@ -180,38 +188,25 @@ pub async fn proxy_invite(
                 for (h, heard) in handles.iter_mut().zip(&answered_at_all) {
                     if !heard && h.take().is_some() {
                         pending -= 1;
-                        let e = Ended::Failed(487, "Request Terminated");
-                        if better(&best, &e) {
-                            best = Some(e);
-                        }
+                        keep_best(&mut best, Ended::Failed(487, "Request Terminated"));
                     }
                 }
             }
         }
     }
-    if let Some(status) = answered {
-        return status;
+    if answered {
+        return;
     }
     match best {
         Some(Ended::Response(mut resp)) => {
-            let status = resp.status().unwrap_or(500);
-            if status == 503 {
-                // Not ours to pass on (§16.7 item 6): the caller would think *we* are busy.
-                let _ = resp.set_status(500, "Server Internal Error (next hop unavailable)");
-            }
-            let status = resp.status().unwrap_or(500);
+            let _ = not_our_503(&mut resp);
             ep.respond(req, resp).await;
-            status
         }
         Some(Ended::Failed(code, reason)) => {
             let code = if code == 503 { 500 } else { code };
             ep.reply(req, code, reason, tag).await;
-            code
         }
-        None => {
-            ep.reply(req, 480, "Temporarily Unavailable", tag).await;
-            480
-        }
+        None => ep.reply(req, 480, "Temporarily Unavailable", tag).await,
     }
 }
 

@@ -48,12 +48,12 @@ use ims_diameter::AnswerResult;
 use ims_diameter::dict::experimental_result_code as erc;
 use ims_net::dns::{Destination, SipResolver, Target};
 use ims_net::endpoint::{ClientError, ServerRequest, SipEndpoint, pop_own_via};
-use ims_net::proxy::{ProxyBranch, proxy_invite};
+use ims_net::proxy::{ProxyBranch, not_our_503, proxy_invite, rank};
 use ims_sip::{HeaderName, Message, Method, Uri};
 
 use crate::config::Config;
 use crate::cx::CxFailure;
-use crate::registrar::{Registrar, public_identity};
+use crate::registrar::Registrar;
 
 /// The methods routed here (REGISTER and SUBSCRIBE are the registrar's).
 pub fn is_routed(method: Option<Method>) -> bool {
@@ -266,7 +266,7 @@ fn now_ms() -> i64 {
 }
 
 fn terminating(registrar: &Registrar, m: Message) -> Result<Plan, ims_sip::Error> {
-    let impu = match public_identity(&m.request_uri()?) {
+    let impu = match m.request_uri()?.identity() {
         Some(i) => i,
         None => {
             return Ok(Plan::Refuse(
@@ -500,16 +500,6 @@ async fn send(
     }
 }
 
-/// The rank of a final status among forked answers (RFC 3261 §16.7 item 6): lower is better;
-/// 2xx never gets here.
-fn rank(status: u16) -> (u8, u16) {
-    match status {
-        600..=699 => (0, status),
-        // 503 becomes 500 on the way back (§16.7 item 6): ranked as a 5xx.
-        s => (1, s),
-    }
-}
-
 /// Parallel forking (RFC 3261 §16.7): the first 2xx wins (the other branches are not waited
 /// for: a non-INVITE cannot be cancelled); else the best final response.
 async fn fork(
@@ -532,6 +522,7 @@ async fn fork(
             set.detach_all();
             return outcome;
         }
+        // (A 503 becomes 500 on the way back, and ranks as the 5xx it is.)
         let better = match &best {
             None => true,
             Some(Ok(b)) => rank(status) < rank(b.status().unwrap_or(500)),
@@ -542,10 +533,8 @@ async fn fork(
         }
     }
     match best {
-        Some(Ok(mut resp)) if resp.status() == Some(503) => {
-            // A 503 from downstream is not ours to pass on (§16.7 item 6).
-            resp.set_status(500, "Server Internal Error (callee's next hop overloaded)")
-                .map_err(|e| (500, e.to_string()))?;
+        Some(Ok(mut resp)) => {
+            not_our_503(&mut resp).map_err(|e| (500, e.to_string()))?;
             Ok(resp)
         }
         Some(b) => b,
