@@ -1263,8 +1263,6 @@ impl Inner {
                 m.prepend_header("Route", r)?;
             }
             if creates_dialog(m) {
-                // The UE's entry below the core's (RFC 5658): the UE reads the route set
-                // from the bottom of the 2xx's Record-Route.
                 self.record_route(m, "mo", req.local)?;
             }
             Ok(())
@@ -1323,7 +1321,7 @@ impl Inner {
                     .find(|a| a.is_ipv4() == flow.addr.is_ipv4())
                     .unwrap_or(req.local),
             };
-            if let Err(e) = self.record_route_toward_ue(&mut m, ue_side) {
+            if let Err(e) = self.record_route(&mut m, "mt", ue_side) {
                 tracing::info!(error = %e, "cannot add Record-Route");
             }
         }
@@ -1345,12 +1343,13 @@ impl Inner {
         }
     }
 
-    /// Our Record-Route on a dialog-creating request from a UE (`mo`): the entry the core
-    /// resolves (our name) on top, and below it, when it differs, the entry the UE uses: the
-    /// address and port its request came to (`ue_side`: our protected server port for an
-    /// IPsec UE). RFC 5658 double Record-Route: a UE cannot be expected to resolve our name
-    /// (linphonec in the lab cannot), and its in-dialog requests must reach the port its
-    /// SAs protect.
+    /// Our Record-Route on a dialog-creating request, RFC 5658 double Record-Route: the entry
+    /// the core resolves (our name) and, when it differs, the entry the UE uses: `ue_side`,
+    /// where the UE reaches us (our protected server port for an IPsec UE). A UE cannot be
+    /// expected to resolve our name (linphonec in the lab cannot), and its in-dialog requests
+    /// must reach the port its SAs protect. The entry on the UE's side of the list is the
+    /// one it reads first: the bottom for a request from it (`mo`, the caller reads the 2xx's
+    /// Record-Route from the bottom), the top for a request toward it (`mt`).
     fn record_route(
         &self,
         m: &mut Message,
@@ -1358,25 +1357,15 @@ impl Inner {
         ue_side: SocketAddr,
     ) -> Result<(), ims_sip::Error> {
         let core = self.rr_entry(user, None);
-        let ue = self.rr_entry(user, Some(ue_side));
-        if ue != core {
-            m.prepend_header("Record-Route", &ue)?;
-        }
-        m.prepend_header("Record-Route", &core)
-    }
-
-    /// As `record_route` for a request toward a UE (`mt`): the UE's entry on top,
-    /// the core's below it (the callee reads the route set from the top).
-    fn record_route_toward_ue(
-        &self,
-        m: &mut Message,
-        ue_side: SocketAddr,
-    ) -> Result<(), ims_sip::Error> {
-        let core = self.rr_entry("mt", None);
-        let ue = self.rr_entry("mt", Some(ue_side));
-        m.prepend_header("Record-Route", &core)?;
-        if ue != core {
-            m.prepend_header("Record-Route", &ue)?;
+        let ue = Some(self.rr_entry(user, Some(ue_side))).filter(|ue| *ue != core);
+        // Prepended in turn, so the second ends on top.
+        let order = if user == "mt" {
+            [Some(&core), ue.as_ref()]
+        } else {
+            [ue.as_ref(), Some(&core)]
+        };
+        for entry in order.into_iter().flatten() {
+            m.prepend_header("Record-Route", entry)?;
         }
         Ok(())
     }
@@ -1459,8 +1448,9 @@ impl Inner {
                 };
                 ims_net::proxy::proxy_invite(&self.ep, &req, vec![branch], "pcscf").await;
             }
-            // The ACK of a 2xx (the endpoint absorbs the others, and answers CANCEL).
-            Some(Method::Ack | Method::Cancel) => {
+            // The ACK of a 2xx (the endpoint absorbs the others; CANCEL never gets here:
+            // the endpoint answers it).
+            Some(Method::Ack) => {
                 let sent = match local {
                     Some(l) => self.ep.forward_stateless_from(m, target, l).await,
                     None => self.ep.forward_stateless(m, target).await,
