@@ -337,16 +337,8 @@ impl Inner {
         kind: UserAuthorizationType,
     ) -> Result<Where, (u16, &'static str)> {
         let session = self.sessions.next_id();
-        let d = &self.cfg.diameter;
         let uar = Uar {
-            base: RequestBase {
-                session_id: &session,
-                origin_host: &d.origin_host,
-                origin_realm: &d.origin_realm,
-                destination_realm: &d.destination_realm,
-                destination_host: d.destination_host.as_deref(),
-                ..RequestBase::default()
-            },
+            base: self.base(&session),
             user_name: impi,
             public_identity: impu,
             visited_network_identifier: visited.as_bytes(),
@@ -387,12 +379,7 @@ impl Inner {
             tracing::info!(error = %e, "bad Route");
             return self.reply(&req, 400, "Bad Request (Route)").await;
         }
-        let impu = match req
-            .message
-            .request_uri()
-            .ok()
-            .and_then(|u| public_identity(&u))
-        {
+        let impu = match req.message.request_uri().ok().and_then(|u| u.identity()) {
             Some(i) => i,
             None => {
                 return self
@@ -486,18 +473,23 @@ impl Inner {
         }
     }
 
+    /// The header of our Cx requests (UAR, LIR) in session `session`.
+    fn base<'a>(&'a self, session: &'a str) -> RequestBase<'a> {
+        let d = &self.cfg.diameter;
+        RequestBase {
+            session_id: session,
+            origin_host: &d.origin_host,
+            origin_realm: &d.origin_realm,
+            destination_realm: &d.destination_realm,
+            destination_host: d.destination_host.as_deref(),
+            ..RequestBase::default()
+        }
+    }
+
     async fn lir(&self, impu: &str) -> Result<Where, (u16, &'static str)> {
         let session = self.sessions.next_id();
-        let d = &self.cfg.diameter;
         let lir = Lir {
-            base: RequestBase {
-                session_id: &session,
-                origin_host: &d.origin_host,
-                origin_realm: &d.origin_realm,
-                destination_realm: &d.destination_realm,
-                destination_host: d.destination_host.as_deref(),
-                ..RequestBase::default()
-            },
+            base: self.base(&session),
             public_identity: impu,
             originating_request: None,
             authorization_type: None,
@@ -662,11 +654,6 @@ fn parse_answer<'a>(
 fn invalid_answer(what: &str, e: &ims_diameter::Error) -> (u16, &'static str) {
     tracing::warn!(error = %e, "{what} is not valid");
     (480, "Temporarily Unavailable")
-}
-
-/// The public identity a Request-URI names ([`Uri::identity`]).
-fn public_identity(uri: &Uri<'_>) -> Option<String> {
-    uri.identity()
 }
 
 /// TS 24.229 §5.1.1.2: without an IMPI, the IMPU minus its scheme.

@@ -249,11 +249,6 @@ fn fnv(parts: &[&str]) -> u64 {
     h
 }
 
-/// The identity of a URI: without parameters and headers ([`Uri::identity`]).
-fn identity_of(uri: &Uri<'_>) -> Option<String> {
-    uri.identity()
-}
-
 /// A header value on one line (a folded value from the wire has CR LF in it).
 fn one_line(s: &str) -> String {
     s.split(['\r', '\n'])
@@ -728,8 +723,8 @@ impl RegEvents {
         // Step 0: the resource must be registered here.
         let mut resource = None;
         let candidates = [
-            req.request_uri().ok().as_ref().and_then(identity_of),
-            req.to_addr().ok().and_then(|t| identity_of(&t.uri)),
+            req.request_uri().ok().and_then(|u| u.identity()),
+            req.to_addr().ok().and_then(|t| t.uri.identity()),
         ];
         let since = self.inner.registrar.events_so_far();
         for id in candidates.into_iter().flatten() {
@@ -1194,7 +1189,7 @@ fn authorise(req: &Message, rec: &RegistrationRecord) -> Result<String, String> 
     };
     let mut refused = String::from("(no identity)");
     for na in &ids {
-        let Some(id) = identity_of(&na.uri) else {
+        let Some(id) = na.uri.identity() else {
             refused = na.uri_str.to_owned();
             continue;
         };

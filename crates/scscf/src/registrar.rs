@@ -284,12 +284,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The public identity a Request-URI or To URI names (without parameters and headers);
-/// `None` for a scheme other than sip:, sips: and tel:.
-pub(crate) fn public_identity(uri: &Uri<'_>) -> Option<String> {
-    impu_of(uri).ok()
-}
-
 /// The IMPU of a To URI: the URI without parameters and headers ([`Uri::identity`]).
 fn impu_of(uri: &Uri<'_>) -> Result<String, Reject> {
     uri.identity()

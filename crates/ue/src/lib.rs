@@ -372,22 +372,7 @@ impl Ue {
     fn request(&mut self, expires: u32, authorization: &str) -> Result<Message, UeError> {
         self.cseq += 1;
         self.branch += 1;
-        let me = self.local_addr();
-        let proto = if self.cfg.transport == Transport::Tcp {
-            "TCP"
-        } else {
-            "UDP"
-        };
-        let tp = if self.cfg.transport == Transport::Tcp {
-            ";transport=tcp"
-        } else {
-            ""
-        };
-        // With IPsec, Via and Contact name the protected server port (TS 24.229 §5.1.1.2).
-        let me = match &self.sec {
-            Some(sec) => SocketAddr::new(me.ip(), sec.server.local_addr().port()),
-            None => me,
-        };
+        let (me, proto, tp) = self.contact();
         let mut security = String::new();
         if let Some(sec) = &self.sec {
             let fault = |t: Tamper| {
@@ -440,6 +425,21 @@ impl Ue {
             .send(self.cfg.transport, self.pcscf_target(), req.to_bytes())
             .await?;
         self.final_response(&call_id, Some(cseq)).await
+    }
+
+    /// Where the UE names itself in Via and Contact, with the Via protocol and the Contact's
+    /// transport parameter: with IPsec the protected server port (TS 24.229 §5.1.1.2).
+    fn contact(&self) -> (SocketAddr, &'static str, &'static str) {
+        let me = self.local_addr();
+        let at = match &self.sec {
+            Some(sec) => SocketAddr::new(me.ip(), sec.server.local_addr().port()),
+            None => me,
+        };
+        if self.cfg.transport == Transport::Tcp {
+            (at, "TCP", ";transport=tcp")
+        } else {
+            (at, "UDP", "")
+        }
     }
 
     /// Where requests to the P-CSCF go: its protected server port once the SAs are up.
@@ -585,16 +585,7 @@ impl Ue {
     /// P-CSCF, and waits for the SUBSCRIBE's answer and the first NOTIFY (answered 200).
     /// Later NOTIFYs of the subscription come with [`Ue::next_reg_notify`].
     pub async fn subscribe_reg(&mut self, expires: u32) -> Result<FetchOutcome, UeError> {
-        let me = self.local_addr();
-        let contact = match &self.sec {
-            Some(sec) => SocketAddr::new(me.ip(), sec.server.local_addr().port()),
-            None => me,
-        };
-        let (proto, tp) = if self.cfg.transport == Transport::Tcp {
-            ("TCP", ";transport=tcp")
-        } else {
-            ("UDP", "")
-        };
+        let (contact, proto, tp) = self.contact();
         let call_id = random_hex(8);
         let user = self.user_part();
         let text = format!(
@@ -626,16 +617,7 @@ impl Ue {
     /// the protected client port to its protected server port with IPsec) and returns its
     /// final status. Provisional answers are skipped; none within the timeout is an error.
     pub async fn send_message(&mut self, to: &str, text: &str) -> Result<u16, UeError> {
-        let me = self.local_addr();
-        let contact = match &self.sec {
-            Some(sec) => SocketAddr::new(me.ip(), sec.server.local_addr().port()),
-            None => me,
-        };
-        let proto = if self.cfg.transport == Transport::Tcp {
-            "TCP"
-        } else {
-            "UDP"
-        };
+        let (contact, proto, _) = self.contact();
         let call_id = random_hex(8);
         let msg = format!(
             "MESSAGE {to} SIP/2.0\r\n\
