@@ -420,9 +420,11 @@ async fn postgres_queries_for_cx() {
     queries_for_cx(&pg.url()).await;
 }
 
-/// `Store::apply` writes a batch as one SQL text: every kind of write lands, in order (the
-/// same IMPI advanced twice in one batch gets two blocks), an unknown IMPI is `None`, and a
-/// name with a quote is stored as it was (the literal is escaped, not interpreted).
+/// `Store::apply` writes a batch of eight or more as one SQL text: every kind of write
+/// lands, in order (the same IMPI advanced twice in one batch gets two blocks, the last
+/// state written stands), an unknown IMPI is `None`, and a name with a quote is stored as it
+/// was (the literal is escaped, not interpreted). A batch of one (statement by statement)
+/// gives the same answers.
 async fn batched_writes(url: &str) {
     use ims_store::{IdentityKey, Write};
     let store = Store::open(url).await.unwrap();
@@ -462,9 +464,30 @@ async fn batched_writes(url: &str) {
             impi: "nobody@hims.net".into(),
             sqn: 5,
         },
+        // (Eight writes: a batch that goes as one SQL text.)
+        Write::RegState {
+            subscription_id: id,
+            irs: 2,
+            state: RegState::Registered,
+        },
+        Write::RegState {
+            subscription_id: id,
+            irs: 2,
+            state: RegState::NotRegistered,
+        },
     ];
     let out = store.apply(&writes).await.unwrap();
-    assert_eq!(out, [None, None, Some(96), Some(160), None, None]);
+    assert_eq!(
+        out,
+        [None, None, Some(96), Some(160), None, None, None, None]
+    );
+    // In order: the barred set's last write stands.
+    let barred = store
+        .public_identity("sip:barred7@hims.net")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(barred.reg_state, RegState::NotRegistered as i64);
     let subs = store.load_subscriptions(id, id).await.unwrap();
     let scscf = subs[0].scscf.clone().unwrap();
     assert_eq!(scscf.server_name, odd);
