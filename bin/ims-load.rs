@@ -16,6 +16,14 @@
 //! time, whole-registration latency percentiles, then the REGISTER→401 and REGISTER(auth)→final
 //! round trips), or one JSON object with `--json`. Exit code 0 when every UE did everything
 //! asked, 1 otherwise, 2 for bad arguments.
+//!
+//! **Calls** (`--calls --rate R --duration S`): `--count` UEs (an even number) register first,
+//! each from a UDP socket of its own (`--register-rate` a second), then pair `j` (UE `2j` and
+//! UE `2j+1`) carries calls: R calls a second for S seconds, each INVITE → 180 → 200 → ACK →
+//! (`--hold`) → BYE → 200 through the core (see `load_calls.rs`). The summary gives calls
+//! completed and failed by cause, the rate, and INVITE→180, INVITE→200 (setup) and whole-call
+//! percentiles. The registrations are left to expire.
+mod load_calls;
 mod tool;
 
 use std::collections::BTreeMap;
@@ -104,6 +112,16 @@ struct Args {
     /// With --csv: the visited networks they may register from (the P-CSCF's network).
     #[arg(long, default_value = "vims.net")]
     roaming: String,
+    /// Call mode: the --count UEs register, then pairs of them call each other at --rate
+    /// calls a second for --duration seconds.
+    #[arg(long)]
+    calls: bool,
+    /// Call mode: seconds between a call's ACK and its BYE.
+    #[arg(long, default_value_t = 0.0)]
+    hold: f64,
+    /// Call mode: registrations a second before the calls.
+    #[arg(long, default_value_t = 500.0)]
+    register_rate: f64,
 }
 
 /// How UEs are started.
@@ -210,7 +228,7 @@ struct Shard {
 #[allow(clippy::too_many_arguments)]
 async fn run_shard(
     shard: Shard,
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
     mut swarm: Swarm,
     mode: Mode,
     first: u32,
@@ -449,6 +467,12 @@ fn main() -> ExitCode {
     {
         local_ip = addr.ip();
     }
+    if a.calls {
+        let Mode::Open { total, rate } = mode else {
+            return bad("--calls needs --rate and --duration (calls a second, seconds)");
+        };
+        return calls_main(&a, credentials, local_ip, total, rate);
+    }
     let shards = match mode {
         Mode::Closed { concurrency, .. } => a.sockets.min(concurrency),
         Mode::Open { .. } => a.sockets,
@@ -464,7 +488,7 @@ fn main() -> ExitCode {
         for _ in 0..shards {
             let at = SocketAddr::new(local_ip, 0);
             match UdpSocket::bind(at).await {
-                Ok(s) => sockets.push(s),
+                Ok(s) => sockets.push(Arc::new(s)),
                 Err(e) => return Err(format!("cannot bind {at}: {e}")),
             }
         }
@@ -531,6 +555,191 @@ fn main() -> ExitCode {
         .unwrap_or_default();
     let (summary, all_ok) = summarize(&mut stats, wall, cpu, &a, plan, mode, shards);
     println!("{summary}");
+    if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `--calls`: the UEs register (one socket each), then call each other in pairs.
+fn calls_main(
+    a: &Args,
+    credentials: SwarmCredentials,
+    local_ip: IpAddr,
+    calls: u64,
+    rate: f64,
+) -> ExitCode {
+    if a.count < 2 || !a.count.is_multiple_of(2) || a.count > 20_000 {
+        return bad("--calls: --count must be an even number of UEs, 2 to 20000");
+    }
+    if !(a.hold.is_finite() && (0.0..1e6).contains(&a.hold)) {
+        return bad("--hold must be a number of seconds, 0 or more");
+    }
+    if !(a.register_rate.is_finite() && a.register_rate > 0.0) {
+        return bad("--register-rate must be positive");
+    }
+    let rt = match tool::runtime(true) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let counters = Arc::new(Counters::default());
+    let ues = a.count as usize;
+    let outcome = rt.block_on(async {
+        let mut sockets = Vec::with_capacity(ues);
+        for _ in 0..ues {
+            let at = SocketAddr::new(local_ip, 0);
+            match UdpSocket::bind(at).await {
+                Ok(s) => sockets.push(Arc::new(s)),
+                Err(e) => return Err(format!("cannot bind {at}: {e}")),
+            }
+        }
+        // Each UE registers from its own socket: shard i starts subscriber first + i.
+        let t0 = Instant::now();
+        let mode = Mode::Open {
+            total: ues as u64,
+            rate: a.register_rate,
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, socket) in sockets.iter().enumerate() {
+            let local = socket.local_addr().unwrap_or(SocketAddr::new(local_ip, 0));
+            let mut cfg = SwarmConfig::new(
+                a.domain.clone(),
+                a.prefix.clone(),
+                a.pcscf,
+                local,
+                credentials.clone(),
+                random_seed(i as u64),
+            );
+            cfg.expires = a.expires;
+            cfg.timeout = Duration::from_secs(a.timeout);
+            let shard = Shard {
+                index: i as u64,
+                shards: ues as u64,
+                share: usize::MAX,
+            };
+            tasks.spawn(run_shard(
+                shard,
+                socket.clone(),
+                Swarm::new(cfg, t0),
+                mode,
+                a.first,
+                a.count,
+                t0,
+                counters.clone(),
+            ));
+        }
+        let mut reg = Stats::default();
+        while let Some(r) = tasks.join_next().await {
+            match r {
+                Ok(s) => reg.merge(s),
+                Err(e) => return Err(format!("a socket task failed: {e}")),
+            }
+        }
+        let registered = reg.ok.get(&Phase::Register).copied().unwrap_or(0);
+        if registered != ues as u64 {
+            let why: Vec<String> = reg
+                .failures
+                .iter()
+                .map(|(w, n)| format!("{w} x{n}"))
+                .collect();
+            return Err(format!(
+                "only {registered} of {ues} UEs registered ({}); no calls placed",
+                why.join("; ")
+            ));
+        }
+        eprintln!(
+            "ims-load: {ues} UEs registered in {:.1} s",
+            t0.elapsed().as_secs_f64()
+        );
+        let plan = load_calls::CallPlan {
+            rate,
+            total: calls,
+            hold: Duration::from_secs_f64(a.hold),
+            timeout: Duration::from_secs(a.timeout),
+            pcscf: a.pcscf,
+            prefix: a.prefix.clone(),
+            domain: a.domain.clone(),
+            first: a.first,
+        };
+        let cpu0 = cpu_time();
+        let stats = load_calls::run(sockets, plan, random_seed(u64::MAX)).await;
+        let cpu = cpu_time()
+            .zip(cpu0)
+            .map(|(b, a)| b.saturating_sub(a))
+            .unwrap_or_default();
+        Ok((stats, cpu))
+    });
+    let (mut s, cpu) = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    s.setup.sort_unstable();
+    s.ringing.sort_unstable();
+    s.call.sort_unstable();
+    let failed: u64 = s.failures.values().sum();
+    let callee_failed: u64 = s.callee_failures.values().sum();
+    let all_ok = s.completed == calls && failed == 0 && callee_failed == 0;
+    let wall = s.wall.as_secs_f64().max(1e-9);
+    let rate = s.completed as f64 / wall;
+    let pcts = |v: &[u32]| [0.5, 0.9, 0.99, 1.0].map(|p| percentile(v, p));
+    let (setup, ringing, call) = (pcts(&s.setup), pcts(&s.ringing), pcts(&s.call));
+    if a.json {
+        let lat = |p: [Duration; 4]| {
+            let m = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+            serde_json::json!({"p50": m(p[0]), "p90": m(p[1]), "p99": m(p[2]), "max": m(p[3])})
+        };
+        let o = serde_json::json!({
+            "mode": "calls",
+            "ues": a.count,
+            "started": s.started,
+            "completed": s.completed,
+            "failed": failed,
+            "failures": s.failures,
+            "callee_failures": s.callee_failures,
+            "rate": (rate * 10.0).round() / 10.0,
+            "wall_s": (wall * 1000.0).round() / 1000.0,
+            "cpu_s": (cpu.as_secs_f64() * 1000.0).round() / 1000.0,
+            "retransmissions": s.retransmissions,
+            "latency_ms": {"setup": lat(setup), "ringing": lat(ringing), "call": lat(call)},
+            "ok": all_ok,
+        });
+        println!("{o}");
+    } else {
+        let why: Vec<String> = s
+            .failures
+            .iter()
+            .chain(&s.callee_failures)
+            .map(|(w, n)| format!("{w} x{n}"))
+            .collect();
+        println!(
+            "calls={} completed={} failed={failed}{} rate={rate:.1}/s wall={wall:.2}s \
+             setup_p50={} setup_p90={} setup_p99={} setup_max={} \
+             ringing_p50={} ringing_p99={} call_p50={} call_p99={} \
+             retransmissions={} ues={} cpu={:.2}s",
+            s.started,
+            s.completed,
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", why.join("; "))
+            },
+            ms(setup[0]),
+            ms(setup[1]),
+            ms(setup[2]),
+            ms(setup[3]),
+            ms(ringing[0]),
+            ms(ringing[2]),
+            ms(call[0]),
+            ms(call[2]),
+            s.retransmissions,
+            a.count,
+            cpu.as_secs_f64(),
+        );
+    }
     if all_ok {
         ExitCode::SUCCESS
     } else {

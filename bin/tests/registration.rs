@@ -697,7 +697,8 @@ fn captures_show_the_registration_ladder() {
 /// the chain and deregister; its summary line counts them all and reports the rate and
 /// latencies. Then an open-loop run (20 new UEs a second for 2 s) that re-registers every
 /// half second (the S-CSCF challenges the reused nonce again) and deregisters, its summary
-/// read as JSON; bad arguments exit 2.
+/// read as JSON; then its call mode (ten UEs, 40 calls between five pairs); bad arguments
+/// exit 2.
 #[test]
 fn load_generator_registers_and_deregisters_many_ues() {
     let Some(lab) = Lab::start("e2eload") else {
@@ -773,6 +774,38 @@ fn load_generator_registers_and_deregisters_many_ues() {
     for phase in ["register", "challenge", "auth"] {
         assert!(j["latency_ms"][phase]["p50"].as_f64().unwrap() > 0.0, "{j}");
     }
+    // Call mode: ten UEs register (one socket each), then five pairs carry 40 calls (INVITE,
+    // 180, 200, ACK, 100 ms of call, BYE, 200) through P, S, I (LIR), S, P and back.
+    let out = run_load(&[
+        "--calls",
+        "--count",
+        "10",
+        "--first",
+        "40",
+        "--rate",
+        "20",
+        "--duration",
+        "2",
+        "--hold",
+        "0.1",
+        "--json",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{text}");
+    assert!(out.status.success(), "{text}\n{}", lab.logs());
+    let j: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(j["mode"], "calls", "{j}");
+    assert_eq!(j["started"], 40, "{j}");
+    assert_eq!(j["completed"], 40, "{j}");
+    assert_eq!(j["failed"], 0, "{j}");
+    assert_eq!(j["callee_failures"], serde_json::json!({}), "{j}");
+    for stage in ["setup", "ringing", "call"] {
+        assert!(j["latency_ms"][stage]["p50"].as_f64().unwrap() > 0.0, "{j}");
+    }
+    assert!(
+        j["latency_ms"]["call"]["p50"].as_f64().unwrap() >= 100.0,
+        "the hold time is part of the call: {j}"
+    );
     // A subscriber that does not exist: counted as a failure, exit 1.
     let out = run_load(&["--count", "1", "--prefix", "nobody"]);
     let summary = String::from_utf8_lossy(&out.stdout);
@@ -786,6 +819,8 @@ fn load_generator_registers_and_deregisters_many_ues() {
         &["--rate", "5"][..],
         &["--sockets", "0"],
         &["--transport", "tcp"],
+        &["--calls", "--count", "2"],
+        &["--calls", "--count", "3", "--rate", "1", "--duration", "1"],
     ] {
         let out = run_load(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");

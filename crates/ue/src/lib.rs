@@ -43,6 +43,7 @@ use ims_net::sip::{Incoming, SipTransport, Transport};
 use ims_sip::{Auth, HeaderName, Message};
 use tokio::sync::mpsc;
 
+pub mod calls;
 pub mod swarm;
 
 /// How the UE proves who it is.
