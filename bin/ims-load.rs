@@ -594,57 +594,75 @@ fn calls_main(
                 Err(e) => return Err(format!("cannot bind {at}: {e}")),
             }
         }
-        // Each UE registers from its own socket: shard i starts subscriber first + i.
+        // Each UE registers from its own socket: shard i starts subscriber first + i. A UE
+        // refused (503 when the P-CSCF is busy, say) tries again a second later, three times
+        // at most.
         let t0 = Instant::now();
         let mode = Mode::Open {
             total: ues as u64,
             rate: a.register_rate,
         };
-        let mut tasks = tokio::task::JoinSet::new();
-        for (i, socket) in sockets.iter().enumerate() {
-            let local = socket.local_addr().unwrap_or(SocketAddr::new(local_ip, 0));
-            let mut cfg = SwarmConfig::new(
-                a.domain.clone(),
-                a.prefix.clone(),
-                a.pcscf,
-                local,
-                credentials.clone(),
-                random_seed(i as u64),
-            );
-            cfg.expires = a.expires;
-            cfg.timeout = Duration::from_secs(a.timeout);
-            let shard = Shard {
-                index: i as u64,
-                shards: ues as u64,
-                share: usize::MAX,
-            };
-            tasks.spawn(run_shard(
-                shard,
-                socket.clone(),
-                Swarm::new(cfg, t0),
-                mode,
-                a.first,
-                a.count,
-                t0,
-                counters.clone(),
-            ));
-        }
-        let mut reg = Stats::default();
-        while let Some(r) = tasks.join_next().await {
-            match r {
-                Ok(s) => reg.merge(s),
-                Err(e) => return Err(format!("a socket task failed: {e}")),
+        let mut pending: Vec<usize> = (0..ues).collect();
+        let mut why = BTreeMap::new();
+        for attempt in 0..3 {
+            if pending.is_empty() {
+                break;
+            }
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let t1 = Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for &i in &pending {
+                let socket = &sockets[i];
+                let local = socket.local_addr().unwrap_or(SocketAddr::new(local_ip, 0));
+                let mut cfg = SwarmConfig::new(
+                    a.domain.clone(),
+                    a.prefix.clone(),
+                    a.pcscf,
+                    local,
+                    credentials.clone(),
+                    random_seed(i as u64),
+                );
+                cfg.expires = a.expires;
+                cfg.timeout = Duration::from_secs(a.timeout);
+                let shard = Shard {
+                    index: i as u64,
+                    shards: ues as u64,
+                    share: usize::MAX,
+                };
+                let run = run_shard(
+                    shard,
+                    socket.clone(),
+                    Swarm::new(cfg, t1),
+                    mode,
+                    a.first,
+                    a.count,
+                    t1,
+                    counters.clone(),
+                );
+                tasks.spawn(async move { (i, run.await) });
+            }
+            pending.clear();
+            why.clear();
+            while let Some(r) = tasks.join_next().await {
+                match r {
+                    Ok((i, s)) if s.ok.get(&Phase::Register).copied().unwrap_or(0) == 0 => {
+                        pending.push(i);
+                        for (w, n) in s.failures {
+                            *why.entry(w).or_insert(0u64) += n;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("a socket task failed: {e}")),
+                }
             }
         }
-        let registered = reg.ok.get(&Phase::Register).copied().unwrap_or(0);
-        if registered != ues as u64 {
-            let why: Vec<String> = reg
-                .failures
-                .iter()
-                .map(|(w, n)| format!("{w} x{n}"))
-                .collect();
+        if !pending.is_empty() {
+            let why: Vec<String> = why.iter().map(|(w, n)| format!("{w} x{n}")).collect();
             return Err(format!(
-                "only {registered} of {ues} UEs registered ({}); no calls placed",
+                "{} of {ues} UEs did not register in three tries ({}); no calls placed",
+                pending.len(),
                 why.join("; ")
             ));
         }
