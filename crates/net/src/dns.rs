@@ -12,11 +12,19 @@
 //!   without SRV, A/AAAA on the default port over UDP (TLS for sips).
 //!
 //! SRV targets are resolved to A and AAAA records (IPv4 addresses first, then IPv6); every answer is cached by hickory-resolver
-//! for its TTL, so repeated lookups on the request path cost no query. The RFC 2782 weighted
+//! for its TTL, so repeated lookups on the request path cost no query. On top of that the whole
+//! answer of [`SipResolver::resolve`] (the ordered targets of one destination) is kept until the
+//! first of the records it was made of expires, at most [`MAX_CACHED`]: the proxies resolve the
+//! same few Route hosts for every request, and going through hickory's cache for the NAPTR,
+//! SRV and A/AAAA steps each time cost 7-10% of a CSCF's CPU in the call benchmark
+//! (docs/PERFORMANCE.md). Failures are not kept. The RFC 2782 weighted
 //! random choice among equal priorities is simplified to a stable heaviest-first order (the lab
 //! and tests want determinism); spreading load across equal SRV targets is left to the caller.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use hickory_resolver::Resolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
@@ -104,9 +112,20 @@ pub enum ResolveError {
     NotFound { host: String, detail: String },
 }
 
+/// The longest a resolved destination is kept (the records' TTLs permitting): it also bounds
+/// how long a record that appears later (a NAPTR where there was none) goes unseen.
+pub const MAX_CACHED: Duration = Duration::from_secs(60);
+
+/// Destinations kept at most; past it the cache starts again empty.
+const CACHE_ENTRIES: usize = 4096;
+
+/// A destination as the cache knows it: lower-case host, port, transport, sips.
+type CacheKey = (String, Option<u16>, Option<Transport>, bool);
+
 /// An RFC 3263 resolver over given DNS servers.
 pub struct SipResolver {
     resolver: Resolver<TokioRuntimeProvider>,
+    cache: Mutex<HashMap<CacheKey, (Vec<Target>, Instant)>>,
 }
 
 impl SipResolver {
@@ -129,7 +148,10 @@ impl SipResolver {
             .with_options(opts)
             .build()
             .map_err(|e| ResolveError::Setup(e.to_string()))?;
-        Ok(Self { resolver })
+        Ok(Self {
+            resolver,
+            cache: Mutex::new(HashMap::new()),
+        })
     }
 
     fn fqdn(name: &str) -> String {
@@ -140,9 +162,10 @@ impl SipResolver {
         }
     }
 
-    async fn addresses(&self, host: &str) -> Vec<IpAddr> {
+    async fn addresses(&self, host: &str, until: &mut Instant) -> Vec<IpAddr> {
         match self.resolver.lookup_ip(Self::fqdn(host)).await {
             Ok(l) => {
+                *until = (*until).min(l.valid_until());
                 // hickory asks A and AAAA concurrently; give a stable order, IPv4 first.
                 let mut v: Vec<IpAddr> = l.iter().collect();
                 v.sort_by_key(IpAddr::is_ipv6);
@@ -156,7 +179,7 @@ impl SipResolver {
     }
 
     /// SRV records of `name`, by priority then weight (heaviest first), as (target, port).
-    async fn srv(&self, name: &str) -> Vec<(String, u16)> {
+    async fn srv(&self, name: &str, until: &mut Instant) -> Vec<(String, u16)> {
         let Ok(lookup) = self
             .resolver
             .lookup(Self::fqdn(name), RecordType::SRV)
@@ -164,6 +187,7 @@ impl SipResolver {
         else {
             return Vec::new();
         };
+        *until = (*until).min(lookup.valid_until());
         let mut v: Vec<(u16, u16, String, u16)> = lookup
             .answers()
             .iter()
@@ -176,9 +200,15 @@ impl SipResolver {
         v.into_iter().map(|(_, _, t, p)| (t, p)).collect()
     }
 
-    async fn srv_targets(&self, name: &str, transport: Transport, out: &mut Vec<Target>) {
-        for (target, port) in self.srv(name).await {
-            for ip in self.addresses(&target).await {
+    async fn srv_targets(
+        &self,
+        name: &str,
+        transport: Transport,
+        out: &mut Vec<Target>,
+        until: &mut Instant,
+    ) {
+        for (target, port) in self.srv(name, until).await {
+            for ip in self.addresses(&target, until).await {
                 out.push(Target {
                     addr: SocketAddr::new(ip, port),
                     transport,
@@ -206,6 +236,42 @@ impl SipResolver {
         if host.is_empty() || host.contains(' ') {
             return Err(ResolveError::BadName(dest.host.to_owned()));
         }
+        let key: CacheKey = (
+            host.to_ascii_lowercase(),
+            dest.port,
+            dest.transport,
+            dest.sips,
+        );
+        let now = Instant::now();
+        if let Ok(cache) = self.cache.lock()
+            && let Some((targets, until)) = cache.get(&key)
+            && *until > now
+        {
+            return Ok(targets.clone());
+        }
+        let mut until = now + MAX_CACHED;
+        let found = self.lookup(dest, host, default_transport, &mut until).await;
+        if let Ok(targets) = &found
+            && until > now
+            && let Ok(mut cache) = self.cache.lock()
+        {
+            if cache.len() >= CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(key, (targets.clone(), until));
+        }
+        found
+    }
+
+    /// [`SipResolver::resolve`] for a host name, through DNS; `until` is lowered to the
+    /// expiry of every record used.
+    async fn lookup(
+        &self,
+        dest: &Destination<'_>,
+        host: &str,
+        default_transport: Transport,
+        until: &mut Instant,
+    ) -> Result<Vec<Target>, ResolveError> {
         let not_found = |detail: &str| ResolveError::NotFound {
             host: host.to_owned(),
             detail: detail.to_owned(),
@@ -213,7 +279,7 @@ impl SipResolver {
         let mut out = Vec::new();
         if let Some(port) = dest.port {
             let transport = dest.transport.unwrap_or(default_transport);
-            for ip in self.addresses(host).await {
+            for ip in self.addresses(host, until).await {
                 out.push(Target {
                     addr: SocketAddr::new(ip, port),
                     transport,
@@ -230,10 +296,11 @@ impl SipResolver {
                 &format!("{}.{host}", transport.srv_prefix()),
                 transport,
                 &mut out,
+                until,
             )
             .await;
         } else {
-            self.naptr_targets(host, dest.sips, &mut out).await;
+            self.naptr_targets(host, dest.sips, &mut out, until).await;
             if out.is_empty() {
                 let order: &[Transport] = if dest.sips {
                     &[Transport::Tls]
@@ -241,14 +308,14 @@ impl SipResolver {
                     &[Transport::Tls, Transport::Tcp, Transport::Udp]
                 };
                 for &t in order {
-                    self.srv_targets(&format!("{}.{host}", t.srv_prefix()), t, &mut out)
+                    self.srv_targets(&format!("{}.{host}", t.srv_prefix()), t, &mut out, until)
                         .await;
                 }
             }
         }
         if out.is_empty() {
             let transport = dest.transport.unwrap_or(default_transport);
-            for ip in self.addresses(host).await {
+            for ip in self.addresses(host, until).await {
                 out.push(Target {
                     addr: SocketAddr::new(ip, transport.default_port()),
                     transport,
@@ -262,7 +329,13 @@ impl SipResolver {
         }
     }
 
-    async fn naptr_targets(&self, host: &str, sips: bool, out: &mut Vec<Target>) {
+    async fn naptr_targets(
+        &self,
+        host: &str,
+        sips: bool,
+        out: &mut Vec<Target>,
+        until: &mut Instant,
+    ) {
         let Ok(lookup) = self
             .resolver
             .lookup(Self::fqdn(host), RecordType::NAPTR)
@@ -270,6 +343,7 @@ impl SipResolver {
         else {
             return;
         };
+        *until = (*until).min(lookup.valid_until());
         let mut rules: Vec<(u16, u16, Transport, String)> = lookup
             .answers()
             .iter()
@@ -283,7 +357,7 @@ impl SipResolver {
             .collect();
         rules.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
         for (_, _, transport, replacement) in rules {
-            self.srv_targets(&replacement, transport, out).await;
+            self.srv_targets(&replacement, transport, out, until).await;
         }
     }
 }

@@ -147,6 +147,65 @@ async fn rfc3263_location() {
     assert_eq!(again[0], t("127.0.0.20:5060", Udp));
 }
 
+/// A resolved destination is kept no longer than its records' TTL: the zone changes (another
+/// server on the same port) and, within a few TTLs, the new address is what comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn resolved_destinations_expire_with_their_records() {
+    let zone = |listen: &str, address: &str| -> Config {
+        toml::from_str(&format!(
+            "listen = [\"{listen}\"]\nttl = 1\n[[zone]]\norigin = \"hims.net\"\n\
+             records = [ {{ type = \"A\", name = \"moving\", address = \"{address}\" }} ]\n"
+        ))
+        .unwrap()
+    };
+    let serve = |server: DnsServer| {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run_until(async move {
+            let _ = rx.await;
+        }));
+        (tx, task)
+    };
+    let first = DnsServer::start(&zone("127.0.0.1:0", "127.0.0.41"))
+        .await
+        .unwrap();
+    let addr = first.local_addrs()[0];
+    let (stop, task) = serve(first);
+    let r = SipResolver::new(&[addr]).unwrap();
+    let moving = |host| Destination {
+        port: Some(5060),
+        ..dest(host)
+    };
+    assert_eq!(
+        r.resolve(&moving("moving.hims.net")).await.unwrap(),
+        vec![t("127.0.0.41:5060", Transport::Udp)]
+    );
+    // Kept: the same destination in other case, with the server gone.
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(
+        r.resolve(&moving("MOVING.hims.net")).await.unwrap(),
+        vec![t("127.0.0.41:5060", Transport::Udp)]
+    );
+    let second = DnsServer::start(&zone(&addr.to_string(), "127.0.0.42"))
+        .await
+        .unwrap();
+    let (stop, task) = serve(second);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let got = r.resolve(&moving("moving.hims.net")).await;
+        if matches!(&got, Ok(v) if v == &vec![t("127.0.0.42:5060", Transport::Udp)]) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {got:?} 10 s after the record (TTL 1 s) changed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
 // ---------------------------------------------------------------------------------------
 // SIP transport: UDP and TCP on one port, Content-Length framing, connection reuse.
 
