@@ -12,9 +12,9 @@
 //! The answer picks the S-CSCF ([`select`]): the Server-Name it gives, or the configured
 //! S-CSCFs ranked by the Server-Capabilities (every mandatory capability must be present; the
 //! most optional ones win; the HSS's preferred names first). The REGISTER goes there with a
-//! `Route: <S-CSCF;lr>`; if that S-CSCF does not answer (timeout, transport error, 408, 5xx)
-//! the next one is tried. The I-CSCF keeps no state of its own between requests and never
-//! adds itself to Path.
+//! `Route: <S-CSCF;lr>`; if that S-CSCF does not answer (no answer within `scscf_timeout_ms`,
+//! a transport error, 408, 5xx) the next one is tried. The I-CSCF keeps no state of its own
+//! between requests and never adds itself to Path.
 //!
 //! Failures, as TS 24.229 §5.3.1.2 asks: a negative UAA (user unknown 5001, identities don't
 //! match 5002, authorization rejected 5003, roaming not allowed 5004, not registered on a
@@ -78,6 +78,13 @@ pub struct Config {
     /// The S-CSCFs this I-CSCF may choose from, in order of preference.
     #[serde(default)]
     pub scscf: Vec<ScscfEntry>,
+    /// Milliseconds an S-CSCF has to answer a request before the next one is tried. Timer F
+    /// (32 s) would outlast the P-CSCF's own transaction toward us, so that a stopped S-CSCF
+    /// could never be failed over from in time. A live S-CSCF answers a REGISTER after one Cx
+    /// exchange (milliseconds); 4 s by default leaves a UE's REGISTER room for a UAR, a
+    /// silent S-CSCF, a second UAR and the next S-CSCF well within its own 32 s.
+    #[serde(default = "default_scscf_timeout_ms")]
+    pub scscf_timeout_ms: u64,
 }
 
 /// One S-CSCF the I-CSCF knows.
@@ -94,6 +101,9 @@ pub struct ScscfEntry {
 fn default_log() -> String {
     "info".to_owned()
 }
+fn default_scscf_timeout_ms() -> u64 {
+    4000
+}
 
 impl Config {
     /// Checks what serde cannot.
@@ -101,6 +111,9 @@ impl Config {
         self.diameter.validate()?;
         if self.home_domain.is_empty() || self.via_host.is_empty() {
             return Err("home_domain and via_host must be set".into());
+        }
+        if self.scscf_timeout_ms == 0 {
+            return Err("scscf_timeout_ms must be positive".into());
         }
         for s in &self.scscf {
             match Uri::parse(&s.uri) {
@@ -581,7 +594,20 @@ impl Inner {
             let mut fwd = req.message.clone();
             fwd.prepend_header("Route", &route)
                 .map_err(|e| e.to_string())?;
-            match self.ep.send_request(fwd, target).await {
+            // The transaction runs to its end on its own task (its state is cleaned up
+            // then, and a late answer absorbed); we wait for it only so long.
+            let ep = self.ep.clone();
+            let sent = tokio::spawn(async move { ep.send_request(fwd, target).await });
+            let wait = std::time::Duration::from_millis(self.cfg.scscf_timeout_ms);
+            let answer = match tokio::time::timeout(wait, sent).await {
+                Ok(Ok(r)) => r.map_err(|e| e.to_string()),
+                Ok(Err(e)) => Err(format!("the transaction task failed: {e}")),
+                Err(_) => Err(format!(
+                    "no answer from {} within {} ms",
+                    target.addr, self.cfg.scscf_timeout_ms
+                )),
+            };
+            match answer {
                 Ok(mut resp) => {
                     let status = resp.status().unwrap_or(0);
                     if any_response {
@@ -599,7 +625,7 @@ impl Inner {
                     pop_own_via(&mut resp).map_err(|e| Failed::Other(e.to_string()))?;
                     return Ok(resp);
                 }
-                Err(e) => last = e.to_string(),
+                Err(e) => last = e,
             }
         }
         Err(if busy {

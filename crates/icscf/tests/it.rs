@@ -128,9 +128,11 @@ async fn chain(
                 local_address: None,
             },
             scscf: scscfs.iter().cloned().map(entry).collect(),
+            // The silent S-CSCF is given up on after 500 ms, long before Timer F (32 s, the
+            // P-CSCF's own limit toward us).
+            scscf_timeout_ms: 500,
         },
-        // Timer F = 64 * 10 ms: the silent S-CSCF is given up on after 640 ms.
-        Timers::RFC3261.scaled_down(50),
+        Timers::RFC3261,
     )
     .await
     .unwrap();
