@@ -8,6 +8,13 @@
 //! CSCFs reconnect, registrations resume), then `docker-compose down -v` and checks that no
 //! container, network or volume of the project is left.
 //!
+//! The `postgres` profile the same way (its own project, addresses and host IP, so that both
+//! tests may run at once): PostgreSQL built from deploy/postgres/ on the same local base, the
+//! HSS and two S-CSCFs on it, the same SIPp registrations; an `ims-ue` registration left at
+//! the first S-CSCF is seen in PostgreSQL; that S-CSCF stopped, the registrations succeed
+//! through the second; then `down -v` leaves nothing of the project behind. The PostgreSQL
+//! image (`ims-core-postgres:ct`) is kept, like the base, as the cache of its apt layer.
+//!
 //! Needs Docker (engine and docker-compose), SIPp, objcopy and, when the base image is not
 //! there yet, debootstrap and root: without them it prints one SKIP line, and fails under CI.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -23,8 +30,14 @@ mod bins;
 use bins::bin;
 
 const TEST: &str = "compose_stack_registers_survives_an_hss_restart_and_cleans_up";
+const TEST_PG: &str = "compose_stack_postgres_profile_survives_a_stopped_scscf";
 const BASE_IMAGE: &str = "ims-core-base:bookworm";
+/// The PostgreSQL image of the `postgres` profile, built on the local base and kept.
+const POSTGRES_IMAGE: &str = "ims-core-postgres:ct";
 const SERVICES: [&str; 5] = ["dns", "hss", "scscf", "icscf", "pcscf"];
+const SERVICES_PG: [&str; 7] = [
+    "dns", "postgres", "hss", "scscf", "scscf2", "icscf", "pcscf",
+];
 const BINARIES: [&str; 8] = [
     "ims-dns", "hss", "pcscf", "icscf", "scscf", "imsctl", "ims-ue", "ims-load",
 ];
@@ -34,6 +47,9 @@ const HOST_IP: &str = "127.0.0.118";
 /// Not .env's domain and network either: everything must follow .env.
 const DOMAIN: &str = "ims.mnc099.mcc999.3gppnetwork.org";
 const NET: &str = "172.22.118";
+/// The postgres profile's test: a host address and a network of its own.
+const HOST_IP_PG: &str = "127.0.0.119";
+const NET_PG: &str = "172.22.119";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -64,11 +80,31 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// Docker's engine answers, docker-compose, SIPp and objcopy are there; else SKIP (or a
-/// failure under CI).
-fn tools_ready() -> bool {
+/// Docker's engine answers, docker-compose, SIPp and objcopy are there, and the local base
+/// image (made when missing, which needs debootstrap and root); else SKIP (or a failure
+/// under CI).
+fn tools_ready(test: &str) -> bool {
+    if !engine_ready(test) {
+        return false;
+    }
+    let have_base = Command::new("docker")
+        .args(["image", "inspect", BASE_IMAGE])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_base {
+        if ims_testkit::require_tool(test, "debootstrap").is_none()
+            || !ims_testkit::require_root(test)
+        {
+            return false;
+        }
+        run(&mut Command::new(root().join("deploy/local-base.sh")));
+    }
+    true
+}
+
+fn engine_ready(test: &str) -> bool {
     for tool in ["docker", "docker-compose", "sipp", "objcopy"] {
-        if ims_testkit::require_tool(TEST, tool).is_none() {
+        if ims_testkit::require_tool(test, tool).is_none() {
             return false;
         }
     }
@@ -83,10 +119,10 @@ fn tools_ready() -> bool {
                 Err(e) => e.to_string(),
             };
             if ims_testkit::in_ci() {
-                panic!("{TEST}: the Docker engine does not answer: {why}");
+                panic!("{test}: the Docker engine does not answer: {why}");
             }
             eprintln!(
-                "SKIP {TEST}: the Docker engine does not answer here: {}",
+                "SKIP {test}: the Docker engine does not answer here: {}",
                 why.trim()
             );
             false
@@ -97,9 +133,16 @@ fn tools_ready() -> bool {
 /// The compose project under test: every docker-compose call goes through it, and dropping
 /// it (a failed assertion included) takes the stack and the image down.
 struct Stack {
+    test: &'static str,
     project: String,
     image: String,
     env: Vec<(String, String)>,
+    /// `--profile` of every docker-compose call.
+    profiles: Vec<&'static str>,
+    /// The long-running services, each with a health check.
+    services: Vec<&'static str>,
+    /// Where the ports are published.
+    host_ip: &'static str,
 }
 
 impl Stack {
@@ -111,9 +154,11 @@ impl Stack {
             .arg("-f")
             .arg(root.join("docker-compose.yml"))
             .arg("--project-directory")
-            .arg(&root)
-            .args(args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)));
+            .arg(&root);
+        for p in &self.profiles {
+            c.arg("--profile").arg(p);
+        }
+        c.args(args).envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 
@@ -145,7 +190,7 @@ impl Stack {
         loop {
             match check() {
                 Ok(()) => {
-                    eprintln!("{TEST}: {what} after {:?}", t0.elapsed());
+                    eprintln!("{}: {what} after {:?}", self.test, t0.elapsed());
                     return;
                 }
                 Err(why) => assert!(
@@ -162,7 +207,7 @@ impl Stack {
     fn wait_healthy(&self, timeout: Duration) {
         self.poll(timeout, "every service healthy", || {
             let mut pending = Vec::new();
-            for s in SERVICES {
+            for &s in &self.services {
                 let id = self.container(s);
                 let health = self.inspect(&id, "{{.State.Status}} {{.State.Health.Status}}");
                 if health != "running healthy" {
@@ -185,7 +230,7 @@ impl Stack {
 
     /// Polls the published admin API until the HSS has both CSCFs as Diameter peers.
     fn wait_peers_up(&self, timeout: Duration) {
-        let url = format!("http://{HOST_IP}:8080/metrics");
+        let url = format!("http://{}:8080/metrics", self.host_ip);
         self.poll(timeout, "both CSCFs the HSS's peers", || {
             let body = ureq::get(&url)
                 .call()
@@ -204,6 +249,26 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// `down -v`, then no container, network or volume of the project is left.
+    fn down_leaves_nothing(&self) {
+        run(&mut self.compose(&["down", "-v", "--timeout", "5"]));
+        let project = &self.project;
+        let label = format!("label=com.docker.compose.project={project}");
+        for (what, args) in [
+            ("container", vec!["ps", "-a", "-q", "--filter", &label]),
+            ("network", vec!["network", "ls", "-q", "--filter", &label]),
+            ("volume", vec!["volume", "ls", "-q", "--filter", &label]),
+        ] {
+            let left = run(Command::new("docker").args(&args));
+            assert!(
+                left.trim().is_empty(),
+                "a {what} of {project} is left: {left}"
+            );
+        }
+    }
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
         let _ = self
@@ -215,10 +280,11 @@ impl Drop for Stack {
     }
 }
 
-/// Takes down what an earlier run of this test left when it was killed before its cleanup
+/// Takes down what an earlier run of a test left when it was killed before its cleanup
 /// (a nextest timeout): its project would hold the host ports and the subnet. Only projects
-/// and images named as this test names them (`imsct<pid>`, `ims-core:ct-<pid>`).
-fn remove_leftovers() {
+/// and images named as that test names them (`<prefix><pid>`, `ims-core:<tag>-<pid>`, e.g.
+/// `imsct<pid>` and `ims-core:ct-<pid>`), so that the two tests may run at once.
+fn remove_leftovers(test: &'static str, prefix: &str, tag: &str, profiles: &[&'static str]) {
     let projects = run(Command::new("docker").args([
         "ps",
         "-a",
@@ -230,18 +296,22 @@ fn remove_leftovers() {
         .lines()
         .chain(networks.lines().filter_map(|n| n.strip_suffix("_ims")))
         .filter(|p| {
-            p.strip_prefix("imsct")
+            p.strip_prefix(prefix)
                 .is_some_and(|n| n.parse::<u32>().is_ok())
         })
         .collect();
     old.sort_unstable();
     old.dedup();
     for project in old {
-        eprintln!("{TEST}: removing the leftover compose project {project}");
+        eprintln!("{test}: removing the leftover compose project {project}");
         let stack = Stack {
+            test,
             project: project.to_string(),
-            image: format!("ims-core:ct-{}", &project["imsct".len()..]),
+            image: format!("ims-core:{tag}-{}", &project[prefix.len()..]),
             env: Vec::new(),
+            profiles: profiles.to_vec(),
+            services: Vec::new(),
+            host_ip: "",
         };
         drop(stack);
     }
@@ -251,7 +321,8 @@ fn remove_leftovers() {
         "{{.Repository}}:{{.Tag}}",
         "ims-core",
     ]));
-    for image in images.lines().filter(|i| i.starts_with("ims-core:ct-")) {
+    let ours = format!("ims-core:{tag}-");
+    for image in images.lines().filter(|i| i.starts_with(&ours)) {
         let _ = Command::new("docker")
             .args(["image", "rm", "-f", image])
             .output();
@@ -278,12 +349,56 @@ fn context() -> PathBuf {
     dir
 }
 
+/// The image, from the Dockerfile users get, with the no-registry build arguments. One build
+/// at a time across the tests (which may run at once, in one process or several): each
+/// prunes the untagged build stage, which another build may be using from the layer cache.
+fn build_image(image: &str) {
+    let _turn = build_turn();
+    let ctx = context();
+    run(Command::new("docker")
+        .args(["build", "-q", "-f"])
+        .arg(ctx.join("deploy/Dockerfile"))
+        .args(["--build-arg", &format!("BUILDER={BASE_IMAGE}")])
+        .args(["--build-arg", &format!("BASE={BASE_IMAGE}")])
+        .args(["--build-arg", "PREBUILT=prebuilt", "-t", image])
+        .arg(&ctx));
+    // The build stage is left behind untagged by the classic builder: only ours carry its label.
+    let _ = Command::new("docker")
+        .args([
+            "image",
+            "prune",
+            "-f",
+            "--filter",
+            "label=io.ims-core.stage=build",
+        ])
+        .output();
+    let _ = std::fs::remove_dir_all(&ctx);
+}
+
+/// A lock across threads and processes that the system releases even when its holder is
+/// killed: a listening socket on a fixed loopback port, held until dropped.
+fn build_turn() -> std::net::TcpListener {
+    let t0 = Instant::now();
+    loop {
+        match std::net::TcpListener::bind((HOST_IP, 47118)) {
+            Ok(l) => return l,
+            Err(e) => {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(300),
+                    "no turn to build the image after 5 min: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    }
+}
+
 /// One SIPp registration and deregistration through the published P-CSCF port; an AKA run
 /// that failed only because of SIPp's RES bug (peers.md) is run again.
 fn sipp_registers(stack: &Stack, scenario: Scenario, ue: &sipp::Ue, round: &str) {
     for attempt in 0..3 {
         let out = Sipp::ue(scenario, ue)
-            .remote(format!("{HOST_IP}:5060").parse().unwrap())
+            .remote(format!("{}:5060", stack.host_ip).parse().unwrap())
             .local_ip("127.0.0.1".parse().unwrap())
             .transport(sipp::Transport::Udp)
             .timeout(Duration::from_secs(15))
@@ -332,31 +447,22 @@ fn both_register(stack: &Stack, round: &str) {
 
 #[test]
 fn compose_stack_registers_survives_an_hss_restart_and_cleans_up() {
-    if !tools_ready() {
+    if !tools_ready(TEST) {
         return;
     }
     let t0 = Instant::now();
-    let have_base = Command::new("docker")
-        .args(["image", "inspect", BASE_IMAGE])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have_base {
-        if ims_testkit::require_tool(TEST, "debootstrap").is_none()
-            || !ims_testkit::require_root(TEST)
-        {
-            return;
-        }
-        run(&mut Command::new(root().join("deploy/local-base.sh")));
-    }
-
-    remove_leftovers();
+    remove_leftovers(TEST, "imsct", "ct", &[]);
     let tag = std::process::id();
     let project = format!("imsct{tag}");
     let image = format!("ims-core:ct-{tag}");
     let ip = |last: u8| format!("{NET}.{last}");
     let stack = Stack {
+        test: TEST,
         project: project.clone(),
         image: image.clone(),
+        profiles: Vec::new(),
+        services: SERVICES.to_vec(),
+        host_ip: HOST_IP,
         env: vec![
             ("IMS_IMAGE".into(), image.clone()),
             ("IMS_DOMAIN".into(), DOMAIN.into()),
@@ -366,31 +472,14 @@ fn compose_stack_registers_survives_an_hss_restart_and_cleans_up() {
             ("ICSCF_IP".into(), ip(19)),
             ("SCSCF_IP".into(), ip(20)),
             ("PCSCF_IP".into(), ip(21)),
+            ("SCSCF2_IP".into(), ip(24)),
+            ("POSTGRES_IP".into(), ip(17)),
             ("DOCKER_HOST_IP".into(), HOST_IP.into()),
             ("PCSCF_IPSEC".into(), "preferred".into()),
         ],
     };
 
-    // The image, from the Dockerfile users get, with the no-registry build arguments.
-    let ctx = context();
-    run(Command::new("docker")
-        .args(["build", "-q", "-f"])
-        .arg(ctx.join("deploy/Dockerfile"))
-        .args(["--build-arg", &format!("BUILDER={BASE_IMAGE}")])
-        .args(["--build-arg", &format!("BASE={BASE_IMAGE}")])
-        .args(["--build-arg", "PREBUILT=prebuilt", "-t", &image])
-        .arg(&ctx));
-    // The build stage is left behind untagged by the classic builder: only ours carry its label.
-    let _ = Command::new("docker")
-        .args([
-            "image",
-            "prune",
-            "-f",
-            "--filter",
-            "label=io.ims-core.stage=build",
-        ])
-        .output();
-    let _ = std::fs::remove_dir_all(&ctx);
+    build_image(&image);
     let built = t0.elapsed();
 
     run(&mut stack.compose(&["up", "-d", "--no-build"]));
@@ -448,19 +537,7 @@ fn compose_stack_registers_survives_an_hss_restart_and_cleans_up() {
     let restarted = t0.elapsed();
 
     // down -v leaves nothing of the project behind.
-    run(&mut stack.compose(&["down", "-v", "--timeout", "5"]));
-    let label = format!("label=com.docker.compose.project={project}");
-    for (what, args) in [
-        ("container", vec!["ps", "-a", "-q", "--filter", &label]),
-        ("network", vec!["network", "ls", "-q", "--filter", &label]),
-        ("volume", vec!["volume", "ls", "-q", "--filter", &label]),
-    ] {
-        let left = run(Command::new("docker").args(&args));
-        assert!(
-            left.trim().is_empty(),
-            "a {what} of {project} is left: {left}"
-        );
-    }
+    stack.down_leaves_nothing();
     drop(stack);
     let gone = Command::new("docker")
         .args(["image", "inspect", &image])
@@ -470,6 +547,145 @@ fn compose_stack_registers_survives_an_hss_restart_and_cleans_up() {
     eprintln!(
         "{TEST}: image built {built:?}, stack healthy {up:?}, registered twice around an HSS \
          restart {restarted:?}, down {:?}",
+        t0.elapsed()
+    );
+}
+
+impl Stack {
+    /// One value from the stack's PostgreSQL (`psql` in the `postgres` container).
+    fn psql(&self, sql: &str) -> String {
+        let id = self.container("postgres");
+        run(Command::new("docker")
+            .args(["exec", &id, "psql", "-U", "ims", "-d", "ims", "-tAc", sql]))
+        .trim()
+        .to_string()
+    }
+
+    /// The logs of one service's container.
+    fn service_logs(&self, service: &str) -> String {
+        let id = self.container(service);
+        Command::new("docker")
+            .args(["logs", &id])
+            .output()
+            .map(|o| text(&o))
+            .unwrap_or_default()
+    }
+}
+
+#[test]
+fn compose_stack_postgres_profile_survives_a_stopped_scscf() {
+    if !tools_ready(TEST_PG) {
+        return;
+    }
+    let t0 = Instant::now();
+    remove_leftovers(TEST_PG, "imspg", "pg", &["postgres"]);
+    let tag = std::process::id();
+    let image = format!("ims-core:pg-{tag}");
+    let ip = |last: u8| format!("{NET_PG}.{last}");
+    let stack = Stack {
+        test: TEST_PG,
+        project: format!("imspg{tag}"),
+        image: image.clone(),
+        profiles: vec!["postgres"],
+        services: SERVICES_PG.to_vec(),
+        host_ip: HOST_IP_PG,
+        env: vec![
+            ("IMS_IMAGE".into(), image.clone()),
+            ("IMS_POSTGRES_IMAGE".into(), POSTGRES_IMAGE.into()),
+            ("POSTGRES_PASSWORD".into(), format!("ct-{tag}")),
+            ("IMS_DOMAIN".into(), DOMAIN.into()),
+            ("TEST_NETWORK".into(), format!("{NET_PG}.0/24")),
+            ("DNS_IP".into(), ip(15)),
+            ("POSTGRES_IP".into(), ip(17)),
+            ("IMS_HSS_IP".into(), ip(18)),
+            ("ICSCF_IP".into(), ip(19)),
+            ("SCSCF_IP".into(), ip(20)),
+            ("PCSCF_IP".into(), ip(21)),
+            ("SCSCF2_IP".into(), ip(24)),
+            ("DOCKER_HOST_IP".into(), HOST_IP_PG.into()),
+            ("PCSCF_IPSEC".into(), "preferred".into()),
+        ],
+    };
+
+    // The same image as the other test; PostgreSQL from deploy/postgres/ on the local base
+    // (apt inside it; Docker's layer cache makes a rebuild of an unchanged Dockerfile instant).
+    build_image(&image);
+    run(Command::new("docker")
+        .args(["build", "-q", "--build-arg", &format!("BASE={BASE_IMAGE}")])
+        .args(["-t", POSTGRES_IMAGE])
+        .arg(root().join("deploy/postgres")));
+    let built = t0.elapsed();
+
+    run(&mut stack.compose(&["up", "-d", "--no-build"]));
+    stack.wait_healthy(Duration::from_secs(120));
+    let up = t0.elapsed();
+
+    // The HSS is on PostgreSQL (the demo subscribers are there, no SQLite file was made).
+    let impis = stack.psql("SELECT count(*) FROM private_identity");
+    assert_eq!(impis, "2", "the demo subscribers in PostgreSQL");
+    for s in ["hss", "scscf"] {
+        let id = stack.container(s);
+        let files = run(Command::new("docker").args(["exec", &id, "ls", "-A", "/var/lib/ims"]));
+        assert!(
+            !files.contains(".sqlite"),
+            "{s} made a SQLite database: {files}"
+        );
+    }
+
+    both_register(&stack, "two S-CSCFs");
+    // A registration left at the first S-CSCF, seen in the shared PostgreSQL.
+    let ue = run(&mut stack.compose(&[
+        "run",
+        "--rm",
+        "--no-deps",
+        "-T",
+        "provision",
+        "ims-ue",
+        "--pcscf",
+        &format!("{}:5060", ip(21)),
+        "--impi",
+        &format!("alice@{DOMAIN}"),
+        "--k",
+        sipp::TEST_K,
+        "--op",
+        sipp::TEST_OP,
+    ]));
+    assert!(ue.contains("REGISTER expires=600: 200"), "ims-ue: {ue}");
+    let alice = format!("sip:alice@{DOMAIN}");
+    let query = format!("SELECT scscf_name FROM scscf_registration WHERE impu = '{alice}'");
+    let first = format!("sip:scscf.{DOMAIN}:6060");
+    stack.poll(
+        Duration::from_secs(30),
+        "alice's registration at scscf in PostgreSQL",
+        || {
+            let at = stack.psql(&query);
+            if at == first { Ok(()) } else { Err(at) }
+        },
+    );
+
+    // The S-CSCF that holds her stopped: the I-CSCF gives up on it, the second takes her
+    // over (and bob, a new registration), and the registrations succeed.
+    run(&mut stack.compose(&["stop", "--timeout", "5", "scscf"]));
+    let scscf = stack.container("scscf");
+    assert_eq!(stack.inspect(&scscf, "{{.State.Status}}"), "exited");
+    let stopped = t0.elapsed();
+    both_register(&stack, "scscf stopped");
+    let second = stack.service_logs("scscf2");
+    for user in ["alice", "bob"] {
+        assert!(
+            second
+                .lines()
+                .any(|l| l.contains("registered (200)") && l.contains(&format!("{user}@{DOMAIN}"))),
+            "{user} registered at scscf2:\n{second}"
+        );
+    }
+    let failover = t0.elapsed();
+
+    stack.down_leaves_nothing();
+    drop(stack);
+    eprintln!(
+        "{TEST_PG}: images built {built:?}, stack healthy {up:?}, scscf stopped {stopped:?}, \
+         registered through scscf2 {failover:?}, down {:?}",
         t0.elapsed()
     );
 }
