@@ -2,6 +2,10 @@
 //! runtime. (The daemons have `common.rs`.)
 use std::process::ExitCode;
 
+/// mimalloc, as in the daemons (see `common.rs`): `ims-load` shares the machine it measures.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A 128-bit key argument (`--k`, `--op`, `--opc`) from 32 hex digits.
 pub fn key(name: &str, hex_text: &str) -> Result<[u8; 16], String> {
     hex::decode(hex_text)
