@@ -556,6 +556,7 @@ impl Inner {
             target,
             local: None,
             flow: false,
+            unheard: None,
         })
     }
 

@@ -913,6 +913,7 @@ impl SipEndpoint {
         local: Option<SocketAddr>,
         flow: bool,
         (id, out): (usize, mpsc::Sender<BranchReport>),
+        unheard: Option<Unheard>,
     ) -> Result<InviteBranch, ClientError> {
         let index = match local {
             Some(l) => self.index_of(l)?,
@@ -931,7 +932,7 @@ impl SipEndpoint {
             (target, index),
             rx,
             cancel_rx,
-            (id, out),
+            (id, out, unheard),
         ));
         Ok(InviteBranch { cancel: cancel_tx })
     }
@@ -943,7 +944,7 @@ impl SipEndpoint {
         (target, index): (crate::dns::Target, usize),
         mut rx: mpsc::Receiver<Message>,
         mut cancel_rx: mpsc::UnboundedReceiver<()>,
-        (id, out): (usize, mpsc::Sender<BranchReport>),
+        (id, out, mut unheard): (usize, mpsc::Sender<BranchReport>, Option<Unheard>),
     ) {
         let reliable = target.transport != Transport::Udp;
         let timers = self.inner.timers;
@@ -999,6 +1000,8 @@ impl SipEndpoint {
             tokio::select! {
                 m = rx.recv() => match m {
                     Some(resp) => {
+                        // Heard from: no longer counted.
+                        drop(unheard.take());
                         let status = resp.status().unwrap_or(0);
                         let ack = (status >= 300)
                             .then(|| ims_sip::ack_for(&sent, &resp).ok().map(|a| a.to_bytes()))
@@ -1124,6 +1127,27 @@ fn transport_for(req: &Message, transport: Transport, flow: bool) -> Transport {
 /// The client-transaction key of the CANCEL of the INVITE sent with `branch`.
 fn cancel_key(branch: &str) -> String {
     format!("{branch} CANCEL")
+}
+
+/// Counts an INVITE as not yet heard from by the next hop while it lives: the branch drops it
+/// at the first response of any kind (a 100 Trying comes at once from a next hop that keeps
+/// up) or when it ends. A counter of these is how far behind the core is, whatever the
+/// callee takes to answer: the P-CSCF refuses new calls with 503 past a limit of them.
+#[derive(Debug)]
+pub struct Unheard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Unheard {
+    /// Counts one more in `counter`; returns the guard and the count before it.
+    pub fn enter(counter: &Arc<std::sync::atomic::AtomicUsize>) -> (Self, usize) {
+        let before = counter.fetch_add(1, Ordering::Relaxed);
+        (Self(counter.clone()), before)
+    }
+}
+
+impl Drop for Unheard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One INVITE sent by [`SipEndpoint::send_invite`]: its responses arrive on the channel given

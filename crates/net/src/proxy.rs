@@ -26,7 +26,7 @@ use ims_sip::Message;
 use tokio::sync::mpsc;
 
 use crate::dns::Target;
-use crate::endpoint::{ClientError, ServerRequest, SipEndpoint, pop_own_via};
+use crate::endpoint::{ClientError, ServerRequest, SipEndpoint, Unheard, pop_own_via};
 
 /// One branch of a proxied INVITE.
 #[derive(Debug)]
@@ -40,6 +40,8 @@ pub struct ProxyBranch {
     /// `target` is a UE's registered flow: its transport is kept whatever the INVITE's size
     /// ([`SipEndpoint::send_request_to_flow`]).
     pub flow: bool,
+    /// Counted until the next hop answers anything (see [`Unheard`]).
+    pub unheard: Option<Unheard>,
 }
 
 /// How a branch ended, for choosing the best answer.
@@ -103,7 +105,14 @@ pub async fn proxy_invite(
     for (id, b) in branches.into_iter().enumerate() {
         let to = b.target.addr;
         match ep
-            .send_invite(b.message, b.target, b.local, b.flow, (id, tx.clone()))
+            .send_invite(
+                b.message,
+                b.target,
+                b.local,
+                b.flow,
+                (id, tx.clone()),
+                b.unheard,
+            )
             .await
         {
             Ok(h) => {

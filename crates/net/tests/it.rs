@@ -818,6 +818,7 @@ mod invite_proxy {
                             },
                             local: None,
                             flow: false,
+                            unheard: None,
                         })
                         .collect();
                     proxy_invite(&p, &req, branches, "px").await;

@@ -57,6 +57,10 @@
 //! `response`) is answered `503 Service Unavailable` with `Retry-After` at once, and one warning
 //! says when refusing starts and one line when it ends. REGISTERs that answer a challenge
 //! always go on, so that registrations already begun finish and goodput holds.
+//! The same for calls: at most `max_invites_in_flight` new INVITEs from UEs wait for the core's
+//! first answer (its 100 Trying, which a core keeping up sends at once; a ringing call no
+//! longer counts, [`ims_net::endpoint::Unheard`]); past it a new call is answered `503` with
+//! `Retry-After` at once, with one warning when refusing starts and one when it ends.
 //!
 //! Non-INVITE requests go through client transactions ([`SipEndpoint::send_request`]);
 //! INVITE through the stateful proxy core ([`ims_net::proxy`]: 100 at once, CANCEL, the
@@ -74,7 +78,7 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use ims_net::dns::{Destination, SipResolver, Target, Transport};
-use ims_net::endpoint::{ServerRequest, SipEndpoint, pop_own_via};
+use ims_net::endpoint::{ServerRequest, SipEndpoint, Unheard, pop_own_via};
 use ims_sip::transaction::Timers;
 use ims_sip::{Auth, HeaderName, Message, Method, Uri};
 use ipnet::IpNet;
@@ -127,9 +131,19 @@ pub struct Config {
     /// get 503 with Retry-After at once (0: no limit). Default 64 (measured in docs/PERFORMANCE.md).
     #[serde(default = "default_max_in_flight")]
     pub max_registrations_in_flight: usize,
+    /// Most new INVITEs from UEs forwarded into the core that the next hop has not answered
+    /// anything yet (not even its 100 Trying, which a next hop keeping up sends at once; how
+    /// long the callee takes to answer does not count); past it new calls get 503 with
+    /// Retry-After at once (0: no limit). Default 64.
+    #[serde(default = "default_max_invites")]
+    pub max_invites_in_flight: usize,
 }
 
 fn default_max_in_flight() -> usize {
+    64
+}
+
+fn default_max_invites() -> usize {
     64
 }
 
@@ -237,6 +251,10 @@ struct Inner {
     icid_salt: u64,
     /// REGISTERs forwarded and not yet answered.
     in_flight: AtomicUsize,
+    /// New INVITEs from UEs the next hop has not answered yet ([`Unheard`]).
+    invites_unheard: Arc<AtomicUsize>,
+    /// Refusing new calls (one warning when it starts, one when it ends).
+    calls_overloaded: AtomicBool,
     /// Refusing new registrations (for the one line when it starts and ends).
     overloaded: AtomicBool,
 }
@@ -345,6 +363,8 @@ impl Pcscf {
                 icid: AtomicU64::new(1),
                 icid_salt,
                 in_flight: AtomicUsize::new(0),
+                invites_unheard: Arc::new(AtomicUsize::new(0)),
+                calls_overloaded: AtomicBool::new(false),
                 overloaded: AtomicBool::new(false),
             }),
             requests,
@@ -1239,8 +1259,34 @@ impl Inner {
                 .and_then(Result::ok)
                 .map(|n| n.uri_str.to_owned());
             if let (true, Some(next)) = (ours, next) {
-                return self.relay(req, m, &next).await;
+                return self.relay(req, m, &next, None).await;
             }
+        }
+        // A new call: refused at once when the core is behind (overload, the edge refuses).
+        let mut unheard = None;
+        if req.message.method() == Some(Method::Invite)
+            && req.message.to_addr().is_ok_and(|t| t.tag().is_none())
+        {
+            let (guard, before) = Unheard::enter(&self.invites_unheard);
+            let max = self.cfg.max_invites_in_flight;
+            if max > 0 && before >= max {
+                if !self.calls_overloaded.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        unheard = before,
+                        "overload: refusing new calls with 503 until fewer than \
+                         max_invites_in_flight INVITEs wait for the core"
+                    );
+                }
+                return self
+                    .reply(&req, 503, "Service Unavailable (overload)")
+                    .await;
+            }
+            if self.calls_overloaded.load(Ordering::Relaxed)
+                && self.calls_overloaded.swap(false, Ordering::Relaxed)
+            {
+                tracing::warn!("overload over: new calls admitted again");
+            }
+            unheard = Some(guard);
         }
         let mut m = req.message.clone();
         let preferred = m
@@ -1272,7 +1318,7 @@ impl Inner {
             return self.reply(&req, 400, "Bad Request").await;
         }
         let first = reg.service_route[0].clone();
-        self.relay(req, m, &first).await;
+        self.relay(req, m, &first, unheard).await;
     }
 
     /// A request from the core toward a UE: our Path entry as Route, a registered contact.
@@ -1331,14 +1377,15 @@ impl Inner {
                     addr: ue,
                     transport: flow.transport,
                 };
-                self.send_from(req, m, target, Some(local), true).await
+                self.send_from(req, m, target, Some(local), true, None)
+                    .await
             }
             None => {
                 let target = Target {
                     addr: flow.addr,
                     transport: flow.transport,
                 };
-                self.send_from(req, m, target, None, true).await
+                self.send_from(req, m, target, None, true, None).await
             }
         }
     }
@@ -1414,12 +1461,12 @@ impl Inner {
     }
 
     /// Sends `m` to the URI's RFC 3263 target and relays the outcome.
-    async fn relay(&self, req: ServerRequest, m: Message, uri: &str) {
+    async fn relay(&self, req: ServerRequest, m: Message, uri: &str, unheard: Option<Unheard>) {
         let Some(target) = self.resolve_route(uri).await else {
             return self.reply(&req, 500, "Bad Service-Route").await;
         };
         match target {
-            Ok(t) if !t.is_empty() => self.send_from(req, m, t[0], None, false).await,
+            Ok(t) if !t.is_empty() => self.send_from(req, m, t[0], None, false, unheard).await,
             Ok(_) | Err(_) => {
                 tracing::warn!(%uri, "the next hop does not resolve");
                 self.reply(&req, 504, "Server Time-out").await
@@ -1437,6 +1484,7 @@ impl Inner {
         target: Target,
         local: Option<SocketAddr>,
         flow: bool,
+        unheard: Option<Unheard>,
     ) {
         match m.method() {
             Some(Method::Invite) => {
@@ -1445,6 +1493,7 @@ impl Inner {
                     target,
                     local,
                     flow,
+                    unheard,
                 };
                 ims_net::proxy::proxy_invite(&self.ep, &req, vec![branch], "pcscf").await;
             }

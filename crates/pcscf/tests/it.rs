@@ -139,6 +139,7 @@ fn pcscf_config(icscf: SocketAddr) -> ims_pcscf::Config {
         core_networks: Vec::new(),
         reg_event: true,
         max_registrations_in_flight: 64,
+        max_invites_in_flight: 64,
     }
 }
 
@@ -202,6 +203,7 @@ async fn ue_registers_through_p_and_i_cscf_and_sends_along_the_service_route() {
             local_address: None,
         },
         scscf: vec![],
+        scscf_timeout_ms: 4000,
     })
     .await
     .unwrap();
@@ -590,4 +592,119 @@ async fn overload_refuses_new_registrations_with_503_at_once() {
     }
     send("o4", initial);
     assert_eq!(at_core().call_id().unwrap(), "o4");
+}
+
+/// New calls are refused with 503 and Retry-After at once while `max_invites_in_flight`
+/// INVITEs wait for the core's first answer (its 100 Trying); as soon as the core answers
+/// one, a new call goes through again. How long a callee takes to answer does not count.
+#[tokio::test(flavor = "multi_thread")]
+async fn overload_refuses_new_calls_while_the_core_is_behind() {
+    let core = UdpSocket::bind("127.0.0.1:0").unwrap();
+    core.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let core_addr = core.local_addr().unwrap();
+    let pcscf = ims_pcscf::Pcscf::start(ims_pcscf::Config {
+        reg_event: false,
+        max_invites_in_flight: 2,
+        ..pcscf_config(core_addr)
+    })
+    .await
+    .unwrap();
+    let p = pcscf.sip_addr();
+    tokio::spawn(pcscf.run_until(std::future::pending()));
+    let ue = UdpSocket::bind("127.0.0.1:0").unwrap();
+    ue.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let me = ue.local_addr().unwrap();
+
+    // Registered: the core (as I-CSCF and S-CSCF) answers 200 with a Service-Route to itself.
+    let auth = "Digest username=\"alice@hims.net\", realm=\"hims.net\", uri=\"sip:hims.net\", \
+                nonce=\"\", response=\"\"";
+    ue.send_to(register(me, "r1", 1, "alice", auth, 600).as_bytes(), p)
+        .unwrap();
+    let reg = recv(&core);
+    let mut ok = response_to(&reg, 200, "OK", Some("s1")).unwrap();
+    ok.append_header("Service-Route", &format!("<sip:orig@{core_addr};lr>"))
+        .unwrap();
+    ok.append_header("P-Associated-URI", "<sip:alice@hims.net>")
+        .unwrap();
+    ok.append_header("Contact", &format!("<sip:alice@{me}>;expires=600"))
+        .unwrap();
+    core.send_to(&ok.to_bytes(), p).unwrap();
+    assert_eq!(recv(&ue).status(), Some(200));
+
+    let invite = |call: &str| {
+        let text = format!(
+            "INVITE sip:bob@hims.net SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@hims.net>;tag=a{call}\r\nTo: <sip:bob@hims.net>\r\n\
+             Call-ID: {call}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{me}>\r\nContent-Length: 0\r\n\r\n"
+        );
+        ue.send_to(text.as_bytes(), p).unwrap();
+    };
+    // The UE's next answer other than 100 Trying.
+    let final_at_ue = || loop {
+        let m = recv(&ue);
+        if m.status() != Some(100) {
+            return m;
+        }
+    };
+    // The next INVITE the core sees that it did not see before.
+    let mut seen: Vec<String> = Vec::new();
+    let mut at_core = || loop {
+        let m = recv(&core);
+        let call = m.call_id().unwrap().to_owned();
+        if m.method_str() == Some("INVITE") && !seen.contains(&call) {
+            seen.push(call);
+            return m;
+        }
+    };
+
+    invite("c1");
+    let held1 = at_core();
+    invite("c2");
+    let _held2 = at_core();
+    // Two wait for the core: the third call is refused at once and never reaches it.
+    let t = std::time::Instant::now();
+    invite("c3");
+    let r = final_at_ue();
+    assert_eq!((r.status(), r.call_id().unwrap()), (Some(503), "c3"), "{r}");
+    let after: u32 = r
+        .header_str(HeaderName::RetryAfter)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((5..=10).contains(&after), "{r}");
+    assert!(t.elapsed() < Duration::from_secs(1), "refused at once");
+    // The core says 100 Trying to the first: one fewer waits, and a new call goes in (the
+    // first still rings: it no longer counts).
+    let trying = response_to(&held1, 100, "Trying", None).unwrap();
+    core.send_to(&trying.to_bytes(), p).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut n = 4;
+    loop {
+        let call = format!("c{n}");
+        invite(&call);
+        // Either the core sees it, or the UE gets 503 (the 100 not yet taken in).
+        let mut buf = vec![0u8; 65536];
+        core.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let reached = loop {
+            match core.recv(&mut buf) {
+                Ok(len) => {
+                    let m = Message::parse(Bytes::copy_from_slice(&buf[..len])).unwrap();
+                    if m.method_str() == Some("INVITE") && m.call_id().unwrap() == call {
+                        break true;
+                    }
+                }
+                Err(_) => break false,
+            }
+        };
+        if reached {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new call admitted after the core's 100 Trying"
+        );
+        n += 1;
+    }
 }

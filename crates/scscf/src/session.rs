@@ -415,6 +415,7 @@ async fn proxy(
                 target,
                 local: None,
                 flow: false,
+                unheard: None,
             }),
             Err(e) => refusal = Some(e),
         }
