@@ -78,7 +78,8 @@ pub struct Config {
     /// The S-CSCFs this I-CSCF may choose from, in order of preference.
     #[serde(default)]
     pub scscf: Vec<ScscfEntry>,
-    /// Milliseconds an S-CSCF has to answer a request before the next one is tried. Timer F
+    /// Milliseconds an S-CSCF has to answer a request before the next one is tried (when
+    /// there is a next one: the last is waited for until its Timer F). Timer F
     /// (32 s) would outlast the P-CSCF's own transaction toward us, so that a stopped S-CSCF
     /// could never be failed over from in time. A live S-CSCF answers a REGISTER after one Cx
     /// exchange (milliseconds); 4 s by default leaves a UE's REGISTER room for a UAR, a
@@ -591,7 +592,16 @@ impl Inner {
         let (targets, route) = self.resolve_scscf(scscf).await?;
         let mut last = String::from("no address");
         let mut busy = false;
-        for target in targets {
+        // Giving up early only helps when there is somewhere else to go: the only S-CSCF
+        // (or its last address) is waited for as long as its transaction runs (Timer F), or
+        // a slow answer would become our 504.
+        let elsewhere = self
+            .cfg
+            .scscf
+            .iter()
+            .any(|e| !e.uri.eq_ignore_ascii_case(scscf));
+        let count = targets.len();
+        for (i, target) in targets.into_iter().enumerate() {
             let mut fwd = req.message.clone();
             fwd.prepend_header("Route", &route)
                 .map_err(|e| e.to_string())?;
@@ -599,7 +609,12 @@ impl Inner {
             // then, and a late answer absorbed); we wait for it only so long.
             let ep = self.ep.clone();
             let sent = tokio::spawn(async move { ep.send_request(fwd, target).await });
-            let wait = std::time::Duration::from_millis(self.cfg.scscf_timeout_ms);
+            let wait = if elsewhere || i + 1 < count {
+                std::time::Duration::from_millis(self.cfg.scscf_timeout_ms)
+            } else {
+                // Timer F bounds the transaction itself.
+                std::time::Duration::MAX
+            };
             let answer = match tokio::time::timeout(wait, sent).await {
                 Ok(Ok(r)) => r.map_err(|e| e.to_string()),
                 Ok(Err(e)) => Err(format!("the transaction task failed: {e}")),
