@@ -330,6 +330,46 @@ fn tracing_free_warn(e: &std::io::Error) {
     }
 }
 
+/// The UE's settings every swarm of this run shares; `i` seeds it.
+fn swarm_config(
+    a: &Args,
+    credentials: &SwarmCredentials,
+    local: SocketAddr,
+    i: usize,
+) -> SwarmConfig {
+    let mut cfg = SwarmConfig::new(
+        a.domain.clone(),
+        a.prefix.clone(),
+        a.pcscf,
+        local,
+        credentials.clone(),
+        random_seed(i as u64),
+    );
+    cfg.expires = a.expires;
+    cfg.timeout = Duration::from_secs(a.timeout);
+    cfg
+}
+
+/// One progress line on stderr: rewritten in place on a terminal, else a line each.
+fn progress_line(tty: bool, line: &str) {
+    if tty {
+        eprint!("\r{line}\x1b[K");
+    } else {
+        eprintln!("{line}");
+    }
+}
+
+/// p50, p90, p99 and the maximum of sorted µs values.
+fn pcts(sorted: &[u32]) -> [Duration; 4] {
+    [0.5, 0.9, 0.99, 1.0].map(|p| percentile(sorted, p))
+}
+
+/// Those percentiles as the summary's JSON object, ms with µs precision.
+fn lat(p: [Duration; 4]) -> serde_json::Value {
+    let m = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+    serde_json::json!({"p50": m(p[0]), "p90": m(p[1]), "p99": m(p[2]), "max": m(p[3])})
+}
+
 fn percentile(sorted: &[u32], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -497,17 +537,8 @@ fn main() -> ExitCode {
         let mut tasks = tokio::task::JoinSet::new();
         for (i, socket) in sockets.into_iter().enumerate() {
             let local = socket.local_addr().unwrap_or(SocketAddr::new(local_ip, 0));
-            let mut cfg = SwarmConfig::new(
-                a.domain.clone(),
-                a.prefix.clone(),
-                a.pcscf,
-                local,
-                credentials.clone(),
-                random_seed(i as u64),
-            );
-            cfg.expires = a.expires;
+            let mut cfg = swarm_config(&a, &credentials, local, i);
             cfg.plan = plan;
-            cfg.timeout = Duration::from_secs(a.timeout);
             let share = match mode {
                 Mode::Closed { concurrency, .. } => {
                     concurrency / shards + usize::from(i < concurrency % shards)
@@ -616,16 +647,7 @@ fn calls_main(
             for &i in &pending {
                 let socket = &sockets[i];
                 let local = socket.local_addr().unwrap_or(SocketAddr::new(local_ip, 0));
-                let mut cfg = SwarmConfig::new(
-                    a.domain.clone(),
-                    a.prefix.clone(),
-                    a.pcscf,
-                    local,
-                    credentials.clone(),
-                    random_seed(i as u64),
-                );
-                cfg.expires = a.expires;
-                cfg.timeout = Duration::from_secs(a.timeout);
+                let cfg = swarm_config(a, &credentials, local, i);
                 let shard = Shard {
                     index: i as u64,
                     shards: ues as u64,
@@ -703,13 +725,8 @@ fn calls_main(
     let all_ok = s.completed == calls && failed == 0 && callee_failed == 0;
     let wall = s.wall.as_secs_f64().max(1e-9);
     let rate = s.completed as f64 / wall;
-    let pcts = |v: &[u32]| [0.5, 0.9, 0.99, 1.0].map(|p| percentile(v, p));
     let (setup, ringing, call) = (pcts(&s.setup), pcts(&s.ringing), pcts(&s.call));
     if a.json {
-        let lat = |p: [Duration; 4]| {
-            let m = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
-            serde_json::json!({"p50": m(p[0]), "p90": m(p[1]), "p99": m(p[2]), "max": m(p[3])})
-        };
         let o = serde_json::json!({
             "mode": "calls",
             "ues": a.count,
@@ -788,11 +805,7 @@ async fn progress(c: Arc<Counters>, mode: Mode) {
             reg - last,
         );
         last = reg;
-        if tty {
-            eprint!("\r{line}\x1b[K");
-        } else {
-            eprintln!("{line}");
-        }
+        progress_line(tty, &line);
     }
 }
 
@@ -816,13 +829,8 @@ fn summarize(
     let failed: u64 = s.failures.values().sum();
     let all_ok = s.finished_ok == s.started && failed == 0;
     let rate = registered as f64 / wall.as_secs_f64().max(1e-9);
-    let pcts = |v: &[u32]| [0.5, 0.9, 0.99, 1.0].map(|p| percentile(v, p));
     let (reg, ch, au) = (pcts(&s.register), pcts(&s.challenge), pcts(&s.auth));
     if a.json {
-        let lat = |p: [Duration; 4]| {
-            let m = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
-            serde_json::json!({"p50": m(p[0]), "p90": m(p[1]), "p99": m(p[2]), "max": m(p[3])})
-        };
         let mut o = serde_json::json!({
             "mode": match mode { Mode::Closed { .. } => "closed", Mode::Open { .. } => "open" },
             "sockets": sockets,

@@ -289,10 +289,6 @@ async fn progress(c: Arc<CallCounters>, total: u64) {
             ended - last,
         );
         last = ended;
-        if tty {
-            eprint!("\r{line}\x1b[K");
-        } else {
-            eprintln!("{line}");
-        }
+        crate::progress_line(tty, &line);
     }
 }

@@ -119,13 +119,15 @@ pub const MAX_CACHED: Duration = Duration::from_secs(60);
 /// Destinations kept at most; past it the cache starts again empty.
 const CACHE_ENTRIES: usize = 4096;
 
-/// A destination as the cache knows it: lower-case host, port, transport, sips.
-type CacheKey = (String, Option<u16>, Option<Transport>, bool);
+/// What the cache keeps of a host (by lower-case name): per (port, transport, sips) asked,
+/// the targets and until when. Keyed by the name alone so that a lookup borrows the request's
+/// host instead of building a key (no allocation per request).
+type HostEntries = Vec<((Option<u16>, Option<Transport>, bool), Vec<Target>, Instant)>;
 
 /// An RFC 3263 resolver over given DNS servers.
 pub struct SipResolver {
     resolver: Resolver<TokioRuntimeProvider>,
-    cache: Mutex<HashMap<CacheKey, (Vec<Target>, Instant)>>,
+    cache: Mutex<HashMap<String, HostEntries>>,
 }
 
 impl SipResolver {
@@ -236,16 +238,17 @@ impl SipResolver {
         if host.is_empty() || host.contains(' ') {
             return Err(ResolveError::BadName(dest.host.to_owned()));
         }
-        let key: CacheKey = (
-            host.to_ascii_lowercase(),
-            dest.port,
-            dest.transport,
-            dest.sips,
-        );
+        let name: std::borrow::Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            host.to_ascii_lowercase().into()
+        } else {
+            host.into()
+        };
+        let key = (dest.port, dest.transport, dest.sips);
         let now = Instant::now();
         if let Ok(cache) = self.cache.lock()
-            && let Some((targets, until)) = cache.get(&key)
-            && *until > now
+            && let Some((_, targets, _)) = cache
+                .get(name.as_ref())
+                .and_then(|e| e.iter().find(|(k, _, until)| *k == key && *until > now))
         {
             return Ok(targets.clone());
         }
@@ -258,7 +261,9 @@ impl SipResolver {
             if cache.len() >= CACHE_ENTRIES {
                 cache.clear();
             }
-            cache.insert(key, (targets.clone(), until));
+            let entries = cache.entry(name.into_owned()).or_default();
+            entries.retain(|(k, _, _)| *k != key);
+            entries.push((key, targets.clone(), until));
         }
         found
     }

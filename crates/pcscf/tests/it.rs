@@ -122,6 +122,25 @@ fn register(
     )
 }
 
+/// A socket standing for the whole core (the P-CSCF's fixed I-CSCF), a P-CSCF toward it
+/// without reg event subscriptions and with `edit` applied to its configuration, and a UE
+/// socket; reads time out after 5 s.
+async fn core_pcscf_ue(
+    edit: impl FnOnce(&mut ims_pcscf::Config),
+) -> (UdpSocket, SocketAddr, UdpSocket) {
+    let core = UdpSocket::bind("127.0.0.1:0").unwrap();
+    core.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut cfg = pcscf_config(core.local_addr().unwrap());
+    cfg.reg_event = false;
+    edit(&mut cfg);
+    let pcscf = ims_pcscf::Pcscf::start(cfg).await.unwrap();
+    let p = pcscf.sip_addr();
+    tokio::spawn(pcscf.run_until(std::future::pending()));
+    let ue = UdpSocket::bind("127.0.0.1:0").unwrap();
+    ue.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    (core, p, ue)
+}
+
 /// A P-CSCF on loopback without IPsec, with a fixed I-CSCF at `icscf`, defaults otherwise.
 fn pcscf_config(icscf: SocketAddr) -> ims_pcscf::Config {
     ims_pcscf::Config {
@@ -527,20 +546,7 @@ async fn ue_registers_through_p_and_i_cscf_and_sends_along_the_service_route() {
 /// again.
 #[tokio::test(flavor = "multi_thread")]
 async fn overload_refuses_new_registrations_with_503_at_once() {
-    let core = UdpSocket::bind("127.0.0.1:0").unwrap();
-    core.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let core_addr = core.local_addr().unwrap();
-    let pcscf = ims_pcscf::Pcscf::start(ims_pcscf::Config {
-        reg_event: false,
-        max_registrations_in_flight: 1,
-        ..pcscf_config(core_addr)
-    })
-    .await
-    .unwrap();
-    let p = pcscf.sip_addr();
-    tokio::spawn(pcscf.run_until(std::future::pending()));
-    let ue = UdpSocket::bind("127.0.0.1:0").unwrap();
-    ue.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (core, p, ue) = core_pcscf_ue(|c| c.max_registrations_in_flight = 1).await;
     let me = ue.local_addr().unwrap();
     let initial = "Digest username=\"alice@hims.net\", realm=\"hims.net\", uri=\"sip:hims.net\", \
                    nonce=\"\", response=\"\"";
@@ -599,21 +605,8 @@ async fn overload_refuses_new_registrations_with_503_at_once() {
 /// one, a new call goes through again. How long a callee takes to answer does not count.
 #[tokio::test(flavor = "multi_thread")]
 async fn overload_refuses_new_calls_while_the_core_is_behind() {
-    let core = UdpSocket::bind("127.0.0.1:0").unwrap();
-    core.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let core_addr = core.local_addr().unwrap();
-    let pcscf = ims_pcscf::Pcscf::start(ims_pcscf::Config {
-        reg_event: false,
-        max_invites_in_flight: 2,
-        ..pcscf_config(core_addr)
-    })
-    .await
-    .unwrap();
-    let p = pcscf.sip_addr();
-    tokio::spawn(pcscf.run_until(std::future::pending()));
-    let ue = UdpSocket::bind("127.0.0.1:0").unwrap();
-    ue.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let me = ue.local_addr().unwrap();
+    let (core, p, ue) = core_pcscf_ue(|c| c.max_invites_in_flight = 2).await;
+    let (core_addr, me) = (core.local_addr().unwrap(), ue.local_addr().unwrap());
 
     // Registered: the core (as I-CSCF and S-CSCF) answers 200 with a Service-Route to itself.
     let auth = "Digest username=\"alice@hims.net\", realm=\"hims.net\", uri=\"sip:hims.net\", \

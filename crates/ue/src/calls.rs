@@ -192,6 +192,30 @@ struct Call {
     salt: u32,
 }
 
+impl Call {
+    /// A call in `state` whose first message went (or came) at `t`, µs.
+    fn new(call_id: Box<str>, state: State, t: u64, peer: SocketAddr, salt: u32) -> Self {
+        Self {
+            call_id,
+            state,
+            generation: 0,
+            start: t,
+            sent: t,
+            sends: 1,
+            retransmissions: 0,
+            ringing_us: None,
+            setup_us: None,
+            callee: "".into(),
+            to: "".into(),
+            target: "".into(),
+            routes: Vec::new(),
+            kept: None,
+            peer,
+            salt,
+        }
+    }
+}
+
 /// The calls of one UE over one socket. See the module documentation.
 pub struct CallAgent {
     cfg: CallConfig,
@@ -263,25 +287,9 @@ impl CallAgent {
         let salt = self.next_random() as u32;
         let id = self.alloc();
         let call_id: Box<str> = format!("{id:x}-{salt:08x}.{:08x}", self.cfg.seed as u32).into();
-        self.by_call_id.insert(call_id.clone(), id);
-        self.calls[id as usize] = Some(Call {
-            call_id,
-            state: State::Calling,
-            generation: 0,
-            start: t,
-            sent: t,
-            sends: 1,
-            retransmissions: 0,
-            ringing_us: None,
-            setup_us: None,
-            callee: callee.into(),
-            to: "".into(),
-            target: "".into(),
-            routes: Vec::new(),
-            kept: None,
-            peer: self.cfg.pcscf,
-            salt,
-        });
+        let mut call = Call::new(call_id, State::Calling, t, self.cfg.pcscf, salt);
+        call.callee = callee.into();
+        self.insert(id, call);
         self.placed_alive += 1;
         self.send_invite(id);
         self.arm(id);
@@ -527,25 +535,9 @@ impl CallAgent {
         });
         let t = self.micros(now);
         let id = self.alloc();
-        self.by_call_id.insert(call_id.clone(), id);
-        self.calls[id as usize] = Some(Call {
-            call_id,
-            state: State::Answered,
-            generation: 0,
-            start: t,
-            sent: t,
-            sends: 1,
-            retransmissions: 0,
-            ringing_us: None,
-            setup_us: None,
-            callee: "".into(),
-            to: "".into(),
-            target: "".into(),
-            routes: Vec::new(),
-            kept: Some(ok),
-            peer: from,
-            salt,
-        });
+        let mut call = Call::new(call_id, State::Answered, t, from, salt);
+        call.kept = Some(ok);
+        self.insert(id, call);
         self.arm(id);
     }
 
@@ -729,6 +721,12 @@ impl CallAgent {
         let at = c.sent + linger;
         let g = c.generation;
         self.timers.push(Reverse((at, id, g)));
+    }
+
+    /// Puts `call` in slot `id` (from [`CallAgent::alloc`]), findable by its Call-ID.
+    fn insert(&mut self, id: u32, call: Call) {
+        self.by_call_id.insert(call.call_id.clone(), id);
+        self.calls[id as usize] = Some(call);
     }
 
     fn release(&mut self, id: u32) {

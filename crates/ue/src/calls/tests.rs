@@ -23,31 +23,35 @@ fn pump(
 ) -> Vec<String> {
     let mut seen = Vec::new();
     loop {
-        let mut moved = false;
-        while let Some(t) = alice.poll_transmit() {
-            moved = true;
-            let text = String::from_utf8(t.payload.clone()).unwrap();
-            let line = text.lines().next().unwrap().to_owned();
-            Message::parse(Bytes::from(t.payload.clone())).expect("alice sends valid SIP");
-            if !drop(&text) {
-                bob.handle_datagram(now, alice.cfg.local, &t.payload);
-            }
-            seen.push(format!("A> {line}"));
-        }
-        while let Some(t) = bob.poll_transmit() {
-            moved = true;
-            let text = String::from_utf8(t.payload.clone()).unwrap();
-            let line = text.lines().next().unwrap().to_owned();
-            Message::parse(Bytes::from(t.payload.clone())).expect("bob sends valid SIP");
-            if !drop(&text) {
-                alice.handle_datagram(now, bob.cfg.local, &t.payload);
-            }
-            seen.push(format!("B> {line}"));
-        }
-        if !moved {
+        let a = deliver(alice, bob, now, "A", &mut drop, &mut seen);
+        let b = deliver(bob, alice, now, "B", &mut drop, &mut seen);
+        if !(a || b) {
             return seen;
         }
     }
+}
+
+/// Everything `from` has queued goes to `to` (unless `drop` says no), each start line noted
+/// in `seen` after `who`; whether anything was queued.
+fn deliver(
+    from: &mut CallAgent,
+    to: &mut CallAgent,
+    now: Instant,
+    who: &str,
+    drop: &mut impl FnMut(&str) -> bool,
+    seen: &mut Vec<String>,
+) -> bool {
+    let mut moved = false;
+    while let Some(t) = from.poll_transmit() {
+        moved = true;
+        let text = String::from_utf8(t.payload.clone()).unwrap();
+        Message::parse(Bytes::from(t.payload.clone())).expect("valid SIP");
+        if !drop(&text) {
+            to.handle_datagram(now, from.cfg.local, &t.payload);
+        }
+        seen.push(format!("{who}> {}", text.lines().next().unwrap()));
+    }
+    moved
 }
 
 fn events(agent: &mut CallAgent) -> Vec<CallEvent> {
