@@ -1024,7 +1024,7 @@ async fn hss_unreachable_is_504() {
 #[tokio::test(flavor = "multi_thread")]
 async fn hss_too_busy_is_503_with_retry_after() {
     let lab = lab_with(0).await;
-    let r = Registrar::start(lab.config()).await.unwrap();
+    let r = lab.registrar().await;
     let mut ue = Ue::new(ALICE_IMPI, ALICE, "<sip:alice@10.0.0.2:5060>");
     let t = std::time::Instant::now();
     let resp = r
