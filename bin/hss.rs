@@ -6,7 +6,7 @@ mod common;
 fn main() -> ExitCode {
     common::daemon(
         "HSS",
-        |_: &ims_hss::Config| Ok(()),
+        |c: &ims_hss::Config| c.checked_admin_token().map(|_| ()),
         |c: &ims_hss::Config| c.log.clone(),
         // The admin API opens after the Cx listener, so it answering means both are up;
         // probing the Cx port too would log a peer lost before its CER at every probe.

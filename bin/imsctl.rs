@@ -11,6 +11,10 @@ struct Cli {
     /// Base URL of the HSS admin API.
     #[arg(long, env = "IMS_HSS_URL", default_value = "http://127.0.0.40:8080")]
     url: String,
+    /// The HSS's admin_token (sent as `Authorization: Bearer`); needed when the HSS has one.
+    /// Best given by the environment, where `ps` does not show it.
+    #[arg(long, env = "IMS_HSS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -104,10 +108,30 @@ enum Caps {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let base = cli.url.trim_end_matches('/');
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let mut config = ureq::Agent::config_builder().http_status_as_error(false);
+    if let Some(token) = cli
+        .token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        let bearer = match ureq::http::HeaderValue::from_str(&format!("Bearer {token}")) {
+            Ok(v) => v,
+            Err(_) => {
+                eprintln!("error: IMS_HSS_TOKEN holds characters a header cannot carry");
+                return ExitCode::FAILURE;
+            }
+        };
+        config = config.middleware(
+            move |mut req: ureq::http::Request<ureq::SendBody<'_>>,
+                  next: ureq::middleware::MiddlewareNext<'_>| {
+                req.headers_mut()
+                    .insert(ureq::http::header::AUTHORIZATION, bearer.clone());
+                next.handle(req)
+            },
+        );
+    }
+    let agent: ureq::Agent = config.build().into();
     let res = match cli.cmd {
         Cmd::Health => agent.get(format!("{base}/health")).call(),
         Cmd::Metrics => agent.get(format!("{base}/metrics")).call(),

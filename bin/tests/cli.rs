@@ -368,6 +368,122 @@ fn imsctl_provisions_through_a_running_hss() {
     );
 }
 
+/// Beyond loopback the admin API needs a token: without one the HSS refuses to start (one
+/// line, exit 2); with one, every path but /health and /openapi.json wants it as a bearer
+/// credential, and imsctl sends it from IMS_HSS_TOKEN.
+#[test]
+fn hss_admin_api_needs_a_token_beyond_loopback() {
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = ims_testkit::scratch_dir("cli-token");
+    let cfg = dir.join("hss.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "database = \"sqlite://{}\"\nadmin_listen = \"0.0.0.0:{port}\"\nhome_network = \"hims.net\"\n[diameter]\nlisten = \"127.0.0.1:0\"\n",
+            dir.join("hss.sqlite").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(HSS).arg("-c").arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is not a loopback address: set admin_token"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let out = Command::new(HSS)
+        .arg("-c")
+        .arg(&cfg)
+        .env("IMS_HSS__ADMIN_TOKEN", "short")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 16 characters"));
+
+    const TOKEN: &str = "lab-admin-token-0123456789";
+    let mut hss = Command::new(HSS)
+        .arg("-c")
+        .arg(&cfg)
+        .env("IMS_HSS__ADMIN_TOKEN", TOKEN)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // /health needs no token.
+    while !imsctl(&url, &["health"]).0 {
+        assert!(Instant::now() < deadline, "hss did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let with = |token: &str, args: &[&str]| {
+        let out = Command::new(IMSCTL)
+            .arg("--url")
+            .arg(&url)
+            .args(args)
+            .env("IMS_HSS_TOKEN", token)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for args in [&["subscriber", "list"][..], &["metrics"]] {
+        let (ok, out, err) = imsctl(&url, args);
+        assert!(!ok && out.is_empty(), "{args:?}: {out}");
+        assert!(
+            err.contains("needs a token") && err.contains("HTTP 401"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        let (ok, _, err) = with("lab-admin-token-wrong-guess", args);
+        assert!(!ok && err.contains("wrong admin token"), "{err}");
+        let (ok, out, err) = with(TOKEN, args);
+        assert!(ok, "{args:?}: {err}");
+        assert!(!out.is_empty());
+    }
+    let (ok, out, err) = with(
+        TOKEN,
+        &[
+            "subscriber",
+            "add",
+            "--impi",
+            "t@hims.net",
+            "--impu",
+            "sip:t@hims.net",
+            "--realm",
+            "hims.net",
+            "--password",
+            "secret",
+        ],
+    );
+    assert!(ok, "{out} {err}");
+    // A raw request with the token in another scheme is refused too.
+    let raw = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg("-H")
+        .arg(format!("Authorization: Basic {TOKEN}"))
+        .arg(format!("{url}/v1/subscribers/t@hims.net"))
+        .output();
+    if let Ok(raw) = raw {
+        assert_eq!(String::from_utf8_lossy(&raw.stdout), "401");
+    }
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &hss.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(hss.wait().unwrap().success());
+}
+
 const PCSCF: &str = env!("CARGO_BIN_EXE_pcscf");
 const LAB_PCSCF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/lab/pcscf.toml");
 

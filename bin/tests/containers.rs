@@ -48,6 +48,8 @@ const HOST_IP: &str = "127.0.0.118";
 const DOMAIN: &str = "ims.mnc099.mcc999.3gppnetwork.org";
 const NET: &str = "172.22.118";
 /// The postgres profile's test: a host address and a network of its own.
+/// The HSS admin API's token in the tests' stacks (not .env's either).
+const ADMIN_TOKEN: &str = "container-test-admin-token";
 const HOST_IP_PG: &str = "127.0.0.119";
 const NET_PG: &str = "172.22.119";
 
@@ -233,6 +235,7 @@ impl Stack {
         let url = format!("http://{}:8080/metrics", self.host_ip);
         self.poll(timeout, "both CSCFs the HSS's peers", || {
             let body = ureq::get(&url)
+                .header("authorization", &format!("Bearer {ADMIN_TOKEN}"))
                 .call()
                 .ok()
                 .and_then(|mut r| r.body_mut().read_to_string().ok())
@@ -476,6 +479,7 @@ fn compose_stack_registers_survives_an_hss_restart_and_cleans_up() {
             ("POSTGRES_IP".into(), ip(17)),
             ("DOCKER_HOST_IP".into(), HOST_IP.into()),
             ("PCSCF_IPSEC".into(), "preferred".into()),
+            ("HSS_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
         ],
     };
 
@@ -604,6 +608,7 @@ fn compose_stack_postgres_profile_survives_a_stopped_scscf() {
             ("SCSCF2_IP".into(), ip(24)),
             ("DOCKER_HOST_IP".into(), HOST_IP_PG.into()),
             ("PCSCF_IPSEC".into(), "preferred".into()),
+            ("HSS_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
         ],
     };
 

@@ -14,6 +14,10 @@
 //! | PUT | /v1/capability-sets/{name} | create or replace an S-CSCF capability set |
 //! | GET | /metrics | Prometheus metrics (Cx requests, latency, resyncs, peers up) |
 //!
+//! With a token configured (`admin_token`, required beyond loopback) every path but
+//! `/health` and `/openapi.json` needs `Authorization: Bearer <token>`; anything else gets 401
+//! with `WWW-Authenticate: Bearer` (RFC 6750). The token is compared in constant time.
+//!
 //! Bad input gets a 4xx whose JSON body names the field: `{"error": "...", "field": "k"}`.
 //! Secrets are transformed (by ims-aka) before they are stored: an OP becomes
 //! OPc = AES_K(OP) xor OP, a digest password becomes HA1 = MD5(impi ":" realm ":" password);
@@ -315,6 +319,8 @@ pub struct AppState {
     pub origin_host: String,
     /// Our Origin-Realm.
     pub origin_realm: String,
+    /// The bearer token required on every path but `/health` and `/openapi.json`.
+    pub token: Option<std::sync::Arc<str>>,
 }
 
 impl axum::extract::FromRef<AppState> for Store {
@@ -325,17 +331,63 @@ impl axum::extract::FromRef<AppState> for Store {
 
 /// The admin API's routes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/health", get(health))
+    let guarded = Router::new()
         .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
         .route("/v1/subscribers", get(list).post(create))
         .route("/v1/subscribers/import", post(import_csv))
         .route("/v1/subscribers/{impi}", get(show).delete(remove))
         .route("/v1/subscribers/{impi}/deregister", post(deregister))
         .route("/v1/subscribers/{impi}/push-profile", post(push_profile))
         .route("/v1/capability-sets/{name}", put(put_caps))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.token.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/health", get(health))
+        .route("/openapi.json", get(openapi))
+        .merge(guarded)
         .with_state(state)
+}
+
+/// Lets a request through when no token is configured or it carries the token as a bearer
+/// credential; otherwise 401 (RFC 6750 §3).
+async fn require_token(
+    State(token): State<Option<std::sync::Arc<str>>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(token) = token else {
+        return next.run(req).await;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let ok = given.is_some_and(|g| {
+        g.len() == token.len()
+            && g.bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if ok {
+        return next.run(req).await;
+    }
+    let message = if given.is_some() {
+        "wrong admin token"
+    } else {
+        "the admin API needs a token: Authorization: Bearer <admin_token> (imsctl: IMS_HSS_TOKEN)"
+    };
+    tracing::warn!(path = %req.uri().path(), "admin API: {message}");
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer realm=\"ims-hss\"")],
+        Json(json!({ "error": message, "field": null })),
+    )
+        .into_response()
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

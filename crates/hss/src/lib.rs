@@ -28,8 +28,15 @@ use serde::Deserialize;
 pub struct Config {
     /// Database URL: `sqlite://path` (created at start) or `postgres://...`.
     pub database: String,
-    /// Where the admin API listens (HTTP; keep it on a management network).
+    /// Where the admin API listens (HTTP; keep it on a management network). Loopback by
+    /// default; any other address needs `admin_token`.
+    #[serde(default = "default_admin_listen")]
     pub admin_listen: SocketAddr,
+    /// The bearer token the admin API requires (`Authorization: Bearer …`, imsctl's
+    /// `IMS_HSS_TOKEN`) on every path but `/health` and `/openapi.json`; at least
+    /// [`MIN_TOKEN_LEN`] characters. Required when `admin_listen` is not a loopback address.
+    #[serde(default)]
+    pub admin_token: Option<String>,
     /// The home network domain (always allowed as a visited network).
     pub home_network: String,
     /// Log filter when RUST_LOG is unset.
@@ -46,6 +53,33 @@ pub struct Config {
 
 fn yes() -> bool {
     true
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+/// The shortest admin token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+impl Config {
+    /// The admin API's token, checked: `Err` names the problem when the API would listen
+    /// beyond loopback without one, or the token is too short to be one.
+    pub fn checked_admin_token(&self) -> Result<Option<&str>, String> {
+        match self.admin_token.as_deref() {
+            Some(t) if t.chars().count() < MIN_TOKEN_LEN || t.contains(char::is_whitespace) => Err(
+                format!("admin_token: at least {MIN_TOKEN_LEN} characters without spaces"),
+            ),
+            Some(t) => Ok(Some(t)),
+            None if self.admin_listen.ip().is_loopback() => Ok(None),
+            None => Err(format!(
+                "admin_listen {} is not a loopback address: set admin_token \
+                 (IMS_HSS__ADMIN_TOKEN, at least {MIN_TOKEN_LEN} characters) and give it to \
+                 imsctl as IMS_HSS_TOKEN, or listen on 127.0.0.1",
+                self.admin_listen
+            )),
+        }
+    }
 }
 
 /// The Diameter Cx side of the HSS.
@@ -143,6 +177,7 @@ pub struct Hss {
 impl Hss {
     /// Opens (and migrates) the store, binds the admin API and the Diameter listener.
     pub async fn start(config: &Config) -> Result<Self, HssError> {
+        let admin_token = config.checked_admin_token().map_err(HssError::Config)?;
         let store = ims_store::Store::open(&config.database).await?;
         let d = &config.diameter;
         let origin_host = d
@@ -208,6 +243,7 @@ impl Hss {
             metrics,
             origin_host,
             origin_realm,
+            token: admin_token.map(Arc::from),
         });
         Ok(Self {
             subs,

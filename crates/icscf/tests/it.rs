@@ -85,6 +85,7 @@ async fn chain(
     let hss = ims_hss::Hss::start(&ims_hss::Config {
         database: db,
         admin_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_token: None,
         home_network: "hims.net".into(),
         log: "info".into(),
         preload: true,

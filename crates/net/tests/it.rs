@@ -411,6 +411,7 @@ mod diameter_client {
         let cfg = ims_hss::Config {
             database: format!("sqlite://{}", dir.join("hss.sqlite").display()),
             admin_listen: "127.0.0.1:0".parse().unwrap(),
+            admin_token: None,
             home_network: "hims.net".into(),
             log: "info".into(),
             preload: true,

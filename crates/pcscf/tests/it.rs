@@ -185,6 +185,7 @@ async fn ue_registers_through_p_and_i_cscf_and_sends_along_the_service_route() {
     let hss = ims_hss::Hss::start(&ims_hss::Config {
         database: db,
         admin_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_token: None,
         home_network: "hims.net".into(),
         log: "info".into(),
         preload: true,

@@ -63,6 +63,7 @@ async fn lab_with(max_waiting: usize) -> Lab {
     let cfg = ims_hss::Config {
         database: db.clone(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_token: None,
         home_network: "hims.net".into(),
         log: "info".into(),
         preload: true,

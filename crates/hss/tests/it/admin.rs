@@ -45,6 +45,7 @@ pub(crate) fn start_on(db: String, diameter: ims_hss::DiameterConfig) -> Running
     let cfg = Config {
         database: db.clone(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_token: None,
         home_network: "hims.net".into(),
         log: "info".into(),
         preload: true,
