@@ -28,7 +28,10 @@
 //!   forwarded by its Via (ours popped), as RFC 3261 §16.11 allows (2xx retransmissions of
 //!   an INVITE among them); so is a request the application forwards with
 //!   [`SipEndpoint::forward_stateless`] (the ACK of a 2xx).
-//! - **Proxy checks** (§16.3): [`SipEndpoint::proxy_checks`] answers `483 Too Many Hops` for
+//! - **Proxy checks** (§16.3): [`SipEndpoint::admit`] answers `416 Unsupported URI Scheme`
+//!   for a Request-URI neither sip:, sips: nor tel:, `420 Bad Extension` (with
+//!   Unsupported) for Proxy-Require options other than [`PROXY_OPTIONS`];
+//!   [`SipEndpoint::proxy_checks`] answers `483 Too Many Hops` for
 //!   Max-Forwards 0 and `482 Loop Detected` when our own Via is there with a branch that the
 //!   same request would get from us again; it decrements Max-Forwards (inserting 70 − 1 when
 //!   absent).
@@ -61,6 +64,25 @@ pub const RETRY_AFTER: u32 = 5;
 pub fn retry_after() -> u32 {
     static TURN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     RETRY_AFTER + TURN.fetch_add(1, Ordering::Relaxed) % (RETRY_AFTER + 1)
+}
+
+/// The Proxy-Require option tags every proxy of ours understands: `sec-agree` (RFC 3329),
+/// which the P-CSCF acts on and removes (TS 24.229 §5.2.2.1); the I-CSCF and S-CSCF let it
+/// pass should a P-CSCF leave it in.
+pub const PROXY_OPTIONS: &[&str] = &["sec-agree"];
+
+/// The option tags of `req`'s Proxy-Require that no proxy of ours supports, comma-joined for
+/// an Unsupported header (RFC 3261 §16.3 item 5: answered 420 Bad Extension), or `None`.
+/// ACK and CANCEL are never refused for it (§8.2.2.3).
+pub fn unsupported_proxy_require(req: &Message) -> Option<String> {
+    if matches!(req.method(), Some(Method::Ack | Method::Cancel)) {
+        return None;
+    }
+    let unknown: Vec<&str> = req
+        .option_tags(HeaderName::ProxyRequire)
+        .filter(|t| !PROXY_OPTIONS.iter().any(|o| o.eq_ignore_ascii_case(t)))
+        .collect();
+    (!unknown.is_empty()).then(|| unknown.join(", "))
 }
 
 /// A request for the application, once per transaction.
@@ -686,6 +708,30 @@ impl SipEndpoint {
                 .take(100)
                 .collect();
             self.reply(req, e.status(), &reason, tag).await;
+            return false;
+        }
+        let scheme = req
+            .message
+            .request_uri_str()
+            .and_then(|u| u.split_once(':'))
+            .map_or("", |(s, _)| s);
+        if !["sip", "sips", "tel"]
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(scheme))
+        {
+            tracing::info!(source = %req.source, scheme, "416: a Request-URI scheme we do not serve");
+            self.reply(req, 416, "Unsupported URI Scheme", tag).await;
+            return false;
+        }
+        if let Some(unknown) = unsupported_proxy_require(&req.message) {
+            tracing::info!(source = %req.source, options = %unknown, "420: Proxy-Require with options we do not support");
+            if let Ok(mut r) =
+                ims_sip::error_response(&req.message, 420, "Bad Extension", Some(tag))
+            {
+                if r.append_header("Unsupported", &unknown).is_ok() {
+                    self.respond(req, r).await;
+                }
+            }
             return false;
         }
         if let Err((code, why)) = self.proxy_checks(&mut req.message) {

@@ -588,6 +588,71 @@ async fn wrong_res_is_forbidden_and_the_vector_is_spent() {
     assert_ne!(nonce, nonce2);
 }
 
+/// A nonce is answered once, by the IMPI it was given to (issue #20's security rules): a
+/// replayed Authorization (same nonce, same response) gets a fresh challenge, and an answer
+/// made with another IMPI's nonce is never a 200, nor does it spend that IMPI's challenge.
+#[tokio::test(flavor = "multi_thread")]
+async fn nonces_are_single_use_and_bound_to_their_impi() {
+    let lab = lab().await;
+    let r = lab.registrar().await;
+    let mut alice = Ue::new(ALICE_IMPI, ALICE, "<sip:alice@10.0.0.2:5060>");
+    let mut usim = usim();
+    let first = r
+        .handle_register(&alice.register(Some(alice.initial_auth()), &[]))
+        .await;
+    let (realm, nonce, alg, _, _, _) = challenge(&first);
+    let (res, _, _) = run_usim(&mut usim, &nonce);
+    let auth = answer(ALICE_IMPI, &realm, &nonce, &alg, Qop::Auth, &res);
+    let ok = r
+        .handle_register(&alice.register(Some(auth.clone()), &[]))
+        .await;
+    assert_eq!(ok.status(), Some(200), "{ok}");
+    // The same Authorization again (a replay, from anyone): challenged, not registered again.
+    let replay = r.handle_register(&alice.register(Some(auth), &[])).await;
+    assert_eq!(replay.status(), Some(401), "{replay}");
+    assert_ne!(challenge(&replay).1, nonce, "a new nonce");
+
+    // Bob (SIP Digest) answers Alice's fresh nonce with his own, right, password.
+    let mut bob = Ue::new(BOB_IMPI, BOB, "<sip:bob@10.0.0.3:5060>");
+    let alice_challenge = r
+        .handle_register(&alice.register(Some(alice.initial_auth()), &[]))
+        .await;
+    let (a_realm, a_nonce, a_alg, _, _, _) = challenge(&alice_challenge);
+    let bob_challenge = r
+        .handle_register(&bob.register(Some(bob.initial_auth()), &[]))
+        .await;
+    let (b_realm, _, b_alg, _, _, _) = challenge(&bob_challenge);
+    let stolen = answer(
+        BOB_IMPI,
+        &b_realm,
+        &a_nonce,
+        &b_alg,
+        Qop::Auth,
+        BOB_PASSWORD.as_bytes(),
+    );
+    let no = r.handle_register(&bob.register(Some(stolen), &[])).await;
+    assert_ne!(no.status(), Some(200), "{no}");
+    // ... and as Alice (her IMPI, Bob's IMPU): 403 (the IMPI does not own the IMPU).
+    let mut mixed = Ue::new(ALICE_IMPI, BOB, "<sip:x@10.0.0.9:5060>");
+    let as_alice = answer(
+        ALICE_IMPI,
+        &a_realm,
+        &a_nonce,
+        &a_alg,
+        Qop::Auth,
+        b"anything",
+    );
+    let no = r
+        .handle_register(&mixed.register(Some(as_alice), &[]))
+        .await;
+    assert_ne!(no.status(), Some(200), "{no}");
+    // Alice's challenge was not spent by either: she still answers it.
+    let (res, _, _) = run_usim(&mut usim, &a_nonce);
+    let auth = answer(ALICE_IMPI, &a_realm, &a_nonce, &a_alg, Qop::Auth, &res);
+    let ok = r.handle_register(&alice.register(Some(auth), &[])).await;
+    assert_eq!(ok.status(), Some(200), "{ok}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn resync_with_auts_then_register() {
     let lab = lab().await;
