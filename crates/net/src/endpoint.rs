@@ -727,10 +727,9 @@ impl SipEndpoint {
             tracing::info!(source = %req.source, options = %unknown, "420: Proxy-Require with options we do not support");
             if let Ok(mut r) =
                 ims_sip::error_response(&req.message, 420, "Bad Extension", Some(tag))
+                && r.append_header("Unsupported", &unknown).is_ok()
             {
-                if r.append_header("Unsupported", &unknown).is_ok() {
-                    self.respond(req, r).await;
-                }
+                self.respond(req, r).await;
             }
             return false;
         }
