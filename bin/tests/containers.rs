@@ -123,9 +123,9 @@ fn engine_ready(test: &str) -> bool {
             if ims_testkit::in_ci() {
                 panic!("{test}: the Docker engine does not answer: {why}");
             }
-            eprintln!(
-                "SKIP {test}: the Docker engine does not answer here: {}",
-                why.trim()
+            ims_testkit::skip(
+                test,
+                &format!("the Docker engine does not answer here: {}", why.trim()),
             );
             false
         }

@@ -34,7 +34,7 @@ uptime_s() { cut -d' ' -f1 /proc/uptime; }
 ok() { echo "VM-STEP $1: ok ($(uptime_s)s)"; }
 fail() { echo "VM-STEP $1: FAIL $2"; fails=$((fails + 1)); }
 core() { ip2 netns exec core "$@"; }
-imsctl() { core /bin/imsctl --url "http://$H:8080" "$@"; }
+imsctl() { core /bin/imsctl --url "http://$H:8080" --token vm-lab-admin-token "$@"; }
 # wait_for NAME TRIES COMMAND...: retries every 0.2 s.
 wait_for() {
   name=$1 tries=$2; shift 2
@@ -105,6 +105,7 @@ EOF
 cat >"$D/hss.toml" <<EOF
 database = "sqlite://$D/hss.sqlite"
 admin_listen = "$H:8080"
+admin_token = "vm-lab-admin-token"
 home_network = "hims.net"
 [diameter]
 listen = "$H:3868"

@@ -29,11 +29,45 @@ pub const I: &str = "10.10.4.2";
 pub const S: &str = "10.10.4.3";
 pub const H: &str = "10.10.4.4";
 pub const DNS: &str = "10.10.3.2";
+/// The HSS admin API's token (it listens beyond loopback).
+pub const ADMIN_TOKEN: &str = "lab-admin-token-0123";
 
 pub struct Lab {
     pub topo: Topology,
     pub dir: PathBuf,
     pub daemons: Vec<(String, NsChild)>,
+    /// The daemons' log filter (RUST_LOG).
+    pub log: String,
+}
+
+/// Every secret the lab provisions, in the forms a leak would take (hex in both cases, the
+/// plain password): K, OP, OPc, carol's password and HA1, the admin token.
+pub fn provisioned_secrets() -> Vec<String> {
+    let k: [u8; 16] = hex::decode(sipp::TEST_K).unwrap().try_into().unwrap();
+    let op: [u8; 16] = hex::decode(sipp::TEST_OP).unwrap().try_into().unwrap();
+    let opc = ims_aka::milenage::compute_opc(&ims_aka::Key::new(k), &ims_aka::Op::new(op));
+    let ha1 = ims_aka::Ha1::compute("carol@hims.net", "hims.net", b"carol-secret");
+    vec![
+        sipp::TEST_K.to_owned(),
+        sipp::TEST_OP.to_owned(),
+        hex::encode(opc.expose()),
+        "carol-secret".to_owned(),
+        ha1.to_hex().to_string(),
+        ADMIN_TOKEN.to_owned(),
+    ]
+}
+
+/// The RES, CK and IK of an AKA challenge of the lab's keys, as hex, from its nonce.
+pub fn aka_secrets(nonce: &str) -> Vec<String> {
+    let n = ims_aka::digest_aka::AkaNonce::decode(nonce).unwrap();
+    let k: [u8; 16] = hex::decode(sipp::TEST_K).unwrap().try_into().unwrap();
+    let op: [u8; 16] = hex::decode(sipp::TEST_OP).unwrap().try_into().unwrap();
+    let m = ims_aka::Milenage::with_op(&ims_aka::Key::new(k), &ims_aka::Op::new(op));
+    vec![
+        hex::encode(m.f2(&n.rand).expose()),
+        m.f3(&n.rand).to_hex().to_string(),
+        m.f4(&n.rand).to_hex().to_string(),
+    ]
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -75,6 +109,7 @@ records = [
         &format!(
             r#"database = "sqlite://{db}"
 admin_listen = "{H}:8080"
+admin_token = "{ADMIN_TOKEN}"
 home_network = "hims.net"
 [diameter]
 listen = "{H}:3868"
@@ -124,6 +159,11 @@ server_names = ["sip:scscf1.hims.net:5060"]
 
 impl Lab {
     pub fn start(tag: &str) -> Option<Lab> {
+        Lab::start_logging(tag, "info")
+    }
+
+    /// As [`Lab::start`], the daemons logging at `log` (a RUST_LOG filter).
+    pub fn start_logging(tag: &str, log: &str) -> Option<Lab> {
         if !ims_testkit::require_root(tag) {
             return None;
         }
@@ -143,6 +183,7 @@ impl Lab {
             topo,
             dir,
             daemons: Vec::new(),
+            log: log.into(),
         };
         lab.spawn("dns", "ims-dns");
         lab.spawn("home", "hss");
@@ -208,7 +249,7 @@ impl Lab {
     pub fn spawn(&mut self, node: &str, daemon: &str) {
         let cfg = self.dir.join(format!("{daemon}.toml"));
         let mut cmd = Command::new(bin(daemon));
-        cmd.arg("-c").arg(&cfg).env("RUST_LOG", "info");
+        cmd.arg("-c").arg(&cfg).env("RUST_LOG", &self.log);
         let child = self.topo.spawn(node, &cmd);
         self.daemons.push((daemon.to_owned(), child));
     }
@@ -220,6 +261,8 @@ impl Lab {
                 bin("imsctl").to_string_lossy().into_owned(),
                 "--url".into(),
                 url.clone(),
+                "--token".into(),
+                ADMIN_TOKEN.into(),
             ];
             full.extend(args.iter().map(|s| (*s).to_owned()));
             let refs: Vec<&str> = full.iter().map(String::as_str).collect();
@@ -237,7 +280,10 @@ impl Lab {
         let url = format!("http://{H}:8080");
         let imsctl = bin("imsctl").to_string_lossy().into_owned();
         for _ in 0..100 {
-            let out = self.topo.run("home", &[&imsctl, "--url", &url, "metrics"]);
+            let out = self.topo.run(
+                "home",
+                &[&imsctl, "--url", &url, "--token", ADMIN_TOKEN, "metrics"],
+            );
             let text = String::from_utf8_lossy(&out.stdout);
             if text.lines().any(|l| {
                 l.starts_with("ims_hss_diameter_peers_up ") && l.ends_with(&format!(" {n}"))
@@ -247,6 +293,22 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("the CSCFs never connected to the HSS\n{}", self.logs());
+    }
+
+    /// Panics naming the secret and the daemon when any of `secrets` (or of
+    /// [`provisioned_secrets`]) appears in a daemon's log, in either case.
+    pub fn assert_no_secret_logged(&self, secrets: &[String]) {
+        let mut all = provisioned_secrets();
+        all.extend(secrets.iter().cloned());
+        for (n, c) in &self.daemons {
+            let log = c.log().to_ascii_lowercase();
+            for secret in &all {
+                assert!(
+                    !log.contains(&secret.to_ascii_lowercase()),
+                    "{n} logged the secret {secret}"
+                );
+            }
+        }
     }
 
     pub fn logs(&self) -> String {
@@ -293,6 +355,15 @@ impl Lab {
                 .unwrap()
                 .block_on(f)
         })
+    }
+}
+
+/// Whatever a test did with the lab, no daemon logged a provisioned secret.
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.assert_no_secret_logged(&[]);
+        }
     }
 }
 
@@ -438,5 +509,61 @@ pub fn aka_ue(
         },
         timeout: Duration::from_secs(5),
         ipsec: None,
+    }
+}
+
+/// Whether this kernel can hold an ESP SA: one is added in `node`'s namespace (at `ip`) and
+/// removed again.
+pub fn kernel_has_esp(topo: &Topology, node: &str, ip: &str) -> bool {
+    let spi = "0x1000";
+    let added = topo
+        .run(
+            node,
+            &[
+                "ip",
+                "xfrm",
+                "state",
+                "add",
+                "src",
+                ip,
+                "dst",
+                ip,
+                "proto",
+                "esp",
+                "spi",
+                spi,
+                "mode",
+                "transport",
+                "auth",
+                "sha1",
+                "0x00112233445566778899aabbccddeeff00112233",
+            ],
+        )
+        .status
+        .success();
+    if added {
+        let _ = topo.run(
+            node,
+            &[
+                "ip", "xfrm", "state", "delete", "src", ip, "dst", ip, "proto", "esp", "spi", spi,
+            ],
+        );
+    }
+    added
+}
+
+/// Waits (up to 20 s) until `child`'s log holds `line`; panics with the log if it exits first.
+pub fn wait_for_log(child: &mut NsChild, line: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !child.log().contains(line) {
+        if let Some(st) = child.try_wait() {
+            panic!("exited ({st}) before `{line}`: {}", child.log());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no `{line}` in 20 s: {}",
+            child.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -3,7 +3,9 @@
 //! - [`require_tool`] / [`require_root`]: the one rule for tests that need something outside
 //!   Rust. Under CI (`CI` set and not `false`/`0`) a missing tool is a failure, because CI
 //!   installs everything (`scripts/test`); elsewhere the test prints one loud `SKIP` line
-//!   naming what is missing and returns early.
+//!   naming what is missing and returns early ([`skip`]: also appended to the file
+//!   `IMS_SKIP_LOG` names, which `scripts/test` counts and prints at the end of the run,
+//!   because nextest shows a skipped test as PASS and hides what it printed).
 //! - [`pcap`]: writes classic pcap files with hand-made IPv4/TCP/UDP framing around payloads we
 //!   encoded, so that tshark (Wireshark's dissectors) can judge our bytes.
 //! - [`tshark`]: runs tshark over such a file and returns its verbose decode and expert info.
@@ -38,6 +40,24 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Prints the loud `SKIP <test>: <why>` line, and appends it to the file `IMS_SKIP_LOG`
+/// names when set (the test command's count of tests that did not run).
+pub fn skip(test: &str, why: &str) {
+    let line = format!("SKIP {test}: {why}");
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("IMS_SKIP_LOG") {
+        use std::io::Write;
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{line}"));
+        if let Err(e) = appended {
+            eprintln!("cannot note the skip in {}: {e}", path.to_string_lossy());
+        }
+    }
+}
+
 /// Returns the tool's path, or `None` after printing one loud SKIP line (outside CI).
 /// Under CI a missing tool panics: CI installs what the tests need, so absence is a defect.
 pub fn require_tool(test: &str, tool: &str) -> Option<PathBuf> {
@@ -47,8 +67,9 @@ pub fn require_tool(test: &str, tool: &str) -> Option<PathBuf> {
             "{test}: required tool `{tool}` is not installed (CI must install it: scripts/test)"
         ),
         None => {
-            eprintln!(
-                "SKIP {test}: `{tool}` is not installed here; run ./scripts/test to install it"
+            skip(
+                test,
+                &format!("`{tool}` is not installed here; run ./scripts/test to install it"),
             );
             None
         }
@@ -74,7 +95,7 @@ pub fn require_root(test: &str) -> bool {
         if in_ci() {
             panic!("{test}: needs root, and CI runs as root");
         }
-        eprintln!("SKIP {test}: needs root (network namespaces / netlink)");
+        skip(test, "needs root (network namespaces / netlink)");
     }
     root
 }

@@ -42,8 +42,9 @@ impl Postgres {
             if crate::in_ci() {
                 panic!("{test}: PostgreSQL is not installed (CI must install it: scripts/test)");
             }
-            eprintln!(
-                "SKIP {test}: PostgreSQL is not installed here; run ./scripts/test to install it"
+            crate::skip(
+                test,
+                "PostgreSQL is not installed here; run ./scripts/test to install it",
             );
             return None;
         };

@@ -186,6 +186,8 @@ pub struct Outcome {
     pub resynced: bool,
     /// The last AKA RES (hex) the UE sent, for diagnostics.
     pub last_res: Option<String>,
+    /// The nonce of the last challenge answered (for AKA base64(RAND||AUTN)).
+    pub last_nonce: Option<String>,
     /// The final response came through the UE's IPsec SAs.
     pub protected: bool,
 }
@@ -523,6 +525,7 @@ impl Ue {
         let mut challenges = 0;
         let mut resynced = false;
         let mut last_res = None;
+        let mut last_nonce = None;
         let was_up = self.ipsec_up();
         while matches!(resp.status(), Some(401 | 407)) {
             challenges += 1;
@@ -538,6 +541,7 @@ impl Ue {
                 .header_str(name)
                 .ok_or_else(|| UeError::Challenge("no WWW-Authenticate".into()))?
                 .to_owned();
+            last_nonce = Challenge::parse(&www).ok().map(|c| c.nonce.to_owned());
             let (auth, res, resync, keys) = self.answer(&www)?;
             resynced |= resync;
             if res.is_some() {
@@ -570,6 +574,7 @@ impl Ue {
             challenges,
             resynced,
             last_res,
+            last_nonce,
             protected,
         })
     }
