@@ -553,6 +553,16 @@ fn sip_headers(
         .collect()
 }
 
+/// Packets of a capture still being written that match `filter` (0 while it cannot be read).
+fn tshark_count(pcap: &std::path::Path, filter: &str) -> usize {
+    std::process::Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args(["-n", "-Y", filter])
+        .output()
+        .map_or(0, |o| String::from_utf8_lossy(&o.stdout).lines().count())
+}
+
 fn malformed(pcap: &std::path::Path) -> usize {
     let out = std::process::Command::new("tshark")
         .args(["-r"])
@@ -560,6 +570,19 @@ fn malformed(pcap: &std::path::Path) -> usize {
         .args(["-n", "-Y", "_ws.malformed || _ws.expert.severity == error"])
         .output()
         .expect("tshark runs");
+    // A capture tshark cannot read fully (cut short, corrupt) is a failure, not zero findings.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "tshark -r {}: {:?} {err}",
+        pcap.display(),
+        out.status
+    );
+    assert!(
+        !err.to_ascii_lowercase().contains("warn") && !err.contains("appears to"),
+        "tshark -r {}: {err}",
+        pcap.display()
+    );
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
@@ -598,7 +621,21 @@ fn captures_show_the_registration_ladder() {
         .ue(bob, &[600])
         .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
     assert_eq!(out[0].status, 200, "{}", lab.logs());
-    std::thread::sleep(Duration::from_millis(200));
+    // The P-CSCF's reg-event subscription follows the 200: wait until both captures hold
+    // its last message (the P-CSCF's 200 to the NOTIFY) before stopping them.
+    let notify_ok = "sip.Status-Code == 200 && sip.CSeq.method == \"NOTIFY\"";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for n in ["visited", "home"] {
+        let pcap = dir.join(format!("{n}.pcap"));
+        while tshark_count(&pcap, notify_ok) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no 200 to the NOTIFY in the {n} capture\n{}",
+                lab.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     let files: Vec<_> = caps.into_iter().map(|c| c.stop()).collect();
     let [ue, visited, dns, home] = [&files[0], &files[1], &files[2], &files[3]];
 

@@ -191,6 +191,12 @@ impl Icscf {
         })
     }
 
+    /// Waits until the Diameter connection to the HSS is open (or `timeout` passes).
+    pub async fn wait_diameter(&self, timeout: std::time::Duration) -> bool {
+        let mut c = self.inner.cx.clone();
+        c.wait_open(timeout).await
+    }
+
     /// The SIP address bound.
     pub fn sip_addr(&self) -> SocketAddr {
         self.inner.ep.local_addr()

@@ -138,8 +138,11 @@ async fn chain(
     .await
     .unwrap();
     let i = icscf.sip_addr();
+    assert!(
+        icscf.wait_diameter(Duration::from_secs(10)).await,
+        "CER/CEA with the HSS"
+    );
     tokio::spawn(icscf.run_until(std::future::pending()));
-    tokio::time::sleep(Duration::from_millis(300)).await;
     (i, subs)
 }
 

@@ -474,12 +474,22 @@ mod diameter_client {
         }
         // The HSS goes away: requests fail fast, then the client reconnects by itself.
         let _ = stop.send(());
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let r = c.request(uar(99)).await;
-        assert!(
-            matches!(r, Err(RequestError::NotOpen(_) | RequestError::NoAnswer(_))),
-            "{r:?}"
-        );
+        // Until the HSS has really gone it may still answer; then the request fails at once.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let t = tokio::time::Instant::now();
+            match c.request(uar(99)).await {
+                Err(RequestError::NotOpen(_) | RequestError::NoAnswer(_)) => {
+                    assert!(t.elapsed() < Duration::from_secs(2), "failed fast");
+                    break;
+                }
+                Err(e) => panic!("{e:?}"),
+                Ok(_) => {
+                    assert!(tokio::time::Instant::now() < deadline, "the HSS never went");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
         let (_, _stop2) = hss(addr).await;
         assert!(
             c.wait_open(Duration::from_secs(10)).await,
@@ -585,8 +595,19 @@ mod endpoint {
         let r = recv(&ue);
         assert_eq!(r.status(), Some(483));
         // Timer J: the answered transactions go away (64*T1 = 3.2 s at this scale).
-        tokio::time::sleep(Duration::from_millis(4200)).await;
-        assert_eq!(proxy.transactions().0, 0);
+        let t0 = tokio::time::Instant::now();
+        while proxy.transactions().0 != 0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "Timer J never fired"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            t0.elapsed() > Duration::from_millis(2500),
+            "kept for Timer J: {:?}",
+            t0.elapsed()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]

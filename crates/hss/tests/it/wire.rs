@@ -204,7 +204,14 @@ fn cx_over_tcp_with_allow_list_watchdog_rtr_ppr_and_metrics() {
 
     // A peer that answers nothing for RTR: the admin API says 502, not a hang.
     drop(c);
-    std::thread::sleep(Duration::from_millis(200));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !get(&format!("{b}/metrics"))
+        .1
+        .contains("ims_hss_diameter_peers_up 0")
+    {
+        assert!(std::time::Instant::now() < deadline, "the peer never went");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (st, body) = post(&format!("{b}/v1/subscribers/{IMPI}/deregister"), json!({}));
     assert_eq!(st, 502, "{body}");
     let (_, m) = get(&format!("{b}/metrics"));
