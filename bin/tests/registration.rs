@@ -1681,3 +1681,155 @@ fn message_over(lab: &Lab, transport: sipp::Transport, v6: bool, ooc: &std::path
         out.messages
     );
 }
+
+/// Issue #20's first fault: the HSS killed (-9) while registrations are in flight. The CSCFs
+/// see the connection go and answer at once (480 from the I-CSCF, 503 from the S-CSCF, both
+/// with Retry-After; 504 for a request caught on the dying connection), never leaving a UE
+/// to time out; they reconnect with back-off when the HSS is back, and registrations go on.
+/// A registration made before the kill is not lost.
+#[test]
+fn hss_killed_under_load_answers_at_once_and_recovers() {
+    let Some(mut lab) = Lab::start("e2ehsskill") else {
+        return;
+    };
+    use ims_net::sip::Transport::Udp;
+    let load = lab::bin("ims-load").to_string_lossy().into_owned();
+    let csv = std::process::Command::new(&load)
+        .args(["--csv", "--count", "400", "--prefix", "kill"])
+        .output()
+        .unwrap();
+    assert!(csv.status.success());
+    let file = lab.dir.join("kill.csv");
+    std::fs::write(&file, &csv.stdout).unwrap();
+    lab.imsctl(&["subscriber", "import", file.to_str().unwrap()]);
+
+    // Before: carol registered (SIP Digest).
+    let carol = UeConfig {
+        credentials: Credentials::Password("carol-secret".into()),
+        local: "10.10.1.2:5190".parse().unwrap(),
+        ..aka_ue("carol@hims.net", "sip:carol@hims.net", sipp::TEST_K, 0, Udp)
+    };
+    let out = lab.ue(carol.clone(), &[600]).unwrap();
+    assert_eq!(out[0].status, 200, "{}", lab.logs());
+
+    // 400 UEs over 5 s, open loop.
+    let mut cmd = std::process::Command::new(&load);
+    cmd.args([
+        "--pcscf",
+        "10.10.2.2:5060",
+        "--local-ip",
+        "10.10.1.2",
+        "--count",
+        "400",
+        "--rate",
+        "80",
+        "--duration",
+        "5",
+        "--prefix",
+        "kill",
+        "--json",
+    ]);
+    let mut generator = lab.topo.spawn("ue", &cmd);
+    // Once registrations are completing, kill -9 the HSS.
+    let imsctl = lab::bin("imsctl").to_string_lossy().into_owned();
+    let url = format!("http://{}:8080", lab::H);
+    let sars = || {
+        let out = lab.topo.run(
+            "home",
+            &[
+                &imsctl,
+                "--url",
+                &url,
+                "--token",
+                lab::ADMIN_TOKEN,
+                "metrics",
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("ims_hss_cx_requests_total{command=\"SAR\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while sars() < 30.0 {
+        assert!(
+            std::time::Instant::now() < deadline && generator.try_wait().is_none(),
+            "{}\n{}",
+            generator.log(),
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let i = lab.daemons.iter().position(|(n, _)| n == "hss").unwrap();
+    let (_, mut hss) = lab.daemons.remove(i);
+    hss.signal(nix::sys::signal::Signal::SIGKILL);
+    assert!(hss.wait_timeout(Duration::from_secs(5)).is_some());
+    drop(hss);
+    // The outage lasts a second of the load (its length, not a wait for a state).
+    std::thread::sleep(Duration::from_secs(1));
+    lab.spawn("home", "hss");
+    lab.wait_peers(2);
+
+    let st = generator
+        .wait_timeout(Duration::from_secs(60))
+        .expect("ims-load ends");
+    let log = generator.log();
+    // It exits 1 when any UE failed, as some must here.
+    assert_eq!(st.code(), Some(1), "{log}\n{}", lab.logs());
+    let json = log
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON summary");
+    let j: serde_json::Value = serde_json::from_str(json).unwrap();
+    eprintln!("{j}");
+    let (started, registered, failed) = (
+        j["started"].as_u64().unwrap(),
+        j["registered"].as_u64().unwrap(),
+        j["failed"].as_u64().unwrap(),
+    );
+    assert_eq!(started, registered + failed, "{j}");
+    assert!(failed > 0, "the outage refused some: {j}");
+    assert!(registered >= 100, "before and after the outage: {j}");
+    for (cause, n) in j["failures"].as_object().unwrap() {
+        assert!(
+            ["480", "503", "504"].contains(&cause.as_str()),
+            "{n} failed with {cause}: only at-once answers, never a timeout: {j}"
+        );
+    }
+
+    // After: new registrations go through, and carol's is still there (a refresh of the
+    // same binding, and the HSS still knows her S-CSCF).
+    let bob = aka_ue(
+        "bob.private@hims.net",
+        "sip:bob@hims.net",
+        sipp::TEST_K,
+        0,
+        Udp,
+    );
+    assert_eq!(
+        lab.ue(bob, &[600, 0]).unwrap()[0].status,
+        200,
+        "{}",
+        lab.logs()
+    );
+    let out = lab.topo.run(
+        "home",
+        &[
+            &imsctl,
+            "--url",
+            &url,
+            "--token",
+            lab::ADMIN_TOKEN,
+            "subscriber",
+            "show",
+            "carol@hims.net",
+        ],
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("scscf1.hims.net"), "{shown}");
+    let out = lab.ue(carol, &[600, 0]).unwrap();
+    assert_eq!((out[0].status, out[1].status), (200, 200), "{}", lab.logs());
+    lab.all_alive();
+}

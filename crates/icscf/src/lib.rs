@@ -19,9 +19,9 @@
 //! Failures, as TS 24.229 §5.3.1.2 asks: a negative UAA (user unknown 5001, identities don't
 //! match 5002, authorization rejected 5003, roaming not allowed 5004, not registered on a
 //! deregistration) → `403 Forbidden`; the HSS too busy (3004) → `503 Service Unavailable`
-//! with Retry-After; the HSS unreachable or failing otherwise (no answer, 3xxx, 5012) →
-//! `480 Temporarily Unavailable`; no configured S-CSCF has the mandatory
-//! capabilities → `500 No S-CSCF Available` (a server-side fault: the operator's S-CSCF list
+//! with Retry-After; the HSS unreachable (no connection, no answer) → `480 Temporarily
+//! Unavailable` with Retry-After; failing otherwise (3xxx, 5012) → `480`; no configured
+//! S-CSCF has the mandatory capabilities → `500 No S-CSCF Available` (a server-side fault: the operator's S-CSCF list
 //! does not match the HSS's capability sets); every S-CSCF tried answered 503 (overload) →
 //! `503` with Retry-After, without asking the HSS for another; every S-CSCF tried failed or
 //! stayed silent → `504 Server Time-out`.
@@ -34,7 +34,7 @@
 //! response is passed back as it is; only an S-CSCF that cannot be reached or stays silent
 //! is replaced by the next. A user the HSS does not know (5001) → `404 Not Found`; a user not
 //! registered and without services (5003) → `480 Temporarily Unavailable`; a busy HSS →
-//! `503` with Retry-After; an unreachable HSS → `480`. INVITE takes the same way through the
+//! `503` with Retry-After; an unreachable HSS → `480` with Retry-After. INVITE takes the same way through the
 //! stateful proxy core ([`ims_net::proxy`]: 100 at once, CANCEL passed on, responses passed
 //! back); other methods get `501`.
 
@@ -56,6 +56,10 @@ use ims_net::endpoint::{ServerRequest, SipEndpoint, pop_own_via};
 use ims_sip::transaction::Timers;
 use ims_sip::{HeaderName, Message, Method, Uri};
 use serde::Deserialize;
+
+/// The answer when the HSS cannot be asked (no connection, no answer): 480 as TS 24.229
+/// §5.3.1.2 says, with Retry-After.
+const HSS_UNREACHABLE: (u16, &str) = (480, "Temporarily Unavailable (HSS unreachable)");
 
 /// The I-CSCF configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -255,6 +259,10 @@ impl Inner {
     }
 
     async fn reply(&self, req: &ServerRequest, code: u16, reason: &str) {
+        if (code, reason) == HSS_UNREACHABLE {
+            // Come back once the HSS is (its connection is re-established with back-off).
+            return self.ep.reply_retry_later(req, code, reason, "icscf").await;
+        }
         self.ep.reply(req, code, reason, "icscf").await
     }
 
@@ -488,7 +496,7 @@ impl Inner {
             Ok(b) => Ok(b),
             Err(e) => {
                 tracing::warn!(error = %e, "{what} got no answer: HSS unreachable");
-                Err((480, "Temporarily Unavailable"))
+                Err(HSS_UNREACHABLE)
             }
         }
     }

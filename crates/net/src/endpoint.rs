@@ -681,12 +681,30 @@ impl SipEndpoint {
     /// request (see [`ims_sip::error_response`]); a 503 gets a Retry-After
     /// ([`retry_after`]); an ACK gets nothing.
     pub async fn reply(&self, req: &ServerRequest, code: u16, reason: &str, tag: &str) {
+        self.reply_then(req, code, reason, tag, code == 503).await
+    }
+
+    /// As [`SipEndpoint::reply`], with a Retry-After ([`retry_after`]) whatever the code:
+    /// for a temporary failure other than 503 (an unreachable HSS's 480, TS 24.229
+    /// §5.3.1.2; RFC 3261 §20.33 allows it there).
+    pub async fn reply_retry_later(&self, req: &ServerRequest, code: u16, reason: &str, tag: &str) {
+        self.reply_then(req, code, reason, tag, true).await
+    }
+
+    async fn reply_then(
+        &self,
+        req: &ServerRequest,
+        code: u16,
+        reason: &str,
+        tag: &str,
+        retry_later: bool,
+    ) {
         if req.message.method() == Some(Method::Ack) {
             return;
         }
         match ims_sip::error_response(&req.message, code, reason, Some(tag)) {
             Ok(mut r) => {
-                if code == 503 {
+                if retry_later {
                     let _ = r.append_header("Retry-After", &retry_after().to_string());
                 }
                 self.respond(req, r).await

@@ -5,12 +5,15 @@
 //! | Cx outcome | SIP |
 //! |---|---|
 //! | Experimental 5001 user unknown, 5002 identities don't match, 5003 not registered, 5004 roaming not allowed, 5006 scheme not supported; base 4001, 5003 (barred), 5004 (a bad AUTS) | 403 Forbidden |
-//! | no answer: connection not open, timeout, the client stopped | 504 Server Time-out |
-//! | base 3004 DIAMETER_TOO_BUSY | 503 Service Unavailable |
+//! | the connection to the HSS is down (known at once: killed, restarting, refused) | 503 Service Unavailable, with Retry-After |
+//! | no answer in time, the client stopped | 504 Server Time-out |
+//! | base 3004 DIAMETER_TOO_BUSY | 503 Service Unavailable, with Retry-After |
 //! | any other failure, or an answer we cannot use | 500 Server Internal Error |
 //!
 //! 504 because RFC 3261 §21.5.5 defines it for exactly this ("did not receive a timely
-//! response from an external server it accessed"); TS 24.229 §5.4.1 leaves the code to the
+//! response from an external server it accessed"); a connection known to be down is a
+//! temporary inability to serve, which 503 with Retry-After says (§21.5.4), so that UEs
+//! come back after the HSS does rather than all at once; TS 24.229 §5.4.1 leaves the code to the
 //! implementation for an unreachable HSS, and every Cx *answer* that refuses the user is 403.
 
 use ims_aka::{AkaNonce, Autn, Ha1, Rand, Res};
@@ -61,6 +64,9 @@ impl CxFailure {
     /// The SIP status and reason phrase this failure is answered with (see the module docs).
     pub fn sip_status(&self) -> (u16, String) {
         match self {
+            CxFailure::Unreachable(RequestError::NotOpen(_)) => {
+                (503, "Service Unavailable (HSS unreachable)".into())
+            }
             CxFailure::Unreachable(_) => (504, "Server Time-out (HSS unreachable)".into()),
             CxFailure::Refused { result, name, .. } => {
                 let what = name.map_or_else(|| result.code().to_string(), str::to_owned);

@@ -204,7 +204,8 @@ impl From<CxFailure> for Reject {
         let (status, reason) = f.sip_status();
         let mut r = Reject::new(status, reason);
         if status == 503 {
-            // The HSS is too busy (3004): come back later, not at once (RFC 3261 §21.5.4).
+            // The HSS is too busy (3004) or down: come back later, not at once (RFC 3261
+            // §21.5.4).
             r.headers
                 .push(("Retry-After", ims_net::endpoint::retry_after().to_string()));
         }

@@ -1070,8 +1070,10 @@ async fn rtr_from_the_hss_removes_the_registration() {
     assert!(body.contains("no serving S-CSCF"), "{body}");
 }
 
+/// No connection to the HSS (nothing listens there): 503 with Retry-After at once, not a
+/// wait; the UE comes back once the HSS does.
 #[tokio::test(flavor = "multi_thread")]
-async fn hss_unreachable_is_504() {
+async fn hss_down_is_503_with_retry_after_at_once() {
     let lab = lab().await;
     let mut cfg = lab.config();
     // Nothing listens there.
@@ -1080,10 +1082,18 @@ async fn hss_unreachable_is_504() {
     drop(closed);
     let r = Registrar::start(cfg).await.unwrap();
     let mut ue = Ue::new(ALICE_IMPI, ALICE, "<sip:alice@10.0.0.2:5060>");
+    let t = std::time::Instant::now();
     let resp = r
         .handle_register(&ue.register(Some(ue.initial_auth()), &[]))
         .await;
-    assert_eq!(resp.status(), Some(504), "{resp}");
+    assert_eq!(resp.status(), Some(503), "{resp}");
+    assert!(reason(&resp).contains("HSS unreachable"), "{resp}");
+    let after: u32 = resp
+        .header_str(HeaderName::RetryAfter)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!((5..=10).contains(&after), "{resp}");
+    assert!(t.elapsed() < Duration::from_secs(1), "at once");
 }
 
 /// An HSS with no room answers 3004; the S-CSCF refuses with 503 and Retry-After at once.
