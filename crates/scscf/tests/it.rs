@@ -990,7 +990,7 @@ async fn survive_restart(lab: &Lab, cfg: Config) {
     }
     // The first registrar is gone (its tasks end with it); a new one on the same database.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let r = lab.registrar_with(cfg).await;
+    let r = lab.registrar_with(cfg.clone()).await;
     let reg = r.registration(ALICE_TEL).expect("restored from the store");
     assert_eq!(reg.impi, ALICE_IMPI);
     assert_eq!(reg.associated_uris, [ALICE, ALICE_TEL]);
@@ -1005,6 +1005,42 @@ async fn survive_restart(lab: &Lab, cfg: Config) {
     assert_eq!(refresh.status(), Some(200), "{refresh}");
     let contact = values(&refresh, HeaderName::Contact);
     assert_eq!(contact, ["<sip:alice@10.0.0.2:5060>;expires=900"]);
+
+    // A UE caught by a restart between its 401 and its answer: the new registrar never
+    // issued that nonce, so it challenges afresh (not a 500), and the fresh answer works.
+    let mut bob = Ue::new(BOB_IMPI, BOB, "<sip:bob@10.0.0.3:5060>");
+    let (realm, nonce, alg) = {
+        let before = lab.registrar_with(cfg.clone()).await;
+        let first = before
+            .handle_register(&bob.register(Some(bob.initial_auth()), &[]))
+            .await;
+        let (realm, nonce, alg, _, _, _) = challenge(&first);
+        (realm, nonce, alg)
+    };
+    drop(r);
+    let after = lab.registrar_with(cfg).await;
+    let late = answer(
+        BOB_IMPI,
+        &realm,
+        &nonce,
+        &alg,
+        Qop::Auth,
+        BOB_PASSWORD.as_bytes(),
+    );
+    let again = after.handle_register(&bob.register(Some(late), &[])).await;
+    assert_eq!(again.status(), Some(401), "{again}");
+    let (realm, nonce2, alg, _, _, _) = challenge(&again);
+    assert_ne!(nonce, nonce2);
+    let fresh = answer(
+        BOB_IMPI,
+        &realm,
+        &nonce2,
+        &alg,
+        Qop::Auth,
+        BOB_PASSWORD.as_bytes(),
+    );
+    let ok = after.handle_register(&bob.register(Some(fresh), &[])).await;
+    assert_eq!(ok.status(), Some(200), "{ok}");
 }
 
 fn admin_post(admin: SocketAddr, path: &str) -> String {
