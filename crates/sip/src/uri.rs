@@ -401,10 +401,8 @@ impl<'a> TelUri<'a> {
             {
                 return Err(Error::BadUri("bad local telephone number"));
             }
-            if !crate::text::params(params)
-                .get("phone-context")
-                .is_some_and(|c| c.is_some_and(|c| !c.is_empty()))
-            {
+            let context = crate::text::params(params).get("phone-context").flatten();
+            if context.is_none_or(str::is_empty) {
                 return Err(Error::BadUri("local tel number without phone-context"));
             }
         }
