@@ -253,6 +253,9 @@ impl<'a> SipUri<'a> {
                     Some(c) => (&ui[..c], Some(&ui[c + 1..])),
                     None => (ui, None),
                 };
+                if u.is_empty() {
+                    return Err(Error::BadUri("empty user part"));
+                }
                 (Some(u), p, &before_q[at + 1..])
             }
             None => (None, None, before_q),
@@ -507,6 +510,10 @@ mod tests {
         assert!(SipUri::parse("sip:a@[::1").is_err());
         assert!(SipUri::parse("sip:a@ho st").is_err());
         assert!(SipUri::parse("sip:@host").is_err());
+        // Fuzz regression (sip_uri): an empty user before a password parsed, and its
+        // identity `sip:@h` did not.
+        assert!(SipUri::parse("sip::al`/=t_;l?pp@h?ms.").is_err());
+        assert!(SipUri::parse("sip::pw@host").is_err());
         assert!(SipUri::parse("sip:a@1.2.3.999").is_err());
     }
 
