@@ -404,8 +404,15 @@ impl<'a> TelUri<'a> {
             {
                 return Err(Error::BadUri("bad local telephone number"));
             }
+            // descriptor = domainname / global-number-digits (RFC 3966 §3): nothing quoted.
             let context = crate::text::params(params).get("phone-context").flatten();
-            if context.is_none_or(str::is_empty) {
+            let descriptor = |c: &str| {
+                !c.is_empty()
+                    && c.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'+' | b'(' | b')')
+                    })
+            };
+            if !context.is_some_and(descriptor) {
                 return Err(Error::BadUri("local tel number without phone-context"));
             }
         }
@@ -527,6 +534,9 @@ mod tests {
         assert_eq!(l.as_tel().unwrap().phone_context(), Some("example.com"));
         assert!(Uri::parse("tel:7042").is_err());
         assert!(Uri::parse("tel:7042;phone-context").is_err());
+        // Fuzz regression (sip_uri): a quoted phone-context parsed; its identity did not.
+        assert!(Uri::parse(r#"tel:043043;phone-context=";=";="_a=x"#).is_err());
+        assert!(Uri::parse("tel:7042;phone-context=+49-30").is_ok());
         // Fuzz regression (sip_uri): the identity of a local number dropped its
         // phone-context, leaving `tel:7042`, which is not a URI.
         assert_eq!(
