@@ -610,7 +610,14 @@ impl<'a> AnswerBase<'a> {
                 once(&mut em, a.as_utf8()?, &a)?;
             } else if a.is(&dict::FAILED_AVP) {
                 let inner = match a.grouped().next() {
-                    Some(inner) => FailedAvp::from_avp(&inner?),
+                    // Only the flags an answer can carry (M, and V with a Vendor-Id): the
+                    // reserved and P bits of a reported AVP are never re-sent, so a decoded
+                    // answer re-encodes to itself.
+                    Some(inner) => {
+                        let mut f = FailedAvp::from_avp(&inner?);
+                        f.flags &= avp_flags::M | avp_flags::V;
+                        f
+                    }
                     None => return Err(a.invalid_value()),
                 };
                 once(&mut fa, inner, &a)?;

@@ -655,3 +655,29 @@ fn failed_avp_is_encoded_as_received() {
         hx("00000117 40 000014 00000259 c0 00000c 000028af")
     );
 }
+
+/// Fuzz regression (diameter_cx): a Failed-AVP whose inner AVP came with reserved flag bits
+/// decoded with those bits, which no encoding carries, so decode(encode(x)) != x.
+#[test]
+fn failed_avp_keeps_only_the_flags_an_answer_can_carry() {
+    let mut base = ans_base(AnswerResult::SUCCESS);
+    base.failed_avp = Some(FailedAvp {
+        code: 0x4909_0061,
+        flags: 0,
+        vendor_id: None,
+        data: vec![],
+    });
+    let mut buf = Vec::new();
+    Ppa { base }.encode(&mut buf).unwrap();
+    let at = buf
+        .windows(4)
+        .position(|w| w == 0x4909_0061u32.to_be_bytes())
+        .unwrap();
+    buf[at + 4] = 0x15; // P and reserved bits on the reported AVP
+    let msg = Message::parse(&buf).unwrap();
+    let ppa = Ppa::decode(&msg).unwrap();
+    assert_eq!(ppa.base.failed_avp.as_ref().unwrap().flags, 0);
+    let mut again = Vec::new();
+    ppa.encode(&mut again).unwrap();
+    assert_eq!(Ppa::decode(&Message::parse(&again).unwrap()).unwrap(), ppa);
+}

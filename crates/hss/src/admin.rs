@@ -668,9 +668,21 @@ async fn import_csv(
     Query(q): Query<ImportQuery>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
+    let subs = parse_import_csv(&body, q.first_line)?;
+    // Batches before a bad row stay committed: load those too.
+    let imported = s.store.import_subscribers(&subs, IMPORT_BATCH).await;
+    s.subs.added();
+    let n = imported?;
+    Ok(Json(json!({ "imported": n })))
+}
+
+/// Reads the body of a CSV import ([`import_csv`]'s format) into the subscribers to store,
+/// checked as `POST /v1/subscribers` checks one; `first_line` is the line of the whole file
+/// the body's first row is on, for the line an error names. The first bad row is the error.
+pub fn parse_import_csv(body: &[u8], first_line: u64) -> Result<Vec<NewSubscriber>, ApiError> {
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
-        .from_reader(&body[..]);
+        .from_reader(body);
     let headers = rdr
         .headers()
         .map_err(|e| ApiError::invalid("header", format!("CSV header: {e}")))?
@@ -701,8 +713,8 @@ async fn import_csv(
         // The line in the whole file: the record's own line in this part (a quoted cell may
         // hold newlines) counted from the part's first row.
         let at = |pos: Option<&csv::Position>| {
-            pos.map_or(n as u64 + q.first_line, |p| {
-                q.first_line + p.line().saturating_sub(2)
+            pos.map_or((n as u64).saturating_add(first_line), |p| {
+                first_line.saturating_add(p.line().saturating_sub(2))
             })
         };
         let rec =
@@ -754,11 +766,7 @@ async fn import_csv(
         })?;
         subs.push(new);
     }
-    // Batches before a bad row stay committed: load those too.
-    let imported = s.store.import_subscribers(&subs, IMPORT_BATCH).await;
-    s.subs.added();
-    let n = imported?;
-    Ok(Json(json!({ "imported": n })))
+    Ok(subs)
 }
 
 #[cfg(test)]
@@ -773,5 +781,15 @@ mod tests {
             hex::encode(&*opc_from_op(&k, &op).unwrap()),
             "cd63cb71954a9f4e48a5994e37a02baf"
         );
+    }
+
+    /// Fuzz regression (hss_csv): `?first_line=` near u64::MAX overflowed the line number of
+    /// a bad row (a panic in the handler instead of a 422).
+    #[test]
+    fn a_huge_first_line_is_no_overflow() {
+        let body = b"impi,impus\n.,sip:\n";
+        let e = parse_import_csv(body, u64::MAX).unwrap_err();
+        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(e.message.contains(&u64::MAX.to_string()), "{}", e.message);
     }
 }

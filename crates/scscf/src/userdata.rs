@@ -211,6 +211,27 @@ fn parse(xml: &[u8]) -> Result<ImsSubscription, UserDataError> {
                 }
                 root_seen = true;
             }
+            // The values we read are text: an element inside one (or a second
+            // IMSSubscription anywhere) would be read into the wrong identity.
+            if let Some(p) = parent(&stack)
+                && matches!(
+                    p,
+                    "PrivateID" | "Identity" | "BarringIndication" | "IdentityType" | "IRS"
+                )
+            {
+                return err(i, format!("<{name}> inside <{p}>"));
+            }
+            // The structure we read from stays where TS 29.228 puts it: a ServiceProfile
+            // in the root, a PublicIdentity in a ServiceProfile, no second root inside.
+            let misplaced = match local(name) {
+                "IMSSubscription" => !stack.is_empty(),
+                "ServiceProfile" => stack.len() != 1,
+                "PublicIdentity" => stack.len() != 2 || parent(&stack) != Some("ServiceProfile"),
+                _ => false,
+            };
+            if misplaced {
+                return err(i, format!("<{name}> out of place"));
+            }
             if stack.len() >= MAX_DEPTH {
                 return err(i, format!("nested deeper than {MAX_DEPTH}"));
             }
@@ -475,5 +496,21 @@ mod tests {
         for n in 0..HSS.len() {
             let _ = ImsSubscription::parse(&HSS.as_bytes()[..n]);
         }
+    }
+
+    /// Fuzz regression (userdata_xml): an IMSSubscription inside an <Identity> started a
+    /// service profile of its own and took the outer identity's text, leaving the outer
+    /// identity empty; the HSS's document for that did not read back.
+    #[test]
+    fn elements_inside_values_are_refused() {
+        let nested = "<IMSSubscription>ra<ServiceProfile><PublicIdentity><Identity>F-><IMSSubscription>><ServiceProfile><PublicIdentity><Identity>\u{1}</Identity></PublicIdentity></ServiceProfile></IMSSubscription>31</Identity></PublicIdentity></ServiceProfile></IMSSubscription>";
+        let e = ImsSubscription::parse(nested.as_bytes()).unwrap_err();
+        assert!(e.why.contains("inside <Identity>"), "{e}");
+        let inner_root = "<IMSSubscription><ServiceProfile><x><IMSSubscription/></x></ServiceProfile></IMSSubscription>";
+        assert!(ImsSubscription::parse(inner_root.as_bytes()).is_err());
+        // The same with a ServiceProfile inside a PublicIdentity.
+        let inner_profile = "<?><IMSSubscription><ServiceProfile><PublicIdentity>/<ServiceProfile><PublicIdentity><Identity>\u{1}Q</Identity></PublicIdentity></ServiceProfile></PublicIdentity></ServiceProfile>o</IMSSubscription>";
+        let e = ImsSubscription::parse(inner_profile.as_bytes()).unwrap_err();
+        assert!(e.why.contains("out of place"), "{e}");
     }
 }

@@ -327,6 +327,43 @@ pub fn quote(s: &str) -> String {
     out
 }
 
+/// Whether a parameter is a `generic-param` / `auth-param` (RFC 3261 §25.1, RFC 2617): a
+/// token name, then no value, a whole quoted string, or a value without quotes, angle
+/// brackets, backslashes, separators or whitespace (tokens, hosts, IPv6 references). With
+/// `angle`, a value may also be one `<...>` (`+sip.instance=<urn:...>` as some UAs send it).
+/// Edits ([`set_param`], [`remove_param`]) keep such parameters intact; anything else could
+/// be torn apart by them, so the typed views refuse it.
+pub(crate) fn is_generic_param(p: &Param<'_>, angle: bool) -> bool {
+    if !is_token(p.name) {
+        return false;
+    }
+    let Some(v) = p.value else {
+        return true;
+    };
+    let plain = |v: &str| {
+        v.bytes().all(|b| {
+            b > b' ' && b != 0x7f && !matches!(b, b'"' | b'<' | b'>' | b'\\' | b',' | b';')
+        })
+    };
+    if p.quoted {
+        // The content between the quotes: no bare quote, no escape of the closing one.
+        let b = v.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'\\' if i + 1 < b.len() => i += 2,
+                b'\\' | b'"' => return false,
+                _ => i += 1,
+            }
+        }
+        return true;
+    }
+    if angle && let Some(inner) = v.strip_prefix('<').and_then(|v| v.strip_suffix('>')) {
+        return plain(inner);
+    }
+    plain(v)
+}
+
 /// Checks that quotes are balanced (a quoted string is closed) and angle brackets too.
 pub(crate) fn balanced(s: &str) -> bool {
     let b = s.as_bytes();

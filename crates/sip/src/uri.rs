@@ -97,10 +97,12 @@ impl<'a> Uri<'a> {
                     None => format!("{scheme}:{}", u.user_host()),
                 })
             }
-            Uri::Tel(t) => {
-                let s = t.as_str();
-                Some(s.split(';').next().unwrap_or(s).to_owned())
-            }
+            // A local number is only an identity within its phone-context (RFC 3966 §5.1.5),
+            // which stays.
+            Uri::Tel(t) => Some(match t.phone_context() {
+                Some(ctx) if !t.is_global() => format!("tel:{};phone-context={ctx}", t.number),
+                _ => format!("tel:{}", t.number),
+            }),
             _ => None,
         }
     }
@@ -251,6 +253,9 @@ impl<'a> SipUri<'a> {
                     Some(c) => (&ui[..c], Some(&ui[c + 1..])),
                     None => (ui, None),
                 };
+                if u.is_empty() {
+                    return Err(Error::BadUri("empty user part"));
+                }
                 (Some(u), p, &before_q[at + 1..])
             }
             None => (None, None, before_q),
@@ -327,8 +332,10 @@ impl<'a> SipUri<'a> {
     pub fn host_port_str(&self) -> &'a str {
         let start = self.host_str.as_ptr() as usize - self.raw.as_ptr() as usize;
         let mut end = start + self.host_str.len();
-        if let Some(p) = self.port {
-            end += 1 + digits(p);
+        if self.port.is_some() {
+            // The port as written (`:014` has leading zeros), up to the params or headers.
+            let after = self.raw.get(end..).unwrap_or("");
+            end += after.find([';', '?']).unwrap_or(after.len());
         }
         self.raw.get(start..end).unwrap_or(self.host_str)
     }
@@ -340,15 +347,6 @@ impl<'a> SipUri<'a> {
             None => self.host_str.to_owned(),
         }
     }
-}
-
-fn digits(mut n: u16) -> usize {
-    let mut d = 1;
-    while n >= 10 {
-        n /= 10;
-        d += 1;
-    }
-    d
 }
 
 /// RFC 3261 `paramchar` (+ `%` escapes) loosely: unreserved, escaped, `[]/:&+$`.
@@ -406,7 +404,15 @@ impl<'a> TelUri<'a> {
             {
                 return Err(Error::BadUri("bad local telephone number"));
             }
-            if !crate::text::params(params).has("phone-context") {
+            // descriptor = domainname / global-number-digits (RFC 3966 §3): nothing quoted.
+            let context = crate::text::params(params).get("phone-context").flatten();
+            let descriptor = |c: &str| {
+                !c.is_empty()
+                    && c.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'+' | b'(' | b')')
+                    })
+            };
+            if !context.is_some_and(descriptor) {
                 return Err(Error::BadUri("local tel number without phone-context"));
             }
         }
@@ -493,6 +499,9 @@ mod tests {
         assert!(u.lr());
         assert_eq!(u.headers, Some("Route=x"));
         assert_eq!(u.host_port_str(), "hims.net:5070");
+        // Fuzz regression (sip_uri): a port with leading zeros lost its last digits.
+        let zeros = SipUri::parse("sip:a@hims.net:014;lr").unwrap();
+        assert_eq!(zeros.host_port_str(), "hims.net:014");
         let v6 = SipUri::parse("sip:[2001:db8::10]:5060").unwrap();
         assert_eq!(v6.host, Host::V6("2001:db8::10".parse().unwrap()));
         assert_eq!(v6.host_str, "[2001:db8::10]");
@@ -508,6 +517,10 @@ mod tests {
         assert!(SipUri::parse("sip:a@[::1").is_err());
         assert!(SipUri::parse("sip:a@ho st").is_err());
         assert!(SipUri::parse("sip:@host").is_err());
+        // Fuzz regression (sip_uri): an empty user before a password parsed, and its
+        // identity `sip:@h` did not.
+        assert!(SipUri::parse("sip::al`/=t_;l?pp@h?ms.").is_err());
+        assert!(SipUri::parse("sip::pw@host").is_err());
         assert!(SipUri::parse("sip:a@1.2.3.999").is_err());
     }
 
@@ -520,6 +533,23 @@ mod tests {
         let l = Uri::parse("tel:7042;phone-context=example.com").unwrap();
         assert_eq!(l.as_tel().unwrap().phone_context(), Some("example.com"));
         assert!(Uri::parse("tel:7042").is_err());
+        assert!(Uri::parse("tel:7042;phone-context").is_err());
+        // Fuzz regression (sip_uri): a quoted phone-context parsed; its identity did not.
+        assert!(Uri::parse(r#"tel:043043;phone-context=";=";="_a=x"#).is_err());
+        assert!(Uri::parse("tel:7042;phone-context=+49-30").is_ok());
+        // Fuzz regression (sip_uri): the identity of a local number dropped its
+        // phone-context, leaving `tel:7042`, which is not a URI.
+        assert_eq!(
+            l.identity().as_deref(),
+            Some("tel:7042;phone-context=example.com")
+        );
+        assert_eq!(
+            Uri::parse("tel:+49-30;ext=1")
+                .unwrap()
+                .identity()
+                .as_deref(),
+            Some("tel:+49-30")
+        );
         // rsip's "number too large": a long global number is just text here.
         assert!(Uri::parse("tel:+123456789012345678901234567890").is_ok());
         let u = Uri::parse("urn:gsma:imei:35209900-176148-0").unwrap();

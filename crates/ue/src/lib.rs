@@ -1104,8 +1104,9 @@ pub(crate) fn write_authorization(
     Ok(())
 }
 
-/// The `state` of the first `<registration>` of a reginfo document.
-fn registration_state(body: &[u8]) -> Option<String> {
+/// The `state` of the first `<registration>` of a reginfo document (the body of a NOTIFY
+/// from the network; `None` when it has none or is not UTF-8).
+pub fn registration_state(body: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(body).ok()?;
     let reg = &text[text.find("<registration")?..];
     let end = reg.find('>')?;

@@ -34,10 +34,14 @@ impl<'a> Auth<'a> {
                 why: "unclosed quoted string",
             });
         }
-        Ok(Auth {
-            scheme,
-            params: text::trim(&s[end..]),
-        })
+        let params = text::trim(&s[end..]);
+        if !text::split_commas(params).all(|i| text::is_generic_param(&Param::parse(i), false)) {
+            return Err(Error::BadHeader {
+                name: "Authorization",
+                why: "a parameter is not name=token or name=\"quoted string\"",
+            });
+        }
+        Ok(Auth { scheme, params })
     }
 
     /// True for the Digest scheme.
@@ -175,5 +179,17 @@ mod tests {
         assert_eq!(no.integrity_protected(), Some("no"));
         assert_eq!(no.username(), Some("alice.private@hims.net"));
         assert!(Auth::parse(r#"Digest realm="open"#).is_err());
+    }
+
+    /// Fuzz regression (sip_auth): a parameter that is not `name=value` (here `<">">`, which
+    /// the comma splitting reads as one bracketed item) parsed, and `with` then appended a
+    /// parameter that was swallowed by it.
+    #[test]
+    fn parameters_are_auth_params() {
+        assert!(Auth::parse(r#"t <">">"#).is_err());
+        assert!(Auth::parse("Digest realm=<x, nonce=\"y>\"").is_err());
+        assert!(Auth::parse(r#"Digest realm="a\"#).is_err());
+        let ok = Auth::parse(r#"Digest realm="a\"b", uri="sip:h;lr", nc=00000001"#).unwrap();
+        assert_eq!(ok.nc(), Some("00000001"));
     }
 }

@@ -77,6 +77,9 @@ impl<'a> NameAddr<'a> {
             return Err(bad("URI with ? or , must be in <...>"));
         }
         let uri = Uri::parse(uri_str).map_err(|_| bad("bad URI"))?;
+        if !text::params(params).all(|p| text::is_generic_param(&p, true)) {
+            return Err(bad("bad parameter"));
+        }
         Ok(NameAddr {
             display_name,
             uri_str,
@@ -221,5 +224,23 @@ mod tests {
             parse_delta_seconds("99999999999", "Expires").unwrap(),
             u32::MAX
         );
+    }
+
+    /// Fuzz regression (sip_via_addr): a parameter value with a lone `<` parsed, and setting
+    /// a parameter next to it (`set_param`) wrote a value that no longer parsed.
+    #[test]
+    fn parameters_are_generic_params() {
+        assert!(Contact::parse("<s:a>;tag=<;>").is_err());
+        assert!(NameAddr::parse(r#"<sip:a@h>;tag=x"y"#).is_err());
+        assert!(NameAddr::parse(r#"<sip:a@h>;tag=a\b"#).is_err());
+        let a = NameAddr::parse(
+            r#"<sip:a@h>;+sip.instance="<urn:gsma:imei:1>";reg-id=1;+g.3gpp.smsip;q=0.5"#,
+        )
+        .unwrap();
+        assert_eq!(a.instance(), Some("urn:gsma:imei:1"));
+        let bare = NameAddr::parse("<sip:a@h>;+sip.instance=<urn:uuid:1>").unwrap();
+        assert_eq!(bare.instance(), Some("urn:uuid:1"));
+        let edited = crate::text::set_param("<sip:a@h>;tag=\"x;y\";q=1", "tag", Some("z"));
+        assert_eq!(NameAddr::parse(&edited).unwrap().tag(), Some("z"));
     }
 }

@@ -98,14 +98,20 @@ impl<'a> SecMechanism<'a> {
         if !self.name.eq_ignore_ascii_case(other.name) {
             return false;
         }
+        // The same parameters as multisets: each of ours pairs off with one of theirs (a
+        // parameter written twice must be there twice), so the relation is symmetric.
         let mine: Vec<_> = self.params().collect();
         let theirs: Vec<_> = other.params().collect();
-        mine.len() == theirs.len()
-            && mine.iter().all(|p| {
-                theirs
-                    .iter()
-                    .any(|o| o.name.eq_ignore_ascii_case(p.name) && o.value == p.value)
-            })
+        if mine.len() != theirs.len() {
+            return false;
+        }
+        let mut used = vec![false; theirs.len()];
+        mine.iter().all(|p| {
+            let hit = theirs.iter().enumerate().position(|(i, o)| {
+                !used[i] && o.name.eq_ignore_ascii_case(p.name) && o.value == p.value
+            });
+            hit.map(|i| used[i] = true).is_some()
+        })
     }
 }
 
@@ -132,6 +138,13 @@ mod tests {
             SecMechanism::parse("ipsec-3gpp;alg=hmac-md5-96;spi-c=1;spi-s=2;port-c=1;port-s=2")
                 .unwrap();
         assert!(!m.same_as(&other));
+        // Fuzz regression (sip_security): a parameter written twice matched a list with it
+        // once and another parameter instead, in one direction only.
+        let twice = SecMechanism::parse("ipsec-3gpp;alg=hmac-md5-96;alg=hmac-md5-96").unwrap();
+        let other = SecMechanism::parse("ipsec-3gpp;alg=hmac-md5-96;ealg=null").unwrap();
+        assert!(!twice.same_as(&other));
+        assert!(!other.same_as(&twice));
+        assert!(twice.same_as(&twice));
         assert!(
             SecMechanism::parse("ipsec-3gpp;spi-c=99999999999")
                 .unwrap()

@@ -45,10 +45,8 @@ impl<'a> Via<'a> {
             return Err(bad("bad sent-protocol"));
         }
         let (host, host_str, port) = host_port(sent_by).map_err(|_| bad("bad sent-by"))?;
-        for p in text::params(params) {
-            if !text::is_token(p.name) {
-                return Err(bad("bad parameter"));
-            }
+        if !text::params(params).all(|p| text::is_generic_param(&p, false)) {
+            return Err(bad("bad parameter"));
         }
         Ok(Via {
             protocol,
@@ -119,5 +117,13 @@ mod tests {
         assert!(Via::parse("SIP/2.0/UDP").is_err());
         assert!(Via::parse("SIP/2.0 host").is_err());
         assert!(Via::parse("SIP/2.0/UDP host:port").is_err());
+    }
+
+    #[test]
+    fn parameters_are_generic_params() {
+        assert!(Via::parse("SIP/2.0/UDP h;branch=z9hG4bK<x").is_err());
+        assert!(Via::parse("SIP/2.0/UDP h;received=a\"b").is_err());
+        let v = Via::parse("SIP/2.0/UDP h;received=[2001:db8::1];x=\"q;r\"").unwrap();
+        assert_eq!(v.received(), Some("[2001:db8::1]"));
     }
 }
