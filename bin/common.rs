@@ -59,6 +59,7 @@ pub fn load<T: DeserializeOwned>(path: &std::path::Path, prefix: &str) -> Result
             path.display()
         ));
     }
+    refuse_odd_keys(path)?;
     // TOML values go in as overrides and are kept out of the environment source, which
     // would otherwise add them again as strings (and which of the two won varied).
     let (toml_vars, plain): (Vec<_>, Vec<_>) = std::env::vars().partition(|(_, v)| is_toml(v));
@@ -80,6 +81,44 @@ pub fn load<T: DeserializeOwned>(path: &std::path::Path, prefix: &str) -> Result
         .build()
         .and_then(|c| c.try_deserialize())
         .map_err(|e| format!("configuration {}: {e}", path.display()))
+}
+
+/// Refuses a file with a quoted key holding `[`, `]` or `.`: none of ours does, and the
+/// `config` crate reads such a key as a path expression (`"a[99999999999]"` made it panic
+/// allocating the array, found by the config_toml fuzz target) instead of a name.
+fn refuse_odd_keys(path: &std::path::Path) -> Result<(), String> {
+    fn walk(t: &toml::Table, at: &str) -> Result<(), String> {
+        for (k, v) in t {
+            let here = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            if k.contains(['[', ']', '.']) {
+                return Err(format!(
+                    "key `{here}`: no key of ours holds `[`, `]` or `.`"
+                ));
+            }
+            match v {
+                toml::Value::Table(t) => walk(t, &here)?,
+                toml::Value::Array(a) => {
+                    for t in a.iter().filter_map(toml::Value::as_table) {
+                        walk(t, &here)?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+    // A file that is not TOML at all is left to the loader, which names the problem.
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    match toml::from_str::<toml::Table>(&text) {
+        Ok(t) => walk(&t, "").map_err(|e| format!("configuration {}: {e}", path.display())),
+        Err(_) => Ok(()),
+    }
 }
 
 /// Whether an override's value is TOML (an array or an inline table) rather than a scalar.

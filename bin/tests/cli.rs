@@ -36,6 +36,19 @@ fn check_config_accepts_the_lab_and_names_what_is_wrong() {
         "one line that names the problem: {err}"
     );
 
+    // A quoted key the config crate would read as a path with a huge index (it panicked):
+    // one line, exit 2.
+    std::fs::write(&bad, "listen = [\"127.0.0.1:0\"]\n\"a[99999999999]\" = 1\n").unwrap();
+    let out = Command::new(DNS)
+        .args(["--check-config", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("key `a[99999999999]`"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
     let out = Command::new(DNS)
         .args(["-c", "/nonexistent.toml"])
         .output()
