@@ -1881,6 +1881,10 @@ fn registrations_complete_through_ten_percent_loss() {
             "20",
             "--prefix",
             "lossy",
+            // A UE waits for its answer as long as Timer F (the default, 5 s, is for a
+            // clean network: a REGISTER that loses several retransmissions takes longer).
+            "--timeout",
+            "32",
             "--json",
         ],
     );
