@@ -7,7 +7,7 @@
 //! | GET | /v1/subscribers?offset=&limit= | private identities, in order |
 //! | POST | /v1/subscribers | provision one subscriber (JSON) |
 //! | POST | /v1/subscribers/import | bulk provisioning from CSV (text/csv) |
-//! | GET | /v1/subscribers/{impi} | one subscriber, never its secrets |
+//! | GET | /v1/subscribers/{impi} | one subscriber, never its secrets, with its last authentication |
 //! | DELETE | /v1/subscribers/{impi} | remove the subscription with everything in it |
 //! | POST | /v1/subscribers/{impi}/deregister | RTR to the serving S-CSCF (administrative deregistration) |
 //! | POST | /v1/subscribers/{impi}/push-profile | PPR with the current User-Data to the serving S-CSCF |
@@ -586,10 +586,10 @@ async fn create(
 }
 
 async fn show(
-    State(store): State<Store>,
+    State(s): State<AppState>,
     Path(impi): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let v = store.subscriber(&impi).await?.ok_or_else(|| ApiError {
+    let v = s.store.subscriber(&impi).await?.ok_or_else(|| ApiError {
         status: StatusCode::NOT_FOUND,
         field: Some("impi".into()),
         message: format!("private identity `{impi}` not found"),
@@ -604,6 +604,12 @@ async fn show(
         "impus": v.public_identities.iter().map(|p| json!({
             "impu": p.impu, "barred": p.barred, "irs": p.irs, "reg_state": p.reg_state,
         })).collect::<Vec<_>>(),
+        "last_authentication": s.subs.last_authentication(&v.impi).map(|a| json!({
+            "outcome": a.outcome,
+            "at": ims_net::clock::rfc3339(a.at),
+            "scscf": a.scscf,
+            "failures_in_a_row": a.failures_in_a_row,
+        })),
     })))
 }
 

@@ -44,7 +44,7 @@ use ims_sip::{Message, Method};
 
 pub use config::Config;
 pub use regevent::{NotifyStart, RegEvents};
-pub use registrar::{RegEvent, RegEventKind, Registrar, StartError};
+pub use registrar::{FailureCause, RegEvent, RegEventKind, Registrar, StartError};
 
 /// Why the S-CSCF stopped.
 #[derive(Debug, thiserror::Error)]

@@ -131,8 +131,13 @@ fn cx_over_tcp_with_allow_list_watchdog_rtr_ppr_and_metrics() {
     assert_eq!(body["result_code"], 2001);
     let (_, shown) = get(&format!("{b}/v1/subscribers/{IMPI}"));
     assert!(
-        !shown.contains("scscf1.hims.net"),
+        shown.contains(r#""scscf":null"#),
         "the S-CSCF is forgotten after RTA: {shown}"
+    );
+    // The last authentication stays (MAR, then SAR REGISTRATION): it is history.
+    assert!(
+        shown.contains(r#""outcome":"success""#),
+        "the last authentication is shown: {shown}"
     );
 
     // Register again, then push the profile: PPR with the IMSSubscription User-Data.
