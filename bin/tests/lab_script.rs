@@ -165,6 +165,48 @@ fn scripts_lab_runs_the_core_and_ues_register() {
         "{}",
         String::from_utf8_lossy(&bob.stdout)
     );
+    // Who is registered now (alice deregistered, bob stays): the HSS's view joined with the
+    // S-CSCF's (its admin API): the S-CSCF, the P-CSCF of bob's Path, until when.
+    let regs = topo.run(
+        "lab",
+        &[
+            &imsctl,
+            "--url",
+            "http://127.0.0.40:8080",
+            "registrations",
+            "--scscf",
+            "http://127.0.0.30:8080",
+        ],
+    );
+    assert!(
+        regs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&regs.stderr)
+    );
+    let regs: serde_json::Value = serde_json::from_slice(&regs.stdout).unwrap();
+    let rows = regs["registrations"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{regs}");
+    let bob_row = &rows[0];
+    assert_eq!(bob_row["impu"], "sip:bob@hims.net", "{regs}");
+    assert_eq!(bob_row["impi"], "bob@hims.net", "{regs}");
+    assert_eq!(bob_row["scscf"], "sip:scscf1.hims.net:5060", "{regs}");
+    assert_eq!(bob_row["pcscf"], "pcscf1.vims.net:5060", "{regs}");
+    assert!(
+        bob_row["until"].as_str().is_some_and(|u| u.ends_with('Z')),
+        "{regs}"
+    );
+    assert!(bob_row.get("held_by").is_none(), "{regs}");
+    // Without the S-CSCF's view: who and where, the rest unknown.
+    let hss_only = topo.run(
+        "lab",
+        &[&imsctl, "--url", "http://127.0.0.40:8080", "registrations"],
+    );
+    let hss_only: serde_json::Value = serde_json::from_slice(&hss_only.stdout).unwrap();
+    assert_eq!(hss_only["registrations"][0]["impu"], "sip:bob@hims.net");
+    assert!(
+        hss_only["registrations"][0]["until"].is_null(),
+        "{hss_only}"
+    );
     // Wrong password: 403, exit code 1.
     let eve = topo.run(
         "lab",

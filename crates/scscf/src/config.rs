@@ -1,7 +1,7 @@
 //! The S-CSCF configuration (`configs/lab/scscf.toml` is the commented example): where SIP
 //! listens, our name (Server-Name on Cx and the Service-Route host), the home realm and
 //! domains, the registration store, the registration interval limits, the reg-await-auth
-//! timer, the lockout after repeated authentication failures, the limits of `reg` event
+//! timer, the lockout after repeated authentication failures, the admin HTTP address, the limits of `reg` event
 //! subscriptions, where requests toward our users go (DNS servers, an optional fixed I-CSCF),
 //! and the `[diameter]` section (how to reach the HSS).
 //! Unknown keys are rejected;
@@ -19,6 +19,9 @@ use serde::Deserialize;
 pub struct Config {
     /// SIP address (UDP and TCP on the same port).
     pub sip_listen: SocketAddr,
+    /// The admin HTTP API (`/health`, `/v1/registrations`): none when unset.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
     /// Our SIP URI, e.g. `sip:scscf1.hims.net:5060`: Server-Name in MAR/SAR (the HSS stores
     /// it) and the host of our Service-Route.
     pub name: String,

@@ -138,6 +138,7 @@ impl Lab {
     fn config(&self) -> Config {
         Config {
             sip_listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: None,
             name: NAME.into(),
             realm: "hims.net".into(),
             home_domains: vec![],
@@ -1320,6 +1321,63 @@ async fn repeated_wrong_answers_lock_the_impi_out_for_a_while() {
     let ok = r.handle_register(&ue.register(Some(auth), &[])).await;
     assert_eq!(ok.status(), Some(200), "{ok}");
     assert_eq!(last_auth(&lab, ALICE_IMPI), ("success".into(), 0));
+}
+
+/// The S-CSCF's admin API lists what it holds: the registration, its implicit set, each
+/// contact with until when, its Path and the P-CSCF (the Path entry nearest the UE).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_api_lists_the_registrations_held() {
+    let lab = lab().await;
+    let mut cfg = lab.config();
+    cfg.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    let s = ims_scscf::Scscf::start(cfg).await.unwrap();
+    assert!(s.registrar().wait_diameter(Duration::from_secs(10)).await);
+    let admin = s.admin_addr().expect("admin_listen is set");
+    let r = s.registrar().clone();
+    tokio::spawn(s.run(std::future::pending()));
+    let get = move |path: &str| -> serde_json::Value {
+        let mut resp = ureq::get(&format!("http://{admin}{path}")).call().unwrap();
+        serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
+    };
+    let empty = tokio::task::spawn_blocking(move || get("/v1/registrations"))
+        .await
+        .unwrap();
+    assert_eq!(empty["registrations"], serde_json::json!([]), "{empty}");
+    assert_eq!(empty["scscf"], NAME);
+
+    let mut ue = Ue::new(ALICE_IMPI, ALICE, "<sip:alice@10.0.0.2:5060>;expires=300");
+    let mut usim = usim();
+    let ok = aka_register(&r, &mut ue, &mut usim, Qop::Auth, &[]).await;
+    assert_eq!(ok.status(), Some(200), "{ok}");
+    let before = std::time::SystemTime::now();
+    let v = tokio::task::spawn_blocking(move || get("/v1/registrations"))
+        .await
+        .unwrap();
+    let regs = v["registrations"].as_array().unwrap();
+    assert_eq!(regs.len(), 1, "{v}");
+    let reg = &regs[0];
+    assert_eq!(reg["impu"], ALICE);
+    assert_eq!(reg["impi"], ALICE_IMPI);
+    assert_eq!(
+        reg["associated_uris"],
+        serde_json::json!([ALICE, ALICE_TEL])
+    );
+    let c = &reg["contacts"][0];
+    assert_eq!(c["contact"], "sip:alice@10.0.0.2:5060");
+    assert_eq!(c["path"], serde_json::json!([PATH]));
+    assert_eq!(c["pcscf"], "pcscf1.vims.net");
+    let left = c["expires_in"].as_i64().unwrap();
+    assert!((299..=300).contains(&left), "{v}");
+    // Until when: RFC 3339, 300 s from now (to the second).
+    let until = c["until"].as_str().unwrap();
+    let around = |d: u64| ims_net::clock::rfc3339(before + Duration::from_secs(d));
+    assert!(
+        [around(299), around(300), around(301)]
+            .iter()
+            .any(|t| t == until),
+        "{until}"
+    );
+    assert_eq!(reg["until"], c["until"]);
 }
 
 fn admin_post(admin: SocketAddr, path: &str) -> String {
