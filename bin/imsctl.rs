@@ -143,7 +143,14 @@ fn main() -> ExitCode {
     }
     let agent: ureq::Agent = config.build().into();
     let res = match cli.cmd {
-        Cmd::Registrations { scscfs } => return registrations(&agent, base, &scscfs),
+        Cmd::Registrations { scscfs } => {
+            // The HSS's token goes to the HSS only.
+            let plain: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
+            return registrations(&agent, &plain, base, &scscfs);
+        }
         Cmd::Health => agent.get(format!("{base}/health")).call(),
         Cmd::Metrics => agent.get(format!("{base}/metrics")).call(),
         Cmd::Subscriber(Sub::Deregister { impi }) => agent
@@ -346,7 +353,12 @@ fn import(agent: &ureq::Agent, base: &str, file: &std::path::Path, batch: usize)
 
 /// `imsctl registrations`: the HSS's registered identities (page by page), each with what
 /// the S-CSCFs in `scscfs` say about it (matched by IMPU or its implicit registration set).
-fn registrations(agent: &ureq::Agent, base: &str, scscfs: &[String]) -> ExitCode {
+fn registrations(
+    agent: &ureq::Agent,
+    plain: &ureq::Agent,
+    base: &str,
+    scscfs: &[String],
+) -> ExitCode {
     let fail = |msg: String| {
         eprintln!("error: {msg}");
         ExitCode::FAILURE
@@ -355,7 +367,7 @@ fn registrations(agent: &ureq::Agent, base: &str, scscfs: &[String]) -> ExitCode
     let mut held: std::collections::HashMap<String, (String, Value)> = Default::default();
     for url in scscfs {
         let url = url.trim_end_matches('/');
-        let v = match answer(agent.get(format!("{url}/v1/registrations")).call(), url) {
+        let v = match answer(plain.get(format!("{url}/v1/registrations")).call(), url) {
             Ok(Body::Json(v)) => v,
             Ok(_) => return fail(format!("{url}/v1/registrations: not JSON")),
             Err(msg) => return fail(msg.replace("HSS admin API", "S-CSCF admin API")),

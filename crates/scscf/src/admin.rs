@@ -8,7 +8,9 @@
 //! | GET | /v1/registrations | every registration held: IMPU, IMPI, implicit set, contacts with their expiry, Path and P-CSCF |
 //!
 //! Read-only, from the registrar's memory (a snapshot, shard by shard); nothing here changes
-//! a registration. It listens where the operator puts it: bind it to a management address.
+//! a registration. It has no authentication, so [`crate::Config::validate`] refuses an
+//! `admin_listen` that is not a loopback address (issue #20: the HSS's admin API needs a
+//! token beyond loopback; this one shows users' contact addresses).
 
 use axum::extract::State;
 use axum::routing::get;

@@ -19,7 +19,8 @@ use serde::Deserialize;
 pub struct Config {
     /// SIP address (UDP and TCP on the same port).
     pub sip_listen: SocketAddr,
-    /// The admin HTTP API (`/health`, `/v1/registrations`): none when unset.
+    /// The admin HTTP API (`/health`, `/v1/registrations`): none when unset. A loopback
+    /// address only: it has no authentication and shows users' contact addresses.
     #[serde(default)]
     pub admin_listen: Option<SocketAddr>,
     /// Our SIP URI, e.g. `sip:scscf1.hims.net:5060`: Server-Name in MAR/SAR (the HSS stores
@@ -155,6 +156,13 @@ impl Config {
             return Err(format!(
                 "database `{}` is neither sqlite:// nor postgres://",
                 self.database
+            ));
+        }
+        if let Some(a) = self.admin_listen
+            && !a.ip().is_loopback()
+        {
+            return Err(format!(
+                "admin_listen {a} is not a loopback address: the S-CSCF's admin API has no authentication and shows users' contacts, so it listens on loopback only"
             ));
         }
         if let Some(i) = &self.icscf {

@@ -1511,6 +1511,20 @@ fn the_lab_configuration_is_valid() {
     let mut bad = cfg.clone();
     bad.min_expires = 7200;
     assert!(bad.validate().unwrap_err().contains("min_expires"));
+    // The admin API (no authentication) on loopback only; the lockout needs a duration.
+    assert_eq!(cfg.admin_listen, Some("127.0.0.30:8080".parse().unwrap()));
+    let mut bad = cfg.clone();
+    bad.admin_listen = Some("10.0.0.3:8080".parse().unwrap());
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .contains("not a loopback address")
+    );
+    let mut bad = cfg.clone();
+    bad.auth_lockout_seconds = 0;
+    assert!(bad.validate().unwrap_err().contains("auth_lockout_seconds"));
+    bad.auth_failures_before_lockout = 0;
+    bad.validate().unwrap();
     let mut bad = cfg;
     bad.name = "scscf1".into();
     assert!(bad.validate().is_err());
