@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | GET | /health | liveness and our name |
 //! | GET | /v1/registrations | every registration held: IMPU, IMPI, implicit set, contacts with their expiry, Path and P-CSCF |
+//! | GET | /metrics | Prometheus metrics ([`crate::metrics`]) |
 //!
 //! Read-only, from the registrar's memory (a snapshot, shard by shard); nothing here changes
 //! a registration. It has no authentication, so [`crate::Config::validate`] refuses an
@@ -26,11 +27,22 @@ pub fn router(registrar: Registrar) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/v1/registrations", get(registrations))
+        .route("/metrics", get(metrics))
         .with_state(registrar)
 }
 
 async fn health(State(r): State<Registrar>) -> Json<Value> {
     Json(json!({ "status": "ok", "name": r.config().name }))
+}
+
+async fn metrics(State(r): State<Registrar>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        r.render_metrics(),
+    )
 }
 
 async fn registrations(State(r): State<Registrar>) -> Json<Value> {

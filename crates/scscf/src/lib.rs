@@ -22,7 +22,7 @@
 //! - [`session`]: session routing (TS 24.229 §5.4.3) as a plan made from the registrar's
 //!   memory, carried out over the endpoint.
 //! - [`admin`]: the admin HTTP API (`admin_listen`): the registrations held, with their
-//!   contacts, expiry and P-CSCF.
+//!   contacts, expiry and P-CSCF, and the Prometheus [`metrics`].
 //!
 //! Dependencies beyond the workspace's own crates: `ring` (the system CSPRNG for digest nonces
 //! and To tags), `hex`, `zeroize` (CK/IK hex wiped after use), `axum` and `serde_json` (the
@@ -31,6 +31,7 @@
 pub mod admin;
 pub mod config;
 pub mod cx;
+pub mod metrics;
 pub mod regevent;
 pub mod registrar;
 mod reply;

@@ -274,6 +274,7 @@ struct Inner {
     events: broadcast::Sender<RegEvent>,
     /// How many events have been emitted (each after its change was applied).
     event_seq: std::sync::atomic::AtomicU64,
+    metrics: crate::metrics::Metrics,
 }
 
 /// The registrar. Clone it freely; clones share the state.
@@ -428,6 +429,7 @@ impl Registrar {
             rng: SystemRandom::new(),
             events,
             event_seq: std::sync::atomic::AtomicU64::new(0),
+            metrics: crate::metrics::Metrics::default(),
             cfg,
         });
         let r = Registrar { inner };
@@ -484,6 +486,17 @@ impl Registrar {
     /// SAR UNREGISTERED_USER for a callee that is not registered here (session routing).
     pub(crate) async fn sar_unregistered(&self, impu: &str) -> Result<(), CxFailure> {
         self.inner.cx.sar_unregistered(impu).await
+    }
+
+    /// The Prometheus text of the registrar's metrics ([`crate::metrics`]).
+    pub fn render_metrics(&self) -> String {
+        let held = self
+            .inner
+            .shards
+            .iter()
+            .map(|s| lock(s).values().map(|u| u.regs.len()).sum::<usize>())
+            .sum();
+        self.inner.metrics.render(held)
     }
 
     /// Every registration held (a snapshot, shard by shard).
@@ -571,6 +584,15 @@ impl Registrar {
 
     /// Handles one REGISTER and returns the final response to send.
     pub async fn handle_register(&self, req: &Message) -> Message {
+        let started = Instant::now();
+        let resp = self.handle_register_inner(req).await;
+        self.inner
+            .metrics
+            .register(resp.status().unwrap_or(0), started.elapsed());
+        resp
+    }
+
+    async fn handle_register_inner(&self, req: &Message) -> Message {
         let tag = new_tag(&self.inner.rng);
         match self.register(req, &tag).await {
             Ok(resp) => resp,
@@ -623,6 +645,10 @@ impl Registrar {
             Err(Verdict::Malformed(why)) => Err(Reject::bad(why)),
             Err(Verdict::Wrong(cause)) => {
                 let (failures, locked) = self.count_failure(&p.impi);
+                self.inner.metrics.auth_failure(cause.code());
+                if locked {
+                    self.inner.metrics.lockout();
+                }
                 let lockout = if locked {
                     format!(
                         "; locked out for {} s (auth_failures_before_lockout)",

@@ -1272,6 +1272,12 @@ async fn repeated_wrong_answers_lock_the_impi_out_for_a_while() {
         assert_eq!(line.contains("locked out for 2 s"), n == 3, "{line}");
     }
     assert_eq!(last_auth(&lab, ALICE_IMPI), ("failure".into(), 3));
+    let m = r.render_metrics();
+    assert!(
+        m.contains("ims_scscf_auth_failures_total{cause=\"wrong_res\"} 3")
+            && m.contains("ims_scscf_auth_lockouts_total 1"),
+        "{m}"
+    );
 
     // Locked: 403 at once, one line, and no MAR (the HSS would record "challenged").
     let locked = r
@@ -1378,6 +1384,24 @@ async fn the_admin_api_lists_the_registrations_held() {
         "{until}"
     );
     assert_eq!(reg["until"], c["until"]);
+    // The metrics: the 401 and the 200, and one registration held.
+    let text = tokio::task::spawn_blocking(move || {
+        let mut resp = ureq::get(&format!("http://{admin}/metrics"))
+            .call()
+            .unwrap();
+        resp.body_mut().read_to_string().unwrap()
+    })
+    .await
+    .unwrap();
+    for want in [
+        "ims_scscf_register_total{status=\"401\"} 1",
+        "ims_scscf_register_total{status=\"200\"} 1",
+        "ims_scscf_register_seconds_count 2",
+        "ims_scscf_registrations 1",
+        "ims_scscf_auth_lockouts_total 0",
+    ] {
+        assert!(text.lines().any(|l| l == want), "`{want}` in:\n{text}");
+    }
 }
 
 fn admin_post(admin: SocketAddr, path: &str) -> String {
