@@ -5,6 +5,9 @@
 //! answers N MESSAGEs from the network (with `--hold`, before deregistering).
 //! `--ipsec` sets up the UE's own IPsec SAs with the P-CSCF (TS 33.203) over netlink;
 //! `--ipsec-hook PROGRAM` has a program install them instead (see [`ims_ue::SaInstaller`]).
+//! `--verbose` prints each step of each registration on stderr (`ims-ue: REGISTER sent ...`,
+//! the challenge, the USIM's verdict on AUTN, the response, the SAs, registered until when):
+//! the [`ims_ue::Step`]s.
 mod tool;
 
 use std::net::SocketAddr;
@@ -106,6 +109,9 @@ struct Args {
     /// (`res`: 403).
     #[arg(long, value_name = "HEADER")]
     ipsec_tamper: Option<String>,
+    /// Print each step of each registration on stderr.
+    #[arg(long, short = 'v')]
+    verbose: bool,
 }
 
 /// The xfrm marker of the UE's own SAs (the P-CSCF's default differs).
@@ -202,6 +208,9 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if args.verbose {
+            ue.on_step(Box::new(|s| eprintln!("ims-ue: {s}")));
+        }
         let mut steps = vec![args.expires];
         if args.refresh {
             steps.push(args.expires);

@@ -1,5 +1,8 @@
 //! `imsctl`: the command line for the HSS admin API (provisioning). Prints the API's JSON
 //! answers; on an error prints one line naming the problem (and the field) and exits 1.
+//! `imsctl registrations` joins two views: the HSS's (who is registered, at which S-CSCF)
+//! and, for each S-CSCF given with `--scscf URL` (its admin API), the S-CSCF's (contacts,
+//! until when, through which P-CSCF); what no S-CSCF was asked about stays `null`.
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +34,13 @@ enum Cmd {
     Health,
     /// The HSS's Prometheus metrics.
     Metrics,
+    /// Who is registered, at which S-CSCF, through which P-CSCF, until when.
+    Registrations {
+        /// An S-CSCF's admin API (e.g. http://127.0.0.30:8080), for the contacts, P-CSCF
+        /// and expiry of the users it serves; repeat for several.
+        #[arg(long = "scscf", env = "IMS_SCSCF_URL", value_delimiter = ',')]
+        scscfs: Vec<String>,
+    },
 }
 
 // Parsed once per process: the size of the largest variant does not matter.
@@ -133,6 +143,14 @@ fn main() -> ExitCode {
     }
     let agent: ureq::Agent = config.build().into();
     let res = match cli.cmd {
+        Cmd::Registrations { scscfs } => {
+            // The HSS's token goes to the HSS only.
+            let plain: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
+            return registrations(&agent, &plain, base, &scscfs);
+        }
         Cmd::Health => agent.get(format!("{base}/health")).call(),
         Cmd::Metrics => agent.get(format!("{base}/metrics")).call(),
         Cmd::Subscriber(Sub::Deregister { impi }) => agent
@@ -329,6 +347,94 @@ fn import(agent: &ureq::Agent, base: &str, file: &std::path::Path, batch: usize)
     println!(
         "{}",
         serde_json::to_string_pretty(&json!({ "imported": imported })).unwrap_or_default()
+    );
+    ExitCode::SUCCESS
+}
+
+/// `imsctl registrations`: the HSS's registered identities (page by page), each with what
+/// the S-CSCFs in `scscfs` say about it (matched by IMPU or its implicit registration set).
+fn registrations(
+    agent: &ureq::Agent,
+    plain: &ureq::Agent,
+    base: &str,
+    scscfs: &[String],
+) -> ExitCode {
+    let fail = |msg: String| {
+        eprintln!("error: {msg}");
+        ExitCode::FAILURE
+    };
+    // What the S-CSCFs hold, by lowercase IMPU (every URI of each implicit set).
+    let mut held: std::collections::HashMap<String, (String, Value)> = Default::default();
+    for url in scscfs {
+        let url = url.trim_end_matches('/');
+        let v = match answer(plain.get(format!("{url}/v1/registrations")).call(), url) {
+            Ok(Body::Json(v)) => v,
+            Ok(_) => return fail(format!("{url}/v1/registrations: not JSON")),
+            Err(msg) => return fail(msg.replace("HSS admin API", "S-CSCF admin API")),
+        };
+        let name = v["scscf"].as_str().unwrap_or(url).to_owned();
+        for reg in v["registrations"].as_array().into_iter().flatten() {
+            let uris = std::iter::once(&reg["impu"])
+                .chain(reg["associated_uris"].as_array().into_iter().flatten());
+            for u in uris.filter_map(Value::as_str) {
+                held.insert(u.to_ascii_lowercase(), (name.clone(), reg.clone()));
+            }
+        }
+    }
+    const PAGE: usize = 10_000;
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = match answer(
+            agent
+                .get(format!(
+                    "{base}/v1/registrations?offset={offset}&limit={PAGE}"
+                ))
+                .call(),
+            base,
+        ) {
+            Ok(Body::Json(v)) => v,
+            Ok(_) => return fail(format!("{base}/v1/registrations: not JSON")),
+            Err(msg) => return fail(msg),
+        };
+        let regs = page["registrations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for r in &regs {
+            let impu = r["impu"].as_str().unwrap_or_default();
+            let scscf = r["scscf"]["server_name"].clone();
+            let mut row = json!({ "impu": impu, "impi": r["impi"], "scscf": scscf, "pcscf": null, "until": null });
+            if let Some((name, reg)) = held.get(&impu.to_ascii_lowercase()) {
+                let contacts = reg["contacts"].as_array().cloned().unwrap_or_default();
+                let mut pcscfs: Vec<Value> = contacts.iter().map(|c| c["pcscf"].clone()).collect();
+                pcscfs.dedup();
+                row["pcscf"] = match pcscfs.len() {
+                    1 => pcscfs.remove(0),
+                    0 => Value::Null,
+                    _ => Value::Array(pcscfs),
+                };
+                row["until"] = reg["until"].clone();
+                row["contacts"] = json!(
+                    contacts
+                        .iter()
+                        .map(|c| json!({ "contact": c["contact"], "until": c["until"] }))
+                        .collect::<Vec<_>>()
+                );
+                if scscf.as_str() != Some(name.as_str()) {
+                    row["held_by"] = json!(name);
+                }
+            }
+            out.push(row);
+        }
+        if regs.len() < PAGE {
+            break;
+        }
+        offset += PAGE;
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({ "registrations": out })).unwrap_or_default()
     );
     ExitCode::SUCCESS
 }

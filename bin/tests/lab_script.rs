@@ -1,7 +1,10 @@
 //! The README's first command: `scripts/lab` starts the whole IMS core on one host (each
 //! daemon on its 127.0.0.x address, SQLite, demo subscribers), and UEs register against it:
 //! alice with AKA, bob with SIP Digest over TCP. Run in a namespace of its own so that it
-//! never meets a developer's lab on the host's loopback.
+//! never meets a developer's lab on the host's loopback. Also what a person debugging a
+//! registration sees: `ims-ue --verbose`'s steps, a UE whose OP differs from the HSS's
+//! (its USIM refuses AUTN: one S-CSCF log line names the cause, `imsctl subscriber show`
+//! has the HSS's last authentication).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -49,18 +52,100 @@ fn scripts_lab_runs_the_core_and_ues_register() {
             "--op",
             "cdc202d5123e20f62b6d676ac72cb318",
             "--deregister",
+            "--verbose",
         ],
     );
     let text = String::from_utf8_lossy(&alice.stdout).into_owned();
-    assert!(
-        alice.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&alice.stderr)
-    );
+    let steps = String::from_utf8_lossy(&alice.stderr).into_owned();
+    assert!(alice.status.success(), "{text}\n{steps}");
     assert!(
         text.contains("REGISTER expires=600: 200") && text.contains("REGISTER expires=0: 200"),
         "{text}"
     );
+    // --verbose: every step, in order, on stderr.
+    let lines: Vec<&str> = steps.lines().collect();
+    let expected = [
+        "ims-ue: REGISTER sent to 127.0.0.10:5060 (CSeq 1, expires 600)",
+        "ims-ue: challenge received: AKAv1-MD5, realm hims.net",
+        "ims-ue: AUTN verified (MAC good, SQN fresh)",
+        "ims-ue: RES sent",
+        "ims-ue: REGISTER sent to 127.0.0.10:5060 (CSeq 2, expires 600)",
+        "ims-ue: registered until ",
+        "ims-ue: REGISTER sent to 127.0.0.10:5060 (CSeq 3, expires 0)",
+        "ims-ue: challenge received: AKAv1-MD5, realm hims.net",
+        "ims-ue: AUTN verified (MAC good, SQN fresh)",
+        "ims-ue: RES sent",
+        "ims-ue: REGISTER sent to 127.0.0.10:5060 (CSeq 4, expires 0)",
+        "ims-ue: deregistered",
+    ];
+    assert_eq!(lines.len(), expected.len(), "{steps}");
+    for (line, want) in lines.iter().zip(expected) {
+        assert!(
+            line.starts_with(want),
+            "`{line}` is not `{want}...`:\n{steps}"
+        );
+    }
+    assert!(
+        lines[5].ends_with("Z (expires 600)"),
+        "registered until an RFC 3339 time: {steps}"
+    );
+
+    // A USIM with another OP than the HSS's: it refuses AUTN (MAC failure) and says so with
+    // an empty response; the S-CSCF names the cause in one line, the HSS records a failure.
+    let wrong_op = topo.run(
+        "lab",
+        &[
+            &ue,
+            "--pcscf",
+            "127.0.0.10:5060",
+            "--impi",
+            "alice@hims.net",
+            "--k",
+            "465b5ce8b199b49faa5f0a2ee238a6bc",
+            "--op",
+            "00000000000000000000000000000000",
+            "--verbose",
+        ],
+    );
+    let steps = String::from_utf8_lossy(&wrong_op.stderr).into_owned();
+    assert!(!wrong_op.status.success(), "{steps}");
+    for want in [
+        "ims-ue: AUTN refused: MAC failure",
+        "ims-ue: empty response (challenge deemed invalid) sent",
+        "ims-ue: refused: 403",
+        "error: network authentication failed",
+    ] {
+        assert!(steps.contains(want), "`{want}` in:\n{steps}");
+    }
+    let scscf_log = std::fs::read_to_string(state.join("scscf.log")).unwrap();
+    let causes: Vec<&str> = scscf_log
+        .lines()
+        .filter(|l| l.contains("USIM rejected AUTN (MAC failure)"))
+        .collect();
+    assert_eq!(causes.len(), 1, "{scscf_log}");
+    assert!(
+        causes[0].contains("alice@hims.net: UE sent an empty AKA response")
+            && causes[0].contains("K or OPc at the HSS differ from the SIM's"),
+        "{}",
+        causes[0]
+    );
+    let imsctl = bin_dir.join("imsctl").to_string_lossy().into_owned();
+    let shown = topo.run(
+        "lab",
+        &[
+            &imsctl,
+            "--url",
+            "http://127.0.0.40:8080",
+            "subscriber",
+            "show",
+            "alice@hims.net",
+        ],
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let last = &shown["last_authentication"];
+    assert_eq!(last["outcome"], "failure", "{shown}");
+    assert_eq!(last["scscf"], "sip:scscf1.hims.net:5060", "{shown}");
+    assert_eq!(last["failures_in_a_row"], 1, "{shown}");
     let bob = topo.run(
         "lab",
         &[
@@ -79,6 +164,48 @@ fn scripts_lab_runs_the_core_and_ues_register() {
         bob.status.success(),
         "{}",
         String::from_utf8_lossy(&bob.stdout)
+    );
+    // Who is registered now (alice deregistered, bob stays): the HSS's view joined with the
+    // S-CSCF's (its admin API): the S-CSCF, the P-CSCF of bob's Path, until when.
+    let regs = topo.run(
+        "lab",
+        &[
+            &imsctl,
+            "--url",
+            "http://127.0.0.40:8080",
+            "registrations",
+            "--scscf",
+            "http://127.0.0.30:8080",
+        ],
+    );
+    assert!(
+        regs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&regs.stderr)
+    );
+    let regs: serde_json::Value = serde_json::from_slice(&regs.stdout).unwrap();
+    let rows = regs["registrations"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{regs}");
+    let bob_row = &rows[0];
+    assert_eq!(bob_row["impu"], "sip:bob@hims.net", "{regs}");
+    assert_eq!(bob_row["impi"], "bob@hims.net", "{regs}");
+    assert_eq!(bob_row["scscf"], "sip:scscf1.hims.net:5060", "{regs}");
+    assert_eq!(bob_row["pcscf"], "pcscf1.vims.net:5060", "{regs}");
+    assert!(
+        bob_row["until"].as_str().is_some_and(|u| u.ends_with('Z')),
+        "{regs}"
+    );
+    assert!(bob_row.get("held_by").is_none(), "{regs}");
+    // Without the S-CSCF's view: who and where, the rest unknown.
+    let hss_only = topo.run(
+        "lab",
+        &[&imsctl, "--url", "http://127.0.0.40:8080", "registrations"],
+    );
+    let hss_only: serde_json::Value = serde_json::from_slice(&hss_only.stdout).unwrap();
+    assert_eq!(hss_only["registrations"][0]["impu"], "sip:bob@hims.net");
+    assert!(
+        hss_only["registrations"][0]["until"].is_null(),
+        "{hss_only}"
     );
     // Wrong password: 403, exit code 1.
     let eve = topo.run(

@@ -7,10 +7,11 @@
 //! | GET | /v1/subscribers?offset=&limit= | private identities, in order |
 //! | POST | /v1/subscribers | provision one subscriber (JSON) |
 //! | POST | /v1/subscribers/import | bulk provisioning from CSV (text/csv) |
-//! | GET | /v1/subscribers/{impi} | one subscriber, never its secrets |
+//! | GET | /v1/subscribers/{impi} | one subscriber, never its secrets, with its last authentication |
 //! | DELETE | /v1/subscribers/{impi} | remove the subscription with everything in it |
 //! | POST | /v1/subscribers/{impi}/deregister | RTR to the serving S-CSCF (administrative deregistration) |
 //! | POST | /v1/subscribers/{impi}/push-profile | PPR with the current User-Data to the serving S-CSCF |
+//! | GET | /v1/registrations?offset=&limit= | registered public identities with their IMPI and S-CSCF |
 //! | PUT | /v1/capability-sets/{name} | create or replace an S-CSCF capability set |
 //! | GET | /metrics | Prometheus metrics (Cx requests, latency, resyncs, peers up) |
 //!
@@ -338,6 +339,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/subscribers/{impi}", get(show).delete(remove))
         .route("/v1/subscribers/{impi}/deregister", post(deregister))
         .route("/v1/subscribers/{impi}/push-profile", post(push_profile))
+        .route("/v1/registrations", get(registrations))
         .route("/v1/capability-sets/{name}", put(put_caps))
         .route_layer(axum::middleware::from_fn_with_state(
             state.token.clone(),
@@ -575,6 +577,29 @@ async fn list(State(store): State<Store>, Query(p): Query<Page>) -> Result<Json<
     Ok(Json(json!({ "offset": p.offset, "impis": impis })))
 }
 
+/// The registered public identities (the HSS's view: who, and which S-CSCF serves them; the
+/// S-CSCF knows the contacts and until when).
+async fn registrations(
+    State(store): State<Store>,
+    Query(p): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
+    if p.offset < 0 || !(1..=10_000).contains(&p.limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            "offset >= 0 and limit in 1..=10000",
+        ));
+    }
+    let regs = store.registered_identities(p.offset, p.limit).await?;
+    Ok(Json(json!({
+        "offset": p.offset,
+        "registrations": regs.iter().map(|r| json!({
+            "impu": r.impu,
+            "impi": r.impi,
+            "scscf": r.scscf.as_ref().map(|s| json!({"server_name": s.server_name, "diameter_host": s.diameter_host})),
+        })).collect::<Vec<_>>(),
+    })))
+}
+
 async fn create(
     State(s): State<AppState>,
     body: axum::body::Bytes,
@@ -586,10 +611,10 @@ async fn create(
 }
 
 async fn show(
-    State(store): State<Store>,
+    State(s): State<AppState>,
     Path(impi): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let v = store.subscriber(&impi).await?.ok_or_else(|| ApiError {
+    let v = s.store.subscriber(&impi).await?.ok_or_else(|| ApiError {
         status: StatusCode::NOT_FOUND,
         field: Some("impi".into()),
         message: format!("private identity `{impi}` not found"),
@@ -604,6 +629,12 @@ async fn show(
         "impus": v.public_identities.iter().map(|p| json!({
             "impu": p.impu, "barred": p.barred, "irs": p.irs, "reg_state": p.reg_state,
         })).collect::<Vec<_>>(),
+        "last_authentication": s.subs.last_authentication(&v.impi).map(|a| json!({
+            "outcome": a.outcome,
+            "at": ims_net::clock::rfc3339(a.at),
+            "scscf": a.scscf,
+            "failures_in_a_row": a.failures_in_a_row,
+        })),
     })))
 }
 

@@ -22,6 +22,10 @@
 //!   XML unless User-Data-Already-Available says the S-CSCF has it. Deregistering an identity
 //!   that is not registered succeeds (idempotent); RE_REGISTRATION of one is 5003.
 //! - LIR: the serving S-CSCF, or 2003 UNREGISTERED_SERVICE with capabilities when none.
+//! - The last authentication of each IMPI is recorded ([`AuthOutcome`]): a vector handed out
+//!   (challenged), a resync (or its refusal), and the S-CSCF's verdict by SAR: REGISTRATION
+//!   or RE_REGISTRATION after a challenge (success), AUTHENTICATION_FAILURE,
+//!   AUTHENTICATION_TIMEOUT.
 
 use std::sync::Arc;
 
@@ -37,7 +41,7 @@ use ims_diameter::dict::{
 use ims_diameter::{AnswerResult, Error as CodecError, Header, Message, MessageBuilder};
 use ims_store::{CapabilitySet, Credentials, RegState, ScscfAssignment, StoreError};
 
-use crate::subscribers::{self, Subscribers};
+use crate::subscribers::{self, AuthOutcome, Subscribers};
 use ring::rand::{SecureRandom, SystemRandom};
 
 /// Authentication scheme names on Cx (TS 29.229 §6.3.2).
@@ -385,6 +389,11 @@ impl CxHandler {
                     }),
                     ..SipAuthDataItem::default()
                 };
+                self.subs.record_authentication(
+                    r.user_name,
+                    AuthOutcome::Challenged,
+                    r.server_name,
+                );
                 let res = AnswerResult::SUCCESS;
                 answer(res, vec![item]).map(|v| (v, res, false))
             }
@@ -414,6 +423,11 @@ impl CxHandler {
                     };
                     let Ok(sqn_ms) = vector::check_auts(&milenage, &rand, &auts) else {
                         tracing::warn!(impi = r.user_name, "MAR resync: AUTS MAC-S check failed");
+                        self.subs.record_authentication(
+                            r.user_name,
+                            AuthOutcome::ResyncRefused,
+                            r.server_name,
+                        );
                         return self.invalid_authorization(r, "AUTS MAC-S check failed");
                     };
                     // Adopt SQN_MS: the next fresh vector follows it (TS 33.102 C.3.4).
@@ -463,6 +477,13 @@ impl CxHandler {
                     })
                     .collect();
                 tracing::debug!(impi = r.user_name, n, sqn = last, "MAR: vectors handed out");
+                let outcome = if resync {
+                    AuthOutcome::Resync
+                } else {
+                    AuthOutcome::Challenged
+                };
+                self.subs
+                    .record_authentication(r.user_name, outcome, r.server_name);
                 let res = AnswerResult::SUCCESS;
                 answer(res, items).map(|v| (v, res, resync))
             }
@@ -597,6 +618,16 @@ impl CxHandler {
         };
         let wants_data =
             r.user_data_already_available == UserDataAlreadyAvailable::UserDataNotAvailable;
+        let verdict = match r.assignment_type {
+            Sat::Registration | Sat::ReRegistration => Some(AuthOutcome::Success),
+            Sat::AuthenticationFailure => Some(AuthOutcome::Failure),
+            Sat::AuthenticationTimeout => Some(AuthOutcome::Timeout),
+            _ => None,
+        };
+        if let (Some(outcome), Some(impi)) = (verdict, impi.as_deref()) {
+            self.subs
+                .record_authentication(impi, outcome, r.server_name);
+        }
         match r.assignment_type {
             Sat::Registration | Sat::ReRegistration => {
                 if r.assignment_type == Sat::ReRegistration

@@ -30,10 +30,16 @@
 //!   [`Subscribers::put_capability_set`], the registration changes of a deregistration).
 //!   Another process writing the same database (a second HSS front-end) is not seen until the
 //!   subscription is forgotten or the HSS restarts.
+//! - **The last authentication of each IMPI** ([`LastAuthentication`]: what Cx told us, when,
+//!   and which S-CSCF) is kept in memory only, beside the subscriptions: it is for people
+//!   reading `imsctl subscriber show` about a 401 loop, no Cx answer depends on it, and
+//!   writing it would add a store write to every MAR. It starts empty after a restart and
+//!   goes with the subscription ([`Subscribers::forget`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use ims_net::shards::Shards;
 use ims_store::{
@@ -56,6 +62,38 @@ pub enum Error {
 }
 
 type Result<T> = std::result::Result<T, Error>;
+
+/// What Cx last told the HSS about an IMPI's authentication (the S-CSCF logs the likely
+/// cause of a failure; Cx carries only the outcome).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthOutcome {
+    /// MAR: a vector was handed out; no answer from the S-CSCF yet.
+    Challenged,
+    /// MAR with AUTS: the SQN was resynchronised and a fresh vector handed out.
+    Resync,
+    /// MAR with AUTS whose MAC-S failed (K/OPc differ from the SIM's, or a forgery).
+    ResyncRefused,
+    /// SAR REGISTRATION or RE_REGISTRATION after a challenge: the UE answered right.
+    Success,
+    /// SAR AUTHENTICATION_FAILURE: the UE answered wrong.
+    Failure,
+    /// SAR AUTHENTICATION_TIMEOUT: the UE never answered the challenge.
+    Timeout,
+}
+
+/// The last authentication of an IMPI ([`Subscribers::last_authentication`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastAuthentication {
+    /// What happened.
+    pub outcome: AuthOutcome,
+    /// When the HSS learned it.
+    pub at: SystemTime,
+    /// The S-CSCF that asked (its Server-Name).
+    pub scscf: String,
+    /// Failures in a row (AUTHENTICATION_FAILURE), up to this one; 0 after a success.
+    pub failures_in_a_row: u32,
+}
 
 /// One subscription in memory.
 struct Sub {
@@ -190,6 +228,8 @@ impl Maps {
 pub struct Subscribers {
     preload: bool,
     maps: Arc<Maps>,
+    /// The last authentication per IMPI (memory only: see the module docs).
+    auth: Shards<String, LastAuthentication>,
     caps: Mutex<HashMap<String, Option<CapabilitySet>>>,
     jobs: mpsc::UnboundedSender<Job>,
     store: Store,
@@ -215,6 +255,7 @@ impl Subscribers {
         Arc::new(Self {
             preload,
             maps,
+            auth: Shards::new(),
             caps: Mutex::new(HashMap::new()),
             jobs,
             store,
@@ -508,17 +549,58 @@ impl Subscribers {
         }
     }
 
+    // ----- authentication outcomes -----
+
+    /// Records what Cx told about `impi`'s authentication, asked by `scscf`. A success is
+    /// recorded only after a challenge (a re-registration the S-CSCF did not challenge is no
+    /// authentication).
+    pub fn record_authentication(&self, impi: &str, outcome: AuthOutcome, scscf: &str) {
+        self.auth.with(impi, |m| {
+            let before = m.get(impi);
+            if outcome == AuthOutcome::Success
+                && !before.is_some_and(|b| {
+                    matches!(b.outcome, AuthOutcome::Challenged | AuthOutcome::Resync)
+                })
+            {
+                return;
+            }
+            let failures_in_a_row = match outcome {
+                AuthOutcome::Success => 0,
+                AuthOutcome::Failure => before.map_or(0, |b| b.failures_in_a_row) + 1,
+                _ => before.map_or(0, |b| b.failures_in_a_row),
+            };
+            m.insert(
+                impi.to_owned(),
+                LastAuthentication {
+                    outcome,
+                    at: SystemTime::now(),
+                    scscf: scscf.to_owned(),
+                    failures_in_a_row,
+                },
+            );
+        });
+    }
+
+    /// The last authentication of `impi` since the HSS started, if any.
+    pub fn last_authentication(&self, impi: &str) -> Option<LastAuthentication> {
+        self.auth.with(impi, |m| m.get(impi).cloned()).flatten()
+    }
+
     // ----- admin -----
 
     /// Forgets the subscription of `impi` (deleted or replaced in the store): the next request
     /// loads it again.
     pub fn forget(&self, impi: &str) -> Result<()> {
+        self.auth.with(impi, |m| m.remove(impi));
         let Some(s) = self.maps.get(IdentityKey::Impi(impi)) else {
             return Ok(());
         };
         let g = lock(&s)?;
         for p in g.identities() {
             self.maps.by_impu.with(&p.impu, |m| m.remove(&p.impu));
+        }
+        for p in &g.rec.private_identities {
+            self.auth.with(&p.impi, |m| m.remove(&p.impi));
         }
         let mut removed = false;
         for p in &g.rec.private_identities {
@@ -827,6 +909,46 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(subs.scscf_for("tel:+15550003").await.unwrap(), Some(me));
+    }
+
+    /// The last authentication: a success counts only after a challenge, failures are
+    /// counted until one, and a forgotten subscriber forgets it.
+    #[tokio::test]
+    async fn last_authentication_follows_the_cx_outcomes() {
+        let dir = ims_testkit::scratch_dir("hss-subscribers-auth");
+        let store = store(&dir, 1).await;
+        let subs = Subscribers::start(store, 8, false);
+        let (impi, s1) = ("u0@hims.net", "sip:scscf1.hims.net");
+        let outcome = |subs: &Subscribers| {
+            subs.last_authentication(impi)
+                .map(|a| (a.outcome, a.failures_in_a_row, a.scscf))
+        };
+        assert_eq!(outcome(&subs), None);
+        // An unchallenged re-registration is no authentication.
+        subs.record_authentication(impi, AuthOutcome::Success, s1);
+        assert_eq!(outcome(&subs), None);
+        for _ in 0..2 {
+            subs.record_authentication(impi, AuthOutcome::Challenged, s1);
+            subs.record_authentication(impi, AuthOutcome::Failure, s1);
+        }
+        assert_eq!(
+            outcome(&subs),
+            Some((AuthOutcome::Failure, 2, s1.to_owned()))
+        );
+        subs.record_authentication(impi, AuthOutcome::Success, s1);
+        assert_eq!(
+            outcome(&subs),
+            Some((AuthOutcome::Failure, 2, s1.to_owned())),
+            "no success without a challenge before it"
+        );
+        subs.record_authentication(impi, AuthOutcome::Resync, "sip:scscf2.hims.net");
+        subs.record_authentication(impi, AuthOutcome::Success, "sip:scscf2.hims.net");
+        assert_eq!(
+            outcome(&subs),
+            Some((AuthOutcome::Success, 0, "sip:scscf2.hims.net".to_owned()))
+        );
+        subs.forget(impi).unwrap();
+        assert_eq!(outcome(&subs), None);
     }
 
     /// Reads answer what the store holds; a deleted subscriber is forgotten and one added

@@ -7,8 +7,10 @@
 //! forwarding of responses by Via, the proxy checks of RFC 3261 §16.3, INVITE server and
 //! client transactions with CANCEL). [`proxy`] is the stateful proxy core for INVITE
 //! (forking, CANCEL, the best answer). [`shards`] is the
-//! sharded map the daemons keep their per-key state in.
+//! sharded map the daemons keep their per-key state in. [`clock`] prints wall-clock times
+//! (RFC 3339) for the admin APIs and tools.
 
+pub mod clock;
 pub mod diameter;
 pub mod dns;
 pub mod endpoint;

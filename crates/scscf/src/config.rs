@@ -1,8 +1,9 @@
 //! The S-CSCF configuration (`configs/lab/scscf.toml` is the commented example): where SIP
 //! listens, our name (Server-Name on Cx and the Service-Route host), the home realm and
 //! domains, the registration store, the registration interval limits, the reg-await-auth
-//! timer, the limits of `reg` event subscriptions, where requests toward our users go (DNS
-//! servers, an optional fixed I-CSCF), and the `[diameter]` section (how to reach the HSS).
+//! timer, the lockout after repeated authentication failures, the admin HTTP address, the limits of `reg` event
+//! subscriptions, where requests toward our users go (DNS servers, an optional fixed I-CSCF),
+//! and the `[diameter]` section (how to reach the HSS).
 //! Unknown keys are rejected;
 //! [`Config::validate`] checks what serde cannot.
 
@@ -18,6 +19,10 @@ use serde::Deserialize;
 pub struct Config {
     /// SIP address (UDP and TCP on the same port).
     pub sip_listen: SocketAddr,
+    /// The admin HTTP API (`/health`, `/v1/registrations`): none when unset. A loopback
+    /// address only: it has no authentication and shows users' contact addresses.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
     /// Our SIP URI, e.g. `sip:scscf1.hims.net:5060`: Server-Name in MAR/SAR (the HSS stores
     /// it) and the host of our Service-Route.
     pub name: String,
@@ -41,6 +46,14 @@ pub struct Config {
     /// reg-await-auth: how long a challenge stays valid (TS 24.229 Table 7.8.1: 4 minutes).
     #[serde(default = "default_reg_await_auth")]
     pub reg_await_auth_seconds: u64,
+    /// Wrong answers to our challenges in a row for one IMPI before it is locked out (0:
+    /// never). See "Lockout" in the registrar's docs for what it is keyed by and why.
+    #[serde(default = "default_auth_failures_before_lockout")]
+    pub auth_failures_before_lockout: u32,
+    /// How long a lockout lasts (seconds): every REGISTER of the IMPI that would need
+    /// authenticating gets 403 meanwhile, without asking the HSS for a vector.
+    #[serde(default = "default_auth_lockout_seconds")]
+    pub auth_lockout_seconds: u64,
     /// Shortest `reg` event subscription accepted (seconds); a SUBSCRIBE asking for less
     /// (but not 0, a fetch) gets 423 with Min-Expires.
     #[serde(default = "default_subscribe_min_expires")]
@@ -78,6 +91,12 @@ fn default_expires() -> u32 {
 fn default_reg_await_auth() -> u64 {
     240
 }
+fn default_auth_failures_before_lockout() -> u32 {
+    5
+}
+fn default_auth_lockout_seconds() -> u64 {
+    60
+}
 fn default_subscribe_min_expires() -> u32 {
     60
 }
@@ -90,7 +109,8 @@ fn default_log() -> String {
 
 impl Config {
     /// Checks what serde cannot: the name is a SIP URI with a host, the realm is set, the
-    /// expiry limits (registrations and subscriptions) are ordered, timers are positive, and the `[diameter]` section.
+    /// expiry limits (registrations and subscriptions) are ordered, timers and the lockout are
+    /// positive, and the `[diameter]` section.
     pub fn validate(&self) -> Result<(), String> {
         let uri = SipUri::parse(&self.name)
             .map_err(|e| format!("name `{}` is not a SIP URI: {e}", self.name))?;
@@ -123,6 +143,12 @@ impl Config {
         if self.reg_await_auth_seconds == 0 {
             return Err("reg_await_auth_seconds must be at least 1".into());
         }
+        if self.auth_failures_before_lockout > 0 && self.auth_lockout_seconds == 0 {
+            return Err(
+                "auth_lockout_seconds must be at least 1 (or auth_failures_before_lockout 0: no lockout)"
+                    .into(),
+            );
+        }
         if !(self.database.starts_with("sqlite:")
             || self.database.starts_with("postgres://")
             || self.database.starts_with("postgresql://"))
@@ -130,6 +156,13 @@ impl Config {
             return Err(format!(
                 "database `{}` is neither sqlite:// nor postgres://",
                 self.database
+            ));
+        }
+        if let Some(a) = self.admin_listen
+            && !a.ip().is_loopback()
+        {
+            return Err(format!(
+                "admin_listen {a} is not a loopback address: the S-CSCF's admin API has no authentication and shows users' contacts, so it listens on loopback only"
             ));
         }
         if let Some(i) = &self.icscf {

@@ -21,12 +21,17 @@
 //!   and so are the requests of the dialogs we record-routed; other methods get 501.
 //! - [`session`]: session routing (TS 24.229 §5.4.3) as a plan made from the registrar's
 //!   memory, carried out over the endpoint.
+//! - [`admin`]: the admin HTTP API (`admin_listen`): the registrations held, with their
+//!   contacts, expiry and P-CSCF, and the Prometheus [`metrics`].
 //!
 //! Dependencies beyond the workspace's own crates: `ring` (the system CSPRNG for digest nonces
-//! and To tags), `hex`, `zeroize` (CK/IK hex wiped after use).
+//! and To tags), `hex`, `zeroize` (CK/IK hex wiped after use), `axum` and `serde_json` (the
+//! admin API, as the HSS's).
 
+pub mod admin;
 pub mod config;
 pub mod cx;
+pub mod metrics;
 pub mod regevent;
 pub mod registrar;
 mod reply;
@@ -44,7 +49,7 @@ use ims_sip::{Message, Method};
 
 pub use config::Config;
 pub use regevent::{NotifyStart, RegEvents};
-pub use registrar::{RegEvent, RegEventKind, Registrar, StartError};
+pub use registrar::{FailureCause, RegEvent, RegEventKind, Registrar, StartError};
 
 /// Why the S-CSCF stopped.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +60,15 @@ pub enum ScscfError {
     /// The SIP address could not be bound.
     #[error("cannot listen for SIP on {addr}: {source}")]
     Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The admin address could not be bound.
+    #[error("cannot listen for the admin API on {addr}: {source}")]
+    AdminBind {
         /// The address.
         addr: std::net::SocketAddr,
         /// Why.
@@ -74,6 +88,7 @@ pub struct Scscf {
     ep: SipEndpoint,
     resolver: Arc<SipResolver>,
     incoming: tokio::sync::mpsc::Receiver<ServerRequest>,
+    admin: Option<tokio::net::TcpListener>,
 }
 
 impl Scscf {
@@ -92,14 +107,33 @@ impl Scscf {
             })?;
         let reg_events = RegEvents::start(registrar.clone(), ep.clone());
         let resolver = Arc::new(SipResolver::new(&cfg.dns)?);
-        tracing::info!(sip = %ep.local_addr(), name = %cfg.name, "S-CSCF running");
+        let admin = match cfg.admin_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ScscfError::AdminBind { addr, source })?,
+            ),
+            None => None,
+        };
+        tracing::info!(
+            sip = %ep.local_addr(),
+            admin = ?admin.as_ref().and_then(|a| a.local_addr().ok()),
+            name = %cfg.name,
+            "S-CSCF running"
+        );
         Ok(Scscf {
             registrar,
             reg_events,
             ep,
             resolver,
             incoming,
+            admin,
         })
+    }
+
+    /// The admin API's address, when `admin_listen` is set (port 0 picks one).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
     }
 
     /// The SIP address (UDP and TCP).
@@ -119,6 +153,18 @@ impl Scscf {
 
     /// Serves requests until `shutdown` resolves (or the endpoint stops).
     pub async fn run(mut self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        if let Some(listener) = self.admin.take() {
+            let app = admin::router(self.registrar.clone());
+            tokio::spawn(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                    let _ = admin_stopped.await;
+                });
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "S-CSCF admin API stopped");
+                }
+            });
+        }
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -137,6 +183,7 @@ impl Scscf {
                 },
             }
         }
+        let _ = stop_admin.send(());
         tracing::info!("S-CSCF stopped");
     }
 }

@@ -23,8 +23,9 @@
 //!    binding is stored → 200 OK with the Path values echoed, `Service-Route:
 //!    <sip:orig@<our host:port>;lr>`, P-Associated-URI (the implicit registration set from
 //!    the User-Data), every current Contact with its `expires`, and Date. A wrong response →
-//!    SAR AUTHENTICATION_FAILURE and 403. `auts` (resynchronisation) → MAR with
-//!    SIP-Authorization = RAND||AUTS (RAND from the nonce the UE answered) → a fresh 401.
+//!    SAR AUTHENTICATION_FAILURE (TS 29.228 §6.1.2: the HSS records the outcome) and 403.
+//!    `auts` (resynchronisation) → MAR with SIP-Authorization = RAND||AUTS (RAND from the
+//!    nonce the UE answered) → a fresh 401.
 //! 4. A re-registration the P-CSCF vouches for (`integrity-protected="yes"`, `tls-yes`,
 //!    `tls-connected` or `ip-assoc-yes`) of an IMPU registered here by the same IMPI, with no
 //!    challenge pending, is not challenged again (TS 24.229 §5.4.1.2.1: the S-CSCF *may*
@@ -34,6 +35,40 @@
 //!
 //! Cx failures become SIP answers as `cx.rs` documents (403 for every refusal, 504 when the
 //! HSS does not answer). Nothing here panics on input.
+//!
+//! # Why an authentication failed: one log line
+//! A 401 loop is hard to read from a trace, so every failed authentication is logged once,
+//! at `warn`, as `<impi>: <likely cause>` with the IMPU, the status, the failures in a row
+//! and a `cause` field ([`FailureCause::code`]), instead of the generic "REGISTER refused":
+//!
+//! | what the UE sent | cause (code) | what it most likely means |
+//! |---|---|---|
+//! | AKA, `response=""` or a digest of the empty password, no `auts` | `autn_rejected` | its USIM rejected AUTN (MAC failure): K or OPc at the HSS differ from the SIM's |
+//! | AKA, another wrong response | `wrong_res` | K/OPc mismatch (a UE that ignores the MAC check) or a replayed response |
+//! | SIP Digest, a wrong response | `wrong_password` | the phone's password differs from the HSS's (HA1) |
+//! | another algorithm or realm than challenged | `mismatch` | a confused client |
+//! | `auts` (at `info`: it is normal after a USIM was used elsewhere) | — | SQN out of range → resync with the HSS |
+//! | no answer within reg-await-auth (at `info`) | — | the UE gave up: maybe a silent MAC failure, maybe no network |
+//!
+//! # Lockout (issue #20)
+//! `auth_failures_before_lockout` wrong answers in a row for one IMPI (any of the causes
+//! above, each answering a challenge we sent) lock it for `auth_lockout_seconds`: every
+//! REGISTER of that IMPI that would need authenticating gets 403 at once, before any MAR
+//! (no vector or SQN is spent, the HSS is not asked), with one log line. What we chose, and
+//! why:
+//! - **Counted per IMPI**, not per source: the S-CSCF sees the P-CSCF's address, not the
+//!   UE's, and a count per UE address would let a guesser escape it by changing address.
+//! - **Temporary**: a lockout ends by itself, and the count restarts from 0 after it (and is
+//!   forgotten `auth_lockout_seconds` after the last failure), so a wrong guess by someone
+//!   else can delay the user, never lock them out for good; keeping the user locked needs
+//!   a steady stream of fresh challenges answered wrong, each logged with the IMPI.
+//! - **Reset by a success**: a right answer clears the count.
+//! - **The registered user is not cut off**: bindings stay, and a re-registration the
+//!   P-CSCF vouches for (step 4: integrity-protected, no credentials to guess) passes during
+//!   a lockout; only authentications are refused. So an attacker elsewhere cannot take a
+//!   registered IPsec UE off the network this way.
+//!
+//! It is held in memory (per S-CSCF), like the pending challenges.
 //!
 //! # State
 //! Registrations and pending challenges live in [`SHARDS`] mutex-guarded maps chosen by a hash
@@ -151,6 +186,77 @@ struct User {
     pending: Option<Challenge>,
     /// Registrations by IMPU (lowercase).
     regs: HashMap<String, RegistrationRecord>,
+    /// Wrong answers and the lockout (see "Lockout" in the module docs).
+    lockout: Lockout,
+}
+
+/// Wrong answers to our challenges for one IMPI.
+#[derive(Default)]
+struct Lockout {
+    /// Wrong answers in a row since the last success or lockout.
+    failures: u32,
+    /// When the last one came (the count is forgotten `auth_lockout_seconds` after it).
+    last: Option<Instant>,
+    /// Locked until then.
+    until: Option<Instant>,
+}
+
+impl Lockout {
+    /// Nothing worth keeping at `now`.
+    fn idle(&self, now: Instant, keep: Duration) -> bool {
+        self.until.is_none_or(|u| u <= now) && self.last.is_none_or(|l| l + keep <= now)
+    }
+
+    /// Seconds left of a lockout running at `now`.
+    fn left(&self, now: Instant) -> Option<u64> {
+        self.until
+            .filter(|u| *u > now)
+            .map(|u| (u - now).as_secs_f64().ceil() as u64)
+    }
+}
+
+/// Why an answer to our challenge was wrong, as far as the S-CSCF can tell (see the table in
+/// the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureCause {
+    /// AKA: an empty response, or the digest of the empty password without `auts`: the
+    /// USIM refused AUTN (MAC failure).
+    AutnRejected,
+    /// AKA: another response than XRES's.
+    WrongRes,
+    /// SIP Digest: the response of another password.
+    WrongPassword,
+    /// Not an answer to the challenge we sent (algorithm or realm differ).
+    Mismatch(&'static str),
+}
+
+impl FailureCause {
+    /// A short stable name (the `cause` field of the log line).
+    pub fn code(&self) -> &'static str {
+        match self {
+            FailureCause::AutnRejected => "autn_rejected",
+            FailureCause::WrongRes => "wrong_res",
+            FailureCause::WrongPassword => "wrong_password",
+            FailureCause::Mismatch(_) => "mismatch",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailureCause::AutnRejected => f.write_str(
+                "UE sent an empty AKA response: its USIM rejected AUTN (MAC failure) — K or OPc at the HSS differ from the SIM's",
+            ),
+            FailureCause::WrongRes => f.write_str(
+                "UE sent a wrong RES: K/OPc mismatch (a UE that skips the MAC check) or a replayed response",
+            ),
+            FailureCause::WrongPassword => f.write_str(
+                "wrong digest response: the phone's password differs from the one the HSS holds (HA1), or a replay",
+            ),
+            FailureCause::Mismatch(what) => write!(f, "the answer does not match our challenge: {what}"),
+        }
+    }
 }
 
 type Shard = Mutex<HashMap<String, User>>;
@@ -168,6 +274,7 @@ struct Inner {
     events: broadcast::Sender<RegEvent>,
     /// How many events have been emitted (each after its change was applied).
     event_seq: std::sync::atomic::AtomicU64,
+    metrics: crate::metrics::Metrics,
 }
 
 /// The registrar. Clone it freely; clones share the state.
@@ -181,6 +288,8 @@ struct Reject {
     status: u16,
     reason: String,
     headers: Vec<(&'static str, String)>,
+    /// Its cause is logged already (one line per failure).
+    logged: bool,
 }
 
 impl Reject {
@@ -189,7 +298,12 @@ impl Reject {
             status,
             reason: reason.into(),
             headers: Vec::new(),
+            logged: false,
         }
+    }
+    fn logged(mut self) -> Self {
+        self.logged = true;
+        self
     }
     fn bad(why: impl std::fmt::Display) -> Self {
         Reject::new(400, format!("Bad Request ({why})"))
@@ -315,6 +429,7 @@ impl Registrar {
             rng: SystemRandom::new(),
             events,
             event_seq: std::sync::atomic::AtomicU64::new(0),
+            metrics: crate::metrics::Metrics::default(),
             cfg,
         });
         let r = Registrar { inner };
@@ -371,6 +486,17 @@ impl Registrar {
     /// SAR UNREGISTERED_USER for a callee that is not registered here (session routing).
     pub(crate) async fn sar_unregistered(&self, impu: &str) -> Result<(), CxFailure> {
         self.inner.cx.sar_unregistered(impu).await
+    }
+
+    /// The Prometheus text of the registrar's metrics ([`crate::metrics`]).
+    pub fn render_metrics(&self) -> String {
+        let held = self
+            .inner
+            .shards
+            .iter()
+            .map(|s| lock(s).values().map(|u| u.regs.len()).sum::<usize>())
+            .sum();
+        self.inner.metrics.render(held)
     }
 
     /// Every registration held (a snapshot, shard by shard).
@@ -458,16 +584,27 @@ impl Registrar {
 
     /// Handles one REGISTER and returns the final response to send.
     pub async fn handle_register(&self, req: &Message) -> Message {
+        let started = Instant::now();
+        let resp = self.handle_register_inner(req).await;
+        self.inner
+            .metrics
+            .register(resp.status().unwrap_or(0), started.elapsed());
+        resp
+    }
+
+    async fn handle_register_inner(&self, req: &Message) -> Message {
         let tag = new_tag(&self.inner.rng);
         match self.register(req, &tag).await {
             Ok(resp) => resp,
             Err(r) => {
-                tracing::info!(
-                    status = r.status,
-                    reason = %r.reason,
-                    call_id = req.call_id().unwrap_or("-"),
-                    "REGISTER refused"
-                );
+                if !r.logged {
+                    tracing::info!(
+                        status = r.status,
+                        reason = %r.reason,
+                        call_id = req.call_id().unwrap_or("-"),
+                        "REGISTER refused"
+                    );
+                }
                 respond(req, r.status, &r.reason, &tag, &r.headers)
             }
         }
@@ -477,17 +614,18 @@ impl Registrar {
         let p = self.parse(req)?;
         let creds = p.creds.as_ref();
         let nonce = creds.map_or("", |c| c.nonce.as_str());
-        if let Some(auts) = creds
+        let auts = creds
             .and_then(|c| c.auts.as_deref())
-            .filter(|a| !a.is_empty())
-        {
+            .filter(|a| !a.is_empty());
+        if auts.is_none() && nonce.is_empty() && self.vouched_reregistration(&p) {
+            tracing::debug!(impi = %p.impi, "integrity-protected re-registration: not challenged");
+            return self.bind(req, &p, tag).await;
+        }
+        self.check_lockout(&p)?;
+        if let Some(auts) = auts {
             return self.resync(req, &p, nonce, auts, tag).await;
         }
         if nonce.is_empty() {
-            if self.vouched_reregistration(&p) {
-                tracing::debug!(impi = %p.impi, "integrity-protected re-registration: not challenged");
-                return self.bind(req, &p, tag).await;
-            }
             return self.challenge(req, &p, tag).await;
         }
         let Some(ch) = self.take_challenge(&p.impi, &p.impu, nonce) else {
@@ -498,10 +636,36 @@ impl Registrar {
             return self.challenge(req, &p, tag).await;
         };
         match verify(req, c, &ch) {
-            Ok(()) => self.bind(req, &p, tag).await,
+            Ok(()) => {
+                if let Some(u) = lock(self.shard(&p.impi)).get_mut(&p.impi) {
+                    u.lockout = Lockout::default();
+                }
+                self.bind(req, &p, tag).await
+            }
             Err(Verdict::Malformed(why)) => Err(Reject::bad(why)),
-            Err(Verdict::Wrong(why)) => {
-                tracing::info!(impi = %p.impi, impu = %p.impu, %why, "authentication failed");
+            Err(Verdict::Wrong(cause)) => {
+                let (failures, locked) = self.count_failure(&p.impi);
+                self.inner.metrics.auth_failure(cause.code());
+                if locked {
+                    self.inner.metrics.lockout();
+                }
+                let lockout = if locked {
+                    format!(
+                        "; locked out for {} s (auth_failures_before_lockout)",
+                        self.inner.cfg.auth_lockout_seconds
+                    )
+                } else {
+                    String::new()
+                };
+                tracing::warn!(
+                    impi = %p.impi,
+                    impu = %p.impu,
+                    cause = cause.code(),
+                    failures,
+                    status = 403,
+                    "{}: {cause} (failure {failures} in a row){lockout}",
+                    p.impi
+                );
                 if let Err(e) = self
                     .inner
                     .cx
@@ -510,9 +674,50 @@ impl Registrar {
                 {
                     tracing::warn!(impi = %p.impi, error = %e, "SAR AUTHENTICATION_FAILURE failed");
                 }
-                Err(Reject::forbidden("authentication failed"))
+                Err(Reject::forbidden("authentication failed").logged())
             }
         }
+    }
+
+    /// 403 (one log line) while the IMPI is locked out.
+    fn check_lockout(&self, p: &Parsed) -> Result<(), Reject> {
+        let left = lock(self.shard(&p.impi))
+            .get(&p.impi)
+            .and_then(|u| u.lockout.left(Instant::now()));
+        let Some(left) = left else { return Ok(()) };
+        tracing::warn!(
+            impi = %p.impi,
+            impu = %p.impu,
+            status = 403,
+            seconds_left = left,
+            "{}: REGISTER refused: locked out for another {left} s after repeated authentication failures",
+            p.impi
+        );
+        Err(Reject::forbidden(format!(
+            "authentication locked for {left} s after repeated failures"
+        ))
+        .logged())
+    }
+
+    /// Counts a wrong answer: (failures in a row, whether this one starts a lockout).
+    fn count_failure(&self, impi: &str) -> (u32, bool) {
+        let threshold = self.inner.cfg.auth_failures_before_lockout;
+        let keep = Duration::from_secs(self.inner.cfg.auth_lockout_seconds);
+        let now = Instant::now();
+        let mut shard = lock(self.shard(impi));
+        let l = &mut shard.entry(impi.to_owned()).or_default().lockout;
+        if l.last.is_some_and(|t| t + keep <= now) {
+            l.failures = 0;
+        }
+        l.failures += 1;
+        l.last = Some(now);
+        let n = l.failures;
+        if threshold > 0 && n >= threshold {
+            l.until = Some(now + keep);
+            l.failures = 0;
+            return (n, true);
+        }
+        (n, false)
     }
 
     fn parse(&self, req: &Message) -> Result<Parsed, Reject> {
@@ -702,12 +907,33 @@ impl Registrar {
             .map_err(|_| Reject::bad("auts with a nonce that is not an AKA nonce"))?;
         let auts = digest_aka::decode_auts(auts).map_err(|e| Reject::bad(format!("auts: {e}")))?;
         let sip_auth = ims_aka::vector::resync_authorization(&old.rand, &auts);
-        tracing::info!(impi = %p.impi, "AKA resynchronisation requested (auts)");
+        tracing::info!(
+            impi = %p.impi,
+            impu = %p.impu,
+            "{}: UE sent AUTS: its USIM found the SQN out of range → resync with the HSS",
+            p.impi
+        );
         // Whatever was pending is void: the UE refused that AUTN.
         if let Some(u) = lock(self.shard(&p.impi)).get_mut(&p.impi) {
             u.pending = None;
         }
-        let v = self.inner.cx.mar(&p.impi, &p.impu, Some(&sip_auth)).await?;
+        let v = match self.inner.cx.mar(&p.impi, &p.impu, Some(&sip_auth)).await {
+            Ok(v) => v,
+            Err(e @ CxFailure::Refused { code, .. })
+                if code == ims_diameter::dict::result_code::INVALID_AVP_VALUE =>
+            {
+                tracing::warn!(
+                    impi = %p.impi,
+                    impu = %p.impu,
+                    cause = "auts_rejected",
+                    status = 403,
+                    "{}: the HSS refused the UE's AUTS (MAC-S check failed): K or OPc at the HSS differ from the SIM's, or a forged AUTS",
+                    p.impi
+                );
+                return Err(Reject::from(e).logged());
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.challenge_with(req, p, v, tag)
     }
 
@@ -1034,9 +1260,13 @@ impl Registrar {
         let mut gone: Vec<(RegistrationRecord, Vec<String>)> = Vec::new();
         let mut shrunk: Vec<(RegistrationRecord, Vec<String>)> = Vec::new();
         let mut timed_out: Vec<(String, String)> = Vec::new();
+        let keep = Duration::from_secs(self.inner.cfg.auth_lockout_seconds);
         for s in &self.inner.shards {
             let mut shard = lock(s);
             shard.retain(|impi, user| {
+                if user.lockout.idle(instant, keep) {
+                    user.lockout = Lockout::default();
+                }
                 if user.pending.as_ref().is_some_and(|c| c.expires <= instant)
                     && let Some(c) = user.pending.take()
                     && !user.regs.contains_key(&key(&c.impu))
@@ -1063,11 +1293,17 @@ impl Registrar {
                         true
                     }
                 });
-                user.pending.is_some() || !user.regs.is_empty()
+                user.pending.is_some() || !user.regs.is_empty() || user.lockout.last.is_some()
             });
         }
         for (impi, impu) in timed_out {
-            tracing::info!(%impi, %impu, "reg-await-auth expired: challenge dropped");
+            tracing::info!(
+                %impi,
+                %impu,
+                cause = "unanswered",
+                "{impi}: challenge unanswered for {} s (reg-await-auth): the UE gave up — its USIM may have rejected AUTN (MAC failure: K or OPc at the HSS differ from the SIM's), or it lost the network",
+                self.inner.cfg.reg_await_auth_seconds
+            );
             if let Err(e) = self
                 .inner
                 .cx
@@ -1242,7 +1478,7 @@ enum Verdict {
     /// The Authorization cannot be checked (400).
     Malformed(String),
     /// It can, and it is wrong (403).
-    Wrong(String),
+    Wrong(FailureCause),
 }
 
 fn verify(req: &Message, c: &Creds, ch: &Challenge) -> Result<(), Verdict> {
@@ -1252,9 +1488,9 @@ fn verify(req: &Message, c: &Creds, ch: &Challenge) -> Result<(), Verdict> {
         (Secret::Digest(_), a) => a.is_none_or(|a| a.eq_ignore_ascii_case("MD5")),
     };
     if !alg_ok {
-        return Err(Verdict::Wrong(
-            "algorithm differs from the challenge".into(),
-        ));
+        return Err(Verdict::Wrong(FailureCause::Mismatch(
+            "algorithm differs from the challenge",
+        )));
     }
     let uri = c
         .uri
@@ -1276,18 +1512,31 @@ fn verify(req: &Message, c: &Creds, ch: &Challenge) -> Result<(), Verdict> {
         body: req.body(),
     };
     if !c.realm.eq_ignore_ascii_case(&ch.realm) {
-        return Err(Verdict::Wrong("realm differs from the challenge".into()));
+        return Err(Verdict::Wrong(FailureCause::Mismatch(
+            "realm differs from the challenge",
+        )));
     }
-    let r = match &ch.secret {
-        Secret::Aka(xres) => params.verify_password(&c.response, digest_aka::password(xres)),
-        Secret::Digest(ha1) => params.verify(&c.response, ha1),
+    let (r, wrong) = match &ch.secret {
+        Secret::Aka(xres) => {
+            // RFC 3310 §3.3 / TS 24.229 §5.1.1.5.3: a UE whose USIM refused AUTN answers with
+            // an empty response, or one computed with the empty password (and no auts).
+            let empty = c.response.is_empty()
+                || params
+                    .verify_password(&c.response, digest_aka::RESYNC_PASSWORD)
+                    .is_ok();
+            if empty {
+                return Err(Verdict::Wrong(FailureCause::AutnRejected));
+            }
+            (
+                params.verify_password(&c.response, digest_aka::password(xres)),
+                FailureCause::WrongRes,
+            )
+        }
+        Secret::Digest(ha1) => (params.verify(&c.response, ha1), FailureCause::WrongPassword),
     };
     match r {
         Ok(()) => Ok(()),
-        Err(AkaError::ResponseMismatch) => Err(Verdict::Wrong("response mismatch".into())),
-        Err(AkaError::InvalidHex { .. }) => {
-            Err(Verdict::Wrong("response is not 32 hex digits".into()))
-        }
+        Err(AkaError::ResponseMismatch | AkaError::InvalidHex { .. }) => Err(Verdict::Wrong(wrong)),
         Err(e) => Err(Verdict::Malformed(format!("digest: {e}"))),
     }
 }

@@ -138,6 +138,7 @@ impl Lab {
     fn config(&self) -> Config {
         Config {
             sip_listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: None,
             name: NAME.into(),
             realm: "hims.net".into(),
             home_domains: vec![],
@@ -146,6 +147,8 @@ impl Lab {
             max_expires: 3600,
             default_expires: 600,
             reg_await_auth_seconds: 240,
+            auth_failures_before_lockout: 5,
+            auth_lockout_seconds: 60,
             subscribe_min_expires: 60,
             subscribe_max_expires: 3600,
             log: "info".into(),
@@ -683,9 +686,12 @@ async fn resync_with_auts_then_register() {
         digest_aka::RESYNC_PASSWORD,
     );
     resync.push_str(&format!(r#", auts="{}""#, digest_aka::encode_auts(&auts)));
+    let (logs, _guard) = Logs::capture();
     let fresh = r.handle_register(&ue.register(Some(resync), &[])).await;
     let (realm, nonce2, alg, _, _, _) = challenge(&fresh);
     assert_ne!(nonce, nonce2);
+    one_line(&logs.take(), "SQN out of range → resync");
+    assert_eq!(last_auth(&lab, ALICE_IMPI), ("resync".into(), 0));
     // The HSS resynchronised: the new AUTN is fresh to the USIM.
     let (res, _, _) = run_usim(&mut usim, &nonce2);
     let auth = answer(ALICE_IMPI, &realm, &nonce2, &alg, Qop::Auth, &res);
@@ -706,8 +712,16 @@ async fn resync_with_auts_then_register() {
         digest_aka::RESYNC_PASSWORD,
     );
     forged.push_str(r#", auts="AAAAAAAAAAAAAAAAAAA=""#);
+    logs.take();
     let no = r.handle_register(&ue.register(Some(forged), &[])).await;
     assert_eq!(no.status(), Some(403), "{no}");
+    let lines = logs.take();
+    assert!(
+        one_line(&lines, "the HSS refused the UE's AUTS").contains("K or OPc"),
+        "{lines:#?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains("REGISTER refused")));
+    assert_eq!(last_auth(&lab, ALICE_IMPI), ("resync_refused".into(), 0));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -953,8 +967,9 @@ async fn challenges_expire_after_reg_await_auth() {
     let (realm, nonce, alg, _, _, _) = challenge(&first);
     let (res, _, _) = run_usim(&mut usim, &nonce);
     tokio::time::sleep(Duration::from_millis(3000)).await;
-    // SAR AUTHENTICATION_TIMEOUT: the HSS forgot the S-CSCF the MAR recorded.
+    // SAR AUTHENTICATION_TIMEOUT: the HSS forgot the S-CSCF the MAR recorded, and says so.
     assert_eq!(lab.hss_view(ALICE).await, (0, None));
+    assert_eq!(last_auth(&lab, ALICE_IMPI), ("timeout".into(), 0));
     // The right answer, too late: a new challenge.
     let auth = answer(ALICE_IMPI, &realm, &nonce, &alg, Qop::Auth, &res);
     let late = r.handle_register(&ue.register(Some(auth), &[])).await;
@@ -1041,6 +1056,352 @@ async fn survive_restart(lab: &Lab, cfg: Config) {
     );
     let ok = after.handle_register(&bob.register(Some(fresh), &[])).await;
     assert_eq!(ok.status(), Some(200), "{ok}");
+}
+
+/// The HSS's view of a subscriber (GET /v1/subscribers/{impi}).
+fn admin_subscriber(admin: SocketAddr, impi: &str) -> serde_json::Value {
+    let mut resp = ureq::get(&format!("http://{admin}/v1/subscribers/{impi}"))
+        .call()
+        .unwrap();
+    serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
+}
+
+/// (outcome, failures in a row) of the HSS's last authentication of `impi`.
+fn last_auth(lab: &Lab, impi: &str) -> (String, u64) {
+    let v = admin_subscriber(lab.admin, impi);
+    let a = &v["last_authentication"];
+    assert_eq!(a["scscf"], NAME, "{v}");
+    (
+        a["outcome"].as_str().unwrap_or("none").to_owned(),
+        a["failures_in_a_row"].as_u64().unwrap(),
+    )
+}
+
+/// The log lines of what runs on this test's thread (the awaited `handle_register` calls),
+/// while the guard lives.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let sub = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(logs.clone())
+            .finish();
+        (logs.clone(), tracing::subscriber::set_default(sub))
+    }
+
+    /// The lines written since the last call.
+    fn take(&self) -> Vec<String> {
+        let bytes = std::mem::take(&mut *self.0.lock().unwrap());
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+/// The one line among `lines` that contains `needle` (panics on none or several).
+fn one_line<'a>(lines: &'a [String], needle: &str) -> &'a str {
+    let hits: Vec<&String> = lines.iter().filter(|l| l.contains(needle)).collect();
+    assert_eq!(hits.len(), 1, "one line with `{needle}` in {lines:#?}");
+    hits[0]
+}
+
+/// A challenge answered with `response` as it is (no digest computed).
+fn raw_answer(impi: &str, realm: &str, nonce: &str, alg: &str, response: &str) -> String {
+    format!(
+        r#"Digest username="{impi}", realm="{realm}", uri="sip:hims.net", nonce="{nonce}", response="{response}", algorithm={alg}, qop=auth, nc=00000001, cnonce="0a4f113b""#
+    )
+}
+
+/// Each wrong answer is explained in one log line naming its likely cause, and the HSS
+/// records the outcome (SAR AUTHENTICATION_FAILURE) for `imsctl subscriber show`.
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_authentications_are_explained_and_recorded_at_the_hss() {
+    let lab = lab().await;
+    let r = lab.registrar().await;
+    let (logs, _guard) = Logs::capture();
+    let mut ue = Ue::new(ALICE_IMPI, ALICE, "<sip:alice@10.0.0.2:5060>");
+    let mut usim = usim();
+
+    // 1. The USIM rejected AUTN and the UE says so with an empty response.
+    let first = r
+        .handle_register(&ue.register(Some(ue.initial_auth()), &[]))
+        .await;
+    let (realm, nonce, alg, _, _, _) = challenge(&first);
+    assert_eq!(last_auth(&lab, ALICE_IMPI), ("challenged".into(), 0));
+    logs.take();
+    let empty = raw_answer(ALICE_IMPI, &realm, &nonce, &alg, "");
+    let resp = r.handle_register(&ue.register(Some(empty), &[])).await;
+    assert_eq!(resp.status(), Some(403), "{resp}");
+    let lines = logs.take();
+    let line = one_line(&lines, "USIM rejected AUTN (MAC failure)");
+    assert!(
+        line.contains(&format!("{ALICE_IMPI}: UE sent an empty AKA response"))
+            && line.contains("K or OPc at the HSS differ from the SIM's")
+            && line.contains(r#"cause="autn_rejected""#)
+            && line.contains("failures=1"),
+        "{line}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("REGISTER refused")),
+        "one line per failure: {lines:#?}"
+    );
+    assert_eq!(last_auth(&lab, ALICE_IMPI), ("failure".into(), 1));
+
+    // 2. The same, the RFC 3310 way: a digest of the empty password, without auts.
+    let again = r
+        .handle_register(&ue.register(Some(ue.initial_auth()), &[]))
+        .await;
+    let (realm, nonce, alg, _, _, _) = challenge(&again);
+    let empty_password = answer(
+        ALICE_IMPI,
+        &realm,
+        &nonce,
+        &alg,
+        Qop::Auth,
+        digest_aka::RESYNC_PASSWORD,
+    );
+    logs.take();
+    let resp = r
+        .handle_register(&ue.register(Some(empty_password), &[]))
+        .await;
+    assert_eq!(resp.status(), Some(403), "{resp}");
+    let lines = logs.take();
+    assert!(
+        one_line(&lines, "USIM rejected AUTN").contains("failures=2"),
+        "{lines:#?}"
+    );
+    assert_eq!(last_auth(&lab, ALICE_IMPI), ("failure".into(), 2));
+
+    // 3. A RES that is not XRES.
+    let third = r
+        .handle_register(&ue.register(Some(ue.initial_auth()), &[]))
+        .await;
+    let (realm, nonce, alg, _, _, _) = challenge(&third);
+    let wrong = answer(ALICE_IMPI, &realm, &nonce, &alg, Qop::Auth, b"not-res!");
+    logs.take();
+    let resp = r.handle_register(&ue.register(Some(wrong), &[])).await;
+    assert_eq!(resp.status(), Some(403), "{resp}");
+    let lines = logs.take();
+    let line = one_line(&lines, "wrong RES");
+    assert!(
+        line.contains("K/OPc mismatch") && line.contains(r#"cause="wrong_res""#),
+        "{line}"
+    );
+    assert_eq!(last_auth(&lab, ALICE_IMPI), ("failure".into(), 3));
+
+    // 4. A digest user with the wrong password.
+    let mut bob = Ue::new(BOB_IMPI, BOB, "<sip:bob@10.0.0.3:5060>");
+    let c = r
+        .handle_register(&bob.register(Some(bob.initial_auth()), &[]))
+        .await;
+    let (realm, nonce, alg, _, _, qop) = challenge(&c);
+    assert_eq!(qop, "auth");
+    let wrong = answer(BOB_IMPI, &realm, &nonce, &alg, Qop::Auth, b"not-secret");
+    logs.take();
+    let resp = r.handle_register(&bob.register(Some(wrong), &[])).await;
+    assert_eq!(resp.status(), Some(403), "{resp}");
+    one_line(&logs.take(), "the phone's password differs");
+    assert_eq!(last_auth(&lab, BOB_IMPI), ("failure".into(), 1));
+
+    // 5. Alice gets it right: the HSS records the success and the run of failures ends.
+    let ok = aka_register(&r, &mut ue, &mut usim, Qop::Auth, &[]).await;
+    assert_eq!(ok.status(), Some(200), "{ok}");
+    assert_eq!(last_auth(&lab, ALICE_IMPI), ("success".into(), 0));
+    // A re-registration the P-CSCF vouches for is no authentication: nothing changes.
+    let at = admin_subscriber(lab.admin, ALICE_IMPI)["last_authentication"]["at"].clone();
+    let refresh = r
+        .handle_register(&ue.register(Some(ue.vouched_auth()), &[]))
+        .await;
+    assert_eq!(refresh.status(), Some(200), "{refresh}");
+    let after = admin_subscriber(lab.admin, ALICE_IMPI);
+    assert_eq!(after["last_authentication"]["outcome"], "success");
+    assert_eq!(after["last_authentication"]["at"], at);
+}
+
+/// `auth_failures_before_lockout` wrong answers in a row lock the IMPI for
+/// `auth_lockout_seconds`: 403 before any MAR, one log line; another user and the locked
+/// user's integrity-protected re-registrations still pass; the lockout ends by itself and a
+/// right answer then registers.
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_wrong_answers_lock_the_impi_out_for_a_while() {
+    let lab = lab().await;
+    let mut cfg = lab.config();
+    cfg.auth_failures_before_lockout = 3;
+    cfg.auth_lockout_seconds = 2;
+    let r = lab.registrar_with(cfg).await;
+    let (logs, _guard) = Logs::capture();
+    let mut ue = Ue::new(ALICE_IMPI, ALICE, "<sip:alice@10.0.0.2:5060>");
+    let mut usim = usim();
+    let ok = aka_register(&r, &mut ue, &mut usim, Qop::Auth, &[]).await;
+    assert_eq!(ok.status(), Some(200), "{ok}");
+
+    // Someone answers alice's challenges wrong, three times.
+    for n in 1..=3 {
+        let c = r
+            .handle_register(&ue.register(Some(ue.initial_auth()), &[]))
+            .await;
+        let (realm, nonce, alg, _, _, _) = challenge(&c);
+        let wrong = answer(ALICE_IMPI, &realm, &nonce, &alg, Qop::Auth, b"guess!!!");
+        logs.take();
+        let resp = r.handle_register(&ue.register(Some(wrong), &[])).await;
+        assert_eq!(resp.status(), Some(403), "{resp}");
+        let lines = logs.take();
+        let line = one_line(&lines, "wrong RES");
+        assert_eq!(line.contains("locked out for 2 s"), n == 3, "{line}");
+    }
+    assert_eq!(last_auth(&lab, ALICE_IMPI), ("failure".into(), 3));
+    let m = r.render_metrics();
+    assert!(
+        m.contains("ims_scscf_auth_failures_total{cause=\"wrong_res\"} 3")
+            && m.contains("ims_scscf_auth_lockouts_total 1"),
+        "{m}"
+    );
+
+    // Locked: 403 at once, one line, and no MAR (the HSS would record "challenged").
+    let locked = r
+        .handle_register(&ue.register(Some(ue.initial_auth()), &[]))
+        .await;
+    assert_eq!(locked.status(), Some(403), "{locked}");
+    assert!(reason(&locked).contains("locked"), "{locked}");
+    let lines = logs.take();
+    assert!(
+        one_line(&lines, "locked out for another").contains(ALICE_IMPI),
+        "{lines:#?}"
+    );
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(last_auth(&lab, ALICE_IMPI), ("failure".into(), 3));
+    // Alice stays registered, and her integrity-protected re-registration passes.
+    assert!(r.registration(ALICE).is_some());
+    let refresh = r
+        .handle_register(&ue.register(Some(ue.vouched_auth()), &[]))
+        .await;
+    assert_eq!(refresh.status(), Some(200), "{refresh}");
+    // Another user is not affected.
+    let mut bob = Ue::new(BOB_IMPI, BOB, "<sip:bob@10.0.0.3:5060>");
+    let c = r
+        .handle_register(&bob.register(Some(bob.initial_auth()), &[]))
+        .await;
+    assert_eq!(c.status(), Some(401), "{c}");
+
+    // The lockout ends by itself: a challenge again, and the right answer registers.
+    let t = std::time::Instant::now();
+    let fresh = loop {
+        let resp = r
+            .handle_register(&ue.register(Some(ue.initial_auth()), &[]))
+            .await;
+        if resp.status() != Some(403) {
+            break resp;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "still locked");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        t.elapsed() >= Duration::from_millis(1000),
+        "unlocked too early"
+    );
+    let (realm, nonce, alg, _, _, _) = challenge(&fresh);
+    let (res, _, _) = run_usim(&mut usim, &nonce);
+    let auth = answer(ALICE_IMPI, &realm, &nonce, &alg, Qop::Auth, &res);
+    let ok = r.handle_register(&ue.register(Some(auth), &[])).await;
+    assert_eq!(ok.status(), Some(200), "{ok}");
+    assert_eq!(last_auth(&lab, ALICE_IMPI), ("success".into(), 0));
+}
+
+/// The S-CSCF's admin API lists what it holds: the registration, its implicit set, each
+/// contact with until when, its Path and the P-CSCF (the Path entry nearest the UE).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_api_lists_the_registrations_held() {
+    let lab = lab().await;
+    let mut cfg = lab.config();
+    cfg.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    let s = ims_scscf::Scscf::start(cfg).await.unwrap();
+    assert!(s.registrar().wait_diameter(Duration::from_secs(10)).await);
+    let admin = s.admin_addr().expect("admin_listen is set");
+    let r = s.registrar().clone();
+    tokio::spawn(s.run(std::future::pending()));
+    let get = move |path: &str| -> serde_json::Value {
+        let mut resp = ureq::get(&format!("http://{admin}{path}")).call().unwrap();
+        serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
+    };
+    let empty = tokio::task::spawn_blocking(move || get("/v1/registrations"))
+        .await
+        .unwrap();
+    assert_eq!(empty["registrations"], serde_json::json!([]), "{empty}");
+    assert_eq!(empty["scscf"], NAME);
+
+    let mut ue = Ue::new(ALICE_IMPI, ALICE, "<sip:alice@10.0.0.2:5060>;expires=300");
+    let mut usim = usim();
+    let ok = aka_register(&r, &mut ue, &mut usim, Qop::Auth, &[]).await;
+    assert_eq!(ok.status(), Some(200), "{ok}");
+    let before = std::time::SystemTime::now();
+    let v = tokio::task::spawn_blocking(move || get("/v1/registrations"))
+        .await
+        .unwrap();
+    let regs = v["registrations"].as_array().unwrap();
+    assert_eq!(regs.len(), 1, "{v}");
+    let reg = &regs[0];
+    assert_eq!(reg["impu"], ALICE);
+    assert_eq!(reg["impi"], ALICE_IMPI);
+    assert_eq!(
+        reg["associated_uris"],
+        serde_json::json!([ALICE, ALICE_TEL])
+    );
+    let c = &reg["contacts"][0];
+    assert_eq!(c["contact"], "sip:alice@10.0.0.2:5060");
+    assert_eq!(c["path"], serde_json::json!([PATH]));
+    assert_eq!(c["pcscf"], "pcscf1.vims.net");
+    let left = c["expires_in"].as_i64().unwrap();
+    assert!((299..=300).contains(&left), "{v}");
+    // Until when: RFC 3339, 300 s from now (to the second).
+    let until = c["until"].as_str().unwrap();
+    let around = |d: u64| ims_net::clock::rfc3339(before + Duration::from_secs(d));
+    assert!(
+        [around(299), around(300), around(301)]
+            .iter()
+            .any(|t| t == until),
+        "{until}"
+    );
+    assert_eq!(reg["until"], c["until"]);
+    // The metrics: the 401 and the 200, and one registration held.
+    let text = tokio::task::spawn_blocking(move || {
+        let mut resp = ureq::get(&format!("http://{admin}/metrics"))
+            .call()
+            .unwrap();
+        resp.body_mut().read_to_string().unwrap()
+    })
+    .await
+    .unwrap();
+    for want in [
+        "ims_scscf_register_total{status=\"401\"} 1",
+        "ims_scscf_register_total{status=\"200\"} 1",
+        "ims_scscf_register_seconds_count 2",
+        "ims_scscf_registrations 1",
+        "ims_scscf_auth_lockouts_total 0",
+    ] {
+        assert!(text.lines().any(|l| l == want), "`{want}` in:\n{text}");
+    }
 }
 
 fn admin_post(admin: SocketAddr, path: &str) -> String {
@@ -1174,6 +1535,20 @@ fn the_lab_configuration_is_valid() {
     let mut bad = cfg.clone();
     bad.min_expires = 7200;
     assert!(bad.validate().unwrap_err().contains("min_expires"));
+    // The admin API (no authentication) on loopback only; the lockout needs a duration.
+    assert_eq!(cfg.admin_listen, Some("127.0.0.30:8080".parse().unwrap()));
+    let mut bad = cfg.clone();
+    bad.admin_listen = Some("10.0.0.3:8080".parse().unwrap());
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .contains("not a loopback address")
+    );
+    let mut bad = cfg.clone();
+    bad.auth_lockout_seconds = 0;
+    assert!(bad.validate().unwrap_err().contains("auth_lockout_seconds"));
+    bad.auth_failures_before_lockout = 0;
+    bad.validate().unwrap();
     let mut bad = cfg;
     bad.name = "scscf1".into();
     assert!(bad.validate().is_err());

@@ -226,6 +226,15 @@ pub struct SubscriberView {
     pub scscf: Option<ScscfAssignment>,
 }
 
+/// A registered public identity as the HSS knows it: who, and at which S-CSCF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredIdentity {
+    pub impu: String,
+    /// The first (in order) private identity allowed to use it.
+    pub impi: Option<String>,
+    pub scscf: Option<ScscfAssignment>,
+}
+
 /// The store: a connection pool and the backend it talks to.
 #[derive(Clone)]
 pub struct Store {
@@ -924,6 +933,38 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(db("list subscribers"))
+    }
+
+    /// The registered public identities (REGISTERED, not UNREGISTERED), in order, with the
+    /// S-CSCF of their subscription (`imsctl registrations`).
+    pub async fn registered_identities(
+        &self,
+        offset: i64,
+        limit: i64,
+    ) -> Result<Vec<RegisteredIdentity>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT p.impu, (SELECT MIN(a.impi) FROM impi_impu a WHERE a.impu = p.impu),              s.scscf_name, s.scscf_host FROM public_identity p              JOIN subscription s ON s.id = p.subscription_id              WHERE p.reg_state = $1 ORDER BY p.impu LIMIT $2 OFFSET $3",
+        )
+        .bind(RegState::Registered as i64)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list registrations"))?;
+        let get = |e| db("list registrations")(e);
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let scscf_name: Option<String> = r.try_get(2).map_err(get)?;
+            out.push(RegisteredIdentity {
+                impu: r.try_get(0).map_err(get)?,
+                impi: r.try_get(1).map_err(get)?,
+                scscf: scscf_name.map(|server_name| ScscfAssignment {
+                    server_name,
+                    diameter_host: r.try_get(3).ok().flatten(),
+                }),
+            });
+        }
+        Ok(out)
     }
 
     /// One subscriber, without secrets (`None` for an unknown IMPI).

@@ -407,6 +407,57 @@ async fn queries_for_cx(url: &str) {
     );
 }
 
+/// The HSS's list of registered identities: only REGISTERED ones, in order, with the
+/// S-CSCF and the IMPI.
+async fn registered_identities_are_listed(url: &str) {
+    let store = Store::open(url).await.unwrap();
+    for n in [7, 8] {
+        store.add_subscriber(&aka_subscriber(n)).await.unwrap();
+    }
+    assert!(
+        store
+            .registered_identities(0, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let me = ScscfAssignment {
+        server_name: "sip:scscf1.hims.net:5060".into(),
+        diameter_host: Some("scscf1.hims.net".into()),
+    };
+    let impu = "sip:user8@hims.net";
+    store.set_scscf(impu, Some(&me)).await.unwrap();
+    store
+        .set_reg_state(impu, RegState::Registered)
+        .await
+        .unwrap();
+    store
+        .set_reg_state("sip:user7@hims.net", RegState::Unregistered)
+        .await
+        .unwrap();
+    let all = store.registered_identities(0, 100).await.unwrap();
+    // The implicit registration set is registered together: sip: and tel:.
+    let impus: Vec<&str> = all.iter().map(|r| r.impu.as_str()).collect();
+    assert_eq!(impus, [impu, "tel:+49123458"], "{all:?}");
+    assert!(all.iter().all(
+        |r| r.scscf == Some(me.clone()) && r.impi.as_deref() == Some("user8.private@hims.net")
+    ));
+    assert_eq!(store.registered_identities(1, 100).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_registered_identities_are_listed() {
+    registered_identities_are_listed(&db_url("store-regs").1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_registered_identities_are_listed() {
+    let Some(pg) = ims_testkit::postgres::Postgres::start("store_pg_regs") else {
+        return;
+    };
+    registered_identities_are_listed(&pg.url()).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_queries_for_cx() {
     queries_for_cx(&db_url("store-cx").1).await;

@@ -5,8 +5,12 @@
 //!   K, OPc and the TS 33.102 Annex C SQN record). The nonce is `base64(RAND || AUTN)`; AUTN's
 //!   MAC is checked; a fresh SQN gives RES, the digest password; a stale one gives AUTS,
 //!   sent as `auts=` with an empty password (resynchronisation), after which the network sends
-//!   a new challenge. [`AkaOptions::ignore_mac_failure`] makes the UE answer a challenge whose
-//!   MAC is wrong anyway (a UE with a wrong K, for testing that the network refuses it).
+//!   a new challenge. A wrong MAC (not our network, or K/OPc differ) is refused as TS 24.229
+//!   §5.1.1.5.3 says: the UE answers the challenge with an empty `response` and no `auts`,
+//!   so that the S-CSCF knows the challenge was deemed invalid, and the registration fails
+//!   with [`UeError::NetworkAuthFailed`]. [`AkaOptions::ignore_mac_failure`] makes the UE
+//!   answer such a challenge with a RES anyway (a UE with a wrong K, for testing that the
+//!   network refuses it).
 //! - **SIP Digest MD5** (RFC 2617) with a password, for softphone-like users.
 //!
 //! Each [`Ue::register`] is one REGISTER transaction chain on one Call-ID (CSeq increasing):
@@ -23,6 +27,11 @@
 //! with Security-Verify (the Security-Server echoed) and the same Security-Client. The SAs go
 //! after a deregistration's 200 OK, a failed authentication, and [`Ue::close`].
 //!
+//! **Steps** ([`Step`], [`Ue::on_step`]): each step of a registration (REGISTER sent,
+//! challenge received, AUTN verified or which check failed, response sent, SAs installed,
+//! registered until when, deregistered, refused) is handed, typed, to an observer the caller
+//! sets; `ims-ue --verbose` prints them. The library itself prints nothing.
+//!
 //! **Pager mode** (RFC 3428): once registered, [`Ue::send_message`] sends a MESSAGE through
 //! the P-CSCF (through the SAs with IPsec) and returns its final status;
 //! [`Ue::next_message`] waits for one from the network (at the protected server port with
@@ -30,7 +39,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use ims_aka::digest_aka::{self, AkaNonce};
@@ -192,6 +201,127 @@ pub struct Outcome {
     pub protected: bool,
 }
 
+/// A step of a registration, as [`Ue::on_step`]'s observer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// A REGISTER went out.
+    RegisterSent {
+        /// Its Expires (0: a deregistration).
+        expires: u32,
+        /// Its CSeq number.
+        cseq: u32,
+        /// Where to (the P-CSCF, its protected server port once the SAs are up).
+        to: SocketAddr,
+        /// Through the UE's SAs.
+        protected: bool,
+    },
+    /// A 401 or 407 came.
+    Challenged {
+        /// The algorithm (`AKAv1-MD5`, `MD5`).
+        algorithm: String,
+        /// The realm.
+        realm: String,
+    },
+    /// The USIM checked AUTN: the MAC is the network's and SQN is fresh.
+    AutnVerified,
+    /// The USIM refused AUTN: its MAC is wrong (not our network, or K/OPc differ).
+    MacFailure,
+    /// The USIM found SQN out of range: AUTS goes back (resynchronisation).
+    SqnOutOfRange,
+    /// The challenge was answered: RES for AKA (empty for a resync or a refused AUTN), the
+    /// digest of the password for MD5.
+    ResponseSent {
+        /// What the response holds.
+        what: &'static str,
+    },
+    /// The UE's four SAs with the P-CSCF are installed.
+    SasInstalled {
+        /// The UE's protected client and server ports.
+        port_uc: u16,
+        /// The UE's protected server port.
+        port_us: u16,
+        /// The P-CSCF's protected client port.
+        port_pc: u16,
+        /// The P-CSCF's protected server port.
+        port_ps: u16,
+        /// The SPIs the UE receives on (client, server).
+        spi_uc: u32,
+        /// See `spi_uc`.
+        spi_us: u32,
+        /// The SPIs the P-CSCF receives on (client, server).
+        spi_pc: u32,
+        /// See `spi_pc`.
+        spi_ps: u32,
+    },
+    /// 2xx for a registration: registered until then.
+    Registered {
+        /// When our contact's registration ends.
+        until: SystemTime,
+        /// The interval the registrar granted (seconds).
+        expires: u32,
+    },
+    /// 2xx for a deregistration.
+    Deregistered,
+    /// A final failure answer.
+    Refused {
+        /// The status.
+        status: u16,
+        /// The reason phrase.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::RegisterSent {
+                expires,
+                cseq,
+                to,
+                protected,
+            } => write!(
+                f,
+                "REGISTER sent to {to} (CSeq {cseq}, expires {expires}{})",
+                if *protected { ", through the SAs" } else { "" }
+            ),
+            Step::Challenged { algorithm, realm } => {
+                write!(f, "challenge received: {algorithm}, realm {realm}")
+            }
+            Step::AutnVerified => f.write_str("AUTN verified (MAC good, SQN fresh)"),
+            Step::MacFailure => f.write_str(
+                "AUTN refused: MAC failure (not our network, or K/OPc differ from the HSS's)",
+            ),
+            Step::SqnOutOfRange => {
+                f.write_str("AUTN refused: SQN out of range (AUTS sent: resynchronisation)")
+            }
+            Step::ResponseSent { what } => write!(f, "{what} sent"),
+            Step::SasInstalled {
+                port_uc,
+                port_us,
+                port_pc,
+                port_ps,
+                spi_uc,
+                spi_us,
+                spi_pc,
+                spi_ps,
+            } => write!(
+                f,
+                "SAs installed: UE ports {port_uc}/{port_us} (SPIs {spi_uc}/{spi_us}), P-CSCF ports {port_pc}/{port_ps} (SPIs {spi_pc}/{spi_ps})"
+            ),
+            Step::Registered { until, expires } => write!(
+                f,
+                "registered until {} (expires {expires})",
+                ims_net::clock::rfc3339(*until)
+            ),
+            Step::Deregistered => f.write_str("deregistered"),
+            Step::Refused { status, reason } => write!(f, "refused: {status} {reason}"),
+        }
+    }
+}
+
+/// The observer of [`Step`]s.
+pub type StepObserver = Box<dyn FnMut(&Step) + Send + Sync>;
+
 /// How a reg-event fetch ended ([`Ue::fetch_reg`]).
 #[derive(Debug, Clone)]
 pub struct FetchOutcome {
@@ -256,6 +386,8 @@ pub struct Ue {
     sec: Option<Sec>,
     /// The Call-ID of our reg event subscription ([`Ue::subscribe_reg`]).
     reg_sub: Option<String>,
+    /// Who is told each [`Step`].
+    observer: Option<StepObserver>,
 }
 
 fn random_u32() -> u32 {
@@ -346,7 +478,19 @@ impl Ue {
             branch: 0,
             sec,
             reg_sub: None,
+            observer: None,
         })
+    }
+
+    /// Hands every following [`Step`] of a registration to `f` (`ims-ue --verbose`).
+    pub fn on_step(&mut self, f: StepObserver) {
+        self.observer = Some(f);
+    }
+
+    fn step(&mut self, s: Step) {
+        if let Some(f) = self.observer.as_mut() {
+            f(&s);
+        }
     }
 
     /// The protected server port, with IPsec.
@@ -421,12 +565,20 @@ impl Ue {
         Ok(Message::parse(Bytes::from(text))?)
     }
 
-    async fn transact(&mut self, req: Message) -> Result<Message, UeError> {
+    async fn transact(&mut self, req: Message, expires: u32) -> Result<Message, UeError> {
         let cseq = self.cseq;
         let call_id = self.call_id.clone();
+        let to = self.pcscf_target();
         self.sip
-            .send(self.cfg.transport, self.pcscf_target(), req.to_bytes())
+            .send(self.cfg.transport, to, req.to_bytes())
             .await?;
+        let protected = self.ipsec_up();
+        self.step(Step::RegisterSent {
+            expires,
+            cseq,
+            to,
+            protected,
+        });
         self.final_response(&call_id, Some(cseq)).await
     }
 
@@ -521,7 +673,7 @@ impl Ue {
         let mut first = String::new();
         write_initial_authorization(&mut first, &self.cfg.impi, &self.cfg.domain);
         let req = self.request(expires, &first)?;
-        let mut resp = self.transact(req).await?;
+        let mut resp = self.transact(req, expires).await?;
         let mut challenges = 0;
         let mut resynced = false;
         let mut last_res = None;
@@ -542,8 +694,28 @@ impl Ue {
                 .ok_or_else(|| UeError::Challenge("no WWW-Authenticate".into()))?
                 .to_owned();
             last_nonce = Challenge::parse(&www).ok().map(|c| c.nonce.to_owned());
-            let (auth, res, resync, keys) = self.answer(&www)?;
+            let (auth, res, resync, keys) = match self.answer(&www) {
+                Err(UeError::NetworkAuthFailed) => {
+                    // TS 24.229 §5.1.1.5.3: tell the S-CSCF the challenge was invalid (an
+                    // empty response, no auts), then give up.
+                    let auth = self.invalid_challenge_answer(&www)?;
+                    self.step(Step::ResponseSent {
+                        what: "empty response (challenge deemed invalid)",
+                    });
+                    let req = self.request(expires, &auth)?;
+                    if let Ok(r) = self.transact(req, expires).await {
+                        self.step(Step::Refused {
+                            status: r.status().unwrap_or(0),
+                            reason: String::from_utf8_lossy(r.reason().unwrap_or_default())
+                                .into_owned(),
+                        });
+                    }
+                    return Err(UeError::NetworkAuthFailed);
+                }
+                other => other?,
+            };
             resynced |= resync;
+            let sent_res = res.is_some();
             if res.is_some() {
                 last_res = res;
             }
@@ -556,11 +728,35 @@ impl Ue {
                 }
                 _ => auth,
             };
+            self.step(Step::ResponseSent {
+                what: if resync {
+                    "empty response with AUTS"
+                } else if sent_res {
+                    "RES"
+                } else {
+                    "digest response"
+                },
+            });
             let req = self.request(expires, &auth)?;
-            resp = self.transact(req).await?;
+            resp = self.transact(req, expires).await?;
         }
         let status = resp.status().unwrap_or(0);
         let protected = self.ipsec_up();
+        let step = match status {
+            200..=299 if expires == 0 => Step::Deregistered,
+            200..=299 => {
+                let granted = self.granted_expires(&resp).unwrap_or(expires);
+                Step::Registered {
+                    until: SystemTime::now() + Duration::from_secs(u64::from(granted)),
+                    expires: granted,
+                }
+            }
+            _ => Step::Refused {
+                status,
+                reason: String::from_utf8_lossy(resp.reason().unwrap_or_default()).into_owned(),
+            },
+        };
+        self.step(step);
         // The SAs go with a deregistration (its 200 came through them) and with an
         // authentication that failed through new ones.
         if protected
@@ -577,6 +773,36 @@ impl Ue {
             last_nonce,
             protected,
         })
+    }
+
+    /// The interval a 2xx grants our contact: its Contact's `expires`, else the Expires header.
+    fn granted_expires(&self, resp: &Message) -> Option<u32> {
+        let (me, _, _) = self.contact();
+        let me = me.to_string();
+        let ours = resp
+            .contacts()
+            .filter_map(Result::ok)
+            .find_map(|c| match c {
+                ims_sip::Contact::Addr(a) if a.uri_str.contains(&me) => {
+                    a.expires().and_then(Result::ok)
+                }
+                _ => None,
+            });
+        ours.or_else(|| resp.expires().and_then(Result::ok))
+    }
+
+    /// The Authorization telling the network its challenge was invalid (AUTN's MAC failed):
+    /// the nonce answered with an empty response and no auts (TS 24.229 §5.1.1.5.3).
+    fn invalid_challenge_answer(&self, www: &str) -> Result<String, UeError> {
+        let ch = Challenge::parse(www).map_err(UeError::Challenge)?;
+        Ok(format!(
+            "Digest username=\"{}\", realm=\"{}\", nonce=\"{}\", uri=\"sip:{}\", response=\"\", algorithm={}",
+            self.cfg.impi,
+            ch.realm.unwrap_or(&self.cfg.domain),
+            ch.nonce,
+            self.cfg.domain,
+            ch.algorithm
+        ))
     }
 
     /// Fetches its own registration state (RFC 3680 `reg` event, SUBSCRIBE with `Expires: 0`)
@@ -812,11 +1038,22 @@ impl Ue {
         };
         let pcscf_ps = SocketAddr::new(pcscf_ip, server.port_s);
         tracing::info!(%pcscf_ps, spi_uc = sec.offer.spi_c, spi_ps = server.spi_s, "IPsec SAs up");
+        let installed = Step::SasInstalled {
+            port_uc: sec.offer.port_c,
+            port_us: sec.offer.port_s,
+            port_pc: server.port_c,
+            port_ps: server.port_s,
+            spi_uc: sec.offer.spi_c,
+            spi_us: sec.offer.spi_s,
+            spi_pc: server.spi_c,
+            spi_ps: server.spi_s,
+        };
         sec.up = Some(SecUp {
             server_value: server.raw.clone(),
             pcscf_ps,
             sas,
         });
+        self.step(installed);
         Ok(())
     }
 
@@ -831,6 +1068,11 @@ impl Ue {
         let realm = ch.realm.unwrap_or(&self.cfg.domain).to_owned();
         let nonce = ch.nonce.to_owned();
         let algorithm = ch.algorithm.to_owned();
+        self.step(Step::Challenged {
+            algorithm: algorithm.clone(),
+            realm: realm.clone(),
+        });
+        let mut verdict = None;
         let cnonce = random_hex(8);
         let uri = format!("sip:{}", self.cfg.domain);
         let answer = |password: &[u8], extra: &str| {
@@ -875,23 +1117,29 @@ impl Ue {
                 let n = AkaNonce::decode(&nonce).map_err(|e| UeError::Challenge(e.to_string()))?;
                 match usim.authenticate(&n.rand, &n.autn) {
                     Ok(UsimResponse::Success(r)) => {
+                        verdict = Some(Step::AutnVerified);
                         res_hex = Some(hex::encode(r.res.expose()));
                         keys = Some((r.ck.clone(), r.ik.clone()));
                         answer(digest_aka::password(&r.res), "")?
                     }
                     Ok(UsimResponse::SyncFailure(auts)) => {
+                        verdict = Some(Step::SqnOutOfRange);
                         resync = true;
                         let extra = format!(", auts=\"{}\"", digest_aka::encode_auts(&auts));
                         answer(digest_aka::RESYNC_PASSWORD, &extra)?
                     }
                     Err(_) if ignore => {
+                        verdict = Some(Step::MacFailure);
                         let res = m.f2(&n.rand);
                         res_hex = Some(hex::encode(res.expose()));
                         let (ck, ik) = (m.f3(&n.rand), m.f4(&n.rand));
                         keys = Some((ck, ik));
                         answer(digest_aka::password(&res), "")?
                     }
-                    Err(_) => return Err(UeError::NetworkAuthFailed),
+                    Err(_) => {
+                        self.step(Step::MacFailure);
+                        return Err(UeError::NetworkAuthFailed);
+                    }
                 }
             }
             ChallengeKind::Md5 => {
@@ -903,6 +1151,9 @@ impl Ue {
                 answer(p.as_bytes(), "")?
             }
         };
+        if let Some(v) = verdict {
+            self.step(v);
+        }
         Ok((auth, res_hex, resync, keys))
     }
 }

@@ -328,6 +328,7 @@ fn csv_import_and_openapi() {
         ("/v1/subscribers/{impi}", "get"),
         ("/v1/subscribers/{impi}", "delete"),
         ("/v1/capability-sets/{name}", "put"),
+        ("/v1/registrations", "get"),
         ("/v1/subscribers/{impi}/deregister", "post"),
         ("/v1/subscribers/{impi}/push-profile", "post"),
         ("/metrics", "get"),
@@ -339,7 +340,7 @@ fn csv_import_and_openapi() {
     }
     assert_eq!(
         doc["paths"].as_object().unwrap().len(),
-        9,
+        10,
         "no undocumented extra paths"
     );
     let (st, health) = get(&format!("{b}/health"));

@@ -102,6 +102,19 @@ fn cx_over_tcp_with_allow_list_watchdog_rtr_ppr_and_metrics() {
     let saa = c.ask(sar);
     let saa = ims_diameter::cx::Saa::decode(&Message::parse(&saa).unwrap()).unwrap();
     assert_eq!(saa.base.result, AnswerResult::SUCCESS);
+    // The HSS lists the registration: who, and at which S-CSCF.
+    let (st, regs) = get(&format!("{b}/v1/registrations"));
+    assert_eq!(st, 200, "{regs}");
+    let regs: serde_json::Value = serde_json::from_str(&regs).unwrap();
+    let listed = &regs["registrations"];
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{regs}");
+    assert_eq!(listed[0]["impu"], IMPU);
+    assert_eq!(listed[0]["impi"], IMPI);
+    assert_eq!(
+        listed[0]["scscf"]["server_name"],
+        "sip:scscf1.hims.net:6060"
+    );
+    assert_eq!(listed[0]["scscf"]["diameter_host"], "scscf1.hims.net");
 
     // Admin deregistration: the HSS sends RTR to us; we answer RTA 2001.
     let base = b.clone();
@@ -129,10 +142,20 @@ fn cx_over_tcp_with_allow_list_watchdog_rtr_ppr_and_metrics() {
     let (st, body) = admin.join().unwrap();
     assert_eq!(st, 200, "{body}");
     assert_eq!(body["result_code"], 2001);
+    let (_, regs) = get(&format!("{b}/v1/registrations"));
+    assert!(
+        regs.contains(r#""registrations":[]"#),
+        "nobody registered after RTA: {regs}"
+    );
     let (_, shown) = get(&format!("{b}/v1/subscribers/{IMPI}"));
     assert!(
-        !shown.contains("scscf1.hims.net"),
+        shown.contains(r#""scscf":null"#),
         "the S-CSCF is forgotten after RTA: {shown}"
+    );
+    // The last authentication stays (MAR, then SAR REGISTRATION): it is history.
+    assert!(
+        shown.contains(r#""outcome":"success""#),
+        "the last authentication is shown: {shown}"
     );
 
     // Register again, then push the profile: PPR with the IMSSubscription User-Data.
