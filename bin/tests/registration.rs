@@ -1694,14 +1694,7 @@ fn hss_killed_under_load_answers_at_once_and_recovers() {
     };
     use ims_net::sip::Transport::Udp;
     let load = lab::bin("ims-load").to_string_lossy().into_owned();
-    let csv = std::process::Command::new(&load)
-        .args(["--csv", "--count", "400", "--prefix", "kill"])
-        .output()
-        .unwrap();
-    assert!(csv.status.success());
-    let file = lab.dir.join("kill.csv");
-    std::fs::write(&file, &csv.stdout).unwrap();
-    lab.imsctl(&["subscriber", "import", file.to_str().unwrap()]);
+    lab.import_load("kill", 400);
 
     // Before: carol registered (SIP Digest).
     let carol = UeConfig {
@@ -1848,14 +1841,7 @@ fn registrations_complete_through_ten_percent_loss() {
         return;
     }
     let load = lab::bin("ims-load").to_string_lossy().into_owned();
-    let csv = std::process::Command::new(&load)
-        .args(["--csv", "--count", "100", "--prefix", "lossy"])
-        .output()
-        .unwrap();
-    assert!(csv.status.success());
-    let file = lab.dir.join("lossy.csv");
-    std::fs::write(&file, &csv.stdout).unwrap();
-    lab.imsctl(&["subscriber", "import", file.to_str().unwrap()]);
+    lab.import_load("lossy", 100);
     let rules = lab.dir.join("loss.nft");
     std::fs::write(
         &rules,

@@ -275,6 +275,19 @@ impl Lab {
         panic!("imsctl {args:?} never succeeded\n{}", self.logs());
     }
 
+    /// Provisions `count` load subscribers named `prefix…` (ims-load's CSV, imported by
+    /// imsctl).
+    pub fn import_load(&self, prefix: &str, count: u32) {
+        let csv = Command::new(bin("ims-load"))
+            .args(["--csv", "--count", &count.to_string(), "--prefix", prefix])
+            .output()
+            .unwrap();
+        assert!(csv.status.success(), "{csv:?}");
+        let file = self.dir.join(format!("{prefix}.csv"));
+        std::fs::write(&file, &csv.stdout).unwrap();
+        self.imsctl(&["subscriber", "import", file.to_str().unwrap()]);
+    }
+
     /// Waits until the HSS has `n` Diameter peers open (the I-CSCF and the S-CSCF).
     pub fn wait_peers(&self, n: usize) {
         let url = format!("http://{H}:8080");
