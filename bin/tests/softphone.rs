@@ -390,7 +390,11 @@ fn linphonec_registers_with_digest_md5() {
     let s_registered = ["registrar: registered (200) impi=carol@hims.net"];
     let deregistered = ["ims_pcscf: deregistered impi=carol@hims.net"];
     let s_deregistered = ["registrar: deregistered (200) impi=carol@hims.net"];
-    let auth_failed = ["registrar: authentication failed impi=carol@hims.net"];
+    // The S-CSCF's one line naming the cause of a failed authentication.
+    let auth_failed = [
+        "registrar: carol@hims.net: wrong digest response",
+        "cause=\"wrong_password\"",
+    ];
 
     // The right password: linphonec registers, and says so.
     let mut good = Linphonec::start(&lab, &exe, "good", 5070, "carol-secret");
