@@ -569,11 +569,23 @@ impl Subscribers {
                 AuthOutcome::Failure => before.map_or(0, |b| b.failures_in_a_row) + 1,
                 _ => before.map_or(0, |b| b.failures_in_a_row),
             };
+            let at = SystemTime::now();
+            // Every MAR and SAR of a registration passes here: an IMPI seen before is updated
+            // in place, without allocating its key or (same S-CSCF) the server name again.
+            if let Some(e) = m.get_mut(impi) {
+                e.outcome = outcome;
+                e.at = at;
+                e.failures_in_a_row = failures_in_a_row;
+                if e.scscf != scscf {
+                    scscf.clone_into(&mut e.scscf);
+                }
+                return;
+            }
             m.insert(
                 impi.to_owned(),
                 LastAuthentication {
                     outcome,
-                    at: SystemTime::now(),
+                    at,
                     scscf: scscf.to_owned(),
                     failures_in_a_row,
                 },
