@@ -789,17 +789,7 @@ fn load_generator_registers_and_deregisters_many_ues() {
     std::fs::write(&file, text).unwrap();
     lab.imsctl(&["subscriber", "import", file.to_str().unwrap()]);
     // ims-load in the UE's namespace, toward the P-CSCF.
-    let run_load = |args: &[&str]| {
-        let mut all = vec![
-            load.as_str(),
-            "--pcscf",
-            "10.10.2.2:5060",
-            "--local-ip",
-            "10.10.1.2",
-        ];
-        all.extend_from_slice(args);
-        lab.topo.run("ue", &all)
-    };
+    let run_load = |args: &[&str]| lab.run_load(args);
     let out = run_load(&["--count", "60", "--concurrency", "20", "--deregister"]);
     let summary = String::from_utf8_lossy(&out.stdout).into_owned();
     eprintln!("{summary}");
@@ -1693,7 +1683,6 @@ fn hss_killed_under_load_answers_at_once_and_recovers() {
         return;
     };
     use ims_net::sip::Transport::Udp;
-    let load = lab::bin("ims-load").to_string_lossy().into_owned();
     lab.import_load("kill", 400);
 
     // Before: carol registered (SIP Digest).
@@ -1706,12 +1695,7 @@ fn hss_killed_under_load_answers_at_once_and_recovers() {
     assert_eq!(out[0].status, 200, "{}", lab.logs());
 
     // 400 UEs over 5 s, open loop.
-    let mut cmd = std::process::Command::new(&load);
-    cmd.args([
-        "--pcscf",
-        "10.10.2.2:5060",
-        "--local-ip",
-        "10.10.1.2",
+    let args = Lab::load_args(&[
         "--count",
         "400",
         "--rate",
@@ -1722,6 +1706,8 @@ fn hss_killed_under_load_answers_at_once_and_recovers() {
         "kill",
         "--json",
     ]);
+    let mut cmd = std::process::Command::new(&args[0]);
+    cmd.args(&args[1..]);
     let mut generator = lab.topo.spawn("ue", &cmd);
     // Once registrations are completing, kill -9 the HSS.
     let imsctl = lab::bin("imsctl").to_string_lossy().into_owned();
@@ -1840,7 +1826,6 @@ fn registrations_complete_through_ten_percent_loss() {
     {
         return;
     }
-    let load = lab::bin("ims-load").to_string_lossy().into_owned();
     lab.import_load("lossy", 100);
     let rules = lab.dir.join("loss.nft");
     std::fs::write(
@@ -1853,27 +1838,19 @@ fn registrations_complete_through_ten_percent_loss() {
         let out = lab.topo.run(node, &["nft", "-f", rules.to_str().unwrap()]);
         assert!(out.status.success(), "{node}: {out:?}");
     }
-    let out = lab.topo.run(
-        "ue",
-        &[
-            &load,
-            "--pcscf",
-            "10.10.2.2:5060",
-            "--local-ip",
-            "10.10.1.2",
-            "--count",
-            "100",
-            "--concurrency",
-            "20",
-            "--prefix",
-            "lossy",
-            // A UE waits for its answer as long as Timer F (the default, 5 s, is for a
-            // clean network: a REGISTER that loses several retransmissions takes longer).
-            "--timeout",
-            "32",
-            "--json",
-        ],
-    );
+    let out = lab.run_load(&[
+        "--count",
+        "100",
+        "--concurrency",
+        "20",
+        "--prefix",
+        "lossy",
+        // A UE waits for its answer as long as Timer F (the default, 5 s, is for a
+        // clean network: a REGISTER that loses several retransmissions takes longer).
+        "--timeout",
+        "32",
+        "--json",
+    ]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     eprintln!("{text}");
     // What was dropped, node by node: the rule really ran.

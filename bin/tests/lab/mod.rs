@@ -288,6 +288,26 @@ impl Lab {
         self.imsctl(&["subscriber", "import", file.to_str().unwrap()]);
     }
 
+    /// `ims-load` toward the P-CSCF from the UE's address, with `args`: the command line.
+    pub fn load_args(args: &[&str]) -> Vec<String> {
+        let mut all = vec![
+            bin("ims-load").to_string_lossy().into_owned(),
+            "--pcscf".into(),
+            format!("{P}:5060"),
+            "--local-ip".into(),
+            "10.10.1.2".into(),
+        ];
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        all
+    }
+
+    /// Runs `ims-load` ([`Lab::load_args`]) in the UE's namespace to its end.
+    pub fn run_load(&self, args: &[&str]) -> std::process::Output {
+        let all = Lab::load_args(args);
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        self.topo.run("ue", &refs)
+    }
+
     /// Waits until the HSS has `n` Diameter peers open (the I-CSCF and the S-CSCF).
     pub fn wait_peers(&self, n: usize) {
         let url = format!("http://{H}:8080");
