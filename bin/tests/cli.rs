@@ -195,23 +195,31 @@ fn imsctl(url: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-#[test]
-fn imsctl_provisions_through_a_running_hss() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A scratch HSS configuration whose admin API listens on `ip` at a free port: (the file,
+/// the port).
+fn hss_config(tag: &str, ip: &str) -> (std::path::PathBuf, u16) {
+    let port = std::net::TcpListener::bind(format!("{ip}:0"))
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let dir = ims_testkit::scratch_dir("cli-imsctl");
+    let dir = ims_testkit::scratch_dir(tag);
     let cfg = dir.join("hss.toml");
     std::fs::write(
         &cfg,
         format!(
-            "database = \"sqlite://{}\"\nadmin_listen = \"127.0.0.1:{port}\"\nhome_network = \"hims.net\"\n[diameter]\nlisten = \"127.0.0.1:0\"\n",
+            "database = \"sqlite://{}\"\nadmin_listen = \"{ip}:{port}\"\nhome_network = \"hims.net\"\n[diameter]\nlisten = \"127.0.0.1:0\"\n",
             dir.join("hss.sqlite").display()
         ),
     )
     .unwrap();
+    (cfg, port)
+}
+
+#[test]
+fn imsctl_provisions_through_a_running_hss() {
+    let (cfg, port) = hss_config("cli-imsctl", "127.0.0.1");
+    let dir = cfg.parent().unwrap().to_path_buf();
     let mut hss = Command::new(HSS)
         .arg("-c")
         .arg(&cfg)
@@ -386,21 +394,7 @@ fn imsctl_provisions_through_a_running_hss() {
 /// credential, and imsctl sends it from IMS_HSS_TOKEN.
 #[test]
 fn hss_admin_api_needs_a_token_beyond_loopback() {
-    let port = std::net::TcpListener::bind("0.0.0.0:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = ims_testkit::scratch_dir("cli-token");
-    let cfg = dir.join("hss.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "database = \"sqlite://{}\"\nadmin_listen = \"0.0.0.0:{port}\"\nhome_network = \"hims.net\"\n[diameter]\nlisten = \"127.0.0.1:0\"\n",
-            dir.join("hss.sqlite").display()
-        ),
-    )
-    .unwrap();
+    let (cfg, port) = hss_config("cli-token", "0.0.0.0");
     let out = Command::new(HSS).arg("-c").arg(&cfg).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
