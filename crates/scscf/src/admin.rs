@@ -20,32 +20,41 @@ use ims_sip::{NameAddr, Uri, text};
 use ims_store::RegistrationRecord;
 use serde_json::{Value, json};
 
+use ims_net::endpoint::SipEndpoint;
+
 use crate::registrar::Registrar;
 
-/// The admin API's routes over `registrar`.
-pub fn router(registrar: Registrar) -> Router {
+/// What the admin API reads.
+#[derive(Clone)]
+struct Seen {
+    registrar: Registrar,
+    ep: SipEndpoint,
+}
+
+/// The admin API's routes over `registrar` and the SIP endpoint `ep`.
+pub fn router(registrar: Registrar, ep: SipEndpoint) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/v1/registrations", get(registrations))
         .route("/metrics", get(metrics))
-        .with_state(registrar)
+        .with_state(Seen { registrar, ep })
 }
 
-async fn health(State(r): State<Registrar>) -> Json<Value> {
-    Json(json!({ "status": "ok", "name": r.config().name }))
+async fn health(State(s): State<Seen>) -> Json<Value> {
+    Json(json!({ "status": "ok", "name": s.registrar.config().name }))
 }
 
-async fn metrics(State(r): State<Registrar>) -> impl axum::response::IntoResponse {
+async fn metrics(State(s): State<Seen>) -> impl axum::response::IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        r.render_metrics(),
+        s.registrar.render_metrics(s.ep.transactions()),
     )
 }
 
-async fn registrations(State(r): State<Registrar>) -> Json<Value> {
+async fn registrations(State(Seen { registrar: r, .. }): State<Seen>) -> Json<Value> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));

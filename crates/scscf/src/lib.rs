@@ -155,7 +155,7 @@ impl Scscf {
     pub async fn run(mut self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         if let Some(listener) = self.admin.take() {
-            let app = admin::router(self.registrar.clone());
+            let app = admin::router(self.registrar.clone(), self.ep.clone());
             tokio::spawn(async move {
                 let serve = axum::serve(listener, app).with_graceful_shutdown(async {
                     let _ = admin_stopped.await;

@@ -10,6 +10,8 @@
 //!   cause the log line names (`FailureCause::code`).
 //! - `ims_scscf_auth_lockouts_total`: lockouts started.
 //! - `ims_scscf_registrations`: registrations held (IMPUs registered here).
+//! - `ims_scscf_sip_transactions{side}`: SIP transactions held by the endpoint, `server`
+//!   and `client` (a finished one stays for Timer J or K to absorb retransmissions).
 //!
 //! Still to come (issue #18): the same for the P-CSCF and I-CSCF, Cx answers by result, and
 //! the shared part moved to `ims-telemetry`.
@@ -82,8 +84,9 @@ impl Metrics {
         self.lockouts.fetch_add(1, Relaxed);
     }
 
-    /// The Prometheus text exposition, with `registrations` held.
-    pub fn render(&self, registrations: usize) -> String {
+    /// The Prometheus text exposition, with `registrations` held and the endpoint's
+    /// `(server, client)` transactions.
+    pub fn render(&self, registrations: usize, transactions: (usize, usize)) -> String {
         let mut o = String::with_capacity(2048);
         o.push_str("# HELP ims_scscf_register_total REGISTERs answered, by final status.\n");
         o.push_str("# TYPE ims_scscf_register_total counter\n");
@@ -136,6 +139,11 @@ impl Metrics {
         o.push_str("# HELP ims_scscf_registrations Registrations held (IMPUs registered here).\n");
         o.push_str("# TYPE ims_scscf_registrations gauge\n");
         let _ = writeln!(o, "ims_scscf_registrations {registrations}");
+        o.push_str("# HELP ims_scscf_sip_transactions SIP transactions held, by side.\n");
+        o.push_str("# TYPE ims_scscf_sip_transactions gauge\n");
+        let (server, client) = transactions;
+        let _ = writeln!(o, "ims_scscf_sip_transactions{{side=\"server\"}} {server}");
+        let _ = writeln!(o, "ims_scscf_sip_transactions{{side=\"client\"}} {client}");
         o
     }
 }
@@ -154,7 +162,7 @@ mod tests {
         m.auth_failure("wrong_res");
         m.auth_failure("nonsense");
         m.lockout();
-        let t = m.render(7);
+        let t = m.render(7, (3, 1));
         assert!(
             t.contains("ims_scscf_register_total{status=\"200\"} 2"),
             "{t}"

@@ -1272,7 +1272,7 @@ async fn repeated_wrong_answers_lock_the_impi_out_for_a_while() {
         assert_eq!(line.contains("locked out for 2 s"), n == 3, "{line}");
     }
     assert_eq!(last_auth(&lab, ALICE_IMPI), ("failure".into(), 3));
-    let m = r.render_metrics();
+    let m = r.render_metrics((0, 0));
     assert!(
         m.contains("ims_scscf_auth_failures_total{cause=\"wrong_res\"} 3")
             && m.contains("ims_scscf_auth_lockouts_total 1"),
