@@ -11,6 +11,9 @@ use std::sync::Mutex;
 /// How many shards: a few per core of the machines we aim at, small enough to walk.
 pub const SHARDS: usize = 16;
 
+/// Below this many entries of room a shard is not shrunk ([`Shards::retain`]).
+const MIN_ROOM: usize = 64;
+
 /// A map of `K` to `V` in [`SHARDS`] locked shards.
 pub struct Shards<K, V>([Mutex<HashMap<K, V>>; SHARDS]);
 
@@ -39,11 +42,18 @@ impl<K: Hash + Eq, V> Shards<K, V> {
         shard.lock().ok().map(|mut m| f(&mut m))
     }
 
-    /// Keeps the entries `keep` says to keep, shard by shard.
+    /// Keeps the entries `keep` says to keep, shard by shard. A shard left with under a
+    /// quarter of the room it grew to gives the rest back (it keeps twice what it holds): a
+    /// map never shrinks by itself, and the transaction tables would otherwise hold the room
+    /// of their busiest second for good (issue #16, memory per registered UE).
     pub fn retain(&self, mut keep: impl FnMut(&K, &mut V) -> bool) {
         for s in &self.0 {
             if let Ok(mut m) = s.lock() {
                 m.retain(|k, v| keep(k, v));
+                if m.capacity() > MIN_ROOM && m.len() * 4 < m.capacity() {
+                    let want = m.len() * 2;
+                    m.shrink_to(want);
+                }
             }
         }
     }
@@ -96,5 +106,26 @@ mod tests {
         s.retain(|_, v| *v < 10);
         assert_eq!(s.len(), 10);
         assert!(!s.is_empty());
+    }
+
+    #[test]
+    fn a_shard_emptied_by_retain_gives_its_room_back() {
+        let s: Shards<u32, [u8; 64]> = Shards::new();
+        for i in 0..20_000u32 {
+            s.with(&i, |m| m.insert(i, [0; 64]));
+        }
+        let room = |s: &Shards<u32, [u8; 64]>| {
+            s.0.iter()
+                .map(|m| m.lock().map(|m| m.capacity()).unwrap_or(0))
+                .sum::<usize>()
+        };
+        assert!(room(&s) >= 20_000);
+        s.retain(|k, _| *k < 160);
+        assert_eq!(s.len(), 160);
+        // Each shard keeps about twice what it holds, or the floor.
+        assert!(room(&s) <= SHARDS * 2 * MIN_ROOM, "{}", room(&s));
+        for i in 0..160u32 {
+            assert_eq!(s.with(&i, |m| m.contains_key(&i)), Some(true));
+        }
     }
 }

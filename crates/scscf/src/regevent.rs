@@ -161,10 +161,7 @@ struct Subscription {
     resource: String,
     /// Its implicit registration set as last notified.
     impus: Vec<String>,
-    /// The subscriber's identity (for logs).
-    subscriber: String,
-    call_id: String,
-    local_tag: String,
+    /// The subscriber's tag (the dialog's Call-ID and our tag are in its [`SubKey`]).
     remote_tag: String,
     /// The SUBSCRIBE's To value (our From, once tagged).
     local_uri: String,
@@ -180,8 +177,9 @@ struct Subscription {
     expires_at: Instant,
     /// Where the SUBSCRIBE came from (top Via `received`/`rport`).
     source: Option<Target>,
-    /// Contacts as last notified (lowercase URI → expiry, ms since the epoch).
-    notified: HashMap<String, i64>,
+    /// Contacts as last notified (lowercase URI, expiry in ms since the epoch): a vector,
+    /// as a UE has one or two contacts.
+    notified: Vec<(String, i64)>,
     queue: VecDeque<Job>,
     /// A task is sending the queue (or will be, once the 200 is out).
     draining: bool,
@@ -193,7 +191,12 @@ struct Subscription {
     ending: bool,
 }
 
-type Shard = Mutex<HashMap<SubKey, Subscription>>;
+/// Subscriptions are boxed: a map's spare buckets then cost a pointer each, not a whole
+/// subscription (issue #16: ≤ 2 KiB per registered UE, most of which have one).
+type Shard = Mutex<HashMap<Key, Box<Subscription>>>;
+
+/// A subscription's key, shared by its map entry, the index and the tasks that drain it.
+type Key = Arc<SubKey>;
 
 struct Inner {
     registrar: Registrar,
@@ -205,7 +208,7 @@ struct Inner {
     rng: SystemRandom,
     subs: Vec<Shard>,
     /// Resource (lowercase) → its subscriptions.
-    index: Vec<Mutex<HashMap<String, Vec<SubKey>>>>,
+    index: Vec<Mutex<HashMap<String, Vec<Key>>>>,
 }
 
 /// The S-CSCF's `reg` event notifier. Clone it freely; clones share the state.
@@ -218,7 +221,7 @@ pub struct RegEvents {
 /// SUBSCRIBE is on its way: hand it to [`RegEvents::start_notifying`] then.
 #[must_use = "the NOTIFYs of the subscription wait for start_notifying"]
 #[derive(Debug)]
-pub struct NotifyStart(SubKey);
+pub struct NotifyStart(Key);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -424,7 +427,12 @@ fn already_notified(sub: &Subscription, rec: &RegistrationRecord) -> bool {
         && rec
             .bindings
             .iter()
-            .all(|b| sub.notified.get(&b.contact_uri.to_ascii_lowercase()) == Some(&b.expires_at))
+            .all(|b| notified_at(sub, &b.contact_uri.to_ascii_lowercase()) == Some(b.expires_at))
+}
+
+/// The expiry last notified to `sub` for contact `k` (lowercase).
+fn notified_at(sub: &Subscription, k: &str) -> Option<i64> {
+    sub.notified.iter().find(|(c, _)| c == k).map(|(_, e)| *e)
 }
 
 /// The document of one NOTIFY of `sub`, and whether the registration is still active.
@@ -450,9 +458,9 @@ fn document_for(
                 });
                 let event = match (&job.change, touched) {
                     (Some(c), true) if c.kind == RegEventKind::Refreshed => {
-                        match sub.notified.get(&k) {
+                        match notified_at(sub, &k) {
                             None => "created",
-                            Some(old) if b.expires_at < *old => "shortened",
+                            Some(old) if b.expires_at < old => "shortened",
                             Some(_) => "refreshed",
                         }
                     }
@@ -585,15 +593,15 @@ impl RegEvents {
         &self.inner.subs[shard_of(&(&key.call_id, &key.local_tag))]
     }
 
-    fn index_add(&self, resource: &str, key: &SubKey) {
+    fn index_add(&self, resource: &str, key: &Key) {
         let k = resource.to_ascii_lowercase();
         lock(&self.inner.index[shard_of(&k)])
             .entry(k)
-            .or_default()
+            .or_insert_with(|| Vec::with_capacity(1))
             .push(key.clone());
     }
 
-    fn index_remove(&self, resource: &str, key: &SubKey) {
+    fn index_remove(&self, resource: &str, key: &Key) {
         let k = resource.to_ascii_lowercase();
         let mut idx = lock(&self.inner.index[shard_of(&k)]);
         if let Some(v) = idx.get_mut(&k) {
@@ -604,7 +612,7 @@ impl RegEvents {
         }
     }
 
-    fn index_get(&self, resource: &str) -> Vec<SubKey> {
+    fn index_get(&self, resource: &str) -> Vec<Key> {
         let k = resource.to_ascii_lowercase();
         lock(&self.inner.index[shard_of(&k)])
             .get(&k)
@@ -760,18 +768,15 @@ impl RegEvents {
             return Err(Refusal::new(400, "Bad Request (From without tag)"));
         };
         let granted = c.expires.min(self.inner.max_expires);
-        let key = SubKey {
+        let key = Arc::new(SubKey {
             call_id: c.call_id.clone(),
             local_tag: tag.to_owned(),
             event_id: c.event_id.clone(),
-        };
+        });
         let fetch = granted == 0;
         let sub = Subscription {
             resource: resource.clone(),
             impus: set_of(&rec),
-            subscriber: subscriber.clone(),
-            call_id: c.call_id.clone(),
-            local_tag: tag.to_owned(),
             remote_tag,
             local_uri: one_line(req.header_str(HeaderName::To).unwrap_or_default()),
             remote: one_line(req.header_str(HeaderName::From).unwrap_or_default()),
@@ -783,7 +788,7 @@ impl RegEvents {
             version: 0,
             expires_at: Instant::now() + Duration::from_secs(u64::from(granted)),
             source: via_source(req),
-            notified: HashMap::new(),
+            notified: Vec::new(),
             queue: VecDeque::from([Job {
                 change: None,
                 terminate: fetch.then_some("timeout"),
@@ -792,7 +797,7 @@ impl RegEvents {
             ending: fetch,
             since,
         };
-        lock(self.shard(&key)).insert(key.clone(), sub);
+        lock(self.shard(&key)).insert(key.clone(), Box::new(sub));
         if !fetch {
             self.index_add(&resource, &key);
         }
@@ -823,11 +828,11 @@ impl RegEvents {
         c: Checked,
         to_tag: &str,
     ) -> Result<(Message, Option<NotifyStart>), Refusal> {
-        let key = SubKey {
+        let key = Arc::new(SubKey {
             call_id: c.call_id.clone(),
             local_tag: to_tag.to_owned(),
             event_id: c.event_id.clone(),
-        };
+        });
         let from_tag = req
             .from_addr()
             .ok()
@@ -870,7 +875,7 @@ impl RegEvents {
             };
             tracing::info!(
                 resource = %sub.resource,
-                subscriber = %sub.subscriber,
+                subscriber = %sub.remote,
                 expires = granted,
                 "reg subscription refreshed (200)"
             );
@@ -899,7 +904,7 @@ impl RegEvents {
 
     /// Queues `job` for a subscription, starting a drain task when none runs. `last` makes it
     /// the final NOTIFY (the subscription leaves the index and takes no more jobs).
-    fn enqueue(&self, key: &SubKey, job: Job) {
+    fn enqueue(&self, key: &Key, job: Job) {
         let last = job.terminate.is_some();
         let (spawn, resource) = {
             let mut shard = lock(self.shard(key));
@@ -927,7 +932,7 @@ impl RegEvents {
         }
     }
 
-    fn remove(&self, key: &SubKey) {
+    fn remove(&self, key: &Key) {
         let gone = lock(self.shard(key)).remove(key);
         if let Some(sub) = gone {
             self.index_remove(&sub.resource, key);
@@ -935,7 +940,7 @@ impl RegEvents {
     }
 
     /// Sends the subscription's queued NOTIFYs, one at a time, until the queue is empty.
-    async fn drain(self, key: SubKey) {
+    async fn drain(self, key: Key) {
         loop {
             let resource = match lock(self.shard(&key)).get(&key) {
                 Some(s) => s.resource.clone(),
@@ -949,6 +954,8 @@ impl RegEvents {
                 };
                 let Some(job) = sub.queue.pop_front() else {
                     sub.draining = false;
+                    // Held for as long as the subscription lives: give the room back.
+                    sub.queue.shrink_to_fit();
                     return;
                 };
                 if job.terminate.is_none()
@@ -960,7 +967,7 @@ impl RegEvents {
                     tracing::debug!(%resource, "registration change already notified");
                     continue;
                 }
-                let built = self.notify_request(sub, &job, snapshot.as_ref());
+                let built = self.notify_request(&key, sub, &job, snapshot.as_ref());
                 if job.terminate.is_some() {
                     shard.remove(&key);
                 }
@@ -1000,6 +1007,7 @@ impl RegEvents {
     /// The NOTIFY for `job`, where it goes, and its document version.
     fn notify_request(
         &self,
+        key: &SubKey,
         sub: &mut Subscription,
         job: &Job,
         snapshot: Option<&RegistrationRecord>,
@@ -1040,12 +1048,12 @@ impl RegEvents {
         for r in &routes {
             b = b.header("Route", &format!("<{r}>"));
         }
-        let from = text::set_param(&sub.local_uri, "tag", Some(&sub.local_tag));
+        let from = text::set_param(&sub.local_uri, "tag", Some(&key.local_tag));
         let m = b
             .header("Max-Forwards", "70")
             .header("From", &from)
             .header("To", &sub.remote)
-            .header("Call-ID", &sub.call_id)
+            .header("Call-ID", &key.call_id)
             .header("CSeq", &format!("{} NOTIFY", sub.local_cseq))
             .header("Contact", &self.inner.contact)
             .header("Event", &sub.event)
@@ -1062,7 +1070,7 @@ impl RegEvents {
     /// Queues the NOTIFYs a registration change calls for.
     fn on_reg_event(&self, ev: &RegEvent) {
         let gone = ev.contacts_left.is_empty();
-        let mut keys: Vec<SubKey> = Vec::new();
+        let mut keys: Vec<Key> = Vec::new();
         for id in std::iter::once(&ev.impu).chain(ev.associated_uris.iter()) {
             for k in self.index_get(id) {
                 if !keys.contains(&k) {
@@ -1100,7 +1108,7 @@ impl RegEvents {
     /// After missing registration events: every subscription gets the current state (or its
     /// end, when its registration is gone).
     fn resync(&self) {
-        let all: Vec<(SubKey, String)> = self
+        let all: Vec<(Key, String)> = self
             .inner
             .subs
             .iter()
@@ -1132,7 +1140,7 @@ impl RegEvents {
     /// timer task calls it every [`SWEEP_INTERVAL`].
     pub fn sweep(&self) {
         let now = Instant::now();
-        let expired: Vec<SubKey> = self
+        let expired: Vec<Key> = self
             .inner
             .subs
             .iter()

@@ -183,11 +183,102 @@ struct Challenge {
 
 #[derive(Default)]
 struct User {
-    pending: Option<Challenge>,
-    /// Registrations by IMPU (lowercase).
-    regs: HashMap<String, RegistrationRecord>,
+    /// Boxed: most users have none, and the shard maps hold `User` inline.
+    pending: Option<Box<Challenge>>,
+    /// Registrations by IMPU.
+    regs: Regs,
     /// Wrong answers and the lockout (see "Lockout" in the module docs).
-    lockout: Lockout,
+    /// Only while there are failures to count (boxed: most users never have any).
+    lockout: Option<Box<Lockout>>,
+}
+
+/// One IMPI's registrations, one per IMPU (a user registers one to a few IMPUs): a vector
+/// searched by the IMPU's lowercase key ([`key`]), holding exactly what it needs, where a map
+/// per user would cost several hundred bytes of buckets each (issue #16: ≤ 2 KiB per
+/// registered UE).
+#[derive(Default)]
+struct Regs(Vec<RegistrationRecord>);
+
+impl Regs {
+    fn position(&self, k: &str) -> Option<usize> {
+        self.0.iter().position(|r| r.impu.eq_ignore_ascii_case(k))
+    }
+
+    fn contains_key(&self, k: &str) -> bool {
+        self.position(k).is_some()
+    }
+
+    fn get(&self, k: &str) -> Option<&RegistrationRecord> {
+        self.position(k).map(|i| &self.0[i])
+    }
+
+    fn get_mut(&mut self, k: &str) -> Option<&mut RegistrationRecord> {
+        self.position(k).map(|i| &mut self.0[i])
+    }
+
+    /// The registration of `k`, made by `new` when there is none.
+    fn get_or_insert_with(
+        &mut self,
+        k: &str,
+        new: impl FnOnce() -> RegistrationRecord,
+    ) -> &mut RegistrationRecord {
+        let i = match self.position(k) {
+            Some(i) => i,
+            None => {
+                self.0.reserve_exact(1);
+                self.0.push(new());
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[i]
+    }
+
+    /// Stores `rec`, replacing the registration of its IMPU.
+    fn insert(&mut self, rec: RegistrationRecord) {
+        match self.position(&rec.impu) {
+            Some(i) => self.0[i] = rec,
+            None => {
+                self.0.reserve_exact(1);
+                self.0.push(rec);
+            }
+        }
+    }
+
+    fn remove(&mut self, k: &str) -> Option<RegistrationRecord> {
+        self.position(k).map(|i| self.0.swap_remove(i))
+    }
+
+    /// Takes out the registrations `pick` chooses.
+    fn take_if(
+        &mut self,
+        mut pick: impl FnMut(&RegistrationRecord) -> bool,
+    ) -> Vec<RegistrationRecord> {
+        let (out, keep) = std::mem::take(&mut self.0)
+            .into_iter()
+            .partition(|r| pick(r));
+        self.0 = keep;
+        out
+    }
+
+    fn retain(&mut self, keep: impl FnMut(&mut RegistrationRecord) -> bool) {
+        self.0.retain_mut(keep);
+    }
+
+    fn values(&self) -> std::slice::Iter<'_, RegistrationRecord> {
+        self.0.iter()
+    }
+
+    fn values_mut(&mut self) -> std::slice::IterMut<'_, RegistrationRecord> {
+        self.0.iter_mut()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// Wrong answers to our challenges for one IMPI.
@@ -488,15 +579,16 @@ impl Registrar {
         self.inner.cx.sar_unregistered(impu).await
     }
 
-    /// The Prometheus text of the registrar's metrics ([`crate::metrics`]).
-    pub fn render_metrics(&self) -> String {
+    /// The Prometheus text of the registrar's metrics ([`crate::metrics`]), with the SIP
+    /// endpoint's `(server, client)` transactions.
+    pub fn render_metrics(&self, transactions: (usize, usize)) -> String {
         let held = self
             .inner
             .shards
             .iter()
             .map(|s| lock(s).values().map(|u| u.regs.len()).sum::<usize>())
             .sum();
-        self.inner.metrics.render(held)
+        self.inner.metrics.render(held, transactions)
     }
 
     /// Every registration held (a snapshot, shard by shard).
@@ -535,11 +627,7 @@ impl Registrar {
     fn install(&self, rec: RegistrationRecord) {
         self.index_add(&rec);
         let mut shard = lock(self.shard(&rec.impi));
-        shard
-            .entry(rec.impi.clone())
-            .or_default()
-            .regs
-            .insert(key(&rec.impu), rec);
+        shard.entry(rec.impi.clone()).or_default().regs.insert(rec);
     }
 
     /// How many registration events have been emitted so far. Every change of an event
@@ -638,7 +726,7 @@ impl Registrar {
         match verify(req, c, &ch) {
             Ok(()) => {
                 if let Some(u) = lock(self.shard(&p.impi)).get_mut(&p.impi) {
-                    u.lockout = Lockout::default();
+                    u.lockout = None;
                 }
                 self.bind(req, &p, tag).await
             }
@@ -683,7 +771,7 @@ impl Registrar {
     fn check_lockout(&self, p: &Parsed) -> Result<(), Reject> {
         let left = lock(self.shard(&p.impi))
             .get(&p.impi)
-            .and_then(|u| u.lockout.left(Instant::now()));
+            .and_then(|u| u.lockout.as_ref()?.left(Instant::now()));
         let Some(left) = left else { return Ok(()) };
         tracing::warn!(
             impi = %p.impi,
@@ -705,7 +793,11 @@ impl Registrar {
         let keep = Duration::from_secs(self.inner.cfg.auth_lockout_seconds);
         let now = Instant::now();
         let mut shard = lock(self.shard(impi));
-        let l = &mut shard.entry(impi.to_owned()).or_default().lockout;
+        let l = shard
+            .entry(impi.to_owned())
+            .or_default()
+            .lockout
+            .get_or_insert_with(Box::default);
         if l.last.is_some_and(|t| t + keep <= now) {
             l.failures = 0;
         }
@@ -886,7 +978,11 @@ impl Registrar {
         let ok = user.pending.as_ref().is_some_and(|c| {
             c.nonce == nonce && same_uri(&c.impu, impu) && c.expires > Instant::now()
         });
-        if ok { user.pending.take() } else { None }
+        if ok {
+            user.pending.take().map(|c| *c)
+        } else {
+            None
+        }
     }
 
     /// MAR, keep the vector, 401.
@@ -993,7 +1089,7 @@ impl Registrar {
         lock(self.shard(&p.impi))
             .entry(p.impi.clone())
             .or_default()
-            .pending = Some(ch);
+            .pending = Some(Box::new(ch));
         tracing::info!(impi = %p.impi, impu = %p.impu, "challenged (401)");
         Ok(respond(
             req,
@@ -1085,7 +1181,7 @@ impl Registrar {
             let mut shard = lock(self.shard(&p.impi));
             let user = shard.entry(p.impi.clone()).or_default();
             let refreshed = user.regs.contains_key(&k);
-            let reg = user.regs.entry(k).or_insert_with(|| RegistrationRecord {
+            let reg = user.regs.get_or_insert_with(&k, || RegistrationRecord {
                 impu: p.impu.clone(),
                 impi: p.impi.clone(),
                 scscf_name: self.inner.cfg.name.clone(),
@@ -1101,6 +1197,7 @@ impl Registrar {
                 reg.bindings
                     .retain(|b| !b.contact_uri.eq_ignore_ascii_case(&c.uri));
                 if c.expires > 0 {
+                    reg.bindings.reserve_exact(1);
                     reg.bindings.push(BindingRecord {
                         contact_uri: c.uri.clone(),
                         contact: c.value.clone(),
@@ -1264,8 +1361,8 @@ impl Registrar {
         for s in &self.inner.shards {
             let mut shard = lock(s);
             shard.retain(|impi, user| {
-                if user.lockout.idle(instant, keep) {
-                    user.lockout = Lockout::default();
+                if user.lockout.as_ref().is_some_and(|l| l.idle(instant, keep)) {
+                    user.lockout = None;
                 }
                 if user.pending.as_ref().is_some_and(|c| c.expires <= instant)
                     && let Some(c) = user.pending.take()
@@ -1273,7 +1370,7 @@ impl Registrar {
                 {
                     timed_out.push((impi.clone(), c.impu));
                 }
-                user.regs.retain(|_, reg| {
+                user.regs.retain(|reg| {
                     let before = reg.bindings.len();
                     let mut expired = Vec::new();
                     reg.bindings.retain(|b| {
@@ -1293,7 +1390,9 @@ impl Registrar {
                         true
                     }
                 });
-                user.pending.is_some() || !user.regs.is_empty() || user.lockout.last.is_some()
+                user.pending.is_some()
+                    || !user.regs.is_empty()
+                    || user.lockout.as_ref().is_some_and(|l| l.last.is_some())
             });
         }
         for (impi, impu) in timed_out {
@@ -1389,19 +1488,13 @@ impl Registrar {
             match shard.get_mut(impi) {
                 None => Vec::new(),
                 Some(user) => {
-                    let keys: Vec<String> = user
-                        .regs
-                        .iter()
-                        .filter(|(_, r)| {
-                            named.is_empty()
-                                || named.iter().any(|n| {
-                                    same_uri(&r.impu, n)
-                                        || r.associated_uris.iter().any(|a| same_uri(a, n))
-                                })
-                        })
-                        .map(|(k, _)| k.clone())
-                        .collect();
-                    let out = keys.iter().filter_map(|k| user.regs.remove(k)).collect();
+                    let out = user.regs.take_if(|r| {
+                        named.is_empty()
+                            || named.iter().any(|n| {
+                                same_uri(&r.impu, n)
+                                    || r.associated_uris.iter().any(|a| same_uri(a, n))
+                            })
+                    });
                     if named.is_empty() {
                         user.pending = None;
                     }
