@@ -164,6 +164,18 @@ impl Lab {
 
     /// As [`Lab::start`], the daemons logging at `log` (a RUST_LOG filter).
     pub fn start_logging(tag: &str, log: &str) -> Option<Lab> {
+        let mut lab = Lab::start_hss(tag, log)?;
+        lab.spawn("home", "scscf");
+        lab.spawn("home", "icscf");
+        lab.spawn("visited", "pcscf");
+        lab.wait_peers(2);
+        Some(lab)
+    }
+
+    /// The topology with every config written, and only the DNS server and the HSS running,
+    /// its subscribers provisioned: a test then starts the CSCFs it wants (ours with
+    /// [`Lab::spawn`], or another implementation at the same addresses).
+    pub fn start_hss(tag: &str, log: &str) -> Option<Lab> {
         if !ims_testkit::require_root(tag) {
             return None;
         }
@@ -239,10 +251,6 @@ impl Lab {
             "--roaming",
             "vims.net",
         ]);
-        lab.spawn("home", "scscf");
-        lab.spawn("home", "icscf");
-        lab.spawn("visited", "pcscf");
-        lab.wait_peers(2);
         Some(lab)
     }
 
