@@ -663,6 +663,22 @@ fn check_chain(m: &mut Mixed, [ue, visited, home]: &[PathBuf; 3], how: Subscribe
         "P-Associated-URI: {uris:#?}"
     );
 
+    // At debug=1 Kamailio logs none of the secrets (at debug=2 ims_auth logs HA1): K, OP,
+    // OPc, carol's password and HA1, and each challenge's RES, CK and IK.
+    let mut secrets = lab::provisioned_secrets();
+    for c in &challenges[..2] {
+        secrets.extend(lab::aka_secrets(&sipp::param(c, "nonce").unwrap()));
+    }
+    for (n, c) in &m.kamailio {
+        let log = c.log().to_ascii_lowercase();
+        for secret in &secrets {
+            assert!(
+                !log.contains(&secret.to_ascii_lowercase()),
+                "{n} logged the secret {secret}"
+            );
+        }
+    }
+
     for f in [ue, visited, home] {
         let bad = malformed(f);
         assert!(
