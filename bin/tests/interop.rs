@@ -22,6 +22,9 @@
 //! - [`kamailio_pcscf_our_icscf_scscf_hss`]: Kamailio's P-CSCF in front of OUR I-CSCF, S-CSCF
 //!   and HSS: Path and Service-Route through it, and its reg event subscription (through our
 //!   I-CSCF's LIR) served by our S-CSCF, whose NOTIFYs find it by DNS.
+//! - [`linphonec_through_kamailio_pcscf_our_core`]: a real SIP Digest softphone (linphonec)
+//!   registers and unregisters through Kamailio's P-CSCF in front of our I-CSCF, S-CSCF and
+//!   HSS.
 //!
 //! Kamailio resolves names (the HSS's FQDN for cdp, the S-CSCF's URI, the home domain) with
 //! the system resolver: the home and visited namespaces get an `/etc/netns/<ns>/resolv.conf`
@@ -738,4 +741,195 @@ fn kamailio_pcscf_our_icscf_scscf_hss() {
     m.kamailio("pcscf", "visited", lab::P, "pcscf1.vims.net");
     let files = capture_alice_and_carol(&m);
     check_chain(&mut m, &files, Subscribes::ThroughIcscf);
+}
+
+/// linphonec (Debian `linphone-cli`) as carol in the UE's namespace: a fresh HOME and config
+/// (the traps are in `softphone.rs`: its database directory, `userid` for the IMPI, a
+/// config it rewrites), UDP port 5070, registering through the lab's P-CSCF.
+struct Linphonec {
+    child: NsChild,
+    stdin: Option<std::process::ChildStdin>,
+    log: PathBuf,
+}
+
+impl Linphonec {
+    fn start(m: &Mixed, exe: &Path) -> Linphonec {
+        let home = m.lab.dir.join("linphonec");
+        std::fs::create_dir_all(home.join(".local/share/linphone")).unwrap();
+        let rc = home.join("linphonerc");
+        let p = lab::P;
+        std::fs::write(
+            &rc,
+            format!(
+                "[sip]\nsip_port=5070\nsip_tcp_port=0\nsip_tls_port=0\ndefault_proxy=0\n\
+                 register_only_when_network_is_up=0\n[net]\nfirewall_policy=0\n\
+                 [sound]\nechocancellation=0\n[proxy_0]\n\
+                 reg_proxy=<sip:{p}:5060;transport=udp>\n\
+                 reg_route=<sip:{p}:5060;transport=udp;lr>\n\
+                 reg_identity=sip:carol@hims.net\nreg_expires=600\nreg_sendregister=1\n\
+                 publish=0\n[auth_info_0]\nusername=carol\nuserid=carol@hims.net\n\
+                 passwd=carol-secret\nrealm=hims.net\ndomain=hims.net\n"
+            ),
+        )
+        .unwrap();
+        let log = home.join("linphonec.log");
+        let out = std::fs::File::create(home.join("stdout.txt")).unwrap();
+        let mut cmd = m.lab.topo.command("ue", exe);
+        cmd.arg("-c")
+            .arg(&rc)
+            .args(["-d", "6", "-l"])
+            .arg(&log)
+            .env("HOME", &home)
+            .env_remove("DISPLAY")
+            .current_dir(&home)
+            .stdin(std::process::Stdio::piped())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        let mut child = cmd.spawn().unwrap();
+        let stdin = child.stdin.take();
+        Linphonec {
+            child: NsChild::new(child, "linphonec"),
+            stdin,
+            log,
+        }
+    }
+
+    /// Types `line` at its prompt.
+    fn send(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("linphonec's stdin is open");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits (10 s at most) until its account reaches registration state `state`, read from
+    /// its log (`… moving from state [A] to [B]`).
+    fn wait_state(&self, state: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let want = format!("to [{state}]");
+        while Instant::now() < deadline {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if log.lines().any(|l| {
+                l.contains("for identity [sip:carol@hims.net] moving from state")
+                    && l.contains(&want)
+            }) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Its log's registration lines, for a failure message.
+    fn report(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains("Registration") || l.contains("moving from state"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// `quit`, then waits for it to exit (killed after 5 s).
+    fn quit(&mut self) {
+        self.send("quit");
+        drop(self.stdin.take());
+        if self.child.wait_timeout(Duration::from_secs(5)).is_none() {
+            self.child.stop(Duration::from_secs(1));
+        }
+    }
+}
+
+/// A real SIP Digest softphone, linphonec as carol, registers through Kamailio's P-CSCF with
+/// OUR I-CSCF, S-CSCF and HSS behind it, and unregisters: linphonec reaches
+/// LinphoneRegistrationOk and then LinphoneRegistrationCleared, our S-CSCF logs both, and the
+/// capture at the UE shows an MD5 challenge and the 200 with our Service-Route and the
+/// implicit set, nothing malformed.
+#[test]
+fn linphonec_through_kamailio_pcscf_our_core() {
+    const TEST: &str = "linphonec_through_kamailio_pcscf_our_core";
+    let Some(exe) = ims_testkit::require_tool(TEST, "linphonec") else {
+        return;
+    };
+    let Some(mut m) = Mixed::start("kamphone") else {
+        return;
+    };
+    if ims_testkit::require_tool(TEST, "tshark").is_none() {
+        return;
+    }
+    m.lab.spawn("home", "scscf");
+    m.lab.spawn("home", "icscf");
+    m.wait_peers(2);
+    m.kamailio("pcscf", "visited", lab::P, "pcscf1.vims.net");
+    let pcap = m.lab.topo.capture("ue", "eth0", &m.lab.dir.join("ue.pcap"));
+    let mut phone = Linphonec::start(&m, &exe);
+    assert!(
+        phone.wait_state("LinphoneRegistrationOk"),
+        "linphonec did not register\n{}\n{}",
+        phone.report(),
+        m.logs()
+    );
+    phone.send("unregister");
+    assert!(
+        phone.wait_state("LinphoneRegistrationCleared"),
+        "linphonec did not unregister\n{}\n{}",
+        phone.report(),
+        m.logs()
+    );
+    phone.quit();
+    let pcap = pcap.stop();
+    m.all_alive();
+    let logs = m.lab.logs();
+    for line in [
+        "registrar: registered (200) impi=carol@hims.net",
+        "registrar: deregistered (200) impi=carol@hims.net",
+    ] {
+        assert_eq!(logs.matches(line).count(), 1, "`{line}` in\n{logs}");
+    }
+    // REGISTER, 401, REGISTER, 200; the un-REGISTER reuses the nonce, so it may be
+    // challenged again before its 200.
+    let l = ladder(&pcap);
+    assert_eq!(
+        l[..4],
+        [
+            "UE>P REGISTER",
+            "P>UE 401 REGISTER",
+            "UE>P REGISTER",
+            "P>UE 200 REGISTER"
+        ],
+        "the UE's capture: {l:#?}"
+    );
+    assert!(
+        l[4..] == ["UE>P REGISTER", "P>UE 200 REGISTER"]
+            || l[4..]
+                == [
+                    "UE>P REGISTER",
+                    "P>UE 401 REGISTER",
+                    "UE>P REGISTER",
+                    "P>UE 200 REGISTER"
+                ],
+        "the UE's capture: {l:#?}"
+    );
+    let challenge = sip_header(&pcap, lab::P, "10.10.1.2", "sip.WWW-Authenticate");
+    assert!(
+        challenge[0].1.contains("algorithm=MD5") && sipp::param(&challenge[0].1, "ck").is_none(),
+        "{challenge:#?}"
+    );
+    let routes = sip_header(&pcap, lab::P, "10.10.1.2", "sip.Service-Route");
+    assert!(
+        routes
+            .iter()
+            .any(|(st, v)| st == "200" && v.contains("sip:orig@scscf1.hims.net")),
+        "Service-Route: {routes:#?}"
+    );
+    let uris = sip_header(&pcap, lab::P, "10.10.1.2", "sip.P-Associated-URI");
+    assert!(
+        uris.iter()
+            .any(|(st, v)| st == "200" && v.contains("tel:+15551230003")),
+        "P-Associated-URI: {uris:#?}"
+    );
+    assert!(
+        malformed(&pcap).is_empty(),
+        "malformed packets in {}",
+        pcap.display()
+    );
 }
