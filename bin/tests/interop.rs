@@ -122,10 +122,14 @@ struct Mixed {
 }
 
 impl Mixed {
-    /// The lab with only DNS and our HSS running, and the home and visited namespaces
-    /// resolving by the lab's DNS; `None` (after a SKIP line) without root, SIPp or Kamailio.
-    fn start(tag: &str) -> Option<Mixed> {
-        if !ims_testkit::require_root(tag) || !require_kamailio(tag) {
+    /// The lab (namespaces named after `tag`) with only DNS and our HSS running, and the home
+    /// and visited namespaces resolving by the lab's DNS; `None` (after a SKIP line naming
+    /// `test`) without root, SIPp or Kamailio.
+    fn start(test: &str, tag: &str) -> Option<Mixed> {
+        if !ims_testkit::require_root(test)
+            || !require_kamailio(test)
+            || ims_testkit::require_tool(test, "sipp").is_none()
+        {
             return None;
         }
         let lab = Lab::start_hss(tag, "info")?;
@@ -695,7 +699,7 @@ fn check_chain(m: &mut Mixed, [ue, visited, home]: &[PathBuf; 3], how: Subscribe
 /// OUR P-CSCF → Kamailio's I-CSCF and S-CSCF → OUR HSS.
 #[test]
 fn our_pcscf_kamailio_icscf_scscf_our_hss() {
-    let Some(mut m) = Mixed::start("kamreg") else {
+    let Some(mut m) = Mixed::start("our_pcscf_kamailio_icscf_scscf_our_hss", "kamreg") else {
         return;
     };
     if ims_testkit::require_tool("our_pcscf_kamailio_icscf_scscf_our_hss", "tshark").is_none() {
@@ -712,7 +716,7 @@ fn our_pcscf_kamailio_icscf_scscf_our_hss() {
 /// Kamailio's P-CSCF, I-CSCF and S-CSCF → OUR HSS.
 #[test]
 fn kamailio_pcscf_icscf_scscf_our_hss() {
-    let Some(mut m) = Mixed::start("kamall") else {
+    let Some(mut m) = Mixed::start("kamailio_pcscf_icscf_scscf_our_hss", "kamall") else {
         return;
     };
     if ims_testkit::require_tool("kamailio_pcscf_icscf_scscf_our_hss", "tshark").is_none() {
@@ -729,7 +733,7 @@ fn kamailio_pcscf_icscf_scscf_our_hss() {
 /// Kamailio's P-CSCF → OUR I-CSCF, S-CSCF and HSS.
 #[test]
 fn kamailio_pcscf_our_icscf_scscf_hss() {
-    let Some(mut m) = Mixed::start("kampour") else {
+    let Some(mut m) = Mixed::start("kamailio_pcscf_our_icscf_scscf_hss", "kampour") else {
         return;
     };
     if ims_testkit::require_tool("kamailio_pcscf_our_icscf_scscf_hss", "tshark").is_none() {
@@ -850,7 +854,7 @@ fn linphonec_through_kamailio_pcscf_our_core() {
     let Some(exe) = ims_testkit::require_tool(TEST, "linphonec") else {
         return;
     };
-    let Some(mut m) = Mixed::start("kamphone") else {
+    let Some(mut m) = Mixed::start(TEST, "kamphone") else {
         return;
     };
     if ims_testkit::require_tool(TEST, "tshark").is_none() {
