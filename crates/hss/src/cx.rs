@@ -21,7 +21,9 @@
 //! - SAR: every Server-Assignment-Type; the S-CSCF name is stored or cleared, the implicit
 //!   registration set changes state together, and User-Data is the TS 29.228 IMSSubscription
 //!   XML unless User-Data-Already-Available says the S-CSCF has it. Deregistering an identity
-//!   that is not registered succeeds (idempotent); RE_REGISTRATION of one is 5003.
+//!   that is not registered succeeds (idempotent); so does RE_REGISTRATION of one, taken as a
+//!   registration (Kamailio's S-CSCF sends it for a UE that registers again soon after its
+//!   deregistration).
 //! - LIR: the serving S-CSCF, or 2003 UNREGISTERED_SERVICE with capabilities when none.
 //! - The last authentication of each IMPI is recorded ([`AuthOutcome`]): a vector handed out
 //!   (challenged), a resync (or its refusal), and the S-CSCF's verdict by SAR: REGISTRATION
@@ -630,16 +632,11 @@ impl CxHandler {
                 .record_authentication(impi, outcome, r.server_name);
         }
         match r.assignment_type {
+            // RE_REGISTRATION of an identity that is not registered is taken as a
+            // registration, as FHoSS and Open5GS's HSS do: Kamailio's S-CSCF (5.6) sends
+            // RE_REGISTRATION for a UE that registers again while its usrloc record of the
+            // previous registration lingers, and a refusal there fails that REGISTER (500).
             Sat::Registration | Sat::ReRegistration => {
-                if r.assignment_type == Sat::ReRegistration
-                    && reg_state != RegState::Registered as i64
-                {
-                    return answer(
-                        AnswerResult::experimental(erc::ERROR_IDENTITY_NOT_REGISTERED),
-                        None,
-                        None,
-                    );
-                }
                 self.subs.set_scscf(&impu, Some(&me)).await?;
                 self.subs.set_reg_state(&impu, RegState::Registered).await?;
                 let data = if wants_data {
