@@ -25,6 +25,10 @@
 //! - [`linphonec_through_kamailio_pcscf_our_core`]: a real SIP Digest softphone (linphonec)
 //!   registers and unregisters through Kamailio's P-CSCF in front of our I-CSCF, S-CSCF and
 //!   HSS.
+//! - [`message_between_users_of_our_scscf_and_kamailios`]: two S-CSCFs on one HSS, ours for
+//!   bob and Kamailio's for dave (his capability set names it); our UEs (`ims-ue`) exchange
+//!   MESSAGEs both ways across them through our P-CSCF and I-CSCF (LIR); dave registers
+//!   again right after his deregistration (Kamailio's RE_REGISTRATION SAR).
 //!
 //! Kamailio resolves names (the HSS's FQDN for cdp, the S-CSCF's URI, the home domain) with
 //! the system resolver: the home and visited namespaces get an `/etc/netns/<ns>/resolv.conf`
@@ -349,6 +353,7 @@ fn ladder(pcap: &Path) -> Vec<String> {
         "10.10.4.2" => "I",
         "10.10.4.3" => "S",
         "10.10.4.4" => "HSS",
+        "10.10.4.5" => "S2",
         _ => "?",
     };
     let mut lines: Vec<String> = Vec::new();
@@ -956,4 +961,185 @@ fn linphonec_through_kamailio_pcscf_our_core() {
         "malformed packets in {}",
         pcap.display()
     );
+}
+
+/// MESSAGEs both ways between bob, served by OUR S-CSCF, and dave, served by Kamailio's
+/// S-CSCF (`scscf2.hims.net`: his capability set at OUR HSS names it), both behind OUR
+/// P-CSCF and I-CSCF: each goes originating S-CSCF → I-CSCF (LIR) → the other S-CSCF →
+/// P-CSCF → UE, and its 200 back. Then dave registers again at once, for which Kamailio's
+/// S-CSCF (still holding his record) sends a RE_REGISTRATION SAR that our HSS accepts.
+#[test]
+fn message_between_users_of_our_scscf_and_kamailios() {
+    const TEST: &str = "message_between_users_of_our_scscf_and_kamailios";
+    let Some(mut m) = Mixed::start(TEST, "kammsg") else {
+        return;
+    };
+    if ims_testkit::require_tool(TEST, "tshark").is_none() {
+        return;
+    }
+    m.lab.topo.add_address("home", &format!("{}/24", lab::S2));
+    let ue = sipp::Ue::default();
+    m.lab.imsctl(&[
+        "capability-set",
+        "put",
+        "kamailio",
+        "--server",
+        "sip:scscf2.hims.net:5060",
+    ]);
+    m.lab.imsctl(&[
+        "subscriber",
+        "add",
+        "--impi",
+        "dave.private@hims.net",
+        "--impu",
+        "sip:dave@hims.net",
+        "--k",
+        &ue.k,
+        "--op",
+        &ue.op,
+        "--amf",
+        &ue.amf,
+        "--capability-set",
+        "kamailio",
+        "--roaming",
+        "vims.net",
+    ]);
+    m.lab.spawn("home", "scscf");
+    m.lab.spawn("home", "icscf");
+    m.kamailio("scscf", "home", lab::S2, "scscf2.hims.net");
+    m.wait_peers(3);
+    m.our_pcscf();
+    let home = m.lab.dir.join("home.pcap");
+    let cap = m.lab.topo.capture("home", "any", &home);
+    let cfg = |who: &str| {
+        lab::aka_ue(
+            &format!("{who}.private@hims.net"),
+            &format!("sip:{who}@hims.net"),
+            sipp::TEST_K,
+            0,
+            ims_net::sip::Transport::Udp,
+        )
+    };
+    let (bob, dave) = (cfg("bob"), cfg("dave"));
+    let result = m.lab.topo.enter("ue", move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let mut b = ims_ue::Ue::start(bob).await?;
+                let mut d = ims_ue::Ue::start(dave).await?;
+                let regs = (b.register(600).await?.status, d.register(600).await?.status);
+                let wait = Duration::from_secs(10);
+                let (to_dave, dave_got) = tokio::join!(
+                    b.send_message("sip:dave@hims.net", "hello dave"),
+                    d.next_message(wait)
+                );
+                let (to_bob, bob_got) = tokio::join!(
+                    d.send_message("sip:bob@hims.net", "hello bob"),
+                    b.next_message(wait)
+                );
+                let deregs = (b.register(0).await?.status, d.register(0).await?.status);
+                // dave again at once: Kamailio's S-CSCF still holds his record and sends a
+                // RE_REGISTRATION SAR, which our HSS must take as a registration.
+                let again = (d.register(600).await?.status, d.register(0).await?.status);
+                Ok::<_, ims_ue::UeError>((
+                    regs,
+                    (to_dave?, dave_got?),
+                    (to_bob?, bob_got?),
+                    deregs,
+                    again,
+                ))
+            })
+    });
+    let pcap = cap.stop();
+    m.all_alive();
+    let logs = m.logs();
+    let (regs, (to_dave, dave_got), (to_bob, bob_got), deregs, again) =
+        result.unwrap_or_else(|e| panic!("{e}\n{logs}"));
+    assert_eq!((regs, deregs), ((200, 200), (200, 200)), "{logs}");
+    assert_eq!(again, (200, 200), "dave registering again\n{logs}");
+    assert_eq!(to_dave, 200, "bob's MESSAGE to dave\n{logs}");
+    let got = dave_got.unwrap_or_else(|| panic!("dave got no MESSAGE\n{logs}"));
+    assert_eq!(
+        (got.from.as_str(), got.body.as_str()),
+        ("sip:bob@hims.net", "hello dave")
+    );
+    assert_eq!(to_bob, 200, "dave's MESSAGE to bob\n{logs}");
+    let got = bob_got.unwrap_or_else(|| panic!("bob got no MESSAGE\n{logs}"));
+    assert_eq!(
+        (got.from.as_str(), got.body.as_str()),
+        ("sip:dave@hims.net", "hello bob")
+    );
+
+    // Each user registered (and deregistered) at his own S-CSCF, and each MESSAGE went from
+    // the sender's S-CSCF through the I-CSCF's LIR to the other S-CSCF and the P-CSCF, its
+    // 200 the same way back (100 Trying, if any hop sent one, left out).
+    let h = ladder(&pcap);
+    let count = |line: &str| h.iter().filter(|l| *l == line).count();
+    // (Counted by the S-CSCFs' 200s: whether a REGISTER that reuses the last nonce is
+    // challenged again depends on the S-CSCF and on timing.)
+    assert_eq!(
+        (count("S>I 200 REGISTER"), count("S2>I 200 REGISTER")),
+        (2, 4),
+        "bob at our S-CSCF, dave at Kamailio's (twice): {h:#?}"
+    );
+    // Kamailio's SARs for dave: REGISTRATION (1), USER_DEREGISTRATION (5), then for his new
+    // registration RE_REGISTRATION (2), all answered 2001 by our HSS.
+    let sars = Command::new("tshark")
+        .arg("-r")
+        .arg(&pcap)
+        .args([
+            "-n",
+            "-Y",
+            &format!("diameter.cmd.code == 301 && ip.src == {}", lab::S2),
+            "-T",
+            "fields",
+            "-e",
+            "diameter.Server-Assignment-Type",
+        ])
+        .output()
+        .unwrap();
+    let types: Vec<String> = String::from_utf8_lossy(&sars.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(types, ["1", "5", "2", "5"], "Kamailio's SARs: {h:#?}");
+    assert_eq!(count("HSS>S2 SAA"), 4, "{h:#?}");
+    assert!(
+        !logs.contains("SAR refused"),
+        "our HSS refused a SAR\n{logs}"
+    );
+    let messages: Vec<&String> = h
+        .iter()
+        .filter(|l| (l.contains("MESSAGE") || l.contains(" LI")) && !l.contains(" 100 "))
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "P>S MESSAGE",
+            "S>I MESSAGE",
+            "I>HSS LIR",
+            "HSS>I LIA",
+            "I>S2 MESSAGE",
+            "S2>P MESSAGE",
+            "P>S2 200 MESSAGE",
+            "S2>I 200 MESSAGE",
+            "I>S 200 MESSAGE",
+            "S>P 200 MESSAGE",
+            "P>S2 MESSAGE",
+            "S2>I MESSAGE",
+            "I>HSS LIR",
+            "HSS>I LIA",
+            "I>S MESSAGE",
+            "S>P MESSAGE",
+            "P>S 200 MESSAGE",
+            "S>I 200 MESSAGE",
+            "I>S2 200 MESSAGE",
+            "S2>P 200 MESSAGE",
+        ],
+        "the home capture: {h:#?}"
+    );
+    let bad = malformed(&pcap);
+    assert!(bad.is_empty(), "malformed packets: {bad:#?}");
 }
