@@ -29,6 +29,9 @@
 //!   bob and Kamailio's for dave (his capability set names it); our UEs (`ims-ue`) exchange
 //!   MESSAGEs both ways across them through our P-CSCF and I-CSCF (LIR); dave registers
 //!   again right after his deregistration (Kamailio's RE_REGISTRATION SAR).
+//! - [`calls_between_users_of_our_scscf_and_kamailios`]: the same two S-CSCFs; `ims-load`'s
+//!   call mode places calls (INVITE … BYE) from a user of ours to a user of Kamailio's and
+//!   back, the dialog record-routed through both S-CSCFs.
 //!
 //! Kamailio resolves names (the HSS's FQDN for cdp, the S-CSCF's URI, the home domain) with
 //! the system resolver: the home and visited namespaces get an `/etc/netns/<ns>/resolv.conf`
@@ -1140,6 +1143,128 @@ fn message_between_users_of_our_scscf_and_kamailios() {
         ],
         "the home capture: {h:#?}"
     );
+    let bad = malformed(&pcap);
+    assert!(bad.is_empty(), "malformed packets: {bad:#?}");
+}
+
+/// Calls both ways between users of OUR S-CSCF and users of Kamailio's S-CSCF (whose
+/// capability set at our HSS names it), through OUR P-CSCF and I-CSCF, by `ims-load`'s call
+/// mode (it registers a pair `mix<n>`, `mix<n+1>`, then the first calls the second: INVITE,
+/// 180, 200, ACK, 100 ms, BYE, 200): `mix0` (ours) calls `mix1` (Kamailio's), then `mix2`
+/// (Kamailio's) calls `mix3` (ours). Each INVITE goes the caller's S-CSCF → I-CSCF (LIR) →
+/// the callee's S-CSCF → P-CSCF, and the ACK and the BYE along the Record-Route (both
+/// S-CSCFs, not the I-CSCF).
+#[test]
+fn calls_between_users_of_our_scscf_and_kamailios() {
+    const TEST: &str = "calls_between_users_of_our_scscf_and_kamailios";
+    let Some(mut m) = Mixed::start(TEST, "kamcall") else {
+        return;
+    };
+    if ims_testkit::require_tool(TEST, "tshark").is_none() {
+        return;
+    }
+    m.lab.topo.add_address("home", &format!("{}/24", lab::S2));
+    let ue = sipp::Ue::default();
+    m.lab.imsctl(&[
+        "capability-set",
+        "put",
+        "kamailio",
+        "--server",
+        "sip:scscf2.hims.net:5060",
+    ]);
+    for (n, kamailio) in [(0, false), (1, true), (2, true), (3, false)] {
+        let (impi, impu) = (format!("mix{n}@hims.net"), format!("sip:mix{n}@hims.net"));
+        let mut args = vec![
+            "subscriber",
+            "add",
+            "--impi",
+            &impi,
+            "--impu",
+            &impu,
+            "--k",
+            &ue.k,
+            "--op",
+            &ue.op,
+            "--amf",
+            &ue.amf,
+            "--roaming",
+            "vims.net",
+        ];
+        if kamailio {
+            args.extend(["--capability-set", "kamailio"]);
+        }
+        m.lab.imsctl(&args);
+    }
+    m.lab.spawn("home", "scscf");
+    m.lab.spawn("home", "icscf");
+    m.kamailio("scscf", "home", lab::S2, "scscf2.hims.net");
+    m.wait_peers(3);
+    m.our_pcscf();
+    let home = m.lab.dir.join("home.pcap");
+    let cap = m.lab.topo.capture("home", "any", &home);
+    for first in ["0", "2"] {
+        let out = m.lab.run_load(&[
+            "--calls",
+            "--prefix",
+            "mix",
+            "--first",
+            first,
+            "--count",
+            "2",
+            "--rate",
+            "4",
+            "--duration",
+            "1",
+            "--hold",
+            "0.1",
+            "--json",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let logs = m.logs();
+        assert!(
+            out.status.success(),
+            "ims-load (first {first}): {text}\n{}\n{logs}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let j: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(
+            (&j["started"], &j["completed"], &j["failed"]),
+            (
+                &serde_json::json!(4),
+                &serde_json::json!(4),
+                &serde_json::json!(0)
+            ),
+            "calls from mix{first}: {j}\n{logs}"
+        );
+        assert_eq!(j["callee_failures"], serde_json::json!({}), "{j}");
+    }
+    let pcap = cap.stop();
+    m.all_alive();
+
+    // Requests only (responses and 100 Trying interleave as they may), method by method.
+    let h = ladder(&pcap);
+    let of = |method: &str| -> Vec<&str> {
+        h.iter()
+            .filter(|l| l.ends_with(&format!(" {method}")) && l.split(' ').count() == 2)
+            .map(String::as_str)
+            .collect()
+    };
+    let ours_to_kam = ["P>S INVITE", "S>I INVITE", "I>S2 INVITE", "S2>P INVITE"];
+    let kam_to_ours = ["P>S2 INVITE", "S2>I INVITE", "I>S INVITE", "S>P INVITE"];
+    assert_eq!(
+        of("INVITE"),
+        [ours_to_kam.repeat(4), kam_to_ours.repeat(4)].concat(),
+        "the home capture: {h:#?}"
+    );
+    for method in ["ACK", "BYE"] {
+        let hops = |path: [&str; 3]| path.map(|hop| format!("{hop} {method}")).to_vec();
+        let (there, back) = (hops(["P>S", "S>S2", "S2>P"]), hops(["P>S2", "S2>S", "S>P"]));
+        let want: Vec<String> = std::iter::repeat_n(there, 4)
+            .chain(std::iter::repeat_n(back, 4))
+            .flatten()
+            .collect();
+        assert_eq!(of(method), want, "the home capture: {h:#?}");
+    }
     let bad = malformed(&pcap);
     assert!(bad.is_empty(), "malformed packets: {bad:#?}");
 }
