@@ -4,7 +4,7 @@
 //! ```text
 //!   ue 10.10.1.2 ── router ── visited 10.10.2.2 (P-CSCF pcscf1.vims.net, also fd00:10:2::2)
 //!                     │ └──── dns 10.10.3.2 (ims-dns, port 53)
-//!                     └────── home 10.10.4.2 I-CSCF, .3 S-CSCF, .4 HSS
+//!                     └────── home 10.10.4.2 I-CSCF, .3 S-CSCF, .4 HSS (.5 a second S-CSCF)
 //! ```
 //!
 //! Subscribers: `alice.private@hims.net` (AKA, SIPp's keys), `bob.private@hims.net` (AKA, the
@@ -27,6 +27,9 @@ pub use bins::bin;
 pub const P: &str = "10.10.2.2";
 pub const I: &str = "10.10.4.2";
 pub const S: &str = "10.10.4.3";
+/// A second S-CSCF's address (`scscf2.hims.net`), for a test that adds one (the home node
+/// does not have it unless the test adds it).
+pub const S2: &str = "10.10.4.5";
 pub const H: &str = "10.10.4.4";
 pub const DNS: &str = "10.10.3.2";
 /// The HSS admin API's token (it listens beyond loopback).
@@ -92,6 +95,7 @@ records = [
   {{ type = "SRV", name = "_sip._tcp", priority = 0, weight = 0, port = 5060, target = "icscf1" }},
   {{ type = "A", name = "icscf1", address = "{I}" }},
   {{ type = "A", name = "scscf1", address = "{S}" }},
+  {{ type = "A", name = "scscf2", address = "{S2}" }},
   {{ type = "A", name = "hss1", address = "{H}" }},
 ]
 [[zone]]
@@ -115,7 +119,7 @@ home_network = "hims.net"
 listen = "{H}:3868"
 origin_host = "hss1.hims.net"
 origin_realm = "hims.net"
-allowed_peers = ["icscf1.hims.net", "scscf1.hims.net"]
+allowed_peers = ["icscf1.hims.net", "scscf1.hims.net", "scscf2.hims.net"]
 [diameter.capabilities]
 server_names = ["sip:scscf1.hims.net:5060"]
 "#,
@@ -164,6 +168,18 @@ impl Lab {
 
     /// As [`Lab::start`], the daemons logging at `log` (a RUST_LOG filter).
     pub fn start_logging(tag: &str, log: &str) -> Option<Lab> {
+        let mut lab = Lab::start_hss(tag, log)?;
+        lab.spawn("home", "scscf");
+        lab.spawn("home", "icscf");
+        lab.spawn("visited", "pcscf");
+        lab.wait_peers(2);
+        Some(lab)
+    }
+
+    /// The topology with every config written, and only the DNS server and the HSS running,
+    /// its subscribers provisioned: a test then starts the CSCFs it wants (ours with
+    /// [`Lab::spawn`], or another implementation at the same addresses).
+    pub fn start_hss(tag: &str, log: &str) -> Option<Lab> {
         if !ims_testkit::require_root(tag) {
             return None;
         }
@@ -239,10 +255,6 @@ impl Lab {
             "--roaming",
             "vims.net",
         ]);
-        lab.spawn("home", "scscf");
-        lab.spawn("home", "icscf");
-        lab.spawn("visited", "pcscf");
-        lab.wait_peers(2);
         Some(lab)
     }
 

@@ -7,7 +7,8 @@
 //!   Failed-AVP), with a wrong value (5004) or a bad header (3008, E bit), and the answer
 //!   says so. An unknown command gets 3001, another application 3007.
 //! - UAR: 5001 unknown user, 5002 identities don't match, 5003 (base) barred, 5004 roaming not
-//!   allowed; DE_REGISTRATION answers the serving S-CSCF or 5003 (identity not registered);
+//!   allowed (the visited network compared without the quotes of a quoted-string, as
+//!   Kamailio's I-CSCF sends it); DE_REGISTRATION answers the serving S-CSCF or 5003 (identity not registered);
 //!   REGISTRATION answers 2002 SUBSEQUENT with Server-Name or 2001 FIRST with
 //!   Server-Capabilities; REGISTRATION_AND_CAPABILITIES always 2001 with capabilities.
 //! - MAR: Digest-AKAv1-MD5 vectors (RAND from the system CSPRNG via ring), as many as asked up
@@ -20,7 +21,9 @@
 //! - SAR: every Server-Assignment-Type; the S-CSCF name is stored or cleared, the implicit
 //!   registration set changes state together, and User-Data is the TS 29.228 IMSSubscription
 //!   XML unless User-Data-Already-Available says the S-CSCF has it. Deregistering an identity
-//!   that is not registered succeeds (idempotent); RE_REGISTRATION of one is 5003.
+//!   that is not registered succeeds (idempotent); so does RE_REGISTRATION of one, taken as a
+//!   registration (Kamailio's S-CSCF sends it for a UE that registers again soon after its
+//!   deregistration).
 //! - LIR: the serving S-CSCF, or 2003 UNREGISTERED_SERVICE with capabilities when none.
 //! - The last authentication of each IMPI is recorded ([`AuthOutcome`]): a vector handed out
 //!   (challenged), a resync (or its refusal), and the S-CSCF's verdict by SAR: REGISTRATION
@@ -229,7 +232,7 @@ impl CxHandler {
             );
             return answer(res, None, None);
         }
-        let vni = String::from_utf8_lossy(r.visited_network_identifier);
+        let vni = visited_network(r.visited_network_identifier);
         if !self
             .subs
             .roaming_allowed(r.public_identity, &vni, &self.cfg.home_network)
@@ -629,16 +632,11 @@ impl CxHandler {
                 .record_authentication(impi, outcome, r.server_name);
         }
         match r.assignment_type {
+            // RE_REGISTRATION of an identity that is not registered is taken as a
+            // registration, as FHoSS and Open5GS's HSS do: Kamailio's S-CSCF (5.6) sends
+            // RE_REGISTRATION for a UE that registers again while its usrloc record of the
+            // previous registration lingers, and a refusal there fails that REGISTER (500).
             Sat::Registration | Sat::ReRegistration => {
-                if r.assignment_type == Sat::ReRegistration
-                    && reg_state != RegState::Registered as i64
-                {
-                    return answer(
-                        AnswerResult::experimental(erc::ERROR_IDENTITY_NOT_REGISTERED),
-                        None,
-                        None,
-                    );
-                }
                 self.subs.set_scscf(&impu, Some(&me)).await?;
                 self.subs.set_reg_state(&impu, RegState::Registered).await?;
                 let data = if wants_data {
@@ -947,6 +945,19 @@ fn command_of(bytes: &[u8]) -> u32 {
     }
 }
 
+/// The visited network a UAR names, as the roaming check compares it: Kamailio's I-CSCF
+/// (ims_icscf 5.6) copies the P-Visited-Network-ID header value verbatim into
+/// Visited-Network-Identifier, so a P-CSCF's `"vims.net"` (a quoted-string, as TS 24.229
+/// allows and ours sends) arrives with its quotes; the quotes are not part of the name.
+fn visited_network(raw: &[u8]) -> std::borrow::Cow<'_, str> {
+    let raw = raw.trim_ascii();
+    let name = match raw {
+        [b'"', inner @ .., b'"'] if !inner.iter().any(|&b| b == b'"' || b == b'\\') => inner,
+        _ => raw,
+    };
+    String::from_utf8_lossy(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -956,6 +967,85 @@ mod tests {
 
     fn h(s: &str) -> Vec<u8> {
         hex::decode(s).unwrap()
+    }
+
+    /// Kamailio's I-CSCF sends P-Visited-Network-ID's quoted-string as it is: the quotes
+    /// are not part of the network's name (issue #19, tests/interop.rs).
+    #[test]
+    fn visited_network_drops_the_quotes_of_a_quoted_string() {
+        assert_eq!(visited_network(b"\"vims.net\""), "vims.net");
+        assert_eq!(visited_network(b" \"vims.net\" "), "vims.net");
+        assert_eq!(visited_network(b"vims.net"), "vims.net");
+        // Not a plain quoted name: left as it is (and then matches no roaming entry).
+        assert_eq!(visited_network(b"\"vims\\\"net\""), "\"vims\\\"net\"");
+        assert_eq!(visited_network(b"\""), "\"");
+        assert_eq!(visited_network(b"\"\""), "");
+    }
+
+    /// A UAR from a roaming subscriber whose Visited-Network-Identifier is the quoted
+    /// `"vims.net"` (as Kamailio's I-CSCF sends it) is allowed to roam there: 2001 with the
+    /// S-CSCF's capabilities or name, not 5004.
+    #[tokio::test]
+    async fn uar_with_a_quoted_visited_network_may_roam() {
+        let store = ims_store::Store::open("sqlite::memory:").await.unwrap();
+        store
+            .add_subscriber(&NewSubscriber {
+                name: "roamer".into(),
+                impi: "roamer@hims.net".into(),
+                credentials: Credentials::Aka {
+                    k: Zeroizing::new(h("465b5ce8b199b49faa5f0a2ee238a6bc")),
+                    opc: Zeroizing::new(h("cd63cb71954a9f4e48a5994e37a02baf")),
+                    amf: [0x80, 0x00],
+                    sqn: 0,
+                },
+                public_identities: vec![NewPublicIdentity {
+                    impu: "sip:roamer@hims.net".into(),
+                    barred: false,
+                    irs: 0,
+                }],
+                ifc_xml: String::new(),
+                capability_set: None,
+                roaming_allowed: vec!["vims.net".into()],
+            })
+            .await
+            .unwrap();
+        let handler = CxHandler::new(
+            crate::subscribers::Subscribers::start(store.clone(), 1, false),
+            CxConfig {
+                origin_host: "hss1.hims.net".into(),
+                origin_realm: "hims.net".into(),
+                home_network: "hims.net".into(),
+                max_auth_items: 1,
+                sqn_ind_bits: 5,
+                default_capabilities: CapabilitySet::default(),
+            },
+        )
+        .unwrap();
+        let mut results = Vec::new();
+        for vni in [&b"\"vims.net\""[..], b"vims.net", b"\"other.net\""] {
+            let uar = Uar {
+                base: RequestBase {
+                    hop_by_hop: 1,
+                    end_to_end: 2,
+                    session_id: "icscf1.hims.net;1;1",
+                    origin_host: "icscf1.hims.net",
+                    origin_realm: "hims.net",
+                    destination_realm: "hims.net",
+                    ..RequestBase::default()
+                },
+                user_name: "roamer@hims.net",
+                public_identity: "sip:roamer@hims.net",
+                visited_network_identifier: vni,
+                authorization_type: None,
+                uar_flags: None,
+            };
+            let mut req = Vec::new();
+            uar.encode(&mut req).unwrap();
+            results.push(handler.handle(&req).await.result);
+        }
+        assert_eq!(results[0], results[1], "{results:?}");
+        assert_ne!(results[0], erc::ERROR_ROAMING_NOT_ALLOWED, "{results:?}");
+        assert_eq!(results[2], erc::ERROR_ROAMING_NOT_ALLOWED, "{results:?}");
     }
 
     /// TS 35.208 test set 1 through a real MAR: the HSS's vector for K, OPc, RAND, SQN and

@@ -26,8 +26,9 @@
 //! `503` with Retry-After, without asking the HSS for another; every S-CSCF tried failed or
 //! stayed silent → `504 Server Time-out`.
 //!
-//! **Terminating requests** (TS 24.229 §5.3.2, TS 29.228 §6.1.4): INVITE, MESSAGE and OPTIONS for a
-//! public identity of ours (the Request-URI without parameters, sip: or tel:) make a LIR. A
+//! **Terminating requests** (TS 24.229 §5.3.2, TS 29.228 §6.1.4): INVITE, MESSAGE, OPTIONS and a
+//! SUBSCRIBE starting a dialog (a P-CSCF's reg event subscription: Kamailio's P-CSCF sends it
+//! to the public identity, through the I-CSCF) for a public identity of ours (the Request-URI without parameters, sip: or tel:) make a LIR. A
 //! Server-Name routes the request to that S-CSCF; capabilities (Experimental-Result 2003
 //! UNREGISTERED_SERVICE: no S-CSCF yet) choose one as for a registration. The S-CSCF gets a
 //! `Route: <S-CSCF;lr>` and the I-CSCF does not stay in the path (no Record-Route). Every
@@ -247,11 +248,16 @@ impl Inner {
         match req.message.method() {
             Some(Method::Register) => self.register(req).await,
             Some(Method::Message | Method::Options | Method::Invite) => self.terminating(req).await,
+            // A SUBSCRIBE that starts a dialog (e.g. a P-CSCF's reg event subscription sent,
+            // as Kamailio's is, to the user's public identity without a Route).
+            Some(Method::Subscribe) if req.message.to_addr().is_ok_and(|t| t.tag().is_none()) => {
+                self.terminating(req).await
+            }
             Some(Method::Ack) => {}
             _ => {
                 tracing::info!(
                     method = req.message.method_str().unwrap_or("?"),
-                    "I-CSCF routes only REGISTER, INVITE, MESSAGE and OPTIONS"
+                    "I-CSCF routes only REGISTER, and INVITE, MESSAGE, OPTIONS and SUBSCRIBE out of a dialog"
                 );
                 self.reply(&req, 501, "Not Implemented").await
             }
@@ -400,7 +406,7 @@ impl Inner {
         }
     }
 
-    /// A terminating request (MESSAGE, OPTIONS): LIR, then the S-CSCF it names or one chosen
+    /// A terminating request (MESSAGE, OPTIONS, SUBSCRIBE): LIR, then the S-CSCF it names or one chosen
     /// by capabilities; see the module docs.
     async fn terminating(&self, mut req: ServerRequest) {
         if let Err(e) = self.pop_own_routes(&mut req.message) {

@@ -302,7 +302,8 @@ fn request(method: &str, me: SocketAddr, ruri: &str, route: &str, call_id: &str)
 /// capabilities): one is chosen; the Server-Name of the user's S-CSCF: that one, whose
 /// answer comes back whatever it is (no failover once an S-CSCF answered); a user the HSS
 /// does not know: 404; the I-CSCF stays out of the path. INVITE goes the same way: 100 at
-/// once, the S-CSCF's final answer passed back, and the ACK of that failure absorbed.
+/// once, the S-CSCF's final answer passed back, and the ACK of that failure absorbed. A
+/// SUBSCRIBE out of a dialog goes the same way; one inside a dialog, or an UPDATE, gets 501.
 #[tokio::test(flavor = "multi_thread")]
 async fn terminating_requests_are_routed_by_lir() {
     let (chosen, chosen_seen) = recording_scscf(200).await;
@@ -394,12 +395,32 @@ async fn terminating_requests_are_routed_by_lir() {
         "500 still re-sent {last:?} after the ACK"
     );
     ue.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    // A method no I-CSCF routes: 501.
-    let r = send("SUBSCRIBE", "sip:alice@hims.net", "t5");
-    assert_eq!(r.status(), Some(501), "{r}");
     assert_eq!(
         named_seen.lock().unwrap().len(),
         2,
         "the ACK stayed at the I-CSCF"
     );
+    // A SUBSCRIBE out of a dialog (Kamailio's P-CSCF subscribing to the reg event) goes to
+    // the user's S-CSCF too, its answer passed back.
+    let r = send("SUBSCRIBE", "sip:alice@hims.net", "t5");
+    assert_eq!(r.status(), Some(500), "the S-CSCF's answer: {r}");
+    {
+        let seen = named_seen.lock().unwrap();
+        assert_eq!(seen.len(), 3, "the named S-CSCF got the SUBSCRIBE");
+        assert_eq!(seen[2].method(), Some(ims_sip::Method::Subscribe));
+        let routes: Vec<&str> = seen[2]
+            .values(ims_sip::HeaderName::Route)
+            .flatten()
+            .collect();
+        assert_eq!(routes, [format!("<sip:{named};lr>")], "{}", seen[2]);
+    }
+    // Inside a dialog (a To tag) it is not the I-CSCF's, nor is a method no I-CSCF routes.
+    let in_dialog = request("SUBSCRIBE", me, "sip:alice@hims.net", &our_route, "t6")
+        .replace("To: <sip:alice@hims.net>", "To: <sip:alice@hims.net>;tag=9");
+    ue.send_to(in_dialog.as_bytes(), i).unwrap();
+    let r = recv(&ue);
+    assert_eq!(r.status(), Some(501), "{r}");
+    let r = send("UPDATE", "sip:alice@hims.net", "t7");
+    assert_eq!(r.status(), Some(501), "{r}");
+    assert_eq!(named_seen.lock().unwrap().len(), 3);
 }

@@ -105,8 +105,13 @@ impl Scscf {
                 addr: cfg.sip_listen,
                 source,
             })?;
-        let reg_events = RegEvents::start(registrar.clone(), ep.clone());
         let resolver = Arc::new(SipResolver::new(&cfg.dns)?);
+        // The reg event NOTIFYs resolve a subscriber's host name through `dns` when it is set.
+        let reg_events = RegEvents::start_resolving(
+            registrar.clone(),
+            ep.clone(),
+            (!cfg.dns.is_empty()).then(|| resolver.clone()),
+        );
         let admin = match cfg.admin_listen {
             Some(addr) => Some(
                 tokio::net::TcpListener::bind(addr)

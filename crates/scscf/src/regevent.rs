@@ -66,11 +66,15 @@
 //!
 //! Where a NOTIFY goes: the next hop is the first URI of the route set (or the remote target
 //! when there is none), RFC 3261 §12.2.1.1 (a strict router first in the route set is the
-//! Request-URI, the remote target the last Route). No DNS resolver is configured for the
-//! S-CSCF today, so a numeric host is used as it is (port 5060 when not written, transport
-//! from `;transport=`, UDP by default); a host name falls back to the address the SUBSCRIBE
-//! came from (its top Via's `received`/`rport`, the neighbour that built the route towards
-//! us, the same transport), then to a numeric remote target.
+//! Request-URI, the remote target the last Route). A numeric host is used as it is (port 5060
+//! when not written, transport from `;transport=`, UDP by default); a host name is resolved
+//! (RFC 3263) through the S-CSCF's DNS servers (`dns`) when it has any. Only a host name that
+//! does not resolve (or no resolver) falls back to the address the SUBSCRIBE came from (its
+//! top Via's `received`/`rport`, the neighbour that built the route towards us, the same
+//! transport), then to a numeric remote target. Resolving matters when the SUBSCRIBE came
+//! through an I-CSCF: Kamailio's P-CSCF sends its reg event SUBSCRIBE to the public identity
+//! (so through the home network's I-CSCF, which does not stay in the path) with the Contact
+//! `sip:<its FQDN>:5060`; the SUBSCRIBE's source is then the I-CSCF, not the subscriber.
 //!
 //! # Registration changes
 //! A task follows the registrar's broadcast ([`Registrar::subscribe`]): each [`RegEvent`]
@@ -93,7 +97,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ims_net::dns::{Target, Transport};
+use ims_net::dns::{Destination, SipResolver, Target, Transport};
 use ims_net::endpoint::{SipEndpoint, pop_own_via};
 use ims_sip::{HeaderName, Message, Method, NameAddr, RequestBuilder, Uri, text};
 use ims_store::RegistrationRecord;
@@ -209,6 +213,15 @@ struct Inner {
     subs: Vec<Shard>,
     /// Resource (lowercase) → its subscriptions.
     index: Vec<Mutex<HashMap<String, Vec<Key>>>>,
+    /// Resolves a next hop named by a host name (the S-CSCF's `dns`), when there is one.
+    resolver: Option<Arc<SipResolver>>,
+}
+
+/// Where a NOTIFY goes: its next hop's URI, and where to send it when that names no address
+/// and does not resolve.
+struct Hop {
+    uri: String,
+    fallback: Option<Target>,
 }
 
 /// The S-CSCF's `reg` event notifier. Clone it freely; clones share the state.
@@ -543,6 +556,16 @@ impl RegEvents {
     /// dropped). The limits are the configuration's `subscribe_min_expires` and
     /// `subscribe_max_expires`.
     pub fn start(registrar: Registrar, ep: SipEndpoint) -> RegEvents {
+        RegEvents::start_resolving(registrar, ep, None)
+    }
+
+    /// As [`RegEvents::start`], resolving next hops named by a host name with `resolver`
+    /// (see the module docs).
+    pub fn start_resolving(
+        registrar: Registrar,
+        ep: SipEndpoint,
+        resolver: Option<Arc<SipResolver>>,
+    ) -> RegEvents {
         let cfg = registrar.config();
         let (min_expires, max_expires) = (cfg.subscribe_min_expires, cfg.subscribe_max_expires);
         let contact = format!("<sip:{}>", ep.sent_by());
@@ -556,6 +579,7 @@ impl RegEvents {
             rng: SystemRandom::new(),
             subs: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             index: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            resolver,
         });
         tokio::spawn(follow(Arc::downgrade(&inner), events));
         tokio::spawn(timer(Arc::downgrade(&inner)));
@@ -973,13 +997,18 @@ impl RegEvents {
                 }
                 built.map(|(m, t, v)| (m, t, v, job.terminate))
             };
-            let (msg, target, version, last) = match next {
+            let (msg, hop, version, last) = match next {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::warn!(%resource, error = %e, "NOTIFY cannot be built: subscription removed");
                     self.remove(&key);
                     return;
                 }
+            };
+            let Some(target) = self.target(&hop).await else {
+                tracing::warn!(%resource, next_hop = %hop.uri, "NOTIFY has no address for its next hop: subscription removed");
+                self.remove(&key);
+                return;
             };
             match self.inner.ep.send_request(msg, target).await {
                 Ok(mut resp) => {
@@ -1004,6 +1033,24 @@ impl RegEvents {
         }
     }
 
+    /// The address of a NOTIFY's next hop: its numeric host, or its host name resolved, or
+    /// else the hop's fallback.
+    async fn target(&self, hop: &Hop) -> Option<Target> {
+        if let Some(t) = numeric_target(&hop.uri) {
+            return Some(t);
+        }
+        if let (Some(resolver), Ok(Uri::Sip(sip))) = (&self.inner.resolver, Uri::parse(&hop.uri)) {
+            match resolver.resolve(&Destination::from_sip_uri(&sip)).await {
+                Ok(targets) if !targets.is_empty() => return targets.first().copied(),
+                Ok(_) => tracing::info!(next_hop = %hop.uri, "NOTIFY's next hop has no address"),
+                Err(e) => {
+                    tracing::info!(next_hop = %hop.uri, error = %e, "NOTIFY's next hop does not resolve")
+                }
+            }
+        }
+        hop.fallback
+    }
+
     /// The NOTIFY for `job`, where it goes, and its document version.
     fn notify_request(
         &self,
@@ -1011,7 +1058,7 @@ impl RegEvents {
         sub: &mut Subscription,
         job: &Job,
         snapshot: Option<&RegistrationRecord>,
-    ) -> Result<(Message, Target, u32), String> {
+    ) -> Result<(Message, Hop, u32), String> {
         let version = sub.version;
         sub.version = sub.version.wrapping_add(1);
         sub.local_cseq = sub.local_cseq.wrapping_add(1);
@@ -1039,11 +1086,10 @@ impl RegEvents {
             ),
             _ => (sub.remote_target.clone(), sub.route_set.clone()),
         };
-        let next_hop = sub.route_set.first().unwrap_or(&sub.remote_target);
-        let target = numeric_target(next_hop)
-            .or(sub.source)
-            .or_else(|| numeric_target(&sub.remote_target))
-            .ok_or_else(|| format!("no address for the next hop {next_hop}"))?;
+        let hop = Hop {
+            uri: sub.route_set.first().unwrap_or(&sub.remote_target).clone(),
+            fallback: sub.source.or_else(|| numeric_target(&sub.remote_target)),
+        };
         let mut b = RequestBuilder::new("NOTIFY", &ruri);
         for r in &routes {
             b = b.header("Route", &format!("<{r}>"));
@@ -1061,7 +1107,7 @@ impl RegEvents {
             .body(CONTENT_TYPE, body.as_bytes())
             .build()
             .map_err(|e| e.to_string())?;
-        Ok((m, target, version))
+        Ok((m, hop, version))
     }
 
     // ------------------------------------------------------------------------------------

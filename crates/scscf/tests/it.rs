@@ -2083,6 +2083,54 @@ async fn reg_event_subscription_follows_the_registration() {
     peer.quiet(Duration::from_millis(500)).await;
 }
 
+/// A P-CSCF whose Contact is a host name and whose SUBSCRIBE came through another hop (as
+/// Kamailio's P-CSCF subscribes: to the public identity, through the I-CSCF, with Contact
+/// `sip:<its FQDN>:5060`): the NOTIFYs go to that name resolved through the S-CSCF's `dns`,
+/// not back to the neighbour the SUBSCRIBE came from.
+#[tokio::test(flavor = "multi_thread")]
+async fn reg_event_notify_goes_to_a_contact_host_name_through_dns() {
+    let zones: ims_dns::Config = toml::from_str(
+        r#"listen = ["127.0.0.1:0"]
+ttl = 60
+[[zone]]
+origin = "vims.net"
+records = [ { type = "A", name = "pcscf9", address = "127.0.0.1" } ]
+"#,
+    )
+    .unwrap();
+    let dns = ims_dns::DnsServer::start(&zones).await.unwrap();
+    let dns_addr = dns.local_addrs()[0];
+    tokio::spawn(dns.run_until(std::future::pending()));
+    let lab = lab().await;
+    let mut cfg = lab.config();
+    cfg.dns = vec![dns_addr];
+    let (scscf, events) = daemon(cfg).await;
+    // `hop` plays the I-CSCF the requests come through; `pcscf` only ever receives.
+    let mut hop = Peer::new(scscf).await;
+    let mut pcscf = Peer::new(scscf).await;
+    let mut ue = Ue::new(ALICE_IMPI, ALICE, "<sip:alice@10.0.0.2:5060>;expires=600");
+    let mut usim = usim();
+    let ok = register_over(&mut hop, &mut ue, &mut usim).await;
+    assert_eq!(ok.status(), Some(200), "{ok}");
+
+    let p_uri = "sip:pcscf1.vims.net";
+    let contact = format!("<sip:pcscf9.vims.net:{}>", pcscf.addr.port());
+    let mut p = Sub::new("by-name-1", ALICE, p_uri, &contact).asserting(p_uri);
+    let resp = hop.request(p.subscribe(3600)).await;
+    p.accepted(&resp);
+    assert_eq!(events.subscription_count(), 1);
+    let n = pcscf.notify().await;
+    assert_eq!(
+        n.request_uri_str(),
+        Some(format!("sip:pcscf9.vims.net:{}", pcscf.addr.port()).as_str())
+    );
+    assert_eq!(sub_state(&n).0, "active");
+    // A registration change: the next NOTIFY goes there too, none to the hop.
+    reregister_over(&mut hop, &mut ue, 600).await;
+    assert_eq!(reginfo(&pcscf.notify().await).version, 1);
+    hop.quiet(Duration::from_millis(300)).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn reg_event_refusals_fetch_and_the_pcscf() {
     let lab = lab().await;

@@ -568,14 +568,33 @@ async fn mar_digest_schemes_and_errors(mut e: Env) {
 
 async fn sar_assignment_types_and_user_data(mut e: Env) {
     let a = "alice.private@hims.net";
+    // RE_REGISTRATION of an identity that is not registered (Kamailio's S-CSCF sends it for
+    // a UE registering again soon after its deregistration): taken as a registration.
     let r = e
-        .sar(Some(a), "sip:alice@hims.net", Sat::ReRegistration, false)
+        .sar(Some(a), "sip:alice@hims.net", Sat::ReRegistration, true)
         .await;
+    let s = saa(&r);
     assert_eq!(
-        saa(&r).base.result,
-        exp(5003),
+        s.base.result,
+        AnswerResult::SUCCESS,
         "re-registration of an unregistered identity"
     );
+    assert!(
+        s.user_data.is_none(),
+        "User-Data-Already-Available honoured"
+    );
+    let v = e.store.subscriber(a).await.unwrap().unwrap();
+    assert_eq!(v.scscf.unwrap().server_name, SCSCF);
+    assert!(v.public_identities.iter().all(|p| p.reg_state == 1));
+    let r = e
+        .sar(
+            Some(a),
+            "sip:alice@hims.net",
+            Sat::UserDeregistration,
+            false,
+        )
+        .await;
+    assert_eq!(saa(&r).base.result, AnswerResult::SUCCESS);
     let r = e
         .sar(Some(a), "sip:alice@hims.net", Sat::Registration, false)
         .await;
