@@ -106,7 +106,7 @@ use tokio::sync::broadcast;
 
 use crate::registrar::{RegEvent, RegEventKind, Registrar};
 use crate::reply::{new_tag, respond};
-use crate::userdata::{ImsSubscription, same_uri};
+use crate::userdata::same_uri;
 
 /// The event package.
 pub const EVENT_PACKAGE: &str = "reg";
@@ -171,10 +171,12 @@ struct Subscription {
     local_uri: String,
     /// The SUBSCRIBE's From value, with its tag (our To).
     remote: String,
-    remote_target: String,
-    route_set: Vec<String>,
+    /// Shared with the other subscriptions that name the same one ([`Shared`]).
+    remote_target: Arc<str>,
+    /// Shared likewise: a P-CSCF's subscriptions all carry the same route set.
+    route_set: Arc<[String]>,
     /// The `Event` value the NOTIFYs carry (`reg`, with `;id=` when the SUBSCRIBE had one).
-    event: String,
+    event: Arc<str>,
     local_cseq: u32,
     remote_cseq: u32,
     version: u32,
@@ -211,6 +213,8 @@ struct Inner {
     max_expires: u32,
     rng: SystemRandom,
     subs: Vec<Shard>,
+    /// Values many subscriptions share (remote target, route set, event).
+    shared: Shared,
     /// Resource (lowercase) → its subscriptions.
     index: Vec<Mutex<HashMap<String, Vec<Key>>>>,
     /// Resolves a next hop named by a host name (the S-CSCF's `dns`), when there is one.
@@ -222,6 +226,45 @@ struct Inner {
 struct Hop {
     uri: String,
     fallback: Option<Target>,
+}
+
+/// At most this many distinct values of each kind are shared; past it a value is kept by
+/// its subscription alone, so odd Contacts cannot grow the table without bound.
+const SHARED_MAX: usize = 4096;
+
+/// One copy of the values that every subscription from the same P-CSCF repeats (its
+/// Contact, its Record-Route set, the `Event` value): issue #16 asks for at most 2 KiB per
+/// registered UE at the S-CSCF, and each registered UE has a subscription of its P-CSCF's.
+#[derive(Default)]
+struct Shared {
+    texts: Mutex<std::collections::HashSet<Arc<str>>>,
+    routes: Mutex<std::collections::HashSet<Arc<[String]>>>,
+}
+
+impl Shared {
+    fn text(&self, v: &str) -> Arc<str> {
+        let mut set = lock(&self.texts);
+        if let Some(a) = set.get(v) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(v);
+        if set.len() < SHARED_MAX {
+            set.insert(a.clone());
+        }
+        a
+    }
+
+    fn routes(&self, v: Vec<String>) -> Arc<[String]> {
+        let mut set = lock(&self.routes);
+        if let Some(a) = set.get(v.as_slice()) {
+            return a.clone();
+        }
+        let a: Arc<[String]> = Arc::from(v);
+        if set.len() < SHARED_MAX {
+            set.insert(a.clone());
+        }
+        a
+    }
 }
 
 /// The S-CSCF's `reg` event notifier. Clone it freely; clones share the state.
@@ -578,6 +621,7 @@ impl RegEvents {
             max_expires,
             rng: SystemRandom::new(),
             subs: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shared: Shared::default(),
             index: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             resolver,
         });
@@ -772,7 +816,8 @@ impl RegEvents {
             ));
         };
         // Step 1: who may subscribe.
-        let subscriber = authorise(req, &rec).map_err(|who| {
+        let identities = self.inner.registrar.identities_of(&rec.impi);
+        let subscriber = authorise(req, &rec, &identities).map_err(|who| {
             tracing::info!(%resource, subscriber = %who, "reg subscription not authorised");
             Refusal::new(
                 403,
@@ -804,9 +849,9 @@ impl RegEvents {
             remote_tag,
             local_uri: one_line(req.header_str(HeaderName::To).unwrap_or_default()),
             remote: one_line(req.header_str(HeaderName::From).unwrap_or_default()),
-            remote_target: contact,
-            route_set,
-            event: c.event.clone(),
+            remote_target: self.inner.shared.text(&contact),
+            route_set: self.inner.shared.routes(route_set),
+            event: self.inner.shared.text(&c.event),
             local_cseq: 0,
             remote_cseq: c.cseq,
             version: 0,
@@ -877,7 +922,7 @@ impl RegEvents {
             }
             sub.remote_cseq = c.cseq;
             if let Some(target) = &c.contact {
-                sub.remote_target.clone_from(target);
+                sub.remote_target = self.inner.shared.text(target);
             }
             if let Some(s) = via_source(req) {
                 sub.source = Some(s);
@@ -1081,13 +1126,17 @@ impl RegEvents {
                 first.clone(),
                 rest.iter()
                     .cloned()
-                    .chain([sub.remote_target.clone()])
+                    .chain([sub.remote_target.to_string()])
                     .collect(),
             ),
-            _ => (sub.remote_target.clone(), sub.route_set.clone()),
+            _ => (sub.remote_target.to_string(), sub.route_set.to_vec()),
         };
         let hop = Hop {
-            uri: sub.route_set.first().unwrap_or(&sub.remote_target).clone(),
+            uri: sub
+                .route_set
+                .first()
+                .cloned()
+                .unwrap_or_else(|| sub.remote_target.to_string()),
             fallback: sub.source.or_else(|| numeric_target(&sub.remote_target)),
         };
         let mut b = RequestBuilder::new("NOTIFY", &ruri);
@@ -1213,7 +1262,13 @@ impl RegEvents {
 
 /// TS 24.229 §5.4.2.1.1 step 1 (see the module docs): the subscriber's identity when it may
 /// subscribe to `rec`, else (`Err`) the identity refused.
-fn authorise(req: &Message, rec: &RegistrationRecord) -> Result<String, String> {
+/// `identities` are the subscription's public identities beyond the implicit set
+/// ([`Registrar::identities_of`]).
+fn authorise(
+    req: &Message,
+    rec: &RegistrationRecord,
+    identities: &[String],
+) -> Result<String, String> {
     let asserted: Vec<NameAddr<'_>> = req
         .name_addrs(HeaderName::PAssertedIdentity)
         .filter_map(Result::ok)
@@ -1223,15 +1278,8 @@ fn authorise(req: &Message, rec: &RegistrationRecord) -> Result<String, String> 
     } else {
         asserted
     };
-    let profile = ImsSubscription::parse(rec.user_data.as_bytes()).ok();
     let own = |id: &str| {
-        set_of(rec).iter().any(|u| same_uri(u, id))
-            || profile.as_ref().is_some_and(|p| {
-                p.service_profiles
-                    .iter()
-                    .flat_map(|sp| sp.public_identities.iter())
-                    .any(|pi| !pi.barred && same_uri(&pi.identity, id))
-            })
+        set_of(rec).iter().any(|u| same_uri(u, id)) || identities.iter().any(|u| same_uri(u, id))
     };
     let on_path = |uri: &Uri<'_>| {
         rec.bindings

@@ -185,8 +185,14 @@ struct Challenge {
 struct User {
     /// Boxed: most users have none, and the shard maps hold `User` inline.
     pending: Option<Box<Challenge>>,
-    /// Registrations by IMPU.
+    /// Registrations by IMPU. Their `user_data` is empty here: the User-Data XML is kept
+    /// in the store only (a few hundred bytes per IMPU, issue #16's 2 KiB per UE), and what
+    /// the S-CSCF reads of it is kept apart ([`User::identities`], the implicit sets).
     regs: Regs,
+    /// The subscription's public identities that are not barred, when they are more than the
+    /// registered IMPU's implicit set (empty otherwise, as for most users): a reg-event
+    /// subscriber may be any of them (TS 24.229 §5.4.2.1.1).
+    identities: Vec<String>,
     /// Wrong answers and the lockout (see "Lockout" in the module docs).
     /// Only while there are failures to count (boxed: most users never have any).
     lockout: Option<Box<Lockout>>,
@@ -624,10 +630,27 @@ impl Registrar {
         }
     }
 
-    fn install(&self, rec: RegistrationRecord) {
+    fn install(&self, mut rec: RegistrationRecord) {
         self.index_add(&rec);
+        let ids = ImsSubscription::parse(rec.user_data.as_bytes())
+            .map(|s| other_identities(&s, &rec.associated_uris))
+            .unwrap_or_default();
+        rec.user_data = String::new();
         let mut shard = lock(self.shard(&rec.impi));
-        shard.entry(rec.impi.clone()).or_default().regs.insert(rec);
+        let user = shard.entry(rec.impi.clone()).or_default();
+        if !ids.is_empty() {
+            user.identities = ids;
+        }
+        user.regs.insert(rec);
+    }
+
+    /// The public identities of `impi`'s subscription beyond its registered implicit sets
+    /// ([`User::identities`]); usually none.
+    pub fn identities_of(&self, impi: &str) -> Vec<String> {
+        lock(self.shard(impi))
+            .get(impi)
+            .map(|u| u.identities.clone())
+            .unwrap_or_default()
     }
 
     /// How many registration events have been emitted so far. Every change of an event
@@ -655,10 +678,24 @@ impl Registrar {
         });
     }
 
-    async fn persist(&self, rec: &RegistrationRecord) {
-        if let Err(e) = self.inner.store.save_registration(rec).await {
+    /// Saves `rec` with the User-Data `xml` when the HSS just sent it (else the store keeps
+    /// the one it has: `rec.user_data` is empty in memory, see [`User::regs`]).
+    async fn persist_with(&self, rec: &RegistrationRecord, xml: Option<&str>) {
+        let saved = match xml {
+            Some(xml) => {
+                let mut full = rec.clone();
+                full.user_data = xml.to_owned();
+                self.inner.store.save_registration(&full).await
+            }
+            None => self.inner.store.save_registration(rec).await,
+        };
+        if let Err(e) = saved {
             tracing::error!(impu = %rec.impu, error = %e, "registration not saved to the store");
         }
+    }
+
+    async fn persist(&self, rec: &RegistrationRecord) {
+        self.persist_with(rec, None).await;
     }
 
     async fn forget(&self, impu: &str) {
@@ -1180,6 +1217,9 @@ impl Registrar {
         let (rec, refreshed) = {
             let mut shard = lock(self.shard(&p.impi));
             let user = shard.entry(p.impi.clone()).or_default();
+            if let Some((_, others)) = &profile {
+                user.identities.clone_from(others);
+            }
             let refreshed = user.regs.contains_key(&k);
             let reg = user.regs.get_or_insert_with(&k, || RegistrationRecord {
                 impu: p.impu.clone(),
@@ -1189,8 +1229,7 @@ impl Registrar {
                 associated_uris: vec![p.impu.clone()],
                 bindings: Vec::new(),
             });
-            if let (Some(xml), Some(set)) = (&user_data, &profile) {
-                reg.user_data.clone_from(xml);
+            if let Some((set, _)) = &profile {
                 reg.associated_uris.clone_from(set);
             }
             for c in contacts {
@@ -1211,7 +1250,7 @@ impl Registrar {
             (reg.clone(), refreshed)
         };
         self.index_add(&rec);
-        self.persist(&rec).await;
+        self.persist_with(&rec, user_data.as_deref()).await;
         let touched: Vec<String> = contacts.iter().map(|c| c.uri.clone()).collect();
         self.emit(
             if refreshed {
@@ -1252,7 +1291,9 @@ impl Registrar {
         Ok(respond(req, 200, "OK", tag, &headers))
     }
 
-    fn profile_of(&self, xml: &str, impu: &str) -> Result<Vec<String>, Reject> {
+    /// The implicit set of `impu` in the User-Data `xml`, and the subscription's other
+    /// public identities ([`other_identities`]).
+    fn profile_of(&self, xml: &str, impu: &str) -> Result<(Vec<String>, Vec<String>), Reject> {
         let sub = ImsSubscription::parse(xml.as_bytes()).map_err(|e| {
             tracing::error!(%impu, error = %e, "unusable User-Data from the HSS");
             Reject::new(
@@ -1260,13 +1301,15 @@ impl Registrar {
                 "Server Internal Error (unusable User-Data from the HSS)",
             )
         })?;
-        sub.implicit_set(impu).ok_or_else(|| {
+        let set = sub.implicit_set(impu).ok_or_else(|| {
             tracing::error!(%impu, "User-Data from the HSS does not list the registered identity");
             Reject::new(
                 500,
                 "Server Internal Error (User-Data without the registered identity)",
             )
-        })
+        })?;
+        let others = other_identities(&sub, &set);
+        Ok((set, others))
     }
 
     /// The HSS registered the user but we cannot serve them: tell it (in the background).
@@ -1537,22 +1580,44 @@ impl Registrar {
                 tracing::info!(%impi, "PPR for a user not registered here");
                 return AnswerResult::experimental(erc::ERROR_USER_UNKNOWN);
             };
-            if let (Some(sub), Some(xml)) = (&sub, &xml) {
+            if let Some(sub) = &sub {
                 for reg in user.regs.values_mut() {
-                    reg.user_data.clone_from(xml);
                     if let Some(set) = sub.implicit_set(&reg.impu) {
                         reg.associated_uris = set;
                     }
                 }
+                let sets: Vec<String> = user
+                    .regs
+                    .values()
+                    .flat_map(|r| r.associated_uris.iter().cloned())
+                    .collect();
+                user.identities = other_identities(sub, &sets);
             }
             user.regs.values().cloned().collect()
         };
         for rec in &updated {
             self.index_add(rec);
-            self.persist(rec).await;
+            self.persist_with(rec, xml.as_deref()).await;
         }
         tracing::info!(%impi, registrations = updated.len(), "PPR: profile updated");
         AnswerResult::SUCCESS
+    }
+}
+
+/// The subscription's public identities that are not barred, when some are outside `set`
+/// (the registered implicit sets); empty when `set` holds them all, as for most users.
+fn other_identities(sub: &ImsSubscription, set: &[String]) -> Vec<String> {
+    let all: Vec<String> = sub
+        .service_profiles
+        .iter()
+        .flat_map(|sp| sp.public_identities.iter())
+        .filter(|pi| !pi.barred)
+        .map(|pi| pi.identity.clone())
+        .collect();
+    if all.iter().all(|i| set.iter().any(|s| same_uri(s, i))) {
+        Vec::new()
+    } else {
+        all
     }
 }
 
@@ -1692,5 +1757,57 @@ async fn hss_requests_loop(inner: Weak<Inner>, mut rx: tokio::sync::mpsc::Receiv
         if !answer.is_empty() {
             r.inner.cx.client().answer(answer).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(uri: &str, irs: u32, barred: bool) -> String {
+        format!(
+            "<PublicIdentity>{}<Identity>{uri}</Identity><Extension><IdentityType>0</IdentityType>\
+             <Extension><Extension><IRS>{irs}</IRS></Extension></Extension></Extension></PublicIdentity>",
+            if barred {
+                "<BarringIndication>1</BarringIndication>"
+            } else {
+                ""
+            }
+        )
+    }
+
+    fn subscription(ids: &[String]) -> ImsSubscription {
+        let xml = format!(
+            "<IMSSubscription><PrivateID>alice.private@hims.net</PrivateID><ServiceProfile>{}\
+             </ServiceProfile></IMSSubscription>",
+            ids.concat()
+        );
+        ImsSubscription::parse(xml.as_bytes()).expect("parses")
+    }
+
+    #[test]
+    fn other_identities_are_kept_only_beyond_the_implicit_set() {
+        // Every identity that is not barred is in the registered set: nothing to keep.
+        let one = subscription(&[
+            identity("sip:alice@hims.net", 0, false),
+            identity("tel:+4930123", 0, false),
+            identity("sip:hidden@hims.net", 0, true),
+        ]);
+        let set = one.implicit_set("sip:alice@hims.net").expect("listed");
+        assert_eq!(set, ["sip:alice@hims.net", "tel:+4930123"]);
+        assert!(other_identities(&one, &set).is_empty());
+        // A second implicit set: the subscription's identities (not the barred one) are kept,
+        // so that a reg-event subscriber may be any of them.
+        let two = subscription(&[
+            identity("sip:alice@hims.net", 0, false),
+            identity("sip:work@hims.net", 1, false),
+            identity("sip:hidden@hims.net", 1, true),
+        ]);
+        let set = two.implicit_set("sip:alice@hims.net").expect("listed");
+        assert_eq!(set, ["sip:alice@hims.net"]);
+        assert_eq!(
+            other_identities(&two, &set),
+            ["sip:alice@hims.net", "sip:work@hims.net"]
+        );
     }
 }

@@ -441,7 +441,15 @@ async fn aka_register_refresh_and_deregister() {
     assert_eq!(reg.impu, ALICE);
     assert_eq!(reg.bindings.len(), 1);
     assert_eq!(reg.bindings[0].path, [PATH]);
-    assert!(reg.user_data.contains("<IMSSubscription>"));
+    // The User-Data XML is kept in the store, not in memory (issue #16: bytes per UE).
+    assert!(reg.user_data.is_empty(), "{}", reg.user_data);
+    let stored = lab_store(&lab)
+        .await
+        .registration(ALICE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.user_data.contains("<IMSSubscription>"), "{stored:?}");
     let ev = next_event(&mut events).await;
     assert_eq!(ev.kind, RegEventKind::Registered);
     assert_eq!(ev.contacts, ["sip:alice@10.0.0.2:5060"]);

@@ -53,13 +53,16 @@ fn split_lines(s: &str) -> Vec<String> {
 }
 
 impl Store {
-    /// Saves a registration and replaces its bindings, in one transaction.
+    /// Saves a registration and replaces its bindings, in one transaction. An empty
+    /// `user_data` keeps the one stored (the S-CSCF holds the XML in the store only and
+    /// sends it when the HSS sent a new one).
     pub async fn save_registration(&self, r: &RegistrationRecord) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
         sqlx::query(
             "INSERT INTO scscf_registration (impu, impi, scscf_name, user_data, associated_uris) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (impu) DO UPDATE SET impi = excluded.impi, \
-             scscf_name = excluded.scscf_name, user_data = excluded.user_data, \
+             scscf_name = excluded.scscf_name, user_data = CASE WHEN excluded.user_data = '' \
+             THEN scscf_registration.user_data ELSE excluded.user_data END, \
              associated_uris = excluded.associated_uris",
         )
         .bind(&r.impu)

@@ -578,3 +578,54 @@ async fn postgres_batched_writes() {
     };
     batched_writes(&pg.url()).await;
 }
+
+/// The S-CSCF's registrations: a save without User-Data keeps the XML stored (the S-CSCF
+/// holds it in the store only and sends it when the HSS sent a new one); a new one replaces it.
+async fn registration_keeps_its_user_data(url: &str) {
+    let store = Store::open(url).await.unwrap();
+    let mut rec = ims_store::RegistrationRecord {
+        impu: "sip:user1@hims.net".into(),
+        impi: "user1.private@hims.net".into(),
+        scscf_name: "sip:scscf1.hims.net:5060".into(),
+        user_data: "<IMSSubscription>first</IMSSubscription>".into(),
+        associated_uris: vec!["sip:user1@hims.net".into()],
+        bindings: vec![ims_store::BindingRecord {
+            contact_uri: "sip:user1@10.0.0.1".into(),
+            contact: "<sip:user1@10.0.0.1>".into(),
+            path: vec!["<sip:term@pcscf1.vims.net;lr>".into()],
+            call_id: "c1".into(),
+            cseq: 1,
+            expires_at: 1_000,
+        }],
+    };
+    store.save_registration(&rec).await.unwrap();
+    let stored = |s: &Store| {
+        let s = s.clone();
+        async move { s.registration("sip:user1@hims.net").await.unwrap().unwrap() }
+    };
+    rec.user_data = String::new();
+    rec.bindings[0].cseq = 2;
+    store.save_registration(&rec).await.unwrap();
+    let got = stored(&store).await;
+    assert_eq!(got.user_data, "<IMSSubscription>first</IMSSubscription>");
+    assert_eq!(got.bindings[0].cseq, 2);
+    rec.user_data = "<IMSSubscription>second</IMSSubscription>".into();
+    store.save_registration(&rec).await.unwrap();
+    assert_eq!(
+        stored(&store).await.user_data,
+        "<IMSSubscription>second</IMSSubscription>"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_registration_keeps_its_user_data() {
+    registration_keeps_its_user_data(&db_url("store-userdata").1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_registration_keeps_its_user_data() {
+    let Some(pg) = ims_testkit::postgres::Postgres::start("store_pg_userdata") else {
+        return;
+    };
+    registration_keeps_its_user_data(&pg.url()).await;
+}
