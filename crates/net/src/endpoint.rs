@@ -168,7 +168,12 @@ struct Inner {
     clients: Shards<String, ClientState>,
     branch_seq: AtomicU64,
     salt: u64,
+    /// Told of each final response the application sends ([`SipEndpoint::observe_responses`]).
+    observer: std::sync::OnceLock<ResponseObserver>,
 }
+
+/// What [`SipEndpoint::observe_responses`] calls: the request answered and the final status.
+pub type ResponseObserver = Box<dyn Fn(&Message, u16) + Send + Sync>;
 
 /// The transaction layer over one [`SipTransport`]. Clone freely.
 #[derive(Clone)]
@@ -239,6 +244,7 @@ impl SipEndpoint {
             clients: Shards::new(),
             branch_seq: AtomicU64::new(1),
             salt,
+            observer: std::sync::OnceLock::new(),
         });
         let (tx, rx) = mpsc::channel(4096);
         let ep = SipEndpoint { inner };
@@ -304,6 +310,22 @@ impl SipEndpoint {
             .iter()
             .find(|t| t.local_addr() == local)
             .unwrap_or_else(|| self.toward(local))
+    }
+
+    /// Calls `f` with the request and the status of each final response the application
+    /// sends through [`SipEndpoint::respond`] (and so [`SipEndpoint::reply`] and the proxy
+    /// core): the daemons' response metrics. Set once; false when one was set already.
+    pub fn observe_responses(&self, f: impl Fn(&Message, u16) + Send + Sync + 'static) -> bool {
+        self.inner.observer.set(Box::new(f)).is_ok()
+    }
+
+    /// Tells the observer of a final response to `req`.
+    fn observed(&self, req: &Message, status: u16) {
+        if status >= 200
+            && let Some(f) = self.inner.observer.get()
+        {
+            f(req, status);
+        }
     }
 
     /// Transactions currently held (server, client): for metrics and tests.
@@ -492,7 +514,7 @@ impl SipEndpoint {
                 .flatten()
                 .map(|tx| tx.send(IstInput::Response(status, bytes.clone())))
             {
-                Some(Ok(())) => return,
+                Some(Ok(())) => return self.observed(&req.message, status),
                 // The transaction ended (a 2xx went already): 2xx from other branches go
                 // upstream statelessly (RFC 3261 §16.7 item 5), anything else is dropped.
                 _ if (200..300).contains(&status) => {}
@@ -520,6 +542,7 @@ impl SipEndpoint {
                 }
             });
         }
+        self.observed(&req.message, status);
         if let Err(e) = self.at(req.local).send(transport, to, bytes).await {
             tracing::info!(error = %e, status, "response could not be sent");
         }
