@@ -208,6 +208,7 @@ async fn ue_registers_through_p_and_i_cscf_and_sends_along_the_service_route() {
 
     let icscf = ims_icscf::Icscf::start(ims_icscf::Config {
         sip_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: None,
         via_host: "127.0.0.1".into(),
         home_domain: "hims.net".into(),
         dns: vec!["127.0.0.1:9".parse().unwrap()],
