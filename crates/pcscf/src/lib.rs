@@ -382,7 +382,12 @@ impl Pcscf {
         };
         let metrics = Arc::new(metrics::Metrics::default());
         let counted = metrics.clone();
-        ep.observe_responses(move |_, status| counted.response(status));
+        ep.observe_responses(move |req, status| {
+            counted.response(status);
+            if req.message.method() == Some(Method::Register) {
+                counted.register(req.received().elapsed());
+            }
+        });
         let icid_salt = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
@@ -525,11 +530,7 @@ impl Inner {
             return self.reg_notify(req, call_id, sub).await;
         }
         match req.message.method() {
-            Some(Method::Register) => {
-                let received = Instant::now();
-                self.admit_register(req, flow).await;
-                self.metrics.register(received.elapsed());
-            }
+            Some(Method::Register) => self.admit_register(req, flow).await,
             _ => match self.regs.get(&flow, Instant::now()) {
                 Some(reg) if reg.ipsec_port_us.is_some() && !self.through_sas(&req) => {
                     tracing::info!(source = %req.source, "request from a protected UE outside its IPsec SAs");

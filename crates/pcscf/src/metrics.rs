@@ -6,8 +6,9 @@
 //!   per new transaction, by method (`other` for a method outside the known set).
 //! - `ims_pcscf_responses_total{status}`: final responses sent, ours or forwarded (toward UEs
 //!   and, for requests from the core, toward the core), by status (`other` outside the set).
-//! - `ims_pcscf_register_seconds`: time from a REGISTER received to its final response sent
-//!   (the core's round trip, the IPsec SA installation and our refusals included).
+//! - `ims_pcscf_register_seconds`: time from a REGISTER taken in by the SIP endpoint to its
+//!   final response handed back to it (the core's round trip, the IPsec SA installation and
+//!   our refusals included; the reg event SUBSCRIBE that may follow a 200 is not).
 //! - `ims_pcscf_registrations`: registered UE flows held.
 //! - `ims_pcscf_ipsec_sa_sets`: IPsec SA sets held (four SAs each, one set per UE flow; 0
 //!   when IPsec is off).
