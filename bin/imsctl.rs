@@ -32,8 +32,14 @@ enum Cmd {
     CapabilitySet(Caps),
     /// Is the HSS up, and on which database.
     Health,
-    /// The HSS's Prometheus metrics.
-    Metrics,
+    /// The HSS's Prometheus metrics, or another daemon's with --from.
+    Metrics {
+        /// Another daemon's admin API instead of the HSS's (no token sent), e.g. the
+        /// P-CSCF's http://127.0.0.10:8080, the I-CSCF's http://127.0.0.20:8080, the
+        /// S-CSCF's http://127.0.0.30:8080.
+        #[arg(long)]
+        from: Option<String>,
+    },
     /// Who is registered, at which S-CSCF, through which P-CSCF, until when.
     Registrations {
         /// An S-CSCF's admin API (e.g. http://127.0.0.30:8080), for the contacts, P-CSCF
@@ -152,7 +158,17 @@ fn main() -> ExitCode {
             return registrations(&agent, &plain, base, &scscfs);
         }
         Cmd::Health => agent.get(format!("{base}/health")).call(),
-        Cmd::Metrics => agent.get(format!("{base}/metrics")).call(),
+        Cmd::Metrics { from: None } => agent.get(format!("{base}/metrics")).call(),
+        Cmd::Metrics { from: Some(url) } => {
+            // The HSS's token goes to the HSS only.
+            let plain: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
+            plain
+                .get(format!("{}/metrics", url.trim_end_matches('/')))
+                .call()
+        }
         Cmd::Subscriber(Sub::Deregister { impi }) => agent
             .post(format!("{base}/v1/subscribers/{impi}/deregister"))
             .send_empty(),

@@ -38,7 +38,13 @@
 //! `503` with Retry-After; an unreachable HSS → `480` with Retry-After. INVITE takes the same way through the
 //! stateful proxy core ([`ims_net::proxy`]: 100 at once, CANCEL passed on, responses passed
 //! back); other methods get `501`.
+//!
+//! **Metrics** ([`metrics`]): requests by method, final responses by status, UAA/LIA by
+//! result and SIP transactions, at `/metrics` on the admin API ([`admin`]) when
+//! `admin_listen` (loopback only) is set.
 
+pub mod admin;
+pub mod metrics;
 pub mod select;
 
 use std::future::Future;
@@ -54,6 +60,7 @@ use ims_diameter::{AnswerResult, SessionIdGenerator};
 use ims_net::diameter::{CxClientConfig, DiameterClient};
 use ims_net::dns::{Destination, SipResolver};
 use ims_net::endpoint::{ServerRequest, SipEndpoint, pop_own_via};
+use ims_net::metrics::CxOutcome;
 use ims_sip::transaction::Timers;
 use ims_sip::{HeaderName, Message, Method, Uri};
 use serde::Deserialize;
@@ -68,6 +75,10 @@ const HSS_UNREACHABLE: (u16, &str) = (480, "Temporarily Unavailable (HSS unreach
 pub struct Config {
     /// SIP address (UDP and TCP on the same port).
     pub sip_listen: SocketAddr,
+    /// The admin HTTP API (`/health`, `/metrics`): none when unset. A loopback address
+    /// only: it has no authentication.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
     /// Our host in Via (a name resolving to `sip_listen`, or the address itself).
     pub via_host: String,
     /// The home network's domain (also the Visited-Network-Identifier when the REGISTER
@@ -121,6 +132,13 @@ impl Config {
         if self.scscf_timeout_ms == 0 {
             return Err("scscf_timeout_ms must be positive".into());
         }
+        if let Some(a) = self.admin_listen
+            && !a.ip().is_loopback()
+        {
+            return Err(format!(
+                "admin_listen {a} is not a loopback address: the I-CSCF's admin API has no authentication, so it listens on loopback only"
+            ));
+        }
         for s in &self.scscf {
             match Uri::parse(&s.uri) {
                 Ok(Uri::Sip(_)) => {}
@@ -144,12 +162,19 @@ pub enum IcscfError {
     },
     #[error("DNS resolver: {0}")]
     Resolver(#[from] ims_net::dns::ResolveError),
+    #[error("cannot listen for the admin API on {addr}: {source}")]
+    AdminBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A started I-CSCF.
 pub struct Icscf {
     inner: Arc<Inner>,
     requests: tokio::sync::mpsc::Receiver<ServerRequest>,
+    admin: Option<tokio::net::TcpListener>,
 }
 
 struct Inner {
@@ -158,6 +183,8 @@ struct Inner {
     cx: DiameterClient,
     resolver: SipResolver,
     sessions: SessionIdGenerator,
+    /// Our counters ([`metrics`]); the endpoint counts our final responses into them.
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl Icscf {
@@ -183,7 +210,23 @@ impl Icscf {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_secs() as u32);
         let sessions = SessionIdGenerator::new(cfg.diameter.origin_host.clone(), high);
-        tracing::info!(sip = %ep.local_addr(), hss = %cfg.diameter.hss, "I-CSCF started");
+        let admin = match cfg.admin_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| IcscfError::AdminBind { addr, source })?,
+            ),
+            None => None,
+        };
+        let metrics = Arc::new(metrics::Metrics::default());
+        let counted = metrics.clone();
+        ep.observe_responses(move |_, status| counted.response(status));
+        tracing::info!(
+            sip = %ep.local_addr(),
+            admin = ?admin.as_ref().and_then(|a| a.local_addr().ok()),
+            hss = %cfg.diameter.hss,
+            "I-CSCF started"
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 cfg,
@@ -191,8 +234,10 @@ impl Icscf {
                 cx,
                 resolver,
                 sessions,
+                metrics,
             }),
             requests,
+            admin,
         })
     }
 
@@ -207,8 +252,25 @@ impl Icscf {
         self.inner.ep.local_addr()
     }
 
+    /// The admin API's address, when `admin_listen` is set (port 0 picks one).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
+    }
+
     /// Serves until `shutdown` completes.
     pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) {
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        if let Some(listener) = self.admin.take() {
+            let app = admin::router(self.inner.clone());
+            tokio::spawn(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                    let _ = admin_stopped.await;
+                });
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "I-CSCF admin API stopped");
+                }
+            });
+        }
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -222,6 +284,7 @@ impl Icscf {
                 () = &mut shutdown => break,
             }
         }
+        let _ = stop_admin.send(());
         tracing::info!("I-CSCF stopped");
     }
 }
@@ -242,6 +305,7 @@ enum Where {
 
 impl Inner {
     async fn handle(&self, mut req: ServerRequest) {
+        self.metrics.request(req.message.method());
         if !self.ep.admit(&mut req, "icscf").await {
             return;
         }
@@ -382,9 +446,14 @@ impl Inner {
         let mut buf = Vec::with_capacity(512);
         let encoded = uar.encode(&mut buf);
         let bytes = self.cx_request("UAR", buf, encoded).await?;
-        let msg = parse_answer(&bytes, "UAA")?;
-        let uaa = Uaa::decode(&msg).map_err(|e| invalid_answer("UAA", &e))?;
+        let invalid = || self.metrics.cx("UAR", CxOutcome::Invalid);
+        let msg = parse_answer(&bytes, "UAA").inspect_err(|_| invalid())?;
+        let uaa = Uaa::decode(&msg).map_err(|e| {
+            invalid();
+            invalid_answer("UAA", &e)
+        })?;
         let r = uaa.base.result;
+        self.metrics.cx("UAR", CxOutcome::Answer(r));
         tracing::info!(result = r.code(), name = r.name().unwrap_or("?"), "UAA");
         match r {
             AnswerResult::Experimental {
@@ -501,6 +570,7 @@ impl Inner {
         match self.cx.request(buf).await {
             Ok(b) => Ok(b),
             Err(e) => {
+                self.metrics.cx(what, (&e).into());
                 tracing::warn!(error = %e, "{what} got no answer: HSS unreachable");
                 Err(HSS_UNREACHABLE)
             }
@@ -531,9 +601,14 @@ impl Inner {
         let mut buf = Vec::with_capacity(384);
         let encoded = lir.encode(&mut buf);
         let bytes = self.cx_request("LIR", buf, encoded).await?;
-        let msg = parse_answer(&bytes, "LIA")?;
-        let lia = Lia::decode(&msg).map_err(|e| invalid_answer("LIA", &e))?;
+        let invalid = || self.metrics.cx("LIR", CxOutcome::Invalid);
+        let msg = parse_answer(&bytes, "LIA").inspect_err(|_| invalid())?;
+        let lia = Lia::decode(&msg).map_err(|e| {
+            invalid();
+            invalid_answer("LIA", &e)
+        })?;
         let r = lia.base.result;
+        self.metrics.cx("LIR", CxOutcome::Answer(r));
         tracing::info!(result = r.code(), name = r.name().unwrap_or("?"), "LIA");
         match r {
             AnswerResult::ResultCode(2001)

@@ -60,6 +60,20 @@ async fn chain(
     SocketAddr,
     std::sync::Arc<ims_hss::subscribers::Subscribers>,
 ) {
+    let (i, subs, _) = chain_admin(max_waiting, preferred, scscfs).await;
+    (i, subs)
+}
+
+/// As [`chain`], and the address of the I-CSCF's admin API.
+async fn chain_admin(
+    max_waiting: usize,
+    preferred: &str,
+    scscfs: &[String],
+) -> (
+    SocketAddr,
+    std::sync::Arc<ims_hss::subscribers::Subscribers>,
+    SocketAddr,
+) {
     let dir = ims_testkit::scratch_dir("icscf-it");
     let db = format!("sqlite://{}", dir.join("hss.sqlite").display());
     let store = Store::open(&db).await.unwrap();
@@ -114,6 +128,7 @@ async fn chain(
     let icscf = ims_icscf::Icscf::start_with_timers(
         ims_icscf::Config {
             sip_listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: Some("127.0.0.1:0".parse().unwrap()),
             via_host: "127.0.0.1".into(),
             home_domain: "hims.net".into(),
             dns: vec!["127.0.0.1:9".parse().unwrap()],
@@ -138,12 +153,13 @@ async fn chain(
     .await
     .unwrap();
     let i = icscf.sip_addr();
+    let admin = icscf.admin_addr().expect("admin_listen is set");
     assert!(
         icscf.wait_diameter(Duration::from_secs(10)).await,
         "CER/CEA with the HSS"
     );
     tokio::spawn(icscf.run_until(std::future::pending()));
-    (i, subs)
+    (i, subs, admin)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -423,4 +439,102 @@ async fn terminating_requests_are_routed_by_lir() {
     let r = send("UPDATE", "sip:alice@hims.net", "t7");
     assert_eq!(r.status(), Some(501), "{r}");
     assert_eq!(named_seen.lock().unwrap().len(), 3);
+}
+
+/// The admin API counts what really passed: a registration (UAA 2001, the stand-in S-CSCF's
+/// 200 passed back), an unknown user's (UAA 5001, 403), a MESSAGE to a user without an
+/// S-CSCF (LIA 2003, chosen one's 200) and to an unknown one (LIA 5001, 404); non-loopback
+/// admin addresses are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_requests_responses_and_cx_answers() {
+    let (good, _) = recording_scscf(200).await;
+    let (i, _, admin) = chain_admin(1000, &format!("sip:{good}"), &[format!("sip:{good}")]).await;
+    let ue = UdpSocket::bind("127.0.0.1:0").unwrap();
+    ue.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let me = ue.local_addr().unwrap();
+    let get = move |path: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            let mut resp = ureq::get(&format!("http://{admin}{path}")).call().unwrap();
+            resp.body_mut().read_to_string().unwrap()
+        })
+    };
+    let health = get("/health").await.unwrap();
+    assert!(health.contains("\"ok\""), "{health}");
+
+    ue.send_to(register(me, "m1", 600).as_bytes(), i).unwrap();
+    assert_eq!(recv(&ue).status(), Some(200));
+    ue.send_to(
+        register(me, "m2", 600).replace("alice", "bob").as_bytes(),
+        i,
+    )
+    .unwrap();
+    assert_eq!(recv(&ue).status(), Some(403));
+    let our_route = format!("<sip:{i};lr>");
+    for (call, ruri, status) in [
+        ("m3", "sip:alice@hims.net", 200),
+        ("m4", "sip:nobody@hims.net", 404),
+    ] {
+        ue.send_to(request("MESSAGE", me, ruri, &our_route, call).as_bytes(), i)
+            .unwrap();
+        assert_eq!(recv(&ue).status(), Some(status));
+    }
+
+    let want = [
+        "ims_icscf_requests_total{method=\"REGISTER\"} 2",
+        "ims_icscf_requests_total{method=\"MESSAGE\"} 2",
+        "ims_icscf_responses_total{status=\"200\"} 2",
+        "ims_icscf_responses_total{status=\"403\"} 1",
+        "ims_icscf_responses_total{status=\"404\"} 1",
+        "ims_icscf_cx_answers_total{command=\"UAR\",result=\"2001\"} 1",
+        "ims_icscf_cx_answers_total{command=\"UAR\",result=\"5001\"} 1",
+        "ims_icscf_cx_answers_total{command=\"LIR\",result=\"2003\"} 1",
+        "ims_icscf_cx_answers_total{command=\"LIR\",result=\"5001\"} 1",
+    ];
+    // The response is counted as it is sent: by the time the UE has it, it is in.
+    let text = get("/metrics").await.unwrap();
+    for w in want {
+        assert!(text.lines().any(|l| l == w), "no `{w}` in:\n{text}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ims_icscf_sip_transactions{side=\"client\"} ")),
+        "{text}"
+    );
+    assert!(!text.contains("result=\"timeout\""), "{text}");
+
+    let mut bad: ims_icscf::Config = ims_icscf::Config {
+        admin_listen: Some("10.0.0.3:8080".parse().unwrap()),
+        ..lab_like_config()
+    };
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .contains("not a loopback address")
+    );
+    bad.admin_listen = Some("[::1]:8080".parse().unwrap());
+    bad.validate().unwrap();
+}
+
+/// A valid configuration (the lab's shape) for validation checks.
+fn lab_like_config() -> ims_icscf::Config {
+    ims_icscf::Config {
+        sip_listen: "127.0.0.20:5060".parse().unwrap(),
+        admin_listen: None,
+        via_host: "icscf1.hims.net".into(),
+        home_domain: "hims.net".into(),
+        dns: vec![],
+        log: "info".into(),
+        diameter: ims_net::diameter::CxClientConfig {
+            hss: "127.0.0.40:3868".parse().unwrap(),
+            origin_host: "icscf1.hims.net".into(),
+            origin_realm: "hims.net".into(),
+            destination_realm: "hims.net".into(),
+            destination_host: None,
+            watchdog_seconds: 30,
+            request_timeout_seconds: 5,
+            local_address: None,
+        },
+        scscf: vec![],
+        scscf_timeout_ms: 4000,
+    }
 }

@@ -99,6 +99,8 @@ pub struct ServerRequest {
     key: Option<ServerKey>,
     /// An INVITE's: turns true when a CANCEL for it arrived (answered 200 here).
     cancel: Option<watch::Receiver<bool>>,
+    /// When the endpoint handed it on ([`ServerRequest::received`]).
+    received: Instant,
 }
 
 /// Why a client transaction ended without a final response.
@@ -168,7 +170,12 @@ struct Inner {
     clients: Shards<String, ClientState>,
     branch_seq: AtomicU64,
     salt: u64,
+    /// Told of each final response the application sends ([`SipEndpoint::observe_responses`]).
+    observer: std::sync::OnceLock<ResponseObserver>,
 }
+
+/// What [`SipEndpoint::observe_responses`] calls: the request answered and the final status.
+pub type ResponseObserver = Box<dyn Fn(&ServerRequest, u16) + Send + Sync>;
 
 /// The transaction layer over one [`SipTransport`]. Clone freely.
 #[derive(Clone)]
@@ -239,6 +246,7 @@ impl SipEndpoint {
             clients: Shards::new(),
             branch_seq: AtomicU64::new(1),
             salt,
+            observer: std::sync::OnceLock::new(),
         });
         let (tx, rx) = mpsc::channel(4096);
         let ep = SipEndpoint { inner };
@@ -304,6 +312,25 @@ impl SipEndpoint {
             .iter()
             .find(|t| t.local_addr() == local)
             .unwrap_or_else(|| self.toward(local))
+    }
+
+    /// Calls `f` with the request and the status of each final response the application
+    /// sends through [`SipEndpoint::respond`] (and so [`SipEndpoint::reply`] and the proxy
+    /// core): the daemons' response metrics. Set once; false when one was set already.
+    pub fn observe_responses(
+        &self,
+        f: impl Fn(&ServerRequest, u16) + Send + Sync + 'static,
+    ) -> bool {
+        self.inner.observer.set(Box::new(f)).is_ok()
+    }
+
+    /// Tells the observer of a final response to `req`.
+    fn observed(&self, req: &ServerRequest, status: u16) {
+        if status >= 200
+            && let Some(f) = self.inner.observer.get()
+        {
+            f(req, status);
+        }
     }
 
     /// Transactions currently held (server, client): for metrics and tests.
@@ -435,6 +462,7 @@ impl SipEndpoint {
             local,
             key: if tracked || is_invite { key } else { None },
             cancel,
+            received: Instant::now(),
         };
         if req.message.method() == Some(Method::Cancel) {
             return self.on_cancel(req).await;
@@ -492,7 +520,7 @@ impl SipEndpoint {
                 .flatten()
                 .map(|tx| tx.send(IstInput::Response(status, bytes.clone())))
             {
-                Some(Ok(())) => return,
+                Some(Ok(())) => return self.observed(req, status),
                 // The transaction ended (a 2xx went already): 2xx from other branches go
                 // upstream statelessly (RFC 3261 §16.7 item 5), anything else is dropped.
                 _ if (200..300).contains(&status) => {}
@@ -520,6 +548,7 @@ impl SipEndpoint {
                 }
             });
         }
+        self.observed(req, status);
         if let Err(e) = self.at(req.local).send(transport, to, bytes).await {
             tracing::info!(error = %e, status, "response could not be sent");
         }
@@ -1318,6 +1347,12 @@ fn complete_top_via(
 }
 
 impl ServerRequest {
+    /// When the endpoint took the request in (for latency metrics: until the observer of
+    /// [`SipEndpoint::observe_responses`] sees its final response).
+    pub fn received(&self) -> Instant {
+        self.received
+    }
+
     /// An INVITE's cancellation: changes to `true` when a CANCEL for it arrived (the
     /// endpoint answered the CANCEL with 200; the proxy now cancels its branches, a UAS
     /// answers 487). `None` for other methods.

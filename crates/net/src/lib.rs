@@ -8,12 +8,14 @@
 //! client transactions with CANCEL). [`proxy`] is the stateful proxy core for INVITE
 //! (forking, CANCEL, the best answer). [`shards`] is the
 //! sharded map the daemons keep their per-key state in. [`clock`] prints wall-clock times
-//! (RFC 3339) for the admin APIs and tools.
+//! (RFC 3339) for the admin APIs and tools. [`metrics`] counts the CSCFs' Diameter answers
+//! by result for their Prometheus metrics.
 
 pub mod clock;
 pub mod diameter;
 pub mod dns;
 pub mod endpoint;
+pub mod metrics;
 pub mod proxy;
 pub mod shards;
 pub mod sip;

@@ -62,11 +62,17 @@
 //! longer counts, [`ims_net::endpoint::Unheard`]); past it a new call is answered `503` with
 //! `Retry-After` at once, with one warning when refusing starts and one when it ends.
 //!
+//! **Metrics** ([`metrics`]): requests by method, final responses by status, REGISTER latency,
+//! registrations and IPsec SA sets held, overload refusals and SIP transactions, at `/metrics`
+//! on the admin API ([`admin`]) when `admin_listen` (loopback only) is set.
+//!
 //! Non-INVITE requests go through client transactions ([`SipEndpoint::send_request`]);
 //! INVITE through the stateful proxy core ([`ims_net::proxy`]: 100 at once, CANCEL, the
 //! hop-by-hop ACK of a failure); the ACK of a 2xx is forwarded statelessly by its Route.
 
+pub mod admin;
 pub mod ipsec;
+pub mod metrics;
 pub mod regevent;
 pub mod registrations;
 
@@ -95,6 +101,10 @@ use serde::Deserialize;
 pub struct Config {
     /// SIP address facing UEs and the core (UDP and TCP on the same port).
     pub sip_listen: SocketAddr,
+    /// The admin HTTP API (`/health`, `/metrics`): none when unset. A loopback address
+    /// only: it has no authentication.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
     /// A second SIP address, of the other IP family, for UEs that reach us over IPv6 (or
     /// IPv4). Requests to the core leave from the address of the core's family.
     #[serde(default)]
@@ -188,6 +198,13 @@ impl Config {
         if self.dns.is_empty() && self.icscf.is_none() {
             return Err("set dns servers (RFC 3263 discovery) or a fixed icscf".into());
         }
+        if let Some(a) = self.admin_listen
+            && !a.ip().is_loopback()
+        {
+            return Err(format!(
+                "admin_listen {a} is not a loopback address: the P-CSCF's admin API has no authentication, so it listens on loopback only"
+            ));
+        }
         self.ipsec.validate()?;
         self.core_networks()?;
         let sip_port = self.sip_listen.port();
@@ -215,12 +232,19 @@ pub enum PcscfError {
     Resolver(#[from] ims_net::dns::ResolveError),
     #[error("{0}")]
     Ipsec(String),
+    #[error("cannot listen for the admin API on {addr}: {source}")]
+    AdminBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A started P-CSCF.
 pub struct Pcscf {
     inner: Arc<Inner>,
     requests: tokio::sync::mpsc::Receiver<ServerRequest>,
+    admin: Option<tokio::net::TcpListener>,
 }
 
 /// The reg-await-auth time (TS 24.229 §5.4.1.2.1: 4 minutes): the lifetime of SAs installed
@@ -257,6 +281,8 @@ struct Inner {
     calls_overloaded: AtomicBool,
     /// Refusing new registrations (for the one line when it starts and ends).
     overloaded: AtomicBool,
+    /// Our counters ([`metrics`]); the endpoint counts our final responses into them.
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// One REGISTER in flight, counted until dropped.
@@ -346,10 +372,31 @@ impl Pcscf {
                 source,
             })?;
         let resolver = SipResolver::new(&cfg.dns)?;
+        let admin = match cfg.admin_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| PcscfError::AdminBind { addr, source })?,
+            ),
+            None => None,
+        };
+        let metrics = Arc::new(metrics::Metrics::default());
+        let counted = metrics.clone();
+        ep.observe_responses(move |req, status| {
+            counted.response(status);
+            if req.message.method() == Some(Method::Register) {
+                counted.register(req.received().elapsed());
+            }
+        });
         let icid_salt = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
-        tracing::info!(sip = %ep.local_addr(), ipsec = use_ipsec, "P-CSCF started");
+        tracing::info!(
+            sip = %ep.local_addr(),
+            admin = ?admin.as_ref().and_then(|a| a.local_addr().ok()),
+            ipsec = use_ipsec,
+            "P-CSCF started"
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 core,
@@ -366,14 +413,21 @@ impl Pcscf {
                 invites_unheard: Arc::new(AtomicUsize::new(0)),
                 calls_overloaded: AtomicBool::new(false),
                 overloaded: AtomicBool::new(false),
+                metrics,
             }),
             requests,
+            admin,
         })
     }
 
     /// The SIP address bound.
     pub fn sip_addr(&self) -> SocketAddr {
         self.inner.ep.local_addr()
+    }
+
+    /// The admin API's address, when `admin_listen` is set (port 0 picks one).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
     }
 
     /// Registered UEs right now.
@@ -388,6 +442,18 @@ impl Pcscf {
 
     /// Serves until `shutdown` completes.
     pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) {
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        if let Some(listener) = self.admin.take() {
+            let app = admin::router(self.inner.clone());
+            tokio::spawn(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                    let _ = admin_stopped.await;
+                });
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "P-CSCF admin API stopped");
+                }
+            });
+        }
         tokio::pin!(shutdown);
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -417,6 +483,7 @@ impl Pcscf {
                 () = &mut shutdown => break,
             }
         }
+        let _ = stop_admin.send(());
         if let Some(flows) = self.inner.ipsec.clone() {
             let _ = tokio::task::spawn_blocking(move || flows.remove_all()).await;
         }
@@ -448,6 +515,7 @@ impl Inner {
             tracing::info!(source = %req.source, error = %e, "request without a usable Via dropped");
             return;
         }
+        self.metrics.request(req.message.method());
         if !self.ep.admit(&mut req, "pcscf").await {
             return;
         }
@@ -462,32 +530,7 @@ impl Inner {
             return self.reg_notify(req, call_id, sub).await;
         }
         match req.message.method() {
-            Some(Method::Register) => {
-                let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
-                let _counted = InFlight(&self.in_flight);
-                let max = self.cfg.max_registrations_in_flight;
-                if max > 0 && is_initial_register(&req.message) {
-                    if before >= max {
-                        if !self.overloaded.swap(true, Ordering::Relaxed) {
-                            tracing::warn!(
-                                in_flight = before,
-                                "overload: refusing new registrations with 503 until fewer than \
-                                 max_registrations_in_flight are in the core"
-                            );
-                        }
-                        return self
-                            .reply(&req, 503, "Service Unavailable (overload)")
-                            .await;
-                    }
-                    // Read first: no write to the shared flag per admitted REGISTER.
-                    if self.overloaded.load(Ordering::Relaxed)
-                        && self.overloaded.swap(false, Ordering::Relaxed)
-                    {
-                        tracing::warn!("overload over: new registrations admitted again");
-                    }
-                }
-                self.register(req, flow).await
-            }
+            Some(Method::Register) => self.admit_register(req, flow).await,
             _ => match self.regs.get(&flow, Instant::now()) {
                 Some(reg) if reg.ipsec_port_us.is_some() && !self.through_sas(&req) => {
                     tracing::info!(source = %req.source, "request from a protected UE outside its IPsec SAs");
@@ -498,6 +541,35 @@ impl Inner {
                 None => self.terminating(req).await,
             },
         }
+    }
+
+    /// A REGISTER past the in-flight limit (a new registration gets 503), else on.
+    async fn admit_register(&self, req: ServerRequest, flow: Flow) {
+        let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _counted = InFlight(&self.in_flight);
+        let max = self.cfg.max_registrations_in_flight;
+        if max > 0 && is_initial_register(&req.message) {
+            if before >= max {
+                if !self.overloaded.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        in_flight = before,
+                        "overload: refusing new registrations with 503 until fewer than \
+                         max_registrations_in_flight are in the core"
+                    );
+                }
+                self.metrics.refused(metrics::Refused::Register);
+                return self
+                    .reply(&req, 503, "Service Unavailable (overload)")
+                    .await;
+            }
+            // Read first: no write to the shared flag per admitted REGISTER.
+            if self.overloaded.load(Ordering::Relaxed)
+                && self.overloaded.swap(false, Ordering::Relaxed)
+            {
+                tracing::warn!("overload over: new registrations admitted again");
+            }
+        }
+        self.register(req, flow).await
     }
 
     async fn reply(&self, req: &ServerRequest, code: u16, reason: &str) {
@@ -1277,6 +1349,7 @@ impl Inner {
                          max_invites_in_flight INVITEs wait for the core"
                     );
                 }
+                self.metrics.refused(metrics::Refused::Invite);
                 return self
                     .reply(&req, 503, "Service Unavailable (overload)")
                     .await;

@@ -145,6 +145,7 @@ async fn core_pcscf_ue(
 fn pcscf_config(icscf: SocketAddr) -> ims_pcscf::Config {
     ims_pcscf::Config {
         sip_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: None,
         sip_listen_v6: None,
         via_host: "127.0.0.1".into(),
         visited_network_id: "vims.net".into(),
@@ -208,6 +209,7 @@ async fn ue_registers_through_p_and_i_cscf_and_sends_along_the_service_route() {
 
     let icscf = ims_icscf::Icscf::start(ims_icscf::Config {
         sip_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: None,
         via_host: "127.0.0.1".into(),
         home_domain: "hims.net".into(),
         dns: vec!["127.0.0.1:9".parse().unwrap()],
@@ -747,4 +749,130 @@ async fn overload_refuses_new_calls_while_the_core_is_behind() {
         );
         n += 1;
     }
+}
+
+/// GET `path` on the admin API at `admin` (blocking: call from `spawn_blocking`).
+fn admin_get(admin: SocketAddr, path: &str) -> String {
+    let mut resp = ureq::get(&format!("http://{admin}{path}")).call().unwrap();
+    resp.body_mut().read_to_string().unwrap()
+}
+
+/// Reads `/metrics` until every line of `want` is in it (the handler counts the REGISTER's
+/// latency just after the UE has its response), for at most 5 s; the last text otherwise.
+async fn metrics_with(admin: SocketAddr, want: &[&str]) -> Result<String, String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = tokio::task::spawn_blocking(move || admin_get(admin, "/metrics"))
+            .await
+            .unwrap();
+        if want.iter().all(|w| text.lines().any(|l| l == *w)) {
+            return Ok(text);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(text);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The admin API counts what really passed: a registration (401 then 200 from a core socket
+/// of the test's), a new registration refused by the in-flight limit (503) while another is
+/// in the core, and that one's 403; the registration held; no IPsec. Its address must be
+/// loopback.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_requests_responses_and_registrations() {
+    let core = UdpSocket::bind("127.0.0.1:0").unwrap();
+    core.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut cfg = pcscf_config(core.local_addr().unwrap());
+    cfg.reg_event = false;
+    cfg.max_registrations_in_flight = 1;
+    let mut bad = cfg.clone();
+    bad.admin_listen = Some("10.0.0.3:8080".parse().unwrap());
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .contains("not a loopback address")
+    );
+    cfg.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    let pcscf = ims_pcscf::Pcscf::start(cfg).await.unwrap();
+    let p = pcscf.sip_addr();
+    let admin = pcscf.admin_addr().expect("admin_listen is set");
+    tokio::spawn(pcscf.run_until(std::future::pending()));
+    let ue = UdpSocket::bind("127.0.0.1:0").unwrap();
+    ue.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let me = ue.local_addr().unwrap();
+
+    let health = tokio::task::spawn_blocking(move || admin_get(admin, "/health"))
+        .await
+        .unwrap();
+    assert!(health.contains("\"ok\""), "{health}");
+    let initial = "Digest username=\"alice@hims.net\", realm=\"hims.net\", uri=\"sip:hims.net\", \
+                   nonce=\"\", response=\"\"";
+    let answered = "Digest username=\"alice@hims.net\", realm=\"hims.net\", uri=\"sip:hims.net\", \
+                    nonce=\"bm9uY2U=\", response=\"0123456789abcdef0123456789abcdef\", \
+                    algorithm=AKAv1-MD5";
+    // The core's answer to what reaches it next with Call-ID `call` (retransmissions skipped).
+    let at_core = |call: &str| loop {
+        let m = recv(&core);
+        if m.call_id().unwrap() == call {
+            return m;
+        }
+    };
+    // Registered: 401, then 200.
+    ue.send_to(register(me, "m1", 1, "alice", initial, 600).as_bytes(), p)
+        .unwrap();
+    let m = at_core("m1");
+    let mut r = response_to(&m, 401, "Unauthorized", Some("c1")).unwrap();
+    r.append_header(
+        "WWW-Authenticate",
+        "Digest realm=\"hims.net\", nonce=\"bm9uY2U=\", algorithm=AKAv1-MD5",
+    )
+    .unwrap();
+    core.send_to(&r.to_bytes(), p).unwrap();
+    assert_eq!(recv(&ue).status(), Some(401));
+    ue.send_to(register(me, "m2", 2, "alice", answered, 600).as_bytes(), p)
+        .unwrap();
+    let m = at_core("m2");
+    let mut r = response_to(&m, 200, "OK", Some("c1")).unwrap();
+    r.append_header("Contact", &format!("<sip:alice@{me}>;expires=600"))
+        .unwrap();
+    r.append_header("Service-Route", "<sip:orig@127.0.0.1:9;lr>")
+        .unwrap();
+    r.append_header("P-Associated-URI", "<sip:alice@hims.net>")
+        .unwrap();
+    core.send_to(&r.to_bytes(), p).unwrap();
+    assert_eq!(recv(&ue).status(), Some(200));
+    // Bob's first REGISTER is held in the core; Carol's is refused at once.
+    ue.send_to(register(me, "m3", 1, "bob", initial, 600).as_bytes(), p)
+        .unwrap();
+    let held = at_core("m3");
+    ue.send_to(register(me, "m4", 1, "carol", initial, 600).as_bytes(), p)
+        .unwrap();
+    let r = recv(&ue);
+    assert_eq!((r.status(), r.call_id().unwrap()), (Some(503), "m4"), "{r}");
+    let r = response_to(&held, 403, "Forbidden", Some("c2")).unwrap();
+    core.send_to(&r.to_bytes(), p).unwrap();
+    assert_eq!(recv(&ue).status(), Some(403));
+
+    let want = [
+        "ims_pcscf_requests_total{method=\"REGISTER\"} 4",
+        "ims_pcscf_responses_total{status=\"200\"} 1",
+        "ims_pcscf_responses_total{status=\"401\"} 1",
+        "ims_pcscf_responses_total{status=\"403\"} 1",
+        "ims_pcscf_responses_total{status=\"503\"} 1",
+        "ims_pcscf_register_seconds_count 4",
+        "ims_pcscf_registrations 1",
+        "ims_pcscf_ipsec_sa_sets 0",
+        "ims_pcscf_overload_refusals_total{what=\"register\"} 1",
+        "ims_pcscf_overload_refusals_total{what=\"invite\"} 0",
+    ];
+    let text = metrics_with(admin, &want)
+        .await
+        .unwrap_or_else(|t| panic!("not all of {want:?} in:\n{t}"));
+    assert!(!text.contains("method=\"INVITE\""), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ims_pcscf_sip_transactions{side=\"server\"} ")),
+        "{text}"
+    );
 }

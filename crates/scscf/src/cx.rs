@@ -24,6 +24,7 @@ use ims_diameter::dict::{
 };
 use ims_diameter::{AnswerResult, Message, SessionIdGenerator};
 use ims_net::diameter::{CxClientConfig, DiameterClient, RequestError};
+use ims_net::metrics::{CxAnswers, CxOutcome};
 use zeroize::Zeroizing;
 
 /// SIP-Authentication-Scheme values (TS 29.229 §6.3.2).
@@ -150,6 +151,8 @@ pub struct CxClient {
     cfg: CxClientConfig,
     server_name: String,
     sessions: SessionIdGenerator,
+    /// MAA and SAA by result, for `ims_scscf_cx_answers_total` ([`crate::metrics`]).
+    answers: CxAnswers<2>,
 }
 
 impl CxClient {
@@ -164,7 +167,29 @@ impl CxClient {
             cfg,
             server_name,
             sessions,
+            answers: CxAnswers::new(["MAR", "SAR"]),
         }
+    }
+
+    /// Appends `ims_scscf_cx_answers_total` (MAA and SAA by result) to `o`.
+    pub fn render_answers(&self, o: &mut String) {
+        self.answers.render(o, "ims_scscf");
+    }
+
+    /// Sends `command` and returns its answer's bytes, counting the requests that get none.
+    async fn request(&self, command: &str, req: Vec<u8>) -> Result<Vec<u8>, CxFailure> {
+        self.client.request(req).await.map_err(|e| {
+            self.answers.count(command, (&e).into());
+            CxFailure::Unreachable(e)
+        })
+    }
+
+    /// `read` (parsing or decoding `command`'s answer), counted as `invalid` when it failed.
+    fn readable<T>(&self, command: &str, read: Result<T, CxFailure>) -> Result<T, CxFailure> {
+        if read.is_err() {
+            self.answers.count(command, CxOutcome::Invalid);
+        }
+        read
     }
 
     /// The Diameter connection.
@@ -215,9 +240,13 @@ impl CxClient {
         let mut req = Vec::with_capacity(512);
         mar.encode(&mut req)
             .map_err(|e| CxFailure::BadAnswer(format!("encoding the MAR: {e}")))?;
-        let answer = self.client.request(req).await?;
-        let msg = Message::parse(&answer).map_err(|e| CxFailure::BadAnswer(e.to_string()))?;
-        let maa = Maa::decode(&msg).map_err(|e| CxFailure::BadAnswer(format!("MAA: {e}")))?;
+        let answer = self.request("MAR", req).await?;
+        let msg = Message::parse(&answer).map_err(|e| CxFailure::BadAnswer(e.to_string()));
+        let msg = self.readable("MAR", msg)?;
+        let maa = Maa::decode(&msg).map_err(|e| CxFailure::BadAnswer(format!("MAA: {e}")));
+        let maa = self.readable("MAR", maa)?;
+        self.answers
+            .count("MAR", CxOutcome::Answer(maa.base.result));
         if !maa.base.result.is_success() {
             return Err(CxFailure::refused(maa.base.result));
         }
@@ -271,9 +300,13 @@ impl CxClient {
         let mut req = Vec::with_capacity(512);
         sar.encode(&mut req)
             .map_err(|e| CxFailure::BadAnswer(format!("encoding the SAR: {e}")))?;
-        let answer = self.client.request(req).await?;
-        let msg = Message::parse(&answer).map_err(|e| CxFailure::BadAnswer(e.to_string()))?;
-        let saa = Saa::decode(&msg).map_err(|e| CxFailure::BadAnswer(format!("SAA: {e}")))?;
+        let answer = self.request("SAR", req).await?;
+        let msg = Message::parse(&answer).map_err(|e| CxFailure::BadAnswer(e.to_string()));
+        let msg = self.readable("SAR", msg)?;
+        let saa = Saa::decode(&msg).map_err(|e| CxFailure::BadAnswer(format!("SAA: {e}")));
+        let saa = self.readable("SAR", saa)?;
+        self.answers
+            .count("SAR", CxOutcome::Answer(saa.base.result));
         if !saa.base.result.is_success() {
             return Err(CxFailure::refused(saa.base.result));
         }

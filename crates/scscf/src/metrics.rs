@@ -12,9 +12,13 @@
 //! - `ims_scscf_registrations`: registrations held (IMPUs registered here).
 //! - `ims_scscf_sip_transactions{side}`: SIP transactions held by the endpoint, `server`
 //!   and `client` (a finished one stays for Timer J or K to absorb retransmissions).
+//! - `ims_scscf_cx_answers_total{command,result}`: MAA and SAA by Result-Code or
+//!   Experimental-Result-Code, or `timeout`, `unreachable`, `invalid`; counted by the Cx
+//!   client ([`crate::cx::CxClient`], [`ims_net::metrics::CxAnswers`]) and rendered after
+//!   the rest.
 //!
-//! Still to come (issue #18): the same for the P-CSCF and I-CSCF, Cx answers by result, and
-//! the shared part moved to `ims-telemetry`.
+//! The P-CSCF and I-CSCF have the same (`ims_pcscf::metrics`, `ims_icscf::metrics`). Still to
+//! come (issue #18): the shared part moved to `ims-telemetry`.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -594,7 +594,9 @@ impl Registrar {
             .iter()
             .map(|s| lock(s).values().map(|u| u.regs.len()).sum::<usize>())
             .sum();
-        self.inner.metrics.render(held, transactions)
+        let mut o = self.inner.metrics.render(held, transactions);
+        self.inner.cx.render_answers(&mut o);
+        o
     }
 
     /// Every registration held (a snapshot, shard by shard).

@@ -1392,7 +1392,7 @@ async fn the_admin_api_lists_the_registrations_held() {
         "{until}"
     );
     assert_eq!(reg["until"], c["until"]);
-    // The metrics: the 401 and the 200, and one registration held.
+    // The metrics: the 401 and the 200, one registration held, the Cx answers.
     let text = tokio::task::spawn_blocking(move || {
         let mut resp = ureq::get(&format!("http://{admin}/metrics"))
             .call()
@@ -1407,6 +1407,9 @@ async fn the_admin_api_lists_the_registrations_held() {
         "ims_scscf_register_seconds_count 2",
         "ims_scscf_registrations 1",
         "ims_scscf_auth_lockouts_total 0",
+        // One MAR (the challenge) and one SAR (the registration), both answered 2001.
+        "ims_scscf_cx_answers_total{command=\"MAR\",result=\"2001\"} 1",
+        "ims_scscf_cx_answers_total{command=\"SAR\",result=\"2001\"} 1",
     ] {
         assert!(text.lines().any(|l| l == want), "`{want}` in:\n{text}");
     }
