@@ -13,6 +13,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use ims_net::metrics::{Histogram, counter, gauge};
+
 const COMMANDS: [(u32, &str); 5] = [
     (300, "UAR"),
     (303, "MAR"),
@@ -28,16 +30,14 @@ const RESULTS: [u32; 22] = [
     5007, 5008, 5009, 5012, 5014, 5015,
 ];
 
-const BUCKETS: [f64; 12] = [
+static BUCKETS: [f64; 12] = [
     0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
 /// The HSS's counters.
 pub struct Metrics {
     requests: Vec<AtomicU64>,
-    latency: [AtomicU64; BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_sum_ns: AtomicU64,
+    latency: Histogram,
     resync: AtomicU64,
     peers_up: AtomicI64,
 }
@@ -48,9 +48,7 @@ impl Default for Metrics {
             requests: (0..COMMANDS.len() * (RESULTS.len() + 1))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
-            latency: std::array::from_fn(|_| AtomicU64::new(0)),
-            latency_count: AtomicU64::new(0),
-            latency_sum_ns: AtomicU64::new(0),
+            latency: Histogram::new(&BUCKETS),
             resync: AtomicU64::new(0),
             peers_up: AtomicI64::new(0),
         }
@@ -71,15 +69,7 @@ impl Metrics {
         if let Some(slot) = self.requests.get(c * (RESULTS.len() + 1) + r) {
             slot.fetch_add(1, Relaxed);
         }
-        let secs = took.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                self.latency[i].fetch_add(1, Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Relaxed);
-        self.latency_sum_ns
-            .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        self.latency.observe(took);
         if resync {
             self.resync.fetch_add(1, Relaxed);
         }
@@ -110,35 +100,13 @@ impl Metrics {
                 );
             }
         }
-        o.push_str("# HELP ims_hss_cx_answer_seconds Time to answer a Cx request.\n");
-        o.push_str("# TYPE ims_hss_cx_answer_seconds histogram\n");
-        for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "ims_hss_cx_answer_seconds_bucket{{le=\"{b}\"}} {}",
-                self.latency[i].load(Relaxed)
-            );
-        }
-        let count = self.latency_count.load(Relaxed);
-        let _ = writeln!(o, "ims_hss_cx_answer_seconds_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            o,
-            "ims_hss_cx_answer_seconds_sum {}",
-            self.latency_sum_ns.load(Relaxed) as f64 / 1e9
-        );
-        let _ = writeln!(o, "ims_hss_cx_answer_seconds_count {count}");
-        o.push_str(
-            "# HELP ims_hss_cx_resync_total MARs that resynchronised the SQN from an AUTS.\n",
-        );
-        o.push_str("# TYPE ims_hss_cx_resync_total counter\n");
-        let _ = writeln!(o, "ims_hss_cx_resync_total {}", self.resync.load(Relaxed));
-        o.push_str("# HELP ims_hss_diameter_peers_up Diameter peers in the Open state.\n");
-        o.push_str("# TYPE ims_hss_diameter_peers_up gauge\n");
-        let _ = writeln!(
-            o,
-            "ims_hss_diameter_peers_up {}",
-            self.peers_up.load(Relaxed)
-        );
+        let help = "Time to answer a Cx request.";
+        self.latency.render(&mut o, "ims_hss_cx_answer_seconds", help);
+        let help = "MARs that resynchronised the SQN from an AUTS.";
+        counter(&mut o, "ims_hss_cx_resync_total", help, self.resync.load(Relaxed));
+        let help = "Diameter peers in the Open state.";
+        let up = self.peers_up.load(Relaxed);
+        gauge(&mut o, "ims_hss_diameter_peers_up", help, up);
         o
     }
 }

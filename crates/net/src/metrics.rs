@@ -1,20 +1,161 @@
-//! Counters of Diameter answers for the CSCFs' Prometheus metrics (the I-CSCF's UAR/LIR,
-//! the S-CSCF's MAR/SAR), in the daemons' way: a fixed array of atomic counters chosen by
-//! index, no lock on the hot path.
+//! The pieces every daemon's Prometheus metrics are made of, lock-free on the hot path (a
+//! fixed set of atomic counters chosen by index), rendered in the Prometheus text format. Each
+//! daemon's `metrics` module lists its series and puts them together from these:
 //!
-//! - `<prefix>_cx_answers_total{command,result}`: answers by command and by Result-Code or
-//!   Experimental-Result-Code (`2001`, `2002`, `5001`, `3004`, ...; `other` for a code
-//!   outside the known set), and the requests that got none: `timeout` (no answer in time,
-//!   or the connection went down meanwhile), `unreachable` (the connection was not open)
-//!   and `invalid` (an answer we could not read). Only series that counted something are
-//!   rendered.
+//! - [`ByLabel`]: a counter per value of one label from a fixed set (methods, statuses,
+//!   causes), and `other` for the rest.
+//! - [`Histogram`]: a latency histogram over fixed buckets.
+//! - [`CxAnswers`]: Diameter answers by command and result, for the CSCFs (the I-CSCF's
+//!   UAR/LIR, the S-CSCF's MAR/SAR): `<prefix>_cx_answers_total{command,result}`, by
+//!   Result-Code or Experimental-Result-Code (`2001`, `2002`, `5001`, `3004`, ...; `other`
+//!   for a code outside the known set), and the requests that got none: `timeout` (no answer
+//!   in time, or the connection went down meanwhile), `unreachable` (the connection was not
+//!   open) and `invalid` (an answer we could not read). Only series that counted something
+//!   are rendered.
+//! - [`counter`], [`gauge`] and [`transactions`]: series of a line or two.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use ims_diameter::AnswerResult;
 
 use crate::diameter::RequestError;
+
+/// The latency buckets of the CSCFs' histograms, in seconds (0.5 ms to 5 s).
+pub const CSCF_BUCKETS: [f64; 12] = [
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// Counters by one label whose values come from a fixed set, and `other` for the rest.
+pub struct ByLabel<T: 'static> {
+    values: &'static [T],
+    counts: Box<[AtomicU64]>,
+}
+
+impl<T: PartialEq + std::fmt::Display> ByLabel<T> {
+    /// Counters for `values`, and `other`.
+    pub fn new(values: &'static [T]) -> Self {
+        Self {
+            values,
+            counts: (0..=values.len()).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Counts one of `v` (`None`, or a value outside the set: `other`).
+    pub fn count(&self, v: Option<T>) {
+        let i = v
+            .and_then(|v| self.values.iter().position(|k| *k == v))
+            .unwrap_or(self.values.len());
+        if let Some(c) = self.counts.get(i) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// How many of `v` were counted.
+    pub fn get(&self, v: &T) -> u64 {
+        self.values
+            .iter()
+            .position(|k| k == v)
+            .and_then(|i| self.counts.get(i))
+            .map_or(0, |c| c.load(Relaxed))
+    }
+
+    /// Appends the counter `name{label="..."}` to `o`: only the values that counted
+    /// something when `only_counted`, else every one.
+    pub fn render(&self, o: &mut String, name: &str, label: &str, help: &str, only_counted: bool) {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} counter");
+        for (i, c) in self.counts.iter().enumerate() {
+            let v = c.load(Relaxed);
+            if v == 0 && only_counted {
+                continue;
+            }
+            match self.values.get(i) {
+                Some(k) => {
+                    let _ = writeln!(o, "{name}{{{label}=\"{k}\"}} {v}");
+                }
+                None => {
+                    let _ = writeln!(o, "{name}{{{label}=\"other\"}} {v}");
+                }
+            }
+        }
+    }
+}
+
+/// A latency histogram over fixed buckets (seconds).
+pub struct Histogram {
+    bounds: &'static [f64],
+    buckets: Box<[AtomicU64]>,
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    /// Empty, over `bounds` (ascending, in seconds).
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one observation of `took`.
+    pub fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        for (b, c) in self.bounds.iter().zip(self.buckets.iter()) {
+            if secs <= *b {
+                c.fetch_add(1, Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_ns
+            .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Appends the histogram `name` (its buckets, `_sum` and `_count`) to `o`.
+    pub fn render(&self, o: &mut String, name: &str, help: &str) {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} histogram");
+        for (b, c) in self.bounds.iter().zip(self.buckets.iter()) {
+            let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {}", c.load(Relaxed));
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            o,
+            "{name}_sum {}",
+            self.sum_ns.load(Relaxed) as f64 / 1e9
+        );
+        let _ = writeln!(o, "{name}_count {count}");
+    }
+}
+
+/// Appends the counter `name` (no labels) with `value` to `o`.
+pub fn counter(o: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} counter");
+    let _ = writeln!(o, "{name} {value}");
+}
+
+/// Appends the gauge `name` with `value` to `o`.
+pub fn gauge(o: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} gauge");
+    let _ = writeln!(o, "{name} {value}");
+}
+
+/// Appends `<prefix>_sip_transactions{side}` with the endpoint's `(server, client)`
+/// transactions to `o`.
+pub fn transactions(o: &mut String, prefix: &str, (server, client): (usize, usize)) {
+    let name = format!("{prefix}_sip_transactions");
+    let _ = writeln!(o, "# HELP {name} SIP transactions held, by side.");
+    let _ = writeln!(o, "# TYPE {name} gauge");
+    let _ = writeln!(o, "{name}{{side=\"server\"}} {server}");
+    let _ = writeln!(o, "{name}{{side=\"client\"}} {client}");
+}
 
 /// Result codes with their own series: the Cx ones (TS 29.229 §6.2), both namespaces.
 const RESULTS: [u32; 15] = [
@@ -116,6 +257,45 @@ impl<const N: usize> CxAnswers<N> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_by_label_histograms_and_gauges_render() {
+        static CODES: [u16; 2] = [200, 401];
+        let by = ByLabel::new(&CODES);
+        by.count(Some(200));
+        by.count(Some(200));
+        by.count(Some(299));
+        by.count(None);
+        assert_eq!(by.get(&200), 2);
+        let h = Histogram::new(&CSCF_BUCKETS);
+        h.observe(Duration::from_micros(700));
+        h.observe(Duration::from_millis(30));
+        h.observe(Duration::from_secs(9));
+        let mut t = String::new();
+        by.render(&mut t, "x_total", "status", "Statuses.", true);
+        h.render(&mut t, "x_seconds", "Time.");
+        gauge(&mut t, "x_held", "Held.", 7);
+        transactions(&mut t, "x", (3, 1));
+        for line in [
+            "x_total{status=\"200\"} 2",
+            "x_total{status=\"other\"} 2",
+            "x_seconds_bucket{le=\"0.0005\"} 0",
+            "x_seconds_bucket{le=\"0.001\"} 1",
+            "x_seconds_bucket{le=\"0.05\"} 2",
+            "x_seconds_bucket{le=\"5\"} 2",
+            "x_seconds_bucket{le=\"+Inf\"} 3",
+            "x_seconds_count 3",
+            "x_held 7",
+            "x_sip_transactions{side=\"server\"} 3",
+            "x_sip_transactions{side=\"client\"} 1",
+        ] {
+            assert!(t.lines().any(|l| l == line), "no `{line}` in\n{t}");
+        }
+        assert!(!t.contains("status=\"401\""), "only what counted:\n{t}");
+        let mut all = String::new();
+        by.render(&mut all, "x_total", "status", "Statuses.", false);
+        assert!(all.contains("x_total{status=\"401\"} 0"), "{all}");
+    }
 
     #[test]
     fn renders_answers_by_command_and_result() {

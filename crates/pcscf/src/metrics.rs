@@ -1,6 +1,6 @@
-//! The P-CSCF's Prometheus metrics, in the S-CSCF's way (`ims_scscf::metrics`): fixed arrays
-//! of atomic counters chosen by index, no lock on the hot path, rendered as the Prometheus
-//! text format at `/metrics` on the admin API (`admin_listen`, [`crate::admin`]).
+//! The P-CSCF's Prometheus metrics, made of the shared pieces of [`ims_net::metrics`] (atomic
+//! counters chosen by index, no lock on the hot path), rendered as the Prometheus text
+//! format at `/metrics` on the admin API (`admin_listen`, [`crate::admin`]).
 //!
 //! - `ims_pcscf_requests_total{method}`: requests received (from UEs and from the core), one
 //!   per new transaction, by method (`other` for a method outside the known set).
@@ -17,14 +17,13 @@
 //! - `ims_pcscf_sip_transactions{side}`: SIP transactions held by the endpoint, `server`
 //!   and `client`.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use ims_net::metrics::{ByLabel, CSCF_BUCKETS, Histogram, gauge, transactions};
 use ims_sip::Method;
 
 /// Methods with their own series.
-const METHODS: [Method; 14] = [
+static METHODS: [Method; 14] = [
     Method::Register,
     Method::Invite,
     Method::Ack,
@@ -42,14 +41,13 @@ const METHODS: [Method; 14] = [
 ];
 
 /// Final statuses with their own series.
-const STATUSES: [u16; 20] = [
+static STATUSES: [u16; 20] = [
     200, 202, 400, 401, 403, 404, 408, 420, 421, 480, 481, 483, 486, 487, 494, 500, 501, 503, 504,
     603,
 ];
 
-const BUCKETS: [f64; 12] = [
-    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-];
+/// The labels of the overload refusals.
+static REFUSED: [&str; 2] = ["register", "invite"];
 
 /// What an overload refusal refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,23 +60,19 @@ pub enum Refused {
 
 /// The P-CSCF's counters.
 pub struct Metrics {
-    requests: [AtomicU64; METHODS.len() + 1],
-    responses: [AtomicU64; STATUSES.len() + 1],
-    latency: [AtomicU64; BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_sum_ns: AtomicU64,
-    refusals: [AtomicU64; 2],
+    requests: ByLabel<Method>,
+    responses: ByLabel<u16>,
+    register: Histogram,
+    refusals: ByLabel<&'static str>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self {
-            requests: std::array::from_fn(|_| AtomicU64::new(0)),
-            responses: std::array::from_fn(|_| AtomicU64::new(0)),
-            latency: std::array::from_fn(|_| AtomicU64::new(0)),
-            latency_count: AtomicU64::new(0),
-            latency_sum_ns: AtomicU64::new(0),
-            refusals: std::array::from_fn(|_| AtomicU64::new(0)),
+            requests: ByLabel::new(&METHODS),
+            responses: ByLabel::new(&STATUSES),
+            register: Histogram::new(&CSCF_BUCKETS),
+            refusals: ByLabel::new(&REFUSED),
         }
     }
 }
@@ -86,37 +80,22 @@ impl Default for Metrics {
 impl Metrics {
     /// Counts a request received (`None`: a method we do not know).
     pub fn request(&self, method: Option<Method>) {
-        let i = method
-            .and_then(|m| METHODS.iter().position(|k| *k == m))
-            .unwrap_or(METHODS.len());
-        self.requests[i].fetch_add(1, Relaxed);
+        self.requests.count(method);
     }
 
     /// Counts a final response sent.
     pub fn response(&self, status: u16) {
-        let i = STATUSES
-            .iter()
-            .position(|s| *s == status)
-            .unwrap_or(STATUSES.len());
-        self.responses[i].fetch_add(1, Relaxed);
+        self.responses.count(Some(status));
     }
 
     /// Counts a REGISTER answered after `took`.
     pub fn register(&self, took: Duration) {
-        let secs = took.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                self.latency[i].fetch_add(1, Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Relaxed);
-        self.latency_sum_ns
-            .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        self.register.observe(took);
     }
 
     /// Counts a 503 from an in-flight limit.
     pub fn refused(&self, what: Refused) {
-        self.refusals[what as usize].fetch_add(1, Relaxed);
+        self.refusals.count(Some(REFUSED[what as usize]));
     }
 
     /// The Prometheus text exposition, with `registrations` and `ipsec_sets` held and the
@@ -125,71 +104,27 @@ impl Metrics {
         &self,
         registrations: usize,
         ipsec_sets: usize,
-        transactions: (usize, usize),
+        sip_transactions: (usize, usize),
     ) -> String {
         let mut o = String::with_capacity(4096);
-        o.push_str("# HELP ims_pcscf_requests_total Requests received, by method.\n");
-        o.push_str("# TYPE ims_pcscf_requests_total counter\n");
-        for (i, c) in self.requests.iter().enumerate() {
-            let v = c.load(Relaxed);
-            if v == 0 {
-                continue;
-            }
-            let method = METHODS.get(i).map_or("other", |m| m.as_str());
-            let _ = writeln!(o, "ims_pcscf_requests_total{{method=\"{method}\"}} {v}");
-        }
-        o.push_str("# HELP ims_pcscf_responses_total Final responses sent, by status.\n");
-        o.push_str("# TYPE ims_pcscf_responses_total counter\n");
-        for (i, c) in self.responses.iter().enumerate() {
-            let v = c.load(Relaxed);
-            if v == 0 {
-                continue;
-            }
-            let status = STATUSES.get(i).map_or("other".to_owned(), u16::to_string);
-            let _ = writeln!(o, "ims_pcscf_responses_total{{status=\"{status}\"}} {v}");
-        }
-        o.push_str("# HELP ims_pcscf_register_seconds Time to answer a REGISTER.\n");
-        o.push_str("# TYPE ims_pcscf_register_seconds histogram\n");
-        for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "ims_pcscf_register_seconds_bucket{{le=\"{b}\"}} {}",
-                self.latency[i].load(Relaxed)
-            );
-        }
-        let count = self.latency_count.load(Relaxed);
-        let _ = writeln!(
-            o,
-            "ims_pcscf_register_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            o,
-            "ims_pcscf_register_seconds_sum {}",
-            self.latency_sum_ns.load(Relaxed) as f64 / 1e9
-        );
-        let _ = writeln!(o, "ims_pcscf_register_seconds_count {count}");
-        o.push_str("# HELP ims_pcscf_registrations Registered UE flows held.\n");
-        o.push_str("# TYPE ims_pcscf_registrations gauge\n");
-        let _ = writeln!(o, "ims_pcscf_registrations {registrations}");
-        o.push_str("# HELP ims_pcscf_ipsec_sa_sets IPsec SA sets held (four SAs each).\n");
-        o.push_str("# TYPE ims_pcscf_ipsec_sa_sets gauge\n");
-        let _ = writeln!(o, "ims_pcscf_ipsec_sa_sets {ipsec_sets}");
-        o.push_str(
-            "# HELP ims_pcscf_overload_refusals_total 503s from the in-flight limits, by what they refused.\n",
-        );
-        o.push_str("# TYPE ims_pcscf_overload_refusals_total counter\n");
-        for (what, i) in [("register", Refused::Register), ("invite", Refused::Invite)] {
-            let _ = writeln!(
-                o,
-                "ims_pcscf_overload_refusals_total{{what=\"{what}\"}} {}",
-                self.refusals[i as usize].load(Relaxed)
-            );
-        }
-        o.push_str("# HELP ims_pcscf_sip_transactions SIP transactions held, by side.\n");
-        o.push_str("# TYPE ims_pcscf_sip_transactions gauge\n");
-        let (server, client) = transactions;
-        let _ = writeln!(o, "ims_pcscf_sip_transactions{{side=\"server\"}} {server}");
-        let _ = writeln!(o, "ims_pcscf_sip_transactions{{side=\"client\"}} {client}");
+        let p = "ims_pcscf";
+        let help = "Requests received, by method.";
+        self.requests
+            .render(&mut o, &format!("{p}_requests_total"), "method", help, true);
+        let help = "Final responses sent, by status.";
+        self.responses
+            .render(&mut o, &format!("{p}_responses_total"), "status", help, true);
+        let help = "Time to answer a REGISTER.";
+        self.register
+            .render(&mut o, &format!("{p}_register_seconds"), help);
+        let help = "Registered UE flows held.";
+        gauge(&mut o, &format!("{p}_registrations"), help, registrations);
+        let help = "IPsec SA sets held (four SAs each).";
+        gauge(&mut o, &format!("{p}_ipsec_sa_sets"), help, ipsec_sets);
+        let help = "503s from the in-flight limits, by what they refused.";
+        let name = format!("{p}_overload_refusals_total");
+        self.refusals.render(&mut o, &name, "what", help, false);
+        transactions(&mut o, p, sip_transactions);
         o
     }
 }
