@@ -101,9 +101,15 @@ impl Metrics {
             }
         }
         let help = "Time to answer a Cx request.";
-        self.latency.render(&mut o, "ims_hss_cx_answer_seconds", help);
+        self.latency
+            .render(&mut o, "ims_hss_cx_answer_seconds", help);
         let help = "MARs that resynchronised the SQN from an AUTS.";
-        counter(&mut o, "ims_hss_cx_resync_total", help, self.resync.load(Relaxed));
+        counter(
+            &mut o,
+            "ims_hss_cx_resync_total",
+            help,
+            self.resync.load(Relaxed),
+        );
         let help = "Diameter peers in the Open state.";
         let up = self.peers_up.load(Relaxed);
         gauge(&mut o, "ims_hss_diameter_peers_up", help, up);

@@ -124,11 +124,7 @@ impl Histogram {
         }
         let count = self.count.load(Relaxed);
         let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            o,
-            "{name}_sum {}",
-            self.sum_ns.load(Relaxed) as f64 / 1e9
-        );
+        let _ = writeln!(o, "{name}_sum {}", self.sum_ns.load(Relaxed) as f64 / 1e9);
         let _ = writeln!(o, "{name}_count {count}");
     }
 }

@@ -112,8 +112,13 @@ impl Metrics {
         self.requests
             .render(&mut o, &format!("{p}_requests_total"), "method", help, true);
         let help = "Final responses sent, by status.";
-        self.responses
-            .render(&mut o, &format!("{p}_responses_total"), "status", help, true);
+        self.responses.render(
+            &mut o,
+            &format!("{p}_responses_total"),
+            "status",
+            help,
+            true,
+        );
         let help = "Time to answer a REGISTER.";
         self.register
             .render(&mut o, &format!("{p}_register_seconds"), help);

@@ -79,8 +79,13 @@ impl Metrics {
         self.latency
             .render(&mut o, "ims_scscf_register_seconds", help);
         let help = "Wrong answers to challenges, by likely cause.";
-        self.failures
-            .render(&mut o, "ims_scscf_auth_failures_total", "cause", help, false);
+        self.failures.render(
+            &mut o,
+            "ims_scscf_auth_failures_total",
+            "cause",
+            help,
+            false,
+        );
         let help = "Lockouts started.";
         let lockouts = self.lockouts.load(Relaxed);
         counter(&mut o, "ims_scscf_auth_lockouts_total", help, lockouts);
