@@ -546,7 +546,7 @@ impl Inner {
     /// A REGISTER past the in-flight limit (a new registration gets 503), else on.
     async fn admit_register(&self, req: ServerRequest, flow: Flow) {
         let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let _counted = InFlight(&self.in_flight);
+        let mut counted = Some(InFlight(&self.in_flight));
         let max = self.cfg.max_registrations_in_flight;
         if max > 0 && is_initial_register(&req.message) {
             if before >= max {
@@ -569,7 +569,7 @@ impl Inner {
                 tracing::warn!("overload over: new registrations admitted again");
             }
         }
-        self.register(req, flow).await
+        self.register(req, flow, &mut counted).await
     }
 
     async fn reply(&self, req: &ServerRequest, code: u16, reason: &str) {
@@ -690,7 +690,10 @@ impl Inner {
         }
     }
 
-    async fn register(&self, req: ServerRequest, flow: Flow) {
+    /// `counted` is the REGISTER's place in the in-flight count: given back once its final
+    /// response is out, not after what follows a 200 (the reg-event SUBSCRIBE, which under
+    /// loss can take seconds and would hold new registrations out).
+    async fn register(&self, req: ServerRequest, flow: Flow, counted: &mut Option<InFlight<'_>>) {
         let mut m = req.message.clone();
         let call_id = m.call_id().unwrap_or("").to_owned();
         let span = tracing::info_span!("register", %call_id, ue = %req.source);
@@ -737,7 +740,9 @@ impl Inner {
                             self.give_back(&security);
                             return;
                         }
-                        return self.register_response(&req, resp, flow, security).await;
+                        return self
+                            .register_response(&req, resp, flow, security, counted)
+                            .await;
                     }
                     Err(e) => {
                         tracing::warn!(%target.addr, error = %e, "I-CSCF did not answer; trying the next");
@@ -798,6 +803,7 @@ impl Inner {
         mut resp: Message,
         flow: Flow,
         security: Security,
+        counted: &mut Option<InFlight<'_>>,
     ) {
         let status = resp.status().unwrap_or(0);
         let keys = self.strip_ck_ik(&mut resp);
@@ -868,6 +874,8 @@ impl Inner {
                 self.give_back(&security);
                 let stored = self.store_registration(req, &resp, flow, &impi, &security);
                 self.ep.respond(req, resp).await;
+                // Out of the core: what follows (SAs, the reg-event SUBSCRIBE) is not counted.
+                counted.take();
                 if let (Security::Protected(key, _), Some(flows)) = (security, self.ipsec.clone()) {
                     match stored {
                         Some(expiry) => {

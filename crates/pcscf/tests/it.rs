@@ -649,6 +649,63 @@ async fn overload_refuses_new_registrations_with_503_at_once() {
     assert_eq!(at_core().call_id().unwrap(), admitted);
 }
 
+/// A registration's place in the in-flight count ends with its final response: the reg-event
+/// SUBSCRIBE that follows a 200 (never answered here, as when it is lost) does not hold new
+/// registrations out with 503. (Under 10% loss the P-CSCF once counted 64 REGISTERs in
+/// flight for 20 UEs: handlers waiting on their SUBSCRIBE's retransmissions.)
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reg_event_subscribe_after_a_200_is_not_counted_in_flight() {
+    let (core, p, ue) = core_pcscf_ue(|c| {
+        c.max_registrations_in_flight = 1;
+        c.reg_event = true;
+    })
+    .await;
+    let me = ue.local_addr().unwrap();
+    let answered = "Digest username=\"alice@hims.net\", realm=\"hims.net\", uri=\"sip:hims.net\", \
+                    nonce=\"bm9uY2U=\", response=\"0123456789abcdef0123456789abcdef\", \
+                    algorithm=AKAv1-MD5";
+    ue.send_to(register(me, "w1", 1, "alice", answered, 600).as_bytes(), p)
+        .unwrap();
+    let m = recv(&core);
+    assert_eq!(m.call_id().unwrap(), "w1");
+    let core_addr = core.local_addr().unwrap();
+    let mut ok = response_to(&m, 200, "OK", Some("c1")).unwrap();
+    for path in m.values(HeaderName::Path).flatten() {
+        ok.append_header("Path", path).unwrap();
+    }
+    ok.append_header("Service-Route", &format!("<sip:orig@{core_addr};lr>"))
+        .unwrap();
+    ok.append_header("P-Associated-URI", "<sip:alice@hims.net>")
+        .unwrap();
+    ok.append_header("Contact", &format!("<sip:alice@{me}>;expires=600"))
+        .unwrap();
+    core.send_to(&ok.to_bytes(), p).unwrap();
+    let r = recv(&ue);
+    assert_eq!(r.status(), Some(200), "{r}");
+    // The P-CSCF subscribes to alice's reg event; the core never answers it.
+    let sub = loop {
+        let m = recv(&core);
+        if m.method_str() == Some("SUBSCRIBE") {
+            break m;
+        }
+    };
+    assert_eq!(sub.header_str(HeaderName::Event), Some("reg"));
+    // Another UE's new registration goes into the core: the slot is free.
+    let ue2 = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let initial = "Digest username=\"bob@hims.net\", realm=\"hims.net\", uri=\"sip:hims.net\", \
+                   nonce=\"\", response=\"\"";
+    let me2 = ue2.local_addr().unwrap();
+    ue2.send_to(register(me2, "w2", 1, "bob", initial, 600).as_bytes(), p)
+        .unwrap();
+    let next = loop {
+        let m = recv(&core);
+        if m.method_str() == Some("REGISTER") {
+            break m;
+        }
+    };
+    assert_eq!(next.call_id().unwrap(), "w2", "{next}");
+}
+
 /// New calls are refused with 503 and Retry-After at once while `max_invites_in_flight`
 /// INVITEs wait for the core's first answer (its 100 Trying); as soon as the core answers
 /// one, a new call goes through again. How long a callee takes to answer does not count.
