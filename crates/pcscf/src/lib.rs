@@ -690,9 +690,9 @@ impl Inner {
         }
     }
 
-    /// `counted` is the REGISTER's place in the in-flight count: given back once its final
-    /// response is out, not after what follows a 200 (the reg-event SUBSCRIBE, which under
-    /// loss can take seconds and would hold new registrations out).
+    /// `counted` is the REGISTER's place in the in-flight count: given back as soon as the
+    /// core's final response is here, not after what follows (a 200's reg-event SUBSCRIBE,
+    /// which under loss can take seconds, held new registrations out).
     async fn register(&self, req: ServerRequest, flow: Flow, counted: &mut Option<InFlight<'_>>) {
         let mut m = req.message.clone();
         let call_id = m.call_id().unwrap_or("").to_owned();
@@ -736,12 +736,16 @@ impl Inner {
             for target in targets {
                 match self.ep.send_request(m.clone(), target).await {
                     Ok(mut resp) => {
+                        // Out of the core: what follows (the SAs, the response, a 200's
+                        // reg-event SUBSCRIBE) is not counted, and the count is down before
+                        // the UE can see the response and send its next REGISTER.
+                        counted.take();
                         if pop_own_via(&mut resp).is_err() {
                             self.give_back(&security);
                             return;
                         }
                         return self
-                            .register_response(&req, resp, flow, security, counted)
+                            .register_response(&req, resp, flow, security)
                             .await;
                     }
                     Err(e) => {
@@ -803,7 +807,6 @@ impl Inner {
         mut resp: Message,
         flow: Flow,
         security: Security,
-        counted: &mut Option<InFlight<'_>>,
     ) {
         let status = resp.status().unwrap_or(0);
         let keys = self.strip_ck_ik(&mut resp);
@@ -874,8 +877,6 @@ impl Inner {
                 self.give_back(&security);
                 let stored = self.store_registration(req, &resp, flow, &impi, &security);
                 self.ep.respond(req, resp).await;
-                // Out of the core: what follows (SAs, the reg-event SUBSCRIBE) is not counted.
-                counted.take();
                 if let (Security::Protected(key, _), Some(flows)) = (security, self.ipsec.clone()) {
                     match stored {
                         Some(expiry) => {
