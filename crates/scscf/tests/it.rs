@@ -298,6 +298,17 @@ fn challenge(
     )
 }
 
+/// Alice gets a fresh challenge and answers it with `password` (not her RES): the
+/// registrar's answer.
+async fn answer_alice_wrongly(r: &Registrar, ue: &mut Ue, password: &[u8]) -> Message {
+    let c = r
+        .handle_register(&ue.register(Some(ue.initial_auth()), &[]))
+        .await;
+    let (realm, nonce, alg, _, _, _) = challenge(&c);
+    let wrong = answer(ALICE_IMPI, &realm, &nonce, &alg, Qop::Auth, password);
+    r.handle_register(&ue.register(Some(wrong), &[])).await
+}
+
 /// An Authorization answering a challenge with `password`.
 fn answer(impi: &str, realm: &str, nonce: &str, alg: &str, qop: Qop, password: &[u8]) -> String {
     let p = DigestParams {
@@ -1203,13 +1214,8 @@ async fn failed_authentications_are_explained_and_recorded_at_the_hss() {
     assert_eq!(last_auth(&lab, ALICE_IMPI), ("failure".into(), 2));
 
     // 3. A RES that is not XRES.
-    let third = r
-        .handle_register(&ue.register(Some(ue.initial_auth()), &[]))
-        .await;
-    let (realm, nonce, alg, _, _, _) = challenge(&third);
-    let wrong = answer(ALICE_IMPI, &realm, &nonce, &alg, Qop::Auth, b"not-res!");
     logs.take();
-    let resp = r.handle_register(&ue.register(Some(wrong), &[])).await;
+    let resp = answer_alice_wrongly(&r, &mut ue, b"not-res!").await;
     assert_eq!(resp.status(), Some(403), "{resp}");
     let lines = logs.take();
     let line = one_line(&lines, "wrong RES");
@@ -1267,13 +1273,8 @@ async fn repeated_wrong_answers_lock_the_impi_out_for_a_while() {
 
     // Someone answers alice's challenges wrong, three times.
     for n in 1..=3 {
-        let c = r
-            .handle_register(&ue.register(Some(ue.initial_auth()), &[]))
-            .await;
-        let (realm, nonce, alg, _, _, _) = challenge(&c);
-        let wrong = answer(ALICE_IMPI, &realm, &nonce, &alg, Qop::Auth, b"guess!!!");
         logs.take();
-        let resp = r.handle_register(&ue.register(Some(wrong), &[])).await;
+        let resp = answer_alice_wrongly(&r, &mut ue, b"guess!!!").await;
         assert_eq!(resp.status(), Some(403), "{resp}");
         let lines = logs.take();
         let line = one_line(&lines, "wrong RES");
