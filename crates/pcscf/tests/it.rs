@@ -73,19 +73,7 @@ async fn registrar(seen: Arc<Mutex<Vec<Message>>>) -> SocketAddr {
                 )
                 .unwrap();
             } else if m.method_str() == Some("REGISTER") {
-                r = response_to(m, 200, "OK", Some("s1")).unwrap();
-                for p in m.values(HeaderName::Path).flatten() {
-                    r.append_header("Path", p).unwrap();
-                }
-                r.append_header("Service-Route", &format!("<sip:orig@{me};lr>"))
-                    .unwrap();
-                r.append_header("P-Associated-URI", "<sip:alice@hims.net>, <tel:+15551234>")
-                    .unwrap();
-                let expires = m.expires().and_then(Result::ok).unwrap_or(600);
-                for c in m.values(HeaderName::Contact).flatten() {
-                    r.append_header("Contact", &format!("{c};expires={expires}"))
-                        .unwrap();
-                }
+                r = registered(m, me, "<sip:alice@hims.net>, <tel:+15551234>");
             } else if m.method_str() == Some("SUBSCRIBE") {
                 // The P-CSCF's reg event subscription: granted for 2 s only, so that it
                 // must refresh it inside the dialog.
@@ -99,6 +87,24 @@ async fn registrar(seen: Arc<Mutex<Vec<Message>>>) -> SocketAddr {
         }
     });
     me
+}
+
+/// The S-CSCF's 200 to REGISTER `m`, as the core sends it back: its Path, a Service-Route
+/// through `scscf`, the P-Associated-URI `associated`, and its contacts with their expiry.
+fn registered(m: &Message, scscf: SocketAddr, associated: &str) -> Message {
+    let mut r = response_to(m, 200, "OK", Some("s1")).unwrap();
+    for p in m.values(HeaderName::Path).flatten() {
+        r.append_header("Path", p).unwrap();
+    }
+    r.append_header("Service-Route", &format!("<sip:orig@{scscf};lr>"))
+        .unwrap();
+    r.append_header("P-Associated-URI", associated).unwrap();
+    let expires = m.expires().and_then(Result::ok).unwrap_or(600);
+    for c in m.values(HeaderName::Contact).flatten() {
+        r.append_header("Contact", &format!("{c};expires={expires}"))
+            .unwrap();
+    }
+    r
 }
 
 fn register(
@@ -668,17 +674,7 @@ async fn the_reg_event_subscribe_after_a_200_is_not_counted_in_flight() {
         .unwrap();
     let m = recv(&core);
     assert_eq!(m.call_id().unwrap(), "w1");
-    let core_addr = core.local_addr().unwrap();
-    let mut ok = response_to(&m, 200, "OK", Some("c1")).unwrap();
-    for path in m.values(HeaderName::Path).flatten() {
-        ok.append_header("Path", path).unwrap();
-    }
-    ok.append_header("Service-Route", &format!("<sip:orig@{core_addr};lr>"))
-        .unwrap();
-    ok.append_header("P-Associated-URI", "<sip:alice@hims.net>")
-        .unwrap();
-    ok.append_header("Contact", &format!("<sip:alice@{me}>;expires=600"))
-        .unwrap();
+    let ok = registered(&m, core.local_addr().unwrap(), "<sip:alice@hims.net>");
     core.send_to(&ok.to_bytes(), p).unwrap();
     let r = recv(&ue);
     assert_eq!(r.status(), Some(200), "{r}");
