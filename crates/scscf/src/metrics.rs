@@ -16,6 +16,9 @@
 //!   Experimental-Result-Code, or `timeout`, `unreachable`, `invalid`; counted by the Cx
 //!   client ([`crate::cx::CxClient`], [`ims_net::metrics::CxAnswers`]) and rendered after
 //!   the rest.
+//! - `ims_scscf_store_batches_total`, `ims_scscf_store_writes_total`: transactions the store
+//!   writer committed (or tried), and the registration changes in them (their ratio is the
+//!   group commit's batch size).
 //!
 //! The P-CSCF and I-CSCF have the same (`ims_pcscf::metrics`, `ims_icscf::metrics`).
 
@@ -36,6 +39,8 @@ pub struct Metrics {
     latency: Histogram,
     failures: ByLabel<&'static str>,
     lockouts: AtomicU64,
+    store_batches: AtomicU64,
+    store_writes: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -45,6 +50,8 @@ impl Default for Metrics {
             latency: Histogram::new(&CSCF_BUCKETS),
             failures: ByLabel::new(&CAUSES),
             lockouts: AtomicU64::new(0),
+            store_batches: AtomicU64::new(0),
+            store_writes: AtomicU64::new(0),
         }
     }
 }
@@ -68,6 +75,12 @@ impl Metrics {
         self.lockouts.fetch_add(1, Relaxed);
     }
 
+    /// Counts one store transaction of `writes` registration changes.
+    pub fn store_batch(&self, writes: usize) {
+        self.store_batches.fetch_add(1, Relaxed);
+        self.store_writes.fetch_add(writes as u64, Relaxed);
+    }
+
     /// The Prometheus text exposition, with `registrations` held and the endpoint's
     /// `(server, client)` transactions.
     pub fn render(&self, registrations: usize, sip_transactions: (usize, usize)) -> String {
@@ -89,6 +102,12 @@ impl Metrics {
         let help = "Lockouts started.";
         let lockouts = self.lockouts.load(Relaxed);
         counter(&mut o, "ims_scscf_auth_lockouts_total", help, lockouts);
+        let help = "Store transactions of the registration writer.";
+        let batches = self.store_batches.load(Relaxed);
+        counter(&mut o, "ims_scscf_store_batches_total", help, batches);
+        let help = "Registration changes written to the store.";
+        let writes = self.store_writes.load(Relaxed);
+        counter(&mut o, "ims_scscf_store_writes_total", help, writes);
         let help = "Registrations held (IMPUs registered here).";
         gauge(&mut o, "ims_scscf_registrations", help, registrations);
         transactions(&mut o, "ims_scscf", sip_transactions);
@@ -110,7 +129,11 @@ mod tests {
         m.auth_failure("wrong_res");
         m.auth_failure("nonsense");
         m.lockout();
+        m.store_batch(3);
+        m.store_batch(1);
         let t = m.render(7, (3, 1));
+        assert!(t.contains("ims_scscf_store_batches_total 2"), "{t}");
+        assert!(t.contains("ims_scscf_store_writes_total 4"), "{t}");
         assert!(
             t.contains("ims_scscf_register_total{status=\"200\"} 2"),
             "{t}"

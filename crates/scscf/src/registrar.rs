@@ -74,9 +74,13 @@
 //! Registrations and pending challenges live in [`SHARDS`] mutex-guarded maps chosen by a hash
 //! of the IMPI (no global lock; no lock is ever held across an `.await`), plus an index from
 //! every registered or implicitly registered IMPU to its IMPI. Each change of a registration
-//! is written through to the store ([`ims_store::Store::save_registration`], one transaction
-//! per registration), and [`Registrar::start`] loads them back. A change that fails to reach
-//! the store is logged and kept in memory (the UE is registered either way).
+//! is written through to the store and awaited before the response goes, group-committed as
+//! the HSS does it: one writer task ([`store_writer`]) takes every change waiting and applies
+//! them in their order in one transaction ([`ims_store::Store::apply_registrations`]), so 100
+//! concurrent REGISTERs cost one commit and one `begin`/`commit` hand-off to the database's
+//! worker thread, not 100. A batch that fails is tried again change by change, so that one
+//! bad change fails alone. [`Registrar::start`] loads them back. A change that fails to
+//! reach the store is logged and kept in memory (the UE is registered either way).
 //!
 //! # Background
 //! [`Registrar::start`] spawns two tasks that hold only a weak reference (they end when the
@@ -103,9 +107,9 @@ use ims_diameter::cx::{Ppa, Ppr, Rta, Rtr};
 use ims_diameter::dict::{self, ServerAssignmentType as Sat, experimental_result_code as erc};
 use ims_diameter::{AnswerResult, MessageBuilder};
 use ims_sip::{Contact, HeaderName, Message, Method, Uri, text};
-use ims_store::{BindingRecord, RegistrationRecord, Store};
+use ims_store::{BindingRecord, RegistrationRecord, RegistrationWrite, Store};
 use ring::rand::{SecureRandom, SystemRandom};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::Config;
 use crate::cx::{CxClient, CxFailure, Vector};
@@ -363,7 +367,8 @@ struct Inner {
     host_port: String,
     domains: Vec<String>,
     cx: CxClient,
-    store: Store,
+    /// The queue of the store writer ([`store_writer`]).
+    writes: mpsc::UnboundedSender<StoreJob>,
     shards: Vec<Shard>,
     /// Every registered IMPU and implicitly registered one (lowercase) → IMPI.
     index: Vec<Mutex<HashMap<String, String>>>,
@@ -516,11 +521,12 @@ impl Registrar {
         let (client, hss_requests) = cfg.diameter.connect(cfg.sip_listen.ip());
         let cx = CxClient::new(client, cfg.diameter.clone(), cfg.name.clone());
         let (events, _) = broadcast::channel(1024);
+        let (writes, write_queue) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             host_port: cfg.host_port(),
             domains: cfg.domains(),
             cx,
-            store,
+            writes,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             index: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             rng: SystemRandom::new(),
@@ -530,11 +536,7 @@ impl Registrar {
             cfg,
         });
         let r = Registrar { inner };
-        let restored = r
-            .inner
-            .store
-            .registrations_of_scscf(&r.inner.cfg.name)
-            .await?;
+        let restored = store.registrations_of_scscf(&r.inner.cfg.name).await?;
         let n = restored.len();
         for rec in restored {
             r.install(rec);
@@ -546,6 +548,7 @@ impl Registrar {
         );
         tokio::spawn(timer(Arc::downgrade(&r.inner)));
         tokio::spawn(hss_requests_loop(Arc::downgrade(&r.inner), hss_requests));
+        tokio::spawn(store_writer(store, write_queue, Arc::downgrade(&r.inner)));
         Ok(r)
     }
 
@@ -683,15 +686,11 @@ impl Registrar {
     /// Saves `rec` with the User-Data `xml` when the HSS just sent it (else the store keeps
     /// the one it has: `rec.user_data` is empty in memory, see [`User::regs`]).
     async fn persist_with(&self, rec: &RegistrationRecord, xml: Option<&str>) {
-        let saved = match xml {
-            Some(xml) => {
-                let mut full = rec.clone();
-                full.user_data = xml.to_owned();
-                self.inner.store.save_registration(&full).await
-            }
-            None => self.inner.store.save_registration(rec).await,
-        };
-        if let Err(e) = saved {
+        let mut full = rec.clone();
+        if let Some(xml) = xml {
+            full.user_data = xml.to_owned();
+        }
+        if let Err(e) = self.write(RegistrationWrite::Save(full)).await {
             tracing::error!(impu = %rec.impu, error = %e, "registration not saved to the store");
         }
     }
@@ -701,9 +700,20 @@ impl Registrar {
     }
 
     async fn forget(&self, impu: &str) {
-        if let Err(e) = self.inner.store.delete_registration(impu).await {
+        if let Err(e) = self.write(RegistrationWrite::Delete(impu.to_owned())).await {
             tracing::error!(%impu, error = %e, "registration not deleted from the store");
         }
+    }
+
+    /// Queues `w` for the store writer and waits for its commit.
+    async fn write(&self, w: RegistrationWrite) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .writes
+            .send((w, tx))
+            .map_err(|_| "the store writer has stopped".to_owned())?;
+        rx.await
+            .map_err(|_| "the store writer has stopped".to_owned())?
     }
 
     // ------------------------------------------------------------------------------------
@@ -1758,6 +1768,49 @@ async fn hss_requests_loop(inner: Weak<Inner>, mut rx: tokio::sync::mpsc::Receiv
         let answer = r.handle_cx_request(&bytes).await;
         if !answer.is_empty() {
             r.inner.cx.client().answer(answer).await;
+        }
+    }
+}
+
+/// A change for the store writer and who waits for its commit.
+type StoreJob = (RegistrationWrite, oneshot::Sender<Result<(), String>>);
+
+/// Most changes committed in one transaction.
+const WRITE_BATCH: usize = 512;
+
+/// The store writer: applies every change waiting in one transaction, in queue order (the
+/// changes of one IMPU are queued in the order memory made them), and tells each waiter.
+/// Ends when the registrar is gone and the queue is empty.
+async fn store_writer(
+    store: Store,
+    mut queue: mpsc::UnboundedReceiver<StoreJob>,
+    registrar: Weak<Inner>,
+) {
+    let mut jobs = Vec::with_capacity(WRITE_BATCH);
+    while queue.recv_many(&mut jobs, WRITE_BATCH).await > 0 {
+        let (writes, waiting): (Vec<_>, Vec<_>) = jobs.drain(..).unzip();
+        match store.apply_registrations(&writes).await {
+            Ok(()) => {
+                for tx in waiting {
+                    let _ = tx.send(Ok(()));
+                }
+            }
+            Err(e) if writes.len() > 1 => {
+                tracing::warn!(error = %e, writes = writes.len(),
+                    "registration batch failed; writing its changes one by one");
+                for (w, tx) in writes.iter().zip(waiting) {
+                    let one = store.apply_registrations(std::slice::from_ref(w)).await;
+                    let _ = tx.send(one.map_err(|e| e.to_string()));
+                }
+            }
+            Err(e) => {
+                for tx in waiting {
+                    let _ = tx.send(Err(e.to_string()));
+                }
+            }
+        }
+        if let Some(r) = registrar.upgrade() {
+            r.metrics.store_batch(writes.len());
         }
     }
 }

@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 
 mod registrations;
 mod snapshot;
-pub use registrations::{BindingRecord, RegistrationRecord};
+pub use registrations::{BindingRecord, RegistrationRecord, RegistrationWrite};
 pub use snapshot::{IdentityKey, PrivateIdentityRecord, SubscriptionRecord, Write};
 
 /// 2^48: SQN is a 48-bit counter.

@@ -58,42 +58,7 @@ impl Store {
     /// sends it when the HSS sent a new one).
     pub async fn save_registration(&self, r: &RegistrationRecord) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
-        sqlx::query(
-            "INSERT INTO scscf_registration (impu, impi, scscf_name, user_data, associated_uris) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (impu) DO UPDATE SET impi = excluded.impi, \
-             scscf_name = excluded.scscf_name, user_data = CASE WHEN excluded.user_data = '' \
-             THEN scscf_registration.user_data ELSE excluded.user_data END, \
-             associated_uris = excluded.associated_uris",
-        )
-        .bind(&r.impu)
-        .bind(&r.impi)
-        .bind(&r.scscf_name)
-        .bind(&r.user_data)
-        .bind(join_lines(&r.associated_uris))
-        .execute(&mut *tx)
-        .await
-        .map_err(db("save registration"))?;
-        sqlx::query("DELETE FROM scscf_binding WHERE impu = $1")
-            .bind(&r.impu)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("save registration"))?;
-        for b in &r.bindings {
-            sqlx::query(
-                "INSERT INTO scscf_binding (impu, contact_uri, contact, path, call_id, cseq, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(&r.impu)
-            .bind(&b.contact_uri)
-            .bind(&b.contact)
-            .bind(join_lines(&b.path))
-            .bind(&b.call_id)
-            .bind(b.cseq)
-            .bind(b.expires_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("save registration"))?;
-        }
+        save_in(&mut tx, r).await?;
         tx.commit().await.map_err(db("commit"))?;
         Ok(())
     }
@@ -101,18 +66,29 @@ impl Store {
     /// Deletes a registration and its bindings; returns whether there was one.
     pub async fn delete_registration(&self, impu: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
-        sqlx::query("DELETE FROM scscf_binding WHERE impu = $1")
-            .bind(impu)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("delete registration"))?;
-        let res = sqlx::query("DELETE FROM scscf_registration WHERE impu = $1")
-            .bind(impu)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("delete registration"))?;
+        let had = delete_in(&mut tx, impu).await?;
         tx.commit().await.map_err(db("commit"))?;
-        Ok(res.rows_affected() > 0)
+        Ok(had)
+    }
+
+    /// Applies `writes` in their order in one transaction (the S-CSCF's group commit: the
+    /// changes of many REGISTERs cost one commit, and one `begin`/`commit` hand-off to the
+    /// database's worker, instead of one each). All or nothing.
+    pub async fn apply_registrations(
+        &self,
+        writes: &[RegistrationWrite],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        for w in writes {
+            match w {
+                RegistrationWrite::Save(r) => save_in(&mut tx, r).await?,
+                RegistrationWrite::Delete(impu) => {
+                    delete_in(&mut tx, impu).await?;
+                }
+            }
+        }
+        tx.commit().await.map_err(db("commit"))?;
+        Ok(())
     }
 
     /// One registration with its bindings, or `None`.
@@ -187,4 +163,67 @@ fn registration_row(row: &sqlx::any::AnyRow) -> Result<RegistrationRecord, Store
         associated_uris: split_lines(&row.try_get::<String, _>(4).map_err(get)?),
         bindings: Vec::new(),
     })
+}
+
+/// One change of the S-CSCF's registrations, for [`Store::apply_registrations`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistrationWrite {
+    /// Save it ([`Store::save_registration`]: an empty `user_data` keeps the stored one).
+    Save(RegistrationRecord),
+    /// Delete the registration of this IMPU with its bindings.
+    Delete(String),
+}
+
+async fn save_in(tx: &mut sqlx::AnyConnection, r: &RegistrationRecord) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO scscf_registration (impu, impi, scscf_name, user_data, associated_uris) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (impu) DO UPDATE SET impi = excluded.impi, \
+         scscf_name = excluded.scscf_name, user_data = CASE WHEN excluded.user_data = '' \
+         THEN scscf_registration.user_data ELSE excluded.user_data END, \
+         associated_uris = excluded.associated_uris",
+    )
+    .bind(&r.impu)
+    .bind(&r.impi)
+    .bind(&r.scscf_name)
+    .bind(&r.user_data)
+    .bind(join_lines(&r.associated_uris))
+    .execute(&mut *tx)
+    .await
+    .map_err(db("save registration"))?;
+    sqlx::query("DELETE FROM scscf_binding WHERE impu = $1")
+        .bind(&r.impu)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("save registration"))?;
+    for b in &r.bindings {
+        sqlx::query(
+            "INSERT INTO scscf_binding (impu, contact_uri, contact, path, call_id, cseq, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&r.impu)
+        .bind(&b.contact_uri)
+        .bind(&b.contact)
+        .bind(join_lines(&b.path))
+        .bind(&b.call_id)
+        .bind(b.cseq)
+        .bind(b.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("save registration"))?;
+    }
+    Ok(())
+}
+
+async fn delete_in(tx: &mut sqlx::AnyConnection, impu: &str) -> Result<bool, StoreError> {
+    sqlx::query("DELETE FROM scscf_binding WHERE impu = $1")
+        .bind(impu)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("delete registration"))?;
+    let res = sqlx::query("DELETE FROM scscf_registration WHERE impu = $1")
+        .bind(impu)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("delete registration"))?;
+    Ok(res.rows_affected() > 0)
 }

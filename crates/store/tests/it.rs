@@ -629,3 +629,83 @@ async fn postgres_registration_keeps_its_user_data() {
     };
     registration_keeps_its_user_data(&pg.url()).await;
 }
+
+/// The S-CSCF's group commit: the changes of one batch are applied in their order (a save
+/// after a delete of the same IMPU stands, a delete after a save removes it), and a batch
+/// with a change that cannot be applied leaves nothing of itself behind.
+async fn registration_batches_apply_in_order(url: &str) {
+    use ims_store::RegistrationWrite::{Delete, Save};
+    let store = Store::open(url).await.unwrap();
+    let rec = |n: u32, cseq: i64| ims_store::RegistrationRecord {
+        impu: format!("sip:user{n}@hims.net"),
+        impi: format!("user{n}.private@hims.net"),
+        scscf_name: "sip:scscf1.hims.net:5060".into(),
+        user_data: format!("<IMSSubscription>{n}</IMSSubscription>"),
+        associated_uris: vec![format!("sip:user{n}@hims.net")],
+        bindings: vec![ims_store::BindingRecord {
+            contact_uri: format!("sip:user{n}@10.0.0.1"),
+            contact: format!("<sip:user{n}@10.0.0.1>"),
+            path: vec!["<sip:term@pcscf1.vims.net;lr>".into()],
+            call_id: format!("c{n}"),
+            cseq,
+            expires_at: 1_000,
+        }],
+    };
+    store
+        .apply_registrations(&[
+            Save(rec(1, 1)),
+            Save(rec(2, 1)),
+            Delete("sip:user1@hims.net".into()),
+            Save(rec(1, 2)),
+            Save(rec(3, 1)),
+            Delete("sip:user3@hims.net".into()),
+            Save(rec(2, 5)),
+        ])
+        .await
+        .unwrap();
+    let held = store
+        .registrations_of_scscf("sip:scscf1.hims.net:5060")
+        .await
+        .unwrap();
+    let seen: Vec<(&str, i64)> = held
+        .iter()
+        .map(|r| (r.impu.as_str(), r.bindings[0].cseq))
+        .collect();
+    assert_eq!(
+        seen,
+        [("sip:user1@hims.net", 2), ("sip:user2@hims.net", 5)],
+        "the batch's changes in their order"
+    );
+    // Two bindings with one Contact URI (the binding's key) cannot be inserted: the whole
+    // batch is refused, user4 included.
+    let mut twice = rec(5, 1);
+    twice.bindings.push(twice.bindings[0].clone());
+    let refused = store
+        .apply_registrations(&[Save(rec(4, 1)), Save(twice)])
+        .await;
+    assert!(
+        refused.is_err(),
+        "a duplicate binding key must fail the batch"
+    );
+    assert!(
+        store
+            .registration("sip:user4@hims.net")
+            .await
+            .unwrap()
+            .is_none(),
+        "a failed batch leaves nothing behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_registration_batches_apply_in_order() {
+    registration_batches_apply_in_order(&db_url("store-regbatch").1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_registration_batches_apply_in_order() {
+    let Some(pg) = ims_testkit::postgres::Postgres::start("store_pg_regbatch") else {
+        return;
+    };
+    registration_batches_apply_in_order(&pg.url()).await;
+}
