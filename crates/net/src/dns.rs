@@ -20,10 +20,19 @@
 //! (docs/PERFORMANCE.md). Failures are not kept. The RFC 2782 weighted
 //! random choice among equal priorities is simplified to a stable heaviest-first order (the lab
 //! and tests want determinism); spreading load across equal SRV targets is left to the caller.
+//!
+//! **Failover** (RFC 3263 §4.3: a client tries the next target when one fails): a caller that
+//! got no answer from a target, or could not send to it, says so with
+//! [`SipResolver::mark_down`]; for [`DOWN_FOR`] after that, every answer of
+//! [`SipResolver::resolve`] lists that address after the others (still listed, so that a
+//! destination whose targets are all down is still tried). Without it every request would
+//! wait out its timeout on the dead target first. How long to wait before giving a silent
+//! target up is the caller's choice (the P-CSCF's `icscf_failover_seconds`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hickory_resolver::Resolver;
@@ -128,7 +137,16 @@ type HostEntries = Vec<((Option<u16>, Option<Transport>, bool), Vec<Target>, Ins
 pub struct SipResolver {
     resolver: Resolver<TokioRuntimeProvider>,
     cache: Mutex<HashMap<String, HostEntries>>,
+    /// Targets marked down ([`SipResolver::mark_down`]) and until when.
+    down: Mutex<Vec<(SocketAddr, Instant)>>,
+    /// Whether `down` may hold anything (no lock per resolve while nothing failed).
+    any_down: AtomicBool,
 }
+
+/// How long a target marked down ([`SipResolver::mark_down`]) comes after the others: long
+/// enough that a dead server costs one caller's wait, not one per request; short enough that
+/// a restarted one soon gets its share again.
+pub const DOWN_FOR: Duration = Duration::from_secs(30);
 
 impl SipResolver {
     /// A resolver that asks `servers` (UDP, falling back to TCP for truncated answers).
@@ -153,7 +171,40 @@ impl SipResolver {
         Ok(Self {
             resolver,
             cache: Mutex::new(HashMap::new()),
+            down: Mutex::new(Vec::new()),
+            any_down: AtomicBool::new(false),
         })
+    }
+
+    /// `addr` failed (no answer in time, or it could not be reached): for [`DOWN_FOR`],
+    /// [`SipResolver::resolve`] lists it after every other target.
+    pub fn mark_down(&self, addr: SocketAddr) {
+        let until = Instant::now() + DOWN_FOR;
+        if let Ok(mut down) = self.down.lock() {
+            match down.iter_mut().find(|(a, _)| *a == addr) {
+                Some(e) => e.1 = until,
+                None => down.push((addr, until)),
+            }
+            self.any_down.store(true, Ordering::Release);
+        }
+        tracing::warn!(%addr, seconds = DOWN_FOR.as_secs(), "next hop marked down: tried last for a while");
+    }
+
+    /// Moves the targets marked down after the others, keeping the order within each part.
+    fn down_last(&self, targets: &mut [Target]) {
+        if !self.any_down.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(mut down) = self.down.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        down.retain(|(_, until)| *until > now);
+        if down.is_empty() {
+            self.any_down.store(false, Ordering::Release);
+            return;
+        }
+        targets.sort_by_key(|t| down.iter().any(|(a, _)| *a == t.addr));
     }
 
     fn fqdn(name: &str) -> String {
@@ -219,8 +270,15 @@ impl SipResolver {
         }
     }
 
-    /// The ordered targets for `dest` (RFC 3263 §4.1-4.2).
+    /// The ordered targets for `dest` (RFC 3263 §4.1-4.2), those marked down last.
     pub async fn resolve(&self, dest: &Destination<'_>) -> Result<Vec<Target>, ResolveError> {
+        let mut targets = self.resolve_in_order(dest).await?;
+        self.down_last(&mut targets);
+        Ok(targets)
+    }
+
+    /// [`SipResolver::resolve`] before the targets marked down are moved.
+    async fn resolve_in_order(&self, dest: &Destination<'_>) -> Result<Vec<Target>, ResolveError> {
         let host = dest.host.trim_start_matches('[').trim_end_matches(']');
         let default_transport = if dest.sips {
             Transport::Tls

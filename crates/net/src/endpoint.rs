@@ -861,7 +861,22 @@ impl SipEndpoint {
         target: crate::dns::Target,
     ) -> Result<Message, ClientError> {
         let index = self.toward_index(target.addr);
-        self.send_request_on(req, target, index, false).await
+        self.send_request_on(req, target, index, false, None).await
+    }
+
+    /// As [`SipEndpoint::send_request`], but gives up with [`ClientError::Timeout`] when
+    /// nothing at all (not even a provisional response) came back within `silence`: for a
+    /// caller with another target to try (RFC 3263 §4.3), which should not wait the whole
+    /// of Timer F on a dead server. A late answer then finds no transaction and is dropped.
+    pub async fn send_request_or_give_up(
+        &self,
+        req: Message,
+        target: crate::dns::Target,
+        silence: Duration,
+    ) -> Result<Message, ClientError> {
+        let index = self.toward_index(target.addr);
+        self.send_request_on(req, target, index, false, Some(silence))
+            .await
     }
 
     /// As [`SipEndpoint::send_request`], leaving from our address `local` (one of
@@ -874,7 +889,7 @@ impl SipEndpoint {
         local: SocketAddr,
     ) -> Result<Message, ClientError> {
         let index = self.index_of(local)?;
-        self.send_request_on(req, target, index, false).await
+        self.send_request_on(req, target, index, false, None).await
     }
 
     /// As [`SipEndpoint::send_request`] toward a UE's registered flow (from `local` when
@@ -891,7 +906,7 @@ impl SipEndpoint {
             Some(l) => self.index_of(l)?,
             None => self.toward_index(target.addr),
         };
-        self.send_request_on(req, target, index, true).await
+        self.send_request_on(req, target, index, true, None).await
     }
 
     fn index_of(&self, local: SocketAddr) -> Result<usize, ClientError> {
@@ -917,10 +932,11 @@ impl SipEndpoint {
         mut target: crate::dns::Target,
         index: usize,
         flow: bool,
+        silence: Option<Duration>,
     ) -> Result<Message, ClientError> {
         target.transport = transport_for(&req, target.transport, flow);
         let branch = self.push_via(&mut req, target, index)?;
-        self.client_transaction(branch, req.to_bytes(), target, index)
+        self.client_transaction(branch, req.to_bytes(), target, index, silence)
             .await
     }
 
@@ -933,12 +949,15 @@ impl SipEndpoint {
         bytes: Bytes,
         target: crate::dns::Target,
         index: usize,
+        silence: Option<Duration>,
     ) -> Result<Message, ClientError> {
         let (tx, mut rx) = mpsc::channel(8);
         self.inner
             .clients
             .with(&key, |m| m.insert(key.clone(), ClientState::Waiting(tx)));
-        let result = self.run_client(bytes, target, index, &mut rx).await;
+        let result = self
+            .run_client(bytes, target, index, &mut rx, silence)
+            .await;
         let until = Instant::now() + self.inner.timers.t4;
         self.inner.clients.with(&key, |m| {
             if result.is_ok() && target.transport == Transport::Udp {
@@ -956,9 +975,12 @@ impl SipEndpoint {
         target: crate::dns::Target,
         index: usize,
         rx: &mut mpsc::Receiver<Message>,
+        silence: Option<Duration>,
     ) -> Result<Message, ClientError> {
         let reliable = target.transport != Transport::Udp;
         let mut nict = NonInviteClient::new(bytes, reliable, Instant::now(), self.inner.timers);
+        // Until the first response of any kind: when to give the target up.
+        let mut give_up = silence.map(|d| Instant::now() + d);
         loop {
             while let Some(b) = nict.poll_transmit() {
                 if let Err(e) = self.inner.transports[index]
@@ -974,10 +996,15 @@ impl SipEndpoint {
                     return Err(ClientError::Timeout(target.addr));
                 }
             }
-            let wake = nict.poll_timeout();
+            let wake = match give_up {
+                Some(g) if Instant::now() >= g => return Err(ClientError::Timeout(target.addr)),
+                Some(g) => Some(nict.poll_timeout().map_or(g, |t| t.min(g))),
+                None => nict.poll_timeout(),
+            };
             tokio::select! {
                 m = rx.recv() => match m {
                     Some(resp) => {
+                        give_up = None;
                         let status = resp.status().unwrap_or(0);
                         nict.handle_response(Instant::now(), status);
                         if status >= 200 {
@@ -1146,7 +1173,7 @@ impl SipEndpoint {
         index: usize,
     ) {
         let result = self
-            .client_transaction(cancel_key(&branch), cancel.to_bytes(), target, index)
+            .client_transaction(cancel_key(&branch), cancel.to_bytes(), target, index, None)
             .await;
         if let Err(e) = &result {
             tracing::info!(error = %e, "CANCEL not answered");

@@ -145,6 +145,19 @@ async fn rfc3263_location() {
     let again = r.resolve(&dest("hims.net")).await.unwrap();
     assert_eq!(again.len(), 4);
     assert_eq!(again[0], t("127.0.0.20:5060", Udp));
+
+    // A target marked down comes last (RFC 3263 §4.3 failover), the rest in their order;
+    // it is still listed.
+    r.mark_down("127.0.0.20:5060".parse().unwrap());
+    assert_eq!(
+        r.resolve(&dest("hims.net")).await.unwrap(),
+        vec![
+            t("[2001:db8::20]:5060", Udp),
+            t("127.0.0.20:5070", Tcp),
+            t("[2001:db8::20]:5070", Tcp),
+            t("127.0.0.20:5060", Udp),
+        ]
+    );
 }
 
 /// A resolved destination is kept no longer than its records' TTL: the zone changes (another
@@ -661,6 +674,56 @@ mod endpoint {
             )
             .await;
         assert!(matches!(r, Err(ClientError::Transport(_))), "{r:?}");
+    }
+
+    /// `send_request_or_give_up` (the P-CSCF's I-CSCF failover): a target silent for the
+    /// given time is given up long before Timer F, and its transaction goes; a target that
+    /// answered anything (100 Trying) is waited for as usual.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_silent_target_is_given_up_early_an_answering_one_is_not() {
+        let timers = Timers::RFC3261;
+        let (ep, _rx) = SipEndpoint::bind("127.0.0.1:0".parse().unwrap(), "127.0.0.1", timers)
+            .await
+            .unwrap();
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let target = Target {
+            addr: silent.local_addr().unwrap(),
+            transport: Transport::Udp,
+        };
+        let m = Message::parse(register("z9hG4bKs1", 70).into()).unwrap();
+        // Timer F is 32 s here: only the give-up can end it within 10 s.
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            ep.send_request_or_give_up(m, target, Duration::from_millis(300)),
+        )
+        .await
+        .expect("given up before Timer F");
+        assert!(matches!(r, Err(ClientError::Timeout(_))), "{r:?}");
+        assert_eq!(ep.transactions().1, 0, "the given-up transaction is gone");
+
+        // 100 Trying at once, the 200 after three times the silence: the 200 is the answer.
+        let slow = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let target = Target {
+            addr: slow.local_addr().unwrap(),
+            transport: Transport::Udp,
+        };
+        let uas = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            let (n, from) = slow.recv_from(&mut buf).unwrap();
+            let req = Message::parse(bytes::Bytes::copy_from_slice(&buf[..n])).unwrap();
+            let trying = response_to(&req, 100, "Trying", None).unwrap();
+            slow.send_to(&trying.to_bytes(), from).unwrap();
+            std::thread::sleep(Duration::from_millis(900));
+            let ok = response_to(&req, 200, "OK", Some("t")).unwrap();
+            slow.send_to(&ok.to_bytes(), from).unwrap();
+        });
+        let m = Message::parse(register("z9hG4bKs2", 70).into()).unwrap();
+        let r = ep
+            .send_request_or_give_up(m, target, Duration::from_millis(300))
+            .await;
+        assert_eq!(r.map(|m| m.status()).ok().flatten(), Some(200));
+        uas.join().unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -2,7 +2,10 @@
 //!
 //! **REGISTER** (§5.2.2): the P-CSCF removes its own Route, finds the home network's entry
 //! point from the Request-URI's domain by RFC 3263 (NAPTR → SRV → A/AAAA) unless a fixed
-//! I-CSCF is configured, and forwards with
+//! I-CSCF is configured, and forwards, trying the targets in order (RFC 3263 §4.3: an
+//! I-CSCF silent for `icscf_failover_seconds` while another address is left, or one that
+//! cannot be reached, is given up and marked down, so the next REGISTERs go to the others
+//! first), with
 //! - `Path: <sip:term@<us>;lr>` and `Require: path` / `Supported: path` (RFC 3327),
 //! - `P-Visited-Network-ID` (ours prepended), `P-Charging-Vector` with a fresh `icid-value`
 //!   when the UE sent none,
@@ -84,7 +87,7 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use ims_net::dns::{Destination, SipResolver, Target, Transport};
-use ims_net::endpoint::{ServerRequest, SipEndpoint, Unheard, pop_own_via};
+use ims_net::endpoint::{ClientError, ServerRequest, SipEndpoint, Unheard, pop_own_via};
 use ims_sip::transaction::Timers;
 use ims_sip::{Auth, HeaderName, Message, Method, Uri};
 use ipnet::IpNet;
@@ -147,6 +150,19 @@ pub struct Config {
     /// Retry-After at once (0: no limit). Default 64.
     #[serde(default = "default_max_invites")]
     pub max_invites_in_flight: usize,
+    /// When DNS gives several I-CSCFs (RFC 3263), how long a REGISTER waits for a first
+    /// answer from one before the next is tried; the silent one is then tried last for
+    /// [`ims_net::dns::DOWN_FOR`]. Only toward another address: the same I-CSCF over another
+    /// transport gets the whole of Timer F. 0: wait Timer F (32 s) on each. Default 4 s,
+    /// about three retransmissions with no answer at all (an I-CSCF that is only slow still
+    /// sends nothing before its final answer, so keep this above the home network's worst
+    /// REGISTER time).
+    #[serde(default = "default_icscf_failover")]
+    pub icscf_failover_seconds: u64,
+}
+
+fn default_icscf_failover() -> u64 {
+    4
 }
 
 fn default_max_in_flight() -> usize {
@@ -733,8 +749,19 @@ impl Inner {
                 }
             };
             let mut last = None;
-            for target in targets {
-                match self.ep.send_request(m.clone(), target).await {
+            let silence = Duration::from_secs(self.cfg.icscf_failover_seconds);
+            for (k, &target) in targets.iter().enumerate() {
+                // Give a silent I-CSCF up early only when another one (another address)
+                // is left to try.
+                let another = targets[k + 1..].iter().any(|t| t.addr != target.addr);
+                let sent = if another && !silence.is_zero() {
+                    self.ep
+                        .send_request_or_give_up(m.clone(), target, silence)
+                        .await
+                } else {
+                    self.ep.send_request(m.clone(), target).await
+                };
+                match sent {
                     Ok(mut resp) => {
                         // Out of the core: what follows (the SAs, the response, a 200's
                         // reg-event SUBSCRIBE) is not counted, and the count is down before
@@ -749,6 +776,9 @@ impl Inner {
                             .await;
                     }
                     Err(e) => {
+                        if matches!(e, ClientError::Timeout(_) | ClientError::Transport(_)) {
+                            self.resolver.mark_down(target.addr);
+                        }
                         tracing::warn!(%target.addr, error = %e, "I-CSCF did not answer; trying the next");
                         last = Some(e);
                     }
@@ -1603,7 +1633,7 @@ impl Inner {
                 Err(e) => {
                     tracing::info!(error = %e, "next hop failed");
                     let (code, why) = match e {
-                        ims_net::endpoint::ClientError::Timeout(_) => (408, "Request Timeout"),
+                        ClientError::Timeout(_) => (408, "Request Timeout"),
                         _ => (503, "Service Unavailable"),
                     };
                     self.reply(&req, code, why).await

@@ -166,6 +166,7 @@ fn pcscf_config(icscf: SocketAddr) -> ims_pcscf::Config {
         reg_event: true,
         max_registrations_in_flight: 64,
         max_invites_in_flight: 64,
+        icscf_failover_seconds: 4,
     }
 }
 
