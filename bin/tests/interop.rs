@@ -32,6 +32,10 @@
 //! - [`calls_between_users_of_our_scscf_and_kamailios`]: the same two S-CSCFs; `ims-load`'s
 //!   call mode places calls (INVITE … BYE) from a user of ours to a user of Kamailio's and
 //!   back, the dialog record-routed through both S-CSCFs.
+//! - [`cx_through_a_freediameter_relay`]: no Kamailio, but freeDiameterd (Debian
+//!   `freediameter`, configs in `tests/interop/freediameter/`) as the Diameter relay between
+//!   OUR CSCFs and OUR HSS: registrations with every Cx message through it, and the HSS's RTR
+//!   routed through it to the S-CSCF.
 //!
 //! Kamailio resolves names (the HSS's FQDN for cdp, the S-CSCF's URI, the home domain) with
 //! the system resolver: the home and visited namespaces get an `/etc/netns/<ns>/resolv.conf`
@@ -140,16 +144,22 @@ impl Mixed {
             return None;
         }
         let lab = Lab::start_hss(tag, "info")?;
+        Some(Mixed::with_lab(lab, tag))
+    }
+
+    /// `lab` (namespaces named after `tag`), no Kamailio yet, with the home and visited
+    /// namespaces resolving by the lab's DNS.
+    fn with_lab(lab: Lab, tag: &str) -> Mixed {
         NetnsResolver::cleanup_stale(tag);
         let resolvers = [
             NetnsResolver::new(lab.topo.ns("home")),
             NetnsResolver::new(lab.topo.ns("visited")),
         ];
-        Some(Mixed {
+        Mixed {
             kamailio: Vec::new(),
             lab,
             _resolvers: resolvers,
-        })
+        }
     }
 
     /// Starts Kamailio as `role` (`pcscf`, `icscf`, `scscf`) in `node` at `ip`, as `fqdn` (SIP
@@ -323,7 +333,7 @@ fn ladder(pcap: &Path) -> Vec<String> {
         .args([
             "-n",
             "-Y",
-            "sip || (diameter && diameter.cmd.code >= 300 && diameter.cmd.code <= 303)",
+            "sip || (diameter && diameter.cmd.code >= 300 && diameter.cmd.code <= 305)",
             "-T",
             "fields",
             "-E",
@@ -357,6 +367,7 @@ fn ladder(pcap: &Path) -> Vec<String> {
         "10.10.4.3" => "S",
         "10.10.4.4" => "HSS",
         "10.10.4.5" => "S2",
+        RELAY => "FD",
         _ => "?",
     };
     let mut lines: Vec<String> = Vec::new();
@@ -372,6 +383,8 @@ fn ladder(pcap: &Path) -> Vec<String> {
                 "301" => "SA",
                 "302" => "LI",
                 "303" => "MA",
+                "304" => "RT",
+                "305" => "PP",
                 c => c,
             };
             let r = if f[6] == "1" || f[6] == "True" {
@@ -513,9 +526,17 @@ const NOTIFY_ANSWERED: &str = "sip.CSeq.method == \"NOTIFY\" && sip.Status-Code 
 /// reg event NOTIFYs. Returns the pcaps: UE, visited, home. When SIPp's RES bug made a run
 /// repeat, the captures (which then hold the failed attempt too) are taken again.
 fn capture_alice_and_carol(m: &Mixed) -> [PathBuf; 3] {
+    capture_registrations(m, &[("ue", "eth0"), ("visited", "eth0"), ("home", "any")])
+        .try_into()
+        .unwrap()
+}
+
+/// As [`capture_alice_and_carol`], capturing in each `(node, interface)` of `at` (the home
+/// namespace must be one: its capture closes each round); the pcaps in that order.
+fn capture_registrations(m: &Mixed, at: &[(&str, &str)]) -> Vec<PathBuf> {
     let dir = m.lab.dir.clone();
     for round in 0..3 {
-        let caps: Vec<_> = [("ue", "eth0"), ("visited", "eth0"), ("home", "any")]
+        let caps: Vec<_> = at
             .iter()
             .map(|(n, i)| {
                 let file = dir.join(format!("{n}-{round}.pcap"));
@@ -540,7 +561,7 @@ fn capture_alice_and_carol(m: &Mixed) -> [PathBuf; 3] {
         }
         let files: Vec<PathBuf> = caps.into_iter().map(|c| c.stop()).collect();
         if clean {
-            return files.try_into().unwrap();
+            return files;
         }
         eprintln!("a SIPp run was repeated: capturing both registrations again");
     }
@@ -1267,4 +1288,334 @@ fn calls_between_users_of_our_scscf_and_kamailios() {
     }
     let bad = malformed(&pcap);
     assert!(bad.is_empty(), "malformed packets: {bad:#?}");
+}
+
+/// The freeDiameterd relay's node and address (`relay1.hims.net`), added by the test that
+/// runs it.
+const RELAY: &str = "10.10.5.2";
+
+/// The freeDiameterd relay configs of `tests/interop/freediameter/`.
+fn freediameter_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop/freediameter")
+}
+
+/// The Diameter base messages (CER/CEA, DWR/DWA) of a capture, one line each as
+/// [`ladder`] names them: `FD>HSS CER`, `HSS>FD CEA`.
+fn base_messages(pcap: &Path) -> Vec<String> {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args([
+            "-n",
+            "-Y",
+            "diameter.cmd.code == 257 || diameter.cmd.code == 280",
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+            "-e",
+            "diameter.cmd.code",
+            "-e",
+            "diameter.flags.request",
+        ])
+        .output()
+        .expect("tshark runs");
+    let name = |ip: &str| match ip {
+        lab::P => "P",
+        I => "I",
+        S => "S",
+        H => "HSS",
+        RELAY => "FD",
+        _ => "?",
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            let cmd = if f[2] == "257" { "CE" } else { "DW" };
+            let r = if f[3] == "1" || f[3] == "True" {
+                "R"
+            } else {
+                "A"
+            };
+            format!("{}>{} {cmd}{r}", name(f[0]), name(f[1]))
+        })
+        .collect()
+}
+
+/// Starts freeDiameterd as `relay1.hims.net` in a node of its own (`relay`, [`RELAY`]),
+/// from the configs of `tests/interop/freediameter/` (filled for the lab: it connects to our
+/// HSS and accepts the CSCFs), and waits until it says it is up. It joins the lab's
+/// daemons: its log is checked for secrets and shown with theirs.
+fn start_relay(lab: &mut Lab, exe: &Path) {
+    let dir = lab.dir.join("freediameter");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ok = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=relay1.hims.net", "-keyout"])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run openssl");
+    assert!(
+        ok.success(),
+        "openssl could not make the TLS pair freeDiameter insists on"
+    );
+    let values = [
+        ("IDENTITY", "relay1.hims.net"),
+        ("REALM", "hims.net"),
+        ("LISTEN", RELAY),
+        ("DIR", dir.to_str().unwrap()),
+        ("HSS_FQDN", "hss1.hims.net"),
+        ("HSS_IP", H),
+        ("HSS_PORT", "3868"),
+    ];
+    for name in ["relay.conf", "acl_wl.conf", "rt_default.conf"] {
+        let text = std::fs::read_to_string(freediameter_dir().join(name)).unwrap();
+        let filled = sipp::fill(&text, &values).unwrap_or_else(|e| panic!("{name}: {e}"));
+        std::fs::write(dir.join(name), filled).unwrap();
+    }
+    let mut cmd = Command::new(exe);
+    cmd.arg("-c").arg(dir.join("relay.conf"));
+    let mut child = lab.topo.spawn("relay", &cmd);
+    lab::wait_for_log(&mut child, "freeDiameterd daemon initialized");
+    lab.daemons.push(("freediameter".into(), child));
+}
+
+/// Our CSCFs reach our HSS through a freeDiameterd relay (issue #19): the I-CSCF and the
+/// S-CSCF have `relay1.hims.net` as their only Cx peer, and so has the HSS; freeDiameterd,
+/// in a namespace of its own, routes by Destination-Realm (rt_default) to the HSS and by
+/// Destination-Host back to the S-CSCF. SIPp UEs, alice with AKA and carol with MD5, register
+/// and deregister end to end (P → I → S → HSS), and the capture at the relay shows every UAR,
+/// MAR and SAR going in from the CSCF and out to the HSS, and its answer back the same way,
+/// while the home capture holds no Cx between a CSCF and the HSS directly. Then the HSS
+/// deregisters bob (RTR, `imsctl subscriber deregister`): the RTR goes to the relay (the
+/// S-CSCF is not the HSS's peer), on to the S-CSCF, whose reg event NOTIFY ends bob's
+/// registration at the UE and the P-CSCF (a request from his flow now gets 403). Every
+/// connection (relay–HSS, relay–I-CSCF, relay–S-CSCF) shows CER/CEA and, once idle for the
+/// relay's Tw (6 s), DWR/DWA. About 15 s.
+#[test]
+fn cx_through_a_freediameter_relay() {
+    const TEST: &str = "cx_through_a_freediameter_relay";
+    let Some(exe) = ims_testkit::require_tool(TEST, "freeDiameterd") else {
+        return;
+    };
+    for ext in ["acl_wl", "rt_default"] {
+        let fdx = format!("/usr/lib/freeDiameter/{ext}.fdx");
+        if !Path::new(&fdx).exists() {
+            let why = format!("{fdx} is missing (package freediameter-extensions)");
+            assert!(!ims_testkit::in_ci(), "{TEST}: {why}");
+            ims_testkit::skip(TEST, &why);
+            return;
+        }
+    }
+    for tool in ["openssl", "tshark"] {
+        if ims_testkit::require_tool(TEST, tool).is_none() {
+            return;
+        }
+    }
+    if !ims_testkit::require_root(TEST) {
+        return;
+    }
+    let Some(mut lab) = Lab::start_hss("fdrelay", "info") else {
+        return;
+    };
+    lab.topo
+        .add_node("relay", &format!("{RELAY}/24"), "fd00:10:5::2/64");
+    // freeDiameterd looks up the name of each peer that connects (reverse DNS): with the
+    // host's resolver, out of the namespace's reach, each lookup waits out its timeout (5 s
+    // per CSCF); the lab's DNS answers at once.
+    NetnsResolver::cleanup_stale("fdrelay");
+    let _resolver = NetnsResolver::new(lab.topo.ns("relay"));
+    let all = lab
+        .topo
+        .capture("relay", "eth0", &lab.dir.join("relay-all.pcap"));
+    start_relay(&mut lab, &exe);
+    // The CSCFs' Cx peer is the relay.
+    for cscf in ["icscf.toml", "scscf.toml"] {
+        let file = lab.dir.join(cscf);
+        let text = std::fs::read_to_string(&file).unwrap();
+        let hss = format!("hss = \"{H}:3868\"");
+        assert!(text.contains(&hss), "{cscf}: {text}");
+        std::fs::write(
+            &file,
+            text.replace(&hss, &format!("hss = \"{RELAY}:3868\"")),
+        )
+        .unwrap();
+    }
+    lab.spawn("home", "scscf");
+    lab.spawn("home", "icscf");
+    // The HSS's one peer is the relay; the relay's CEAs to both CSCFs are on the wire.
+    lab.wait_peers(1);
+    let cea_to = |who: &str| format!("FD>{who} CEA");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let base = base_messages(&lab.dir.join("relay-all.pcap"));
+        if base.contains(&cea_to("I")) && base.contains(&cea_to("S")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the CSCFs never connected to the relay: {base:#?}\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut m = Mixed::with_lab(lab, "fdrelay");
+    m.our_pcscf();
+
+    // alice (AKA) and carol (MD5) register and deregister through the whole chain.
+    let files = capture_registrations(&m, &[("ue", "eth0"), ("home", "any"), ("relay", "eth0")]);
+    let (ue, home, relay) = (&files[0], &files[1], &files[2]);
+    let logs = m.logs();
+    let once = [
+        "UE>P REGISTER",
+        "P>UE 401 REGISTER",
+        "UE>P REGISTER",
+        "P>UE 200 REGISTER",
+    ];
+    assert_eq!(ladder(ue), once.repeat(4), "the UE's capture\n{logs}");
+    // Each REGISTER: a UAR from the I-CSCF, then a MAR (challenge) or a SAR (200) from the
+    // S-CSCF, each crossing the relay both ways.
+    let through = |from: &str, req: &str| {
+        let ans = format!("{}A", &req[..2]);
+        [
+            format!("{from}>FD {req}"),
+            format!("FD>HSS {req}"),
+            format!("HSS>FD {ans}"),
+            format!("FD>{from} {ans}"),
+        ]
+    };
+    let register = [
+        through("I", "UAR"),
+        through("S", "MAR"),
+        through("I", "UAR"),
+        through("S", "SAR"),
+    ]
+    .concat();
+    let at_relay = ladder(relay);
+    assert_eq!(
+        at_relay,
+        std::iter::repeat_n(register, 4)
+            .flatten()
+            .collect::<Vec<_>>(),
+        "the Cx messages at the relay\n{logs}"
+    );
+    let h = ladder(home);
+    let direct: Vec<&String> = h
+        .iter()
+        .filter(|l| {
+            let cmd = l.rsplit(' ').next().unwrap_or("");
+            ["UAR", "UAA", "MAR", "MAA", "SAR", "SAA", "LIR", "LIA"].contains(&cmd)
+                && !l.contains("FD")
+        })
+        .collect();
+    assert!(
+        direct.is_empty(),
+        "Cx between a CSCF and the HSS without the relay: {direct:#?}"
+    );
+    // (More than once when SIPp's RES bug made a round repeat.)
+    let registered = |who: &str| format!("registrar: registered (200) impi={who}");
+    for who in ["alice.private@hims.net", "carol@hims.net"] {
+        assert!(
+            logs.contains(&registered(who)),
+            "{who} never registered\n{logs}"
+        );
+    }
+
+    // The HSS deregisters bob: RTR through the relay to the S-CSCF.
+    let bob = lab::aka_ue(
+        "bob.private@hims.net",
+        "sip:bob@hims.net",
+        sipp::TEST_K,
+        0,
+        ims_net::sip::Transport::Udp,
+    );
+    let fixed = ims_ue::UeConfig {
+        local: "10.10.1.2:5170".parse().unwrap(),
+        ..bob
+    };
+    let (reg, told, after) = m
+        .lab
+        .network_deregisters(fixed, "bob.private@hims.net")
+        .unwrap_or_else(|e| panic!("{e}\n{}", m.logs()));
+    let logs = m.logs();
+    assert_eq!(reg.status, 200, "{logs}");
+    assert_eq!(
+        told.registration_state.as_deref(),
+        Some("terminated"),
+        "the UE's reg event after the RTR\n{logs}"
+    );
+    assert_eq!(after, 403, "the P-CSCF still had bob's flow\n{logs}");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("RTR from the HSS") && l.contains("removed=1")),
+        "the S-CSCF never took the RTR\n{logs}"
+    );
+
+    // Every connection exchanged capabilities and, once idle for Tw, watchdogs.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let wanted = |base: &[String]| -> Vec<String> {
+        let mut missing = Vec::new();
+        for other in ["HSS", "I", "S"] {
+            let (req, ans) = if other == "HSS" {
+                (format!("FD>{other} CER"), format!("{other}>FD CEA"))
+            } else {
+                (format!("{other}>FD CER"), format!("FD>{other} CEA"))
+            };
+            for l in [req, ans] {
+                if !base.contains(&l) {
+                    missing.push(l);
+                }
+            }
+            let dwr = [format!("FD>{other} DWR"), format!("{other}>FD DWR")];
+            let dwa = [format!("FD>{other} DWA"), format!("{other}>FD DWA")];
+            if !dwr.iter().any(|l| base.contains(l)) || !dwa.iter().any(|l| base.contains(l)) {
+                missing.push(format!("DWR/DWA between FD and {other}"));
+            }
+        }
+        missing
+    };
+    loop {
+        let base = base_messages(&m.lab.dir.join("relay-all.pcap"));
+        let missing = wanted(&base);
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "missing at the relay: {missing:?} in {base:#?}\n{}",
+            m.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let all = all.stop();
+    // The RTR's way: HSS → relay → S-CSCF, and its RTA back.
+    let rt: Vec<String> = ladder(&all)
+        .into_iter()
+        .filter(|l| l.contains(" RT"))
+        .collect();
+    assert_eq!(
+        rt,
+        ["HSS>FD RTR", "FD>S RTR", "S>FD RTA", "FD>HSS RTA"],
+        "the RTR at the relay\n{}",
+        m.logs()
+    );
+    m.all_alive();
+    for f in [ue, home, relay, &all] {
+        let bad = malformed(f);
+        assert!(
+            bad.is_empty(),
+            "malformed packets in {}: {bad:#?}",
+            f.display()
+        );
+    }
 }

@@ -119,7 +119,8 @@ home_network = "hims.net"
 listen = "{H}:3868"
 origin_host = "hss1.hims.net"
 origin_realm = "hims.net"
-allowed_peers = ["icscf1.hims.net", "scscf1.hims.net", "scscf2.hims.net"]
+# relay1.hims.net: the freeDiameterd relay of interop.rs
+allowed_peers = ["icscf1.hims.net", "scscf1.hims.net", "scscf2.hims.net", "relay1.hims.net"]
 [diameter.capabilities]
 server_names = ["sip:scscf1.hims.net:5060"]
 "#,

@@ -5,7 +5,11 @@
 //! is from memory; in a task of their own when it waits on the store, so many are in flight
 //! per connection), and a
 //! registry of open peers by Origin-Host through which the admin API sends RTR and PPR to the
-//! serving S-CSCF ([`Diameter::request`]).
+//! serving S-CSCF ([`Diameter::request`]). An S-CSCF behind a Diameter relay (e.g.
+//! freeDiameterd) is not a peer of ours: its requests come through the relay, and so must
+//! the requests for it. When the Destination-Host is not an open peer, the request goes to an
+//! open peer that advertised the Relay Application-Id in its CER (RFC 6733 §2.8, §6.1.1),
+//! which routes it on by the Destination-Host.
 //!
 //! Overload: at most `max_waiting` requests wait on the store at once, across connections;
 //! while that many wait, new requests are answered 3004 DIAMETER_TOO_BUSY at once (RFC 6733
@@ -33,8 +37,18 @@ enum Command {
     Answer(Vec<u8>),
 }
 
-/// Open peer connections by lower-cased Origin-Host, with their realm.
-type Registry = Arc<Mutex<HashMap<String, (String, mpsc::Sender<Command>)>>>;
+/// One open peer connection.
+struct Entry {
+    /// Its Origin-Realm.
+    realm: String,
+    /// It advertised the Relay Application-Id: it carries requests for hosts beyond it.
+    relay: bool,
+    /// Its connection task.
+    tx: mpsc::Sender<Command>,
+}
+
+/// Open peer connections by lower-cased Origin-Host.
+type Registry = Arc<Mutex<HashMap<String, Entry>>>;
 
 /// A handle on the running Diameter side: send requests to connected peers.
 #[derive(Clone)]
@@ -67,18 +81,34 @@ impl Diameter {
             .lock()
             .ok()?
             .get(&host.to_ascii_lowercase())
-            .map(|(realm, _)| realm.clone())
+            .map(|e| e.realm.clone())
+    }
+
+    /// The connection a request for Diameter host `host` goes on: that peer's own when it
+    /// is open, else the open relay peer first by name (RFC 6733 §6.1.1: a request whose
+    /// Destination-Host is not a peer goes to a peer that can route it on).
+    fn route(&self, host: &str) -> Option<(String, mpsc::Sender<Command>)> {
+        let r = self.registry.lock().ok()?;
+        let key = host.to_ascii_lowercase();
+        if let Some(e) = r.get(&key) {
+            return Some((key, e.tx.clone()));
+        }
+        r.iter()
+            .filter(|(_, e)| e.relay)
+            .min_by(|a, b| a.0.cmp(b.0))
+            .map(|(name, e)| (name.clone(), e.tx.clone()))
     }
 
     /// Sends `request` (hop-by-hop and end-to-end ids are filled in) to the peer whose
-    /// Origin-Host is `host` and waits for its answer.
+    /// Origin-Host is `host`, or through a relay peer when `host` is not connected, and
+    /// waits for its answer.
     pub async fn request(&self, host: &str, request: Vec<u8>) -> Result<Vec<u8>, SendError> {
-        let tx = self
-            .registry
-            .lock()
-            .ok()
-            .and_then(|r| r.get(&host.to_ascii_lowercase()).map(|(_, tx)| tx.clone()))
+        let (via, tx) = self
+            .route(host)
             .ok_or_else(|| SendError::NotConnected(host.to_owned()))?;
+        if !via.eq_ignore_ascii_case(host) {
+            tracing::debug!(%host, relay = %via, "no connection to the Diameter host: through the relay");
+        }
         let (atx, arx) = oneshot::channel();
         tx.send(Command::Request(request, atx))
             .await
@@ -230,8 +260,16 @@ async fn connection(
             match ev {
                 Event::Up { host, realm } => {
                     let key = host.to_ascii_lowercase();
+                    let relay = peer.remote_is_relay();
                     if let Ok(mut r) = registry.lock() {
-                        r.insert(key.clone(), (realm, tx.clone()));
+                        r.insert(
+                            key.clone(),
+                            Entry {
+                                realm,
+                                relay,
+                                tx: tx.clone(),
+                            },
+                        );
                     }
                     registered = Some(key);
                     metrics.peer_up(1);

@@ -39,6 +39,9 @@
 //! stateful proxy core ([`ims_net::proxy`]: 100 at once, CANCEL passed on, responses passed
 //! back); other methods get `501`.
 //!
+//! **Diameter requests to the I-CSCF**: it serves none, but a relay between it and the HSS
+//! may route one here; each gets 3001 DIAMETER_COMMAND_UNSUPPORTED at once.
+//!
 //! **Metrics** ([`metrics`]): requests by method, final responses by status, UAA/LIA by
 //! result and SIP transactions, at `/metrics` on the admin API ([`admin`]) when
 //! `admin_listen` (loopback only) is set.
@@ -202,9 +205,7 @@ impl Icscf {
                 addr: cfg.sip_listen,
                 source,
             })?;
-        let (cx, mut from_hss) = cfg.diameter.connect(cfg.sip_listen.ip());
-        // The HSS sends the I-CSCF nothing; drain the channel so it never fills.
-        tokio::spawn(async move { while from_hss.recv().await.is_some() {} });
+        let (cx, from_hss) = cfg.diameter.connect(cfg.sip_listen.ip());
         let resolver = SipResolver::new(&cfg.dns)?;
         let high = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -227,15 +228,17 @@ impl Icscf {
             hss = %cfg.diameter.hss,
             "I-CSCF started"
         );
+        let inner = Arc::new(Inner {
+            cfg,
+            ep,
+            cx,
+            resolver,
+            sessions,
+            metrics,
+        });
+        tokio::spawn(cx_requests_loop(Arc::downgrade(&inner), from_hss));
         Ok(Self {
-            inner: Arc::new(Inner {
-                cfg,
-                ep,
-                cx,
-                resolver,
-                sessions,
-                metrics,
-            }),
+            inner,
             requests,
             admin,
         })
@@ -815,4 +818,57 @@ pub fn is_deregistration(m: &Message) -> bool {
             None => header == Some(0),
         },
     })
+}
+
+/// Requests that reach the I-CSCF over Cx. None is meant for it (the HSS sends RTR and PPR to
+/// S-CSCFs), but a Diameter relay may route one here (e.g. a MAR or UAR, when its routes
+/// make the I-CSCF as good a candidate as the HSS): each is answered 3001
+/// DIAMETER_COMMAND_UNSUPPORTED (RFC 6733 §7.1.3, §6.2), so that its sender learns at once
+/// rather than waiting out its timeout. Holds the I-CSCF weakly: the loop ends with it.
+async fn cx_requests_loop(
+    inner: std::sync::Weak<Inner>,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+) {
+    while let Some(bytes) = rx.recv().await {
+        let Some(inner) = inner.upgrade() else { return };
+        let d = &inner.cfg.diameter;
+        let answer = command_unsupported(&bytes, &d.origin_host, &d.origin_realm);
+        if !answer.is_empty() {
+            inner.cx.answer(answer).await;
+        }
+    }
+}
+
+/// The answer to a Cx request the I-CSCF does not serve: 3001 with the E bit, the request's
+/// ids and Session-Id, our Origin-Host and Origin-Realm. Empty for bytes that are no
+/// request.
+fn command_unsupported(bytes: &[u8], host: &str, realm: &str) -> Vec<u8> {
+    let Ok(msg) = ims_diameter::Message::parse(bytes) else {
+        tracing::warn!("unparsable Diameter request dropped");
+        return Vec::new();
+    };
+    if !msg.is_request() {
+        return Vec::new();
+    }
+    tracing::warn!(
+        command = msg.command_code(),
+        "Diameter request for a command the I-CSCF does not serve: 3001"
+    );
+    let mut hdr = msg.header().answer();
+    hdr.flags |= ims_diameter::header::flags::E;
+    let mut out = Vec::with_capacity(160);
+    let mut b = ims_diameter::MessageBuilder::new(&mut out, &hdr);
+    if let Ok(Some(sid)) = msg.session_id() {
+        b.utf8(&ims_diameter::dict::SESSION_ID, sid);
+    }
+    AnswerResult::ResultCode(ims_diameter::dict::result_code::COMMAND_UNSUPPORTED).encode(&mut b);
+    b.utf8(&ims_diameter::dict::ORIGIN_HOST, host)
+        .utf8(&ims_diameter::dict::ORIGIN_REALM, realm);
+    match b.finish() {
+        Ok(_) => out,
+        Err(e) => {
+            tracing::error!(error = %e, "3001 answer not encodable");
+            Vec::new()
+        }
+    }
 }

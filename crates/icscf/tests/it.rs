@@ -515,6 +515,120 @@ async fn metrics_count_requests_responses_and_cx_answers() {
     bad.validate().unwrap();
 }
 
+/// A Cx peer of the test's own (our peer state machine over a std socket, as a relay would
+/// be): accepts the I-CSCF's connection, exchanges capabilities, sends it `request` (a MAR, as
+/// a relay whose routes went wrong would) and returns the answer, `None` when none came in
+/// 3 s.
+fn peer_sending(listener: std::net::TcpListener, request: Vec<u8>) -> Option<Vec<u8>> {
+    use ims_diameter::peer::{Event, Peer, PeerConfig, Role, State};
+    use std::io::{Read, Write};
+    use std::time::Instant;
+    let (mut stream, _) = listener.accept().unwrap();
+    let mut cfg = PeerConfig::cx("relay1.hims.net", "hims.net");
+    cfg.allowed_peers = vec!["icscf1.hims.net".into()];
+    cfg.request_timeout = Duration::from_secs(3);
+    let mut peer = Peer::new(cfg, Role::Responder, 3);
+    peer.handle_connected(Instant::now());
+    let (mut rx, mut buf) = (Vec::new(), vec![0u8; 65536]);
+    let mut request = Some(request);
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if peer.state() == State::Open
+            && let Some(r) = request.take()
+        {
+            peer.send_request(Instant::now(), r).unwrap();
+        }
+        while let Some(b) = peer.poll_transmit() {
+            stream.write_all(&b).unwrap();
+        }
+        while let Some(e) = peer.poll_event() {
+            match e {
+                Event::Answer { bytes, .. } => return Some(bytes),
+                Event::RequestFailed { .. } | Event::Close => return None,
+                _ => {}
+            }
+        }
+        stream
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => return None,
+            Ok(n) => {
+                rx.extend_from_slice(&buf[..n]);
+                while let Ok(Some(len)) = ims_diameter::frame(&rx, 1 << 20) {
+                    let m: Vec<u8> = rx.drain(..len).collect();
+                    peer.handle_bytes(Instant::now(), &m);
+                }
+            }
+            Err(_) => peer.handle_timeout(Instant::now()),
+        }
+    }
+    None
+}
+
+/// A Cx request that reaches the I-CSCF (a relay between it and the HSS may route one here:
+/// freeDiameterd did, with routes that rank the I-CSCF as high as the HSS) is answered at
+/// once with 3001 DIAMETER_COMMAND_UNSUPPORTED, E bit set, its Session-Id echoed and our
+/// Origin-Host, instead of being left for its sender to time out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cx_request_to_the_icscf_gets_3001() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cfg = lab_like_config();
+    cfg.sip_listen = "127.0.0.1:0".parse().unwrap();
+    cfg.diameter.hss = listener.local_addr().unwrap();
+    cfg.diameter.local_address = None;
+    let mar = ims_diameter::cx::Mar {
+        base: ims_diameter::cx::RequestBase {
+            session_id: "scscf1.hims.net;1;7",
+            origin_host: "scscf1.hims.net",
+            origin_realm: "hims.net",
+            destination_realm: "hims.net",
+            ..Default::default()
+        },
+        user_name: "alice@hims.net",
+        public_identity: "sip:alice@hims.net",
+        server_name: "sip:scscf1.hims.net:5060",
+        number_auth_items: 1,
+        auth_data_item: ims_diameter::cx::SipAuthDataItem {
+            authentication_scheme: Some("Unknown"),
+            ..Default::default()
+        },
+    };
+    let mut request = Vec::new();
+    mar.encode(&mut request).unwrap();
+    let peer = tokio::task::spawn_blocking(move || peer_sending(listener, request));
+    let icscf = ims_icscf::Icscf::start(cfg).await.unwrap();
+    tokio::spawn(icscf.run_until(std::future::pending()));
+    let answer = peer
+        .await
+        .unwrap()
+        .expect("the I-CSCF answered the MAR (no answer in 3 s)");
+    let msg = ims_diameter::Message::parse(&answer).unwrap();
+    assert_eq!(
+        msg.command_code(),
+        ims_diameter::dict::command::MULTIMEDIA_AUTH
+    );
+    assert!(msg.header().flags & ims_diameter::header::flags::E != 0);
+    let text = |def| {
+        msg.find(def)
+            .unwrap()
+            .map(|a| a.as_utf8().unwrap().to_owned())
+    };
+    let code = msg
+        .find(&ims_diameter::dict::RESULT_CODE)
+        .unwrap()
+        .map(|a| a.as_u32().unwrap());
+    assert_eq!(code, Some(3001));
+    assert_eq!(
+        text(&ims_diameter::dict::SESSION_ID).as_deref(),
+        Some("scscf1.hims.net;1;7")
+    );
+    assert_eq!(
+        text(&ims_diameter::dict::ORIGIN_HOST).as_deref(),
+        Some("icscf1.hims.net")
+    );
+}
+
 /// A valid configuration (the lab's shape) for validation checks.
 fn lab_like_config() -> ims_icscf::Config {
     ims_icscf::Config {

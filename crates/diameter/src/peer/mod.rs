@@ -15,6 +15,9 @@
 //! (Cx by default: Vendor-Specific-Application-Id {10415, 16777216} and Supported-Vendor-Id
 //! 10415); a responder refuses an Origin-Host/Realm outside its allow-list with 3010
 //! DIAMETER_UNKNOWN_PEER and a CER without a common application with 5010, then closes.
+//! A peer that advertises the Relay Application-Id (0xffffffff) shares all of our
+//! applications and is known as a relay ([`Peer::remote_is_relay`]): a driver may send it
+//! requests for hosts that are not its own peers (RFC 6733 §2.8).
 //!
 //! Watchdog (RFC 3539 §3.4.1, [`WatchdogState`]): while OKAY any message received proves the
 //! peer alive; after Tw of silence we send a DWR; Tw more without its DWA makes the peer
@@ -291,6 +294,8 @@ pub struct Peer {
     backoff: Duration,
     remote: Option<(String, String)>,
     common_apps: Vec<u32>,
+    /// The peer advertised the Relay Application-Id in its CER/CEA.
+    relay: bool,
     no_reconnect: bool,
     closing_after_send: bool,
 }
@@ -333,6 +338,7 @@ impl Peer {
             backoff,
             remote: None,
             common_apps: Vec::new(),
+            relay: false,
             no_reconnect: false,
             closing_after_send: false,
         }
@@ -352,6 +358,13 @@ impl Peer {
     /// is a relay).
     pub fn common_applications(&self) -> &[u32] {
         &self.common_apps
+    }
+
+    /// Whether the peer advertised the Relay Application-Id (0xffffffff) in its CER/CEA
+    /// (known once Open): a relay agent carries requests for hosts beyond it (RFC 6733
+    /// §2.8), so a request for a Diameter host that is not a peer of ours may go to it.
+    pub fn remote_is_relay(&self) -> bool {
+        self.relay
     }
 
     /// The RFC 3539 watchdog state: OKAY or SUSPECT while the connection is Open or
@@ -678,13 +691,14 @@ impl Peer {
         }
     }
 
-    fn up(&mut self, now: Instant, host: String, realm: String, apps: Vec<u32>) {
+    fn up(&mut self, now: Instant, host: String, realm: String, (apps, relay): (Vec<u32>, bool)) {
         self.state = State::Open;
         self.common_apps = apps;
+        self.relay = relay;
         self.backoff = self.cfg.reconnect_min;
         self.no_reconnect = false;
         self.deadline = Some(now + self.cfg.watchdog);
-        tracing::info!(peer = %host, realm = %realm, apps = ?self.common_apps, "Diameter peer connection open");
+        tracing::info!(peer = %host, realm = %realm, apps = ?self.common_apps, relay, "Diameter peer connection open");
         self.remote = Some((host.clone(), realm.clone()));
         self.events.push_back(Event::Up { host, realm });
     }
@@ -816,7 +830,7 @@ impl Peer {
             return;
         }
         let apps = self.shared_applications(msg);
-        if apps.is_empty() {
+        if apps.0.is_empty() {
             tracing::warn!(peer = %host, "CER without a common application: 5010");
             let cea = self.base_answer(&hdr, rc::NO_COMMON_APPLICATION, None, |p, b| p.cea_body(b));
             self.queue(cea);
@@ -898,7 +912,7 @@ impl Peer {
             return;
         }
         let apps = self.shared_applications(msg);
-        if apps.is_empty() {
+        if apps.0.is_empty() {
             tracing::warn!(peer = %host, "CEA without a common application: closing");
             self.go_down(
                 now,
@@ -910,8 +924,9 @@ impl Peer {
     }
 
     /// The applications of ours the CER/CEA names (all of ours if it names the relay
-    /// application), in our order; empty: no common application.
-    fn shared_applications(&self, msg: &Message<'_>) -> Vec<u32> {
+    /// application), in our order (empty: no common application), and whether it names the
+    /// relay application.
+    fn shared_applications(&self, msg: &Message<'_>) -> (Vec<u32>, bool) {
         let mut theirs: Vec<u32> = Vec::new();
         let mut app_of = |a: &Avp<'_>| {
             if (a.is(&dict::AUTH_APPLICATION_ID) || a.is(&dict::ACCT_APPLICATION_ID))
@@ -934,7 +949,7 @@ impl Peer {
                 common.push(*app);
             }
         }
-        common
+        (common, relay)
     }
 }
 

@@ -479,7 +479,9 @@ fn common_applications_are_known_once_open() {
     let (c, s) = open_pair(now);
     assert_eq!(c.common_applications(), &[dict::APP_CX]);
     assert_eq!(s.common_applications(), &[dict::APP_CX]);
-    // A relay peer shares all of ours.
+    assert!(!c.remote_is_relay() && !s.remote_is_relay());
+    // A relay peer shares all of ours, and is known as a relay (the HSS sends it requests
+    // for S-CSCFs behind it).
     let mut cfg = icscf_cfg();
     cfg.vendor_auth_apps = vec![(0, dict::APP_RELAY)];
     let mut r = Peer::new(cfg, Role::Initiator, 5);
@@ -489,6 +491,8 @@ fn common_applications_are_known_once_open() {
     pump(now, &mut r, &mut s);
     assert_eq!(s.state(), State::Open);
     assert_eq!(s.common_applications(), &[dict::APP_CX]);
+    assert!(s.remote_is_relay(), "the CER named the relay application");
+    assert!(!r.remote_is_relay(), "the HSS's CEA names Cx only");
 }
 
 #[test]

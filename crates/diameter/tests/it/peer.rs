@@ -241,6 +241,10 @@ fn we_connect_to_freediameter() {
     // No Cx extension is loaded: freeDiameter advertises the relay application, which
     // shares every application of ours.
     assert_eq!(peer.common_applications(), &[dict::APP_CX]);
+    assert!(
+        peer.remote_is_relay(),
+        "freeDiameter's CEA names the relay application"
+    );
     // freeDiameter logs the state change a moment after it sends the CEA: wait for it.
     let open = |log: &str| {
         log.contains("'STATE_OPEN'\t'icscf1.hims.net'") || log.contains("-> 'STATE_OPEN'")

@@ -25,9 +25,15 @@ impl CxClient {
     /// Connects as `origin_host` and runs the capabilities exchange; `Err` carries the
     /// events when the connection did not come up.
     pub fn connect(addr: SocketAddr, origin_host: &str) -> Result<Self, Vec<Event>> {
-        let stream = TcpStream::connect(addr).expect("connect to the HSS");
         let mut cfg = PeerConfig::cx(origin_host, "hims.net");
         cfg.watchdog = Duration::from_secs(60);
+        Self::connect_with(addr, cfg)
+    }
+
+    /// As [`CxClient::connect`], with our peer configured by `cfg` (e.g. advertising the
+    /// relay application, as a Diameter relay does).
+    pub fn connect_with(addr: SocketAddr, cfg: PeerConfig) -> Result<Self, Vec<Event>> {
+        let stream = TcpStream::connect(addr).expect("connect to the HSS");
         let mut c = CxClient {
             stream,
             peer: Peer::new(cfg, Role::Initiator, 99),

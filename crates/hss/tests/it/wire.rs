@@ -1,6 +1,7 @@
 //! The HSS over real TCP: the allow-list (3010 and close), Cx answers with many requests in
 //! flight on one connection, the HSS's own DWR when idle, RTR and PPR sent to the serving
-//! S-CSCF when the admin API asks, and the Prometheus metrics that count it all.
+//! S-CSCF when the admin API asks (through a relay peer when the S-CSCF is behind one), and
+//! the Prometheus metrics that count it all.
 
 use crate::admin::{get, post, start_with};
 use crate::cxclient::{CxClient, mar, sqn_of};
@@ -239,4 +240,115 @@ fn cx_over_tcp_with_allow_list_watchdog_rtr_ppr_and_metrics() {
     assert_eq!(st, 502, "{body}");
     let (_, m) = get(&format!("{b}/metrics"));
     assert!(m.contains("ims_hss_diameter_peers_up 0"), "{m}");
+}
+
+/// A SAR from `scscf1.hims.net`, for [`IMPI`], in bytes.
+fn sar_from_scscf1(session_id: &str) -> Vec<u8> {
+    let r = ims_diameter::cx::Sar {
+        base: ims_diameter::cx::RequestBase {
+            session_id,
+            origin_host: "scscf1.hims.net",
+            origin_realm: "hims.net",
+            destination_realm: "hims.net",
+            ..Default::default()
+        },
+        user_name: Some(IMPI),
+        public_identities: vec![IMPU],
+        server_name: "sip:scscf1.hims.net:5060",
+        assignment_type: dict::ServerAssignmentType::Registration,
+        user_data_already_available: dict::UserDataAlreadyAvailable::UserDataNotAvailable,
+    };
+    let mut v = Vec::new();
+    r.encode(&mut v).unwrap();
+    v
+}
+
+/// The S-CSCF behind a Diameter relay (freeDiameterd in the interop test): the relay is the
+/// HSS's only peer, advertising the Relay Application-Id; the S-CSCF's SAR comes through it.
+/// An admin deregistration then sends the RTR for `scscf1.hims.net` (not a peer) to the
+/// relay, Destination-Host naming the S-CSCF, and the relay's RTA (from the S-CSCF) ends the
+/// registration. A peer that is not a relay (an I-CSCF) never gets a request for another
+/// host: with only it connected, the RTR has nowhere to go (502).
+#[test]
+fn rtr_for_an_scscf_behind_a_relay_goes_to_the_relay() {
+    let hss = start_with(ims_hss::DiameterConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        origin_host: Some("hss1.hims.net".into()),
+        allowed_peers: vec!["relay1.hims.net".into(), "icscf1.hims.net".into()],
+        ..Default::default()
+    });
+    let b = &hss.base;
+    let (st, body) = post(
+        &format!("{b}/v1/subscribers"),
+        json!({"impi": IMPI, "impus": [IMPU], "aka": {"k": K, "op": OP, "amf": "8000"}}),
+    );
+    assert_eq!(st, 201, "{body}");
+    let mut cfg = ims_diameter::peer::PeerConfig::cx("relay1.hims.net", "hims.net");
+    // The relay application in the CER (as freeDiameterd sends it); Cx too, so that our
+    // test peer finds the HSS's CEA (Cx only) in common.
+    cfg.vendor_auth_apps.push((0, dict::APP_RELAY));
+    cfg.watchdog = Duration::from_secs(60);
+    let mut relay = CxClient::connect_with(hss.diameter, cfg).expect("the relay is allowed");
+    let mut icscf = CxClient::connect(hss.diameter, "icscf1.hims.net").expect("allowed peer");
+    let saa = relay.ask(sar_from_scscf1("scscf1.hims.net;1;1"));
+    let saa = ims_diameter::cx::Saa::decode(&Message::parse(&saa).unwrap()).unwrap();
+    assert_eq!(saa.base.result, AnswerResult::SUCCESS);
+
+    let base = b.clone();
+    let admin = std::thread::spawn(move || {
+        post(
+            &format!("{base}/v1/subscribers/{IMPI}/deregister"),
+            json!({}),
+        )
+    });
+    assert!(
+        relay.pump_until(Duration::from_secs(5), |e| matches!(e, Event::Request(_))),
+        "no RTR reached the relay (commands seen: {:?})",
+        relay.seen
+    );
+    let rtr_bytes = relay.requests.pop().unwrap();
+    let rtr_msg = Message::parse(&rtr_bytes).unwrap();
+    let rtr = Rtr::decode(&rtr_msg).unwrap();
+    assert_eq!(rtr.base.destination_host, Some("scscf1.hims.net"));
+    assert_eq!(rtr.base.destination_realm, "hims.net");
+    assert_eq!(rtr.user_name, IMPI);
+    let mut rta = Vec::new();
+    Rta {
+        base: answer_base(&rtr_msg),
+    }
+    .encode(&mut rta)
+    .unwrap();
+    relay.peer.send_answer(rta);
+    relay.pump_until(Duration::from_millis(300), |_| false);
+    let (st, body) = admin.join().unwrap();
+    assert_eq!(
+        (st, body["result_code"].as_u64()),
+        (200, Some(2001)),
+        "{body}"
+    );
+    assert_eq!(body["scscf"], "scscf1.hims.net");
+    icscf.pump_until(Duration::from_millis(100), |_| false);
+    assert!(icscf.requests.is_empty(), "the I-CSCF got {:?}", icscf.seen);
+
+    // Registered again through the relay, which then goes: the I-CSCF, no relay, gets
+    // nothing, and the admin API says why.
+    relay.ask(sar_from_scscf1("scscf1.hims.net;1;2"));
+    drop(relay);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !get(&format!("{b}/metrics"))
+        .1
+        .contains("ims_hss_diameter_peers_up 1")
+    {
+        assert!(std::time::Instant::now() < deadline, "the relay never went");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (st, body) = post(&format!("{b}/v1/subscribers/{IMPI}/deregister"), json!({}));
+    assert_eq!(st, 502, "{body}");
+    assert!(
+        body.to_string()
+            .contains("no open Diameter connection to scscf1.hims.net"),
+        "{body}"
+    );
+    icscf.pump_until(Duration::from_millis(100), |_| false);
+    assert!(icscf.requests.is_empty(), "the I-CSCF got {:?}", icscf.seen);
 }
