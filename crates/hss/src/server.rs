@@ -5,7 +5,11 @@
 //! is from memory; in a task of their own when it waits on the store, so many are in flight
 //! per connection), and a
 //! registry of open peers by Origin-Host through which the admin API sends RTR and PPR to the
-//! serving S-CSCF ([`Diameter::request`]).
+//! serving S-CSCF ([`Diameter::request`]). Several connections may claim one Origin-Host (a
+//! restarted S-CSCF reconnecting before its old connection timed out, or a flood of CERs):
+//! requests go to the newest, and a connection that closes takes only itself out of the
+//! registry, never the others. Every log line of a connection's task names the peer's
+//! address (the `diameter_peer` span).
 //!
 //! Overload: at most `max_waiting` requests wait on the store at once, across connections;
 //! while that many wait, new requests are answered 3004 DIAMETER_TOO_BUSY at once (RFC 6733
@@ -21,6 +25,7 @@ use ims_diameter::peer::{Event, Peer, PeerConfig, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use crate::cx::CxHandler;
 use crate::metrics::Metrics;
@@ -33,8 +38,24 @@ enum Command {
     Answer(Vec<u8>),
 }
 
-/// Open peer connections by lower-cased Origin-Host, with their realm.
-type Registry = Arc<Mutex<HashMap<String, (String, mpsc::Sender<Command>)>>>;
+/// One open connection in the registry: its id (unique in this process), the peer's realm,
+/// and the channel to its task.
+type Registered = (u64, String, mpsc::Sender<Command>);
+
+/// Open peer connections by lower-cased Origin-Host, oldest first (requests go to the last).
+type Registry = Arc<Mutex<HashMap<String, Vec<Registered>>>>;
+
+/// Takes connection `id` out of the registry entry `key` (and the entry once empty).
+fn unregister(registry: &Registry, key: &str, id: u64) {
+    if let Ok(mut r) = registry.lock()
+        && let Some(conns) = r.get_mut(key)
+    {
+        conns.retain(|(c, _, _)| *c != id);
+        if conns.is_empty() {
+            r.remove(key);
+        }
+    }
+}
 
 /// A handle on the running Diameter side: send requests to connected peers.
 #[derive(Clone)]
@@ -66,8 +87,9 @@ impl Diameter {
         self.registry
             .lock()
             .ok()?
-            .get(&host.to_ascii_lowercase())
-            .map(|(realm, _)| realm.clone())
+            .get(&host.to_ascii_lowercase())?
+            .last()
+            .map(|(_, realm, _)| realm.clone())
     }
 
     /// Sends `request` (hop-by-hop and end-to-end ids are filled in) to the peer whose
@@ -77,7 +99,11 @@ impl Diameter {
             .registry
             .lock()
             .ok()
-            .and_then(|r| r.get(&host.to_ascii_lowercase()).map(|(_, tx)| tx.clone()))
+            .and_then(|r| {
+                r.get(&host.to_ascii_lowercase())?
+                    .last()
+                    .map(|(_, _, tx)| tx.clone())
+            })
             .ok_or_else(|| SendError::NotConnected(host.to_owned()))?;
         let (atx, arx) = oneshot::channel();
         tx.send(Command::Request(request, atx))
@@ -152,16 +178,19 @@ pub fn serve(
             };
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             let peer = Peer::new(peer_cfg.clone(), Role::Responder, seed);
-            tokio::spawn(connection(
-                stream,
-                from,
-                peer,
-                cx.clone(),
-                metrics.clone(),
-                registry.clone(),
-                on_store.clone(),
-                stop_rx.clone(),
-            ));
+            tokio::spawn(
+                connection(
+                    stream,
+                    from,
+                    peer,
+                    cx.clone(),
+                    metrics.clone(),
+                    registry.clone(),
+                    on_store.clone(),
+                    stop_rx.clone(),
+                )
+                .instrument(tracing::info_span!("diameter_peer", %from)),
+            );
         }
     };
     (handle, fut)
@@ -206,6 +235,8 @@ async fn connection(
     on_store: Arc<Waiting>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let _ = stream.set_nodelay(true);
     let mut stopping = false;
     let (tx, mut rx) = mpsc::channel::<Command>(1024);
@@ -231,17 +262,19 @@ async fn connection(
                 Event::Up { host, realm } => {
                     let key = host.to_ascii_lowercase();
                     if let Ok(mut r) = registry.lock() {
-                        r.insert(key.clone(), (realm, tx.clone()));
+                        let conns = r.entry(key.clone()).or_default();
+                        if !conns.is_empty() {
+                            tracing::info!(peer = %host, open = conns.len(), "another connection from an Origin-Host already connected: requests go to the newest");
+                        }
+                        conns.push((id, realm, tx.clone()));
                     }
                     registered = Some(key);
                     metrics.peer_up(1);
                 }
-                Event::Down(reason) => {
-                    tracing::info!(%from, ?reason, "Diameter peer down");
+                Event::Down(_) => {
+                    // The peer logged why (one line, in this connection's span).
                     if let Some(key) = registered.take() {
-                        if let Ok(mut r) = registry.lock() {
-                            r.remove(&key);
-                        }
+                        unregister(&registry, &key, id);
                         metrics.peer_up(-1);
                     }
                 }
@@ -332,12 +365,7 @@ async fn connection(
             }
         }
         if eof {
-            // The transport is gone: report what the peer made of it, then stop.
-            while let Some(ev) = peer.poll_event() {
-                if let Event::Down(reason) = ev {
-                    tracing::info!(%from, ?reason, "Diameter peer down");
-                }
-            }
+            // The transport is gone (the peer logged it): stop.
             break;
         }
     }
@@ -345,9 +373,7 @@ async fn connection(
         let _ = w.send(None);
     }
     if let Some(key) = registered.take() {
-        if let Ok(mut r) = registry.lock() {
-            r.remove(&key);
-        }
+        unregister(&registry, &key, id);
         metrics.peer_up(-1);
     }
 }
