@@ -26,6 +26,10 @@
 //! `503` with Retry-After, without asking the HSS for another; every S-CSCF tried failed or
 //! stayed silent → `504 Server Time-out`.
 //!
+//! Cx has no request from the HSS to the I-CSCF: one that comes anyway (an RTR sent to the
+//! wrong node, a hostile peer) is refused 3001 DIAMETER_COMMAND_UNSUPPORTED, not left to time
+//! out at the sender.
+//!
 //! **Terminating requests** (TS 24.229 §5.3.2, TS 29.228 §6.1.4): INVITE, MESSAGE, OPTIONS and a
 //! SUBSCRIBE starting a dialog (a P-CSCF's reg event subscription: Kamailio's P-CSCF sends it
 //! to the public identity, through the I-CSCF) for a public identity of ours (the Request-URI without parameters, sip: or tel:) make a LIR. A
@@ -203,8 +207,31 @@ impl Icscf {
                 source,
             })?;
         let (cx, mut from_hss) = cfg.diameter.connect(cfg.sip_listen.ip());
-        // The HSS sends the I-CSCF nothing; drain the channel so it never fills.
-        tokio::spawn(async move { while from_hss.recv().await.is_some() {} });
+        // The HSS has no request for the I-CSCF (Cx has none): whatever comes is refused with
+        // 3001 DIAMETER_COMMAND_UNSUPPORTED (RFC 6733 §7.1.3) rather than left unanswered.
+        let refuse = (
+            cx.clone(),
+            cfg.diameter.origin_host.clone(),
+            cfg.diameter.origin_realm.clone(),
+        );
+        tokio::spawn(async move {
+            let (cx, host, realm) = refuse;
+            while let Some(bytes) = from_hss.recv().await {
+                let code = ims_diameter::Message::parse(&bytes).map_or(0, |m| m.command_code());
+                tracing::warn!(
+                    command = code,
+                    "request from the HSS, which the I-CSCF does not serve: 3001"
+                );
+                let e = ims_diameter::Error::CommandUnsupported {
+                    code,
+                    request: true,
+                };
+                let answer = ims_net::diameter::refusal(&bytes, &e, &host, &realm);
+                if !answer.is_empty() {
+                    cx.answer(answer).await;
+                }
+            }
+        });
         let resolver = SipResolver::new(&cfg.dns)?;
         let high = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
