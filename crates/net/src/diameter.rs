@@ -12,13 +12,14 @@
 //! at once with [`RequestError::NotOpen`] instead of each waiting out its timeout on a peer
 //! that has stopped answering (with one HSS there is nowhere to fail over to, so the caller
 //! answers 503 at once); a DWA makes it usable again, another Tw without one closes the
-//! connection and reconnects with back-off.
+//! connection and reconnects with back-off. Requests waiting when the connection goes down
+//! fail at once with [`RequestError::NotOpen`] too; [`RequestError::NoAnswer`] is a timeout.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use ims_diameter::peer::{Event, Peer, PeerConfig, Role, State, WatchdogState};
+use ims_diameter::peer::{Event, Peer, PeerConfig, RequestFailure, Role, State, WatchdogState};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -29,10 +30,10 @@ use tracing::Instrument;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
     /// The connection is not open (capabilities not exchanged yet, down, or SUSPECT: our
-    /// DWR went unanswered for Tw).
+    /// DWR went unanswered for Tw), or it went down with the request waiting.
     #[error("Diameter connection to {0} is not open")]
     NotOpen(SocketAddr),
-    /// The connection went down or the answer did not come in time.
+    /// The answer did not come in time.
     #[error("no Diameter answer from {0}")]
     NoAnswer(SocketAddr),
     /// The client task is gone.
@@ -298,9 +299,15 @@ async fn drive(
                             let _ = w.send(Ok(bytes));
                         }
                     }
-                    Event::RequestFailed { handle, .. } => {
+                    Event::RequestFailed { handle, reason } => {
+                        // The link went down under the request: it is known down, like one
+                        // not open (503 with Retry-After, not a timeout's 504).
+                        let e = match reason {
+                            RequestFailure::ConnectionDown => RequestError::NotOpen(server),
+                            RequestFailure::Timeout => RequestError::NoAnswer(server),
+                        };
                         if let Some(w) = waiting.remove(&handle) {
-                            let _ = w.send(Err(RequestError::NoAnswer(server)));
+                            let _ = w.send(Err(e));
                         }
                     }
                     Event::Close | Event::Reconnect => {}
@@ -338,7 +345,7 @@ async fn drive(
         }
         let _ = open.send(false);
         for (_, w) in waiting.drain() {
-            let _ = w.send(Err(RequestError::NoAnswer(server)));
+            let _ = w.send(Err(RequestError::NotOpen(server)));
         }
         if cmds.is_closed() {
             return;

@@ -6,10 +6,11 @@
 //! - requests the S-CSCF cannot serve (an RTR with an unknown mandatory AVP, a PPR with an
 //!   AVP running past the message, an unknown command, reserved header bits) each get their
 //!   Result-Code (5001 with Failed-AVP, 5014, 3001, 3008), and the connection stays up;
-//! - a bad message length, then HTTP on the next connection: the S-CSCF closes each time and
+//! - a bad message length, then HTTP on the next connection, each instead of the MAA to a
+//!   REGISTER's MAR: that REGISTER gets 503 with Retry-After at once, the S-CSCF closes and
 //!   reconnects with a back-off that doubles (1 s, then 2 s: a connection that dies right
 //!   after its CEA does not reset it), and a REGISTER arriving while the link is down gets
-//!   503 with Retry-After at once;
+//!   503 with Retry-After at once too;
 //! - an HSS that stops answering, DWR included: after Tw without a DWA the link is SUSPECT
 //!   and a REGISTER gets 503 with Retry-After at once (not a MAR that waits out its
 //!   timeout), after 2*Tw the S-CSCF closes and reconnects.
@@ -404,7 +405,20 @@ async fn bad_framing(logs: Logs) {
         connected.push(at);
         c.handshake().await;
         assert!(r.wait_diameter(Duration::from_secs(5)).await);
+        // A REGISTER whose MAR is waiting when the garbage comes: 503 at once too.
+        let req = ue.register(Some(ue.initial_auth()), &[]);
+        let registrar = r.clone();
+        let caught = tokio::spawn(async move { registrar.handle_register(&req).await });
+        match c.next(Duration::from_secs(5), true).await {
+            Next::Message(m) if Message::parse(&m).unwrap().command_code() == 303 => {}
+            other => panic!("wanted the REGISTER's MAR: {other:?}"),
+        }
+        let sent = Instant::now();
         c.send(bytes).await;
+        let resp = caught.await.unwrap();
+        assert_eq!(resp.status(), Some(503), "MAR caught by {bytes:?}: {resp}");
+        assert!(resp.header_str(HeaderName::RetryAfter).is_some(), "{resp}");
+        assert!(sent.elapsed() < Duration::from_millis(500), "at once");
         match c.next(Duration::from_secs(3), true).await {
             Next::Closed => closed.push(Instant::now()),
             other => panic!("the S-CSCF did not close after {bytes:?}: {other:?}"),
