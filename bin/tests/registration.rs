@@ -1674,7 +1674,7 @@ fn message_over(lab: &Lab, transport: sipp::Transport, v6: bool, ooc: &std::path
 
 /// Issue #20's first fault: the HSS killed (-9) while registrations are in flight. The CSCFs
 /// see the connection go and answer at once (480 from the I-CSCF, 503 from the S-CSCF, both
-/// with Retry-After; 504 for a request caught on the dying connection), never leaving a UE
+/// with Retry-After, also for a request caught on the dying connection), never leaving a UE
 /// to time out; they reconnect with back-off when the HSS is back, and registrations go on.
 /// A registration made before the kill is not lost.
 #[test]

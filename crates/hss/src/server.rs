@@ -5,7 +5,11 @@
 //! is from memory; in a task of their own when it waits on the store, so many are in flight
 //! per connection), and a
 //! registry of open peers by Origin-Host through which the admin API sends RTR and PPR to the
-//! serving S-CSCF ([`Diameter::request`]). An S-CSCF behind a Diameter relay (e.g.
+//! serving S-CSCF ([`Diameter::request`]). Several connections may claim one Origin-Host (a
+//! restarted S-CSCF reconnecting before its old connection timed out, or a flood of CERs):
+//! requests go to the newest, and a connection that closes takes only itself out of the
+//! registry, never the others. Every log line of a connection's task names the peer's
+//! address (the `diameter_peer` span). An S-CSCF behind a Diameter relay (e.g.
 //! freeDiameterd) is not a peer of ours: its requests come through the relay, and so must
 //! the requests for it. When the Destination-Host is not an open peer, the request goes to an
 //! open peer that advertised the Relay Application-Id in its CER (RFC 6733 §2.8, §6.1.1),
@@ -25,6 +29,7 @@ use ims_diameter::peer::{Event, Peer, PeerConfig, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use crate::cx::CxHandler;
 use crate::metrics::Metrics;
@@ -37,8 +42,10 @@ enum Command {
     Answer(Vec<u8>),
 }
 
-/// One open peer connection.
+/// One open connection in the registry.
 struct Entry {
+    /// Unique in this process.
+    id: u64,
     /// Its Origin-Realm.
     realm: String,
     /// It advertised the Relay Application-Id: it carries requests for hosts beyond it.
@@ -47,8 +54,20 @@ struct Entry {
     tx: mpsc::Sender<Command>,
 }
 
-/// Open peer connections by lower-cased Origin-Host.
-type Registry = Arc<Mutex<HashMap<String, Entry>>>;
+/// Open peer connections by lower-cased Origin-Host, oldest first (requests go to the last).
+type Registry = Arc<Mutex<HashMap<String, Vec<Entry>>>>;
+
+/// Takes connection `id` out of the registry entry `key` (and the entry once empty).
+fn unregister(registry: &Registry, key: &str, id: u64) {
+    if let Ok(mut r) = registry.lock()
+        && let Some(conns) = r.get_mut(key)
+    {
+        conns.retain(|e| e.id != id);
+        if conns.is_empty() {
+            r.remove(key);
+        }
+    }
+}
 
 /// A handle on the running Diameter side: send requests to connected peers.
 #[derive(Clone)]
@@ -80,21 +99,22 @@ impl Diameter {
         self.registry
             .lock()
             .ok()?
-            .get(&host.to_ascii_lowercase())
+            .get(&host.to_ascii_lowercase())?
+            .last()
             .map(|e| e.realm.clone())
     }
 
-    /// The connection a request for Diameter host `host` goes on: that peer's own when it
-    /// is open, else the open relay peer first by name (RFC 6733 §6.1.1: a request whose
-    /// Destination-Host is not a peer goes to a peer that can route it on).
+    /// The connection a request for Diameter host `host` goes on: that peer's own (its
+    /// newest) when it is open, else the open relay peer first by name (RFC 6733 §6.1.1: a
+    /// request whose Destination-Host is not a peer goes to a peer that can route it on).
     fn route(&self, host: &str) -> Option<(String, mpsc::Sender<Command>)> {
         let r = self.registry.lock().ok()?;
         let key = host.to_ascii_lowercase();
-        if let Some(e) = r.get(&key) {
+        if let Some(e) = r.get(&key).and_then(|c| c.last()) {
             return Some((key, e.tx.clone()));
         }
         r.iter()
-            .filter(|(_, e)| e.relay)
+            .filter_map(|(name, c)| c.last().filter(|e| e.relay).map(|e| (name, e)))
             .min_by(|a, b| a.0.cmp(b.0))
             .map(|(name, e)| (name.clone(), e.tx.clone()))
     }
@@ -182,16 +202,19 @@ pub fn serve(
             };
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             let peer = Peer::new(peer_cfg.clone(), Role::Responder, seed);
-            tokio::spawn(connection(
-                stream,
-                from,
-                peer,
-                cx.clone(),
-                metrics.clone(),
-                registry.clone(),
-                on_store.clone(),
-                stop_rx.clone(),
-            ));
+            tokio::spawn(
+                connection(
+                    stream,
+                    from,
+                    peer,
+                    cx.clone(),
+                    metrics.clone(),
+                    registry.clone(),
+                    on_store.clone(),
+                    stop_rx.clone(),
+                )
+                .instrument(tracing::info_span!("diameter_peer", %from)),
+            );
         }
     };
     (handle, fut)
@@ -236,6 +259,8 @@ async fn connection(
     on_store: Arc<Waiting>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let _ = stream.set_nodelay(true);
     let mut stopping = false;
     let (tx, mut rx) = mpsc::channel::<Command>(1024);
@@ -262,24 +287,24 @@ async fn connection(
                     let key = host.to_ascii_lowercase();
                     let relay = peer.remote_is_relay();
                     if let Ok(mut r) = registry.lock() {
-                        r.insert(
-                            key.clone(),
-                            Entry {
-                                realm,
-                                relay,
-                                tx: tx.clone(),
-                            },
-                        );
+                        let conns = r.entry(key.clone()).or_default();
+                        if !conns.is_empty() {
+                            tracing::info!(peer = %host, open = conns.len(), "another connection from an Origin-Host already connected: requests go to the newest");
+                        }
+                        conns.push(Entry {
+                            id,
+                            realm,
+                            relay,
+                            tx: tx.clone(),
+                        });
                     }
                     registered = Some(key);
                     metrics.peer_up(1);
                 }
-                Event::Down(reason) => {
-                    tracing::info!(%from, ?reason, "Diameter peer down");
+                Event::Down(_) => {
+                    // The peer logged why (one line, in this connection's span).
                     if let Some(key) = registered.take() {
-                        if let Ok(mut r) = registry.lock() {
-                            r.remove(&key);
-                        }
+                        unregister(&registry, &key, id);
                         metrics.peer_up(-1);
                     }
                 }
@@ -370,12 +395,7 @@ async fn connection(
             }
         }
         if eof {
-            // The transport is gone: report what the peer made of it, then stop.
-            while let Some(ev) = peer.poll_event() {
-                if let Event::Down(reason) = ev {
-                    tracing::info!(%from, ?reason, "Diameter peer down");
-                }
-            }
+            // The transport is gone (the peer logged it): stop.
             break;
         }
     }
@@ -383,9 +403,7 @@ async fn connection(
         let _ = w.send(None);
     }
     if let Some(key) = registered.take() {
-        if let Ok(mut r) = registry.lock() {
-            r.remove(&key);
-        }
+        unregister(&registry, &key, id);
         metrics.peer_up(-1);
     }
 }

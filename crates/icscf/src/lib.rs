@@ -26,6 +26,10 @@
 //! `503` with Retry-After, without asking the HSS for another; every S-CSCF tried failed or
 //! stayed silent → `504 Server Time-out`.
 //!
+//! Cx has no request from the HSS to the I-CSCF: one that comes anyway (an RTR sent to the
+//! wrong node, a hostile peer) is refused 3001 DIAMETER_COMMAND_UNSUPPORTED, not left to time
+//! out at the sender.
+//!
 //! **Terminating requests** (TS 24.229 §5.3.2, TS 29.228 §6.1.4): INVITE, MESSAGE, OPTIONS and a
 //! SUBSCRIBE starting a dialog (a P-CSCF's reg event subscription: Kamailio's P-CSCF sends it
 //! to the public identity, through the I-CSCF) for a public identity of ours (the Request-URI without parameters, sip: or tel:) make a LIR. A
@@ -840,35 +844,24 @@ async fn cx_requests_loop(
 }
 
 /// The answer to a Cx request the I-CSCF does not serve: 3001 with the E bit, the request's
-/// ids and Session-Id, our Origin-Host and Origin-Realm. Empty for bytes that are no
-/// request.
+/// ids and Session-Id, our Origin-Host and Origin-Realm ([`ims_net::diameter::refusal`]).
+/// Empty for bytes that are no request.
 fn command_unsupported(bytes: &[u8], host: &str, realm: &str) -> Vec<u8> {
-    let Ok(msg) = ims_diameter::Message::parse(bytes) else {
-        tracing::warn!("unparsable Diameter request dropped");
-        return Vec::new();
+    let code = match ims_diameter::Message::parse(bytes) {
+        Ok(m) if m.is_request() => m.command_code(),
+        Ok(_) => return Vec::new(),
+        Err(_) => {
+            tracing::warn!("unparsable Diameter request dropped");
+            return Vec::new();
+        }
     };
-    if !msg.is_request() {
-        return Vec::new();
-    }
     tracing::warn!(
-        command = msg.command_code(),
+        command = code,
         "Diameter request for a command the I-CSCF does not serve: 3001"
     );
-    let mut hdr = msg.header().answer();
-    hdr.flags |= ims_diameter::header::flags::E;
-    let mut out = Vec::with_capacity(160);
-    let mut b = ims_diameter::MessageBuilder::new(&mut out, &hdr);
-    if let Ok(Some(sid)) = msg.session_id() {
-        b.utf8(&ims_diameter::dict::SESSION_ID, sid);
-    }
-    AnswerResult::ResultCode(ims_diameter::dict::result_code::COMMAND_UNSUPPORTED).encode(&mut b);
-    b.utf8(&ims_diameter::dict::ORIGIN_HOST, host)
-        .utf8(&ims_diameter::dict::ORIGIN_REALM, realm);
-    match b.finish() {
-        Ok(_) => out,
-        Err(e) => {
-            tracing::error!(error = %e, "3001 answer not encodable");
-            Vec::new()
-        }
-    }
+    let e = ims_diameter::Error::CommandUnsupported {
+        code,
+        request: true,
+    };
+    ims_net::diameter::refusal(bytes, &e, host, realm)
 }

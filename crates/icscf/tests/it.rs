@@ -652,3 +652,121 @@ fn lab_like_config() -> ims_icscf::Config {
         scscf_timeout_ms: 4000,
     }
 }
+
+/// A hostile HSS (a TCP listener of the test answering the CER with our own peer, then
+/// writing raw bytes): the HSS has no request for the I-CSCF, so an RTR, even one with an
+/// unknown mandatory AVP, is refused 3001 DIAMETER_COMMAND_UNSUPPORTED (E bit) instead of
+/// being left unanswered; a bad message length makes the I-CSCF close and reconnect, and a
+/// REGISTER meanwhile is answered at once (480 with Retry-After: HSS unreachable).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_hss_is_refused_and_survived() {
+    use ims_diameter::peer::{Peer, PeerConfig, Role, State};
+    use ims_diameter::{Header, MessageBuilder, dict, frame};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The next whole message on `s` (None: closed or 5 s of silence).
+    async fn next(s: &mut tokio::net::TcpStream, rx: &mut Vec<u8>) -> Option<Vec<u8>> {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Ok(Some(len)) = frame(rx, 1 << 24) {
+                return Some(rx.drain(..len).collect());
+            }
+            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => rx.extend_from_slice(&buf[..n]),
+                _ => return None,
+            }
+        }
+    }
+    /// Reads the CER and answers it 2001.
+    async fn handshake(s: &mut tokio::net::TcpStream, rx: &mut Vec<u8>) {
+        let mut cfg = PeerConfig::cx("hss1.hims.net", "hims.net");
+        cfg.allowed_peers = vec!["icscf1.hims.net".into()];
+        let mut p = Peer::new(cfg, Role::Responder, 3);
+        p.handle_connected(std::time::Instant::now());
+        let cer = next(s, rx).await.expect("a CER");
+        p.handle_bytes(std::time::Instant::now(), &cer);
+        assert_eq!(p.state(), State::Open);
+        while let Some(b) = p.poll_transmit() {
+            s.write_all(&b).await.unwrap();
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = lab_like_config();
+    cfg.sip_listen = "127.0.0.1:0".parse().unwrap();
+    cfg.admin_listen = None;
+    cfg.dns = vec!["127.0.0.1:9".parse().unwrap()];
+    cfg.diameter.hss = listener.local_addr().unwrap();
+    cfg.diameter.local_address = None;
+    let icscf = ims_icscf::Icscf::start_with_timers(cfg, Timers::RFC3261)
+        .await
+        .unwrap();
+    let i = icscf.sip_addr();
+    let (mut s, _) = listener.accept().await.unwrap();
+    let mut rx = Vec::new();
+    handshake(&mut s, &mut rx).await;
+    assert!(icscf.wait_diameter(Duration::from_secs(5)).await);
+    tokio::spawn(icscf.run_until(std::future::pending()));
+
+    // An RTR with an unknown mandatory AVP (code 65000): 3001, E bit, same identifiers.
+    let hdr = Header::request(
+        dict::command::REGISTRATION_TERMINATION,
+        dict::APP_CX,
+        true,
+        0x4242,
+        0x4343,
+    );
+    let mut rtr = Vec::new();
+    let mut m = MessageBuilder::new(&mut rtr, &hdr);
+    m.utf8(&dict::SESSION_ID, "hss1.hims.net;1;1")
+        .utf8(&dict::ORIGIN_HOST, "hss1.hims.net")
+        .utf8(&dict::ORIGIN_REALM, "hims.net")
+        .utf8(&dict::USER_NAME, "alice@hims.net")
+        .raw(65_000, 0x40, None, b"evil");
+    m.finish().unwrap();
+    s.write_all(&rtr).await.unwrap();
+    let a = next(&mut s, &mut rx).await.expect("an answer to the RTR");
+    let a = ims_diameter::Message::parse(&a).unwrap();
+    let code = a
+        .find(&dict::RESULT_CODE)
+        .unwrap()
+        .and_then(|c| c.as_u32().ok());
+    assert_eq!(
+        (
+            a.command_code(),
+            a.is_request(),
+            a.header().is_error(),
+            a.header().hop_by_hop,
+            code
+        ),
+        (304, false, true, 0x4242, Some(3001))
+    );
+    assert_eq!(a.session_id().unwrap(), Some("hss1.hims.net;1;1"));
+
+    // A bad length: the I-CSCF closes; a REGISTER then is answered at once; it reconnects.
+    s.write_all(&[
+        1, 0, 0, 13, 0x80, 0, 1, 0x2c, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1,
+    ])
+    .await
+    .unwrap();
+    assert!(next(&mut s, &mut rx).await.is_none(), "closed");
+    let ue = UdpSocket::bind("127.0.0.1:0").unwrap();
+    ue.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    ue.connect(i).unwrap();
+    let t = std::time::Instant::now();
+    ue.send(register(ue.local_addr().unwrap(), "hostile-1", 600).as_bytes())
+        .unwrap();
+    let resp = recv(&ue);
+    assert_eq!(resp.status(), Some(480), "{resp}");
+    assert!(
+        resp.header_str(ims_sip::HeaderName::RetryAfter).is_some(),
+        "{resp}"
+    );
+    assert!(t.elapsed() < Duration::from_millis(500), "at once");
+    let (mut s2, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+        .await
+        .expect("the I-CSCF reconnects")
+        .unwrap();
+    let mut rx2 = Vec::new();
+    handshake(&mut s2, &mut rx2).await;
+}

@@ -4,25 +4,36 @@
 //! DWR/DPR itself, and lets many callers have requests in flight at once
 //! ([`DiameterClient::request`]). Requests the server sends us (RTR, PPR) arrive on the
 //! channel returned by [`DiameterClient::connect`]; answer them with
-//! [`DiameterClient::answer`].
+//! [`DiameterClient::answer`] (a client with nothing to serve builds its refusal with
+//! [`refusal`]).
+//!
+//! A connection counts as open for new requests only while the peer is Open *and* its RFC
+//! 3539 watchdog is OKAY: once our DWR has gone unanswered for Tw (SUSPECT), new requests fail
+//! at once with [`RequestError::NotOpen`] instead of each waiting out its timeout on a peer
+//! that has stopped answering (with one HSS there is nowhere to fail over to, so the caller
+//! answers 503 at once); a DWA makes it usable again, another Tw without one closes the
+//! connection and reconnects with back-off. Requests waiting when the connection goes down
+//! fail at once with [`RequestError::NotOpen`] too; [`RequestError::NoAnswer`] is a timeout.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use ims_diameter::peer::{Event, Peer, PeerConfig, Role, State};
+use ims_diameter::peer::{Event, Peer, PeerConfig, RequestFailure, Role, State, WatchdogState};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
 
 /// Why a request got no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
-    /// The connection is not open (capabilities not exchanged yet, or down).
+    /// The connection is not open (capabilities not exchanged yet, down, or SUSPECT: our
+    /// DWR went unanswered for Tw), or it went down with the request waiting.
     #[error("Diameter connection to {0} is not open")]
     NotOpen(SocketAddr),
-    /// The connection went down or the answer did not come in time.
+    /// The answer did not come in time.
     #[error("no Diameter answer from {0}")]
     NoAnswer(SocketAddr),
     /// The client task is gone.
@@ -140,11 +151,15 @@ impl DiameterClient {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(7, |d| d.subsec_nanos());
         let peer = Peer::new(cfg, Role::Initiator, seed);
-        tokio::spawn(drive(server, local, peer, rx, requests_tx, open_tx));
+        tokio::spawn(
+            drive(server, local, peer, rx, requests_tx, open_tx)
+                .instrument(tracing::info_span!("diameter_client", %server)),
+        );
         (Self { cmds, open, server }, requests_rx)
     }
 
-    /// Waits until the capabilities exchange is done (or `timeout` passes).
+    /// Waits until the connection is open for requests: capabilities exchanged, watchdog
+    /// OKAY (or `timeout` passes).
     pub async fn wait_open(&mut self, timeout: Duration) -> bool {
         tokio::time::timeout(timeout, self.open.wait_for(|o| *o))
             .await
@@ -168,6 +183,45 @@ impl DiameterClient {
     /// Answers a request the server sent us.
     pub async fn answer(&self, bytes: Vec<u8>) {
         let _ = self.cmds.send(Cmd::Answer(bytes)).await;
+    }
+}
+
+/// The answer refusing a request we do not serve (a client that expects none from its
+/// server, e.g. the I-CSCF): the error's Result-Code (the E bit for 3xxx), our identity, the
+/// request's identifiers and Session-Id, Error-Message and Failed-AVP. Empty when `request`
+/// is not a request we can parse.
+pub fn refusal(
+    request: &[u8],
+    e: &ims_diameter::Error,
+    origin_host: &str,
+    origin_realm: &str,
+) -> Vec<u8> {
+    use ims_diameter::{MessageBuilder, dict, header::flags};
+    let Ok(msg) = ims_diameter::Message::parse(request) else {
+        return Vec::new();
+    };
+    if !msg.is_request() {
+        return Vec::new();
+    }
+    let mut hdr = msg.header().answer();
+    if e.is_protocol_error() {
+        hdr.flags |= flags::E;
+    }
+    let mut out = Vec::with_capacity(256);
+    let mut b = MessageBuilder::new(&mut out, &hdr);
+    if let Ok(Some(sid)) = msg.session_id() {
+        b.utf8(&dict::SESSION_ID, sid);
+    }
+    b.u32(&dict::RESULT_CODE, e.result_code())
+        .utf8(&dict::ORIGIN_HOST, origin_host)
+        .utf8(&dict::ORIGIN_REALM, origin_realm)
+        .utf8(&dict::ERROR_MESSAGE, &e.to_string());
+    if let Some(f) = e.failed_avp() {
+        b.failed_avp(f);
+    }
+    match b.finish() {
+        Ok(_) => out,
+        Err(_) => Vec::new(),
     }
 }
 
@@ -233,8 +287,8 @@ async fn drive(
                     Event::Up { .. } => {
                         let _ = open.send(true);
                     }
-                    Event::Down(reason) => {
-                        tracing::info!(%server, ?reason, "Diameter connection down");
+                    Event::Down(_) => {
+                        // The peer logged why, in this client's span.
                         let _ = open.send(false);
                     }
                     Event::Request(r) => {
@@ -245,14 +299,24 @@ async fn drive(
                             let _ = w.send(Ok(bytes));
                         }
                     }
-                    Event::RequestFailed { handle, .. } => {
+                    Event::RequestFailed { handle, reason } => {
+                        // The link went down under the request: it is known down, like one
+                        // not open (503 with Retry-After, not a timeout's 504).
+                        let e = match reason {
+                            RequestFailure::ConnectionDown => RequestError::NotOpen(server),
+                            RequestFailure::Timeout => RequestError::NoAnswer(server),
+                        };
                         if let Some(w) = waiting.remove(&handle) {
-                            let _ = w.send(Err(RequestError::NoAnswer(server)));
+                            let _ = w.send(Err(e));
                         }
                     }
                     Event::Close | Event::Reconnect => {}
                 }
             }
+            // Usable for new requests only while Open and not SUSPECT (see the module docs).
+            let usable =
+                peer.state() == State::Open && peer.watchdog_state() == WatchdogState::Okay;
+            open.send_if_modified(|o| std::mem::replace(o, usable) != usable);
             if peer.state() == State::Closed {
                 let _ = stream.shutdown().await;
                 break 'conn;
@@ -281,7 +345,7 @@ async fn drive(
         }
         let _ = open.send(false);
         for (_, w) in waiting.drain() {
-            let _ = w.send(Err(RequestError::NoAnswer(server)));
+            let _ = w.send(Err(RequestError::NotOpen(server)));
         }
         if cmds.is_closed() {
             return;

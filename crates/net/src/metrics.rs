@@ -177,9 +177,9 @@ pub enum CxOutcome {
 /// Why a request got no answer, as counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoAnswer {
-    /// No answer in time, or the connection went down while waiting.
+    /// No answer in time.
     Timeout,
-    /// The connection was not open, or the client had stopped.
+    /// The connection was not open (or went down while waiting), or the client had stopped.
     Unreachable,
 }
 

@@ -5,7 +5,7 @@
 //! | Cx outcome | SIP |
 //! |---|---|
 //! | Experimental 5001 user unknown, 5002 identities don't match, 5003 not registered, 5004 roaming not allowed, 5006 scheme not supported; base 4001, 5003 (barred), 5004 (a bad AUTS) | 403 Forbidden |
-//! | the connection to the HSS is down (known at once: killed, restarting, refused) | 503 Service Unavailable, with Retry-After |
+//! | the connection to the HSS is down (known at once: killed, restarting, refused, SUSPECT after an unanswered DWR, or lost with the request waiting) | 503 Service Unavailable, with Retry-After |
 //! | no answer in time, the client stopped | 504 Server Time-out |
 //! | base 3004 DIAMETER_TOO_BUSY | 503 Service Unavailable, with Retry-After |
 //! | any other failure, or an answer we cannot use | 500 Server Internal Error |

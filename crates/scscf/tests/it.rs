@@ -9,7 +9,12 @@
 //! 127.0.0.1 port 0 and play the UE or P-CSCF on a real UDP socket: REGISTER and SUBSCRIBE
 //! go through the S-CSCF's transaction layer, the NOTIFYs come back to the socket, are
 //! answered, and their `application/reginfo+xml` bodies are read with a minimal XML reader.
+//!
+//! `hostile` (tests/it/hostile.rs): the S-CSCF's Diameter side against hostile HSSs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "it/hostile.rs"]
+mod hostile;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

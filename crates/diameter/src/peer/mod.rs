@@ -27,7 +27,9 @@
 //! here: a driver wanting RFC 3539's ±2 s sets `watchdog` per connection from its own
 //! randomness. DWR and DPR from the peer are answered. An initiator that lost its connection
 //! asks to reconnect ([`Event::Reconnect`] at [`Peer::reconnect_at`]) after a back-off that
-//! doubles from `reconnect_min` to `reconnect_max` (reset once Open), except after our own
+//! doubles from `reconnect_min` to `reconnect_max`, reset once Open, except when the Open
+//! connection before it died within Tw (a peer sending garbage right after its CEA): then
+//! it keeps doubling until a connection lives Tw. No reconnect after our own
 //! [`Peer::disconnect`] or a DPR saying DO_NOT_WANT_TO_TALK_TO_YOU.
 //!
 //! Requests: many in flight; each gets a hop-by-hop id unique on this connection and an
@@ -292,6 +294,11 @@ pub struct Peer {
     suspect: bool,
     reconnect_at: Option<Instant>,
     backoff: Duration,
+    /// When the connection last became Open.
+    opened_at: Option<Instant>,
+    /// The last Open connection went down within Tw: the next Open does not reset the
+    /// back-off (a peer that misbehaves right after its CEA).
+    died_young: bool,
     remote: Option<(String, String)>,
     common_apps: Vec<u32>,
     /// The peer advertised the Relay Application-Id in its CER/CEA.
@@ -336,6 +343,8 @@ impl Peer {
             suspect: false,
             reconnect_at: None,
             backoff,
+            opened_at: None,
+            died_young: false,
             remote: None,
             common_apps: Vec::new(),
             relay: false,
@@ -434,7 +443,7 @@ impl Peer {
                 Ok(Some(len)) => len,
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, "Diameter framing error: closing the connection");
+                    // go_down says why, once.
                     self.go_down(now, DownReason::Framing(e.to_string()));
                     return;
                 }
@@ -514,7 +523,14 @@ impl Peer {
                 self.deadline = Some(now + self.cfg.watchdog);
             }
             State::Open | State::WaitCea | State::WaitCer => {
-                tracing::warn!(state = ?self.state, "Diameter peer silent for 2*Tw after our DWR (or no CER/CEA): down");
+                match self.state {
+                    State::WaitCer => tracing::warn!("no CER within Tw of the connection: closing"),
+                    State::WaitCea => tracing::warn!("no CEA within Tw of our CER: closing"),
+                    _ => tracing::warn!(
+                        peer = self.remote.as_ref().map_or("", |r| r.0.as_str()),
+                        "no DWA within 2*Tw of our DWR: Diameter peer down, closing"
+                    ),
+                }
                 self.go_down(now, DownReason::WatchdogTimeout);
             }
             State::Closing => self.go_down(now, DownReason::Disconnected),
@@ -683,8 +699,27 @@ impl Peer {
                 reason: RequestFailure::ConnectionDown,
             });
         }
-        tracing::info!(?was, ?reason, "Diameter peer connection down");
+        // The one line saying why the connection went: a warning when the peer misbehaved.
+        match reason {
+            DownReason::Framing(ref e) => {
+                tracing::warn!(?was, error = %e, "Diameter framing error: connection down, closing");
+            }
+            _ => tracing::info!(?was, ?reason, "Diameter peer connection down"),
+        }
         self.events.push_back(Event::Down(reason));
+        // A connection that lived Tw was a good one: start the back-off again. One that died
+        // sooner (a peer that sends garbage right after the CEA) keeps it doubling through
+        // the next Open, so that a hostile peer cannot make us reconnect every second.
+        if matches!(was, State::Open | State::Closing) {
+            let lived = self
+                .opened_at
+                .is_some_and(|at| now >= at + self.cfg.watchdog);
+            if lived {
+                self.backoff = self.cfg.reconnect_min;
+            }
+            self.died_young = !lived;
+        }
+        self.opened_at = None;
         if self.role == Role::Initiator && !self.no_reconnect {
             self.reconnect_at = Some(now + self.backoff);
             self.backoff = (self.backoff * 2).min(self.cfg.reconnect_max);
@@ -695,7 +730,10 @@ impl Peer {
         self.state = State::Open;
         self.common_apps = apps;
         self.relay = relay;
-        self.backoff = self.cfg.reconnect_min;
+        self.opened_at = Some(now);
+        if !self.died_young {
+            self.backoff = self.cfg.reconnect_min;
+        }
         self.no_reconnect = false;
         self.deadline = Some(now + self.cfg.watchdog);
         tracing::info!(peer = %host, realm = %realm, apps = ?self.common_apps, relay, "Diameter peer connection open");
@@ -808,6 +846,7 @@ impl Peer {
         let hdr = *msg.header();
         if self.state != State::WaitCer {
             // RFC 6733 §5.6.1: a CER on an open connection is answered but changes nothing.
+            tracing::warn!(state = ?self.state, "CER on a connection past its capabilities exchange: 5012, nothing changes");
             let cea = self.base_answer(&hdr, rc::UNABLE_TO_COMPLY, None, |p, b| p.cea_body(b));
             self.queue(cea);
             return;

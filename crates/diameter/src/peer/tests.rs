@@ -204,7 +204,7 @@ fn watchdog_dwr_after_tw_and_down_without_dwa() {
 }
 
 #[test]
-fn reconnect_backs_off_and_resets_once_open() {
+fn reconnect_backs_off_and_a_connection_dying_young_does_not_reset_it() {
     let now = Instant::now();
     let mut c = Peer::new(icscf_cfg(), Role::Initiator, 1);
     let mut t = now;
@@ -219,16 +219,40 @@ fn reconnect_backs_off_and_resets_once_open() {
         t = at;
     }
     assert_eq!(delays, vec![1, 2, 4, 8, 16, 30, 30]);
-    let mut s = Peer::new(hss_cfg(), Role::Responder, 2);
-    c.handle_connecting(t);
-    c.handle_connected(t);
-    s.handle_connected(t);
-    pump(t, &mut c, &mut s);
+    // Open after the failures: the back-off starts again; down at once: 1 s.
+    let open_at = |c: &mut Peer, t: Instant| {
+        let mut s = Peer::new(hss_cfg(), Role::Responder, 2);
+        c.handle_connecting(t);
+        c.handle_connected(t);
+        s.handle_connected(t);
+        pump(t, c, &mut s);
+        assert_eq!(c.state(), State::Open);
+    };
+    open_at(&mut c, t);
     c.handle_disconnected(t);
+    let at = c.poll_timeout().unwrap();
+    assert_eq!((at - t).as_secs(), 1, "back-off reset once open");
+    // Open again, down at once again (a peer sending garbage after its CEA): no reset, 2 s.
+    c.handle_timeout(at);
+    let t = at;
+    open_at(&mut c, t);
+    c.handle_disconnected(t);
+    let at = c.poll_timeout().unwrap();
     assert_eq!(
-        (c.poll_timeout().unwrap() - t).as_secs(),
+        (at - t).as_secs(),
+        2,
+        "no reset after a connection that died within Tw"
+    );
+    // Open for Tw, then down: back to 1 s.
+    c.handle_timeout(at);
+    let t = at;
+    open_at(&mut c, t);
+    let later = t + icscf_cfg().watchdog;
+    c.handle_disconnected(later);
+    assert_eq!(
+        (c.poll_timeout().unwrap() - later).as_secs(),
         1,
-        "back-off reset"
+        "back-off reset after a connection that lived Tw"
     );
 }
 

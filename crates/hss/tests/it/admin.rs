@@ -42,6 +42,15 @@ pub(crate) fn start_with(diameter: ims_hss::DiameterConfig) -> Running {
 
 /// An HSS on the database at `db` (SQLite file or PostgreSQL URL).
 pub(crate) fn start_on(db: String, diameter: ims_hss::DiameterConfig) -> Running {
+    start_logged(db, diameter, None)
+}
+
+/// As [`start_on`], its runtime's threads logging to `logs` when given.
+pub(crate) fn start_logged(
+    db: String,
+    diameter: ims_hss::DiameterConfig,
+    logs: Option<tracing::Dispatch>,
+) -> Running {
     let cfg = Config {
         database: db.clone(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
@@ -54,7 +63,14 @@ pub(crate) fn start_on(db: String, diameter: ims_hss::DiameterConfig) -> Running
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _here = logs.as_ref().map(tracing::dispatcher::set_default);
+        let mut rt = tokio::runtime::Builder::new_multi_thread();
+        rt.enable_all();
+        if let Some(d) = logs {
+            // Every thread of the HSS's runtime logs there (for as long as it lives).
+            rt.on_thread_start(move || std::mem::forget(tracing::dispatcher::set_default(&d)));
+        }
+        let rt = rt.build().unwrap();
         rt.block_on(async move {
             let hss = Hss::start(&cfg).await.unwrap();
             addr_tx
