@@ -1879,3 +1879,154 @@ fn registrations_complete_through_ten_percent_loss() {
     assert_eq!(j["failed"], 0, "{j}");
     assert!(j["retransmissions"].as_u64().unwrap() > 0, "{j}");
 }
+
+/// Issue #20's I-CSCF faults, with ims-load: DNS gives two I-CSCFs (SRV priority 0 for
+/// icscf1, 10 for icscf2). icscf1 is killed (-9); every registration of the load that follows
+/// still completes: the first REGISTERs wait out `icscf_failover_seconds` (4 s) of silence
+/// and go to icscf2, which the P-CSCF then prefers (RFC 3263 §4.3), so later ones go straight
+/// there. A registration made through icscf1 before its death is not lost (the I-CSCF keeps
+/// no state), and once icscf1 is back it serves again.
+#[test]
+fn icscf_killed_the_pcscf_fails_over_and_nothing_is_lost() {
+    use ims_net::sip::Transport::Udp;
+    let extra = format!(
+        "  {{ type = \"SRV\", name = \"_sip._udp\", priority = 10, weight = 0, port = 5060, target = \"icscf2\" }},\n  \
+         {{ type = \"SRV\", name = \"_sip._tcp\", priority = 10, weight = 0, port = 5060, target = \"icscf2\" }},\n  \
+         {{ type = \"A\", name = \"icscf2\", address = \"{}\" }},\n",
+        lab::I2
+    );
+    let Some(mut lab) = Lab::start_hss_with_dns("e2eicscffo", "info", &extra) else {
+        return;
+    };
+    lab.topo.add_address("home", &format!("{}/24", lab::I2));
+    lab.spawn("home", "scscf");
+    lab.spawn("home", "icscf");
+    lab.spawn_as("home", "icscf2", "icscf");
+    lab.spawn("visited", "pcscf");
+    lab.wait_peers(3);
+    lab.import_load("fo", 60);
+    let log_of = |lab: &Lab, name: &str| {
+        lab.daemons
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, c)| c.log())
+            .collect::<String>()
+    };
+    let uaas = |lab: &Lab, name: &str| log_of(lab, name).matches("UAA").count();
+
+    // Before: carol registers, through icscf1 (DNS's first).
+    let carol = UeConfig {
+        credentials: Credentials::Password("carol-secret".into()),
+        local: "10.10.1.2:5190".parse().unwrap(),
+        ..aka_ue("carol@hims.net", "sip:carol@hims.net", sipp::TEST_K, 0, Udp)
+    };
+    assert_eq!(
+        lab.ue(carol.clone(), &[600]).unwrap()[0].status,
+        200,
+        "{}",
+        lab.logs()
+    );
+    assert!(uaas(&lab, "icscf") >= 1, "{}", lab.logs());
+    assert_eq!(uaas(&lab, "icscf2"), 0, "{}", lab.logs());
+
+    // icscf1 dies.
+    let i = lab.daemons.iter().position(|(n, _)| n == "icscf").unwrap();
+    let (_, mut icscf1) = lab.daemons.remove(i);
+    icscf1.signal(nix::sys::signal::Signal::SIGKILL);
+    assert!(icscf1.wait_timeout(Duration::from_secs(5)).is_some());
+    drop(icscf1);
+
+    // 60 UEs at 10/s (over 6 s): those of the first 4 s meet the dead icscf1 and wait out
+    // the silence; every one registers (ims-load waits Timer F, as a UE does).
+    let out = lab.run_load(&[
+        "--count",
+        "60",
+        "--rate",
+        "10",
+        "--duration",
+        "6",
+        "--prefix",
+        "fo",
+        "--timeout",
+        "32",
+        "--json",
+    ]);
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let json = log
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("a JSON summary:\n{log}"));
+    let j: serde_json::Value = serde_json::from_str(json).unwrap();
+    eprintln!("{j}");
+    assert_eq!(
+        (j["registered"].as_u64(), j["failed"].as_u64()),
+        (Some(60), Some(0)),
+        "every registration completes through icscf2: {j}\n{}",
+        lab.logs()
+    );
+    let pcscf = log_of(&lab, "pcscf");
+    let gave_up = pcscf
+        .matches("I-CSCF did not answer; trying the next")
+        .count();
+    eprintln!("REGISTERs that waited on the dead I-CSCF: {gave_up}");
+    assert!(gave_up >= 1, "the P-CSCF failed over:\n{pcscf}");
+    assert!(
+        gave_up < 60,
+        "the UEs that came after the first failover went straight to icscf2: {gave_up}"
+    );
+    assert!(pcscf.contains("next hop marked down"), "{pcscf}");
+    assert!(
+        uaas(&lab, "icscf2") >= 120,
+        "icscf2 served them:\n{}",
+        lab.logs()
+    );
+
+    // Marked down, icscf1 is no longer waited for: bob goes straight to icscf2.
+    let bob = aka_ue(
+        "bob.private@hims.net",
+        "sip:bob@hims.net",
+        sipp::TEST_K,
+        0,
+        Udp,
+    );
+    assert_eq!(
+        lab.ue(bob.clone(), &[600, 0]).unwrap()[0].status,
+        200,
+        "{}",
+        lab.logs()
+    );
+    assert_eq!(
+        log_of(&lab, "pcscf")
+            .matches("I-CSCF did not answer; trying the next")
+            .count(),
+        gave_up,
+        "bob's REGISTERs did not wait on the dead I-CSCF"
+    );
+
+    // Nothing was lost with icscf1: carol's registration is still at the S-CSCF and the HSS,
+    // and her refresh and deregistration pass; icscf1 restarted serves again.
+    lab.spawn("home", "icscf");
+    lab.wait_peers(3);
+    let imsctl = lab::bin("imsctl").to_string_lossy().into_owned();
+    let url = format!("http://{}:8080", lab::H);
+    let out = lab.topo.run(
+        "home",
+        &[
+            &imsctl,
+            "--url",
+            &url,
+            "--token",
+            lab::ADMIN_TOKEN,
+            "subscriber",
+            "show",
+            "carol@hims.net",
+        ],
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("scscf1.hims.net"), "{shown}");
+    let out = lab.ue(carol, &[600, 0]).unwrap();
+    assert_eq!((out[0].status, out[1].status), (200, 200), "{}", lab.logs());
+    lab.all_alive();
+}

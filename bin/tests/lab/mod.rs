@@ -31,6 +31,9 @@ pub const S: &str = "10.10.4.3";
 /// does not have it unless the test adds it).
 pub const S2: &str = "10.10.4.5";
 pub const H: &str = "10.10.4.4";
+/// A second I-CSCF's address (`icscf2.hims.net`, config `icscf2.toml`), for a test that adds
+/// it (with [`Lab::start_hss_with_dns`] naming it in DNS and [`Lab::spawn_as`]).
+pub const I2: &str = "10.10.4.6";
 pub const DNS: &str = "10.10.3.2";
 /// The HSS admin API's token (it listens beyond loopback).
 pub const ADMIN_TOKEN: &str = "lab-admin-token-0123";
@@ -79,7 +82,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
-fn configs(dir: &Path) {
+fn configs(dir: &Path, extra_hims_records: &str) {
     write(
         dir,
         "ims-dns.toml",
@@ -97,7 +100,7 @@ records = [
   {{ type = "A", name = "scscf1", address = "{S}" }},
   {{ type = "A", name = "scscf2", address = "{S2}" }},
   {{ type = "A", name = "hss1", address = "{H}" }},
-]
+{extra_hims_records}]
 [[zone]]
 origin = "vims.net"
 records = [
@@ -120,7 +123,7 @@ listen = "{H}:3868"
 origin_host = "hss1.hims.net"
 origin_realm = "hims.net"
 # relay1.hims.net: the freeDiameterd relay of interop.rs
-allowed_peers = ["icscf1.hims.net", "scscf1.hims.net", "scscf2.hims.net", "relay1.hims.net"]
+allowed_peers = ["icscf1.hims.net", "icscf2.hims.net", "scscf1.hims.net", "scscf2.hims.net", "relay1.hims.net"]
 [diameter.capabilities]
 server_names = ["sip:scscf1.hims.net:5060"]
 "#,
@@ -154,6 +157,15 @@ server_names = ["sip:scscf1.hims.net:5060"]
     );
     write(
         dir,
+        "icscf2.toml",
+        &format!(
+            "sip_listen = \"{I2}:5060\"\nvia_host = \"icscf2.hims.net\"\nhome_domain = \"hims.net\"\n\
+             dns = [\"{DNS}:53\"]\n{}\n[[scscf]]\nuri = \"sip:scscf1.hims.net:5060\"\n",
+            cx("icscf2.hims.net")
+        ),
+    );
+    write(
+        dir,
         "pcscf.toml",
         &format!(
             "sip_listen = \"{P}:5060\"\nsip_listen_v6 = \"[fd00:10:2::2]:5060\"\nvia_host = \"pcscf1.vims.net\"\nvisited_network_id = \"vims.net\"\n\
@@ -181,6 +193,12 @@ impl Lab {
     /// its subscribers provisioned: a test then starts the CSCFs it wants (ours with
     /// [`Lab::spawn`], or another implementation at the same addresses).
     pub fn start_hss(tag: &str, log: &str) -> Option<Lab> {
+        Lab::start_hss_with_dns(tag, log, "")
+    }
+
+    /// As [`Lab::start_hss`], with `extra` records (lines of the TOML array) in the hims.net
+    /// zone.
+    pub fn start_hss_with_dns(tag: &str, log: &str, extra: &str) -> Option<Lab> {
         if !ims_testkit::require_root(tag) {
             return None;
         }
@@ -195,7 +213,7 @@ impl Lab {
         topo.add_address("home", "10.10.4.3/24");
         topo.add_address("home", "10.10.4.4/24");
         let dir = topo.dir().to_path_buf();
-        configs(&dir);
+        configs(&dir, extra);
         let mut lab = Lab {
             topo,
             dir,
@@ -260,11 +278,17 @@ impl Lab {
     }
 
     pub fn spawn(&mut self, node: &str, daemon: &str) {
-        let cfg = self.dir.join(format!("{daemon}.toml"));
+        self.spawn_as(node, daemon, daemon);
+    }
+
+    /// Starts the binary `daemon` with the config `<name>.toml`, known as `name` in
+    /// [`Lab::daemons`] (a second I-CSCF: `spawn_as("home", "icscf2", "icscf")`).
+    pub fn spawn_as(&mut self, node: &str, name: &str, daemon: &str) {
+        let cfg = self.dir.join(format!("{name}.toml"));
         let mut cmd = Command::new(bin(daemon));
         cmd.arg("-c").arg(&cfg).env("RUST_LOG", &self.log);
         let child = self.topo.spawn(node, &cmd);
-        self.daemons.push((daemon.to_owned(), child));
+        self.daemons.push((name.to_owned(), child));
     }
 
     pub fn imsctl(&self, args: &[&str]) {
