@@ -72,9 +72,45 @@ use ims_sip::transaction::Timers;
 use ims_sip::{HeaderName, Message, Method, Uri};
 use serde::Deserialize;
 
+/// Why the I-CSCF answers a request itself instead of routing it: the SIP status, its reason
+/// phrase, and whether the UE is told to come back later (Retry-After).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Refusal {
+    code: u16,
+    reason: &'static str,
+    retry_later: bool,
+}
+
+impl Refusal {
+    /// A refusal the UE should not simply retry (not found, forbidden, ...).
+    const fn final_(code: u16, reason: &'static str) -> Self {
+        Refusal {
+            code,
+            reason,
+            retry_later: false,
+        }
+    }
+
+    /// A refusal that passes: the answer carries Retry-After.
+    const fn later(code: u16, reason: &'static str) -> Self {
+        Refusal {
+            code,
+            reason,
+            retry_later: true,
+        }
+    }
+}
+
 /// The answer when the HSS cannot be asked (no connection, no answer): 480 as TS 24.229
-/// §5.3.1.2 says, with Retry-After.
-const HSS_UNREACHABLE: (u16, &str) = (480, "Temporarily Unavailable (HSS unreachable)");
+/// §5.3.1.2 says, with Retry-After (its connection is re-established with back-off).
+const HSS_UNREACHABLE: Refusal = Refusal::later(480, "Temporarily Unavailable (HSS unreachable)");
+
+/// The answer when the HSS says 3004 DIAMETER_TOO_BUSY: 503 with Retry-After (issue #16's
+/// overload rule: refused at once, to come back later).
+const HSS_BUSY: Refusal = Refusal::later(503, "Service Unavailable (HSS too busy)");
+
+/// A Cx answer the I-CSCF cannot use (unparsable, invalid, an unexpected result).
+const CX_UNUSABLE: Refusal = Refusal::final_(480, "Temporarily Unavailable");
 
 /// The I-CSCF configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -336,11 +372,18 @@ impl Inner {
     }
 
     async fn reply(&self, req: &ServerRequest, code: u16, reason: &str) {
-        if (code, reason) == HSS_UNREACHABLE {
-            // Come back once the HSS is (its connection is re-established with back-off).
-            return self.ep.reply_retry_later(req, code, reason, "icscf").await;
-        }
         self.ep.reply(req, code, reason, "icscf").await
+    }
+
+    /// Answers `req` with `r`, Retry-After included when `r` passes.
+    async fn refuse(&self, req: &ServerRequest, r: Refusal) {
+        if r.retry_later {
+            return self
+                .ep
+                .reply_retry_later(req, r.code, r.reason, "icscf")
+                .await;
+        }
+        self.reply(req, r.code, r.reason).await
     }
 
     async fn register(&self, req: ServerRequest) {
@@ -374,7 +417,7 @@ impl Inner {
             loop {
                 let answer = match self.uar(&impi, &impu, &visited, kind).await {
                     Ok(w) => w,
-                    Err((code, why)) => return self.reply(&req, code, why).await,
+                    Err(r) => return self.refuse(&req, r).await,
                 };
                 let candidates: Vec<String> = match answer {
                     Where::Named(s) => vec![s],
@@ -440,7 +483,7 @@ impl Inner {
         impu: &str,
         visited: &str,
         kind: UserAuthorizationType,
-    ) -> Result<Where, (u16, &'static str)> {
+    ) -> Result<Where, Refusal> {
         let session = self.sessions.next_id();
         let uar = Uar {
             base: self.base(&session),
@@ -474,11 +517,9 @@ impl Inner {
             AnswerResult::Experimental {
                 code: 5001..=5004, ..
             }
-            | AnswerResult::ResultCode(5003) => Err((403, "Forbidden")),
-            AnswerResult::ResultCode(rc::TOO_BUSY) => {
-                Err((503, "Service Unavailable (HSS too busy)"))
-            }
-            _ => Err((480, "Temporarily Unavailable")),
+            | AnswerResult::ResultCode(5003) => Err(Refusal::final_(403, "Forbidden")),
+            AnswerResult::ResultCode(rc::TOO_BUSY) => Err(HSS_BUSY),
+            _ => Err(CX_UNUSABLE),
         }
     }
 
@@ -502,7 +543,7 @@ impl Inner {
             let candidates = match self.lir(&impu).await {
                 Ok(Where::Named(s)) => vec![s],
                 Ok(Where::Choose(wanted)) => select::rank(&self.cfg.scscf, &wanted),
-                Err((code, why)) => return self.reply(&req, code, why).await,
+                Err(r) => return self.refuse(&req, r).await,
             };
             if candidates.is_empty() {
                 tracing::warn!("no configured S-CSCF has the capabilities the HSS asks for");
@@ -569,10 +610,10 @@ impl Inner {
         what: &'static str,
         buf: Vec<u8>,
         encoded: Result<usize, E>,
-    ) -> Result<Vec<u8>, (u16, &'static str)> {
+    ) -> Result<Vec<u8>, Refusal> {
         if let Err(e) = encoded {
             tracing::warn!(error = %e, "cannot encode the {what}");
-            return Err((500, "Server Internal Error"));
+            return Err(Refusal::final_(500, "Server Internal Error"));
         }
         match self.cx.request(buf).await {
             Ok(b) => Ok(b),
@@ -597,7 +638,7 @@ impl Inner {
         }
     }
 
-    async fn lir(&self, impu: &str) -> Result<Where, (u16, &'static str)> {
+    async fn lir(&self, impu: &str) -> Result<Where, Refusal> {
         let session = self.sessions.next_id();
         let lir = Lir {
             base: self.base(&session),
@@ -626,15 +667,13 @@ impl Inner {
             AnswerResult::Experimental {
                 code: erc::ERROR_USER_UNKNOWN,
                 ..
-            } => Err((404, "Not Found")),
+            } => Err(Refusal::final_(404, "Not Found")),
             AnswerResult::Experimental {
                 code: erc::ERROR_IDENTITY_NOT_REGISTERED,
                 ..
-            } => Err((480, "Temporarily Unavailable")),
-            AnswerResult::ResultCode(rc::TOO_BUSY) => {
-                Err((503, "Service Unavailable (HSS too busy)"))
-            }
-            _ => Err((480, "Temporarily Unavailable")),
+            } => Err(Refusal::final_(480, "Temporarily Unavailable")),
+            AnswerResult::ResultCode(rc::TOO_BUSY) => Err(HSS_BUSY),
+            _ => Err(CX_UNUSABLE),
         }
     }
 
@@ -784,20 +823,17 @@ fn where_of(server_name: Option<&str>, caps: Option<ServerCapabilities<'_>>) -> 
 }
 
 /// A Cx answer (`what`: "UAA", "LIA") parsed; 480 when it does not parse.
-fn parse_answer<'a>(
-    bytes: &'a [u8],
-    what: &str,
-) -> Result<ims_diameter::Message<'a>, (u16, &'static str)> {
+fn parse_answer<'a>(bytes: &'a [u8], what: &str) -> Result<ims_diameter::Message<'a>, Refusal> {
     ims_diameter::Message::parse(bytes).map_err(|e| {
         tracing::warn!(error = %e, "{what} does not parse");
-        (480, "Temporarily Unavailable")
+        CX_UNUSABLE
     })
 }
 
-/// The status for a Cx answer (`what`) that parses but is not a valid one: 480.
-fn invalid_answer(what: &str, e: &ims_diameter::Error) -> (u16, &'static str) {
+/// The refusal for a Cx answer (`what`) that parses but is not a valid one: 480.
+fn invalid_answer(what: &str, e: &ims_diameter::Error) -> Refusal {
     tracing::warn!(error = %e, "{what} is not valid");
-    (480, "Temporarily Unavailable")
+    CX_UNUSABLE
 }
 
 /// TS 24.229 §5.1.1.2: without an IMPI, the IMPU minus its scheme.
