@@ -1814,6 +1814,199 @@ fn hss_killed_under_load_answers_at_once_and_recovers() {
     lab.all_alive();
 }
 
+/// The value of `name=` in a daemon's log line (up to the next space).
+fn log_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let at = line.find(&format!(" {name}="))? + name.len() + 2;
+    line[at..].split_whitespace().next()
+}
+
+/// The IMPUs an S-CSCF's log says it registered (its "registered (200)" line, written once
+/// the registration is committed to the store and before the 200 goes).
+fn registered_in(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("registered (200)"))
+        .filter_map(|l| log_field(l, "impu").map(str::to_owned))
+        .collect()
+}
+
+/// Issue #20's S-CSCF fault: the S-CSCF killed (-9) while registrations are in flight and
+/// started again at once (the outage is its restart). It loads its registrations back from
+/// its store: every one it had answered 200 for is held again with the expiry it had (the
+/// same instant, not the full Expires again), carol's from before the load too. A UE caught
+/// between its 401 and its answer (bob, held there by the test) gets a fresh 401 from the new
+/// S-CSCF, which never issued his nonce, and then his 200 — not a 500. The load's UEs in
+/// flight are answered the same way (the I-CSCF's retransmissions reach the new S-CSCF), so
+/// none fails at all; and registrations go on after the restart.
+#[test]
+fn scscf_killed_under_load_keeps_its_registrations() {
+    let Some(mut lab) = Lab::start("e2escscfkill") else {
+        return;
+    };
+    use ims_net::sip::Transport::Udp;
+    lab.import_load("skill", 300);
+
+    // Before: carol registered (SIP Digest) for 600 s.
+    let carol = UeConfig {
+        credentials: Credentials::Password("carol-secret".into()),
+        local: "10.10.1.2:5191".parse().unwrap(),
+        ..aka_ue("carol@hims.net", "sip:carol@hims.net", sipp::TEST_K, 0, Udp)
+    };
+    let out = lab.ue(carol, &[600]).unwrap();
+    assert_eq!(out[0].status, 200, "{}", lab.logs());
+    let held = lab.scscf_registrations().expect("the S-CSCF's admin API");
+    let carol_until = held.get("sip:carol@hims.net").cloned().expect("carol held");
+
+    // 300 UEs over 5 s, open loop.
+    let args = Lab::load_args(&[
+        "--count",
+        "300",
+        "--rate",
+        "60",
+        "--duration",
+        "5",
+        "--prefix",
+        "skill",
+        "--json",
+    ]);
+    let mut cmd = std::process::Command::new(&args[0]);
+    cmd.args(&args[1..]);
+    let mut generator = lab.topo.spawn("ue", &cmd);
+    // Once registrations are completing (40 of the load's held), bob gets his 401 and is held
+    // there; then kill -9 the S-CSCF.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while lab.scscf_registrations_held().unwrap_or(0) < 41 {
+        assert!(
+            std::time::Instant::now() < deadline && generator.try_wait().is_none(),
+            "{}\n{}",
+            generator.log(),
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let bob = aka_ue(
+        "bob.private@hims.net",
+        "sip:bob@hims.net",
+        sipp::TEST_K,
+        0,
+        Udp,
+    );
+    let (challenged, go, bob) = lab.ue_held_at_challenge(bob, 600);
+    challenged
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("bob got no 401\n{}", lab.logs()));
+    let held = lab.scscf_registrations().expect("the S-CSCF's admin API");
+    let i = lab.daemons.iter().position(|(n, _)| n == "scscf").unwrap();
+    let (_, mut scscf) = lab.daemons.remove(i);
+    scscf.signal(nix::sys::signal::Signal::SIGKILL);
+    assert!(scscf.wait_timeout(Duration::from_secs(5)).is_some());
+    let killed = std::time::Instant::now();
+    let old_log = scscf.log();
+    drop(scscf);
+    // Every registration it answered 200 for (its log line comes after the store's commit).
+    let answered = registered_in(&old_log);
+    assert!(answered.len() > 40, "{old_log}");
+
+    lab.spawn("home", "scscf");
+    lab::wait_for_log(
+        &mut lab.daemons.last_mut().unwrap().1,
+        "Diameter peer connection open",
+    );
+    let after = loop {
+        if let Some(r) = lab.scscf_registrations() {
+            break r;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(10), "{}", lab.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let outage = killed.elapsed();
+    eprintln!(
+        "outage {outage:?}: {} answered 200 before the kill, {} held after",
+        answered.len(),
+        after.len()
+    );
+    let new_log = lab.daemons.last().unwrap().1.log();
+    let again = registered_in(&new_log);
+    for impu in &answered {
+        let until = after.get(impu);
+        assert!(
+            until.is_some(),
+            "{impu} was answered 200 before the kill and is not held after it\n{new_log}"
+        );
+        // Its expiry is the one it had (unless it registered again since the restart: a 200
+        // lost with the old S-CSCF).
+        if let Some(before) = held.get(impu).filter(|_| !again.contains(impu)) {
+            assert_eq!(
+                until,
+                Some(before),
+                "{impu}'s expiry changed by the restart"
+            );
+        }
+    }
+    assert_eq!(
+        after.get("sip:carol@hims.net"),
+        Some(&carol_until),
+        "carol's expiry kept"
+    );
+
+    // Bob answers his 401 now, to the new S-CSCF: a fresh 401, then 200.
+    go.send(()).unwrap();
+    let bob = bob.join().unwrap().expect("bob's registration");
+    assert_eq!((bob.status, bob.challenges), (200, 2), "{}", lab.logs());
+    let rechallenged = lab.daemons.last().unwrap().1.log();
+    let rechallenged: Vec<&str> = rechallenged
+        .lines()
+        .filter(|l| l.contains("unknown or stale nonce"))
+        .filter_map(|l| log_field(l, "impi"))
+        .collect();
+    eprintln!("challenged again after the restart: {rechallenged:?}");
+    assert!(
+        rechallenged.contains(&"bob.private@hims.net"),
+        "{rechallenged:?}"
+    );
+
+    let st = generator
+        .wait_timeout(Duration::from_secs(60))
+        .expect("ims-load ends");
+    let log = generator.log();
+    let json = log
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON summary");
+    let j: serde_json::Value = serde_json::from_str(json).unwrap();
+    eprintln!("{j}");
+    let (started, registered, failed) = (
+        j["started"].as_u64().unwrap(),
+        j["registered"].as_u64().unwrap(),
+        j["failed"].as_u64().unwrap(),
+    );
+    assert_eq!(started, 300, "{j}");
+    assert_eq!(started, registered + failed, "{j}");
+    for (cause, n) in j["failures"].as_object().unwrap() {
+        assert!(
+            ["503"].contains(&cause.as_str()),
+            "{n} failed with {cause}: {j}\n{}",
+            lab.logs()
+        );
+    }
+    assert_eq!(st.code(), Some(i32::from(failed > 0)), "{log}");
+    // Registrations went on after the restart: the new S-CSCF registered the rest.
+    let resumed = registered_in(&lab.daemons.last().unwrap().1.log())
+        .iter()
+        .filter(|u| u.contains("skill"))
+        .count();
+    assert!(
+        resumed as u64 + answered.len() as u64 >= registered,
+        "{resumed} registered after the restart, {} before: {j}",
+        answered.len()
+    );
+    assert!(
+        resumed >= 100,
+        "{resumed} registered after the restart: {j}"
+    );
+    lab.all_alive();
+}
+
 /// Issue #20's loss fault: one UDP packet in ten dropped (nftables `numgen random`; the
 /// host kernel has no netem) as it enters every node, the UE's, the P-CSCF's and the home
 /// network's, on every SIP path (DNS left alone): every registration still completes, by

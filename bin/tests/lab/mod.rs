@@ -35,6 +35,9 @@ pub const H: &str = "10.10.4.4";
 /// it (with [`Lab::start_hss_with_dns`] naming it in DNS and [`Lab::spawn_as`]).
 pub const I2: &str = "10.10.4.6";
 pub const DNS: &str = "10.10.3.2";
+/// The S-CSCF's admin API (`/v1/registrations`, `/metrics`): loopback in the home namespace,
+/// as the S-CSCF insists (it has no authentication).
+pub const SCSCF_ADMIN: &str = "127.0.0.1:8081";
 /// The HSS admin API's token (it listens beyond loopback).
 pub const ADMIN_TOKEN: &str = "lab-admin-token-0123";
 
@@ -141,7 +144,8 @@ server_names = ["sip:scscf1.hims.net:5060"]
         "scscf.toml",
         &format!(
             "sip_listen = \"{S}:5060\"\nname = \"sip:scscf1.hims.net:5060\"\nrealm = \"hims.net\"\n\
-             home_domains = [\"hims.net\"]\ndns = [\"{DNS}:53\"]\ndatabase = \"sqlite://{}\"\n{}",
+             home_domains = [\"hims.net\"]\ndns = [\"{DNS}:53\"]\ndatabase = \"sqlite://{}\"\n\
+             admin_listen = \"{SCSCF_ADMIN}\"\n{}",
             dir.join("scscf.sqlite").display(),
             cx("scscf1.hims.net")
         ),
@@ -635,5 +639,96 @@ pub fn wait_for_log(child: &mut NsChild, line: &str) {
             child.log()
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Lab {
+    /// GET `path` of the S-CSCF's admin API ([`SCSCF_ADMIN`]) from inside the home
+    /// namespace: the body, or `None` while nothing answers there (the S-CSCF down or still
+    /// starting).
+    pub fn scscf_admin(&self, path: &str) -> Option<String> {
+        let url = format!("http://{SCSCF_ADMIN}{path}");
+        self.topo.enter("home", move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .proxy(None)
+                .timeout_global(Some(Duration::from_secs(5)))
+                .build()
+                .into();
+            let mut resp = agent.get(&url).call().ok()?;
+            resp.body_mut().read_to_string().ok()
+        })
+    }
+
+    /// The S-CSCF's `ims_scscf_registrations` gauge (IMPUs registered there), `None` while
+    /// its admin API does not answer.
+    pub fn scscf_registrations_held(&self) -> Option<u64> {
+        self.scscf_admin("/metrics")?.lines().find_map(|l| {
+            l.strip_prefix("ims_scscf_registrations ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    /// The registrations the S-CSCF holds (`/v1/registrations`): IMPU → its `until` (when its
+    /// latest binding expires, RFC 3339 to the millisecond); `None` while the admin API does
+    /// not answer.
+    pub fn scscf_registrations(&self) -> Option<std::collections::BTreeMap<String, String>> {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.scscf_admin("/v1/registrations")?).ok()?;
+        Some(
+            v["registrations"]
+                .as_array()?
+                .iter()
+                .filter_map(|r| {
+                    Some((
+                        r["impu"].as_str()?.to_owned(),
+                        r["until"].as_str()?.to_owned(),
+                    ))
+                })
+                .collect(),
+        )
+    }
+
+    /// Starts our UE registering (`expires`) on a thread of its own and holds it between its
+    /// first 401 and its answer: the returned receiver gets `()` when that 401 has come; the
+    /// UE answers once the returned sender sends (or is dropped). The thread's result is the
+    /// registration's outcome (how many challenges it answered, the final status).
+    pub fn ue_held_at_challenge(
+        &self,
+        cfg: UeConfig,
+        expires: u32,
+    ) -> (
+        std::sync::mpsc::Receiver<()>,
+        std::sync::mpsc::Sender<()>,
+        std::thread::JoinHandle<Result<ims_ue::Outcome, ims_ue::UeError>>,
+    ) {
+        let (challenged_tx, challenged) = std::sync::mpsc::channel::<()>();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let ns = format!("/run/netns/{}", self.topo.ns("ue"));
+        let ue = std::thread::spawn(move || {
+            let file = std::fs::File::open(&ns).expect("the ue namespace");
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async move {
+                let mut ue = Ue::start(cfg).await?;
+                let mut first = true;
+                let go_rx = std::sync::Mutex::new(go_rx);
+                // The observer runs inside `register`, between the 401 and the answer: blocking
+                // it (this runtime serves this UE alone) holds the UE there.
+                ue.on_step(Box::new(move |s| {
+                    if first && matches!(s, ims_ue::Step::Challenged { .. }) {
+                        first = false;
+                        let _ = challenged_tx.send(());
+                        let _ = go_rx.lock().map(|rx| rx.recv());
+                    }
+                }));
+                ue.register(expires).await
+            })
+        });
+        (challenged, go, ue)
     }
 }
