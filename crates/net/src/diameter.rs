@@ -14,6 +14,14 @@
 //! answers 503 at once); a DWA makes it usable again, another Tw without one closes the
 //! connection and reconnects with back-off. Requests waiting when the connection goes down
 //! fail at once with [`RequestError::NotOpen`] too; [`RequestError::NoAnswer`] is a timeout.
+//!
+//! One exception to "at once": the client's very first connection attempt. A CSCF that has
+//! just started (restarted under load, issue #20) takes SIP requests as soon as it is bound,
+//! and its TCP connect and CER/CEA may still be under way: nothing is known down yet, so a
+//! request then waits for that attempt's outcome (at most the request timeout) and goes out
+//! when it opens, instead of a UE getting a 503 or 480 from a core whose HSS is fine. If the
+//! first attempt fails (refused, CEA refused, closed), the request fails with
+//! [`RequestError::NotOpen`] at once, as every later one does while the link is down.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -29,8 +37,8 @@ use tracing::Instrument;
 /// Why a request got no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
-    /// The connection is not open (capabilities not exchanged yet, down, or SUSPECT: our
-    /// DWR went unanswered for Tw), or it went down with the request waiting.
+    /// The connection is not open (its first attempt failed, down, reconnecting, or
+    /// SUSPECT: our DWR went unanswered for Tw), or it went down with the request waiting.
     #[error("Diameter connection to {0} is not open")]
     NotOpen(SocketAddr),
     /// The answer did not come in time.
@@ -118,6 +126,18 @@ impl CxClientConfig {
     }
 }
 
+/// Where the connection stands, for new requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// The first connection attempt is under way (TCP connect, CER/CEA): a request waits
+    /// for its outcome.
+    Starting,
+    /// Open, and its watchdog OKAY.
+    Open,
+    /// Not usable: down, reconnecting, SUSPECT, or the first attempt failed.
+    Down,
+}
+
 enum Cmd {
     Request(Vec<u8>, oneshot::Sender<Result<Vec<u8>, RequestError>>),
     Answer(Vec<u8>),
@@ -127,8 +147,10 @@ enum Cmd {
 #[derive(Clone)]
 pub struct DiameterClient {
     cmds: mpsc::Sender<Cmd>,
-    open: watch::Receiver<bool>,
+    open: watch::Receiver<Link>,
     server: SocketAddr,
+    /// How long a request made during the first connection attempt waits for it.
+    first_wait: Duration,
 }
 
 impl DiameterClient {
@@ -146,7 +168,8 @@ impl DiameterClient {
     ) -> (Self, mpsc::Receiver<Vec<u8>>) {
         let (cmds, rx) = mpsc::channel(4096);
         let (requests_tx, requests_rx) = mpsc::channel(256);
-        let (open_tx, open) = watch::channel(false);
+        let (open_tx, open) = watch::channel(Link::Starting);
+        let first_wait = cfg.request_timeout;
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(7, |d| d.subsec_nanos());
@@ -155,22 +178,45 @@ impl DiameterClient {
             drive(server, local, peer, rx, requests_tx, open_tx)
                 .instrument(tracing::info_span!("diameter_client", %server)),
         );
-        (Self { cmds, open, server }, requests_rx)
+        (
+            Self {
+                cmds,
+                open,
+                server,
+                first_wait,
+            },
+            requests_rx,
+        )
     }
 
     /// Waits until the connection is open for requests: capabilities exchanged, watchdog
     /// OKAY (or `timeout` passes).
     pub async fn wait_open(&mut self, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, self.open.wait_for(|o| *o))
+        tokio::time::timeout(timeout, self.open.wait_for(|o| *o == Link::Open))
             .await
             .is_ok_and(|r| r.is_ok())
     }
 
     /// Sends a request (its hop-by-hop and end-to-end ids are filled in) and waits for the
-    /// answer.
+    /// answer. While the link is known down it fails at once; during the client's first
+    /// connection attempt it waits for that attempt (see the module docs).
     pub async fn request(&self, bytes: Vec<u8>) -> Result<Vec<u8>, RequestError> {
-        if !*self.open.borrow() {
-            return Err(RequestError::NotOpen(self.server));
+        let link = *self.open.borrow();
+        match link {
+            Link::Open => {}
+            Link::Down => return Err(RequestError::NotOpen(self.server)),
+            Link::Starting => {
+                let mut open = self.open.clone();
+                let settled =
+                    tokio::time::timeout(self.first_wait, open.wait_for(|l| *l != Link::Starting))
+                        .await;
+                match settled.as_ref().map(|r| r.as_deref().copied()) {
+                    Ok(Ok(Link::Open)) => {}
+                    Ok(Ok(_)) => return Err(RequestError::NotOpen(self.server)),
+                    Ok(Err(_)) => return Err(RequestError::Stopped),
+                    Err(_) => return Err(RequestError::NoAnswer(self.server)),
+                }
+            }
         }
         let (tx, rx) = oneshot::channel();
         self.cmds
@@ -251,7 +297,7 @@ async fn drive(
     mut peer: Peer,
     mut cmds: mpsc::Receiver<Cmd>,
     requests: mpsc::Sender<Vec<u8>>,
-    open: watch::Sender<bool>,
+    open: watch::Sender<Link>,
 ) {
     let mut waiting: HashMap<u64, oneshot::Sender<Result<Vec<u8>, RequestError>>> = HashMap::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -262,6 +308,7 @@ async fn drive(
             Ok(s) => s,
             Err(e) => {
                 tracing::info!(%server, error = %e, "Diameter connect failed");
+                let _ = open.send(Link::Down);
                 peer.handle_disconnected(Instant::now());
                 while peer.poll_event().is_some() {}
                 sleep_until(peer.poll_timeout()).await;
@@ -285,11 +332,11 @@ async fn drive(
             while let Some(ev) = peer.poll_event() {
                 match ev {
                     Event::Up { .. } => {
-                        let _ = open.send(true);
+                        let _ = open.send(Link::Open);
                     }
                     Event::Down(_) => {
                         // The peer logged why, in this client's span.
-                        let _ = open.send(false);
+                        let _ = open.send(Link::Down);
                     }
                     Event::Request(r) => {
                         let _ = requests.send(r).await;
@@ -316,7 +363,15 @@ async fn drive(
             // Usable for new requests only while Open and not SUSPECT (see the module docs).
             let usable =
                 peer.state() == State::Open && peer.watchdog_state() == WatchdogState::Okay;
-            open.send_if_modified(|o| std::mem::replace(o, usable) != usable);
+            // The first attempt stays Starting until it opens or ends.
+            open.send_if_modified(|o| {
+                let now = match (usable, *o) {
+                    (true, _) => Link::Open,
+                    (false, Link::Starting) => Link::Starting,
+                    (false, _) => Link::Down,
+                };
+                std::mem::replace(o, now) != now
+            });
             if peer.state() == State::Closed {
                 let _ = stream.shutdown().await;
                 break 'conn;
@@ -343,7 +398,7 @@ async fn drive(
                 () = sleep_until(peer.poll_timeout()) => peer.handle_timeout(Instant::now()),
             }
         }
-        let _ = open.send(false);
+        let _ = open.send(Link::Down);
         for (_, w) in waiting.drain() {
             let _ = w.send(Err(RequestError::NotOpen(server)));
         }

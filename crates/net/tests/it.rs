@@ -464,6 +464,41 @@ mod diameter_client {
         b
     }
 
+    /// A request made as the client starts (a CSCF just restarted under load: SIP is served
+    /// while its first CER/CEA is still under way) waits for that first connection and gets
+    /// its answer, rather than failing as if the HSS were known down (a 503 or 480 for a UE
+    /// whose HSS is fine). With nobody listening, the first attempt fails, and the request
+    /// with it, at once.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_request_at_start_waits_for_the_first_connection() {
+        let (addr, _stop) = hss("127.0.0.1:0".parse().unwrap()).await;
+        let (c, _server_requests) =
+            DiameterClient::connect(addr, PeerConfig::cx("icscf1.hims.net", "hims.net"));
+        let a = c
+            .request(uar(1))
+            .await
+            .expect("answered once the first CEA came");
+        let uaa = Uaa::decode(&Message::parse(&a).unwrap()).unwrap();
+        assert_eq!(uaa.base.result, AnswerResult::experimental(5001));
+
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let nobody = closed.local_addr().unwrap();
+        drop(closed);
+        let (c, _server_requests) =
+            DiameterClient::connect(nobody, PeerConfig::cx("icscf1.hims.net", "hims.net"));
+        let t = std::time::Instant::now();
+        assert_eq!(c.request(uar(2)).await, Err(RequestError::NotOpen(nobody)));
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        // Known down from then on: at once again.
+        let t = std::time::Instant::now();
+        assert_eq!(c.request(uar(3)).await, Err(RequestError::NotOpen(nobody)));
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn many_in_flight_then_reconnect_after_the_hss_restarts() {
         let (addr, stop) = hss("127.0.0.1:0".parse().unwrap()).await;
