@@ -1835,8 +1835,8 @@ fn registered_in(log: &str) -> Vec<String> {
 /// same instant, not the full Expires again), carol's from before the load too. A UE caught
 /// between its 401 and its answer (bob, held there by the test) gets a fresh 401 from the new
 /// S-CSCF, which never issued his nonce, and then his 200 — not a 500. The load's UEs in
-/// flight are answered the same way (the I-CSCF's retransmissions reach the new S-CSCF), so
-/// none fails at all; and registrations go on after the restart.
+/// flight are answered the same way (the I-CSCF's retransmissions reach the new S-CSCF), and
+/// none times out; registrations go on after the restart.
 #[test]
 fn scscf_killed_under_load_keeps_its_registrations() {
     let Some(mut lab) = Lab::start("e2escscfkill") else {
@@ -1982,13 +1982,17 @@ fn scscf_killed_under_load_keeps_its_registrations() {
     );
     assert_eq!(started, 300, "{j}");
     assert_eq!(started, registered + failed, "{j}");
+    // A UE caught by the kill is answered by the new S-CSCF (the I-CSCF retransmits its
+    // REGISTER there), so nothing times out, and no 500 or 504. The one failure allowed is
+    // 503 with Retry-After, and only as many as the outage explains: the P-CSCF's own
+    // refusal when REGISTERs piled up during a slow restart reach its in-flight limit.
     for (cause, n) in j["failures"].as_object().unwrap() {
-        assert!(
-            ["503"].contains(&cause.as_str()),
-            "{n} failed with {cause}: {j}\n{}",
-            lab.logs()
-        );
+        assert_eq!(cause, "503", "{n} failed with {cause}: {j}\n{}", lab.logs());
     }
+    assert!(
+        failed as f64 <= 60.0 * outage.as_secs_f64(),
+        "{failed} failed in an outage of {outage:?}: {j}"
+    );
     assert_eq!(st.code(), Some(i32::from(failed > 0)), "{log}");
     // Registrations went on after the restart: the new S-CSCF registered the rest.
     let resumed = registered_in(&lab.daemons.last().unwrap().1.log())
