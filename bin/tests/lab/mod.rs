@@ -10,6 +10,9 @@
 //! Subscribers: `alice.private@hims.net` (AKA, SIPp's keys), `bob.private@hims.net` (AKA, the
 //! same keys), `carol@hims.net` (SIP Digest, password `carol-secret`); all may roam in
 //! vims.net.
+//!
+//! Admin APIs: the HSS's at `10.10.4.4:8080` (token [`ADMIN_TOKEN`], through `imsctl`), the
+//! S-CSCF's at [`SCSCF_ADMIN`] (loopback inside the home namespace: [`Lab::scscf_admin`]).
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -671,7 +674,7 @@ impl Lab {
     }
 
     /// The registrations the S-CSCF holds (`/v1/registrations`): IMPU → its `until` (when its
-    /// latest binding expires, RFC 3339 to the millisecond); `None` while the admin API does
+    /// latest binding expires, RFC 3339 in whole seconds); `None` while the admin API does
     /// not answer.
     pub fn scscf_registrations(&self) -> Option<std::collections::BTreeMap<String, String>> {
         let v: serde_json::Value =
