@@ -1843,7 +1843,7 @@ fn scscf_killed_under_load_keeps_its_registrations() {
         return;
     };
     use ims_net::sip::Transport::Udp;
-    lab.import_load("skill", 300);
+    lab.import_load("skill", 400);
 
     // Before: carol registered (SIP Digest) for 600 s.
     let carol = UeConfig {
@@ -1857,20 +1857,22 @@ fn scscf_killed_under_load_keeps_its_registrations() {
     let held = lab.scscf_registrations().expect("the S-CSCF's admin API");
     let carol_until = held.get("sip:carol@hims.net").cloned().expect("carol held");
 
-    // 300 UEs over 5 s, open loop.
+    // 400 UEs over 6.25 s, open loop.
+    const RATE: f64 = 64.0;
     let args = Lab::load_args(&[
         "--count",
-        "300",
+        "400",
         "--rate",
-        "60",
+        "64",
         "--duration",
-        "5",
+        "6.25",
         "--prefix",
         "skill",
         "--json",
     ]);
     let mut cmd = std::process::Command::new(&args[0]);
     cmd.args(&args[1..]);
+    let load_started = std::time::Instant::now();
     let mut generator = lab.topo.spawn("ue", &cmd);
     // Once registrations are completing (40 of the load's held), bob gets his 401 and is held
     // there; then kill -9 the S-CSCF. Carol's registration is 1.5 s old by then: expiries
@@ -1984,33 +1986,49 @@ fn scscf_killed_under_load_keeps_its_registrations() {
         j["registered"].as_u64().unwrap(),
         j["failed"].as_u64().unwrap(),
     );
-    assert_eq!(started, 300, "{j}");
+    assert_eq!(started, 400, "{j}");
     assert_eq!(started, registered + failed, "{j}");
-    // A UE caught by the kill is answered by the new S-CSCF (the I-CSCF retransmits its
-    // REGISTER there), so nothing times out, and no 500 or 504. The one failure allowed is
-    // 503 with Retry-After, and only as many as the outage explains: the P-CSCF's own
-    // refusal when REGISTERs piled up during a slow restart reach its in-flight limit.
+    // A UE caught by the kill is answered by the new S-CSCF: the I-CSCF retransmits its
+    // REGISTER there (Timer E: 0.5, 1.5, 3.5 s after sending), well within the UE's 5 s when
+    // the restart takes well under 3 s (50-200 ms on an idle machine: no UE fails at all).
+    // Allowed, and only as many as the UEs the outage and a second of backlog after it
+    // touch: 503 with Retry-After (the P-CSCF's in-flight limit, reached by REGISTERs
+    // piling up during a slow restart); and only after an outage of 3 s or more (a machine
+    // loaded far beyond the suite's), a timeout or the P-CSCF's 408/504 for a REGISTER whose
+    // retransmissions all fell into it. Never a 500 (a lost challenge is challenged again),
+    // 480 (the HSS was never down), 403 or a challenge the UE refused.
+    let long = outage >= Duration::from_secs(3);
     for (cause, n) in j["failures"].as_object().unwrap() {
-        assert_eq!(cause, "503", "{n} failed with {cause}: {j}\n{}", lab.logs());
+        let allowed =
+            cause == "503" || (long && ["timeout", "408", "504"].contains(&cause.as_str()));
+        assert!(
+            allowed,
+            "{n} failed with {cause} (outage {outage:?}): {j}\n{}",
+            lab.logs()
+        );
     }
+    let touched = RATE * (outage.as_secs_f64() + 1.0);
     assert!(
-        failed as f64 <= 60.0 * outage.as_secs_f64(),
+        failed as f64 <= touched,
         "{failed} failed in an outage of {outage:?}: {j}"
     );
     assert_eq!(st.code(), Some(i32::from(failed > 0)), "{log}");
-    // Registrations went on after the restart: the new S-CSCF registered the rest.
+    // Registrations went on after the restart: every UE started after the new S-CSCF was
+    // serving registered there (or is among the failures allowed above).
     let resumed = registered_in(&lab.daemons.last().unwrap().1.log())
         .iter()
         .filter(|u| u.contains("skill"))
-        .count();
+        .count() as u64;
+    let started_after = 400.0 - RATE * (killed + outage - load_started).as_secs_f64();
+    eprintln!("{resumed} registered after the restart; {started_after:.0} UEs started after it");
     assert!(
-        resumed as u64 + answered.len() as u64 >= registered,
+        resumed + answered.len() as u64 >= registered,
         "{resumed} registered after the restart, {} before: {j}",
         answered.len()
     );
     assert!(
-        resumed >= 100,
-        "{resumed} registered after the restart: {j}"
+        (resumed + failed) as f64 >= started_after && resumed > 0,
+        "{resumed} registered after the restart, {started_after:.0} started after it: {j}"
     );
     lab.all_alive();
 }
