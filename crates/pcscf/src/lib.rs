@@ -1270,6 +1270,14 @@ impl Inner {
                 });
                 tracing::debug!(%impu, granted, cseq = sub.cseq, "subscribed to the reg event");
             }
+            Ok(resp) if resp.status() == Some(481) && sub.remote_target.is_some() => {
+                // The S-CSCF no longer knows the dialog: it restarted (its subscriptions live
+                // in memory) or dropped it. Subscribe anew at once rather than stay deaf to
+                // network deregistrations until the UE's next registration.
+                tracing::info!(%impu, "reg event refresh got 481: subscribing anew");
+                self.subs.remove(&call_id);
+                Box::pin(self.watch(sub.flow, impu, reg_expiry)).await;
+            }
             Ok(resp) => {
                 tracing::warn!(%impu, status = resp.status().unwrap_or(0), "the S-CSCF refused our reg event subscription");
                 self.subs.remove(&call_id);

@@ -703,6 +703,62 @@ async fn the_reg_event_subscribe_after_a_200_is_not_counted_in_flight() {
     assert_eq!(next.call_id().unwrap(), "w2", "{next}");
 }
 
+/// An S-CSCF that restarted has forgotten our reg-event subscription (it keeps them in
+/// memory) and answers its refresh 481: the P-CSCF subscribes anew at once (a new dialog
+/// along the UE's Service-Route) instead of staying deaf to network deregistrations until
+/// the UE registers again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reg_event_refresh_answered_481_subscribes_anew() {
+    let (core, p, ue) = core_pcscf_ue(|c| c.reg_event = true).await;
+    let core_addr = core.local_addr().unwrap();
+    let me = ue.local_addr().unwrap();
+    let answered = "Digest username=\"alice@hims.net\", realm=\"hims.net\", uri=\"sip:hims.net\", \
+                    nonce=\"bm9uY2U=\", response=\"0123456789abcdef0123456789abcdef\", \
+                    algorithm=AKAv1-MD5";
+    ue.send_to(register(me, "f1", 1, "alice", answered, 600).as_bytes(), p)
+        .unwrap();
+    let m = recv(&core);
+    core.send_to(
+        &registered(&m, core_addr, "<sip:alice@hims.net>").to_bytes(),
+        p,
+    )
+    .unwrap();
+    assert_eq!(recv(&ue).status(), Some(200));
+    // The next new SUBSCRIBE (skipping retransmissions of ones already answered).
+    let mut answered_cseqs: Vec<(String, u32)> = Vec::new();
+    let mut next_subscribe = || loop {
+        let m = recv(&core);
+        let key = (m.call_id().unwrap().to_owned(), m.cseq().unwrap().seq);
+        if m.method_str() == Some("SUBSCRIBE") && !answered_cseqs.contains(&key) {
+            answered_cseqs.push(key);
+            break m;
+        }
+    };
+    // Granted 2 s, so that the refresh comes after 1 s.
+    let first = next_subscribe();
+    assert!(first.to_addr().unwrap().tag().is_none(), "{first}");
+    let mut ok = response_to(&first, 200, "OK", Some("s2")).unwrap();
+    ok.append_header("Expires", "2").unwrap();
+    ok.append_header("Contact", &format!("<sip:{core_addr}>"))
+        .unwrap();
+    core.send_to(&ok.to_bytes(), p).unwrap();
+    // The refresh, inside the dialog: the "restarted" S-CSCF does not know it.
+    let refresh = next_subscribe();
+    assert_eq!(refresh.call_id(), first.call_id());
+    assert_eq!(refresh.to_addr().unwrap().tag(), Some("s2"));
+    let gone = response_to(&refresh, 481, "Call/Transaction Does Not Exist", Some("s2")).unwrap();
+    core.send_to(&gone.to_bytes(), p).unwrap();
+    // At once a new subscription: a new dialog, along the Service-Route again.
+    let again = next_subscribe();
+    assert_ne!(again.call_id(), first.call_id(), "{again}");
+    assert!(again.to_addr().unwrap().tag().is_none(), "{again}");
+    assert_eq!(again.request_uri_str(), Some("sip:alice@hims.net"));
+    assert_eq!(
+        again.header_str(HeaderName::Route).unwrap(),
+        format!("<sip:orig@{core_addr};lr>")
+    );
+}
+
 /// New calls are refused with 503 and Retry-After at once while `max_invites_in_flight`
 /// INVITEs wait for the core's first answer (its 100 Trying); as soon as the core answers
 /// one, a new call goes through again. How long a callee takes to answer does not count.
