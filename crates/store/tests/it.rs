@@ -709,3 +709,97 @@ async fn postgres_registration_batches_apply_in_order() {
     };
     registration_batches_apply_in_order(&pg.url()).await;
 }
+
+/// The multi-row path of `apply_registrations` (batches of `ROWS` changes or more) leaves
+/// exactly what applying the same changes one by one leaves: from the same starting rows,
+/// 120 saves (with and without User-Data, 0 to 2 bindings) and deletes of 24 IMPUs in a
+/// fixed pseudo-random order.
+async fn registration_batches_equal_changes_one_by_one(url: &str) {
+    use ims_store::RegistrationWrite::{Delete, Save};
+    let store = Store::open(url).await.unwrap();
+    let name = "sip:scscf-rows.hims.net:5060";
+    let rec = |n: u64, step: u64, xml: bool, bindings: u64| ims_store::RegistrationRecord {
+        impu: format!("sip:rows{n}@hims.net"),
+        impi: format!("rows{n}.private@hims.net"),
+        scscf_name: name.into(),
+        user_data: if xml {
+            format!("<IMSSubscription>{n}-{step}</IMSSubscription>")
+        } else {
+            String::new()
+        },
+        associated_uris: vec![format!("sip:rows{n}@hims.net"), format!("tel:+1{step}")],
+        bindings: (0..bindings)
+            .map(|b| ims_store::BindingRecord {
+                contact_uri: format!("sip:rows{n}@10.0.{b}.1"),
+                contact: format!("<sip:rows{n}@10.0.{b}.1>"),
+                path: vec!["<sip:term@pcscf1.vims.net;lr>".into()],
+                call_id: format!("c{n}-{step}"),
+                cseq: step as i64,
+                expires_at: 1_000 + step as i64,
+            })
+            .collect(),
+    };
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let writes: Vec<ims_store::RegistrationWrite> = (0..120)
+        .map(|step| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let n = x % 24;
+            match (x >> 8) % 5 {
+                0 => Delete(format!("sip:rows{n}@hims.net")),
+                1 | 2 => Save(rec(n, step, false, (x >> 16) % 3)),
+                _ => Save(rec(n, step, true, (x >> 16) % 3)),
+            }
+        })
+        .collect();
+    let start = || async {
+        for n in 0..24 {
+            store
+                .apply_registrations(&[Delete(format!("sip:rows{n}@hims.net"))])
+                .await
+                .unwrap();
+        }
+        let before: Vec<_> = (0..8).map(|n| Save(rec(n, 0, true, 1))).collect();
+        for w in &before {
+            store
+                .apply_registrations(std::slice::from_ref(w))
+                .await
+                .unwrap();
+        }
+    };
+    let held = || async {
+        let mut all = Vec::new();
+        for r in store.registrations_of_scscf(name).await.unwrap() {
+            let full = store.registration(&r.impu).await.unwrap().unwrap();
+            all.push(full);
+        }
+        all
+    };
+    start().await;
+    for w in &writes {
+        store
+            .apply_registrations(std::slice::from_ref(w))
+            .await
+            .unwrap();
+    }
+    let one_by_one = held().await;
+    start().await;
+    store.apply_registrations(&writes).await.unwrap();
+    let batched = held().await;
+    assert!(!one_by_one.is_empty());
+    assert_eq!(batched, one_by_one);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_registration_batches_equal_changes_one_by_one() {
+    registration_batches_equal_changes_one_by_one(&db_url("store-regrows").1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_registration_batches_equal_changes_one_by_one() {
+    let Some(pg) = ims_testkit::postgres::Postgres::start("store_pg_regrows") else {
+        return;
+    };
+    registration_batches_equal_changes_one_by_one(&pg.url()).await;
+}
