@@ -1686,11 +1686,7 @@ fn hss_killed_under_load_answers_at_once_and_recovers() {
     lab.import_load("kill", 640);
 
     // Before: carol registered (SIP Digest).
-    let carol = UeConfig {
-        credentials: Credentials::Password("carol-secret".into()),
-        local: "10.10.1.2:5190".parse().unwrap(),
-        ..aka_ue("carol@hims.net", "sip:carol@hims.net", sipp::TEST_K, 0, Udp)
-    };
+    let carol = carol_from(5190);
     let out = lab.ue(carol.clone(), &[600]).unwrap();
     assert_eq!(out[0].status, 200, "{}", lab.logs());
 
@@ -1794,24 +1790,7 @@ fn hss_killed_under_load_answers_at_once_and_recovers() {
         "{}",
         lab.logs()
     );
-    let out = lab.topo.run(
-        "home",
-        &[
-            &imsctl,
-            "--url",
-            &url,
-            "--token",
-            lab::ADMIN_TOKEN,
-            "subscriber",
-            "show",
-            "carol@hims.net",
-        ],
-    );
-    let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(shown.contains("scscf1.hims.net"), "{shown}");
-    let out = lab.ue(carol, &[600, 0]).unwrap();
-    assert_eq!((out[0].status, out[1].status), (200, 200), "{}", lab.logs());
-    lab.all_alive();
+    carol_survived(&mut lab, carol);
 }
 
 /// The value of `name=` in a daemon's log line (up to the next space).
@@ -1846,11 +1825,7 @@ fn scscf_killed_under_load_keeps_its_registrations() {
     lab.import_load("skill", 400);
 
     // Before: carol registered (SIP Digest) for 600 s.
-    let carol = UeConfig {
-        credentials: Credentials::Password("carol-secret".into()),
-        local: "10.10.1.2:5191".parse().unwrap(),
-        ..aka_ue("carol@hims.net", "sip:carol@hims.net", sipp::TEST_K, 0, Udp)
-    };
+    let carol = carol_from(5191);
     let out = lab.ue(carol, &[600]).unwrap();
     let carol_registered = std::time::Instant::now();
     assert_eq!(out[0].status, 200, "{}", lab.logs());
@@ -2135,11 +2110,7 @@ fn icscf_killed_the_pcscf_fails_over_and_nothing_is_lost() {
     let uaas = |lab: &Lab, name: &str| log_of(lab, name).matches("UAA").count();
 
     // Before: carol registers, through icscf1 (DNS's first).
-    let carol = UeConfig {
-        credentials: Credentials::Password("carol-secret".into()),
-        local: "10.10.1.2:5190".parse().unwrap(),
-        ..aka_ue("carol@hims.net", "sip:carol@hims.net", sipp::TEST_K, 0, Udp)
-    };
+    let carol = carol_from(5190);
     assert_eq!(
         lab.ue(carol.clone(), &[600]).unwrap()[0].status,
         200,
@@ -2229,22 +2200,28 @@ fn icscf_killed_the_pcscf_fails_over_and_nothing_is_lost() {
     // and her refresh and deregistration pass; icscf1 restarted serves again.
     lab.spawn("home", "icscf");
     lab.wait_peers(3);
-    let imsctl = lab::bin("imsctl").to_string_lossy().into_owned();
-    let url = format!("http://{}:8080", lab::H);
-    let out = lab.topo.run(
-        "home",
-        &[
-            &imsctl,
-            "--url",
-            &url,
-            "--token",
-            lab::ADMIN_TOKEN,
-            "subscriber",
-            "show",
+    carol_survived(&mut lab, carol);
+}
+
+/// carol (SIP Digest) on the UE node from local port `port`, over UDP.
+fn carol_from(port: u16) -> UeConfig {
+    UeConfig {
+        credentials: Credentials::Password("carol-secret".into()),
+        local: SocketAddr::from(([10, 10, 1, 2], port)),
+        ..aka_ue(
             "carol@hims.net",
-        ],
-    );
-    let shown = String::from_utf8_lossy(&out.stdout);
+            "sip:carol@hims.net",
+            sipp::TEST_K,
+            0,
+            ims_net::sip::Transport::Udp,
+        )
+    }
+}
+
+/// carol's registration made before a fault is still there: the HSS still names her
+/// S-CSCF, her refresh and her deregistration pass, and every daemon is alive.
+fn carol_survived(lab: &mut Lab, carol: UeConfig) {
+    let shown = lab.imsctl_output(&["subscriber", "show", "carol@hims.net"]);
     assert!(shown.contains("scscf1.hims.net"), "{shown}");
     let out = lab.ue(carol, &[600, 0]).unwrap();
     assert_eq!((out[0].status, out[1].status), (200, 200), "{}", lab.logs());

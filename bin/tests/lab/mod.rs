@@ -298,6 +298,16 @@ impl Lab {
         self.daemons.push((name.to_owned(), child));
     }
 
+    /// `imsctl` against the HSS admin API from the home node (with the lab's token): its
+    /// standard output, whatever its exit status.
+    pub fn imsctl_output(&self, args: &[&str]) -> String {
+        let url = format!("http://{H}:8080");
+        let imsctl = bin("imsctl").to_string_lossy().into_owned();
+        let mut all = vec![imsctl.as_str(), "--url", &url, "--token", ADMIN_TOKEN];
+        all.extend_from_slice(args);
+        String::from_utf8_lossy(&self.topo.run("home", &all).stdout).into_owned()
+    }
+
     pub fn imsctl(&self, args: &[&str]) {
         let url = format!("http://{H}:8080");
         for _ in 0..100 {
