@@ -1753,18 +1753,7 @@ fn hss_killed_under_load_answers_at_once_and_recovers() {
     let log = generator.log();
     // It exits 1 when any UE failed, as some must here.
     assert_eq!(st.code(), Some(1), "{log}\n{}", lab.logs());
-    let json = log
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .expect("a JSON summary");
-    let j: serde_json::Value = serde_json::from_str(json).unwrap();
-    eprintln!("{j}");
-    let (started, registered, failed) = (
-        j["started"].as_u64().unwrap(),
-        j["registered"].as_u64().unwrap(),
-        j["failed"].as_u64().unwrap(),
-    );
+    let (j, started, registered, failed) = load_summary(&log);
     assert_eq!(started, registered + failed, "{j}");
     assert!(failed > 0, "the outage refused some: {j}");
     assert!(registered >= 100, "before and after the outage: {j}");
@@ -1949,18 +1938,7 @@ fn scscf_killed_under_load_keeps_its_registrations() {
         .wait_timeout(Duration::from_secs(60))
         .expect("ims-load ends");
     let log = generator.log();
-    let json = log
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .expect("a JSON summary");
-    let j: serde_json::Value = serde_json::from_str(json).unwrap();
-    eprintln!("{j}");
-    let (started, registered, failed) = (
-        j["started"].as_u64().unwrap(),
-        j["registered"].as_u64().unwrap(),
-        j["failed"].as_u64().unwrap(),
-    );
+    let (j, started, registered, failed) = load_summary(&log);
     assert_eq!(started, 400, "{j}");
     assert_eq!(started, registered + failed, "{j}");
     // A UE caught by the kill is answered by the new S-CSCF: the I-CSCF retransmits its
@@ -2144,16 +2122,10 @@ fn icscf_killed_the_pcscf_fails_over_and_nothing_is_lost() {
     ]);
     let log =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let json = log
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("a JSON summary:\n{log}"));
-    let j: serde_json::Value = serde_json::from_str(json).unwrap();
-    eprintln!("{j}");
+    let (j, _, registered, failed) = load_summary(&log);
     assert_eq!(
-        (j["registered"].as_u64(), j["failed"].as_u64()),
-        (Some(60), Some(0)),
+        (registered, failed),
+        (60, 0),
         "every registration completes through icscf2: {j}\n{}",
         lab.logs()
     );
@@ -2226,4 +2198,19 @@ fn carol_survived(lab: &mut Lab, carol: UeConfig) {
     let out = lab.ue(carol, &[600, 0]).unwrap();
     assert_eq!((out[0].status, out[1].status), (200, 200), "{}", lab.logs());
     lab.all_alive();
+}
+
+/// ims-load's JSON summary (its last line starting with `{`) in `log`, printed, with its
+/// started, registered and failed counts.
+fn load_summary(log: &str) -> (serde_json::Value, u64, u64, u64) {
+    let json = log
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("a JSON summary:\n{log}"));
+    let j: serde_json::Value = serde_json::from_str(json).unwrap();
+    eprintln!("{j}");
+    let count = |k: &str| j[k].as_u64().unwrap_or_else(|| panic!("no {k}: {j}"));
+    let (started, registered, failed) = (count("started"), count("registered"), count("failed"));
+    (j, started, registered, failed)
 }
