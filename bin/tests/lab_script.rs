@@ -235,15 +235,15 @@ fn scripts_lab_runs_the_core_and_ues_register() {
     }
 }
 
-/// The soak's short version (issue #20; the full one, `scripts/soak` with 100,000 UEs for 10
-/// minutes, gives the figures of docs/PERFORMANCE.md): 2,000 UEs, each from its own flow,
+/// The soak's short version (issue #20; the full one, `scripts/soak`, runs 100,000 UEs for 10
+/// minutes by default, figures in docs/PERFORMANCE.md): 2,000 UEs, each from its own flow,
 /// register with Expires 20-30 s, re-register once at half of it and let the registration
 /// expire, then register anew, for 90 s (a warm-up of one cycle, ~55 s, then ~35 s of steady
 /// state) against the real daemons of `scripts/lab`. The script judges: every daemon's RSS
-/// flat after the warm-up, file descriptors and threads not growing, the S-CSCF holding what
-/// the UEs hold (an expiry left undone shows as more), and after the load the S-CSCF, the
-/// P-CSCF and the HSS holding no registration and no transaction. In a namespace of its own,
-/// so that it never meets a developer's lab on the host's loopback.
+/// bounded after the warm-up (within 30%), file descriptors and threads not growing, the
+/// S-CSCF holding what the UEs hold (an expiry left undone shows as more), and after the load
+/// the S-CSCF, the P-CSCF and the HSS holding no registration and no transaction. In a
+/// namespace of its own, so that it never meets a developer's lab on the host's loopback.
 #[test]
 fn soak_expires_every_registration_and_leaks_nothing() {
     let test = "soak_expires_every_registration_and_leaks_nothing";
@@ -271,6 +271,11 @@ fn soak_expires_every_registration_and_leaks_nothing() {
         // judged); what this test is about is below.
         "--max-failures",
         "5",
+        // 35 s of steady state in debug builds: the P-CSCF's RSS was seen to wander by 16%
+        // (flat over 10 minutes at full scale); a leak of what 2,000 UEs churn through still
+        // shows (and fails 'held' and 'expiry' too).
+        "--rss-bound",
+        "30",
     ])
     .arg("--bin-dir")
     .arg(bin_dir)
