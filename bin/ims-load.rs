@@ -267,13 +267,23 @@ async fn run_shard(
             counters.started.fetch_add(1, Relaxed);
             next += shard.shards;
         }
+        // Open loop: the whole schedule's end (--duration), not this shard's last start: with
+        // many sockets and a low rate a shard starts its last UE long before, and its UEs
+        // must go on re-registering until the end as the other shards' do.
+        let schedule_end = match mode {
+            Mode::Open { rate, .. } => Some(t0 + Duration::from_secs_f64(total as f64 / rate)),
+            Mode::Closed { .. } => None,
+        };
         if next >= total && !wound_down {
-            // Open loop: the last start is past the end of --duration's schedule; no more
-            // re-registrations (waiting UEs deregister or finish).
-            if matches!(mode, Mode::Open { .. }) {
-                swarm.wind_down(now);
+            match schedule_end {
+                // No more re-registrations (waiting UEs deregister or finish).
+                Some(end) if now >= end => {
+                    swarm.wind_down(now);
+                    wound_down = true;
+                }
+                Some(end) => next_start = Some(end),
+                None => wound_down = true,
             }
-            wound_down = true;
         }
         let mut sent = 0;
         while let Some(t) = swarm.poll_transmit() {

@@ -837,6 +837,29 @@ fn load_generator_registers_and_deregisters_many_ues() {
     for phase in ["register", "challenge", "auth"] {
         assert!(j["latency_ms"][phase]["p50"].as_f64().unwrap() > 0.0, "{j}");
     }
+    // Open loop with a socket per UE (as scripts/soak runs it): every UE re-registers until
+    // the end of --duration, not only until its own socket started its last UE (that was at
+    // once here: each socket starts one UE, and none re-registered).
+    let out = run_load(&[
+        "--count",
+        "20",
+        "--rate",
+        "20",
+        "--duration",
+        "1",
+        "--sockets",
+        "20",
+        "--reregister-every",
+        "0.25",
+        "--deregister",
+        "--json",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}\n{}", lab.logs());
+    let j: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(j["registered"], 20, "{j}");
+    assert_eq!(j["deregistered"], 20, "{j}");
+    assert!(j["reregistered"].as_u64().unwrap() >= 15, "{j}");
     // Call mode: ten UEs register (one socket each), then five pairs carry 40 calls (INVITE,
     // 180, 200, ACK, 100 ms of call, BYE, 200) through P, S, I (LIR), S, P and back.
     let out = run_load(&[
