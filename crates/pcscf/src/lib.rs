@@ -1156,6 +1156,11 @@ impl Inner {
     /// Subscribes to the UE's reg event after its registration's 200 (TS 24.229 §5.2.3), or
     /// refreshes our subscription (inside its dialog) when the registration now outlives it.
     async fn watch(&self, flow: Flow, impu: String, reg_expiry: Instant) {
+        self.watch_for_at_least(flow, impu, reg_expiry, 0).await;
+    }
+
+    /// [`Pcscf::watch`] asking for no less than `floor` seconds (the Min-Expires of a 423).
+    async fn watch_for_at_least(&self, flow: Flow, impu: String, reg_expiry: Instant, floor: u64) {
         if !self.cfg.reg_event {
             return;
         }
@@ -1196,7 +1201,10 @@ impl Inner {
                 (call_id, sub)
             }
         };
-        let secs = want.saturating_duration_since(Instant::now()).as_secs();
+        let secs = want
+            .saturating_duration_since(Instant::now())
+            .as_secs()
+            .max(floor);
         let port = self.ep.local_addr().port();
         let me = format!("<sip:{}:{port}>", bracket(&self.cfg.via_host));
         let (ruri, routes, next) = match &sub.remote_target {
@@ -1269,6 +1277,25 @@ impl Inner {
                     s.pending = false;
                 });
                 tracing::debug!(%impu, granted, cseq = sub.cseq, "subscribed to the reg event");
+            }
+            Ok(resp) if resp.status() == Some(423) && floor == 0 => {
+                // Interval Too Brief (RFC 6665 §4.1.2.1): the S-CSCF's shortest subscription
+                // is longer than the registration; ask once more for its Min-Expires (the
+                // registration's end still ends the subscription's use).
+                let min = resp
+                    .header_str(HeaderName::MinExpires)
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .filter(|m| *m > secs);
+                self.subs.remove(&call_id);
+                match min {
+                    Some(min) => {
+                        tracing::info!(%impu, asked = secs, min, "reg event SUBSCRIBE got 423: asking for Min-Expires");
+                        Box::pin(self.watch_for_at_least(sub.flow, impu, reg_expiry, min)).await;
+                    }
+                    None => {
+                        tracing::warn!(%impu, "reg event SUBSCRIBE got 423 without a usable Min-Expires");
+                    }
+                }
             }
             Ok(resp) if resp.status() == Some(481) && sub.remote_target.is_some() => {
                 // The S-CSCF no longer knows the dialog: it restarted (its subscriptions live

@@ -18,7 +18,8 @@
 //!   A NOTIFY without a document ends no contact; `Subscription-State: terminated` ends our
 //!   subscription. A subscription past half of what the S-CSCF granted is refreshed inside
 //!   its dialog while the registration outlives it; a refresh answered 481 (an S-CSCF that
-//!   restarted keeps no subscription) is followed at once by a new subscription.
+//!   restarted keeps no subscription) is followed at once by a new subscription, and a
+//!   SUBSCRIBE answered 423 is sent again asking for the Min-Expires.
 //!
 //! The reginfo reader is quick-xml (no DTD, no external entities); anything it cannot read is
 //! a [`RegInfoError`] and the NOTIFY gets 400.

@@ -759,6 +759,54 @@ async fn a_reg_event_refresh_answered_481_subscribes_anew() {
     );
 }
 
+/// An S-CSCF whose shortest reg-event subscription is longer than the registration answers
+/// the P-CSCF's SUBSCRIBE 423 with Min-Expires (Kamailio's S-CSCF, or ours with a large
+/// `subscribe_min_expires`): the P-CSCF asks again for that much instead of going without
+/// a subscription (deaf to network deregistrations).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reg_event_subscribe_answered_423_asks_for_min_expires() {
+    let (core, p, ue) = core_pcscf_ue(|c| c.reg_event = true).await;
+    let core_addr = core.local_addr().unwrap();
+    let me = ue.local_addr().unwrap();
+    let answered = "Digest username=\"alice@hims.net\", realm=\"hims.net\", uri=\"sip:hims.net\", \
+                    nonce=\"bm9uY2U=\", response=\"0123456789abcdef0123456789abcdef\", \
+                    algorithm=AKAv1-MD5";
+    ue.send_to(register(me, "m1", 1, "alice", answered, 600).as_bytes(), p)
+        .unwrap();
+    let m = recv(&core);
+    core.send_to(
+        &registered(&m, core_addr, "<sip:alice@hims.net>").to_bytes(),
+        p,
+    )
+    .unwrap();
+    assert_eq!(recv(&ue).status(), Some(200));
+    let subscribe = || loop {
+        let m = recv(&core);
+        if m.method_str() == Some("SUBSCRIBE") {
+            break m;
+        }
+    };
+    let first = subscribe();
+    let asked = first.expires().unwrap().unwrap();
+    assert!((600..=700).contains(&asked), "{first}");
+    let mut brief = response_to(&first, 423, "Interval Too Brief", Some("s2")).unwrap();
+    brief.append_header("Min-Expires", "7200").unwrap();
+    core.send_to(&brief.to_bytes(), p).unwrap();
+    // Retransmissions of the first are absorbed by its transaction: the next is the new one.
+    let again = loop {
+        let m = subscribe();
+        if m.cseq().unwrap().seq != first.cseq().unwrap().seq || m.call_id() != first.call_id() {
+            break m;
+        }
+    };
+    assert_eq!(again.expires().unwrap().unwrap(), 7200, "{again}");
+    assert!(again.to_addr().unwrap().tag().is_none(), "{again}");
+    assert_eq!(
+        again.header_str(HeaderName::Route).unwrap(),
+        format!("<sip:orig@{core_addr};lr>")
+    );
+}
+
 /// New calls are refused with 503 and Retry-After at once while `max_invites_in_flight`
 /// INVITEs wait for the core's first answer (its 100 Trying); as soon as the core answers
 /// one, a new call goes through again. How long a callee takes to answer does not count.
