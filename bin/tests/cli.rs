@@ -272,6 +272,13 @@ fn imsctl_provisions_through_a_running_hss() {
     );
     let (ok, out, _) = imsctl(&url, &["metrics"]);
     assert!(ok && out.contains("ims_hss_diameter_peers_up 0"), "{out}");
+    // `metrics --from URL`: another daemon's admin API (here the HSS's own, on loopback,
+    // where it needs no token); the HSS URL is not used.
+    let (ok, from, err) = imsctl("http://127.0.0.1:9", &["metrics", "--from", &url]);
+    assert!(
+        ok && from.contains("ims_hss_diameter_peers_up 0"),
+        "{from} {err}"
+    );
     assert!(out.contains("\nims_hss_subscriptions_loaded "), "{out}");
     assert!(
         out.starts_with("# HELP "),
@@ -455,6 +462,13 @@ fn hss_admin_api_needs_a_token_beyond_loopback() {
         assert!(ok, "{args:?}: {err}");
         assert!(!out.is_empty());
     }
+    // `metrics --from URL` reads another daemon's admin API and never sends it the HSS's
+    // token: pointed at this HSS (as if it were another daemon), it is refused.
+    let (ok, _, err) = with(TOKEN, &["metrics", "--from", &url]);
+    assert!(
+        !ok && err.contains("HTTP 401"),
+        "the token went along: {err}"
+    );
     let (ok, out, err) = with(
         TOKEN,
         &[
