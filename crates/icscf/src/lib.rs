@@ -883,14 +883,15 @@ async fn cx_requests_loop(
 /// ids and Session-Id, our Origin-Host and Origin-Realm ([`ims_net::diameter::refusal`]).
 /// Empty for bytes that are no request.
 fn command_unsupported(bytes: &[u8], host: &str, realm: &str) -> Vec<u8> {
-    let code = match ims_diameter::Message::parse(bytes) {
-        Ok(m) if m.is_request() => m.command_code(),
+    let msg = match ims_diameter::Message::parse(bytes) {
+        Ok(m) if m.is_request() => m,
         Ok(_) => return Vec::new(),
         Err(_) => {
             tracing::warn!("unparsable Diameter request dropped");
             return Vec::new();
         }
     };
+    let code = msg.command_code();
     tracing::warn!(
         command = code,
         "Diameter request for a command the I-CSCF does not serve: 3001"
@@ -899,5 +900,5 @@ fn command_unsupported(bytes: &[u8], host: &str, realm: &str) -> Vec<u8> {
         code,
         request: true,
     };
-    ims_net::diameter::refusal(bytes, &e, host, realm)
+    ims_net::diameter::refusal(&msg, &e, host, realm)
 }

@@ -232,20 +232,18 @@ impl DiameterClient {
     }
 }
 
-/// The answer refusing a request we do not serve (a client that expects none from its
-/// server, e.g. the I-CSCF): the error's Result-Code (the E bit for 3xxx), our identity, the
-/// request's identifiers and Session-Id, Error-Message and Failed-AVP. Empty when `request`
-/// is not a request we can parse.
+/// The answer refusing a request we cannot serve (one we do not serve at all, e.g. any
+/// request to the I-CSCF, or one that does not decode, e.g. an RTR with an unknown mandatory
+/// AVP at the S-CSCF): the error's Result-Code (the E bit for 3xxx), our identity, the
+/// request's identifiers and Session-Id, Error-Message and Failed-AVP. Empty when `msg` is
+/// not a request.
 pub fn refusal(
-    request: &[u8],
+    msg: &ims_diameter::Message<'_>,
     e: &ims_diameter::Error,
     origin_host: &str,
     origin_realm: &str,
 ) -> Vec<u8> {
     use ims_diameter::{MessageBuilder, dict, header::flags};
-    let Ok(msg) = ims_diameter::Message::parse(request) else {
-        return Vec::new();
-    };
     if !msg.is_request() {
         return Vec::new();
     }

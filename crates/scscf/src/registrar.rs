@@ -103,9 +103,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ims_aka::digest_aka::{self, AkaNonce};
 use ims_aka::{AkaError, DigestParams, Ha1, Qop, Res};
+use ims_diameter::AnswerResult;
 use ims_diameter::cx::{Ppa, Ppr, Rta, Rtr};
 use ims_diameter::dict::{self, ServerAssignmentType as Sat, experimental_result_code as erc};
-use ims_diameter::{AnswerResult, MessageBuilder};
 use ims_sip::{Contact, HeaderName, Message, Method, Uri, text};
 use ims_store::{BindingRecord, RegistrationRecord, RegistrationWrite, Store};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -1722,7 +1722,8 @@ fn encode(f: impl FnOnce(&mut Vec<u8>) -> Result<usize, ims_diameter::Error>) ->
     }
 }
 
-/// An answer to a request we could not decode: its Result-Code, Failed-AVP and identifiers.
+/// An answer to a request we could not decode: its Result-Code, Failed-AVP and identifiers
+/// ([`ims_net::diameter::refusal`]).
 fn error_answer(
     msg: &ims_diameter::Message<'_>,
     e: &ims_diameter::Error,
@@ -1730,25 +1731,7 @@ fn error_answer(
     realm: &str,
 ) -> Vec<u8> {
     tracing::info!(command = msg.command_code(), error = %e, "request from the HSS refused");
-    let res = AnswerResult::ResultCode(e.result_code());
-    let mut hdr = msg.header().answer();
-    if res.is_protocol_error() {
-        hdr.flags |= ims_diameter::header::flags::E;
-    }
-    encode(|out| {
-        let mut b = MessageBuilder::new(out, &hdr);
-        if let Ok(Some(sid)) = msg.session_id() {
-            b.utf8(&dict::SESSION_ID, sid);
-        }
-        res.encode(&mut b);
-        b.utf8(&dict::ORIGIN_HOST, host)
-            .utf8(&dict::ORIGIN_REALM, realm)
-            .utf8(&dict::ERROR_MESSAGE, &e.to_string());
-        if let Some(f) = e.failed_avp() {
-            b.failed_avp(f);
-        }
-        b.finish()
-    })
+    ims_net::diameter::refusal(msg, e, host, realm)
 }
 
 async fn timer(inner: Weak<Inner>) {
