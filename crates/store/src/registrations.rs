@@ -58,7 +58,7 @@ impl Store {
     /// sends it when the HSS sent a new one).
     pub async fn save_registration(&self, r: &RegistrationRecord) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
-        save_in(&mut tx, r).await?;
+        save_in(&mut tx, r, &r.user_data).await?;
         tx.commit().await.map_err(db("commit"))?;
         Ok(())
     }
@@ -89,7 +89,7 @@ impl Store {
         if writes.len() < ROWS {
             for w in writes {
                 match w {
-                    RegistrationWrite::Save(r) => save_in(&mut tx, r).await?,
+                    RegistrationWrite::Save(r) => save_in(&mut tx, r, &r.user_data).await?,
                     RegistrationWrite::Delete(impu) => {
                         delete_in(&mut tx, impu).await?;
                     }
@@ -105,8 +105,8 @@ impl Store {
                 if c.deleted || c.save.is_none() {
                     delete_in(&mut tx, c.impu).await?;
                 }
-                if let Some(r) = &c.save {
-                    save_in(&mut tx, r).await?;
+                if let Some(r) = c.save {
+                    save_in(&mut tx, r, c.user_data).await?;
                 }
             }
         }
@@ -197,7 +197,12 @@ pub enum RegistrationWrite {
     Delete(String),
 }
 
-async fn save_in(tx: &mut sqlx::AnyConnection, r: &RegistrationRecord) -> Result<(), StoreError> {
+/// Saves `r` with the User-Data `user_data` (empty: keep the stored one).
+async fn save_in(
+    tx: &mut sqlx::AnyConnection,
+    r: &RegistrationRecord,
+    user_data: &str,
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO scscf_registration (impu, impi, scscf_name, user_data, associated_uris) \
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (impu) DO UPDATE SET impi = excluded.impi, \
@@ -208,7 +213,7 @@ async fn save_in(tx: &mut sqlx::AnyConnection, r: &RegistrationRecord) -> Result
     .bind(&r.impu)
     .bind(&r.impi)
     .bind(&r.scscf_name)
-    .bind(&r.user_data)
+    .bind(user_data)
     .bind(join_lines(&r.associated_uris))
     .execute(&mut *tx)
     .await
@@ -258,9 +263,11 @@ pub const ROWS: usize = 8;
 /// What a batch leaves for one IMPU.
 struct LastChange<'a> {
     impu: &'a str,
-    /// Its last save (with the User-Data of the latest save since its last delete that
-    /// carried one), or `None` when its last change deletes it.
-    save: Option<RegistrationRecord>,
+    /// Its last save, or `None` when its last change deletes it.
+    save: Option<&'a RegistrationRecord>,
+    /// The User-Data to save with it: that of the latest save since its last delete that
+    /// carried one (empty: keep the stored one), as the saves applied in order would leave.
+    user_data: &'a str,
     /// A delete came before that save: the stored row goes first (a save without User-Data
     /// then stores none, as applying the changes in order would).
     deleted: bool,
@@ -280,6 +287,7 @@ fn last_changes(writes: &[RegistrationWrite]) -> Vec<LastChange<'_>> {
             out.push(LastChange {
                 impu,
                 save: None,
+                user_data: "",
                 deleted: false,
             });
             out.len() - 1
@@ -288,14 +296,12 @@ fn last_changes(writes: &[RegistrationWrite]) -> Vec<LastChange<'_>> {
         match w {
             RegistrationWrite::Delete(_) => {
                 c.save = None;
+                c.user_data = "";
                 c.deleted = true;
             }
             RegistrationWrite::Save(r) => {
-                let mut r = r.clone();
-                if r.user_data.is_empty()
-                    && let Some(prev) = &c.save
-                {
-                    r.user_data = prev.user_data.clone();
+                if !r.user_data.is_empty() {
+                    c.user_data = &r.user_data;
                 }
                 c.save = Some(r);
             }
@@ -341,7 +347,10 @@ async fn rows_in(tx: &mut sqlx::AnyConnection, chunk: &[LastChange<'_>]) -> Resu
         q.execute(&mut *tx).await.map_err(db(op))?;
     }
     // 3. Registrations saved.
-    let saves: Vec<&RegistrationRecord> = chunk.iter().filter_map(|c| c.save.as_ref()).collect();
+    let saves: Vec<(&RegistrationRecord, &str)> = chunk
+        .iter()
+        .filter_map(|c| c.save.map(|r| (r, c.user_data)))
+        .collect();
     if saves.is_empty() {
         return Ok(());
     }
@@ -355,19 +364,19 @@ async fn rows_in(tx: &mut sqlx::AnyConnection, chunk: &[LastChange<'_>]) -> Resu
         values.join(", ")
     );
     let mut q = sqlx::query(&sql);
-    for r in &saves {
+    for (r, user_data) in &saves {
         q = q
             .bind(r.impu.as_str())
             .bind(r.impi.as_str())
             .bind(r.scscf_name.as_str())
-            .bind(r.user_data.as_str())
+            .bind(*user_data)
             .bind(join_lines(&r.associated_uris));
     }
     q.execute(&mut *tx).await.map_err(db(op))?;
     // 4. Their bindings.
     let bindings: Vec<(&str, &BindingRecord)> = saves
         .iter()
-        .flat_map(|r| r.bindings.iter().map(move |b| (r.impu.as_str(), b)))
+        .flat_map(|(r, _)| r.bindings.iter().map(move |b| (r.impu.as_str(), b)))
         .collect();
     for part in bindings.chunks(ROWS * 4) {
         let values: Vec<String> = (0..part.len()).map(|i| params(1 + 7 * i, 7)).collect();
