@@ -170,6 +170,28 @@ fn pcscf_config(icscf: SocketAddr) -> ims_pcscf::Config {
     }
 }
 
+/// alice's Authorization answering a challenge (the core takes it as answered).
+const ALICE_ANSWERED: &str = "Digest username=\"alice@hims.net\", realm=\"hims.net\", \
+    uri=\"sip:hims.net\", nonce=\"bm9uY2U=\", response=\"0123456789abcdef0123456789abcdef\", \
+    algorithm=AKAv1-MD5";
+
+/// alice registers from `ue` through the P-CSCF `p`, the socket `core` standing for the
+/// whole core and answering 200 (with a Service-Route back to itself).
+fn alice_registered(core: &UdpSocket, p: SocketAddr, ue: &UdpSocket, call: &str) {
+    let me = ue.local_addr().unwrap();
+    ue.send_to(
+        register(me, call, 1, "alice", ALICE_ANSWERED, 600).as_bytes(),
+        p,
+    )
+    .unwrap();
+    let m = recv(core);
+    assert_eq!(m.call_id().unwrap(), call);
+    let ok = registered(&m, core.local_addr().unwrap(), "<sip:alice@hims.net>");
+    core.send_to(&ok.to_bytes(), p).unwrap();
+    let r = recv(ue);
+    assert_eq!(r.status(), Some(200), "{r}");
+}
+
 fn recv(s: &UdpSocket) -> Message {
     let mut buf = vec![0u8; 65536];
     let n = s.recv(&mut buf).expect("an answer within 5 s");
@@ -586,9 +608,7 @@ async fn overload_refuses_new_registrations_with_503_at_once() {
     let me = ue.local_addr().unwrap();
     let initial = "Digest username=\"alice@hims.net\", realm=\"hims.net\", uri=\"sip:hims.net\", \
                    nonce=\"\", response=\"\"";
-    let answered = "Digest username=\"alice@hims.net\", realm=\"hims.net\", uri=\"sip:hims.net\", \
-                    nonce=\"bm9uY2U=\", response=\"0123456789abcdef0123456789abcdef\", \
-                    algorithm=AKAv1-MD5";
+    let answered = ALICE_ANSWERED;
     let send = |call: &str, auth: &str| {
         ue.send_to(register(me, call, 1, "alice", auth, 600).as_bytes(), p)
             .unwrap();
@@ -667,18 +687,7 @@ async fn the_reg_event_subscribe_after_a_200_is_not_counted_in_flight() {
         c.reg_event = true;
     })
     .await;
-    let me = ue.local_addr().unwrap();
-    let answered = "Digest username=\"alice@hims.net\", realm=\"hims.net\", uri=\"sip:hims.net\", \
-                    nonce=\"bm9uY2U=\", response=\"0123456789abcdef0123456789abcdef\", \
-                    algorithm=AKAv1-MD5";
-    ue.send_to(register(me, "w1", 1, "alice", answered, 600).as_bytes(), p)
-        .unwrap();
-    let m = recv(&core);
-    assert_eq!(m.call_id().unwrap(), "w1");
-    let ok = registered(&m, core.local_addr().unwrap(), "<sip:alice@hims.net>");
-    core.send_to(&ok.to_bytes(), p).unwrap();
-    let r = recv(&ue);
-    assert_eq!(r.status(), Some(200), "{r}");
+    alice_registered(&core, p, &ue, "w1");
     // The P-CSCF subscribes to alice's reg event; the core never answers it.
     let sub = loop {
         let m = recv(&core);
@@ -711,19 +720,7 @@ async fn the_reg_event_subscribe_after_a_200_is_not_counted_in_flight() {
 async fn a_reg_event_refresh_answered_481_subscribes_anew() {
     let (core, p, ue) = core_pcscf_ue(|c| c.reg_event = true).await;
     let core_addr = core.local_addr().unwrap();
-    let me = ue.local_addr().unwrap();
-    let answered = "Digest username=\"alice@hims.net\", realm=\"hims.net\", uri=\"sip:hims.net\", \
-                    nonce=\"bm9uY2U=\", response=\"0123456789abcdef0123456789abcdef\", \
-                    algorithm=AKAv1-MD5";
-    ue.send_to(register(me, "f1", 1, "alice", answered, 600).as_bytes(), p)
-        .unwrap();
-    let m = recv(&core);
-    core.send_to(
-        &registered(&m, core_addr, "<sip:alice@hims.net>").to_bytes(),
-        p,
-    )
-    .unwrap();
-    assert_eq!(recv(&ue).status(), Some(200));
+    alice_registered(&core, p, &ue, "f1");
     // The next new SUBSCRIBE (skipping retransmissions of ones already answered).
     let mut answered_cseqs: Vec<(String, u32)> = Vec::new();
     let mut next_subscribe = || loop {
@@ -767,19 +764,7 @@ async fn a_reg_event_refresh_answered_481_subscribes_anew() {
 async fn a_reg_event_subscribe_answered_423_asks_for_min_expires() {
     let (core, p, ue) = core_pcscf_ue(|c| c.reg_event = true).await;
     let core_addr = core.local_addr().unwrap();
-    let me = ue.local_addr().unwrap();
-    let answered = "Digest username=\"alice@hims.net\", realm=\"hims.net\", uri=\"sip:hims.net\", \
-                    nonce=\"bm9uY2U=\", response=\"0123456789abcdef0123456789abcdef\", \
-                    algorithm=AKAv1-MD5";
-    ue.send_to(register(me, "m1", 1, "alice", answered, 600).as_bytes(), p)
-        .unwrap();
-    let m = recv(&core);
-    core.send_to(
-        &registered(&m, core_addr, "<sip:alice@hims.net>").to_bytes(),
-        p,
-    )
-    .unwrap();
-    assert_eq!(recv(&ue).status(), Some(200));
+    alice_registered(&core, p, &ue, "m1");
     let subscribe = || loop {
         let m = recv(&core);
         if m.method_str() == Some("SUBSCRIBE") {
@@ -966,9 +951,7 @@ async fn metrics_count_requests_responses_and_registrations() {
     assert!(health.contains("\"ok\""), "{health}");
     let initial = "Digest username=\"alice@hims.net\", realm=\"hims.net\", uri=\"sip:hims.net\", \
                    nonce=\"\", response=\"\"";
-    let answered = "Digest username=\"alice@hims.net\", realm=\"hims.net\", uri=\"sip:hims.net\", \
-                    nonce=\"bm9uY2U=\", response=\"0123456789abcdef0123456789abcdef\", \
-                    algorithm=AKAv1-MD5";
+    let answered = ALICE_ANSWERED;
     // The core's answer to what reaches it next with Call-ID `call` (retransmissions skipped).
     let at_core = |call: &str| loop {
         let m = recv(&core);
