@@ -122,6 +122,9 @@ pub const SHARDS: usize = 64;
 /// How often the timer looks for expired bindings and challenges.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How many SARs (TIMEOUT_DEREGISTRATION, AUTHENTICATION_TIMEOUT) one sweep keeps in flight.
+const SWEEP_SARS: usize = 64;
+
 /// What happened to a registration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RegEventKind {
@@ -707,13 +710,19 @@ impl Registrar {
 
     /// Queues `w` for the store writer and waits for its commit.
     async fn write(&self, w: RegistrationWrite) -> Result<(), String> {
+        self.queue_write(w)?
+            .await
+            .map_err(|_| "the store writer has stopped".to_owned())?
+    }
+
+    /// Queues `w` for the store writer now; the receiver tells when it is committed.
+    fn queue_write(&self, w: RegistrationWrite) -> Result<oneshot::Receiver<StoreResult>, String> {
         let (tx, rx) = oneshot::channel();
         self.inner
             .writes
             .send((w, tx))
             .map_err(|_| "the store writer has stopped".to_owned())?;
-        rx.await
-            .map_err(|_| "the store writer has stopped".to_owned())?
+        Ok(rx)
     }
 
     // ------------------------------------------------------------------------------------
@@ -1450,6 +1459,13 @@ impl Registrar {
                     || user.lockout.as_ref().is_some_and(|l| l.last.is_some())
             });
         }
+        // The store writes join the writer's queue now, ahead of any REGISTER that comes
+        // after this sweep (a UE registering anew is saved after its old registration was
+        // deleted, never before). Then the HSS, SWEEP_SARS at a time: one by one, a wave of
+        // expiries (UEs that all registered in the same second) took a round trip each and
+        // the sweep fell behind. Each reg event goes once its SAR is answered and its write
+        // committed, as when the sweep did one at a time.
+        let mut jobs = Vec::with_capacity(timed_out.len() + shrunk.len() + gone.len());
         for (impi, impu) in timed_out {
             tracing::info!(
                 %impi,
@@ -1458,32 +1474,79 @@ impl Registrar {
                 "{impi}: challenge unanswered for {} s (reg-await-auth): the UE gave up — its USIM may have rejected AUTN (MAC failure: K or OPc at the HSS differ from the SIM's), or it lost the network",
                 self.inner.cfg.reg_await_auth_seconds
             );
-            if let Err(e) = self
-                .inner
-                .cx
-                .sar(&impi, &[&impu], Sat::AuthenticationTimeout, false)
-                .await
-            {
-                tracing::warn!(%impu, error = %e, "SAR AUTHENTICATION_TIMEOUT failed");
-            }
+            jobs.push(Expiry::Challenge { impi, impu });
         }
         for (rec, expired) in shrunk {
-            self.persist(&rec).await;
-            self.emit(RegEventKind::Expired, &rec, expired);
+            let write = self.queue_write(RegistrationWrite::Save(rec.clone()));
+            jobs.push(Expiry::Bindings {
+                rec,
+                expired,
+                write,
+                gone: false,
+            });
         }
         for (rec, expired) in gone {
             tracing::info!(impi = %rec.impi, impu = %rec.impu, "registration expired");
             self.index_remove(&rec);
-            if let Err(e) = self
-                .inner
-                .cx
-                .sar(&rec.impi, &[&rec.impu], Sat::TimeoutDeregistration, true)
-                .await
-            {
-                tracing::warn!(impu = %rec.impu, error = %e, "SAR TIMEOUT_DEREGISTRATION failed");
+            let write = self.queue_write(RegistrationWrite::Delete(rec.impu.clone()));
+            jobs.push(Expiry::Bindings {
+                rec,
+                expired,
+                write,
+                gone: true,
+            });
+        }
+        let mut running = tokio::task::JoinSet::new();
+        for job in jobs {
+            while running.len() >= SWEEP_SARS {
+                running.join_next().await;
             }
-            self.forget(&rec.impu).await;
-            self.emit(RegEventKind::Expired, &rec, expired);
+            let r = self.clone();
+            running.spawn(async move { r.finish_expiry(job).await });
+        }
+        while running.join_next().await.is_some() {}
+    }
+
+    /// The rest of one expiry found by [`Registrar::sweep`]: its SAR, its write, its event.
+    async fn finish_expiry(&self, job: Expiry) {
+        match job {
+            Expiry::Challenge { impi, impu } => {
+                if let Err(e) = self
+                    .inner
+                    .cx
+                    .sar(&impi, &[&impu], Sat::AuthenticationTimeout, false)
+                    .await
+                {
+                    tracing::warn!(%impu, error = %e, "SAR AUTHENTICATION_TIMEOUT failed");
+                }
+            }
+            Expiry::Bindings {
+                rec,
+                expired,
+                write,
+                gone,
+            } => {
+                if gone
+                    && let Err(e) = self
+                        .inner
+                        .cx
+                        .sar(&rec.impi, &[&rec.impu], Sat::TimeoutDeregistration, true)
+                        .await
+                {
+                    tracing::warn!(impu = %rec.impu, error = %e, "SAR TIMEOUT_DEREGISTRATION failed");
+                }
+                let done = match write {
+                    Ok(rx) => rx
+                        .await
+                        .map_err(|_| "the store writer has stopped".to_owned())
+                        .and_then(|r| r),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = done {
+                    tracing::error!(impu = %rec.impu, error = %e, "expired registration not written to the store");
+                }
+                self.emit(RegEventKind::Expired, &rec, expired);
+            }
         }
     }
 
@@ -1756,7 +1819,22 @@ async fn hss_requests_loop(inner: Weak<Inner>, mut rx: tokio::sync::mpsc::Receiv
 }
 
 /// A change for the store writer and who waits for its commit.
-type StoreJob = (RegistrationWrite, oneshot::Sender<Result<(), String>>);
+type StoreResult = Result<(), String>;
+
+/// What is left to do for one expiry once [`Registrar::sweep`] has taken it out of memory.
+enum Expiry {
+    /// A challenge not answered in time: SAR AUTHENTICATION_TIMEOUT.
+    Challenge { impi: String, impu: String },
+    /// Bindings expired: their write (queued already), the SAR TIMEOUT_DEREGISTRATION when
+    /// none is left (`gone`), the reg event.
+    Bindings {
+        rec: RegistrationRecord,
+        expired: Vec<String>,
+        write: Result<oneshot::Receiver<StoreResult>, String>,
+        gone: bool,
+    },
+}
+type StoreJob = (RegistrationWrite, oneshot::Sender<StoreResult>);
 
 /// Most changes committed in one transaction.
 const WRITE_BATCH: usize = 512;

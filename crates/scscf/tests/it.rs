@@ -11,8 +11,11 @@
 //! answered, and their `application/reginfo+xml` bodies are read with a minimal XML reader.
 //!
 //! `hostile` (tests/it/hostile.rs): the S-CSCF's Diameter side against hostile HSSs.
+//! `expiry` (tests/it/expiry.rs): a wave of expiries keeps several SARs in flight.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "it/expiry.rs"]
+mod expiry;
 #[path = "it/hostile.rs"]
 mod hostile;
 
