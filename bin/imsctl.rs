@@ -22,6 +22,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once per process, as `Sub` below: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Subscribers.
@@ -81,6 +83,11 @@ enum Sub {
         /// A visited network allowed besides the home network; repeat for several.
         #[arg(long = "roaming")]
         roaming: Vec<String>,
+        /// The service profile's InitialFilterCriteria elements (TS 29.228 XML, as they go
+        /// into User-Data); with one for the unregistered state, a request to the user while
+        /// unregistered goes to an S-CSCF instead of being refused 480.
+        #[arg(long)]
+        ifc_xml: Option<String>,
     },
     /// Show one subscriber (never its secrets).
     Show { impi: String },
@@ -202,6 +209,7 @@ fn main() -> ExitCode {
             ha1,
             capability_set,
             roaming,
+            ifc_xml,
         }) => {
             let mut body = json!({ "impi": impi, "impus": impus, "roaming_allowed": roaming });
             if let Some(k) = k {
@@ -219,6 +227,9 @@ fn main() -> ExitCode {
             }
             if let Some(c) = capability_set {
                 body["capability_set"] = json!(c);
+            }
+            if let Some(x) = ifc_xml {
+                body["ifc_xml"] = json!(x);
             }
             agent.post(format!("{base}/v1/subscribers")).send_json(body)
         }

@@ -917,9 +917,10 @@ fn load_generator_registers_and_deregisters_many_ues() {
 
 /// The caller's MESSAGEs, put after its registration (before the registration's hold) in a
 /// UE registration scenario: to `callee` (200 expected), to a user the HSS does not know
-/// (404, from the I-CSCF's LIR) and to a user who is not registered (480, from the S-CSCF
-/// after SAR UNREGISTERED_USER). Same Call-ID as the REGISTER: SIPp matches responses to its
-/// call by Call-ID.
+/// (404, from the I-CSCF's LIR), to bob, who is not registered and has no service for the
+/// unregistered state (480, from the I-CSCF: LIA 5003), and to dave, who is not registered
+/// but has one (480, from the S-CSCF the I-CSCF chose, after SAR UNREGISTERED_USER). Same
+/// Call-ID as the REGISTER: SIPp matches responses to its call by Call-ID.
 fn with_messages(registration: &str, callee: &str) -> String {
     let message = |to: &str, cseq: u32, status: u16| {
         format!(
@@ -950,6 +951,7 @@ fn with_messages(registration: &str, callee: &str) -> String {
         message(callee, 10, 200),
         message("sip:nobody@hims.net", 11, 404),
         message("sip:bob@hims.net", 12, 480),
+        message("sip:dave@hims.net", 13, 480),
     ]
     .concat();
     with_steps(registration, &messages)
@@ -1612,12 +1614,33 @@ fn run_caller(
 /// P-CSCF → S-CSCF (orig) → I-CSCF (LIR) → S-CSCF (term) → P-CSCF → carol's flow, over UDP
 /// and over TCP. Carol gets it with alice's asserted identity and her registered contact as
 /// Request-URI, and her 200 comes back to alice; a user the HSS does not know is 404, one
-/// who is not registered 480.
+/// who is not registered 480: bob, without a service for the unregistered state, from the
+/// I-CSCF (LIA 5003: no S-CSCF is chosen for him, so none makes a SAR and the HSS names none
+/// for him), and dave, with an iFC for the unregistered state (ProfilePartIndicator
+/// UNREGISTERED, provisioned through imsctl), from the S-CSCF after SAR UNREGISTERED_USER
+/// (the HSS then names it for dave, unregistered).
 #[test]
 fn message_between_registered_users() {
     let Some(mut lab) = Lab::start("e2emsg") else {
         return;
     };
+    lab.imsctl(&[
+        "subscriber",
+        "add",
+        "--impi",
+        "dave@hims.net",
+        "--impu",
+        "sip:dave@hims.net",
+        "--realm",
+        "hims.net",
+        "--password",
+        "dave-secret",
+        "--ifc-xml",
+        "<InitialFilterCriteria><Priority>0</Priority><ApplicationServer>\
+         <ServerName>sip:vm.hims.net</ServerName><DefaultHandling>0</DefaultHandling>\
+         </ApplicationServer><ProfilePartIndicator>1</ProfilePartIndicator>\
+         </InitialFilterCriteria>",
+    ]);
     let dir = ims_testkit::scratch_dir("e2emsg-sipp");
     let ooc = dir.join("uas_message.xml");
     std::fs::write(&ooc, include_str!("sipp/uas_message.xml")).unwrap();
@@ -1629,6 +1652,23 @@ fn message_between_registered_users() {
     ] {
         message_over(&lab, transport, v6, &ooc);
     }
+    // Who answered the 480s, as the HSS saw it: nothing asked about bob (no S-CSCF, not
+    // registered), dave's S-CSCF serves him unregistered (reg_state 2).
+    let shown = |impi: &str| -> serde_json::Value {
+        let out = lab.imsctl_output(&["subscriber", "show", impi]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let bob = shown("bob.private@hims.net");
+    assert!(bob["scscf"].is_null(), "{bob}");
+    assert_eq!(bob["impus"][0]["reg_state"], 0, "{bob}");
+    let dave = shown("dave@hims.net");
+    assert!(
+        dave["scscf"]["server_name"]
+            .as_str()
+            .is_some_and(|s| s.contains("scscf1.hims.net")),
+        "{dave}"
+    );
+    assert_eq!(dave["impus"][0]["reg_state"], 2, "{dave}");
     lab.all_alive();
 }
 
@@ -1646,8 +1686,14 @@ fn message_over(lab: &Lab, transport: sipp::Transport, v6: bool, ooc: &std::path
     let caller = run_caller(lab, &alice, &scenario, transport, v6, local, pcscf);
     let statuses = caller.received_statuses();
     assert!(
-        statuses.windows(3).any(|w| w == [200, 404, 480]),
-        "MESSAGE answers 200, 404, 480 in order: {statuses:?}"
+        statuses
+            .iter()
+            .copied()
+            .filter(|&s| s != 100)
+            .collect::<Vec<_>>()
+            .windows(4)
+            .any(|w| w == [200, 404, 480, 480]),
+        "MESSAGE answers 200, 404, 480, 480 in order: {statuses:?}"
     );
 
     let out = callee.stop();

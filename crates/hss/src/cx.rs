@@ -24,7 +24,12 @@
 //!   that is not registered succeeds (idempotent); so does RE_REGISTRATION of one, taken as a
 //!   registration (Kamailio's S-CSCF sends it for a UE that registers again soon after its
 //!   deregistration).
-//! - LIR: the serving S-CSCF, or 2003 UNREGISTERED_SERVICE with capabilities when none.
+//! - LIR (§6.1.4.1): the S-CSCF stored for the identity (registered, unregistered, or kept
+//!   after a deregistration or by a MAR) with 2001; with none, 2003 UNREGISTERED_SERVICE with
+//!   Server-Capabilities when the identity has services related to the unregistered state
+//!   (its profile's iFCs, read once by [`crate::ifc`]) or the LIR carries
+//!   Originating-Request, else 5003 DIAMETER_ERROR_IDENTITY_NOT_REGISTERED (the I-CSCF answers
+//!   `480`: no S-CSCF is chosen, and no SAR made, for a user nothing can serve).
 //! - The last authentication of each IMPI is recorded ([`AuthOutcome`]): a vector handed out
 //!   (challenged), a resync (or its refusal), and the S-CSCF's verdict by SAR: REGISTRATION
 //!   or RE_REGISTRATION after a challenge (success), AUTHENTICATION_FAILURE,
@@ -773,17 +778,29 @@ impl CxHandler {
         if let Err(res) = self.identity_checks(None, r.public_identity).await? {
             return answer(res, None, None);
         }
-        match self.subs.scscf_for(r.public_identity).await? {
-            Some(a) => answer(AnswerResult::SUCCESS, Some(&a.server_name), None),
-            None => {
-                let caps = self.capabilities(r.public_identity).await?;
-                answer(
-                    AnswerResult::experimental(erc::UNREGISTERED_SERVICE),
-                    None,
-                    Some(caps_view(&caps)),
-                )
-            }
+        if let Some(a) = self.subs.scscf_for(r.public_identity).await? {
+            return answer(AnswerResult::SUCCESS, Some(&a.server_name), None);
         }
+        // No S-CSCF: an S-CSCF is to be chosen only to serve the identity unregistered, which
+        // needs services for that state, or a request it originates (TS 29.228 §6.1.4.1).
+        let originating = r.originating_request.is_some();
+        if originating || self.subs.unregistered_services(r.public_identity).await? {
+            let caps = self.capabilities(r.public_identity).await?;
+            return answer(
+                AnswerResult::experimental(erc::UNREGISTERED_SERVICE),
+                None,
+                Some(caps_view(&caps)),
+            );
+        }
+        tracing::debug!(
+            impu = r.public_identity,
+            "LIR: not registered, no unregistered-state services: 5003"
+        );
+        answer(
+            AnswerResult::experimental(erc::ERROR_IDENTITY_NOT_REGISTERED),
+            None,
+            None,
+        )
     }
 
     // ----- errors -----

@@ -5,12 +5,16 @@
 //!   allow-list, RTR/PPR toward the S-CSCF) joins with the Diameter peer crate.
 //! - [`subscribers`]: the subscribers in memory (loaded once, changes written through in
 //!   group commits, SQNs reserved in blocks); Cx and the admin API both go through it.
+//! - [`ifc`]: whether a service profile's Initial Filter Criteria hold services related to the
+//!   unregistered state (what a LIR for an identity without S-CSCF answers), read with
+//!   quick-xml once per profile when its subscription is loaded.
 //! - [`metrics`]: Prometheus counters and the answer-latency histogram.
 //! - [`admin`]: the JSON HTTP admin API with its OpenAPI document, for provisioning by hand,
 //!   by `imsctl`, or by bulk CSV import.
 
 pub mod admin;
 pub mod cx;
+pub mod ifc;
 pub mod metrics;
 pub mod server;
 pub mod subscribers;

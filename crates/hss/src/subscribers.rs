@@ -8,7 +8,9 @@
 //! request is a few hash-map look-ups, and a registration writes only what changes.
 //!
 //! - **Reads**: whole subscriptions ([`ims_store::SubscriptionRecord`]) indexed by IMPU and
-//!   by IMPI in sharded maps; one mutex per subscription, never held across an await.
+//!   by IMPI in sharded maps; one mutex per subscription, never held across an await. What
+//!   the LIR needs from the iFC XML (services related to the unregistered state,
+//!   [`crate::ifc`]) is read once per profile when the subscription is loaded.
 //! - **Writes** are write-through and group-committed: the change is made in memory, queued
 //!   (under the subscription's lock, so that the queue has the changes of one subscription in
 //!   the order memory saw them) and awaited; one writer task drains the queue and commits
@@ -100,6 +102,9 @@ struct Sub {
     rec: SubscriptionRecord,
     /// Per IMPI (same order as `rec.private_identities`): the SQN block it may hand out from.
     sqn: Vec<Option<SqnBlock>>,
+    /// Per service profile (same order as `rec.profiles`): whether its iFCs hold services
+    /// related to the unregistered state ([`crate::ifc`]), read once here, not per LIR.
+    unregistered_services: Vec<bool>,
 }
 
 /// SQNs reserved in the store and not handed out yet: `(last, end]` in steps.
@@ -209,8 +214,23 @@ impl Maps {
             .iter()
             .map(|p| p.impi.clone())
             .collect();
+        let unregistered_services = rec
+            .profiles
+            .iter()
+            .map(|(ifc, _)| {
+                crate::ifc::has_unregistered_services(ifc).unwrap_or_else(|e| {
+                    tracing::warn!(
+                        subscription = rec.id,
+                        error = %e,
+                        "unreadable iFC: the profile counts as without unregistered services"
+                    );
+                    false
+                })
+            })
+            .collect();
         let sub = Arc::new(Mutex::new(Sub {
             sqn: vec![None; rec.private_identities.len()],
+            unregistered_services,
             rec,
         }));
         for k in impus {
@@ -344,6 +364,20 @@ impl Subscribers {
             return Ok(None);
         };
         Ok(lock(&s)?.rec.scscf.clone())
+    }
+
+    /// Whether the service profile of `impu` has services related to the unregistered state
+    /// ([`crate::ifc`]; `false` for an unknown identity).
+    pub async fn unregistered_services(&self, impu: &str) -> Result<bool> {
+        let Some(s) = self.sub(IdentityKey::Impu(impu)).await? else {
+            return Ok(false);
+        };
+        let g = lock(&s)?;
+        Ok(g.rec
+            .profiles
+            .iter()
+            .zip(&g.unregistered_services)
+            .any(|((_, ids), &unreg)| unreg && ids.iter().any(|p| p.impu == impu)))
     }
 
     /// The capability set of the subscription owning `impu` (`None` when it has none).

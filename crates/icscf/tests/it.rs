@@ -90,6 +90,33 @@ async fn chain_admin(
                 barred: false,
                 irs: 0,
             }],
+            // A service for the unregistered state: unregistered, alice is served by an
+            // S-CSCF the I-CSCF chooses (LIA 2003).
+            ifc_xml: "<InitialFilterCriteria><Priority>0</Priority><ApplicationServer>\
+                      <ServerName>sip:vm.hims.net</ServerName>\
+                      <DefaultHandling>0</DefaultHandling></ApplicationServer>\
+                      <ProfilePartIndicator>1</ProfilePartIndicator></InitialFilterCriteria>"
+                .into(),
+            capability_set: None,
+            roaming_allowed: vec![],
+        })
+        .await
+        .unwrap();
+    // Dave has no service for the unregistered state: unregistered, nothing serves him
+    // (LIA 5003).
+    store
+        .add_subscriber(&NewSubscriber {
+            name: "dave".into(),
+            impi: "dave@hims.net".into(),
+            credentials: Credentials::Digest {
+                realm: "hims.net".into(),
+                ha1: zeroize::Zeroizing::new("0123456789abcdef0123456789abcdef".into()),
+            },
+            public_identities: vec![NewPublicIdentity {
+                impu: "sip:dave@hims.net".into(),
+                barred: false,
+                irs: 0,
+            }],
             ifc_xml: String::new(),
             capability_set: None,
             roaming_allowed: vec![],
@@ -317,7 +344,8 @@ fn request(method: &str, me: SocketAddr, ruri: &str, route: &str, call_id: &str)
 /// Terminating requests (TS 24.229 §5.3.2): the LIR decides. No S-CSCF assigned (2003 with
 /// capabilities): one is chosen; the Server-Name of the user's S-CSCF: that one, whose
 /// answer comes back whatever it is (no failover once an S-CSCF answered); a user the HSS
-/// does not know: 404; the I-CSCF stays out of the path. INVITE goes the same way: 100 at
+/// does not know: 404; one not registered and without unregistered-state services (5003):
+/// 480, no S-CSCF asked; the I-CSCF stays out of the path. INVITE goes the same way: 100 at
 /// once, the S-CSCF's final answer passed back, and the ACK of that failure absorbed. A
 /// SUBSCRIBE out of a dialog goes the same way; one inside a dialog, or an UPDATE, gets 501.
 #[tokio::test(flavor = "multi_thread")]
@@ -376,6 +404,16 @@ async fn terminating_requests_are_routed_by_lir() {
 
     let r = send("MESSAGE", "sip:nobody@hims.net", "t3");
     assert_eq!(r.status(), Some(404), "{r}");
+    let r = send("MESSAGE", "sip:dave@hims.net", "t3b");
+    assert_eq!(r.status(), Some(480), "{r}");
+    assert_eq!(
+        (
+            chosen_seen.lock().unwrap().len(),
+            named_seen.lock().unwrap().len()
+        ),
+        (1, 1),
+        "no S-CSCF got dave's MESSAGE"
+    );
     let r = send("INVITE", "sip:alice@hims.net", "t4");
     assert_eq!(r.status(), Some(100), "100 Trying at once: {r}");
     let r = recv(&ue);
@@ -443,7 +481,8 @@ async fn terminating_requests_are_routed_by_lir() {
 
 /// The admin API counts what really passed: a registration (UAA 2001, the stand-in S-CSCF's
 /// 200 passed back), an unknown user's (UAA 5001, 403), a MESSAGE to a user without an
-/// S-CSCF (LIA 2003, chosen one's 200) and to an unknown one (LIA 5001, 404); non-loopback
+/// S-CSCF (LIA 2003, chosen one's 200), to an unknown one (LIA 5001, 404) and to one who
+/// is not registered and has no unregistered-state services (LIA 5003, 480); non-loopback
 /// admin addresses are refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_requests_responses_and_cx_answers() {
@@ -473,6 +512,7 @@ async fn metrics_count_requests_responses_and_cx_answers() {
     for (call, ruri, status) in [
         ("m3", "sip:alice@hims.net", 200),
         ("m4", "sip:nobody@hims.net", 404),
+        ("m5", "sip:dave@hims.net", 480),
     ] {
         ue.send_to(request("MESSAGE", me, ruri, &our_route, call).as_bytes(), i)
             .unwrap();
@@ -481,14 +521,16 @@ async fn metrics_count_requests_responses_and_cx_answers() {
 
     let want = [
         "ims_icscf_requests_total{method=\"REGISTER\"} 2",
-        "ims_icscf_requests_total{method=\"MESSAGE\"} 2",
+        "ims_icscf_requests_total{method=\"MESSAGE\"} 3",
         "ims_icscf_responses_total{status=\"200\"} 2",
         "ims_icscf_responses_total{status=\"403\"} 1",
         "ims_icscf_responses_total{status=\"404\"} 1",
+        "ims_icscf_responses_total{status=\"480\"} 1",
         "ims_icscf_cx_answers_total{command=\"UAR\",result=\"2001\"} 1",
         "ims_icscf_cx_answers_total{command=\"UAR\",result=\"5001\"} 1",
         "ims_icscf_cx_answers_total{command=\"LIR\",result=\"2003\"} 1",
         "ims_icscf_cx_answers_total{command=\"LIR\",result=\"5001\"} 1",
+        "ims_icscf_cx_answers_total{command=\"LIR\",result=\"5003\"} 1",
     ];
     // The response is counted as it is sent: by the time the UE has it, it is in.
     let text = get("/metrics").await.unwrap();

@@ -268,10 +268,14 @@ impl Env {
     }
 
     async fn lir(&mut self, impu: &str) -> Vec<u8> {
+        self.lir_as(impu, None).await
+    }
+
+    async fn lir_as(&mut self, impu: &str, orig: Option<dict::OriginatingRequest>) -> Vec<u8> {
         let r = Lir {
             base: self.base(),
             public_identity: impu,
-            originating_request: None,
+            originating_request: orig,
             authorization_type: None,
         };
         let mut b = Vec::new();
@@ -733,26 +737,99 @@ async fn sar_assignment_types_and_user_data(mut e: Env) {
     );
 }
 
+/// TS 29.228 §6.1.4.1: 5001 for an unknown identity; for one not registered and without an
+/// S-CSCF, 2003 UNREGISTERED_SERVICE with Server-Capabilities only when its profile has services
+/// related to the unregistered state (or the LIR is for an originating request), else 5003
+/// without capabilities; the S-CSCF's name with 2001 once one is assigned, services or not.
 async fn lir_answers(mut e: Env) {
+    // An iFC that applies to registered users only (ProfilePartIndicator absent, triggered on
+    // TERMINATING_REGISTERED), and one for the unregistered state (UNREGISTERED,
+    // TERMINATING_UNREGISTERED), each on a subscriber of its own (default capabilities).
+    let ifc = |ppi: &str, case: u8| {
+        format!(
+            "<InitialFilterCriteria><Priority>1</Priority><TriggerPoint>\
+             <ConditionTypeCNF>0</ConditionTypeCNF><SPT><ConditionNegated>0</ConditionNegated>\
+             <Group>0</Group><Method>INVITE</Method></SPT><SPT>\
+             <ConditionNegated>0</ConditionNegated><Group>0</Group>\
+             <SessionCase>{case}</SessionCase></SPT></TriggerPoint><ApplicationServer>\
+             <ServerName>sip:vm.hims.net</ServerName><DefaultHandling>0</DefaultHandling>\
+             </ApplicationServer>{ppi}</InitialFilterCriteria>"
+        )
+    };
+    for (name, ifc_xml) in [
+        ("dan", ifc("", 1)),
+        (
+            "frank",
+            ifc("<ProfilePartIndicator>1</ProfilePartIndicator>", 2),
+        ),
+    ] {
+        let mut s = aka(
+            &format!("{name}.private@hims.net"),
+            &[(&format!("sip:{name}@hims.net"), false)],
+            &[],
+            None,
+        );
+        s.ifc_xml = ifc_xml;
+        e.store.add_subscriber(&s).await.unwrap();
+    }
+
     let r = e.lir("sip:nobody@hims.net").await;
     assert_eq!(lia(&r).base.result, exp(5001));
+    // Not registered, no S-CSCF, no unregistered-state services: carol has no iFC, dan only
+    // one for the registered state.
+    for impu in ["sip:carol@hims.net", "sip:dan@hims.net"] {
+        let r = e.lir(impu).await;
+        let l = lia(&r);
+        assert_eq!(l.base.result, exp(5003), "{impu}");
+        assert!(l.server_capabilities.is_none(), "{impu}");
+        assert_eq!(l.server_name, None, "{impu}");
+    }
+    // With unregistered-state services: frank's iFC, bob's (no trigger point: it applies
+    // whatever the state), with his own capability set.
+    let r = e.lir("sip:frank@hims.net").await;
+    let l = lia(&r);
+    assert_eq!(l.base.result, exp(2003));
+    assert_eq!(l.server_capabilities.unwrap().mandatory, vec![1]);
     let r = e.lir("sip:bob@hims.net").await;
     let l = lia(&r);
     assert_eq!(l.base.result, exp(2003));
     assert_eq!(l.server_capabilities.unwrap().mandatory, vec![1, 2]);
+    // An originating request for carol: an S-CSCF is to be chosen all the same.
+    let r = e
+        .lir_as(
+            "sip:carol@hims.net",
+            Some(dict::OriginatingRequest::Originating),
+        )
+        .await;
+    let l = lia(&r);
+    assert_eq!(l.base.result, exp(2003));
+    assert!(l.server_capabilities.is_some());
+
+    // Registered: the S-CSCF's name, with or without unregistered-state services.
+    for (impi, impu) in [
+        ("bob.private@hims.net", "sip:bob@hims.net"),
+        ("carol@hims.net", "sip:carol@hims.net"),
+    ] {
+        e.sar(Some(impi), impu, Sat::Registration, true).await;
+        let r = e.lir(impu).await;
+        let l = lia(&r);
+        assert_eq!(
+            (l.base.result, l.server_name),
+            (AnswerResult::SUCCESS, Some(SCSCF)),
+            "{impu}"
+        );
+        assert!(l.server_capabilities.is_none(), "{impu}");
+    }
+    // Deregistered (the S-CSCF's name cleared): carol is back to 5003.
     e.sar(
-        Some("bob.private@hims.net"),
-        "sip:bob@hims.net",
-        Sat::Registration,
+        Some("carol@hims.net"),
+        "sip:carol@hims.net",
+        Sat::UserDeregistration,
         true,
     )
     .await;
-    let r = e.lir("sip:bob@hims.net").await;
-    let l = lia(&r);
-    assert_eq!(
-        (l.base.result, l.server_name),
-        (AnswerResult::SUCCESS, Some(SCSCF))
-    );
+    let r = e.lir("sip:carol@hims.net").await;
+    assert_eq!(lia(&r).base.result, exp(5003));
 }
 
 async fn sloppy_requests_are_told_what_is_wrong(mut e: Env) {
