@@ -3,9 +3,9 @@
 //! parsing and building on both sides) per second of one core, no sockets.
 //! `fake_registrar_alone_1000` times the registrar's share (about two thirds), to subtract.
 //!
-//! `idle_registered_ues` is not a timing: it registers 1,000,000 UEs that then wait to
-//! re-register and prints the resident memory they take (Linux), the figure in the module
-//! documentation.
+//! `idle_registered_ues` is not a timing: it registers 1,000,000 UEs (10,000 in criterion's
+//! `--test` smoke mode) that then wait to re-register and prints the resident memory they
+//! take (Linux), the figure in the module documentation.
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -100,7 +100,12 @@ fn rss_kib() -> Option<u64> {
 }
 
 fn idle_registered_ues(_: &mut Criterion) {
-    const N: u32 = 1_000_000;
+    // criterion's `--test` smoke mode (the test command, in a debug build): 10,000.
+    let n: u32 = if std::env::args().any(|a| a == "--test") {
+        10_000
+    } else {
+        1_000_000
+    };
     let now = Instant::now();
     let plan = Plan {
         reregister_every: Some(Duration::from_secs(3600)),
@@ -111,16 +116,16 @@ fn idle_registered_ues(_: &mut Criterion) {
     let mut reg = FakeRegistrar::new("hims.net", FakeCredentials::Aka { k: K, opc: OPC });
     let before = rss_kib();
     let t = Instant::now();
-    let ok = register(&mut swarm, &mut reg, N, 1000, now);
+    let ok = register(&mut swarm, &mut reg, n, 1000, now);
     let took = t.elapsed();
     let after = rss_kib();
-    assert_eq!(swarm.alive(), N as usize);
+    assert_eq!(swarm.alive(), n as usize);
     if let (Some(a), Some(b)) = (after, before) {
         println!(
             "swarm: {ok} registered UEs waiting to re-register: {} MB resident, {} bytes per UE \
              (slot {} bytes); registered in {took:.2?} with the fake registrar",
             (a - b) / 1024,
-            (a - b) * 1024 / u64::from(N),
+            (a - b) * 1024 / u64::from(n),
             Swarm::slot_size(),
         );
     }
