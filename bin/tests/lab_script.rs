@@ -242,7 +242,8 @@ fn scripts_lab_runs_the_core_and_ues_register() {
 /// state) against the real daemons of `scripts/lab`. The script judges: every daemon's RSS
 /// bounded after the warm-up (within 30%), file descriptors and threads not growing, the
 /// S-CSCF holding what the UEs hold (an expiry left undone shows as more), and after the load
-/// the S-CSCF, the P-CSCF and the HSS holding no registration and no transaction. In a
+/// the S-CSCF, the P-CSCF and the HSS holding no registration and no transaction, at most 1%
+/// of the registrations failed and at most 25% refused with 503 (overload: a shared machine). In a
 /// namespace of its own, so that it never meets a developer's lab on the host's loopback.
 #[test]
 fn soak_expires_every_registration_and_leaks_nothing() {
@@ -266,11 +267,15 @@ fn soak_expires_every_registration_and_leaks_nothing() {
         "20-30",
         "--interval",
         "2",
-        // Debug binaries on a shared machine: the P-CSCF's overload control may refuse a
-        // burst with 503 (a UE that got one lets its registration expire, which is still
-        // judged); what this test is about is below.
+        // Debug binaries on a machine the other tests share: the P-CSCF's overload control
+        // may refuse bursts with 503 (CI saw 402 of 7,012 while a kill-under-load test ran
+        // beside it; .config/nextest.toml now keeps those apart). A refused UE lets its
+        // registration expire, which is still judged. Any other failure (a timeout, a 4xx
+        // or 5xx but 503) counts against 1%.
         "--max-failures",
-        "5",
+        "1",
+        "--max-refused",
+        "25",
         // 35 s of steady state in debug builds: the P-CSCF's RSS was seen to wander by 16%
         // (flat over 10 minutes at full scale); a leak of what 2,000 UEs churn through still
         // shows (and fails 'held' and 'expiry' too).
@@ -294,7 +299,9 @@ fn soak_expires_every_registration_and_leaks_nothing() {
     )
     .unwrap();
     assert!(status.success(), "the soak failed:\n{log}");
-    for name in ["rss", "fds", "threads", "held", "expiry", "failures"] {
+    for name in [
+        "rss", "fds", "threads", "held", "expiry", "failures", "refused",
+    ] {
         assert_eq!(
             j["judgements"][name]["ok"], true,
             "{name}: {}",
