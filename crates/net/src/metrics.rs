@@ -5,6 +5,13 @@
 //! - [`ByLabel`]: a counter per value of one label from a fixed set (methods, statuses,
 //!   causes), and `other` for the rest.
 //! - [`Histogram`]: a latency histogram over fixed buckets.
+//! - [`HistogramsBy`]: a [`Histogram`] per value of one label from a fixed set, e.g. the
+//!   CSCFs' Cx round trips by command, `<prefix>_cx_request_seconds{command}` over
+//!   [`CX_BUCKETS`]: the time from handing a request to the Diameter client to its answer.
+//!   Only answered requests are observed (an answer we then cannot read too); those that got
+//!   none are the `timeout` and `unreachable` of [`CxAnswers`], so that a histogram of answer
+//!   times holds neither the request timeout nor the instant refusals of a connection that
+//!   is down.
 //! - [`CxAnswers`]: Diameter answers by command and result, for the CSCFs (the I-CSCF's
 //!   UAR/LIR, the S-CSCF's MAR/SAR): `<prefix>_cx_answers_total{command,result}`, by
 //!   Result-Code or Experimental-Result-Code (`2001`, `2002`, `5001`, `3004`, ...; `other`
@@ -25,6 +32,13 @@ use crate::diameter::RequestError;
 /// The latency buckets of the CSCFs' histograms, in seconds (0.5 ms to 5 s).
 pub const CSCF_BUCKETS: [f64; 12] = [
     0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// The buckets of the CSCFs' Cx round trips, in seconds (0.1 ms to 5 s, the default request
+/// timeout): an HSS answering from memory takes well under a millisecond on a LAN, below the
+/// lowest bucket of [`CSCF_BUCKETS`].
+pub const CX_BUCKETS: [f64; 14] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
 /// Counters by one label whose values come from a fixed set, and `other` for the rest.
@@ -119,13 +133,74 @@ impl Histogram {
     pub fn render(&self, o: &mut String, name: &str, help: &str) {
         let _ = writeln!(o, "# HELP {name} {help}");
         let _ = writeln!(o, "# TYPE {name} histogram");
+        self.render_series(o, name, "");
+    }
+
+    /// Appends the lines of the histogram `name` with `labels` (`key="value"` pairs separated
+    /// by commas, or empty) to `o`, without HELP and TYPE.
+    fn render_series(&self, o: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
         for (b, c) in self.bounds.iter().zip(self.buckets.iter()) {
-            let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {}", c.load(Relaxed));
+            let _ = writeln!(
+                o,
+                "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {}",
+                c.load(Relaxed)
+            );
         }
         let count = self.count.load(Relaxed);
-        let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(o, "{name}_sum {}", self.sum_ns.load(Relaxed) as f64 / 1e9);
-        let _ = writeln!(o, "{name}_count {count}");
+        let _ = writeln!(o, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let sum = self.sum_ns.load(Relaxed) as f64 / 1e9;
+        if labels.is_empty() {
+            let _ = writeln!(o, "{name}_sum {sum}");
+            let _ = writeln!(o, "{name}_count {count}");
+        } else {
+            let _ = writeln!(o, "{name}_sum{{{labels}}} {sum}");
+            let _ = writeln!(o, "{name}_count{{{labels}}} {count}");
+        }
+    }
+}
+
+/// A [`Histogram`] per value of one label from a fixed set (values outside it are not
+/// observed).
+pub struct HistogramsBy<const N: usize> {
+    label: &'static str,
+    values: [&'static str; N],
+    histograms: [Histogram; N],
+}
+
+impl<const N: usize> HistogramsBy<N> {
+    /// Empty histograms over `bounds` for the `values` of `label`, e.g. `("command", ["MAR",
+    /// "SAR"])`.
+    pub fn new(label: &'static str, values: [&'static str; N], bounds: &'static [f64]) -> Self {
+        Self {
+            label,
+            values,
+            histograms: std::array::from_fn(|_| Histogram::new(bounds)),
+        }
+    }
+
+    /// Counts one observation of `took` for `value` (one of those given to
+    /// [`HistogramsBy::new`]; others are not counted).
+    pub fn observe(&self, value: &str, took: Duration) {
+        if let Some(h) = self
+            .values
+            .iter()
+            .position(|v| *v == value)
+            .and_then(|i| self.histograms.get(i))
+        {
+            h.observe(took);
+        }
+    }
+
+    /// Appends the histogram `name`, a series for every value (those that observed nothing
+    /// too, so that each exists from the start), to `o`.
+    pub fn render(&self, o: &mut String, name: &str, help: &str) {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} histogram");
+        let label = self.label;
+        for (value, h) in self.values.iter().zip(&self.histograms) {
+            h.render_series(o, name, &format!("{label}=\"{value}\""));
+        }
     }
 }
 
@@ -291,6 +366,42 @@ mod tests {
         let mut all = String::new();
         by.render(&mut all, "x_total", "status", "Statuses.", false);
         assert!(all.contains("x_total{status=\"401\"} 0"), "{all}");
+    }
+
+    #[test]
+    fn histograms_by_label_render_every_value_with_its_label() {
+        let h = HistogramsBy::new("command", ["MAR", "SAR"], &CX_BUCKETS);
+        h.observe("MAR", Duration::from_micros(80));
+        h.observe("MAR", Duration::from_micros(300));
+        h.observe("MAR", Duration::from_secs(7));
+        h.observe("UAR", Duration::from_millis(1));
+        let mut t = String::new();
+        h.render(&mut t, "x_cx_request_seconds", "Round trips.");
+        for line in [
+            "# TYPE x_cx_request_seconds histogram",
+            "x_cx_request_seconds_bucket{command=\"MAR\",le=\"0.0001\"} 1",
+            "x_cx_request_seconds_bucket{command=\"MAR\",le=\"0.00025\"} 1",
+            "x_cx_request_seconds_bucket{command=\"MAR\",le=\"0.0005\"} 2",
+            "x_cx_request_seconds_bucket{command=\"MAR\",le=\"5\"} 2",
+            "x_cx_request_seconds_bucket{command=\"MAR\",le=\"+Inf\"} 3",
+            "x_cx_request_seconds_sum{command=\"MAR\"} 7.00038",
+            "x_cx_request_seconds_count{command=\"MAR\"} 3",
+            // Nothing observed: there all the same, at zero.
+            "x_cx_request_seconds_bucket{command=\"SAR\",le=\"0.0001\"} 0",
+            "x_cx_request_seconds_bucket{command=\"SAR\",le=\"+Inf\"} 0",
+            "x_cx_request_seconds_sum{command=\"SAR\"} 0",
+            "x_cx_request_seconds_count{command=\"SAR\"} 0",
+        ] {
+            assert!(t.lines().any(|l| l == line), "no `{line}` in\n{t}");
+        }
+        assert_eq!(t.matches("# TYPE").count(), 1, "{t}");
+        assert!(
+            !t.contains("UAR"),
+            "a value outside the set is not observed:\n{t}"
+        );
+        // Each series: a line per bucket, +Inf, _sum and _count.
+        let lines = t.lines().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(lines, 2 * (CX_BUCKETS.len() + 3), "{t}");
     }
 
     #[test]
