@@ -47,8 +47,8 @@
 //! may route one here; each gets 3001 DIAMETER_COMMAND_UNSUPPORTED at once.
 //!
 //! **Metrics** ([`metrics`]): requests by method, final responses by status, UAA/LIA by
-//! result and SIP transactions, at `/metrics` on the admin API ([`admin`]) when
-//! `admin_listen` (loopback only) is set.
+//! result, the UAR/LIR round trips' latency and SIP transactions, at `/metrics` on the admin
+//! API ([`admin`]) when `admin_listen` (loopback only) is set.
 
 pub mod admin;
 pub mod metrics;
@@ -603,8 +603,8 @@ impl Inner {
     }
 
     /// Sends the Cx request `what` (`buf`, as `encoded` says it was encoded) and returns the
-    /// answer's bytes; the SIP status when it could not be encoded (500) or got no answer
-    /// (480: the HSS is unreachable).
+    /// answer's bytes, its round trip observed; the SIP status when it could not be encoded
+    /// (500) or got no answer (480: the HSS is unreachable).
     async fn cx_request<E: std::fmt::Display>(
         &self,
         what: &'static str,
@@ -615,8 +615,12 @@ impl Inner {
             tracing::warn!(error = %e, "cannot encode the {what}");
             return Err(Refusal::final_(500, "Server Internal Error"));
         }
+        let sent = std::time::Instant::now();
         match self.cx.request(buf).await {
-            Ok(b) => Ok(b),
+            Ok(b) => {
+                self.metrics.cx_round_trip(what, sent.elapsed());
+                Ok(b)
+            }
             Err(e) => {
                 self.metrics.cx(what, (&e).into());
                 tracing::warn!(error = %e, "{what} got no answer: HSS unreachable");

@@ -9,10 +9,17 @@
 //! - `ims_icscf_cx_answers_total{command,result}`: UAA and LIA by Result-Code or
 //!   Experimental-Result-Code, or `timeout`, `unreachable`, `invalid`
 //!   ([`ims_net::metrics::CxAnswers`]).
+//! - `ims_icscf_cx_request_seconds{command}`: histograms of the UAR and LIR round trips, from
+//!   handing the request to the Diameter client to its answer, as the I-CSCF sees the HSS
+//!   (the HSS's own `ims_hss_cx_answer_seconds` leaves out the network and both Diameter
+//!   stacks). Only answered requests are observed: those that got none are the `timeout` and
+//!   `unreachable` of `ims_icscf_cx_answers_total` ([`ims_net::metrics::HistogramsBy`]).
 //! - `ims_icscf_sip_transactions{side}`: SIP transactions held by the endpoint, `server`
 //!   and `client`.
 
-use ims_net::metrics::{ByLabel, CxAnswers, CxOutcome, transactions};
+use std::time::Duration;
+
+use ims_net::metrics::{ByLabel, CX_BUCKETS, CxAnswers, CxOutcome, HistogramsBy, transactions};
 use ims_sip::Method;
 
 /// Methods with their own series.
@@ -37,6 +44,7 @@ pub struct Metrics {
     requests: ByLabel<Method>,
     responses: ByLabel<u16>,
     cx: CxAnswers<2>,
+    cx_round_trips: HistogramsBy<2>,
 }
 
 impl Default for Metrics {
@@ -45,6 +53,7 @@ impl Default for Metrics {
             requests: ByLabel::new(&METHODS),
             responses: ByLabel::new(&STATUSES),
             cx: CxAnswers::new(["UAR", "LIR"]),
+            cx_round_trips: HistogramsBy::new("command", ["UAR", "LIR"], &CX_BUCKETS),
         }
     }
 }
@@ -65,6 +74,12 @@ impl Metrics {
         self.cx.count(command, outcome);
     }
 
+    /// Counts an answer to a `command` ("UAR" or "LIR") that came `took` after the request
+    /// was handed to the Diameter client.
+    pub fn cx_round_trip(&self, command: &str, took: Duration) {
+        self.cx_round_trips.observe(command, took);
+    }
+
     /// The Prometheus text exposition, with the endpoint's `(server, client)` transactions.
     pub fn render(&self, sip_transactions: (usize, usize)) -> String {
         let mut o = String::with_capacity(2048);
@@ -75,6 +90,9 @@ impl Metrics {
         self.responses
             .render(&mut o, "ims_icscf_responses_total", "status", help, true);
         self.cx.render(&mut o, "ims_icscf");
+        let help = "Time from a Cx request sent to its answer, by command.";
+        self.cx_round_trips
+            .render(&mut o, "ims_icscf_cx_request_seconds", help);
         transactions(&mut o, "ims_icscf", sip_transactions);
         o
     }
@@ -102,6 +120,8 @@ mod tests {
                 code: 5001,
             }),
         );
+        m.cx_round_trip("UAR", Duration::from_micros(400));
+        m.cx_round_trip("UAR", Duration::from_millis(20));
         let t = m.render((4, 2));
         for line in [
             "ims_icscf_requests_total{method=\"REGISTER\"} 2",
@@ -111,6 +131,12 @@ mod tests {
             "ims_icscf_responses_total{status=\"other\"} 1",
             "ims_icscf_cx_answers_total{command=\"UAR\",result=\"2001\"} 1",
             "ims_icscf_cx_answers_total{command=\"LIR\",result=\"5001\"} 1",
+            "ims_icscf_cx_request_seconds_bucket{command=\"UAR\",le=\"0.0005\"} 1",
+            "ims_icscf_cx_request_seconds_bucket{command=\"UAR\",le=\"0.025\"} 2",
+            "ims_icscf_cx_request_seconds_bucket{command=\"UAR\",le=\"+Inf\"} 2",
+            "ims_icscf_cx_request_seconds_sum{command=\"UAR\"} 0.0204",
+            "ims_icscf_cx_request_seconds_count{command=\"UAR\"} 2",
+            "ims_icscf_cx_request_seconds_count{command=\"LIR\"} 0",
             "ims_icscf_sip_transactions{side=\"server\"} 4",
             "ims_icscf_sip_transactions{side=\"client\"} 2",
         ] {

@@ -500,6 +500,7 @@ async fn metrics_count_requests_responses_and_cx_answers() {
     let health = get("/health").await.unwrap();
     assert!(health.contains("\"ok\""), "{health}");
 
+    let started = std::time::Instant::now();
     ue.send_to(register(me, "m1", 600).as_bytes(), i).unwrap();
     assert_eq!(recv(&ue).status(), Some(200));
     ue.send_to(
@@ -543,6 +544,21 @@ async fn metrics_count_requests_responses_and_cx_answers() {
         "{text}"
     );
     assert!(!text.contains("result=\"timeout\""), "{text}");
+    // Every UAR and LIR sent was answered: each round trip observed once, within the time
+    // the whole exchange took.
+    let took = started.elapsed().as_secs_f64();
+    for (command, sent) in [("UAR", 2.0), ("LIR", 3.0)] {
+        let value = |series: String| {
+            sample(&text, &series).unwrap_or_else(|| panic!("no `{series}` in:\n{text}"))
+        };
+        let name = "ims_icscf_cx_request_seconds";
+        let labels = format!("command=\"{command}\"");
+        assert_eq!(value(format!("{name}_count{{{labels}}}")), sent, "{text}");
+        let inf = value(format!("{name}_bucket{{{labels},le=\"+Inf\"}}"));
+        assert_eq!(inf, sent, "{text}");
+        let sum = value(format!("{name}_sum{{{labels}}}"));
+        assert!(sum > 0.0 && sum <= took, "{sum} s of {took} s:\n{text}");
+    }
 
     let mut bad: ims_icscf::Config = ims_icscf::Config {
         admin_listen: Some("10.0.0.3:8080".parse().unwrap()),
@@ -555,6 +571,12 @@ async fn metrics_count_requests_responses_and_cx_answers() {
     );
     bad.admin_listen = Some("[::1]:8080".parse().unwrap());
     bad.validate().unwrap();
+}
+
+/// The value of the sample `series` (its name and labels, exactly as rendered) in `text`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// A Cx peer of the test's own (our peer state machine over a std socket, as a relay would
