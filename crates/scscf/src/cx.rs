@@ -24,7 +24,7 @@ use ims_diameter::dict::{
 };
 use ims_diameter::{AnswerResult, Message, SessionIdGenerator};
 use ims_net::diameter::{CxClientConfig, DiameterClient, RequestError};
-use ims_net::metrics::{CxAnswers, CxOutcome};
+use ims_net::metrics::{CX_BUCKETS, CxAnswers, CxOutcome, HistogramsBy};
 use zeroize::Zeroizing;
 
 /// SIP-Authentication-Scheme values (TS 29.229 §6.3.2).
@@ -153,6 +153,8 @@ pub struct CxClient {
     sessions: SessionIdGenerator,
     /// MAA and SAA by result, for `ims_scscf_cx_answers_total` ([`crate::metrics`]).
     answers: CxAnswers<2>,
+    /// MAR and SAR round trips, for `ims_scscf_cx_request_seconds`.
+    round_trips: HistogramsBy<2>,
 }
 
 impl CxClient {
@@ -168,20 +170,33 @@ impl CxClient {
             server_name,
             sessions,
             answers: CxAnswers::new(["MAR", "SAR"]),
+            round_trips: HistogramsBy::new("command", ["MAR", "SAR"], &CX_BUCKETS),
         }
     }
 
-    /// Appends `ims_scscf_cx_answers_total` (MAA and SAA by result) to `o`.
-    pub fn render_answers(&self, o: &mut String) {
+    /// Appends `ims_scscf_cx_answers_total` (MAA and SAA by result) and
+    /// `ims_scscf_cx_request_seconds` (the MAR and SAR round trips) to `o`.
+    pub fn render_metrics(&self, o: &mut String) {
         self.answers.render(o, "ims_scscf");
+        let help = "Time from a Cx request sent to its answer, by command.";
+        self.round_trips
+            .render(o, "ims_scscf_cx_request_seconds", help);
     }
 
-    /// Sends `command` and returns its answer's bytes, counting the requests that get none.
+    /// Sends `command` and returns its answer's bytes, observing the round trip of those
+    /// answered and counting the requests that get none.
     async fn request(&self, command: &str, req: Vec<u8>) -> Result<Vec<u8>, CxFailure> {
-        self.client.request(req).await.map_err(|e| {
-            self.answers.count(command, (&e).into());
-            CxFailure::Unreachable(e)
-        })
+        let sent = std::time::Instant::now();
+        match self.client.request(req).await {
+            Ok(answer) => {
+                self.round_trips.observe(command, sent.elapsed());
+                Ok(answer)
+            }
+            Err(e) => {
+                self.answers.count(command, (&e).into());
+                Err(CxFailure::Unreachable(e))
+            }
+        }
     }
 
     /// `read` (parsing or decoding `command`'s answer), counted as `invalid` when it failed.
@@ -365,4 +380,48 @@ fn vector_of(item: &SipAuthDataItem<'_>) -> Result<Vector, CxFailure> {
         )?,
         ik: key(item.integrity_key, "Integrity-Key is not 16 bytes")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A MAR that gets no answer (nothing listens where the HSS should be) is counted as
+    /// `unreachable` and is no round trip: the histogram stays at zero.
+    #[tokio::test]
+    async fn a_request_without_answer_is_counted_but_not_timed() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let hss = closed.local_addr().unwrap();
+        drop(closed);
+        let cfg = CxClientConfig {
+            hss,
+            origin_host: "scscf1.hims.net".into(),
+            origin_realm: "hims.net".into(),
+            destination_realm: "hims.net".into(),
+            destination_host: None,
+            watchdog_seconds: 30,
+            request_timeout_seconds: 5,
+            local_address: None,
+        };
+        let (client, _) = DiameterClient::connect(hss, cfg.peer_config());
+        let cx = CxClient::new(client, cfg, "sip:scscf1.hims.net".into());
+        let failure = cx.mar("alice@hims.net", "sip:alice@hims.net", None).await;
+        assert!(
+            matches!(
+                failure,
+                Err(CxFailure::Unreachable(RequestError::NotOpen(_)))
+            ),
+            "{failure:?}"
+        );
+        let mut t = String::new();
+        cx.render_metrics(&mut t);
+        for line in [
+            "ims_scscf_cx_answers_total{command=\"MAR\",result=\"unreachable\"} 1",
+            "ims_scscf_cx_request_seconds_bucket{command=\"MAR\",le=\"+Inf\"} 0",
+            "ims_scscf_cx_request_seconds_count{command=\"MAR\"} 0",
+            "ims_scscf_cx_request_seconds_count{command=\"SAR\"} 0",
+        ] {
+            assert!(t.lines().any(|l| l == line), "no `{line}` in\n{t}");
+        }
+    }
 }

@@ -16,6 +16,12 @@
 //!   Experimental-Result-Code, or `timeout`, `unreachable`, `invalid`; counted by the Cx
 //!   client ([`crate::cx::CxClient`], [`ims_net::metrics::CxAnswers`]) and rendered after
 //!   the rest.
+//! - `ims_scscf_cx_request_seconds{command}`: histograms of the MAR and SAR round trips, from
+//!   handing the request to the Diameter client to its answer, as the S-CSCF sees the HSS
+//!   (the HSS's own `ims_hss_cx_answer_seconds` leaves out the network and both Diameter
+//!   stacks); timed by the Cx client too, and rendered with the answers. Only answered
+//!   requests are observed: those that got none are the `timeout` and `unreachable` of
+//!   `ims_scscf_cx_answers_total` ([`ims_net::metrics::HistogramsBy`]).
 //! - `ims_scscf_store_batches_total`, `ims_scscf_store_writes_total`: transactions the store
 //!   writer committed (or tried), and the registration changes in them (their ratio is the
 //!   group commit's batch size).

@@ -601,7 +601,7 @@ impl Registrar {
             .map(|s| lock(s).values().map(|u| u.regs.len()).sum::<usize>())
             .sum();
         let mut o = self.inner.metrics.render(held, transactions);
-        self.inner.cx.render_answers(&mut o);
+        self.inner.cx.render_metrics(&mut o);
         o
     }
 

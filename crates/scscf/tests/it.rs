@@ -1370,7 +1370,9 @@ async fn the_admin_api_lists_the_registrations_held() {
 
     let mut ue = Ue::new(ALICE_IMPI, ALICE, "<sip:alice@10.0.0.2:5060>;expires=300");
     let mut usim = usim();
+    let started = std::time::Instant::now();
     let ok = aka_register(&r, &mut ue, &mut usim, Qop::Auth, &[]).await;
+    let took = started.elapsed().as_secs_f64();
     assert_eq!(ok.status(), Some(200), "{ok}");
     let before = std::time::SystemTime::now();
     let v = tokio::task::spawn_blocking(move || get("/v1/registrations"))
@@ -1422,6 +1424,25 @@ async fn the_admin_api_lists_the_registrations_held() {
     ] {
         assert!(text.lines().any(|l| l == want), "`{want}` in:\n{text}");
     }
+    // Their round trips, each observed once, within the time the registration took.
+    for command in ["MAR", "SAR"] {
+        let value = |series: String| {
+            sample(&text, &series).unwrap_or_else(|| panic!("no `{series}` in:\n{text}"))
+        };
+        let name = "ims_scscf_cx_request_seconds";
+        let labels = format!("command=\"{command}\"");
+        assert_eq!(value(format!("{name}_count{{{labels}}}")), 1.0, "{text}");
+        let inf = value(format!("{name}_bucket{{{labels},le=\"+Inf\"}}"));
+        assert_eq!(inf, 1.0, "{text}");
+        let sum = value(format!("{name}_sum{{{labels}}}"));
+        assert!(sum > 0.0 && sum <= took, "{sum} s of {took} s:\n{text}");
+    }
+}
+
+/// The value of the sample `series` (its name and labels, exactly as rendered) in `text`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 fn admin_post(admin: SocketAddr, path: &str) -> String {
