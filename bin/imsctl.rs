@@ -3,13 +3,16 @@
 //! `imsctl registrations` joins two views: the HSS's (who is registered, at which S-CSCF)
 //! and, for each S-CSCF given with `--scscf URL` (its admin API), the S-CSCF's (contacts,
 //! until when, through which P-CSCF); what no S-CSCF was asked about stays `null`.
+//! `imsctl ladder` draws a capture as a call-flow ladder (`ladder.rs`; it needs no HSS).
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
+mod ladder;
+
 #[derive(Parser)]
-#[command(about = "Provision the IMS core's HSS through its admin API")]
+#[command(about = "Provision the IMS core's HSS through its admin API; draw a capture as a ladder")]
 struct Cli {
     /// Base URL of the HSS admin API.
     #[arg(long, env = "IMS_HSS_URL", default_value = "http://127.0.0.40:8080")]
@@ -49,6 +52,9 @@ enum Cmd {
         #[arg(long = "scscf", env = "IMS_SCSCF_URL", value_delimiter = ',')]
         scscfs: Vec<String>,
     },
+    /// A capture as a call-flow ladder (Mermaid or SVG): one column per address, one arrow
+    /// per SIP, Diameter or DNS message, as tshark decodes it.
+    Ladder(ladder::Args),
 }
 
 // Parsed once per process: the size of the largest variant does not matter.
@@ -130,6 +136,11 @@ enum Caps {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The ladder reads captures, not the HSS: before the token and the HTTP agent.
+    let cmd = match cli.cmd {
+        Cmd::Ladder(args) => return ladder::main(args),
+        cmd => cmd,
+    };
     let base = cli.url.trim_end_matches('/');
     let mut config = ureq::Agent::config_builder().http_status_as_error(false);
     if let Some(token) = cli
@@ -155,7 +166,7 @@ fn main() -> ExitCode {
         );
     }
     let agent: ureq::Agent = config.build().into();
-    let res = match cli.cmd {
+    let res = match cmd {
         Cmd::Registrations { scscfs } => {
             // The HSS's token goes to the HSS only.
             let plain: ureq::Agent = ureq::Agent::config_builder()
@@ -233,6 +244,7 @@ fn main() -> ExitCode {
             }
             agent.post(format!("{base}/v1/subscribers")).send_json(body)
         }
+        Cmd::Ladder(args) => return ladder::main(args),
         Cmd::CapabilitySet(Caps::Put {
             name,
             mandatory,

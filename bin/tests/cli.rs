@@ -553,3 +553,159 @@ fn pcscf_check_config_core_networks() {
         assert_eq!(err.lines().count(), 1, "{err}");
     }
 }
+
+/// A Diameter AVP (no vendor): code, the M flag, data padded to four bytes.
+fn avp(code: u32, data: &[u8]) -> Vec<u8> {
+    let mut a = code.to_be_bytes().to_vec();
+    a.extend_from_slice(&(0x4000_0000u32 | (8 + data.len() as u32)).to_be_bytes());
+    a.extend_from_slice(data);
+    a.resize(a.len().div_ceil(4) * 4, 0);
+    a
+}
+
+/// A Diameter message: command, request or answer, hop-by-hop id, AVPs.
+fn diameter(command: u32, request: bool, hbh: u32, avps: &[Vec<u8>]) -> Vec<u8> {
+    let body = avps.concat();
+    let mut m = (0x0100_0000u32 | (20 + body.len() as u32))
+        .to_be_bytes()
+        .to_vec();
+    // R for a request, P for everything but the base protocol's CER/CEA.
+    let proxiable: u32 = if command == 257 { 0 } else { 0x40 };
+    let flags: u32 = if request { 0x80 | proxiable } else { proxiable };
+    m.extend_from_slice(&((flags << 24) | command).to_be_bytes());
+    let app: u32 = if command == 257 { 0 } else { 16_777_216 };
+    for v in [app, hbh, hbh] {
+        m.extend_from_slice(&v.to_be_bytes());
+    }
+    m.extend_from_slice(&body);
+    m
+}
+
+/// `imsctl ladder` over a capture of the one-host lab's addresses (named without `--name`):
+/// SIP, DNS on the lab's port 10053, Diameter with a CER/CEA (left out unless `--all`), a UAA
+/// with an Experimental-Result; a message captured twice is one arrow. Then what goes
+/// wrong: no tshark, no file, not a capture — one line each, exit 2.
+#[test]
+fn imsctl_ladder_draws_a_capture_and_names_what_is_wrong() {
+    let Some(_) = ims_testkit::require_tool("imsctl_ladder_draws_a_capture", "tshark") else {
+        return;
+    };
+    let a = |s: &str| -> std::net::SocketAddrV4 { s.parse().unwrap() };
+    let (ue, p, dns, i, h) = (
+        a("127.0.0.1:5070"),
+        a("127.0.0.10:5060"),
+        a("127.0.0.50:10053"),
+        a("127.0.0.20:40000"),
+        a("127.0.0.40:3868"),
+    );
+    let headers = "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\nFrom: <sip:bob@hims.net>;tag=1\r\nTo: <sip:bob@hims.net>\r\nCall-ID: ladder\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
+    let register = format!("REGISTER sip:hims.net SIP/2.0\r\nMax-Forwards: 70\r\n{headers}");
+    let challenge = format!("SIP/2.0 401 Unauthorized\r\n{headers}");
+    let naptr = |flags: u16| {
+        let mut q = [0x12, 0x34].to_vec();
+        q.extend_from_slice(&flags.to_be_bytes());
+        q.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+        q.extend_from_slice(b"\x04hims\x03net\x00\x00\x23\x00\x01");
+        q
+    };
+    let sid = avp(263, b"icscf;1");
+    let ok = avp(268, &2001u32.to_be_bytes());
+    let experimental = avp(
+        297,
+        &[
+            avp(266, &10415u32.to_be_bytes()),
+            avp(298, &2001u32.to_be_bytes()),
+        ]
+        .concat(),
+    );
+    let mut w = ims_testkit::pcap::PcapWriter::new();
+    w.udp(ue, p, register.as_bytes());
+    w.udp(ue, p, register.as_bytes()); // the same datagram seen twice
+    w.udp(a("127.0.0.10:4000"), dns, &naptr(0x0100));
+    w.udp(dns, a("127.0.0.10:4000"), &naptr(0x8183)); // NXDOMAIN
+    let origin = |host: &[u8]| [avp(264, host), avp(296, b"hims.net")].concat();
+    w.tcp(i, h, &diameter(257, true, 1, &[origin(b"icscf1.hims.net")]));
+    w.tcp(h, i, &diameter(257, false, 1, &[ok, origin(b"hss1.hims.net")]));
+    w.tcp(i, h, &diameter(300, true, 2, std::slice::from_ref(&sid)));
+    w.tcp(h, i, &diameter(300, false, 2, &[sid, experimental]));
+    w.udp(p, ue, challenge.as_bytes());
+    let dir = ims_testkit::scratch_dir("cli-ladder");
+    let pcap = dir.join("lab.pcap");
+    w.write(&pcap).unwrap();
+
+    let ladder = |args: &[&str]| {
+        Command::new(IMSCTL)
+            .arg("ladder")
+            .arg(&pcap)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = ladder(&[]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "sequenceDiagram
+    participant n127_0_0_1 as 127.0.0.1
+    participant P_CSCF as P-CSCF
+    participant DNS
+    participant I_CSCF as I-CSCF
+    participant HSS
+    n127_0_0_1->>P_CSCF: REGISTER (1)
+    P_CSCF->>DNS: NAPTR? hims.net
+    DNS->>P_CSCF: NAPTR hims.net: NXDOMAIN
+    I_CSCF->>HSS: UAR
+    HSS->>I_CSCF: UAA 2001
+    P_CSCF->>n127_0_0_1: 401 Unauthorized (REGISTER)
+"
+    );
+    let out = ladder(&["--all", "--name", "127.0.0.1=UE"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("    participant UE\n"), "{text}");
+    assert!(
+        text.contains("    I_CSCF->>HSS: CER\n    HSS->>I_CSCF: CEA 2001\n    I_CSCF->>HSS: UAR\n"),
+        "{text}"
+    );
+    let svg_file = dir.join("lab.svg");
+    let out = ladder(&["--format", "svg", "-o", svg_file.to_str().unwrap()]);
+    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+    let svg = std::fs::read_to_string(&svg_file).unwrap();
+    assert_eq!(svg.matches("class=\"msg\"").count(), 6, "{svg}");
+    assert!(svg.contains(">401 Unauthorized (REGISTER)</text>"), "{svg}");
+
+    // What goes wrong: one line, exit 2.
+    let one_line_exit_2 = |out: std::process::Output, says: &str| {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(says), "{err}");
+    };
+    one_line_exit_2(
+        Command::new(IMSCTL)
+            .args(["ladder", "--tshark", "/nonexistent/tshark"])
+            .arg(&pcap)
+            .output()
+            .unwrap(),
+        "/nonexistent/tshark not found",
+    );
+    one_line_exit_2(ladder_of(&dir.join("missing.pcap")), "cannot read");
+    let not_pcap = dir.join("not.pcap");
+    std::fs::write(&not_pcap, "not a capture\n").unwrap();
+    one_line_exit_2(ladder_of(&not_pcap), "tshark cannot read");
+    // A bad flag is clap's usage error (exit 2, with a hint line).
+    let out = Command::new(IMSCTL)
+        .args(["ladder", "--name", "pcscf=P"])
+        .arg(&pcap)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`pcscf` is not an IP address"));
+}
+
+fn ladder_of(pcap: &std::path::Path) -> std::process::Output {
+    Command::new(IMSCTL)
+        .arg("ladder")
+        .arg(pcap)
+        .output()
+        .unwrap()
+}

@@ -509,6 +509,41 @@ fn ladder(pcap: &std::path::Path, cseq: bool) -> Vec<String> {
     lines
 }
 
+/// `imsctl ladder` over the namespace lab's captures, its columns named after the lab's
+/// addresses; its output (written to a file with `-o`, as a user would).
+fn imsctl_ladder(pcaps: &[std::path::PathBuf], args: &[&str]) -> String {
+    let dir = pcaps[0].parent().unwrap();
+    let out_file = dir.join(format!("ladder-{}.out", args.join("-")));
+    let out = std::process::Command::new(lab::bin("imsctl"))
+        .arg("ladder")
+        .args(pcaps)
+        .args([
+            "--name",
+            "10.10.1.2=UE",
+            "--name",
+            "10.10.2.2=P-CSCF",
+            "--name",
+            "10.10.3.2=DNS",
+            "--name",
+            "10.10.4.2=I-CSCF",
+            "--name",
+            "10.10.4.3=S-CSCF",
+            "--name",
+            "10.10.4.4=HSS",
+            "-o",
+        ])
+        .arg(&out_file)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "imsctl ladder: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(out_file).unwrap()
+}
+
 /// tshark's verdict on every SIP message of a capture: (status or method, header, value).
 fn sip_headers(
     pcap: &std::path::Path,
@@ -755,6 +790,105 @@ fn captures_show_the_registration_ladder() {
     // Path is already in the REGISTER the S-CSCF gets.
     let at_s = sip_headers(home, "10.10.4.2", "10.10.4.3");
     assert!(at_s[0].2.contains("sip:term@pcscf1.vims.net"), "{at_s:?}");
+
+    // The same registration as `imsctl ladder` draws it from the four captures merged: one
+    // column per element, each message once (the P-CSCF's REGISTER to the I-CSCF is in the
+    // visited and the home capture; the home node's `any` sees its loopback packets twice).
+    let mermaid = imsctl_ladder(&files, &[]);
+    let (dns_arrows, arrows): (Vec<&str>, Vec<&str>) = mermaid
+        .lines()
+        .filter(|l| l.contains("->>"))
+        .map(str::trim)
+        .partition(|l| l.contains("DNS"));
+    assert_eq!(
+        mermaid.lines().take(7).collect::<Vec<_>>(),
+        [
+            "sequenceDiagram",
+            "    participant UE",
+            "    participant P_CSCF as P-CSCF",
+            "    participant DNS",
+            "    participant I_CSCF as I-CSCF",
+            "    participant S_CSCF as S-CSCF",
+            "    participant HSS",
+        ],
+        "{mermaid}"
+    );
+    assert_eq!(
+        arrows,
+        [
+            "UE->>P_CSCF: REGISTER (1)",
+            "P_CSCF->>I_CSCF: REGISTER (1)",
+            "I_CSCF->>HSS: UAR",
+            "HSS->>I_CSCF: UAA 2001",
+            "I_CSCF->>S_CSCF: REGISTER (1)",
+            "S_CSCF->>HSS: MAR",
+            "HSS->>S_CSCF: MAA 2001",
+            "S_CSCF->>I_CSCF: 401 Unauthorized (REGISTER)",
+            "I_CSCF->>P_CSCF: 401 Unauthorized (REGISTER)",
+            "P_CSCF->>UE: 401 Unauthorized (REGISTER)",
+            "UE->>P_CSCF: REGISTER (2)",
+            "P_CSCF->>I_CSCF: REGISTER (2)",
+            "I_CSCF->>HSS: UAR",
+            "HSS->>I_CSCF: UAA 2002",
+            "I_CSCF->>S_CSCF: REGISTER (2)",
+            "S_CSCF->>HSS: SAR",
+            "HSS->>S_CSCF: SAA 2001",
+            "S_CSCF->>I_CSCF: 200 OK (REGISTER)",
+            "I_CSCF->>P_CSCF: 200 OK (REGISTER)",
+            "P_CSCF->>UE: 200 OK (REGISTER)",
+            "P_CSCF->>S_CSCF: SUBSCRIBE (1)",
+            "S_CSCF->>P_CSCF: 200 OK (SUBSCRIBE)",
+            "S_CSCF->>P_CSCF: NOTIFY (1)",
+            "P_CSCF->>S_CSCF: 200 OK (NOTIFY)",
+        ],
+        "{mermaid}"
+    );
+    // The P-CSCF finds the I-CSCF (NAPTR, SRV, A) between the first REGISTER's arrival and
+    // its relay; each query has its answer.
+    let first_relay = mermaid
+        .lines()
+        .position(|l| l.contains("P_CSCF->>I_CSCF: REGISTER (1)"))
+        .unwrap();
+    let naptr = mermaid
+        .lines()
+        .position(|l| l.trim() == "P_CSCF->>DNS: NAPTR? hims.net")
+        .unwrap_or_else(|| panic!("{mermaid}"));
+    assert!(naptr < first_relay, "{mermaid}");
+    assert!(
+        dns_arrows
+            .iter()
+            .any(|l| l.starts_with("DNS->>P_CSCF: NAPTR hims.net: ")),
+        "{mermaid}"
+    );
+    for q in dns_arrows.iter().filter(|l| l.contains("->>DNS: ")) {
+        let (who, what) = q.split_once("->>DNS: ").unwrap();
+        let (ty, name) = what.split_once("? ").unwrap();
+        assert!(
+            dns_arrows
+                .iter()
+                .any(|a| a.starts_with(&format!("DNS->>{who}: {ty} {name}: "))),
+            "no answer to {q}: {mermaid}"
+        );
+    }
+    // The SVG: well-formed XML, a column per element, an arrow and a label per message.
+    let svg = imsctl_ladder(&files, &["--format", "svg"]);
+    assert!(svg.starts_with("<svg "), "{svg}");
+    let mut xml = quick_xml::Reader::from_str(&svg);
+    loop {
+        match xml.read_event() {
+            Ok(quick_xml::events::Event::Eof) => break,
+            Ok(_) => {}
+            Err(e) => panic!("the SVG is not XML: {e}\n{svg}"),
+        }
+    }
+    let n = arrows.len() + dns_arrows.len();
+    assert_eq!(svg.matches("class=\"msg\"").count(), n, "{svg}");
+    assert_eq!(svg.matches("class=\"label\"").count(), n, "{svg}");
+    assert_eq!(svg.matches("class=\"life\"").count(), 6, "{svg}");
+    for a in &arrows {
+        let label = a.split_once(": ").unwrap().1;
+        assert!(svg.contains(&format!(">{label}</text>")), "{label}: {svg}");
+    }
     for f in &files {
         assert_eq!(
             malformed(f),
