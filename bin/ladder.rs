@@ -764,11 +764,17 @@ impl Ladder {
     /// its label above it and its time (seconds since the first message) on the left.
     pub fn svg(&self) -> String {
         const LEFT: usize = 70;
-        const COL: usize = 170;
+        // Columns wide enough for every label over the columns its arrow spans (about 7
+        // pixels a character at 12 px), 170 at least.
+        let col = self
+            .arrows
+            .iter()
+            .map(|a| (a.label.chars().count() * 7 + 20) / a.from.abs_diff(a.to).max(1))
+            .fold(170, usize::max);
         const TOP: usize = 80;
         const ROW: usize = 30;
-        let x = |i: usize| LEFT + COL / 2 + i * COL;
-        let width = LEFT + COL * self.columns.len().max(1) + 10;
+        let x = |i: usize| LEFT + col / 2 + i * col;
+        let width = LEFT + col * self.columns.len().max(1) + 10;
         let height = TOP + ROW * self.arrows.len() + 20;
         let mut s = String::new();
         let _ = writeln!(
@@ -799,19 +805,23 @@ impl Ladder {
             let _ = writeln!(
                 s,
                 r##"<rect class="head" x="{}" y="10" width="{}" height="35" rx="4" fill="#eef2f8" stroke="#44546a"/>"##,
-                cx - COL / 2 + 10,
-                COL - 20
+                cx - col / 2 + 10,
+                col - 20
             );
             let _ = writeln!(
                 s,
                 r#"<text x="{cx}" y="26" text-anchor="middle" font-weight="bold">{}</text>"#,
                 xml_escape(&c.name)
             );
-            let _ = writeln!(
-                s,
-                r##"<text x="{cx}" y="40" text-anchor="middle" font-size="10" fill="#555555">{}</text>"##,
-                xml_escape(&c.addr.to_string())
-            );
+            // The address under the name, unless the name is the address.
+            let addr = c.addr.to_string();
+            if addr != c.name {
+                let _ = writeln!(
+                    s,
+                    r##"<text x="{cx}" y="40" text-anchor="middle" font-size="10" fill="#555555">{}</text>"##,
+                    xml_escape(&addr)
+                );
+            }
         }
         for (n, a) in self.arrows.iter().enumerate() {
             let y = TOP + ROW * n;
@@ -1151,6 +1161,10 @@ mod tests {
         assert!(svg.contains(">UAA 2001</text>"));
         assert!(svg.contains(">A&lt;B&amp;C</text>"));
         assert!(svg.contains(">P-CSCF</text>"));
+        assert!(
+            svg.contains(">10.10.2.2</text>"),
+            "the address under its name"
+        );
         assert!(svg.contains(">0.008</text>"), "the 401's time");
     }
 

@@ -625,7 +625,11 @@ fn imsctl_ladder_draws_a_capture_and_names_what_is_wrong() {
     w.udp(dns, a("127.0.0.10:4000"), &naptr(0x8183)); // NXDOMAIN
     let origin = |host: &[u8]| [avp(264, host), avp(296, b"hims.net")].concat();
     w.tcp(i, h, &diameter(257, true, 1, &[origin(b"icscf1.hims.net")]));
-    w.tcp(h, i, &diameter(257, false, 1, &[ok, origin(b"hss1.hims.net")]));
+    w.tcp(
+        h,
+        i,
+        &diameter(257, false, 1, &[ok, origin(b"hss1.hims.net")]),
+    );
     w.tcp(i, h, &diameter(300, true, 2, std::slice::from_ref(&sid)));
     w.tcp(h, i, &diameter(300, false, 2, &[sid, experimental]));
     w.udp(p, ue, challenge.as_bytes());
