@@ -871,25 +871,27 @@ fn mermaid_text(s: &str) -> String {
         .collect()
 }
 
+/// XML text and attribute escaping (quick-xml's), control characters (not allowed in XML
+/// 1.0) made spaces first.
 fn xml_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c if c.is_control() => out.push(' '),
-            c => out.push(c),
-        }
-    }
-    out
+    let clean: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    quick_xml::escape::escape(clean.as_str()).into_owned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn svg_text_is_escaped_and_control_characters_are_spaces() {
+        assert_eq!(
+            xml_escape("a<b & 'c' \"d\">\u{1}e"),
+            "a&lt;b &amp; &apos;c&apos; &quot;d&quot;&gt; e"
+        );
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
