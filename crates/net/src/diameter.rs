@@ -170,12 +170,13 @@ impl DiameterClient {
         let (requests_tx, requests_rx) = mpsc::channel(256);
         let (open_tx, open) = watch::channel(Link::Starting);
         let first_wait = cfg.request_timeout;
+        let write_limit = cfg.request_timeout;
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(7, |d| d.subsec_nanos());
         let peer = Peer::new(cfg, Role::Initiator, seed);
         tokio::spawn(
-            drive(server, local, peer, rx, requests_tx, open_tx)
+            drive(server, local, peer, write_limit, rx, requests_tx, open_tx)
                 .instrument(tracing::info_span!("diameter_client", %server)),
         );
         (
@@ -223,7 +224,16 @@ impl DiameterClient {
             .send(Cmd::Request(bytes, tx))
             .await
             .map_err(|_| RequestError::Stopped)?;
-        rx.await.map_err(|_| RequestError::Stopped)?
+        // The driver fails every request by the peer's request timeout, or when the
+        // connection ends; this bound only keeps a caller from waiting for ever should the
+        // driver itself be stuck.
+        match tokio::time::timeout(self.first_wait * 2, rx).await {
+            Ok(r) => r.map_err(|_| RequestError::Stopped)?,
+            Err(_) => {
+                tracing::warn!(server = %self.server, "no outcome from the Diameter client within twice the request timeout");
+                Err(RequestError::NoAnswer(self.server))
+            }
+        }
     }
 
     /// Answers a request the server sent us.
@@ -293,6 +303,7 @@ async fn drive(
     server: SocketAddr,
     local: Option<IpAddr>,
     mut peer: Peer,
+    write_limit: Duration,
     mut cmds: mpsc::Receiver<Cmd>,
     requests: mpsc::Sender<Vec<u8>>,
     open: watch::Sender<Link>,
@@ -302,17 +313,28 @@ async fn drive(
     loop {
         // Connect (the peer says when to try again after a failure).
         peer.handle_connecting(Instant::now());
-        let mut stream = match connect_tcp(server, local).await {
-            Ok(s) => s,
-            Err(e) => {
+        let connected = {
+            let connecting = connect_tcp(server, local);
+            tokio::pin!(connecting);
+            loop {
+                tokio::select! {
+                    r = &mut connecting => break Some(r),
+                    cmd = cmds.recv() => match cmd {
+                        Some(cmd) => refuse(cmd, server),
+                        None => break None,
+                    },
+                }
+            }
+        };
+        let mut stream = match connected {
+            None => return,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
                 tracing::info!(%server, error = %e, "Diameter connect failed");
                 let _ = open.send(Link::Down);
                 peer.handle_disconnected(Instant::now());
                 while peer.poll_event().is_some() {}
-                sleep_until(peer.poll_timeout()).await;
-                peer.handle_timeout(Instant::now());
-                while peer.poll_event().is_some() {}
-                if cmds.is_closed() {
+                if !back_off(&mut peer, &mut cmds, server).await {
                     return;
                 }
                 continue;
@@ -321,10 +343,22 @@ async fn drive(
         let _ = stream.set_nodelay(true);
         peer.handle_connected(Instant::now());
         'conn: loop {
+            // A peer that stops reading (stopped, not dead) fills our socket buffer: a write
+            // that cannot finish within the request timeout ends the connection, rather than
+            // the driver waiting on it with every request's timer stopped.
             while let Some(b) = peer.poll_transmit() {
-                if stream.write_all(&b).await.is_err() {
-                    peer.handle_disconnected(Instant::now());
-                    break;
+                match tokio::time::timeout(write_limit, stream.write_all(&b)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::info!(%server, error = %e, "Diameter write failed");
+                        peer.handle_disconnected(Instant::now());
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::warn!(%server, limit = ?write_limit, "the Diameter peer has not read our bytes for the request timeout: closing");
+                        peer.handle_disconnected(Instant::now());
+                        break;
+                    }
                 }
             }
             while let Some(ev) = peer.poll_event() {
@@ -400,12 +434,44 @@ async fn drive(
         for (_, w) in waiting.drain() {
             let _ = w.send(Err(RequestError::NotOpen(server)));
         }
-        if cmds.is_closed() {
+        if cmds.is_closed() || !back_off(&mut peer, &mut cmds, server).await {
             return;
         }
-        // Wait for the peer's reconnect deadline.
-        sleep_until(peer.poll_timeout()).await;
-        peer.handle_timeout(Instant::now());
-        while peer.poll_event().is_some() {}
     }
+}
+
+/// A command that came while there is no connection: a request fails at once (the link is
+/// known down), an answer has nowhere to go.
+fn refuse(cmd: Cmd, server: SocketAddr) {
+    if let Cmd::Request(_, w) = cmd {
+        let _ = w.send(Err(RequestError::NotOpen(server)));
+    }
+}
+
+/// Waits for the peer's reconnect deadline, refusing every command that comes meanwhile: a
+/// request queued just as the connection ended must not wait for the next one, which may be
+/// never. False when every handle is gone (the client stops).
+async fn back_off(peer: &mut Peer, cmds: &mut mpsc::Receiver<Cmd>, server: SocketAddr) -> bool {
+    let Some(at) = peer.poll_timeout() else {
+        // The peer was told not to come back (DPR with DO_NOT_WANT_TO_TALK_TO_YOU): there is
+        // nothing to wait for but the end of the client.
+        while let Some(cmd) = cmds.recv().await {
+            refuse(cmd, server);
+        }
+        return false;
+    };
+    let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(at));
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            () = &mut sleep => break,
+            cmd = cmds.recv() => match cmd {
+                Some(cmd) => refuse(cmd, server),
+                None => return false,
+            },
+        }
+    }
+    peer.handle_timeout(Instant::now());
+    while peer.poll_event().is_some() {}
+    true
 }

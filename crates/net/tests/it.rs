@@ -499,6 +499,57 @@ mod diameter_client {
         );
     }
 
+    /// Requests made as the connection goes down all end; none waits for the HSS to come
+    /// back. Fifty callers start asking, in a loop, at the moment the HSS is told to stop (it
+    /// sends DPR and goes for good); each must get its error (NotOpen at once, or NoAnswer
+    /// after the 2 s request timeout). A request that saw the link still open and queued
+    /// itself just as the connection ended used to wait in the driver's queue through every
+    /// reconnect attempt, for as long as the HSS stayed away: the hang of
+    /// `many_in_flight_then_reconnect_after_the_hss_restarts` in CI, whose request right after
+    /// the stop met the DPR.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn every_request_ends_when_the_hss_goes_for_good() {
+        for round in 0..5u32 {
+            let (addr, stop) = hss("127.0.0.1:0".parse().unwrap()).await;
+            let mut cfg = PeerConfig::cx("icscf1.hims.net", "hims.net");
+            cfg.request_timeout = Duration::from_secs(2);
+            let (mut c, _server_requests) = DiameterClient::connect(addr, cfg);
+            assert!(
+                c.wait_open(Duration::from_secs(5)).await,
+                "CER/CEA with the HSS"
+            );
+            let go = std::sync::Arc::new(tokio::sync::Barrier::new(51));
+            let mut callers = Vec::new();
+            for n in 0..50u32 {
+                let c = c.clone();
+                let go = go.clone();
+                callers.push(tokio::spawn(async move {
+                    go.wait().await;
+                    loop {
+                        match c.request(uar(1000 + n)).await {
+                            Ok(_) => tokio::task::yield_now().await,
+                            Err(RequestError::NotOpen(_) | RequestError::NoAnswer(_)) => {
+                                return;
+                            }
+                            Err(e) => panic!("{e:?}"),
+                        }
+                    }
+                }));
+            }
+            go.wait().await;
+            let _ = stop.send(());
+            for t in callers {
+                // The request timeout is 2 s: anything still waiting after 8 s is stuck.
+                tokio::time::timeout(Duration::from_secs(8), t)
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!("round {round}: a request stuck after the connection went down")
+                    })
+                    .unwrap();
+            }
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn many_in_flight_then_reconnect_after_the_hss_restarts() {
         let (addr, stop) = hss("127.0.0.1:0".parse().unwrap()).await;
