@@ -1,8 +1,9 @@
 //! The tokio side of the IMS core: everything that touches sockets and timers for the
 //! sans-io protocol crates. Today: RFC 3263 SIP server location ([`dns`]) and the SIP
 //! transport over UDP and TCP with Content-Length framing and connection reuse ([`sip`]).
-//! [`diameter`] is the CSCFs' Diameter client connection (reconnect, watchdog, many requests
-//! in flight). [`endpoint`] is the CSCFs' transaction layer over the transport (server
+//! [`diameter`] is Diameter over TCP: one connection driver under the CSCFs' client
+//! (reconnect, watchdog, many requests in flight) and the HSS's server (accepted peers, a
+//! handler, requests of its own to open peers, 3004 under overload). [`endpoint`] is the CSCFs' transaction layer over the transport (server
 //! transactions absorbing retransmissions, client transactions with Timer E/F, stateless
 //! forwarding of responses by Via, the proxy checks of RFC 3261 §16.3, INVITE server and
 //! client transactions with CANCEL). [`proxy`] is the stateful proxy core for INVITE

@@ -23,31 +23,17 @@
 //! first attempt fails (refused, CEA refused, closed), the request fails with
 //! [`RequestError::NotOpen`] at once, as every later one does while the link is down.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use ims_diameter::peer::{Event, Peer, PeerConfig, RequestFailure, Role, State, WatchdogState};
+use ims_diameter::peer::{Peer, PeerConfig, Role, State, WatchdogState};
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
-/// Why a request got no answer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RequestError {
-    /// The connection is not open (its first attempt failed, down, reconnecting, or
-    /// SUSPECT: our DWR went unanswered for Tw), or it went down with the request waiting.
-    #[error("Diameter connection to {0} is not open")]
-    NotOpen(SocketAddr),
-    /// The answer did not come in time.
-    #[error("no Diameter answer from {0}")]
-    NoAnswer(SocketAddr),
-    /// The client task is gone.
-    #[error("the Diameter client has stopped")]
-    Stopped,
-}
+use super::RequestError;
+use super::conn::{self, Cmd, Ended, Owner, refuse};
 
 /// The `[diameter]` section of a CSCF's configuration: how to reach the HSS over Cx.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -138,11 +124,6 @@ enum Link {
     Down,
 }
 
-enum Cmd {
-    Request(Vec<u8>, oneshot::Sender<Result<Vec<u8>, RequestError>>),
-    Answer(Vec<u8>),
-}
-
 /// A handle on one client connection (clone it freely).
 #[derive(Clone)]
 pub struct DiameterClient {
@@ -171,13 +152,23 @@ impl DiameterClient {
         let (open_tx, open) = watch::channel(Link::Starting);
         let first_wait = cfg.request_timeout;
         let write_limit = cfg.request_timeout;
+        let origin = (cfg.origin_host.clone(), cfg.origin_realm.clone());
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(7, |d| d.subsec_nanos());
         let peer = Peer::new(cfg, Role::Initiator, seed);
         tokio::spawn(
-            drive(server, local, peer, write_limit, rx, requests_tx, open_tx)
-                .instrument(tracing::info_span!("diameter_client", %server)),
+            drive(
+                server,
+                local,
+                peer,
+                write_limit,
+                rx,
+                requests_tx,
+                open_tx,
+                origin,
+            )
+            .instrument(tracing::info_span!("diameter_client", %server)),
         );
         (
             Self {
@@ -279,13 +270,6 @@ pub fn refusal(
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-        None => std::future::pending().await,
-    }
-}
-
 async fn connect_tcp(server: SocketAddr, local: Option<IpAddr>) -> std::io::Result<TcpStream> {
     let Some(ip) = local else {
         return TcpStream::connect(server).await;
@@ -299,6 +283,7 @@ async fn connect_tcp(server: SocketAddr, local: Option<IpAddr>) -> std::io::Resu
     socket.connect(server).await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     server: SocketAddr,
     local: Option<IpAddr>,
@@ -307,11 +292,16 @@ async fn drive(
     mut cmds: mpsc::Receiver<Cmd>,
     requests: mpsc::Sender<Vec<u8>>,
     open: watch::Sender<Link>,
+    origin: (String, String),
 ) {
-    let mut waiting: HashMap<u64, oneshot::Sender<Result<Vec<u8>, RequestError>>> = HashMap::new();
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut owner = ClientOwner {
+        open: &open,
+        requests: &requests,
+        origin: &origin,
+    };
     loop {
-        // Connect (the peer says when to try again after a failure).
+        // Connect (the peer says when to try again after a failure), refusing the commands
+        // that come meanwhile.
         peer.handle_connecting(Instant::now());
         let connected = {
             let connecting = connect_tcp(server, local);
@@ -326,7 +316,7 @@ async fn drive(
                 }
             }
         };
-        let mut stream = match connected {
+        let stream = match connected {
             None => return,
             Some(Ok(s)) => s,
             Some(Err(e)) => {
@@ -340,111 +330,95 @@ async fn drive(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        peer.handle_connected(Instant::now());
-        'conn: loop {
-            // A peer that stops reading (stopped, not dead) fills our socket buffer: a write
-            // that cannot finish within the request timeout ends the connection, rather than
-            // the driver waiting on it with every request's timer stopped.
-            while let Some(b) = peer.poll_transmit() {
-                match tokio::time::timeout(write_limit, stream.write_all(&b)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::info!(%server, error = %e, "Diameter write failed");
-                        peer.handle_disconnected(Instant::now());
-                        break;
-                    }
-                    Err(_) => {
-                        tracing::warn!(%server, limit = ?write_limit, "the Diameter peer has not read our bytes for the request timeout: closing");
-                        peer.handle_disconnected(Instant::now());
-                        break;
-                    }
-                }
-            }
-            while let Some(ev) = peer.poll_event() {
-                match ev {
-                    Event::Up { .. } => {
-                        let _ = open.send(Link::Open);
-                    }
-                    Event::Down(_) => {
-                        // The peer logged why, in this client's span.
-                        let _ = open.send(Link::Down);
-                    }
-                    Event::Request(r) => {
-                        let _ = requests.send(r).await;
-                    }
-                    Event::Answer { handle, bytes } => {
-                        if let Some(w) = waiting.remove(&handle) {
-                            let _ = w.send(Ok(bytes));
-                        }
-                    }
-                    Event::RequestFailed { handle, reason } => {
-                        // The link went down under the request: it is known down, like one
-                        // not open (503 with Retry-After, not a timeout's 504).
-                        let e = match reason {
-                            RequestFailure::ConnectionDown => RequestError::NotOpen(server),
-                            RequestFailure::Timeout => RequestError::NoAnswer(server),
-                        };
-                        if let Some(w) = waiting.remove(&handle) {
-                            let _ = w.send(Err(e));
-                        }
-                    }
-                    Event::Close | Event::Reconnect => {}
-                }
-            }
-            // Usable for new requests only while Open and not SUSPECT (see the module docs).
-            let usable =
-                peer.state() == State::Open && peer.watchdog_state() == WatchdogState::Okay;
-            // The first attempt stays Starting until it opens or ends.
-            open.send_if_modified(|o| {
-                let now = match (usable, *o) {
-                    (true, _) => Link::Open,
-                    (false, Link::Starting) => Link::Starting,
-                    (false, _) => Link::Down,
-                };
-                std::mem::replace(o, now) != now
-            });
-            if peer.state() == State::Closed {
-                let _ = stream.shutdown().await;
-                break 'conn;
-            }
-            tokio::select! {
-                r = stream.read(&mut buf) => match r {
-                    Ok(0) | Err(_) => peer.handle_disconnected(Instant::now()),
-                    Ok(n) => peer.handle_bytes(Instant::now(), &buf[..n]),
-                },
-                cmd = cmds.recv() => match cmd {
-                    None => {
-                        peer.disconnect(Instant::now(), ims_diameter::dict::DisconnectCause::Rebooting);
-                    }
-                    Some(Cmd::Answer(b)) => peer.send_answer(b),
-                    Some(Cmd::Request(b, w)) => match peer.send_request(Instant::now(), b) {
-                        Ok(h) => {
-                            waiting.insert(h, w);
-                        }
-                        Err(_) => {
-                            let _ = w.send(Err(RequestError::NotOpen(server)));
-                        }
-                    },
-                },
-                () = sleep_until(peer.poll_timeout()) => peer.handle_timeout(Instant::now()),
-            }
-        }
+        let ended = conn::run(
+            stream,
+            server,
+            &mut peer,
+            &mut cmds,
+            None,
+            write_limit,
+            &mut owner,
+        )
+        .await;
         let _ = open.send(Link::Down);
-        for (_, w) in waiting.drain() {
-            let _ = w.send(Err(RequestError::NotOpen(server)));
-        }
-        if cmds.is_closed() || !back_off(&mut peer, &mut cmds, server).await {
+        if ended == Ended::NoCommands || !back_off(&mut peer, &mut cmds, server).await {
             return;
         }
     }
 }
 
-/// A command that came while there is no connection: a request fails at once (the link is
-/// known down), an answer has nowhere to go.
-fn refuse(cmd: Cmd, server: SocketAddr) {
-    if let Cmd::Request(_, w) = cmd {
-        let _ = w.send(Err(RequestError::NotOpen(server)));
+/// The client's side of a connection: publishes whether the link takes requests, and hands
+/// the server's requests (RTR, PPR) to the daemon.
+struct ClientOwner<'a> {
+    open: &'a watch::Sender<Link>,
+    requests: &'a mpsc::Sender<Vec<u8>>,
+    /// Our Origin-Host and Origin-Realm, for a busy answer.
+    origin: &'a (String, String),
+}
+
+impl Owner for ClientOwner<'_> {
+    fn up(&mut self, _peer: &Peer, _host: String, _realm: String) {}
+
+    fn down(&mut self) {}
+
+    fn request(&mut self, peer: &mut Peer, bytes: Vec<u8>) {
+        // The daemon serves them from a queue; a full queue gets 3004 at once rather than
+        // holding up this connection's answers.
+        match self.requests.try_send(bytes) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(bytes)) => {
+                tracing::warn!("too many Diameter requests from the server waiting: 3004");
+                let answer = too_busy(&bytes, &self.origin.0, &self.origin.1);
+                if !answer.is_empty() {
+                    peer.send_answer(answer);
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!(
+                    "a Diameter request from the server with nobody to serve it: dropped"
+                );
+            }
+        }
+    }
+
+    fn settled(&mut self, peer: &Peer) {
+        // Usable for new requests only while Open and not SUSPECT (see the module docs).
+        let usable = peer.state() == State::Open && peer.watchdog_state() == WatchdogState::Okay;
+        // The first attempt stays Starting until it opens or ends.
+        self.open.send_if_modified(|o| {
+            let now = match (usable, *o) {
+                (true, _) => Link::Open,
+                (false, Link::Starting) => Link::Starting,
+                (false, _) => Link::Down,
+            };
+            std::mem::replace(o, now) != now
+        });
+    }
+}
+
+/// DIAMETER_TOO_BUSY (3004, E bit) to `request` (empty when it is not a request that
+/// parses).
+fn too_busy(request: &[u8], origin_host: &str, origin_realm: &str) -> Vec<u8> {
+    use ims_diameter::{MessageBuilder, dict, header::flags};
+    let Ok(msg) = ims_diameter::Message::parse(request) else {
+        return Vec::new();
+    };
+    if !msg.is_request() {
+        return Vec::new();
+    }
+    let mut hdr = msg.header().answer();
+    hdr.flags |= flags::E;
+    let mut out = Vec::with_capacity(192);
+    let mut b = MessageBuilder::new(&mut out, &hdr);
+    if let Ok(Some(sid)) = msg.session_id() {
+        b.utf8(&dict::SESSION_ID, sid);
+    }
+    b.u32(&dict::RESULT_CODE, dict::result_code::TOO_BUSY)
+        .utf8(&dict::ORIGIN_HOST, origin_host)
+        .utf8(&dict::ORIGIN_REALM, origin_realm);
+    match b.finish() {
+        Ok(_) => out,
+        Err(_) => Vec::new(),
     }
 }
 
