@@ -10,11 +10,13 @@
 //! Subscribers are `<prefix><n>@<domain>` for n cycling over `--first .. --first + --count`,
 //! with one K/OP; `--csv` prints them for `imsctl subscriber import` instead of registering.
 //! Each UE registers, re-registers `--reregisters` times every `--reregister-every` seconds
-//! (in open loop: until the end of `--duration` unless `--reregisters` is given) and
+//! (in open loop: until the end of `--duration` unless `--reregisters` is given; the UEs then
+//! waiting for one stop there, or with `--whole-plans` carry on) and
 //! deregisters with `--deregister`. A progress line goes to stderr every second; the summary
 //! to stdout: one line (counts, failures by cause, the rate of registrations per second of wall
 //! time, whole-registration latency percentiles, then the REGISTER→401 and REGISTER(auth)→final
-//! round trips), or one JSON object with `--json`. Exit code 0 when every UE did everything
+//! round trips), or one JSON object with `--json` (with the re- and deregistrations' own
+//! latency percentiles when they were asked for). Exit code 0 when every UE did everything
 //! asked, 1 otherwise, 2 for bad arguments.
 //!
 //! **Calls** (`--calls --rate R --duration S`): `--count` UEs (an even number) register first,
@@ -100,6 +102,11 @@ struct Args {
     /// until the end of --duration in open loop).
     #[arg(long)]
     reregisters: Option<u32>,
+    /// Open loop with --reregisters: every UE does all of them, after --duration if need be
+    /// (without it, the UEs still waiting for one at the end stop there: deregister at once
+    /// with --deregister, all in the same instant)
+    #[arg(long)]
+    whole_plans: bool,
     /// Deregister each UE after its last registration.
     #[arg(long)]
     deregister: bool,
@@ -160,6 +167,10 @@ struct Stats {
     challenge: Vec<u32>,
     /// REGISTER(auth) → 2xx of every successful phase (µs).
     auth: Vec<u32>,
+    /// Successful re-registrations, whole (µs).
+    reregister: Vec<u32>,
+    /// Successful deregistrations, whole (µs).
+    deregister: Vec<u32>,
 }
 
 impl Stats {
@@ -176,6 +187,8 @@ impl Stats {
         self.register.extend(o.register);
         self.challenge.extend(o.challenge);
         self.auth.extend(o.auth);
+        self.reregister.extend(o.reregister);
+        self.deregister.extend(o.deregister);
     }
 
     fn take(&mut self, ev: Event, counters: &Counters) {
@@ -192,9 +205,13 @@ impl Stats {
                         if let Some(a) = p.auth {
                             self.auth.push(us(a));
                         }
-                        if p.phase == Phase::Register {
-                            self.register.push(us(p.total));
-                            counters.registered.fetch_add(1, Relaxed);
+                        match p.phase {
+                            Phase::Register => {
+                                self.register.push(us(p.total));
+                                counters.registered.fetch_add(1, Relaxed);
+                            }
+                            Phase::Reregister => self.reregister.push(us(p.total)),
+                            Phase::Deregister => self.deregister.push(us(p.total)),
                         }
                     }
                     Err(why) => {
@@ -235,6 +252,7 @@ async fn run_shard(
     count: u32,
     t0: Instant,
     counters: Arc<Counters>,
+    whole_plans: bool,
 ) -> Stats {
     let mut stats = Stats::default();
     let mut next = shard.index;
@@ -276,6 +294,9 @@ async fn run_shard(
         };
         if next >= total && !wound_down {
             match schedule_end {
+                // --whole-plans: each UE carries out all its --reregisters, rather than
+                // every UE still waiting for one deregistering in the same instant.
+                Some(_) if whole_plans => wound_down = true,
                 // No more re-registrations (waiting UEs deregister or finish).
                 Some(end) if now >= end => {
                     swarm.wind_down(now);
@@ -490,6 +511,9 @@ fn main() -> ExitCode {
     if a.reregisters.is_some() && every.is_none() {
         return bad("--reregisters needs --reregister-every");
     }
+    if a.whole_plans && a.reregisters.is_none() {
+        return bad("--whole-plans needs --reregisters");
+    }
     let plan = Plan {
         reregister_every: every.map(Duration::from_secs_f64),
         reregisters: match (every, a.reregisters, mode) {
@@ -570,6 +594,7 @@ fn main() -> ExitCode {
                 a.count,
                 t0,
                 counters.clone(),
+                a.whole_plans,
             ));
         }
         let mut stats = Stats::default();
@@ -672,6 +697,7 @@ fn calls_main(
                     a.count,
                     t1,
                     counters.clone(),
+                    false,
                 );
                 tasks.spawn(async move { (i, run.await) });
             }
@@ -861,9 +887,13 @@ fn summarize(
         });
         if plan.reregister_every.is_some() {
             o["reregistered"] = ok(Phase::Reregister).into();
+            s.reregister.sort_unstable();
+            o["latency_ms"]["reregister"] = lat(pcts(&s.reregister));
         }
         if a.deregister {
             o["deregistered"] = ok(Phase::Deregister).into();
+            s.deregister.sort_unstable();
+            o["latency_ms"]["deregister"] = lat(pcts(&s.deregister));
         }
         return (o.to_string(), all_ok);
     }

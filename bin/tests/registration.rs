@@ -994,6 +994,32 @@ fn load_generator_registers_and_deregisters_many_ues() {
     assert_eq!(j["registered"], 20, "{j}");
     assert_eq!(j["deregistered"], 20, "{j}");
     assert!(j["reregistered"].as_u64().unwrap() >= 15, "{j}");
+    // --whole-plans: every UE does its two re-registrations, also those started last (the
+    // schedule ends 1 s in, before they are due), and each phase has its own latency.
+    let out = run_load(&[
+        "--count",
+        "20",
+        "--rate",
+        "20",
+        "--duration",
+        "1",
+        "--reregister-every",
+        "0.5",
+        "--reregisters",
+        "2",
+        "--whole-plans",
+        "--deregister",
+        "--json",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}\n{}", lab.logs());
+    let j: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(j["registered"], 20, "{j}");
+    assert_eq!(j["reregistered"], 40, "{j}");
+    assert_eq!(j["deregistered"], 20, "{j}");
+    for phase in ["reregister", "deregister"] {
+        assert!(j["latency_ms"][phase]["p50"].as_f64().unwrap() > 0.0, "{j}");
+    }
     // Call mode: ten UEs register (one socket each), then five pairs carry 40 calls (INVITE,
     // 180, 200, ACK, 100 ms of call, BYE, 200) through P, S, I (LIR), S, P and back.
     let out = run_load(&[
