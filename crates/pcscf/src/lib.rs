@@ -76,6 +76,7 @@
 pub mod admin;
 pub mod ipsec;
 pub mod metrics;
+pub mod persist;
 pub mod regevent;
 pub mod registrations;
 
@@ -159,6 +160,12 @@ pub struct Config {
     /// REGISTER time).
     #[serde(default = "default_icscf_failover")]
     pub icscf_failover_seconds: u64,
+    /// Where the registrations are kept across a restart ([`persist`]): `sqlite://path`
+    /// (created at start) or `postgres://...`; several P-CSCFs may share one database, each
+    /// keeping its own under its `via_host`. None (the default): in memory only, and a
+    /// restarted P-CSCF knows none of its UEs until they register again.
+    #[serde(default)]
+    pub database: Option<String>,
 }
 
 fn default_icscf_failover() -> u64 {
@@ -223,6 +230,15 @@ impl Config {
         }
         self.ipsec.validate()?;
         self.core_networks()?;
+        if let Some(db) = &self.database
+            && !(db.starts_with("sqlite:")
+                || db.starts_with("postgres://")
+                || db.starts_with("postgresql://"))
+        {
+            return Err(format!(
+                "database `{db}` is neither sqlite:// nor postgres://"
+            ));
+        }
         let sip_port = self.sip_listen.port();
         if sip_port != 0 && (self.ipsec.port_c == sip_port || self.ipsec.port_s == sip_port) {
             return Err(format!(
@@ -254,6 +270,8 @@ pub enum PcscfError {
         #[source]
         source: std::io::Error,
     },
+    #[error("registration store: {0}")]
+    Store(#[from] ims_store::StoreError),
 }
 
 /// A started P-CSCF.
@@ -404,6 +422,22 @@ impl Pcscf {
                 counted.register(req.received().elapsed());
             }
         });
+        // The registrations of a predecessor (killed or stopped) come back from the store.
+        let regs = match &cfg.database {
+            Some(url) => {
+                let (journal, restored) = persist::open(url, &cfg.via_host).await?;
+                let regs = Registrations::with_journal(journal);
+                let lost = restored.iter().filter(|r| r.flow_lost).count();
+                tracing::info!(
+                    registrations = restored.len(),
+                    flows_lost = lost,
+                    "registrations restored from the store (flows lost: TCP or IPsec, answered 430 until the UE registers again)"
+                );
+                regs.restore(restored);
+                regs
+            }
+            None => Registrations::new(),
+        };
         let icid_salt = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
@@ -419,7 +453,7 @@ impl Pcscf {
                 cfg,
                 ep,
                 resolver,
-                regs: Registrations::new(),
+                regs,
                 subs: Subscriptions::new(),
                 rng: SystemRandom::new(),
                 ipsec,
@@ -905,7 +939,20 @@ impl Inner {
             (200..=299, security) => {
                 // An offer answered without a challenge gets no SAs.
                 self.give_back(&security);
-                let stored = self.store_registration(req, &resp, flow, &impi, &security);
+                let (stored, committed) =
+                    self.store_registration(req, &resp, flow, &impi, &security);
+                // The UE sees its 200 once its registration is in the store ([`persist`]).
+                if let Some(c) = committed {
+                    match c.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::error!(%impi, error = %e, "registration not saved to the store; kept in memory")
+                        }
+                        Err(_) => {
+                            tracing::error!(%impi, "the store writer has stopped; registration kept in memory")
+                        }
+                    }
+                }
                 self.ep.respond(req, resp).await;
                 if let (Security::Protected(key, _), Some(flows)) = (security, self.ipsec.clone()) {
                     match stored {
@@ -1088,8 +1135,9 @@ impl Inner {
         keys
     }
 
-    /// A 2xx to a REGISTER: stores the registration (returning its expiry) or, with no
-    /// contact of the UE's left, forgets it (`None`).
+    /// A 2xx to a REGISTER: stores the registration (returning its expiry, and the receiver
+    /// of its commit to the store when there is one) or, with no contact of the UE's left,
+    /// forgets it (`None`).
     fn store_registration(
         &self,
         req: &ServerRequest,
@@ -1097,7 +1145,10 @@ impl Inner {
         flow: Flow,
         impi: &str,
         security: &Security,
-    ) -> Option<Instant> {
+    ) -> (
+        Option<Instant>,
+        Option<tokio::sync::oneshot::Receiver<persist::Committed>>,
+    ) {
         let default_expires = resp.expires().and_then(Result::ok).unwrap_or(3600);
         let now = Instant::now();
         let contacts: Vec<(String, Instant)> = resp
@@ -1123,7 +1174,7 @@ impl Inner {
             if self.regs.remove(&flow).is_some() {
                 tracing::info!(%impi, "deregistered");
             }
-            return None;
+            return (None, None);
         }
         let associated: Vec<String> = resp
             .name_addrs(HeaderName::PAssociatedUri)
@@ -1147,10 +1198,11 @@ impl Inner {
             service_route,
             impi: impi.to_owned(),
             ipsec_port_us,
+            flow_lost: false,
         };
         let expiry = reg.expires();
-        self.regs.put(reg);
-        expiry
+        let committed = self.regs.put(reg);
+        (expiry, committed)
     }
 
     /// Subscribes to the UE's reg event after its registration's 200 (TS 24.229 §5.2.3), or
@@ -1496,6 +1548,13 @@ impl Inner {
             return self
                 .reply(&req, 403, "Forbidden (not from the home network)")
                 .await;
+        }
+        // Its flow did not survive our restart ([`persist`]): no new connection the UE never
+        // opened, nothing in clear to a port its SAs protected (RFC 5626 §5.3).
+        if reg.flow_lost {
+            tracing::info!(contact = %key, impi = %reg.impi, method = m.method_str().unwrap_or("?"),
+                "request toward a UE whose flow did not survive the restart: 430");
+            return self.reply(&req, 430, "Flow Failed").await;
         }
         // A protected UE: from our protected client port to its protected server port (SA2).
         let protected = reg.ipsec_port_us.map(|port_us| {

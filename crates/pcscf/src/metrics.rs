@@ -41,9 +41,9 @@ static METHODS: [Method; 14] = [
 ];
 
 /// Final statuses with their own series.
-static STATUSES: [u16; 20] = [
-    200, 202, 400, 401, 403, 404, 408, 420, 421, 480, 481, 483, 486, 487, 494, 500, 501, 503, 504,
-    603,
+static STATUSES: [u16; 21] = [
+    200, 202, 400, 401, 403, 404, 408, 420, 421, 430, 480, 481, 483, 486, 487, 494, 500, 501, 503,
+    504, 603,
 ];
 
 /// The labels of the overload refusals.

@@ -167,6 +167,7 @@ fn pcscf_config(icscf: SocketAddr) -> ims_pcscf::Config {
         max_registrations_in_flight: 64,
         max_invites_in_flight: 64,
         icscf_failover_seconds: 4,
+        database: None,
     }
 }
 
