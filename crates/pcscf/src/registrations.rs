@@ -231,6 +231,12 @@ impl Registrations {
         gone.len()
     }
 
+    /// Every registration held (a snapshot, shard by shard), expired ones not yet swept
+    /// included.
+    pub fn all(&self) -> Vec<Registration> {
+        self.by_flow.collect(|_, r| Some(r.clone()))
+    }
+
     /// How many UEs are registered.
     pub fn len(&self) -> usize {
         self.by_flow.len()
