@@ -17,7 +17,9 @@
 //! On the **401** the S-CSCF's `ck` and `ik` are removed from WWW-Authenticate before the UE
 //! sees them. On the **200** the registration is stored ([`registrations`]): the UE's flow, its
 //! contacts and expiry, the P-Associated-URI list and the Service-Route; a 200 with no contact
-//! left (deregistration) forgets it.
+//! left (deregistration) forgets it. With `database` set they are also written behind to a
+//! store (the 200 waits for its own commit) and come back when the P-CSCF starts again
+//! ([`persist`]).
 //!
 //! **IPsec** (TS 33.203, RFC 3329; [`ipsec`]), when the kernel has ESP and `[ipsec] mode` is
 //! not `off`: a first REGISTER whose Security-Client offers an acceptable `ipsec-3gpp`
@@ -43,7 +45,8 @@
 //! forwards to the S-CSCF; a request inside such a dialog follows its route set. **Requests toward a UE** (they come
 //! from the core with our Path entry, or inside a dialog with one of our Record-Route entries,
 //! as Route) go to the flow the contact registered from; an unknown contact gets `480
-//! Temporarily Unavailable`. Those Route entries are no credential: such a request must come
+//! Temporarily Unavailable`, and one whose TCP connection or IPsec SAs did not survive a
+//! restart `430 Flow Failed` ([`persist`]). Those Route entries are no credential: such a request must come
 //! from the UE's S-CSCF (an address its Service-Route resolves to) or from `core_networks`,
 //! else `403` and one warning (an unregistered host could otherwise reach any UE past the
 //! core with any identity).

@@ -6,7 +6,7 @@
 //! Every change of [`crate::registrations::Registrations`] (a registration stored or
 //! refreshed, a contact ended by the network, a deregistration, an expiry) is queued here
 //! while the shard holding the flow is still locked, so the queue has the changes of one flow
-//! in the order memory made them. One writer task ([`writer`]) takes whatever is waiting, up
+//! in the order memory made them. One writer task (`writer`) takes whatever is waiting, up
 //! to [`WRITE_BATCH`] changes, and applies it in one transaction
 //! ([`ims_store::Store::apply_pcscf_registrations`]): a thousand REGISTERs a second cost a
 //! few commits, not a thousand, and no request ever waits on the database's lock.
