@@ -2196,19 +2196,26 @@ fn scscf_killed_under_load_keeps_its_registrations() {
 /// P-CSCF and sends MESSAGE to carol: it goes P-CSCF → S-CSCF → I-CSCF (LIR) → S-CSCF → the
 /// restored P-CSCF → carol's UDP flow, and carol's 200 comes back; her MESSAGE to bob gets
 /// 430 Flow Failed (RFC 5626) from the P-CSCF, passed on by the core, instead of a
-/// connection bob never opened.
+/// connection bob never opened. Once bob registers again (a new TCP connection), he is
+/// reached there.
 #[test]
 fn pcscf_killed_keeps_its_registrations() {
     let Some(mut lab) = Lab::start("e2epcscfkill") else {
         return;
     };
     use ims_net::sip::Transport::{Tcp, Udp};
+    // The P-CSCF serves (its admin API answers once it has bound SIP).
+    lab.wait_pcscf();
     // carol registers and waits for a MESSAGE (on a thread of her own, across the kill).
-    let (carol_registered, carol) =
+    let (carol_registered, carol_done, carol) =
         lab.ue_awaiting_message(carol_from(5193), 600, Duration::from_secs(60));
-    let status = carol_registered
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| panic!("carol did not register\n{}", lab.logs()));
+    let Ok(status) = carol_registered.recv_timeout(Duration::from_secs(20)) else {
+        panic!(
+            "carol did not register: {:?}\n{}",
+            carol.join().map(|r| r.map(|m| m.map(|m| m.body))),
+            lab.logs()
+        );
+    };
     assert_eq!(status, 200, "{}", lab.logs());
     let bob = aka_ue(
         "bob.private@hims.net",
@@ -2230,14 +2237,8 @@ fn pcscf_killed_keeps_its_registrations() {
     assert!(pcscf.wait_timeout(Duration::from_secs(5)).is_some());
     drop(pcscf);
     lab.spawn("visited", "pcscf");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let after = loop {
-        if let Some(r) = lab.pcscf_registrations() {
-            break r;
-        }
-        assert!(std::time::Instant::now() < deadline, "{}", lab.logs());
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    lab.wait_pcscf();
+    let after = lab.pcscf_registrations().expect("the P-CSCF's admin API");
     let new_log = lab.daemons.last().unwrap().1.log();
     eprintln!("held by the restarted P-CSCF: {after:?}");
     assert!(
@@ -2277,9 +2278,10 @@ fn pcscf_killed_keeps_its_registrations() {
     );
     let (reg, sent) = lab
         .ue_sends_messages(alice, 600, &["sip:carol@hims.net", "sip:bob@hims.net"])
-        .unwrap();
+        .unwrap_or_else(|e| panic!("alice: {e}\n{}", lab.logs()));
     assert_eq!(reg, 200, "{}", lab.logs());
     assert_eq!(sent, vec![200, 430], "{}", lab.logs());
+    drop(carol_done);
     let got = carol
         .join()
         .unwrap()
@@ -2292,6 +2294,44 @@ fn pcscf_killed_keeps_its_registrations() {
         new_log.contains("whose flow did not survive the restart"),
         "{new_log}"
     );
+
+    // bob registers again, on a new TCP connection, and is reached there: the S-CSCF forks
+    // to his old contact (430) and his new one (200), and the 200 wins.
+    let bob = aka_ue(
+        "bob.private@hims.net",
+        "sip:bob@hims.net",
+        sipp::TEST_K,
+        0,
+        Tcp,
+    );
+    let (bob_registered, bob_done, bob) =
+        lab.ue_awaiting_message(bob, 600, Duration::from_secs(60));
+    let Ok(status) = bob_registered.recv_timeout(Duration::from_secs(20)) else {
+        panic!(
+            "bob did not register again: {:?}\n{}",
+            bob.join().map(|r| r.map(|m| m.map(|m| m.body))),
+            lab.logs()
+        );
+    };
+    assert_eq!(status, 200, "{}", lab.logs());
+    let alice = aka_ue(
+        "alice.private@hims.net",
+        "sip:alice@hims.net",
+        sipp::TEST_K,
+        0,
+        Udp,
+    );
+    let (reg, sent) = lab
+        .ue_sends_messages(alice, 600, &["sip:bob@hims.net"])
+        .unwrap_or_else(|e| panic!("alice: {e}\n{}", lab.logs()));
+    assert_eq!((reg, sent), (200, vec![200]), "{}", lab.logs());
+    drop(bob_done);
+    let got = bob
+        .join()
+        .unwrap()
+        .expect("bob's UE")
+        .unwrap_or_else(|| panic!("bob got no MESSAGE\n{}", lab.logs()));
+    assert_eq!(got.body, "hello sip:bob@hims.net");
     lab.all_alive();
 }
 

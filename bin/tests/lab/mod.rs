@@ -694,6 +694,21 @@ impl Lab {
         })
     }
 
+    /// Waits (up to 20 s) until the P-CSCF's admin API answers: it has bound SIP and
+    /// restored its registrations by then.
+    pub fn wait_pcscf(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.pcscf_admin("/health").is_none() {
+            self.all_alive();
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the P-CSCF's admin API does not answer\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The registrations the P-CSCF holds (`/v1/registrations`), by IMPI; `None` while its
     /// admin API does not answer.
     pub fn pcscf_registrations(
@@ -732,7 +747,10 @@ impl Lab {
 
     /// Starts our UE on a thread of its own: it registers (`expires`), says so on the
     /// returned receiver (the registration's status), then waits up to `wait` for a MESSAGE
-    /// (answered 200), which the thread returns.
+    /// (answered 200), which the thread returns once the returned sender sends or is
+    /// dropped: until then the UE stays up, so that its 200 (over TCP, queued for its
+    /// connection's writer) goes out.
+    #[allow(clippy::type_complexity)]
     pub fn ue_awaiting_message(
         &self,
         cfg: UeConfig,
@@ -740,9 +758,11 @@ impl Lab {
         wait: Duration,
     ) -> (
         std::sync::mpsc::Receiver<u16>,
+        tokio::sync::oneshot::Sender<()>,
         std::thread::JoinHandle<Result<Option<ims_ue::ReceivedMessage>, ims_ue::UeError>>,
     ) {
         let (registered_tx, registered) = std::sync::mpsc::channel::<u16>();
+        let (done, done_rx) = tokio::sync::oneshot::channel::<()>();
         let ns = format!("/run/netns/{}", self.topo.ns("ue"));
         let ue = std::thread::spawn(move || {
             let file = std::fs::File::open(&ns).expect("the ue namespace");
@@ -758,10 +778,12 @@ impl Lab {
                 if reg.status != 200 {
                     return Ok(None);
                 }
-                ue.next_message(wait).await
+                let got = ue.next_message(wait).await;
+                let _ = done_rx.await;
+                got
             })
         });
-        (registered, ue)
+        (registered, done, ue)
     }
 
     /// The S-CSCF's `ims_scscf_registrations` gauge (IMPUs registered there), `None` while
