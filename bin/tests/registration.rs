@@ -2197,7 +2197,8 @@ fn scscf_killed_under_load_keeps_its_registrations() {
 /// restored P-CSCF → carol's UDP flow, and carol's 200 comes back; her MESSAGE to bob gets
 /// 430 Flow Failed (RFC 5626) from the P-CSCF, passed on by the core, instead of a
 /// connection bob never opened. Once bob registers again (a new TCP connection), he is
-/// reached there.
+/// reached there. The reg event subscriptions the old P-CSCF held at the S-CSCF end with a
+/// 481 to their next NOTIFY.
 #[test]
 fn pcscf_killed_keeps_its_registrations() {
     let Some(mut lab) = Lab::start("e2epcscfkill") else {
@@ -2326,6 +2327,19 @@ fn pcscf_killed_keeps_its_registrations() {
         .unwrap_or_else(|e| panic!("alice: {e}\n{}", lab.logs()));
     assert_eq!((reg, sent), (200, vec![200]), "{}", lab.logs());
     drop(bob_done);
+    // The S-CSCF's NOTIFYs for the subscriptions the old P-CSCF made got 481, which ends
+    // them there (the new P-CSCF subscribed anew for the UEs that registered since).
+    let scscf_log = lab
+        .daemons
+        .iter()
+        .find(|(n, _)| n == "scscf")
+        .map(|(_, c)| c.log())
+        .unwrap_or_default();
+    assert!(
+        scscf_log.contains("NOTIFY refused: subscription removed")
+            && !scscf_log.contains("NOTIFY refused; the subscription stays"),
+        "{scscf_log}"
+    );
     let got = bob
         .join()
         .unwrap()

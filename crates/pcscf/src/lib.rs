@@ -582,6 +582,20 @@ impl Inner {
         {
             return self.reg_notify(req, call_id, sub).await;
         }
+        // A reg event NOTIFY to our own address for a subscription we do not hold: one our
+        // predecessor made before a restart (they live in memory). 481 ends it at the S-CSCF
+        // (RFC 6665 §4.2.2); we subscribe anew when the UE registers again.
+        if req.message.method() == Some(Method::Notify)
+            && req
+                .message
+                .header_str(HeaderName::Event)
+                .and_then(|e| e.split(';').next())
+                .is_some_and(|e| e.trim().eq_ignore_ascii_case("reg"))
+            && req.message.request_uri_str().is_some_and(|u| self.is_us(u))
+        {
+            tracing::info!(source = %req.source, "reg event NOTIFY for a subscription we do not hold: 481");
+            return self.reply(&req, 481, "Subscription Does Not Exist").await;
+        }
         match req.message.method() {
             Some(Method::Register) => self.admit_register(req, flow).await,
             _ => match self.regs.get(&flow, Instant::now()) {
