@@ -2198,7 +2198,8 @@ fn scscf_killed_under_load_keeps_its_registrations() {
 /// 430 Flow Failed (RFC 5626) from the P-CSCF, passed on by the core, instead of a
 /// connection bob never opened. Once bob registers again (a new TCP connection), he is
 /// reached there. The reg event subscriptions the old P-CSCF held at the S-CSCF end with a
-/// 481 to their next NOTIFY.
+/// 481 to their next NOTIFY; the new one subscribes again for the restored registrations, so
+/// that carol's deregistration by the network (RTR) ends hers at the P-CSCF too.
 #[test]
 fn pcscf_killed_keeps_its_registrations() {
     let Some(mut lab) = Lab::start("e2epcscfkill") else {
@@ -2346,6 +2347,21 @@ fn pcscf_killed_keeps_its_registrations() {
         .expect("bob's UE")
         .unwrap_or_else(|| panic!("bob got no MESSAGE\n{}", lab.logs()));
     assert_eq!(got.body, "hello sip:bob@hims.net");
+
+    // The new P-CSCF subscribed again to carol's reg event: when the HSS deregisters her
+    // (RTR), the S-CSCF's NOTIFY ends her registration at the P-CSCF too.
+    let i = lab.daemons.iter().rposition(|(n, _)| n == "pcscf").unwrap();
+    lab::wait_for_log(
+        &mut lab.daemons[i].1,
+        "reg event subscriptions made again for the restored registrations",
+    );
+    lab.imsctl(&["subscriber", "deregister", "carol@hims.net"]);
+    lab::wait_for_log(
+        &mut lab.daemons[i].1,
+        "registration ended by the network (reg event)",
+    );
+    let left = lab.pcscf_registrations().expect("the P-CSCF's admin API");
+    assert!(!left.contains_key("carol@hims.net"), "{left:?}");
     lab.all_alive();
 }
 

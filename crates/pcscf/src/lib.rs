@@ -56,6 +56,7 @@
 //! default); a NOTIFY saying the network ended the UE's contacts (the HSS's RTR, an
 //! administrative deregistration, expiry) ends the registration here too, and removes its
 //! IPsec SAs. (The UE's own deregistration is acted on when its 200 passes, as before.)
+//! After a restart it subscribes again for the registrations restored from the store.
 //!
 //! **Overload** (the edge of the core refuses, the rest does not queue): at most
 //! `max_registrations_in_flight` REGISTERs are forwarded and not yet answered; past it a new
@@ -506,6 +507,12 @@ impl Pcscf {
                     tracing::error!(error = %e, "P-CSCF admin API stopped");
                 }
             });
+        }
+        // Our reg event subscriptions died with our predecessor: subscribe again for the
+        // registrations restored from the store, one at a time (no burst at the S-CSCF).
+        if self.inner.cfg.reg_event {
+            let inner = self.inner.clone();
+            tokio::spawn(async move { inner.watch_restored().await });
         }
         tokio::pin!(shutdown);
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
@@ -1382,6 +1389,31 @@ impl Inner {
                 tracing::warn!(%impu, error = %e, "reg event SUBSCRIBE got no answer");
                 self.subs.remove(&call_id);
             }
+        }
+    }
+
+    /// Subscribes to the reg event of each registration held at start (restored from the
+    /// store), under its default public identity (the first sip: P-Associated-URI, which the
+    /// registration made registered), one after the other. A UE whose flow was lost is left
+    /// out: it registers again, and that 200 subscribes.
+    async fn watch_restored(&self) {
+        let now = Instant::now();
+        let mut n = 0;
+        for r in self.regs.all() {
+            if r.flow_lost {
+                continue;
+            }
+            let impu = r.associated.iter().find(|a| a.starts_with("sip:")).cloned();
+            if let (Some(impu), Some(expiry)) = (impu, r.expires().filter(|e| *e > now)) {
+                self.watch(r.flow, impu, expiry).await;
+                n += 1;
+            }
+        }
+        if n > 0 {
+            tracing::info!(
+                registrations = n,
+                "reg event subscriptions made again for the restored registrations"
+            );
         }
     }
 
