@@ -36,6 +36,11 @@
 //! from such a UE outside its SAs is refused as before (403), and one on a new TCP connection
 //! comes from an unregistered flow (403): both end in a new registration.
 //!
+//! The reg event subscriptions of the old process are gone too (memory only): the new one
+//! subscribes again for each restored registration whose flow survived (one after the other,
+//! so that a large store does not burst at the S-CSCF), and answers the S-CSCF's NOTIFYs for
+//! its predecessor's subscriptions 481, which ends them there.
+//!
 //! Without `database` (the default) nothing is written, and a restarted P-CSCF knows nobody:
 //! requests toward its UEs get `480 Temporarily Unavailable` until they register again.
 
