@@ -294,6 +294,8 @@ const TCP_DEREG_GRACE: Duration = Duration::from_secs(2);
 /// How long a UE the network deregistered stays reachable here: the S-CSCF's NOTIFY to the
 /// UE's own reg event subscription, sent with ours, must still reach it (through its SAs).
 const NETWORK_DEREG_GRACE: Duration = Duration::from_secs(3);
+/// Longest a REGISTER's 200 waits for its registration's commit to the store ([`persist`]).
+const STORE_WAIT: Duration = Duration::from_secs(2);
 /// How long our reg event subscription asks to outlive the registration it watches.
 const REG_EVENT_MARGIN: Duration = Duration::from_secs(60);
 
@@ -319,6 +321,9 @@ struct Inner {
     calls_overloaded: AtomicBool,
     /// Refusing new registrations (for the one line when it starts and ends).
     overloaded: AtomicBool,
+    /// The store did not commit a registration within [`STORE_WAIT`] (for the one line when
+    /// it starts and ends).
+    store_late: AtomicBool,
     /// Our counters ([`metrics`]); the endpoint counts our final responses into them.
     metrics: Arc<metrics::Metrics>,
 }
@@ -467,6 +472,7 @@ impl Pcscf {
                 invites_unheard: Arc::new(AtomicUsize::new(0)),
                 calls_overloaded: AtomicBool::new(false),
                 overloaded: AtomicBool::new(false),
+                store_late: AtomicBool::new(false),
                 metrics,
             }),
             requests,
@@ -965,17 +971,10 @@ impl Inner {
                 self.give_back(&security);
                 let (stored, committed) =
                     self.store_registration(req, &resp, flow, &impi, &security);
-                // The UE sees its 200 once its registration is in the store ([`persist`]).
+                // The UE sees its 200 once its registration is in the store ([`persist`]),
+                // or after STORE_WAIT: a database that hangs must not stop registrations.
                 if let Some(c) = committed {
-                    match c.await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            tracing::error!(%impi, error = %e, "registration not saved to the store; kept in memory")
-                        }
-                        Err(_) => {
-                            tracing::error!(%impi, "the store writer has stopped; registration kept in memory")
-                        }
-                    }
+                    self.await_commit(&impi, c).await;
                 }
                 self.ep.respond(req, resp).await;
                 if let (Security::Protected(key, _), Some(flows)) = (security, self.ipsec.clone()) {
@@ -1021,6 +1020,34 @@ impl Inner {
                 {
                     // The authentication through the new SAs failed (403 for a wrong RES).
                     self.ipsec_failed(key).await;
+                }
+            }
+        }
+    }
+
+    /// Waits for the commit of a registration, at most [`STORE_WAIT`]; one warning when the
+    /// store starts being late, one line when it keeps up again. (The writer logs a failed
+    /// commit once per batch.)
+    async fn await_commit(
+        &self,
+        impi: &str,
+        committed: tokio::sync::oneshot::Receiver<persist::Committed>,
+    ) {
+        match tokio::time::timeout(STORE_WAIT, committed).await {
+            Ok(Ok(Ok(()))) => {
+                if self.store_late.swap(false, Ordering::Relaxed) {
+                    tracing::info!("the registration store keeps up again");
+                }
+            }
+            Ok(Ok(Err(e))) => {
+                tracing::debug!(%impi, error = %e, "registration not saved to the store; kept in memory")
+            }
+            Ok(Err(_)) => {
+                tracing::debug!(%impi, "the store writer has stopped; registration kept in memory")
+            }
+            Err(_) => {
+                if !self.store_late.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(wait = ?STORE_WAIT, "the registration store is late: REGISTER 200s go out before their commit (a restart may lose them)");
                 }
             }
         }

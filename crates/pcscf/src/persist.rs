@@ -20,7 +20,10 @@
 //! Deletions (deregistration, expiry, a reg event NOTIFY) are not waited for: a lost
 //! deletion only brings back a registration that the S-CSCF no longer routes to, and it ends
 //! with its expiry. A change the store refuses is logged (one line per batch) and kept in
-//! memory: the UE is registered here either way.
+//! memory: the UE is registered here either way. A database that hangs (PostgreSQL
+//! unreachable: sqlx waits 30 s for a connection) does not stop registrations: a 200 waits
+//! at most 2 s (`STORE_WAIT`) for its commit, with one warning when the store starts being
+//! late and one line when it keeps up again.
 //!
 //! # Reading back at start
 //! [`restore`] loads the unexpired registrations held under our `via_host` (the store deletes

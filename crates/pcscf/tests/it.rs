@@ -1174,3 +1174,42 @@ fn registrations_come_back_after_a_kill_from_the_store() {
     };
     assert_eq!(answer.status(), Some(430), "{answer}");
 }
+
+/// A store that does not commit (another connection holds the SQLite file's write lock)
+/// delays a REGISTER's 200 by at most 2 s (`STORE_WAIT`), with one warning; once the lock
+/// goes, the registrations made meanwhile are committed and the next 200 waits no more.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_store_delays_the_200_by_two_seconds_at_most() {
+    use sqlx::Connection;
+    let dir = ims_testkit::scratch_dir("pcscf-late-store");
+    let file = dir.join("pcscf.sqlite");
+    let url = format!("sqlite://{}", file.display());
+    let (core, p, ue) = core_pcscf_ue(|c| c.database = Some(url.clone())).await;
+    alice_registered(&core, p, &ue, "l1");
+    let mut lock = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let t = std::time::Instant::now();
+    alice_registered(&core, p, &ue, "l2");
+    let late = t.elapsed();
+    assert!(
+        late >= Duration::from_millis(1900) && late < Duration::from_millis(4500),
+        "the 200 came after {late:?}"
+    );
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    // The stuck batch commits once the lock is gone; then a refresh is answered at once.
+    let t = std::time::Instant::now();
+    alice_registered(&core, p, &ue, "l3");
+    let after = t.elapsed();
+    assert!(
+        after < Duration::from_millis(1900),
+        "the 200 came after {after:?}"
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pcscf_registration")
+        .fetch_one(&mut lock)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+}
