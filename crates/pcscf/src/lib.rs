@@ -434,7 +434,8 @@ impl Pcscf {
         // The registrations of a predecessor (killed or stopped) come back from the store.
         let regs = match &cfg.database {
             Some(url) => {
-                let (journal, restored) = persist::open(url, &cfg.via_host).await?;
+                let (journal, restored) =
+                    persist::open(url, &cfg.via_host, metrics.clone()).await?;
                 let regs = Registrations::with_journal(journal);
                 let lost = restored.iter().filter(|r| r.flow_lost).count();
                 tracing::info!(

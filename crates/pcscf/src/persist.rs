@@ -53,7 +53,10 @@ use ims_net::dns::Transport;
 use ims_store::{
     FlowKey, FlowTransport, PcscfContactRecord, PcscfRegistrationRecord, PcscfWrite, Store,
 };
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
 
 use crate::registrations::{Flow, Registration};
 
@@ -89,16 +92,17 @@ impl Journal {
     }
 }
 
-/// Opens the store at `url` and starts its writer, saving under `name` (our `via_host`);
-/// returns the journal and the registrations to restore.
+/// Opens the store at `url` and starts its writer, saving under `name` (our `via_host`) and
+/// counting into `metrics`; returns the journal and the registrations to restore.
 pub async fn open(
     url: &str,
     name: &str,
+    metrics: Arc<Metrics>,
 ) -> Result<(Journal, Vec<Registration>), ims_store::StoreError> {
     let store = Store::open(url).await?;
     let restored = restore(&store, name).await?;
     let (queue, jobs) = mpsc::unbounded_channel();
-    tokio::spawn(writer(store, name.to_owned(), jobs));
+    tokio::spawn(writer(store, name.to_owned(), jobs, metrics));
     Ok((Journal { queue }, restored))
 }
 
@@ -115,15 +119,21 @@ pub async fn restore(
 /// The store writer: applies every change waiting in one transaction, in queue order, and
 /// tells whoever waits. A failed batch is tried change by change, so that one bad change
 /// fails alone. Ends when every [`Journal`] is gone and the queue is empty.
-async fn writer(store: Store, name: String, mut queue: mpsc::UnboundedReceiver<Job>) {
+async fn writer(
+    store: Store,
+    name: String,
+    mut queue: mpsc::UnboundedReceiver<Job>,
+    metrics: Arc<Metrics>,
+) {
     let mut jobs = Vec::with_capacity(WRITE_BATCH);
     while queue.recv_many(&mut jobs, WRITE_BATCH).await > 0 {
         let (writes, waiting): (Vec<_>, Vec<_>) = jobs.drain(..).unzip();
-        match store.apply_pcscf_registrations(&name, &writes).await {
+        let failed = match store.apply_pcscf_registrations(&name, &writes).await {
             Ok(()) => {
                 for tx in waiting.into_iter().flatten() {
                     let _ = tx.send(Ok(()));
                 }
+                0
             }
             Err(e) if writes.len() > 1 => {
                 tracing::warn!(error = %e, writes = writes.len(),
@@ -142,14 +152,17 @@ async fn writer(store: Store, name: String, mut queue: mpsc::UnboundedReceiver<J
                 if failed > 0 {
                     tracing::error!(failed, "P-CSCF registration changes not saved to the store");
                 }
+                failed
             }
             Err(e) => {
                 tracing::error!(error = %e, "P-CSCF registration change not saved to the store");
                 for tx in waiting.into_iter().flatten() {
                     let _ = tx.send(Err(e.to_string()));
                 }
+                writes.len()
             }
-        }
+        };
+        metrics.store_batch(writes.len(), failed);
     }
 }
 

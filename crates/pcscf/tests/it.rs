@@ -1074,7 +1074,7 @@ fn registrations_come_back_after_a_kill_from_the_store() {
         });
         (rt, p, admin)
     };
-    let (rt, p, _) = start(cfg.clone());
+    let (rt, p, first_admin) = start(cfg.clone());
 
     // alice over UDP, bob over TCP.
     let ue = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -1100,6 +1100,13 @@ fn registrations_come_back_after_a_kill_from_the_store() {
     let ok = registered(&m, core_addr, "<sip:bob@hims.net>");
     core.send_to(&ok.to_bytes(), p).unwrap();
     assert_eq!(recv_tcp(&mut bob).status(), Some(200));
+    // Both registrations were written (each 200 went after its commit).
+    let metrics = admin_get(first_admin, "/metrics");
+    assert!(
+        metrics.contains("ims_pcscf_store_writes_total 2\n")
+            && metrics.contains("ims_pcscf_store_failed_writes_total 0\n"),
+        "{metrics}"
+    );
 
     // kill: the runtime goes with every task and socket; bob's connection dies with it.
     drop(rt);
