@@ -2215,6 +2215,182 @@ fn scscf_killed_under_load_keeps_its_registrations() {
     lab.all_alive();
 }
 
+/// Issue #20's P-CSCF fault: the P-CSCF killed (-9) and started again on its store
+/// (`pcscf.sqlite`). carol (ims-ue, SIP Digest, UDP) and bob (ims-ue, AKA, TCP) registered
+/// before the kill; the new P-CSCF lists both from its admin API, carol's flow usable, bob's
+/// lost (his TCP connection died with the old process). alice registers through the new
+/// P-CSCF and sends MESSAGE to carol: it goes P-CSCF → S-CSCF → I-CSCF (LIR) → S-CSCF → the
+/// restored P-CSCF → carol's UDP flow, and carol's 200 comes back; her MESSAGE to bob gets
+/// 430 Flow Failed (RFC 5626) from the P-CSCF, passed on by the core, instead of a
+/// connection bob never opened. Once bob registers again (a new TCP connection), he is
+/// reached there. The reg event subscriptions the old P-CSCF held at the S-CSCF end with a
+/// 481 to their next NOTIFY; the new one subscribes again for the restored registrations, so
+/// that carol's deregistration by the network (RTR) ends hers at the P-CSCF too.
+#[test]
+fn pcscf_killed_keeps_its_registrations() {
+    let Some(mut lab) = Lab::start("e2epcscfkill") else {
+        return;
+    };
+    use ims_net::sip::Transport::{Tcp, Udp};
+    // The P-CSCF serves (its admin API answers once it has bound SIP).
+    lab.wait_pcscf();
+    // carol registers and waits for a MESSAGE (on a thread of her own, across the kill).
+    let (carol_registered, carol_done, carol) =
+        lab.ue_awaiting_message(carol_from(5193), 600, Duration::from_secs(60));
+    let Ok(status) = carol_registered.recv_timeout(Duration::from_secs(20)) else {
+        panic!(
+            "carol did not register: {:?}\n{}",
+            carol.join().map(|r| r.map(|m| m.map(|m| m.body))),
+            lab.logs()
+        );
+    };
+    assert_eq!(status, 200, "{}", lab.logs());
+    let bob = aka_ue(
+        "bob.private@hims.net",
+        "sip:bob@hims.net",
+        sipp::TEST_K,
+        0,
+        Tcp,
+    );
+    let out = lab.ue(bob, &[600]).unwrap();
+    assert_eq!(out[0].status, 200, "{}", lab.logs());
+    // The 200s went out after the store's commit: both are in it now.
+    let before = lab.pcscf_registrations().expect("the P-CSCF's admin API");
+    assert!(before.contains_key("carol@hims.net"), "{before:?}");
+    assert!(before.contains_key("bob.private@hims.net"), "{before:?}");
+
+    let i = lab.daemons.iter().position(|(n, _)| n == "pcscf").unwrap();
+    let (_, mut pcscf) = lab.daemons.remove(i);
+    pcscf.signal(nix::sys::signal::Signal::SIGKILL);
+    assert!(pcscf.wait_timeout(Duration::from_secs(5)).is_some());
+    drop(pcscf);
+    lab.spawn("visited", "pcscf");
+    lab.wait_pcscf();
+    let after = lab.pcscf_registrations().expect("the P-CSCF's admin API");
+    let new_log = lab.daemons.last().unwrap().1.log();
+    eprintln!("held by the restarted P-CSCF: {after:?}");
+    assert!(
+        new_log.contains("registrations restored from the store"),
+        "{new_log}"
+    );
+    let carol_after = &after
+        .get("carol@hims.net")
+        .unwrap_or_else(|| panic!("carol not restored: {after:?}\n{new_log}"));
+    assert_eq!(carol_after["flow"]["transport"], "udp", "{carol_after}");
+    assert_eq!(carol_after["flow_lost"], false, "{carol_after}");
+    assert_eq!(
+        carol_after["until"], before["carol@hims.net"]["until"],
+        "carol's expiry kept"
+    );
+    assert_eq!(
+        carol_after["service_route"], before["carol@hims.net"]["service_route"],
+        "{carol_after}"
+    );
+    assert_eq!(
+        carol_after["associated_uris"], before["carol@hims.net"]["associated_uris"],
+        "{carol_after}"
+    );
+    let bob_after = &after
+        .get("bob.private@hims.net")
+        .unwrap_or_else(|| panic!("bob not restored: {after:?}\n{new_log}"));
+    assert_eq!(bob_after["flow"]["transport"], "tcp", "{bob_after}");
+    assert_eq!(bob_after["flow_lost"], true, "{bob_after}");
+
+    // alice, through the new P-CSCF: MESSAGE to carol (200), to bob (430).
+    let alice = aka_ue(
+        "alice.private@hims.net",
+        "sip:alice@hims.net",
+        sipp::TEST_K,
+        0,
+        Udp,
+    );
+    let (reg, sent) = lab
+        .ue_sends_messages(alice, 600, &["sip:carol@hims.net", "sip:bob@hims.net"])
+        .unwrap_or_else(|e| panic!("alice: {e}\n{}", lab.logs()));
+    assert_eq!(reg, 200, "{}", lab.logs());
+    assert_eq!(sent, vec![200, 430], "{}", lab.logs());
+    drop(carol_done);
+    let got = carol
+        .join()
+        .unwrap()
+        .expect("carol's UE")
+        .unwrap_or_else(|| panic!("carol got no MESSAGE\n{}", lab.logs()));
+    assert_eq!(got.from, "sip:alice@hims.net", "{}", got.from);
+    assert_eq!(got.body, "hello sip:carol@hims.net");
+    let new_log = lab.daemons.last().unwrap().1.log();
+    assert!(
+        new_log.contains("whose flow did not survive the restart"),
+        "{new_log}"
+    );
+
+    // bob registers again, on a new TCP connection, and is reached there: the S-CSCF forks
+    // to his old contact (430) and his new one (200), and the 200 wins.
+    let bob = aka_ue(
+        "bob.private@hims.net",
+        "sip:bob@hims.net",
+        sipp::TEST_K,
+        0,
+        Tcp,
+    );
+    let (bob_registered, bob_done, bob) =
+        lab.ue_awaiting_message(bob, 600, Duration::from_secs(60));
+    let Ok(status) = bob_registered.recv_timeout(Duration::from_secs(20)) else {
+        panic!(
+            "bob did not register again: {:?}\n{}",
+            bob.join().map(|r| r.map(|m| m.map(|m| m.body))),
+            lab.logs()
+        );
+    };
+    assert_eq!(status, 200, "{}", lab.logs());
+    let alice = aka_ue(
+        "alice.private@hims.net",
+        "sip:alice@hims.net",
+        sipp::TEST_K,
+        0,
+        Udp,
+    );
+    let (reg, sent) = lab
+        .ue_sends_messages(alice, 600, &["sip:bob@hims.net"])
+        .unwrap_or_else(|e| panic!("alice: {e}\n{}", lab.logs()));
+    assert_eq!((reg, sent), (200, vec![200]), "{}", lab.logs());
+    drop(bob_done);
+    // The S-CSCF's NOTIFYs for the subscriptions the old P-CSCF made got 481, which ends
+    // them there (the new P-CSCF subscribed anew for the UEs that registered since).
+    let scscf_log = lab
+        .daemons
+        .iter()
+        .find(|(n, _)| n == "scscf")
+        .map(|(_, c)| c.log())
+        .unwrap_or_default();
+    assert!(
+        scscf_log.contains("NOTIFY refused: subscription removed")
+            && !scscf_log.contains("NOTIFY refused; the subscription stays"),
+        "{scscf_log}"
+    );
+    let got = bob
+        .join()
+        .unwrap()
+        .expect("bob's UE")
+        .unwrap_or_else(|| panic!("bob got no MESSAGE\n{}", lab.logs()));
+    assert_eq!(got.body, "hello sip:bob@hims.net");
+
+    // The new P-CSCF subscribed again to carol's reg event: when the HSS deregisters her
+    // (RTR), the S-CSCF's NOTIFY ends her registration at the P-CSCF too.
+    let i = lab.daemons.iter().rposition(|(n, _)| n == "pcscf").unwrap();
+    lab::wait_for_log(
+        &mut lab.daemons[i].1,
+        "reg event subscriptions made again for the restored registrations",
+    );
+    lab.imsctl(&["subscriber", "deregister", "carol@hims.net"]);
+    lab::wait_for_log(
+        &mut lab.daemons[i].1,
+        "registration ended by the network (reg event)",
+    );
+    let left = lab.pcscf_registrations().expect("the P-CSCF's admin API");
+    assert!(!left.contains_key("carol@hims.net"), "{left:?}");
+    lab.all_alive();
+}
+
 /// Issue #20's loss fault: one UDP packet in ten dropped (nftables `numgen random`; the
 /// host kernel has no netem) as it enters every node, the UE's, the P-CSCF's and the home
 /// network's, on every SIP path (DNS left alone): every registration still completes, by

@@ -12,7 +12,10 @@
 //! vims.net.
 //!
 //! Admin APIs: the HSS's at `10.10.4.4:8080` (token [`ADMIN_TOKEN`], through `imsctl`), the
-//! S-CSCF's at [`SCSCF_ADMIN`] (loopback inside the home namespace: [`Lab::scscf_admin`]).
+//! S-CSCF's at [`SCSCF_ADMIN`] (loopback inside the home namespace: [`Lab::scscf_admin`]),
+//! the P-CSCF's at [`PCSCF_ADMIN`] (loopback inside the visited namespace:
+//! [`Lab::pcscf_admin`]). The P-CSCF keeps its registrations in `pcscf.sqlite` (issue #20: a
+//! restarted P-CSCF still reaches its UEs).
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -41,6 +44,9 @@ pub const DNS: &str = "10.10.3.2";
 /// The S-CSCF's admin API (`/v1/registrations`, `/metrics`): loopback in the home namespace,
 /// as the S-CSCF insists (it has no authentication).
 pub const SCSCF_ADMIN: &str = "127.0.0.1:8081";
+/// The P-CSCF's admin API (`/v1/registrations`, `/metrics`): loopback in the visited
+/// namespace.
+pub const PCSCF_ADMIN: &str = "127.0.0.1:8082";
 /// The HSS admin API's token (it listens beyond loopback).
 pub const ADMIN_TOKEN: &str = "lab-admin-token-0123";
 
@@ -176,7 +182,8 @@ server_names = ["sip:scscf1.hims.net:5060"]
         "pcscf.toml",
         &format!(
             "sip_listen = \"{P}:5060\"\nsip_listen_v6 = \"[fd00:10:2::2]:5060\"\nvia_host = \"pcscf1.vims.net\"\nvisited_network_id = \"vims.net\"\n\
-             dns = [\"{DNS}:53\"]\n"
+             dns = [\"{DNS}:53\"]\nadmin_listen = \"{PCSCF_ADMIN}\"\ndatabase = \"sqlite://{}\"\n",
+            dir.join("pcscf.sqlite").display()
         ),
     );
 }
@@ -670,6 +677,113 @@ impl Lab {
             let mut resp = agent.get(&url).call().ok()?;
             resp.body_mut().read_to_string().ok()
         })
+    }
+
+    /// GET `path` of the P-CSCF's admin API ([`PCSCF_ADMIN`]) from inside the visited
+    /// namespace: the body, or `None` while nothing answers there.
+    pub fn pcscf_admin(&self, path: &str) -> Option<String> {
+        let url = format!("http://{PCSCF_ADMIN}{path}");
+        self.topo.enter("visited", move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .proxy(None)
+                .timeout_global(Some(Duration::from_secs(5)))
+                .build()
+                .into();
+            let mut resp = agent.get(&url).call().ok()?;
+            resp.body_mut().read_to_string().ok()
+        })
+    }
+
+    /// Waits (up to 20 s) until the P-CSCF's admin API answers: it has bound SIP and
+    /// restored its registrations by then.
+    pub fn wait_pcscf(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.pcscf_admin("/health").is_none() {
+            self.all_alive();
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the P-CSCF's admin API does not answer\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The registrations the P-CSCF holds (`/v1/registrations`), by IMPI; `None` while its
+    /// admin API does not answer.
+    pub fn pcscf_registrations(
+        &self,
+    ) -> Option<std::collections::BTreeMap<String, serde_json::Value>> {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.pcscf_admin("/v1/registrations")?).ok()?;
+        Some(
+            v["registrations"]
+                .as_array()?
+                .iter()
+                .filter_map(|r| Some((r["impi"].as_str()?.to_owned(), r.clone())))
+                .collect(),
+        )
+    }
+
+    /// Our UE registers (`expires`) and sends a MESSAGE to each of `to`; returns the
+    /// registration's status and each MESSAGE's final status.
+    pub fn ue_sends_messages(
+        &self,
+        cfg: UeConfig,
+        expires: u32,
+        to: &[&str],
+    ) -> Result<(u16, Vec<u16>), ims_ue::UeError> {
+        let to: Vec<String> = to.iter().map(|t| (*t).to_owned()).collect();
+        self.in_ue_ns(async move {
+            let mut ue = Ue::start(cfg).await?;
+            let reg = ue.register(expires).await?;
+            let mut out = Vec::new();
+            for t in &to {
+                out.push(ue.send_message(t, &format!("hello {t}")).await?);
+            }
+            Ok((reg.status, out))
+        })
+    }
+
+    /// Starts our UE on a thread of its own: it registers (`expires`), says so on the
+    /// returned receiver (the registration's status), then waits up to `wait` for a MESSAGE
+    /// (answered 200), which the thread returns once the returned sender sends or is
+    /// dropped: until then the UE stays up, so that its 200 (over TCP, queued for its
+    /// connection's writer) goes out.
+    #[allow(clippy::type_complexity)]
+    pub fn ue_awaiting_message(
+        &self,
+        cfg: UeConfig,
+        expires: u32,
+        wait: Duration,
+    ) -> (
+        std::sync::mpsc::Receiver<u16>,
+        tokio::sync::oneshot::Sender<()>,
+        std::thread::JoinHandle<Result<Option<ims_ue::ReceivedMessage>, ims_ue::UeError>>,
+    ) {
+        let (registered_tx, registered) = std::sync::mpsc::channel::<u16>();
+        let (done, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let ns = format!("/run/netns/{}", self.topo.ns("ue"));
+        let ue = std::thread::spawn(move || {
+            let file = std::fs::File::open(&ns).expect("the ue namespace");
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async move {
+                let mut ue = Ue::start(cfg).await?;
+                let reg = ue.register(expires).await?;
+                let _ = registered_tx.send(reg.status);
+                if reg.status != 200 {
+                    return Ok(None);
+                }
+                let got = ue.next_message(wait).await;
+                let _ = done_rx.await;
+                got
+            })
+        });
+        (registered, done, ue)
     }
 
     /// The S-CSCF's `ims_scscf_registrations` gauge (IMPUs registered there), `None` while

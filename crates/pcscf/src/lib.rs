@@ -17,7 +17,9 @@
 //! On the **401** the S-CSCF's `ck` and `ik` are removed from WWW-Authenticate before the UE
 //! sees them. On the **200** the registration is stored ([`registrations`]): the UE's flow, its
 //! contacts and expiry, the P-Associated-URI list and the Service-Route; a 200 with no contact
-//! left (deregistration) forgets it.
+//! left (deregistration) forgets it. With `database` set they are also written behind to a
+//! store (the 200 waits for its own commit) and come back when the P-CSCF starts again
+//! ([`persist`]).
 //!
 //! **IPsec** (TS 33.203, RFC 3329; [`ipsec`]), when the kernel has ESP and `[ipsec] mode` is
 //! not `off`: a first REGISTER whose Security-Client offers an acceptable `ipsec-3gpp`
@@ -43,7 +45,8 @@
 //! forwards to the S-CSCF; a request inside such a dialog follows its route set. **Requests toward a UE** (they come
 //! from the core with our Path entry, or inside a dialog with one of our Record-Route entries,
 //! as Route) go to the flow the contact registered from; an unknown contact gets `480
-//! Temporarily Unavailable`. Those Route entries are no credential: such a request must come
+//! Temporarily Unavailable`, and one whose TCP connection or IPsec SAs did not survive a
+//! restart `430 Flow Failed` ([`persist`]). Those Route entries are no credential: such a request must come
 //! from the UE's S-CSCF (an address its Service-Route resolves to) or from `core_networks`,
 //! else `403` and one warning (an unregistered host could otherwise reach any UE past the
 //! core with any identity).
@@ -53,6 +56,7 @@
 //! default); a NOTIFY saying the network ended the UE's contacts (the HSS's RTR, an
 //! administrative deregistration, expiry) ends the registration here too, and removes its
 //! IPsec SAs. (The UE's own deregistration is acted on when its 200 passes, as before.)
+//! After a restart it subscribes again for the registrations restored from the store.
 //!
 //! **Overload** (the edge of the core refuses, the rest does not queue): at most
 //! `max_registrations_in_flight` REGISTERs are forwarded and not yet answered; past it a new
@@ -76,6 +80,7 @@
 pub mod admin;
 pub mod ipsec;
 pub mod metrics;
+pub mod persist;
 pub mod regevent;
 pub mod registrations;
 
@@ -159,6 +164,12 @@ pub struct Config {
     /// REGISTER time).
     #[serde(default = "default_icscf_failover")]
     pub icscf_failover_seconds: u64,
+    /// Where the registrations are kept across a restart ([`persist`]): `sqlite://path`
+    /// (created at start) or `postgres://...`; several P-CSCFs may share one database, each
+    /// keeping its own under its `via_host`. None (the default): in memory only, and a
+    /// restarted P-CSCF knows none of its UEs until they register again.
+    #[serde(default)]
+    pub database: Option<String>,
 }
 
 fn default_icscf_failover() -> u64 {
@@ -223,6 +234,15 @@ impl Config {
         }
         self.ipsec.validate()?;
         self.core_networks()?;
+        if let Some(db) = &self.database
+            && !(db.starts_with("sqlite:")
+                || db.starts_with("postgres://")
+                || db.starts_with("postgresql://"))
+        {
+            return Err(format!(
+                "database `{db}` is neither sqlite:// nor postgres://"
+            ));
+        }
         let sip_port = self.sip_listen.port();
         if sip_port != 0 && (self.ipsec.port_c == sip_port || self.ipsec.port_s == sip_port) {
             return Err(format!(
@@ -254,6 +274,8 @@ pub enum PcscfError {
         #[source]
         source: std::io::Error,
     },
+    #[error("registration store: {0}")]
+    Store(#[from] ims_store::StoreError),
 }
 
 /// A started P-CSCF.
@@ -272,6 +294,8 @@ const TCP_DEREG_GRACE: Duration = Duration::from_secs(2);
 /// How long a UE the network deregistered stays reachable here: the S-CSCF's NOTIFY to the
 /// UE's own reg event subscription, sent with ours, must still reach it (through its SAs).
 const NETWORK_DEREG_GRACE: Duration = Duration::from_secs(3);
+/// Longest a REGISTER's 200 waits for its registration's commit to the store ([`persist`]).
+const STORE_WAIT: Duration = Duration::from_secs(2);
 /// How long our reg event subscription asks to outlive the registration it watches.
 const REG_EVENT_MARGIN: Duration = Duration::from_secs(60);
 
@@ -297,6 +321,9 @@ struct Inner {
     calls_overloaded: AtomicBool,
     /// Refusing new registrations (for the one line when it starts and ends).
     overloaded: AtomicBool,
+    /// The store did not commit a registration within [`STORE_WAIT`] (for the one line when
+    /// it starts and ends).
+    store_late: AtomicBool,
     /// Our counters ([`metrics`]); the endpoint counts our final responses into them.
     metrics: Arc<metrics::Metrics>,
 }
@@ -404,6 +431,23 @@ impl Pcscf {
                 counted.register(req.received().elapsed());
             }
         });
+        // The registrations of a predecessor (killed or stopped) come back from the store.
+        let regs = match &cfg.database {
+            Some(url) => {
+                let (journal, restored) =
+                    persist::open(url, &cfg.via_host, metrics.clone()).await?;
+                let regs = Registrations::with_journal(journal);
+                let lost = restored.iter().filter(|r| r.flow_lost).count();
+                tracing::info!(
+                    registrations = restored.len(),
+                    flows_lost = lost,
+                    "registrations restored from the store (flows lost: TCP or IPsec, answered 430 until the UE registers again)"
+                );
+                regs.restore(restored);
+                regs
+            }
+            None => Registrations::new(),
+        };
         let icid_salt = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
@@ -419,7 +463,7 @@ impl Pcscf {
                 cfg,
                 ep,
                 resolver,
-                regs: Registrations::new(),
+                regs,
                 subs: Subscriptions::new(),
                 rng: SystemRandom::new(),
                 ipsec,
@@ -429,6 +473,7 @@ impl Pcscf {
                 invites_unheard: Arc::new(AtomicUsize::new(0)),
                 calls_overloaded: AtomicBool::new(false),
                 overloaded: AtomicBool::new(false),
+                store_late: AtomicBool::new(false),
                 metrics,
             }),
             requests,
@@ -469,6 +514,12 @@ impl Pcscf {
                     tracing::error!(error = %e, "P-CSCF admin API stopped");
                 }
             });
+        }
+        // Our reg event subscriptions died with our predecessor: subscribe again for the
+        // registrations restored from the store, one at a time (no burst at the S-CSCF).
+        if self.inner.cfg.reg_event {
+            let inner = self.inner.clone();
+            tokio::spawn(async move { inner.watch_restored().await });
         }
         tokio::pin!(shutdown);
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
@@ -544,6 +595,20 @@ impl Inner {
             && let Some(sub) = self.subs.get(&call_id)
         {
             return self.reg_notify(req, call_id, sub).await;
+        }
+        // A reg event NOTIFY to our own address for a subscription we do not hold: one our
+        // predecessor made before a restart (they live in memory). 481 ends it at the S-CSCF
+        // (RFC 6665 §4.2.2); we subscribe anew when the UE registers again.
+        if req.message.method() == Some(Method::Notify)
+            && req
+                .message
+                .header_str(HeaderName::Event)
+                .and_then(|e| e.split(';').next())
+                .is_some_and(|e| e.trim().eq_ignore_ascii_case("reg"))
+            && req.message.request_uri_str().is_some_and(|u| self.is_us(u))
+        {
+            tracing::info!(source = %req.source, "reg event NOTIFY for a subscription we do not hold: 481");
+            return self.reply(&req, 481, "Subscription Does Not Exist").await;
         }
         match req.message.method() {
             Some(Method::Register) => self.admit_register(req, flow).await,
@@ -905,7 +970,13 @@ impl Inner {
             (200..=299, security) => {
                 // An offer answered without a challenge gets no SAs.
                 self.give_back(&security);
-                let stored = self.store_registration(req, &resp, flow, &impi, &security);
+                let (stored, committed) =
+                    self.store_registration(req, &resp, flow, &impi, &security);
+                // The UE sees its 200 once its registration is in the store ([`persist`]),
+                // or after STORE_WAIT: a database that hangs must not stop registrations.
+                if let Some(c) = committed {
+                    self.await_commit(&impi, c).await;
+                }
                 self.ep.respond(req, resp).await;
                 if let (Security::Protected(key, _), Some(flows)) = (security, self.ipsec.clone()) {
                     match stored {
@@ -950,6 +1021,34 @@ impl Inner {
                 {
                     // The authentication through the new SAs failed (403 for a wrong RES).
                     self.ipsec_failed(key).await;
+                }
+            }
+        }
+    }
+
+    /// Waits for the commit of a registration, at most [`STORE_WAIT`]; one warning when the
+    /// store starts being late, one line when it keeps up again. (The writer logs a failed
+    /// commit once per batch.)
+    async fn await_commit(
+        &self,
+        impi: &str,
+        committed: tokio::sync::oneshot::Receiver<persist::Committed>,
+    ) {
+        match tokio::time::timeout(STORE_WAIT, committed).await {
+            Ok(Ok(Ok(()))) => {
+                if self.store_late.swap(false, Ordering::Relaxed) {
+                    tracing::info!("the registration store keeps up again");
+                }
+            }
+            Ok(Ok(Err(e))) => {
+                tracing::debug!(%impi, error = %e, "registration not saved to the store; kept in memory")
+            }
+            Ok(Err(_)) => {
+                tracing::debug!(%impi, "the store writer has stopped; registration kept in memory")
+            }
+            Err(_) => {
+                if !self.store_late.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(wait = ?STORE_WAIT, "the registration store is late: REGISTER 200s go out before their commit (a restart may lose them)");
                 }
             }
         }
@@ -1088,8 +1187,9 @@ impl Inner {
         keys
     }
 
-    /// A 2xx to a REGISTER: stores the registration (returning its expiry) or, with no
-    /// contact of the UE's left, forgets it (`None`).
+    /// A 2xx to a REGISTER: stores the registration (returning its expiry, and the receiver
+    /// of its commit to the store when there is one) or, with no contact of the UE's left,
+    /// forgets it (`None`).
     fn store_registration(
         &self,
         req: &ServerRequest,
@@ -1097,7 +1197,10 @@ impl Inner {
         flow: Flow,
         impi: &str,
         security: &Security,
-    ) -> Option<Instant> {
+    ) -> (
+        Option<Instant>,
+        Option<tokio::sync::oneshot::Receiver<persist::Committed>>,
+    ) {
         let default_expires = resp.expires().and_then(Result::ok).unwrap_or(3600);
         let now = Instant::now();
         let contacts: Vec<(String, Instant)> = resp
@@ -1123,7 +1226,7 @@ impl Inner {
             if self.regs.remove(&flow).is_some() {
                 tracing::info!(%impi, "deregistered");
             }
-            return None;
+            return (None, None);
         }
         let associated: Vec<String> = resp
             .name_addrs(HeaderName::PAssociatedUri)
@@ -1147,10 +1250,11 @@ impl Inner {
             service_route,
             impi: impi.to_owned(),
             ipsec_port_us,
+            flow_lost: false,
         };
         let expiry = reg.expires();
-        self.regs.put(reg);
-        expiry
+        let committed = self.regs.put(reg);
+        (expiry, committed)
     }
 
     /// Subscribes to the UE's reg event after its registration's 200 (TS 24.229 §5.2.3), or
@@ -1313,6 +1417,31 @@ impl Inner {
                 tracing::warn!(%impu, error = %e, "reg event SUBSCRIBE got no answer");
                 self.subs.remove(&call_id);
             }
+        }
+    }
+
+    /// Subscribes to the reg event of each registration held at start (restored from the
+    /// store), under its default public identity (the first sip: P-Associated-URI, which the
+    /// registration made registered), one after the other. A UE whose flow was lost is left
+    /// out: it registers again, and that 200 subscribes.
+    async fn watch_restored(&self) {
+        let now = Instant::now();
+        let mut n = 0;
+        for r in self.regs.all() {
+            if r.flow_lost {
+                continue;
+            }
+            let impu = r.associated.iter().find(|a| a.starts_with("sip:")).cloned();
+            if let (Some(impu), Some(expiry)) = (impu, r.expires().filter(|e| *e > now)) {
+                self.watch(r.flow, impu, expiry).await;
+                n += 1;
+            }
+        }
+        if n > 0 {
+            tracing::info!(
+                registrations = n,
+                "reg event subscriptions made again for the restored registrations"
+            );
         }
     }
 
@@ -1496,6 +1625,13 @@ impl Inner {
             return self
                 .reply(&req, 403, "Forbidden (not from the home network)")
                 .await;
+        }
+        // Its flow did not survive our restart ([`persist`]): no new connection the UE never
+        // opened, nothing in clear to a port its SAs protected (RFC 5626 §5.3).
+        if reg.flow_lost {
+            tracing::info!(contact = %key, impi = %reg.impi, method = m.method_str().unwrap_or("?"),
+                "request toward a UE whose flow did not survive the restart: 430");
+            return self.reply(&req, 430, "Flow Failed").await;
         }
         // A protected UE: from our protected client port to its protected server port (SA2).
         let protected = reg.ipsec_port_us.map(|port_us| {

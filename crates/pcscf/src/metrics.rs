@@ -14,12 +14,17 @@
 //!   when IPsec is off).
 //! - `ims_pcscf_overload_refusals_total{what}`: 503s from the in-flight limits,
 //!   `register` (`max_registrations_in_flight`) and `invite` (`max_invites_in_flight`).
+//! - `ims_pcscf_store_batches_total`, `ims_pcscf_store_writes_total`,
+//!   `ims_pcscf_store_failed_writes_total`: transactions the registration store writer
+//!   committed or tried (with `database` set, [`crate::persist`]), the registration changes in
+//!   them (their ratio is the batching), and the changes the store refused.
 //! - `ims_pcscf_sip_transactions{side}`: SIP transactions held by the endpoint, `server`
 //!   and `client`.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use ims_net::metrics::{ByLabel, CSCF_BUCKETS, Histogram, gauge, transactions};
+use ims_net::metrics::{ByLabel, CSCF_BUCKETS, Histogram, counter, gauge, transactions};
 use ims_sip::Method;
 
 /// Methods with their own series.
@@ -41,9 +46,9 @@ static METHODS: [Method; 14] = [
 ];
 
 /// Final statuses with their own series.
-static STATUSES: [u16; 20] = [
-    200, 202, 400, 401, 403, 404, 408, 420, 421, 480, 481, 483, 486, 487, 494, 500, 501, 503, 504,
-    603,
+static STATUSES: [u16; 21] = [
+    200, 202, 400, 401, 403, 404, 408, 420, 421, 430, 480, 481, 483, 486, 487, 494, 500, 501, 503,
+    504, 603,
 ];
 
 /// The labels of the overload refusals.
@@ -64,6 +69,9 @@ pub struct Metrics {
     responses: ByLabel<u16>,
     register: Histogram,
     refusals: ByLabel<&'static str>,
+    store_batches: AtomicU64,
+    store_writes: AtomicU64,
+    store_failed: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -73,6 +81,9 @@ impl Default for Metrics {
             responses: ByLabel::new(&STATUSES),
             register: Histogram::new(&CSCF_BUCKETS),
             refusals: ByLabel::new(&REFUSED),
+            store_batches: AtomicU64::new(0),
+            store_writes: AtomicU64::new(0),
+            store_failed: AtomicU64::new(0),
         }
     }
 }
@@ -96,6 +107,14 @@ impl Metrics {
     /// Counts a 503 from an in-flight limit.
     pub fn refused(&self, what: Refused) {
         self.refusals.count(Some(REFUSED[what as usize]));
+    }
+
+    /// Counts one store transaction of `writes` registration changes, `failed` of which the
+    /// store refused.
+    pub fn store_batch(&self, writes: usize, failed: usize) {
+        self.store_batches.fetch_add(1, Relaxed);
+        self.store_writes.fetch_add(writes as u64, Relaxed);
+        self.store_failed.fetch_add(failed as u64, Relaxed);
     }
 
     /// The Prometheus text exposition, with `registrations` and `ipsec_sets` held and the
@@ -129,6 +148,15 @@ impl Metrics {
         let help = "503s from the in-flight limits, by what they refused.";
         let name = format!("{p}_overload_refusals_total");
         self.refusals.render(&mut o, &name, "what", help, false);
+        let help = "Store transactions of the registration writer.";
+        let n = self.store_batches.load(Relaxed);
+        counter(&mut o, &format!("{p}_store_batches_total"), help, n);
+        let help = "Registration changes written to the store.";
+        let n = self.store_writes.load(Relaxed);
+        counter(&mut o, &format!("{p}_store_writes_total"), help, n);
+        let help = "Registration changes the store refused (kept in memory).";
+        let n = self.store_failed.load(Relaxed);
+        counter(&mut o, &format!("{p}_store_failed_writes_total"), help, n);
         transactions(&mut o, p, sip_transactions);
         o
     }
@@ -155,6 +183,9 @@ mod tests {
         m.refused(Refused::Register);
         m.refused(Refused::Invite);
         m.refused(Refused::Invite);
+        m.response(430);
+        m.store_batch(3, 0);
+        m.store_batch(2, 1);
         let t = m.render(5, 2, (3, 1));
         for line in [
             "ims_pcscf_requests_total{method=\"REGISTER\"} 2",
@@ -174,6 +205,10 @@ mod tests {
             "ims_pcscf_overload_refusals_total{what=\"invite\"} 2",
             "ims_pcscf_sip_transactions{side=\"server\"} 3",
             "ims_pcscf_sip_transactions{side=\"client\"} 1",
+            "ims_pcscf_responses_total{status=\"430\"} 1",
+            "ims_pcscf_store_batches_total 2",
+            "ims_pcscf_store_writes_total 5",
+            "ims_pcscf_store_failed_writes_total 1",
         ] {
             assert!(t.contains(line), "no `{line}` in\n{t}");
         }

@@ -4,12 +4,20 @@
 //! expires. Kept in fixed shards of small maps keyed by the UE's flow, with a second index
 //! from contact `host:port` to the flow for requests toward the UE. No lock is held across an
 //! await.
+//!
+//! With a store ([`Registrations::with_journal`], `database` in the config), every change is
+//! queued for it ([`crate::persist`]) while the shard holding the flow is locked, so the
+//! store sees each flow's changes in the order memory made them.
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use ims_net::dns::Transport;
 use ims_net::shards::Shards;
+use ims_store::PcscfWrite;
+use tokio::sync::oneshot;
+
+use crate::persist::{Clock, Committed, Journal, flow_key};
 
 /// The UE's flow: where its requests come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,6 +44,10 @@ pub struct Registration {
     /// The UE's protected server port (`port_us`) when it registered through IPsec SAs:
     /// requests toward it go there from our protected client port.
     pub ipsec_port_us: Option<u16>,
+    /// The flow is gone: the registration came back from the store after a restart, and it
+    /// was made over TCP (the connection died with the old process) or through IPsec SAs
+    /// (removed at start). Requests toward the UE get 430 Flow Failed ([`crate::persist`]).
+    pub flow_lost: bool,
 }
 
 impl Registration {
@@ -76,12 +88,53 @@ pub fn contact_key(uri: &str) -> Option<String> {
 pub struct Registrations {
     by_flow: Shards<Flow, Registration>,
     by_contact: Shards<String, Flow>,
+    /// Where changes go to the store, when there is one.
+    journal: Option<Journal>,
 }
 
 impl Registrations {
     /// Empty.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Empty, every change queued for the store through `journal`.
+    pub fn with_journal(journal: Journal) -> Self {
+        Self {
+            journal: Some(journal),
+            ..Self::default()
+        }
+    }
+
+    /// Queues the save of `reg` (`wait`: returns the receiver of its commit).
+    fn save(&self, reg: &Registration, wait: bool) -> Option<oneshot::Receiver<Committed>> {
+        let j = self.journal.as_ref()?;
+        j.queue(PcscfWrite::Save(Clock::now().record(reg)), wait)
+    }
+
+    /// Queues the deletion of `flow`'s registration.
+    fn delete(&self, flow: &Flow) {
+        if let Some(j) = &self.journal {
+            j.queue(PcscfWrite::Delete(flow_key(flow)), false);
+        }
+    }
+
+    /// Puts back registrations read from the store at start, without writing them again.
+    pub fn restore(&self, regs: Vec<Registration>) {
+        for reg in regs {
+            self.index(&reg);
+            let flow = reg.flow;
+            self.by_flow.with(&flow, move |m| m.insert(flow, reg));
+        }
+    }
+
+    fn index(&self, reg: &Registration) {
+        for (c, _) in &reg.contacts {
+            if let Some(k) = contact_key(c) {
+                self.by_contact
+                    .with(k.as_str(), |m| m.insert(k.clone(), reg.flow));
+            }
+        }
     }
 
     /// Forgets `key` in the contact index if it still points at `flow`.
@@ -93,16 +146,18 @@ impl Registrations {
         });
     }
 
-    /// Stores (or replaces) the registration of `reg.flow`.
-    pub fn put(&self, reg: Registration) {
-        for (c, _) in &reg.contacts {
-            if let Some(k) = contact_key(c) {
-                self.by_contact
-                    .with(k.as_str(), |m| m.insert(k.clone(), reg.flow));
-            }
-        }
+    /// Stores (or replaces) the registration of `reg.flow`; with a store, returns the
+    /// receiver that tells when the change is committed there.
+    pub fn put(&self, reg: Registration) -> Option<oneshot::Receiver<Committed>> {
+        self.index(&reg);
         let flow = reg.flow;
-        self.by_flow.with(&flow, move |m| m.insert(flow, reg));
+        self.by_flow
+            .with(&flow, move |m| {
+                let committed = self.save(&reg, true);
+                m.insert(flow, reg);
+                committed
+            })
+            .flatten()
     }
 
     /// The registration of a flow, unless expired.
@@ -126,7 +181,14 @@ impl Registrations {
 
     /// Forgets a flow's registration.
     pub fn remove(&self, flow: &Flow) -> Option<Registration> {
-        let reg = self.by_flow.with(flow, |m| m.remove(flow)).flatten()?;
+        let reg = self
+            .by_flow
+            .with(flow, |m| {
+                let reg = m.remove(flow)?;
+                self.delete(flow);
+                Some(reg)
+            })
+            .flatten()?;
         for (c, _) in &reg.contacts {
             if let Some(k) = contact_key(c) {
                 self.unindex(&k, flow);
@@ -142,11 +204,16 @@ impl Registrations {
         self.by_flow
             .with(flow, |m| {
                 let reg = m.get_mut(flow)?;
+                let before = reg.contacts.len();
                 reg.contacts
                     .retain(|(c, _)| contact_key(c).as_deref() != Some(key));
                 if reg.contacts.is_empty() {
+                    self.delete(flow);
                     m.remove(flow)
                 } else {
+                    if reg.contacts.len() < before {
+                        self.save(reg, false);
+                    }
                     None
                 }
             })
@@ -162,6 +229,12 @@ impl Registrations {
             self.remove(f);
         }
         gone.len()
+    }
+
+    /// Every registration held (a snapshot, shard by shard), expired ones not yet swept
+    /// included.
+    pub fn all(&self) -> Vec<Registration> {
+        self.by_flow.collect(|_, r| Some(r.clone()))
     }
 
     /// How many UEs are registered.
@@ -198,6 +271,7 @@ mod tests {
             service_route: Vec::new(),
             impi: "alice@hims.net".into(),
             ipsec_port_us: None,
+            flow_lost: false,
         });
         assert!(r.drop_contact(&flow, "10.0.0.2:5060").is_none());
         assert!(r.flow_for_contact("10.0.0.2:5060").is_none());
@@ -230,6 +304,7 @@ mod tests {
             service_route: vec!["<sip:orig@scscf1.hims.net:5060;lr>".into()],
             impi: "alice@hims.net".into(),
             ipsec_port_us: None,
+            flow_lost: false,
         });
         let got = r.get(&flow, now).unwrap();
         assert!(got.owns("<sip:ALICE@hims.net>"));

@@ -167,6 +167,7 @@ fn pcscf_config(icscf: SocketAddr) -> ims_pcscf::Config {
         max_registrations_in_flight: 64,
         max_invites_in_flight: 64,
         icscf_failover_seconds: 4,
+        database: None,
     }
 }
 
@@ -1016,4 +1017,206 @@ async fn metrics_count_requests_responses_and_registrations() {
             .any(|l| l.starts_with("ims_pcscf_sip_transactions{side=\"server\"} ")),
         "{text}"
     );
+}
+
+/// Reads one SIP message (no body) from a TCP stream.
+fn recv_tcp(s: &mut std::net::TcpStream) -> Message {
+    use std::io::Read;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).expect("an answer within 5 s");
+        assert!(n > 0, "connection closed");
+        got.extend_from_slice(&buf[..n]);
+    }
+    Message::parse(Bytes::from(got)).unwrap()
+}
+
+/// A MESSAGE from the core toward `contact`, with the P-CSCF's Path entry as Route.
+fn message_toward(contact: &str, pcscf: SocketAddr, core: SocketAddr, call: &str) -> String {
+    format!(
+        "MESSAGE {contact} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {core};branch=z9hG4bK{call};rport\r\n\
+         Max-Forwards: 70\r\n\
+         Route: <sip:term@{pcscf};lr>\r\n\
+         From: <sip:carol@hims.net>;tag=c1\r\nTo: <{contact}>\r\n\
+         Call-ID: {call}\r\nCSeq: 1 MESSAGE\r\n\
+         Content-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
+    )
+}
+
+/// Issue #20: a P-CSCF killed (its runtime dropped: no shutdown, nothing flushed after the
+/// fact) and started again on the same store and port knows its UEs again. alice registered
+/// over UDP gets a MESSAGE from the core at once; bob registered over TCP, whose connection
+/// died with the old process, is answered 430 Flow Failed (RFC 5626) instead of being
+/// reached on a connection he never opened; the admin API lists both, bob's flow as lost.
+#[test]
+fn registrations_come_back_after_a_kill_from_the_store() {
+    let dir = ims_testkit::scratch_dir("pcscf-restart");
+    let core = UdpSocket::bind("127.0.0.1:0").unwrap();
+    core.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let core_addr = core.local_addr().unwrap();
+    let mut cfg = pcscf_config(core_addr);
+    cfg.reg_event = false;
+    cfg.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg.database = Some(format!("sqlite://{}", dir.join("pcscf.sqlite").display()));
+    let start = |cfg: ims_pcscf::Config| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (p, admin) = rt.block_on(async {
+            let pcscf = ims_pcscf::Pcscf::start(cfg).await.unwrap();
+            let addrs = (pcscf.sip_addr(), pcscf.admin_addr().unwrap());
+            tokio::spawn(pcscf.run_until(std::future::pending()));
+            addrs
+        });
+        (rt, p, admin)
+    };
+    let (rt, p, first_admin) = start(cfg.clone());
+
+    // alice over UDP, bob over TCP.
+    let ue = UdpSocket::bind("127.0.0.1:0").unwrap();
+    ue.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    alice_registered(&core, p, &ue, "k1");
+    let mut bob = std::net::TcpStream::connect(p).unwrap();
+    bob.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let bob_addr = bob.local_addr().unwrap();
+    let bob_answered = ALICE_ANSWERED.replace("alice@", "bob@");
+    let reg = register(bob_addr, "k2", 1, "bob", &bob_answered, 600)
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP")
+        .replace(
+            &format!("<sip:bob@{bob_addr}>"),
+            &format!("<sip:bob@{bob_addr};transport=tcp>"),
+        );
+    std::io::Write::write_all(&mut bob, reg.as_bytes()).unwrap();
+    let m = loop {
+        let m = recv(&core);
+        if m.call_id().unwrap() == "k2" {
+            break m;
+        }
+    };
+    let ok = registered(&m, core_addr, "<sip:bob@hims.net>");
+    core.send_to(&ok.to_bytes(), p).unwrap();
+    assert_eq!(recv_tcp(&mut bob).status(), Some(200));
+    // Both registrations were written (each 200 went after its commit).
+    let metrics = admin_get(first_admin, "/metrics");
+    assert!(
+        metrics.contains("ims_pcscf_store_writes_total 2\n")
+            && metrics.contains("ims_pcscf_store_failed_writes_total 0\n"),
+        "{metrics}"
+    );
+
+    // kill: the runtime goes with every task and socket; bob's connection dies with it.
+    drop(rt);
+    drop(bob);
+    let mut again = cfg.clone();
+    again.sip_listen = p;
+    let (_rt, p2, admin) = start(again);
+    assert_eq!(p2, p);
+
+    // The admin API lists both, bob's flow lost.
+    let listed: serde_json::Value =
+        serde_json::from_str(&admin_get(admin, "/v1/registrations")).unwrap();
+    let regs = listed["registrations"].as_array().unwrap();
+    assert_eq!(regs.len(), 2, "{listed}");
+    let by_impi = |impi: &str| {
+        regs.iter()
+            .find(|r| r["impi"] == impi)
+            .unwrap_or_else(|| panic!("{impi} listed: {listed}"))
+    };
+    let alice = by_impi("alice@hims.net");
+    assert_eq!(alice["flow"]["transport"], "udp", "{listed}");
+    assert_eq!(alice["flow_lost"], false, "{listed}");
+    assert_eq!(
+        alice["associated_uris"][0], "sip:alice@hims.net",
+        "{listed}"
+    );
+    assert_eq!(
+        alice["service_route"][0],
+        format!("<sip:orig@{core_addr};lr>"),
+        "{listed}"
+    );
+    assert!(
+        alice["contacts"][0]["expires_in"].as_u64().unwrap() > 590,
+        "{listed}"
+    );
+    let bob = by_impi("bob@hims.net");
+    assert_eq!(bob["flow"]["transport"], "tcp", "{listed}");
+    assert_eq!(bob["flow_lost"], true, "{listed}");
+
+    // The core reaches alice through the new P-CSCF.
+    let alice_contact = format!("sip:alice@{}", ue.local_addr().unwrap());
+    core.send_to(
+        message_toward(&alice_contact, p, core_addr, "k3").as_bytes(),
+        p,
+    )
+    .unwrap();
+    let got = recv(&ue);
+    assert_eq!(got.method_str(), Some("MESSAGE"), "{got}");
+    assert_eq!(got.body(), b"hello");
+    let ok = response_to(&got, 200, "OK", Some("a1")).unwrap();
+    ue.send_to(&ok.to_bytes(), p).unwrap();
+    let answer = loop {
+        let m = recv(&core);
+        if m.call_id().unwrap() == "k3" && m.status().is_some() {
+            break m;
+        }
+    };
+    assert_eq!(answer.status(), Some(200), "{answer}");
+
+    // bob's flow is gone: 430.
+    let bob_contact = format!("sip:bob@{bob_addr};transport=tcp");
+    core.send_to(
+        message_toward(&bob_contact, p, core_addr, "k4").as_bytes(),
+        p,
+    )
+    .unwrap();
+    let answer = loop {
+        let m = recv(&core);
+        if m.call_id().unwrap() == "k4" && m.status().is_some_and(|s| s >= 200) {
+            break m;
+        }
+    };
+    assert_eq!(answer.status(), Some(430), "{answer}");
+}
+
+/// A store that does not commit (another connection holds the SQLite file's write lock)
+/// delays a REGISTER's 200 by at most 2 s (`STORE_WAIT`), with one warning; once the lock
+/// goes, the registrations made meanwhile are committed and the next 200 waits no more.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_store_delays_the_200_by_two_seconds_at_most() {
+    use sqlx::Connection;
+    let dir = ims_testkit::scratch_dir("pcscf-late-store");
+    let file = dir.join("pcscf.sqlite");
+    let url = format!("sqlite://{}", file.display());
+    let (core, p, ue) = core_pcscf_ue(|c| c.database = Some(url.clone())).await;
+    alice_registered(&core, p, &ue, "l1");
+    let mut lock = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let t = std::time::Instant::now();
+    alice_registered(&core, p, &ue, "l2");
+    let late = t.elapsed();
+    assert!(
+        late >= Duration::from_millis(1900) && late < Duration::from_millis(4500),
+        "the 200 came after {late:?}"
+    );
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    // The stuck batch commits once the lock is gone; then a refresh is answered at once.
+    let t = std::time::Instant::now();
+    alice_registered(&core, p, &ue, "l3");
+    let after = t.elapsed();
+    assert!(
+        after < Duration::from_millis(1900),
+        "the 200 came after {after:?}"
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pcscf_registration")
+        .fetch_one(&mut lock)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
 }

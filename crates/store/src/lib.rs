@@ -7,7 +7,9 @@
 //! subscriptions, private identities with their AKA or digest credentials and SQN, service
 //! profiles, public identities and implicit registration sets, roaming permissions, and the
 //! S-CSCF assignment; and the S-CSCF's registrations ([`RegistrationRecord`], see
-//! `registrations.rs` and `migrations/*/0002_registrations.sql`). A network function that
+//! `registrations.rs` and `migrations/*/0002_registrations.sql`); and the P-CSCF's
+//! registrations, one per UE flow ([`PcscfRegistrationRecord`], see `pcscf.rs` and
+//! `migrations/*/0003_pcscf_registrations.sql`). A network function that
 //! answers from memory loads whole subscriptions and writes its changes in batches through
 //! `snapshot.rs` ([`SubscriptionRecord`], [`Write`]).
 //!
@@ -19,8 +21,12 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 use zeroize::Zeroizing;
 
+mod pcscf;
 mod registrations;
 mod snapshot;
+pub use pcscf::{
+    FlowKey, FlowTransport, PCSCF_ROWS, PcscfContactRecord, PcscfRegistrationRecord, PcscfWrite,
+};
 pub use registrations::{BindingRecord, RegistrationRecord, RegistrationWrite};
 pub use snapshot::{IdentityKey, PrivateIdentityRecord, SubscriptionRecord, Write};
 

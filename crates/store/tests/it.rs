@@ -1,5 +1,5 @@
 //! ims-store on a real SQLite file and a real PostgreSQL cluster, the same tests on each: provisioning is all-or-nothing, SQN advances never hand
-//! out the same value twice (even under concurrency) and survive a reopen.
+//! out the same value twice (even under concurrency) and survive a reopen; the S-CSCF's and the P-CSCF's registrations come back.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
@@ -802,4 +802,153 @@ async fn postgres_registration_batches_equal_changes_one_by_one() {
         return;
     };
     registration_batches_equal_changes_one_by_one(&pg.url()).await;
+}
+
+/// The P-CSCF's registrations: a batch leaves each flow as its last change does (a save
+/// after a delete stands, a delete after a save removes it, the second of two saves wins),
+/// across more flows than one multi-row statement holds; each P-CSCF reads back only its
+/// own; a reopened store gives them back whole (IPv6 flows, IPsec port, lists in order);
+/// expired registrations are deleted at load and expired contacts left out.
+async fn pcscf_registrations_come_back(url: &str) {
+    use ims_store::PcscfWrite::{Delete, Save};
+    use ims_store::{FlowKey, FlowTransport, PcscfContactRecord, PcscfRegistrationRecord};
+    const NOW: i64 = 1_800_000_000_000;
+    let flow = |n: u16, transport| FlowKey {
+        transport,
+        addr: if n.is_multiple_of(2) {
+            format!("10.0.{}.{}:{}", n / 200, n % 200 + 1, 5000 + n)
+        } else {
+            format!("[fd00::{n:x}]:{}", 5000 + n)
+        }
+        .parse()
+        .unwrap(),
+    };
+    let rec = |n: u16, transport, expires_at: i64| PcscfRegistrationRecord {
+        flow: flow(n, transport),
+        impi: format!("user{n}.private@hims.net"),
+        contacts: vec![
+            PcscfContactRecord {
+                uri: format!("sip:user{n}@10.0.0.1:{};transport=tcp", 5000 + n),
+                expires_at,
+            },
+            PcscfContactRecord {
+                uri: format!("sip:user{n}@10.0.0.1:{}", 6000 + n),
+                expires_at: NOW - 1,
+            },
+        ],
+        associated_uris: vec![format!("sip:user{n}@hims.net"), format!("tel:+4912345{n}")],
+        service_route: vec![
+            "<sip:orig@scscf1.hims.net:5060;lr>".into(),
+            "<sip:as.hims.net;lr>".into(),
+        ],
+        ipsec_port_us: n.is_multiple_of(3).then_some(5100 + n),
+    };
+    let store = Store::open(url).await.unwrap();
+    let later = NOW + 600_000;
+    // 100 flows (more than PCSCF_ROWS), then changes to some of them in the same batch.
+    let mut writes: Vec<_> = (0..100u16)
+        .map(|n| Save(rec(n, FlowTransport::Udp, later)))
+        .collect();
+    writes.push(Delete(flow(1, FlowTransport::Udp)));
+    writes.push(Delete(flow(2, FlowTransport::Udp)));
+    writes.push(Save(rec(2, FlowTransport::Udp, later + 1)));
+    writes.push(Save(rec(3, FlowTransport::Udp, later + 2)));
+    writes.push(Save(rec(3, FlowTransport::Udp, later + 3)));
+    // The same address over TCP is another flow; one that has expired by NOW.
+    writes.push(Save(rec(4, FlowTransport::Tcp, later)));
+    writes.push(Save(rec(5, FlowTransport::Tcp, NOW)));
+    // Another P-CSCF's on the same database.
+    writes.push(Save(rec(6, FlowTransport::Udp, later)));
+    store
+        .apply_pcscf_registrations("pcscf1.vims.net", &writes)
+        .await
+        .unwrap();
+    store
+        .apply_pcscf_registrations(
+            "pcscf2.vims.net",
+            &[Save(rec(7, FlowTransport::Udp, later))],
+        )
+        .await
+        .unwrap();
+    // A later batch deleting one and deleting a flow nobody holds.
+    store
+        .apply_pcscf_registrations(
+            "pcscf1.vims.net",
+            &[
+                Delete(flow(10, FlowTransport::Udp)),
+                Delete(flow(999, FlowTransport::Tcp)),
+            ],
+        )
+        .await
+        .unwrap();
+    drop(store);
+
+    let store = Store::open(url).await.unwrap();
+    let got = store
+        .pcscf_registrations("pcscf1.vims.net", NOW)
+        .await
+        .unwrap();
+    let mut want: Vec<PcscfRegistrationRecord> = (0..100u16)
+        .filter(|n| ![1, 10].contains(n))
+        .map(|n| {
+            let at = match n {
+                2 => later + 1,
+                3 => later + 3,
+                _ => later,
+            };
+            let mut r = rec(n, FlowTransport::Udp, at);
+            r.contacts.truncate(1); // the second had expired
+            r
+        })
+        .collect();
+    let mut tcp = rec(4, FlowTransport::Tcp, later);
+    tcp.contacts.truncate(1);
+    want.push(tcp);
+    let key = |r: &PcscfRegistrationRecord| (r.flow.transport.as_str(), r.flow.addr.to_string());
+    want.sort_by_key(key);
+    let mut got_sorted = got.clone();
+    got_sorted.sort_by_key(key);
+    assert_eq!(got_sorted.len(), want.len());
+    for (g, w) in got_sorted.iter().zip(&want) {
+        assert_eq!(g, w);
+    }
+    assert!(got.iter().any(|r| r.ipsec_port_us == Some(5103)));
+    assert!(got.iter().any(|r| r.flow.addr.is_ipv6()));
+    // The expired TCP flow was deleted at load, not only left out: it is gone at an
+    // earlier time too.
+    let before = store
+        .pcscf_registrations("pcscf1.vims.net", NOW - 10)
+        .await
+        .unwrap();
+    assert!(
+        !before.iter().any(|r| r.flow == flow(5, FlowTransport::Tcp)),
+        "the expired registration was deleted"
+    );
+    // Each P-CSCF has its own.
+    let other = store
+        .pcscf_registrations("pcscf2.vims.net", NOW)
+        .await
+        .unwrap();
+    assert_eq!(other.len(), 1);
+    assert_eq!(other[0].impi, "user7.private@hims.net");
+    assert!(
+        store
+            .pcscf_registrations("pcscf3.vims.net", NOW)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_pcscf_registrations_come_back() {
+    pcscf_registrations_come_back(&db_url("store-pcscf").1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_pcscf_registrations_come_back() {
+    let Some(pg) = ims_testkit::postgres::Postgres::start("store_pg_pcscf") else {
+        return;
+    };
+    pcscf_registrations_come_back(&pg.url()).await;
 }
