@@ -293,68 +293,81 @@ impl Store {
 
     /// [`Store::apply`] statement by statement, with bound parameters.
     async fn apply_each(&self, writes: &[Write]) -> Result<Vec<Option<u64>>, StoreError> {
-        let op = "write batch";
+        if let [w] = writes {
+            // One statement is atomic by itself: without BEGIN and COMMIT it is one hand-off
+            // to sqlx's SQLite worker thread instead of three (in the lab most batches are
+            // one write: a new subscriber's SQN block, or a SAR's assignment).
+            return Ok(vec![write_one(&self.pool, w).await?]);
+        }
         let mut out = Vec::with_capacity(writes.len());
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
         for w in writes {
-            match w {
-                Write::Scscf {
-                    subscription_id,
-                    assignment,
-                } => {
-                    sqlx::query(
-                        "UPDATE subscription SET scscf_name = $2, scscf_host = $3 WHERE id = $1",
-                    )
-                    .bind(subscription_id)
-                    .bind(assignment.as_ref().map(|a| a.server_name.as_str()))
-                    .bind(assignment.as_ref().and_then(|a| a.diameter_host.as_deref()))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db(op))?;
-                    out.push(None);
-                }
-                Write::RegState {
-                    subscription_id,
-                    irs,
-                    state,
-                } => {
-                    sqlx::query(
-                        "UPDATE public_identity SET reg_state = $3 WHERE subscription_id = $1 AND irs = $2",
-                    )
-                    .bind(subscription_id)
-                    .bind(irs)
-                    .bind(*state as i64)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db(op))?;
-                    out.push(None);
-                }
-                Write::AdvanceSqn { impi, delta } => {
-                    let new: Option<i64> = sqlx::query_scalar(
-                        "UPDATE private_identity SET sqn = (sqn + $2) % 281474976710656 WHERE impi = $1 AND auth_scheme = 'aka' RETURNING sqn",
-                    )
-                    .bind(impi)
-                    .bind((delta % SQN_MODULUS) as i64)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db(op))?;
-                    out.push(new.map(|n| n as u64));
-                }
-                Write::SetSqn { impi, sqn } => {
-                    let res = sqlx::query(
-                        "UPDATE private_identity SET sqn = $2 WHERE impi = $1 AND auth_scheme = 'aka'",
-                    )
-                    .bind(impi)
-                    .bind((sqn % SQN_MODULUS) as i64)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db(op))?;
-                    out.push((res.rows_affected() > 0).then_some(*sqn));
-                }
-            }
+            out.push(write_one(&mut *tx, w).await?);
         }
         tx.commit().await.map_err(db("commit"))?;
         Ok(out)
+    }
+}
+
+/// One write of [`Store::apply`], with bound parameters, on `e` (the pool, or a
+/// transaction's connection): its new SQN for the SQN writes, else `None`.
+async fn write_one<'e, E>(e: E, w: &Write) -> Result<Option<u64>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let op = "write batch";
+    match w {
+        Write::Scscf {
+            subscription_id,
+            assignment,
+        } => {
+            sqlx::query("UPDATE subscription SET scscf_name = $2, scscf_host = $3 WHERE id = $1")
+                .bind(subscription_id)
+                .bind(assignment.as_ref().map(|a| a.server_name.as_str()))
+                .bind(assignment.as_ref().and_then(|a| a.diameter_host.as_deref()))
+                .execute(e)
+                .await
+                .map_err(db(op))?;
+            Ok(None)
+        }
+        Write::RegState {
+            subscription_id,
+            irs,
+            state,
+        } => {
+            sqlx::query(
+                "UPDATE public_identity SET reg_state = $3 WHERE subscription_id = $1 AND irs = $2",
+            )
+            .bind(subscription_id)
+            .bind(irs)
+            .bind(*state as i64)
+            .execute(e)
+            .await
+            .map_err(db(op))?;
+            Ok(None)
+        }
+        Write::AdvanceSqn { impi, delta } => {
+            let new: Option<i64> = sqlx::query_scalar(
+                "UPDATE private_identity SET sqn = (sqn + $2) % 281474976710656 WHERE impi = $1 AND auth_scheme = 'aka' RETURNING sqn",
+            )
+            .bind(impi)
+            .bind((delta % SQN_MODULUS) as i64)
+            .fetch_optional(e)
+            .await
+            .map_err(db(op))?;
+            Ok(new.map(|n| n as u64))
+        }
+        Write::SetSqn { impi, sqn } => {
+            let res = sqlx::query(
+                "UPDATE private_identity SET sqn = $2 WHERE impi = $1 AND auth_scheme = 'aka'",
+            )
+            .bind(impi)
+            .bind((sqn % SQN_MODULUS) as i64)
+            .execute(e)
+            .await
+            .map_err(db(op))?;
+            Ok((res.rows_affected() > 0).then_some(*sqn))
+        }
     }
 }
 
