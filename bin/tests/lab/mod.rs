@@ -745,6 +745,28 @@ impl Lab {
         })
     }
 
+    /// Runs `task` on a thread of its own inside the UE's namespace, on a current-thread
+    /// runtime of its own (so that a test can hold a UE at a step while it acts elsewhere).
+    fn on_ue_thread<T, F>(
+        &self,
+        task: impl FnOnce() -> F + Send + 'static,
+    ) -> std::thread::JoinHandle<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = T>,
+    {
+        let ns = format!("/run/netns/{}", self.topo.ns("ue"));
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&ns).expect("the ue namespace");
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(task())
+        })
+    }
+
     /// Starts our UE on a thread of its own: it registers (`expires`), says so on the
     /// returned receiver (the registration's status), then waits up to `wait` for a MESSAGE
     /// (answered 200), which the thread returns once the returned sender sends or is
@@ -763,25 +785,16 @@ impl Lab {
     ) {
         let (registered_tx, registered) = std::sync::mpsc::channel::<u16>();
         let (done, done_rx) = tokio::sync::oneshot::channel::<()>();
-        let ns = format!("/run/netns/{}", self.topo.ns("ue"));
-        let ue = std::thread::spawn(move || {
-            let file = std::fs::File::open(&ns).expect("the ue namespace");
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            rt.block_on(async move {
-                let mut ue = Ue::start(cfg).await?;
-                let reg = ue.register(expires).await?;
-                let _ = registered_tx.send(reg.status);
-                if reg.status != 200 {
-                    return Ok(None);
-                }
-                let got = ue.next_message(wait).await;
-                let _ = done_rx.await;
-                got
-            })
+        let ue = self.on_ue_thread(move || async move {
+            let mut ue = Ue::start(cfg).await?;
+            let reg = ue.register(expires).await?;
+            let _ = registered_tx.send(reg.status);
+            if reg.status != 200 {
+                return Ok(None);
+            }
+            let got = ue.next_message(wait).await;
+            let _ = done_rx.await;
+            got
         });
         (registered, done, ue)
     }
@@ -832,29 +845,20 @@ impl Lab {
     ) {
         let (challenged_tx, challenged) = std::sync::mpsc::channel::<()>();
         let (go, go_rx) = std::sync::mpsc::channel::<()>();
-        let ns = format!("/run/netns/{}", self.topo.ns("ue"));
-        let ue = std::thread::spawn(move || {
-            let file = std::fs::File::open(&ns).expect("the ue namespace");
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            rt.block_on(async move {
-                let mut ue = Ue::start(cfg).await?;
-                let mut first = true;
-                let go_rx = std::sync::Mutex::new(go_rx);
-                // The observer runs inside `register`, between the 401 and the answer: blocking
-                // it (this runtime serves this UE alone) holds the UE there.
-                ue.on_step(Box::new(move |s| {
-                    if first && matches!(s, ims_ue::Step::Challenged { .. }) {
-                        first = false;
-                        let _ = challenged_tx.send(());
-                        let _ = go_rx.lock().map(|rx| rx.recv());
-                    }
-                }));
-                ue.register(expires).await
-            })
+        let ue = self.on_ue_thread(move || async move {
+            let mut ue = Ue::start(cfg).await?;
+            let mut first = true;
+            let go_rx = std::sync::Mutex::new(go_rx);
+            // The observer runs inside `register`, between the 401 and the answer: blocking
+            // it (this runtime serves this UE alone) holds the UE there.
+            ue.on_step(Box::new(move |s| {
+                if first && matches!(s, ims_ue::Step::Challenged { .. }) {
+                    first = false;
+                    let _ = challenged_tx.send(());
+                    let _ = go_rx.lock().map(|rx| rx.recv());
+                }
+            }));
+            ue.register(expires).await
         });
         (challenged, go, ue)
     }

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 
 use sqlx::Row;
 
+use crate::registrations::{join_lines, split_lines};
 use crate::{Store, StoreError, db};
 
 /// The transport of a UE's flow, as stored.
@@ -108,17 +109,6 @@ impl PcscfWrite {
 /// Flows per multi-row statement of [`Store::apply_pcscf_registrations`] (9 parameters a
 /// row: sqlx's SQLite driver looks parameters up by name, O(n²) in a statement).
 pub const PCSCF_ROWS: usize = 32;
-
-fn join_lines(v: &[String]) -> String {
-    v.join("\n")
-}
-
-fn split_lines(s: &str) -> Vec<String> {
-    s.split('\n')
-        .filter(|x| !x.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
 
 fn contacts_text(contacts: &[PcscfContactRecord]) -> String {
     contacts

@@ -41,11 +41,14 @@ pub struct RegistrationRecord {
     pub bindings: Vec<BindingRecord>,
 }
 
-fn join_lines(v: &[String]) -> String {
+/// A list of URIs or header values as one text column, a line each (the S-CSCF's and the
+/// P-CSCF's rows alike).
+pub(crate) fn join_lines(v: &[String]) -> String {
     v.join("\n")
 }
 
-fn split_lines(s: &str) -> Vec<String> {
+/// [`join_lines`] read back; empty lines dropped.
+pub(crate) fn split_lines(s: &str) -> Vec<String> {
     s.split('\n')
         .filter(|x| !x.is_empty())
         .map(str::to_owned)
