@@ -251,6 +251,10 @@ fn main() -> ExitCode {
         } else {
             ExitCode::FAILURE
         };
+        // What went out over TCP last (a MESSAGE's 200) is written before we end.
+        if !ue.flush(Duration::from_secs(2)).await {
+            eprintln!("warning: not everything sent over TCP was written within 2 s");
+        }
         // Never leave SAs behind (after a deregistration there are none left).
         if let Err(e) = ue.close() {
             eprintln!("error: {e}");

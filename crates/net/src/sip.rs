@@ -25,7 +25,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ims_sip::{DEFAULT_MAX_MESSAGE_LEN, Frame, Message, frame};
@@ -69,6 +71,26 @@ pub enum SendError {
 
 type Conns = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>>;
 
+/// TCP messages handed to a connection's writer task and not yet written (or dropped with a
+/// failed connection): what [`SipTransport::flush`] waits for.
+#[derive(Default)]
+struct Unwritten {
+    n: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl Unwritten {
+    fn add(&self) {
+        self.n.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn done(&self, k: usize) {
+        if k > 0 && self.n.fetch_sub(k, Ordering::AcqRel) == k {
+            self.idle.notify_waiters();
+        }
+    }
+}
+
 /// UDP and TCP on one address. Clone freely: clones share the sockets.
 #[derive(Clone)]
 pub struct SipTransport {
@@ -79,6 +101,7 @@ pub struct SipTransport {
     max_len: usize,
     /// Outgoing TCP connections leave from `local` (see the module docs).
     connect_from_local: bool,
+    unwritten: Arc<Unwritten>,
 }
 
 impl SipTransport {
@@ -110,6 +133,7 @@ impl SipTransport {
             incoming: tx,
             max_len: DEFAULT_MAX_MESSAGE_LEN,
             connect_from_local,
+            unwritten: Arc::default(),
         };
         tokio::spawn(t.clone().udp_loop());
         tokio::spawn(t.clone().accept_loop(tcp));
@@ -169,12 +193,34 @@ impl SipTransport {
                         self.spawn_conn(stream, to)
                     }
                 };
+                self.unwritten.add();
                 tx.send(bytes).await.map_err(|_| {
+                    self.unwritten.done(1);
                     io(std::io::Error::new(
                         std::io::ErrorKind::BrokenPipe,
                         "connection closed",
                     ))
                 })
+            }
+        }
+    }
+
+    /// Waits, at most `limit`, until every message handed to a TCP connection is written
+    /// (or its connection failed); false when the limit came first. [`SipTransport::send`]
+    /// over TCP only queues the message for the connection's writer task, so a program that
+    /// ends right after its last send (a UE answering a MESSAGE, then exiting) flushes first.
+    pub async fn flush(&self, limit: Duration) -> bool {
+        let end = tokio::time::Instant::now() + limit;
+        loop {
+            let idle = self.unwritten.idle.notified();
+            tokio::pin!(idle);
+            // Registered before the count is read: a notification in between is not lost.
+            idle.as_mut().enable();
+            if self.unwritten.n.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(end, idle).await.is_err() {
+                return false;
             }
         }
     }
@@ -240,12 +286,23 @@ impl SipTransport {
         }
         let (mut rd, mut wr) = stream.into_split();
         let conns = self.conns.clone();
+        let unwritten = self.unwritten.clone();
         tokio::spawn(async move {
             while let Some(b) = rx.recv().await {
-                if wr.write_all(&b).await.is_err() {
+                let written = wr.write_all(&b).await.is_ok();
+                unwritten.done(1);
+                if !written {
                     break;
                 }
             }
+            // A failed connection: what was queued behind is dropped (and no longer waited
+            // for); a send after this fails and counts itself out.
+            rx.close();
+            let mut dropped = 0;
+            while rx.try_recv().is_ok() {
+                dropped += 1;
+            }
+            unwritten.done(dropped);
         });
         let this = self.clone();
         let pong = tx.clone();
@@ -264,7 +321,10 @@ impl SipTransport {
                         Ok(Frame::Keepalive(k)) => {
                             // RFC 5626 §3.5.1: answer a double-CRLF ping with one CRLF.
                             if k >= 4 {
-                                let _ = pong.send(Bytes::from_static(b"\r\n")).await;
+                                this.unwritten.add();
+                                if pong.send(Bytes::from_static(b"\r\n")).await.is_err() {
+                                    this.unwritten.done(1);
+                                }
                             }
                             buf.drain(..k);
                         }

@@ -324,6 +324,42 @@ mod sip_transport {
         assert_eq!(n, 0, "closed without an answer");
     }
 
+    /// A send over TCP only queues the message for its connection's writer task: a program
+    /// that ends right after its last send (its runtime dropped, as `ims-ue` answering a
+    /// MESSAGE and exiting) must flush first, or the peer never gets what was queued.
+    #[test]
+    fn flush_writes_what_was_queued_before_the_runtime_ends() {
+        let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = peer.local_addr().unwrap();
+        let messages: Vec<Bytes> = (0..50)
+            .map(|i| Bytes::from(register(&format!("f{i}"), &"x".repeat(1000))))
+            .collect();
+        let expected: usize = messages.iter().map(Bytes::len).sum();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let (t, _rx) = SipTransport::bind("127.0.0.1:0".parse().unwrap())
+                    .await
+                    .unwrap();
+                for m in messages {
+                    t.send(Transport::Tcp, to, m).await.unwrap();
+                }
+                assert!(t.flush(Duration::from_secs(5)).await, "flushed within 5 s");
+            });
+            // The runtime ends here, and with it the connection's tasks and socket.
+        })
+        .join()
+        .unwrap();
+        let (mut conn, _) = peer.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).unwrap();
+        assert_eq!(got.len(), expected, "every queued message was written");
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn outgoing_tcp_connects_once_and_reuses() {
         let (a, _rx_a) = SipTransport::bind("127.0.0.1:0".parse().unwrap())

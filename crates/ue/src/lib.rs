@@ -503,6 +503,20 @@ impl Ue {
         self.sec.as_ref().is_some_and(|s| s.up.is_some())
     }
 
+    /// Waits, at most `limit`, until what the UE sent over TCP is written: a send only
+    /// queues it for the connection's task, so a program that ends right after answering
+    /// (a MESSAGE's 200) calls this first. False when the limit came first.
+    pub async fn flush(&self, limit: Duration) -> bool {
+        let server = async {
+            match &self.sec {
+                Some(sec) => sec.server.flush(limit).await,
+                None => true,
+            }
+        };
+        let (plain, protected) = tokio::join!(self.sip.flush(limit), server);
+        plain && protected
+    }
+
     /// Removes the UE's SAs, if any (call before dropping the UE).
     pub fn close(&mut self) -> Result<(), UeError> {
         match self.sec.as_mut().and_then(|s| s.up.take()) {
