@@ -615,6 +615,28 @@ impl Stack {
     }
 }
 
+/// What the README tells users to look at once a softphone says it is registered: `imsctl
+/// registrations` in the HSS container lists `impu` with `impi`, and the P-CSCF's log has
+/// its `registered impi=` line.
+fn readme_shows_registered(stack: &Stack, impi: &str, impu: &str) {
+    let regs = run(&mut stack.compose(&["exec", "-T", "hss", "imsctl", "registrations"]));
+    let v: serde_json::Value = serde_json::from_str(&regs).unwrap();
+    assert!(
+        v["registrations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["impu"] == impu && r["impi"] == impi),
+        "imsctl registrations does not list {impu}: {regs}"
+    );
+    let log = run(&mut stack.compose(&["logs", "--no-color", "pcscf"]));
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!("registered impi={impi} "))),
+        "no `registered impi={impi}` in the P-CSCF's log:\n{log}"
+    );
+}
+
 /// linphonec (SIP Digest, `bob`) and baresip (SIP Digest, `dave`, provisioned here with
 /// imsctl in the HSS container) register from the host through the published P-CSCF port,
 /// as the README's softphone walkthrough tells users to set them up: outbound proxy = the
@@ -661,6 +683,7 @@ fn softphones_register(stack: &Stack, linphonec: &Path, baresip: &Path) {
         stack.logs()
     );
     stack.wait_hss_registered(&format!("bob@{DOMAIN}"), &bob, true, &phone);
+    readme_shows_registered(stack, &format!("bob@{DOMAIN}"), &bob);
     phone.send("unregister");
     assert!(
         phone.ask(
@@ -704,34 +727,62 @@ fn softphones_register(stack: &Stack, linphonec: &Path, baresip: &Path) {
     ]));
     // A fresh config dir: no audio device (a file and a sine wave instead), UDP on loopback,
     // the account with the P-CSCF as outbound proxy (baresip adds `;lr` itself).
-    let dir = ims_testkit::scratch_dir("containers-baresip");
-    std::fs::write(
-        dir.join("config"),
-        "poll_method epoll\n\
-         sip_listen 127.0.0.1:0\n\
-         audio_player aufile,/dev/null\n\
-         audio_source ausine,440\n\
-         audio_alert aufile,/dev/null\n\
-         module_path /usr/lib/baresip/modules\n\
-         module g711.so\n\
-         module aufile.so\n\
-         module ausine.so\n\
-         module_app account.so\n\
-         module_app menu.so\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("accounts"),
-        format!(
-            "<{dave}>;auth_user={dave_impi};auth_pass=dave-secret;outbound=\"sip:{proxy}\";\
-             regint=600\n"
-        ),
-    )
-    .unwrap();
-    // Line-buffered: its stdout is a file, which it would fill only at exit.
-    let mut cmd = Command::new("stdbuf");
-    cmd.arg("-oL").arg(baresip).arg("-f").arg(&dir);
-    let mut phone = Softphone::spawn("baresip", cmd, &dir);
+    let baresip_as = |auth_user: &str| -> (Softphone, PathBuf) {
+        let dir = ims_testkit::scratch_dir("containers-baresip");
+        std::fs::write(
+            dir.join("config"),
+            "poll_method epoll\n\
+             sip_listen 127.0.0.1:0\n\
+             audio_player aufile,/dev/null\n\
+             audio_source ausine,440\n\
+             audio_alert aufile,/dev/null\n\
+             module_path /usr/lib/baresip/modules\n\
+             module g711.so\n\
+             module aufile.so\n\
+             module ausine.so\n\
+             module_app account.so\n\
+             module_app menu.so\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("accounts"),
+            format!(
+                "<{dave}>;auth_user={auth_user};auth_pass=dave-secret;\
+                 outbound=\"sip:{proxy}\";regint=600\n"
+            ),
+        )
+        .unwrap();
+        // Line-buffered: its stdout is a file, which it would fill only at exit.
+        let mut cmd = Command::new("stdbuf");
+        cmd.arg("-oL").arg(baresip).arg("-f").arg(&dir);
+        (Softphone::spawn("baresip", cmd, &dir), dir)
+    };
+
+    // The README's usual problem: the user part as the authentication user is refused.
+    let (mut wrong, dir) = baresip_as("dave");
+    let Some(line) = wrong.wait_output(&[&dave_impi, "403"], Duration::from_secs(20)) else {
+        panic!(
+            "baresip with auth_user=dave was not refused (403):\n{}\n{}",
+            wrong.output(),
+            stack.logs()
+        );
+    };
+    eprintln!("baresip (auth_user=dave): {line}");
+    wrong.sigterm();
+    assert!(
+        wrong.wait_exit(Duration::from_secs(10)).is_some(),
+        "baresip did not stop:\n{}",
+        wrong.output()
+    );
+    assert!(
+        !wrong.output().contains("200 OK"),
+        "auth_user=dave registered:\n{}",
+        wrong.output()
+    );
+    drop(wrong);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let (mut phone, dir) = baresip_as(&dave_impi);
     let Some(line) = phone.wait_output(&[&dave_impi, "200 OK"], Duration::from_secs(20)) else {
         panic!(
             "baresip did not register through {proxy}:\n{}\n{}",
@@ -741,6 +792,7 @@ fn softphones_register(stack: &Stack, linphonec: &Path, baresip: &Path) {
     };
     eprintln!("baresip: {line}");
     stack.wait_hss_registered(&dave_impi, &dave, true, &phone);
+    readme_shows_registered(stack, &dave_impi, &dave);
     // SIGTERM: baresip unregisters (REGISTER with expires 0) and exits.
     phone.sigterm();
     let status = phone.wait_exit(Duration::from_secs(10));
