@@ -615,10 +615,18 @@ impl Stack {
     }
 }
 
+/// How many `registered impi=<impi>` lines the P-CSCF's log has (what the README greps).
+fn pcscf_registered_lines(stack: &Stack, impi: &str) -> usize {
+    let log = run(&mut stack.compose(&["logs", "--no-color", "pcscf"]));
+    let want = format!(" registered impi={impi} ");
+    log.lines().filter(|l| l.contains(&want)).count()
+}
+
 /// What the README tells users to look at once a softphone says it is registered: `imsctl
-/// registrations` in the HSS container lists `impu` with `impi`, and the P-CSCF's log has
-/// its `registered impi=` line.
-fn readme_shows_registered(stack: &Stack, impi: &str, impu: &str) {
+/// registrations` in the HSS container lists `impu` with `impi`, `imsctl subscriber show`
+/// has the last authentication, and the P-CSCF's log has one more `registered impi=` line
+/// than `before`.
+fn readme_shows_registered(stack: &Stack, impi: &str, impu: &str, before: usize) {
     let regs = run(&mut stack.compose(&["exec", "-T", "hss", "imsctl", "registrations"]));
     let v: serde_json::Value = serde_json::from_str(&regs).unwrap();
     assert!(
@@ -629,11 +637,17 @@ fn readme_shows_registered(stack: &Stack, impi: &str, impu: &str) {
             .any(|r| r["impu"] == impu && r["impi"] == impi),
         "imsctl registrations does not list {impu}: {regs}"
     );
-    let log = run(&mut stack.compose(&["logs", "--no-color", "pcscf"]));
+    let show =
+        run(&mut stack.compose(&["exec", "-T", "hss", "imsctl", "subscriber", "show", impi]));
+    let v: serde_json::Value = serde_json::from_str(&show).unwrap();
     assert!(
-        log.lines()
-            .any(|l| l.contains(&format!("registered impi={impi} "))),
-        "no `registered impi={impi}` in the P-CSCF's log:\n{log}"
+        v["last_authentication"].is_object(),
+        "imsctl subscriber show {impi}: no last authentication: {show}"
+    );
+    let after = pcscf_registered_lines(stack, impi);
+    assert!(
+        after > before,
+        "no new `registered impi={impi}` line in the P-CSCF's log ({before} → {after})"
     );
 }
 
@@ -670,6 +684,7 @@ fn softphones_register(stack: &Stack, linphonec: &Path, baresip: &Path) {
     .unwrap();
     let mut cmd = Command::new(linphonec);
     cmd.arg("-c").arg(&rc);
+    let before = pcscf_registered_lines(stack, &format!("bob@{DOMAIN}"));
     let mut phone = Softphone::spawn("linphonec", cmd, &home);
     let bob = format!("sip:bob@{DOMAIN}");
     assert!(
@@ -683,7 +698,7 @@ fn softphones_register(stack: &Stack, linphonec: &Path, baresip: &Path) {
         stack.logs()
     );
     stack.wait_hss_registered(&format!("bob@{DOMAIN}"), &bob, true, &phone);
-    readme_shows_registered(stack, &format!("bob@{DOMAIN}"), &bob);
+    readme_shows_registered(stack, &format!("bob@{DOMAIN}"), &bob, before);
     phone.send("unregister");
     assert!(
         phone.ask(
@@ -782,6 +797,7 @@ fn softphones_register(stack: &Stack, linphonec: &Path, baresip: &Path) {
     drop(wrong);
     let _ = std::fs::remove_dir_all(&dir);
 
+    let before = pcscf_registered_lines(stack, &dave_impi);
     let (mut phone, dir) = baresip_as(&dave_impi);
     let Some(line) = phone.wait_output(&[&dave_impi, "200 OK"], Duration::from_secs(20)) else {
         panic!(
@@ -792,7 +808,7 @@ fn softphones_register(stack: &Stack, linphonec: &Path, baresip: &Path) {
     };
     eprintln!("baresip: {line}");
     stack.wait_hss_registered(&dave_impi, &dave, true, &phone);
-    readme_shows_registered(stack, &dave_impi, &dave);
+    readme_shows_registered(stack, &dave_impi, &dave, before);
     // SIGTERM: baresip unregisters (REGISTER with expires 0) and exits.
     phone.sigterm();
     let status = phone.wait_exit(Duration::from_secs(10));
