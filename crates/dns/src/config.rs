@@ -3,6 +3,7 @@
 //! ```toml
 //! listen = ["127.0.0.53:10053"]   # UDP and TCP on each
 //! ttl = 300                        # default for every record
+//! admin_listen = "127.0.0.1:8053"  # optional: /health and /metrics (loopback only)
 //!
 //! [[zone]]
 //! origin = "hims.net"
@@ -34,6 +35,10 @@ pub struct Config {
     /// Log filter when RUST_LOG is unset.
     #[serde(default = "default_log")]
     pub log: String,
+    /// The admin HTTP API (`/health`, `/metrics`): none when unset. A loopback address only
+    /// (it has no authentication).
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
     /// The zones served.
     #[serde(rename = "zone", default)]
     pub zones: Vec<Zone>,

@@ -5,9 +5,12 @@
 //! Built on hickory-server's in-memory zone handler and catalog: this crate turns the
 //! [`Config`] into zones (adding SOA and NS), binds the sockets and runs until shutdown.
 //! Queries outside our zones are REFUSED (we are not a resolver); unknown names in our zones
-//! get NXDOMAIN with the SOA, as any authoritative server answers.
+//! get NXDOMAIN with the SOA, as any authoritative server answers. Every answer is counted
+//! by query type and response code for Prometheus, on an admin API when `admin_listen` is set
+//! (`metrics`).
 
 mod config;
+mod metrics;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -58,6 +61,11 @@ pub enum DnsError {
     /// The server's tasks failed.
     #[error("DNS server failed: {0}")]
     Server(String),
+    /// `admin_listen` is not a loopback address.
+    #[error(
+        "admin_listen {0} is not a loopback address: the admin API has no authentication, so it listens on loopback only"
+    )]
+    AdminNotLoopback(SocketAddr),
 }
 
 fn parse_name(zone: &str, what: &'static str, raw: &str, origin: &Name) -> Result<Name, DnsError> {
@@ -180,8 +188,9 @@ pub fn build_catalog(config: &Config) -> Result<Catalog, DnsError> {
 
 /// A started DNS server: sockets bound, answering.
 pub struct DnsServer {
-    server: Server<Catalog>,
+    server: Server<metrics::Counted>,
     addrs: Vec<SocketAddr>,
+    admin: Option<SocketAddr>,
 }
 
 impl DnsServer {
@@ -191,8 +200,17 @@ impl DnsServer {
         if config.listen.is_empty() {
             return Err(DnsError::NoListen);
         }
+        if let Some(a) = config.admin_listen
+            && !a.ip().is_loopback()
+        {
+            return Err(DnsError::AdminNotLoopback(a));
+        }
+        let counts = Arc::new(metrics::Metrics::new());
         let catalog = build_catalog(config)?;
-        let mut server = Server::new(catalog);
+        let mut server = Server::new(metrics::Counted {
+            catalog,
+            metrics: counts.clone(),
+        });
         let mut addrs = Vec::new();
         for &addr in &config.listen {
             let udp = UdpSocket::bind(addr)
@@ -220,7 +238,36 @@ impl DnsServer {
             tracing::info!(%bound, "serving DNS on UDP and TCP");
             addrs.push(bound);
         }
-        Ok(Self { server, addrs })
+        let admin = match config.admin_listen {
+            None => None,
+            Some(addr) => {
+                let bind = |source| DnsError::Bind {
+                    proto: "admin TCP",
+                    addr,
+                    source,
+                };
+                let listener = TcpListener::bind(addr).await.map_err(bind)?;
+                let local = listener.local_addr().map_err(bind)?;
+                let app = metrics::router(counts, addrs.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app).await {
+                        tracing::warn!(error = %e, "the DNS admin API stopped");
+                    }
+                });
+                tracing::info!(%local, "admin API (/health, /metrics)");
+                Some(local)
+            }
+        };
+        Ok(Self {
+            server,
+            addrs,
+            admin,
+        })
+    }
+
+    /// The admin API's bound address, when `admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
     }
 
     /// The bound addresses, in `listen` order.

@@ -212,3 +212,74 @@ fn configuration_errors_name_the_problem() {
         "{err}"
     );
 }
+
+/// `GET path` over HTTP/1.1 from the admin API at `addr`: the body.
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: dns\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+#[test]
+fn admin_api_counts_answers_by_type_and_code() {
+    let Some(_) = ims_testkit::require_tool("dns_admin", "dig") else {
+        return;
+    };
+    // Only on loopback: the admin API has no authentication.
+    let mut open = lab_config();
+    open.admin_listen = Some("0.0.0.0:0".parse().unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let err = rt.block_on(DnsServer::start(&open)).err().unwrap();
+    assert!(matches!(err, DnsError::AdminNotLoopback(_)), "{err}");
+    drop(rt);
+
+    let mut cfg = lab_config();
+    cfg.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    let (addrs_tx, addrs_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let t = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let server = DnsServer::start(&cfg).await.unwrap();
+            addrs_tx
+                .send((server.local_addrs()[0], server.admin_addr().unwrap()))
+                .unwrap();
+            server
+                .run_until(async {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .unwrap();
+        });
+    });
+    let (addr, admin) = addrs_rx.recv().unwrap();
+    assert!(http_get(admin, "/health").contains("\"status\":\"ok\""));
+    assert!(dig(addr, false, "A", "icscf1.hims.net").contains("status: NOERROR"));
+    assert!(dig(addr, true, "A", "nobody.hims.net").contains("status: NXDOMAIN"));
+    assert!(dig(addr, false, "A", "example.com").contains("status: REFUSED"));
+    for tcp in [false, true] {
+        assert!(dig(addr, tcp, "NAPTR", "hims.net").contains("status: NOERROR"));
+    }
+    let metrics = http_get(admin, "/metrics");
+    for line in [
+        "ims_dns_queries_total{type=\"A\",rcode=\"NOERROR\"} 1",
+        "ims_dns_queries_total{type=\"A\",rcode=\"NXDOMAIN\"} 1",
+        "ims_dns_queries_total{type=\"A\",rcode=\"REFUSED\"} 1",
+        "ims_dns_queries_total{type=\"NAPTR\",rcode=\"NOERROR\"} 2",
+        "ims_dns_queries_total{type=\"SRV\",rcode=\"NOERROR\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    stop_tx.send(()).unwrap();
+    t.join().unwrap();
+}
