@@ -4,7 +4,7 @@
 //!
 //! - in: [`Peer::handle_connected`], [`Peer::handle_bytes`] (stream bytes, any split),
 //!   [`Peer::handle_timeout`], [`Peer::handle_disconnected`], [`Peer::send_request`],
-//!   [`Peer::send_answer`], [`Peer::disconnect`];
+//!   [`Peer::send_answer`] (or [`Peer::answer_with_result`]), [`Peer::disconnect`];
 //! - out: [`Peer::poll_transmit`] (bytes to write, in order), [`Peer::poll_event`]
 //!   ([`Event`]: up, down, an application request or answer, close the socket, reconnect),
 //!   [`Peer::poll_timeout`] (the next instant to call `handle_timeout`).
@@ -569,6 +569,35 @@ impl Peer {
     pub fn send_answer(&mut self, bytes: Vec<u8>) {
         if self.state == State::Open || self.state == State::Closing {
             self.queue(bytes);
+        }
+    }
+
+    /// Answers the application request `request` (as an [`Event::Request`] gave it) with
+    /// `code` alone, e.g. 3004 DIAMETER_TOO_BUSY when the application has no room for it:
+    /// the request's identifiers, its Session-Id first, the Result-Code (the E bit for a
+    /// protocol error, 3xxx), our Origin-Host and Origin-Realm. Nothing is sent for bytes
+    /// that are not a request.
+    pub fn answer_with_result(&mut self, request: &[u8], code: u32) {
+        let Ok(msg) = Message::parse(request) else {
+            return;
+        };
+        if !msg.is_request() {
+            return;
+        }
+        let mut hdr = msg.header().answer();
+        if (3000..4000).contains(&code) {
+            hdr.flags |= flags::E;
+        }
+        let session = msg.session_id().ok().flatten();
+        let answer = self.build(&hdr, |p, b| {
+            if let Some(sid) = session {
+                b.utf8(&dict::SESSION_ID, sid);
+            }
+            b.u32(&dict::RESULT_CODE, code);
+            p.identity(b);
+        });
+        if !answer.is_empty() {
+            self.send_answer(answer);
         }
     }
 

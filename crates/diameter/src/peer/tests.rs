@@ -605,3 +605,50 @@ fn disconnect_before_open_does_not_reconnect() {
     assert!(events(&mut c).contains(&Event::Down(DownReason::PeerDisconnected(2))));
     assert_eq!(c.reconnect_at(), None);
 }
+
+#[test]
+fn a_request_answered_with_a_result_code_alone() {
+    let now = Instant::now();
+    let (mut c, mut s) = open_pair(now);
+    c.send_request(now, uar()).unwrap();
+    pump(now, &mut c, &mut s);
+    let Some(Event::Request(req)) = s.poll_event() else {
+        panic!("the UAR reaches the server");
+    };
+    s.answer_with_result(&req, rc::TOO_BUSY);
+    // Not a request: nothing goes out.
+    s.answer_with_result(&answer_to(&req), rc::TOO_BUSY);
+    s.answer_with_result(b"garbage", rc::TOO_BUSY);
+    let out: Vec<Vec<u8>> = std::iter::from_fn(|| s.poll_transmit()).collect();
+    assert_eq!(out.len(), 1, "one answer");
+    let a = Message::parse(&out[0]).unwrap();
+    let q = Message::parse(&req).unwrap();
+    assert!(!a.is_request());
+    assert_ne!(
+        a.header().flags & flags::E,
+        0,
+        "3004 is a protocol error: E bit"
+    );
+    assert_eq!(
+        (
+            a.header().hop_by_hop,
+            a.header().end_to_end,
+            a.header().command_code
+        ),
+        (
+            q.header().hop_by_hop,
+            q.header().end_to_end,
+            q.header().command_code
+        )
+    );
+    let first = a.avps().next().unwrap().unwrap();
+    assert!(first.is(&dict::SESSION_ID), "Session-Id first");
+    assert_eq!(a.session_id().unwrap(), Some("icscf1.hims.net;1;1"));
+    let result = a.find(&dict::RESULT_CODE).unwrap().unwrap();
+    assert_eq!(result.as_u32().unwrap(), rc::TOO_BUSY);
+    let origin = a.find(&dict::ORIGIN_HOST).unwrap().unwrap();
+    assert_eq!(origin.as_utf8().unwrap(), "hss1.hims.net");
+    // The client takes it as the answer to its request.
+    c.handle_bytes(now, &out[0]);
+    assert!(matches!(c.poll_event(), Some(Event::Answer { .. })));
+}

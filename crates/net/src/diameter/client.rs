@@ -152,23 +152,13 @@ impl DiameterClient {
         let (open_tx, open) = watch::channel(Link::Starting);
         let first_wait = cfg.request_timeout;
         let write_limit = cfg.request_timeout;
-        let origin = (cfg.origin_host.clone(), cfg.origin_realm.clone());
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(7, |d| d.subsec_nanos());
         let peer = Peer::new(cfg, Role::Initiator, seed);
         tokio::spawn(
-            drive(
-                server,
-                local,
-                peer,
-                write_limit,
-                rx,
-                requests_tx,
-                open_tx,
-                origin,
-            )
-            .instrument(tracing::info_span!("diameter_client", %server)),
+            drive(server, local, peer, write_limit, rx, requests_tx, open_tx)
+                .instrument(tracing::info_span!("diameter_client", %server)),
         );
         (
             Self {
@@ -283,7 +273,6 @@ async fn connect_tcp(server: SocketAddr, local: Option<IpAddr>) -> std::io::Resu
     socket.connect(server).await
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn drive(
     server: SocketAddr,
     local: Option<IpAddr>,
@@ -292,12 +281,10 @@ async fn drive(
     mut cmds: mpsc::Receiver<Cmd>,
     requests: mpsc::Sender<Vec<u8>>,
     open: watch::Sender<Link>,
-    origin: (String, String),
 ) {
     let mut owner = ClientOwner {
         open: &open,
         requests: &requests,
-        origin: &origin,
     };
     loop {
         // Connect (the peer says when to try again after a failure), refusing the commands
@@ -352,8 +339,6 @@ async fn drive(
 struct ClientOwner<'a> {
     open: &'a watch::Sender<Link>,
     requests: &'a mpsc::Sender<Vec<u8>>,
-    /// Our Origin-Host and Origin-Realm, for a busy answer.
-    origin: &'a (String, String),
 }
 
 impl Owner for ClientOwner<'_> {
@@ -368,10 +353,7 @@ impl Owner for ClientOwner<'_> {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(bytes)) => {
                 tracing::warn!("too many Diameter requests from the server waiting: 3004");
-                let answer = too_busy(&bytes, &self.origin.0, &self.origin.1);
-                if !answer.is_empty() {
-                    peer.send_answer(answer);
-                }
+                peer.answer_with_result(&bytes, ims_diameter::dict::result_code::TOO_BUSY);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 tracing::debug!(
@@ -393,32 +375,6 @@ impl Owner for ClientOwner<'_> {
             };
             std::mem::replace(o, now) != now
         });
-    }
-}
-
-/// DIAMETER_TOO_BUSY (3004, E bit) to `request` (empty when it is not a request that
-/// parses).
-fn too_busy(request: &[u8], origin_host: &str, origin_realm: &str) -> Vec<u8> {
-    use ims_diameter::{MessageBuilder, dict, header::flags};
-    let Ok(msg) = ims_diameter::Message::parse(request) else {
-        return Vec::new();
-    };
-    if !msg.is_request() {
-        return Vec::new();
-    }
-    let mut hdr = msg.header().answer();
-    hdr.flags |= flags::E;
-    let mut out = Vec::with_capacity(192);
-    let mut b = MessageBuilder::new(&mut out, &hdr);
-    if let Ok(Some(sid)) = msg.session_id() {
-        b.utf8(&dict::SESSION_ID, sid);
-    }
-    b.u32(&dict::RESULT_CODE, dict::result_code::TOO_BUSY)
-        .utf8(&dict::ORIGIN_HOST, origin_host)
-        .utf8(&dict::ORIGIN_REALM, origin_realm);
-    match b.finish() {
-        Ok(_) => out,
-        Err(_) => Vec::new(),
     }
 }
 
