@@ -1,6 +1,7 @@
 //! Wall-clock times as text for people: RFC 3339 in UTC (`2025-01-31T12:00:05Z`), as the
 //! admin APIs (the HSS's last authentication, registrations until when) and the tools
-//! (`ims-ue --verbose`) print them. No time-zone database: UTC only, whole seconds.
+//! (`ims-ue --verbose`) print them, and the Unix milliseconds the stores keep
+//! ([`unix_ms_now`]). No time-zone database: UTC only, whole seconds.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +18,14 @@ pub fn rfc3339(t: SystemTime) -> String {
 /// Milliseconds since the epoch (as the stores keep expiry times) as RFC 3339 UTC.
 pub fn rfc3339_ms(unix_ms: i64) -> String {
     rfc3339(UNIX_EPOCH + Duration::from_millis(u64::try_from(unix_ms).unwrap_or(0)))
+}
+
+/// Now in milliseconds since the epoch, as the stores keep expiry times (0 for a clock before
+/// 1970).
+pub fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Days since 1970-01-01 to (year, month 1..=12, day 1..=31) (H. Hinnant's algorithm).

@@ -47,7 +47,7 @@
 //! Without `database` (the default) nothing is written, and a restarted P-CSCF knows nobody:
 //! requests toward its UEs get `480 Temporarily Unavailable` until they register again.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ims_net::dns::Transport;
 use ims_store::{
@@ -176,12 +176,9 @@ pub struct Clock {
 impl Clock {
     /// Now.
     pub fn now() -> Self {
-        let unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         Clock {
             at: Instant::now(),
-            unix_ms,
+            unix_ms: ims_net::clock::unix_ms_now(),
         }
     }
 

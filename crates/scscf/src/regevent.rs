@@ -95,7 +95,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ims_net::dns::{Destination, SipResolver, Target, Transport};
 use ims_net::endpoint::{SipEndpoint, pop_own_via};
@@ -290,9 +290,7 @@ fn shard_of(h: &impl Hash) -> usize {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    ims_net::clock::unix_ms_now()
 }
 
 /// FNV-1a: stable `id`s for registrations and contacts (the same in every NOTIFY and

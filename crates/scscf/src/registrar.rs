@@ -99,7 +99,7 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use ims_aka::digest_aka::{self, AkaNonce};
 use ims_aka::{AkaError, DigestParams, Ha1, Qop, Res};
@@ -485,9 +485,7 @@ impl Parsed {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    ims_net::clock::unix_ms_now()
 }
 
 fn key(uri: &str) -> String {
