@@ -2235,24 +2235,26 @@ fn pcscf_killed_keeps_its_registrations() {
     // The P-CSCF serves (its admin API answers once it has bound SIP).
     lab.wait_pcscf();
     // carol registers and waits for a MESSAGE (on a thread of her own, across the kill).
-    let (carol_registered, carol_done, carol) =
-        lab.ue_awaiting_message(carol_from(5193), 600, Duration::from_secs(60));
-    let Ok(status) = carol_registered.recv_timeout(Duration::from_secs(20)) else {
-        panic!(
-            "carol did not register: {:?}\n{}",
-            carol.join().map(|r| r.map(|m| m.map(|m| m.body))),
-            lab.logs()
-        );
+    let carol = registered_awaiting_message(&lab, carol_from(5193), "carol");
+    let bob = || {
+        aka_ue(
+            "bob.private@hims.net",
+            "sip:bob@hims.net",
+            sipp::TEST_K,
+            0,
+            Tcp,
+        )
     };
-    assert_eq!(status, 200, "{}", lab.logs());
-    let bob = aka_ue(
-        "bob.private@hims.net",
-        "sip:bob@hims.net",
-        sipp::TEST_K,
-        0,
-        Tcp,
-    );
-    let out = lab.ue(bob, &[600]).unwrap();
+    let alice = || {
+        aka_ue(
+            "alice.private@hims.net",
+            "sip:alice@hims.net",
+            sipp::TEST_K,
+            0,
+            Udp,
+        )
+    };
+    let out = lab.ue(bob(), &[600]).unwrap();
     assert_eq!(out[0].status, 200, "{}", lab.logs());
     // The 200s went out after the store's commit: both are in it now.
     let before = lab.pcscf_registrations().expect("the P-CSCF's admin API");
@@ -2297,19 +2299,11 @@ fn pcscf_killed_keeps_its_registrations() {
     assert_eq!(bob_after["flow_lost"], true, "{bob_after}");
 
     // alice, through the new P-CSCF: MESSAGE to carol (200), to bob (430).
-    let alice = aka_ue(
-        "alice.private@hims.net",
-        "sip:alice@hims.net",
-        sipp::TEST_K,
-        0,
-        Udp,
-    );
     let (reg, sent) = lab
-        .ue_sends_messages(alice, 600, &["sip:carol@hims.net", "sip:bob@hims.net"])
+        .ue_sends_messages(alice(), 600, &["sip:carol@hims.net", "sip:bob@hims.net"])
         .unwrap_or_else(|e| panic!("alice: {e}\n{}", lab.logs()));
     assert_eq!(reg, 200, "{}", lab.logs());
     assert_eq!(sent, vec![200, 430], "{}", lab.logs());
-    drop(carol_done);
     let got = carol
         .join()
         .unwrap()
@@ -2325,35 +2319,11 @@ fn pcscf_killed_keeps_its_registrations() {
 
     // bob registers again, on a new TCP connection, and is reached there: the S-CSCF forks
     // to his old contact (430) and his new one (200), and the 200 wins.
-    let bob = aka_ue(
-        "bob.private@hims.net",
-        "sip:bob@hims.net",
-        sipp::TEST_K,
-        0,
-        Tcp,
-    );
-    let (bob_registered, bob_done, bob) =
-        lab.ue_awaiting_message(bob, 600, Duration::from_secs(60));
-    let Ok(status) = bob_registered.recv_timeout(Duration::from_secs(20)) else {
-        panic!(
-            "bob did not register again: {:?}\n{}",
-            bob.join().map(|r| r.map(|m| m.map(|m| m.body))),
-            lab.logs()
-        );
-    };
-    assert_eq!(status, 200, "{}", lab.logs());
-    let alice = aka_ue(
-        "alice.private@hims.net",
-        "sip:alice@hims.net",
-        sipp::TEST_K,
-        0,
-        Udp,
-    );
+    let bob = registered_awaiting_message(&lab, bob(), "bob (again)");
     let (reg, sent) = lab
-        .ue_sends_messages(alice, 600, &["sip:bob@hims.net"])
+        .ue_sends_messages(alice(), 600, &["sip:bob@hims.net"])
         .unwrap_or_else(|e| panic!("alice: {e}\n{}", lab.logs()));
     assert_eq!((reg, sent), (200, vec![200]), "{}", lab.logs());
-    drop(bob_done);
     // The S-CSCF's NOTIFYs for the subscriptions the old P-CSCF made got 481, which ends
     // them there (the new P-CSCF subscribed anew for the UEs that registered since).
     let scscf_log = lab
@@ -2389,6 +2359,26 @@ fn pcscf_killed_keeps_its_registrations() {
     let left = lab.pcscf_registrations().expect("the P-CSCF's admin API");
     assert!(!left.contains_key("carol@hims.net"), "{left:?}");
     lab.all_alive();
+}
+
+/// `cfg`'s UE registered (200, or the test fails naming `who`) and waiting up to 60 s for a
+/// MESSAGE on a thread of its own ([`Lab::ue_awaiting_message`]).
+#[allow(clippy::type_complexity)]
+fn registered_awaiting_message(
+    lab: &Lab,
+    cfg: UeConfig,
+    who: &str,
+) -> std::thread::JoinHandle<Result<Option<ims_ue::ReceivedMessage>, ims_ue::UeError>> {
+    let (registered, ue) = lab.ue_awaiting_message(cfg, 600, Duration::from_secs(60));
+    let Ok(status) = registered.recv_timeout(Duration::from_secs(20)) else {
+        panic!(
+            "{who} did not register: {:?}\n{}",
+            ue.join().map(|r| r.map(|m| m.map(|m| m.body))),
+            lab.logs()
+        );
+    };
+    assert_eq!(status, 200, "{who}\n{}", lab.logs());
+    ue
 }
 
 /// Issue #20's loss fault: one UDP packet in ten dropped (nftables `numgen random`; the

@@ -769,9 +769,8 @@ impl Lab {
 
     /// Starts our UE on a thread of its own: it registers (`expires`), says so on the
     /// returned receiver (the registration's status), then waits up to `wait` for a MESSAGE
-    /// (answered 200), which the thread returns once the returned sender sends or is
-    /// dropped: until then the UE stays up, so that its 200 (over TCP, queued for its
-    /// connection's writer) goes out.
+    /// (answered 200, flushed before the thread ends: over TCP a send only queues it), which
+    /// the thread returns.
     #[allow(clippy::type_complexity)]
     pub fn ue_awaiting_message(
         &self,
@@ -780,11 +779,9 @@ impl Lab {
         wait: Duration,
     ) -> (
         std::sync::mpsc::Receiver<u16>,
-        tokio::sync::oneshot::Sender<()>,
         std::thread::JoinHandle<Result<Option<ims_ue::ReceivedMessage>, ims_ue::UeError>>,
     ) {
         let (registered_tx, registered) = std::sync::mpsc::channel::<u16>();
-        let (done, done_rx) = tokio::sync::oneshot::channel::<()>();
         let ue = self.on_ue_thread(move || async move {
             let mut ue = Ue::start(cfg).await?;
             let reg = ue.register(expires).await?;
@@ -793,10 +790,13 @@ impl Lab {
                 return Ok(None);
             }
             let got = ue.next_message(wait).await;
-            let _ = done_rx.await;
+            assert!(
+                ue.flush(Duration::from_secs(5)).await,
+                "the UE's 200 written"
+            );
             got
         });
-        (registered, done, ue)
+        (registered, ue)
     }
 
     /// The S-CSCF's `ims_scscf_registrations` gauge (IMPUs registered there), `None` while
