@@ -544,9 +544,8 @@ impl Softphone {
     }
 
     fn sigterm(&self) {
-        run(Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string()));
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     }
 }
 

@@ -667,8 +667,14 @@ impl Lab {
     /// namespace: the body, or `None` while nothing answers there (the S-CSCF down or still
     /// starting).
     pub fn scscf_admin(&self, path: &str) -> Option<String> {
-        let url = format!("http://{SCSCF_ADMIN}{path}");
-        self.topo.enter("home", move || {
+        self.admin_get("home", SCSCF_ADMIN, path)
+    }
+
+    /// GET `http://{addr}{path}` from inside namespace `node`: the body, or `None` while
+    /// nothing answers there.
+    fn admin_get(&self, node: &str, addr: &str, path: &str) -> Option<String> {
+        let url = format!("http://{addr}{path}");
+        self.topo.enter(node, move || {
             let agent: ureq::Agent = ureq::Agent::config_builder()
                 .proxy(None)
                 .timeout_global(Some(Duration::from_secs(5)))
@@ -682,16 +688,7 @@ impl Lab {
     /// GET `path` of the P-CSCF's admin API ([`PCSCF_ADMIN`]) from inside the visited
     /// namespace: the body, or `None` while nothing answers there.
     pub fn pcscf_admin(&self, path: &str) -> Option<String> {
-        let url = format!("http://{PCSCF_ADMIN}{path}");
-        self.topo.enter("visited", move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .proxy(None)
-                .timeout_global(Some(Duration::from_secs(5)))
-                .build()
-                .into();
-            let mut resp = agent.get(&url).call().ok()?;
-            resp.body_mut().read_to_string().ok()
-        })
+        self.admin_get("visited", PCSCF_ADMIN, path)
     }
 
     /// Waits (up to 20 s) until the P-CSCF's admin API answers: it has bound SIP and
