@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use sqlx::Row;
 
-use crate::registrations::{join_lines, split_lines};
+use crate::registrations::{join_lines, params, split_lines};
 use crate::{Store, StoreError, db};
 
 /// The transport of a UE's flow, as stored.
@@ -130,12 +130,6 @@ fn contacts_of(text: &str) -> Option<Vec<PcscfContactRecord>> {
             })
         })
         .collect()
-}
-
-/// `($first, $first+1, ...)` for `n` parameters.
-fn params(first: usize, n: usize) -> String {
-    let list: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
-    format!("({})", list.join(", "))
 }
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;

@@ -314,7 +314,7 @@ fn last_changes(writes: &[RegistrationWrite]) -> Vec<LastChange<'_>> {
 }
 
 /// `($first, $first+1, ...)` for `n` parameters: one row of a VALUES list, or an IN list.
-fn params(first: usize, n: usize) -> String {
+pub(crate) fn params(first: usize, n: usize) -> String {
     let list: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
     format!("({})", list.join(", "))
 }
