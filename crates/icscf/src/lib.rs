@@ -314,6 +314,9 @@ impl Icscf {
                 }
             });
         }
+        // New requests go straight from the endpoint to a task of their own; the channel
+        // holds only what came before this.
+        self.inner.ep.serve(&self.inner);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -327,6 +330,7 @@ impl Icscf {
                 () = &mut shutdown => break,
             }
         }
+        self.inner.ep.stop_serving();
         let _ = stop_admin.send(());
         tracing::info!("I-CSCF stopped");
     }
@@ -344,6 +348,12 @@ enum Where {
     Named(String),
     /// Choose by these capabilities.
     Choose(select::Wanted),
+}
+
+impl ims_net::endpoint::Handler for Inner {
+    async fn handle(self: Arc<Self>, req: ServerRequest) {
+        Inner::handle(&self, req).await
+    }
 }
 
 impl Inner {

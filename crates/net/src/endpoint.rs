@@ -1,6 +1,14 @@
 //! The transaction layer the CSCFs share ([`SipEndpoint`]): RFC 3261 §17 on top of
 //! [`SipTransport`], enough for a registrar (UAS) and for stateful proxies.
 //!
+//! - **Dispatch.** A received message is matched here in the task that read it (the UDP
+//!   socket's, or its TCP connection's: [`crate::sip::Receiver`]), with nothing here that
+//!   waits; a new request then starts a task of the application's [`Handler`]
+//!   ([`SipEndpoint::serve`]), or goes on the channel [`SipEndpoint::bind`] returned until
+//!   a handler is set. So a request meets one task switch on its way in (into its
+//!   handler's task) and a response one (into the task waiting for it): each hand-off
+//!   between tasks is a wake-up, often of another thread, and those were the largest cost
+//!   in every daemon's profile (docs/PERFORMANCE.md).
 //! - **Server side.** Every new request is handed to the application once, as a
 //!   [`ServerRequest`]; retransmissions of it are absorbed while the application works, and
 //!   answered with the same final response for Timer J (64·T1 over UDP) after it has
@@ -172,6 +180,43 @@ struct Inner {
     salt: u64,
     /// Told of each final response the application sends ([`SipEndpoint::observe_responses`]).
     observer: std::sync::OnceLock<ResponseObserver>,
+    /// New requests before a handler is set ([`SipEndpoint::serve`]), or for an
+    /// application that reads them from the channel.
+    requests: mpsc::Sender<ServerRequest>,
+    /// Starts the handling of each new request ([`SipEndpoint::serve`]).
+    handler: std::sync::OnceLock<Spawner>,
+    /// Cleared by [`SipEndpoint::stop_serving`]: new requests are dropped.
+    serving: std::sync::atomic::AtomicBool,
+}
+
+/// What [`SipEndpoint::serve`] keeps: starts a task handling one request.
+type Spawner = Box<dyn Fn(ServerRequest) + Send + Sync>;
+
+/// The application's side of the endpoint: what each new request is handed to, in a task
+/// of its own ([`SipEndpoint::serve`]). The request is answered through the endpoint
+/// ([`SipEndpoint::respond`], [`SipEndpoint::reply`]) or forwarded with its client
+/// transactions; the endpoint absorbs or answers its retransmissions meanwhile.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one new request.
+    fn handle(self: Arc<Self>, req: ServerRequest) -> impl Future<Output = ()> + Send + 'static;
+}
+
+/// The endpoint as its transports' [`crate::sip::Receiver`]: each received message is
+/// dispatched in the task that read it (set once the endpoint exists).
+struct Dispatch(std::sync::OnceLock<std::sync::Weak<Inner>>);
+
+impl crate::sip::Receiver for Dispatch {
+    fn receive(&self, inc: Incoming) {
+        let Some(inner) = self.0.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        let ep = SipEndpoint { inner };
+        if inc.message.is_request() {
+            ep.on_request(inc);
+        } else {
+            ep.on_response(inc);
+        }
+    }
 }
 
 /// What [`SipEndpoint::observe_responses`] calls: the request answered and the final status.
@@ -216,20 +261,15 @@ impl SipEndpoint {
         via_host: &str,
         timers: Timers,
     ) -> std::io::Result<(Self, mpsc::Receiver<ServerRequest>)> {
-        let mut transports = Vec::new();
-        let mut incomings = Vec::new();
+        let dispatch = Arc::new(Dispatch(std::sync::OnceLock::new()));
+        let mut bound = Vec::new();
         for &(l, from_port) in listens {
-            let (t, rx) = if from_port {
-                SipTransport::bind_connecting_from_port(l).await?
-            } else {
-                SipTransport::bind(l).await?
-            };
-            transports.push(t);
-            incomings.push(rx);
+            bound.push(SipTransport::bind_to(l, from_port, dispatch.clone()).await?);
         }
-        if transports.is_empty() {
+        if bound.is_empty() {
             return Err(std::io::Error::other("no SIP address to listen on"));
         }
+        let transports: Vec<SipTransport> = bound.iter().map(|b| b.transport().clone()).collect();
         let salt = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0x5eed, |d| d.as_nanos() as u64);
@@ -237,6 +277,7 @@ impl SipEndpoint {
             .iter()
             .map(|t| sent_by_of(via_host, t.local_addr()))
             .collect();
+        let (tx, rx) = mpsc::channel(4096);
         let inner = Arc::new(Inner {
             transports,
             sent_bys,
@@ -247,14 +288,59 @@ impl SipEndpoint {
             branch_seq: AtomicU64::new(1),
             salt,
             observer: std::sync::OnceLock::new(),
+            requests: tx,
+            handler: std::sync::OnceLock::new(),
+            serving: std::sync::atomic::AtomicBool::new(true),
         });
-        let (tx, rx) = mpsc::channel(4096);
-        let ep = SipEndpoint { inner };
-        for incoming in incomings {
-            tokio::spawn(ep.clone().dispatch(incoming, tx.clone()));
+        let _ = dispatch.0.set(Arc::downgrade(&inner));
+        for b in bound {
+            b.start();
         }
+        let ep = SipEndpoint { inner };
         tokio::spawn(sweep(Arc::downgrade(&ep.inner)));
         Ok((ep, rx))
+    }
+
+    /// Hands every new request from now on to `handler`, each in a task of its own, instead
+    /// of the channel [`SipEndpoint::bind`] returned (what came before stays there for the
+    /// application to read). The endpoint keeps only a weak reference (a handler holds its
+    /// endpoint: no cycle): requests are served while the application keeps `handler`, and
+    /// dropped after. Set once: false when a handler was set already.
+    pub fn serve<H: Handler>(&self, handler: &Arc<H>) -> bool {
+        let handler = Arc::downgrade(handler);
+        let spawn: Spawner = Box::new(move |req| match handler.upgrade() {
+            Some(h) => {
+                tokio::spawn(h.handle(req));
+            }
+            None => tracing::debug!(source = %req.source, "request dropped: no handler any more"),
+        });
+        self.inner.handler.set(spawn).is_ok()
+    }
+
+    /// Stops handing new requests to the application (a daemon shutting down): they are
+    /// dropped from now on; transactions under way go on.
+    pub fn stop_serving(&self) {
+        self.inner.serving.store(false, Ordering::Release);
+    }
+
+    /// Hands a new request to the application: its handler, or the channel.
+    fn hand_on(&self, req: ServerRequest) {
+        if !self.inner.serving.load(Ordering::Acquire) {
+            tracing::debug!(source = %req.source, "request dropped: shutting down");
+            return;
+        }
+        if let Some(spawn) = self.inner.handler.get() {
+            return spawn(req);
+        }
+        match self.inner.requests.try_send(req) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(req)) => {
+                tracing::warn!(source = %req.source, "request dropped: the application's queue is full");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!("request dropped: the application stopped taking requests");
+            }
+        }
     }
 
     /// The first bound address.
@@ -338,21 +424,8 @@ impl SipEndpoint {
         (self.inner.servers.len(), self.inner.clients.len())
     }
 
-    async fn dispatch(
-        self,
-        mut incoming: mpsc::Receiver<Incoming>,
-        app: mpsc::Sender<ServerRequest>,
-    ) {
-        while let Some(inc) = incoming.recv().await {
-            if inc.message.is_request() {
-                self.on_request(inc, &app).await;
-            } else {
-                self.on_response(inc).await;
-            }
-        }
-    }
-
-    async fn on_request(&self, inc: Incoming, app: &mpsc::Sender<ServerRequest>) {
+    /// A received request, in the task that read it (nothing here waits).
+    fn on_request(&self, inc: Incoming) {
         let Incoming {
             mut message,
             source,
@@ -448,7 +521,10 @@ impl SipEndpoint {
                 }
                 Some(Some((bytes, t, to))) => {
                     tracing::debug!(%source, method, "request retransmission: final response sent again");
-                    let _ = self.at(local).send(t, to, bytes).await;
+                    // (Only UDP keeps answered transactions.)
+                    if t == Transport::Udp && !self.at(local).try_send_udp(to, &bytes) {
+                        tracing::debug!(%to, "final response not sent again: the socket is busy");
+                    }
                     return;
                 }
                 None => {}
@@ -465,14 +541,15 @@ impl SipEndpoint {
             received: Instant::now(),
         };
         if req.message.method() == Some(Method::Cancel) {
-            return self.on_cancel(req).await;
+            let ep = self.clone();
+            tokio::spawn(async move { ep.on_cancel(req).await });
+            return;
         }
-        if app.send(req).await.is_err() {
-            tracing::warn!("the application stopped taking requests");
-        }
+        self.hand_on(req);
     }
 
-    async fn on_response(&self, inc: Incoming) {
+    /// A received response, in the task that read it (nothing here waits).
+    fn on_response(&self, inc: Incoming) {
         let branch = match inc.message.top_via() {
             Ok(v) => v.branch().map(str::to_owned),
             Err(e) => {
@@ -493,16 +570,23 @@ impl SipEndpoint {
             });
             match waiter.flatten() {
                 Some(Some(tx)) => {
-                    let _ = tx.send(inc.message).await;
+                    // Full: the transaction has not read the last ones yet; this one is a
+                    // retransmission at best (the next copy takes its place).
+                    if tx.try_send(inc.message).is_err() {
+                        tracing::debug!(source = %inc.source, "response dropped: its transaction is busy");
+                    }
                     return;
                 }
                 Some(None) => return,
                 None => {}
             }
         }
-        if let Err(e) = self.forward_response(inc.message).await {
-            tracing::info!(source = %inc.source, error = %e, "response could not be forwarded");
-        }
+        let ep = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ep.forward_response(inc.message).await {
+                tracing::info!(source = %inc.source, error = %e, "response could not be forwarded");
+            }
+        });
     }
 
     /// Sends the application's response to `req`: final responses are kept for the

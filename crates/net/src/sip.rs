@@ -1,6 +1,11 @@
 //! SIP over UDP and TCP (RFC 3261 §18) for the CSCFs: one [`SipTransport`] binds a UDP socket
 //! and a TCP listener on the same address, hands every received message to the application
-//! as an [`Incoming`] on a channel, and sends messages back out.
+//! as an [`Incoming`], and sends messages back out.
+//!
+//! - Handing on: on a channel ([`SipTransport::bind`]), or to a [`Receiver`] called in the
+//!   receiving task itself ([`SipTransport::bind_to`]). The endpoint takes the second: a
+//!   message then reaches the transaction layer with no hand-off between tasks (each one a
+//!   wake-up, often of another thread: the largest cost in the daemons' profiles).
 //!
 //! - UDP: one datagram is one message ([`ims_sip::Message::parse`]); Content-Length cuts the
 //!   body and anything after it is dropped.
@@ -69,6 +74,58 @@ pub enum SendError {
     },
 }
 
+/// What a transport made with [`SipTransport::bind_to`] hands each received message to.
+/// `receive` is called in the task that read the message (the UDP socket's, or the TCP
+/// connection's), which reads nothing more until it returns: it must not block, and
+/// whatever may wait (a TCP send, a DNS lookup) goes to a task of its own.
+pub trait Receiver: Send + Sync + 'static {
+    /// Takes one received message.
+    fn receive(&self, inc: Incoming);
+}
+
+/// Where received messages go.
+#[derive(Clone)]
+enum Sink {
+    /// A channel: the receiving task waits while it is full.
+    Channel(mpsc::Sender<Incoming>),
+    /// Called in the receiving task.
+    Receiver(Arc<dyn Receiver>),
+}
+
+impl Sink {
+    async fn deliver(&self, inc: Incoming) {
+        match self {
+            Sink::Channel(tx) => {
+                let _ = tx.send(inc).await;
+            }
+            Sink::Receiver(r) => r.receive(inc),
+        }
+    }
+}
+
+/// A transport bound by [`SipTransport::bind_to`] that does not read yet: [`Bound::start`]
+/// it once its [`Receiver`] can take messages.
+pub struct Bound {
+    transport: SipTransport,
+    tcp: TcpListener,
+}
+
+impl Bound {
+    /// The transport (it sends already; it receives once started).
+    pub fn transport(&self) -> &SipTransport {
+        &self.transport
+    }
+
+    /// Starts reading UDP and accepting TCP.
+    pub fn start(self) -> SipTransport {
+        let t = self.transport;
+        tokio::spawn(t.clone().udp_loop());
+        tokio::spawn(t.clone().accept_loop(self.tcp));
+        tracing::info!(local = %t.local, "SIP listening on UDP and TCP");
+        t
+    }
+}
+
 type Conns = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>>;
 
 /// TCP messages handed to a connection's writer task and not yet written (or dropped with a
@@ -97,7 +154,7 @@ pub struct SipTransport {
     udp: Arc<UdpSocket>,
     local: SocketAddr,
     conns: Conns,
-    incoming: mpsc::Sender<Incoming>,
+    incoming: Sink,
     max_len: usize,
     /// Outgoing TCP connections leave from `local` (see the module docs).
     connect_from_local: bool,
@@ -123,22 +180,45 @@ impl SipTransport {
         addr: SocketAddr,
         connect_from_local: bool,
     ) -> std::io::Result<(Self, mpsc::Receiver<Incoming>)> {
+        let (tx, rx) = mpsc::channel(4096);
+        let bound = Self::bind_sink(addr, connect_from_local, Sink::Channel(tx)).await?;
+        Ok((bound.start(), rx))
+    }
+
+    /// Binds UDP and TCP on `addr` as [`SipTransport::bind`] (with `connect_from_local`, as
+    /// [`SipTransport::bind_connecting_from_port`]), handing every received message to
+    /// `receiver` in the task that read it; reading starts with [`Bound::start`].
+    pub async fn bind_to(
+        addr: SocketAddr,
+        connect_from_local: bool,
+        receiver: Arc<dyn Receiver>,
+    ) -> std::io::Result<Bound> {
+        Self::bind_sink(addr, connect_from_local, Sink::Receiver(receiver)).await
+    }
+
+    async fn bind_sink(
+        addr: SocketAddr,
+        connect_from_local: bool,
+        incoming: Sink,
+    ) -> std::io::Result<Bound> {
         let (udp, tcp) = bind_both(addr, connect_from_local).await?;
         let local = udp.local_addr()?;
-        let (tx, rx) = mpsc::channel(4096);
-        let t = SipTransport {
+        let transport = SipTransport {
             udp: Arc::new(udp),
             local,
             conns: Arc::new(Mutex::new(HashMap::new())),
-            incoming: tx,
+            incoming,
             max_len: DEFAULT_MAX_MESSAGE_LEN,
             connect_from_local,
             unwritten: Arc::default(),
         };
-        tokio::spawn(t.clone().udp_loop());
-        tokio::spawn(t.clone().accept_loop(tcp));
-        tracing::info!(%local, "SIP listening on UDP and TCP");
-        Ok((t, rx))
+        Ok(Bound { transport, tcp })
+    }
+
+    /// Sends one datagram now, without waiting: false when the socket would block or
+    /// failed (for retransmissions of a final response, which the next one repeats).
+    pub fn try_send_udp(&self, to: SocketAddr, bytes: &[u8]) -> bool {
+        self.udp.try_send_to(bytes, to).is_ok()
     }
 
     /// The bound address (the same port for UDP and TCP).
@@ -246,9 +326,8 @@ impl SipTransport {
             }
             match Message::parse_with_limit(Bytes::copy_from_slice(data), self.max_len) {
                 Ok(message) => {
-                    let _ = self
-                        .incoming
-                        .send(Incoming {
+                    self.incoming
+                        .deliver(Incoming {
                             message,
                             source: from,
                             transport: Transport::Udp,
@@ -333,9 +412,8 @@ impl SipTransport {
                             buf.drain(..len);
                             match Message::parse_with_limit(bytes, this.max_len) {
                                 Ok(message) => {
-                                    let _ = this
-                                        .incoming
-                                        .send(Incoming {
+                                    this.incoming
+                                        .deliver(Incoming {
                                             message,
                                             source: peer,
                                             transport: Transport::Tcp,

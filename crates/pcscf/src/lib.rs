@@ -521,6 +521,9 @@ impl Pcscf {
             let inner = self.inner.clone();
             tokio::spawn(async move { inner.watch_restored().await });
         }
+        // New requests go straight from the endpoint to a task of their own; the channel
+        // holds only what came before this.
+        self.inner.ep.serve(&self.inner);
         tokio::pin!(shutdown);
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -550,6 +553,7 @@ impl Pcscf {
                 () = &mut shutdown => break,
             }
         }
+        self.inner.ep.stop_serving();
         let _ = stop_admin.send(());
         if let Some(flows) = self.inner.ipsec.clone() {
             let _ = tokio::task::spawn_blocking(move || flows.remove_all()).await;
@@ -570,6 +574,12 @@ fn first_line(m: &Message, name: HeaderName) -> Option<(usize, String)> {
         .enumerate()
         .find(|(_, h)| h.name == name)
         .and_then(|(i, h)| h.value_str().ok().map(|v| (i, v.to_owned())))
+}
+
+impl ims_net::endpoint::Handler for Inner {
+    async fn handle(self: Arc<Self>, req: ServerRequest) {
+        Inner::handle(&self, req).await
+    }
 }
 
 impl Inner {

@@ -170,6 +170,16 @@ impl Scscf {
                 }
             });
         }
+        // New requests go straight from the endpoint to a task of their own; the channel
+        // holds only what came before this.
+        // (Kept here: the endpoint holds it weakly, so requests stop when this returns.)
+        let served = Arc::new(Served {
+            registrar: self.registrar.clone(),
+            reg_events: self.reg_events.clone(),
+            ep: self.ep.clone(),
+            resolver: self.resolver.clone(),
+        });
+        self.ep.serve(&served);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -188,8 +198,29 @@ impl Scscf {
                 },
             }
         }
+        self.ep.stop_serving();
         let _ = stop_admin.send(());
         tracing::info!("S-CSCF stopped");
+    }
+}
+
+/// What each request is served with ([`serve`]), as the endpoint's handler.
+struct Served {
+    registrar: Registrar,
+    reg_events: RegEvents,
+    ep: SipEndpoint,
+    resolver: Arc<SipResolver>,
+}
+
+impl ims_net::endpoint::Handler for Served {
+    fn handle(self: Arc<Self>, req: ServerRequest) -> impl Future<Output = ()> + Send + 'static {
+        serve(
+            self.registrar.clone(),
+            self.reg_events.clone(),
+            self.ep.clone(),
+            self.resolver.clone(),
+            req,
+        )
     }
 }
 
