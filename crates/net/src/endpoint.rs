@@ -44,9 +44,13 @@
 //!   same request would get from us again; it decrements Max-Forwards (inserting 70 − 1 when
 //!   absent).
 //!
-//! State is kept in fixed shards of small maps keyed by branch (no global lock; no lock is
-//! held across an await); an INVITE transaction's machine lives in its task, the map holds
-//! the channel to it.
+//! Server transactions are the sans-io [`ServerSide`] of `ims-sip` (RFC 3261 §17.2.3 keys,
+//! the non-INVITE machines, a slot per INVITE transaction), in fixed shards by key; client
+//! transactions are small maps by branch (no global lock; no lock is held across an await).
+//! An INVITE transaction's machine lives in its task, its slot holds the channel to it. A
+//! sweep every 500 ms fires the server side's due deadlines (Timer J, Accepted, unanswered
+//! requests: it only forgets, so lateness costs nothing) and drops ended client
+//! transactions.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
@@ -55,12 +59,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ims_sip::transaction::{Event, InviteClient, InviteServer, NonInviteClient, TIMER_C, Timers};
+use ims_sip::transaction::{
+    Arrival, Event, InviteClient, InviteServer, KeyMethod, NonInviteClient, ServerSide, TIMER_C,
+    Timers, TransactionKey,
+};
 use ims_sip::{HeaderName, Message, Method, Via, text};
 use tokio::sync::{mpsc, watch};
 
 use crate::dns::Transport;
-use crate::shards::Shards;
+use crate::shards::{SHARDS, Shards};
 use crate::sip::{Incoming, SendError, SipTransport};
 
 /// The least Retry-After, in seconds, of the 503s we answer (overload, a busy HSS).
@@ -104,7 +111,7 @@ pub struct ServerRequest {
     pub transport: Transport,
     /// The local address it arrived at.
     pub local: SocketAddr,
-    key: Option<ServerKey>,
+    key: Option<TransactionKey>,
     /// An INVITE's: turns true when a CANCEL for it arrived (answered 200 here).
     cancel: Option<watch::Receiver<bool>>,
     /// When the endpoint handed it on ([`ServerRequest::received`]).
@@ -125,28 +132,61 @@ pub enum ClientError {
     Message(#[from] ims_sip::Error),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct ServerKey {
-    branch: String,
-    sent_by: String,
-    method: String,
+/// The handle to an INVITE server transaction's task ([`SipEndpoint::drive_ist`]).
+type IstTx = mpsc::UnboundedSender<IstInput>;
+
+/// The server transactions ([`ServerSide`]) in [`SHARDS`] locked shards by key, so that
+/// requests of different transactions rarely wait on each other; no lock is held across an
+/// await.
+struct Servers([std::sync::Mutex<ServerSide<IstTx>>; SHARDS]);
+
+impl Servers {
+    fn new(timers: Timers) -> Self {
+        Servers(std::array::from_fn(|_| {
+            std::sync::Mutex::new(ServerSide::new(timers))
+        }))
+    }
+
+    /// Runs `f` on the shard of `key`; `None` if its lock is poisoned.
+    fn with<R>(
+        &self,
+        key: &TransactionKey,
+        f: impl FnOnce(&mut ServerSide<IstTx>) -> R,
+    ) -> Option<R> {
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        let shard = &self.0[(h.finish() as usize) % SHARDS];
+        shard.lock().ok().map(|mut s| f(&mut s))
+    }
+
+    /// Fires what is due in every shard; how many unanswered transactions were forgotten.
+    fn handle_timeouts(&self, now: Instant) -> usize {
+        self.0
+            .iter()
+            .filter_map(|s| s.lock().ok().map(|mut s| s.handle_timeouts(now)))
+            .sum()
+    }
+
+    fn len(&self) -> usize {
+        self.0
+            .iter()
+            .map(|s| s.lock().map(|s| s.len()).unwrap_or(0))
+            .sum()
+    }
 }
 
-enum ServerState {
-    /// The application has it.
-    Pending { since: Instant },
-    /// An INVITE server transaction, driven by its own task ([`SipEndpoint::drive_ist`]).
-    Invite(mpsc::UnboundedSender<IstInput>),
-    /// A 2xx to the INVITE went upstream: its retransmissions are absorbed until then
-    /// (RFC 6026's Accepted state), 2xx from other branches go upstream statelessly.
-    Accepted(Instant),
-    /// Answered: retransmissions get this response again, until `until`.
-    Done {
-        response: Bytes,
-        transport: Transport,
-        to: SocketAddr,
-        until: Instant,
-    },
+/// The server transaction key of a request (RFC 3261 §17.2.3: the top Via's branch and
+/// sent-by, the method with ACK as INVITE); `None` without an RFC 3261 branch (such a
+/// request is handed on untracked).
+fn server_key(req: &Message) -> Option<TransactionKey> {
+    let via = req.top_via().ok()?;
+    let branch = via.branch()?;
+    let method = KeyMethod::from_name(req.method_str()?);
+    let key = match via.port {
+        Some(port) => TransactionKey::server(branch, &format!("{}:{port}", via.host_str), method),
+        None => TransactionKey::server(branch, via.host_str, method),
+    };
+    key.ok()
 }
 
 /// What reaches an INVITE server transaction's task.
@@ -174,7 +214,7 @@ struct Inner {
     sent_bys: Vec<String>,
     via_host: String,
     timers: Timers,
-    servers: Shards<ServerKey, ServerState>,
+    servers: Servers,
     clients: Shards<String, ClientState>,
     branch_seq: AtomicU64,
     salt: u64,
@@ -283,7 +323,7 @@ impl SipEndpoint {
             sent_bys,
             via_host: via_host.to_owned(),
             timers,
-            servers: Shards::new(),
+            servers: Servers::new(timers),
             clients: Shards::new(),
             branch_seq: AtomicU64::new(1),
             salt,
@@ -437,55 +477,39 @@ impl SipEndpoint {
             tracing::info!(%source, error = %e, "request without a usable Via dropped");
             return;
         }
-        let method = message.method_str().unwrap_or("").to_owned();
-        let key = match message.top_via() {
-            Ok(v) => v
-                .branch()
-                .filter(|b| b.starts_with("z9hG4bK"))
-                .map(|b| ServerKey {
-                    branch: b.to_owned(),
-                    sent_by: format!("{}:{}", v.host_str, v.port.unwrap_or(0)),
-                    method: if method == "ACK" {
-                        "INVITE".into()
-                    } else {
-                        method.clone()
-                    },
-                }),
-            Err(_) => None,
-        };
+        let method = message.method();
+        let key = server_key(&message);
+        let now = Instant::now();
+        let reliable = transport != Transport::Udp;
         let mut cancel = None;
-        match (message.method(), &key) {
+        match (method, &key) {
             (Some(Method::Invite), Some(k)) => {
                 let (tx, rx) = mpsc::unbounded_channel();
-                let seen = self.inner.servers.with(k, |m| match m.get(k) {
-                    Some(ServerState::Invite(tx)) => Some(Some(tx.clone())),
-                    Some(_) => Some(None),
-                    None => {
-                        m.insert(k.clone(), ServerState::Invite(tx));
-                        None
+                let arrival = self.inner.servers.with(k, |s| {
+                    let a = s.receive(now, k, reliable);
+                    if matches!(a, Arrival::New) {
+                        s.start_invite(k.clone(), tx);
                     }
+                    a
                 });
-                match seen.flatten() {
-                    Some(Some(tx)) => {
+                match arrival {
+                    Some(Arrival::Invite(tx)) => {
                         tracing::debug!(%source, "INVITE retransmission");
                         let _ = tx.send(IstInput::Retransmission);
                         return;
                     }
-                    Some(None) => {
-                        tracing::debug!(%source, "INVITE retransmission absorbed (answered 2xx)");
-                        return;
-                    }
-                    None => {
+                    Some(Arrival::New) => {
                         cancel =
                             Some(self.start_ist(k.clone(), &message, transport, source, local, rx));
+                    }
+                    _ => {
+                        tracing::debug!(%source, "INVITE retransmission absorbed (answered 2xx)");
+                        return;
                     }
                 }
             }
             (Some(Method::Ack), Some(k)) => {
-                let tx = self.inner.servers.with(k, |m| match m.get(k) {
-                    Some(ServerState::Invite(tx)) => Some(tx.clone()),
-                    _ => None,
-                });
+                let tx = self.inner.servers.with(k, |s| s.invite(k).cloned());
                 if let Some(tx) = tx.flatten()
                     && tx.send(IstInput::Ack).is_ok()
                 {
@@ -493,50 +517,31 @@ impl SipEndpoint {
                 }
                 // The ACK of a 2xx: a request of its own for the application to route.
             }
-            _ => {}
-        }
-        let tracked = !matches!(message.method(), Some(Method::Ack | Method::Invite));
-        if let (Some(k), true) = (&key, tracked) {
-            let now = Instant::now();
-            let seen = self.inner.servers.with(k, |m| match m.get(k) {
-                // (INVITE states never have a non-INVITE key.)
-                Some(
-                    ServerState::Pending { .. } | ServerState::Invite(_) | ServerState::Accepted(_),
-                ) => Some(None),
-                Some(ServerState::Done {
-                    response,
-                    transport,
-                    to,
-                    ..
-                }) => Some(Some((response.clone(), *transport, *to))),
-                None => {
-                    m.insert(k.clone(), ServerState::Pending { since: now });
-                    None
-                }
-            });
-            match seen.flatten() {
-                Some(None) => {
-                    tracing::debug!(%source, method, "request retransmission absorbed");
-                    return;
-                }
-                Some(Some((bytes, t, to))) => {
-                    tracing::debug!(%source, method, "request retransmission: final response sent again");
-                    // (Only UDP keeps answered transactions.)
+            (_, Some(k)) => match self.inner.servers.with(k, |s| s.receive(now, k, reliable)) {
+                Some(Arrival::New) => {}
+                Some(Arrival::Again(bytes)) => {
+                    tracing::debug!(%source, ?method, "request retransmission: response sent again");
+                    // (Over TCP nothing is kept after the final response.)
+                    let (t, to) = response_route(&message, transport, source);
                     if t == Transport::Udp && !self.at(local).try_send_udp(to, &bytes) {
-                        tracing::debug!(%to, "final response not sent again: the socket is busy");
+                        tracing::debug!(%to, "response not sent again: the socket is busy");
                     }
                     return;
                 }
-                None => {}
-            }
+                _ => {
+                    tracing::debug!(%source, ?method, "request retransmission absorbed");
+                    return;
+                }
+            },
+            (_, None) => {}
         }
-        let is_invite = message.method() == Some(Method::Invite);
+        let tracked = method != Some(Method::Ack);
         let req = ServerRequest {
             message,
             source,
             transport,
             local,
-            key: if tracked || is_invite { key } else { None },
+            key: if tracked { key } else { None },
             cancel,
             received: Instant::now(),
         };
@@ -596,10 +601,7 @@ impl SipEndpoint {
         let (transport, to) = response_route(&req.message, req.transport, req.source);
         let status = response.status().unwrap_or(0);
         if let (Some(k), Some(Method::Invite)) = (&req.key, req.message.method()) {
-            let tx = self.inner.servers.with(k, |m| match m.get(k) {
-                Some(ServerState::Invite(tx)) => Some(tx.clone()),
-                _ => None,
-            });
+            let tx = self.inner.servers.with(k, |s| s.invite(k).cloned());
             match tx
                 .flatten()
                 .map(|tx| tx.send(IstInput::Response(status, bytes.clone())))
@@ -613,24 +615,20 @@ impl SipEndpoint {
                     return;
                 }
             }
-        } else if let (Some(k), true) = (&req.key, status >= 200) {
-            let reliable = transport != Transport::Udp;
-            let until = Instant::now() + self.inner.timers.timer_j(reliable);
-            self.inner.servers.with(k, |m| {
-                if reliable {
-                    m.remove(k);
-                } else {
-                    m.insert(
-                        k.clone(),
-                        ServerState::Done {
-                            response: bytes.clone(),
-                            transport,
-                            to,
-                            until,
-                        },
-                    );
+        } else if let Some(k) = &req.key {
+            let now = Instant::now();
+            match self
+                .inner
+                .servers
+                .with(k, |s| s.respond(now, k, status, bytes.clone()))
+            {
+                // Sent from its transaction (the same bytes), or without one (forgotten).
+                Some(Ok(_)) | None => {}
+                Some(Err(e)) => {
+                    tracing::info!(status, error = %e, "response refused by its transaction");
+                    return;
                 }
-            });
+            }
         }
         self.observed(req, status);
         if let Err(e) = self.at(req.local).send(transport, to, bytes).await {
@@ -644,7 +642,7 @@ impl SipEndpoint {
     /// whether a CANCEL came.
     fn start_ist(
         &self,
-        key: ServerKey,
+        key: TransactionKey,
         invite: &Message,
         transport: Transport,
         source: SocketAddr,
@@ -673,7 +671,7 @@ impl SipEndpoint {
     /// Accepted state for 64·T1, anything else removes it.
     async fn drive_ist(
         self,
-        key: ServerKey,
+        key: TransactionKey,
         mut ist: InviteServer,
         mut rx: mpsc::UnboundedReceiver<IstInput>,
         cancel: watch::Sender<bool>,
@@ -723,14 +721,10 @@ impl SipEndpoint {
                 }
             }
         }
-        let until = Instant::now() + self.inner.timers.t1x64();
-        self.inner.servers.with(&key, |m| {
-            if accepted {
-                m.insert(key.clone(), ServerState::Accepted(until));
-            } else {
-                m.remove(&key);
-            }
-        });
+        let now = Instant::now();
+        self.inner
+            .servers
+            .with(&key, |s| s.end_invite(now, &key, accepted));
     }
 
     /// A CANCEL (RFC 3261 §9.2, §16.10): matched to its INVITE's server transaction by
@@ -738,15 +732,14 @@ impl SipEndpoint {
     /// fires (after a final response it changes nothing); no such INVITE: 481.
     async fn on_cancel(&self, req: ServerRequest) {
         let found = req.key.as_ref().and_then(|k| {
-            let invite = ServerKey {
-                method: "INVITE".into(),
-                ..k.clone()
-            };
-            self.inner.servers.with(&invite, |m| match m.get(&invite) {
-                Some(ServerState::Invite(tx)) => Some(tx.send(IstInput::Cancel).is_ok()),
-                Some(ServerState::Accepted(_)) => Some(true),
-                _ => None,
-            })
+            let invite =
+                TransactionKey::server(k.branch(), k.sent_by()?, KeyMethod::Invite).ok()?;
+            self.inner
+                .servers
+                .with(&invite, |s| match s.invite(&invite) {
+                    Some(tx) => Some(tx.send(IstInput::Cancel).is_ok()),
+                    None => s.has_invite(&invite).then_some(true),
+                })
         });
         let found = found.flatten();
         let tag = format!("{:x}", self.inner.salt & 0xffff_ffff);
@@ -1401,12 +1394,10 @@ async fn sweep(inner: std::sync::Weak<Inner>) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let Some(inner) = inner.upgrade() else { return };
         let now = Instant::now();
-        let stale = inner.timers.t1x64() * 2;
-        inner.servers.retain(|_, s| match s {
-            ServerState::Pending { since } => now.duration_since(*since) < stale,
-            ServerState::Done { until, .. } | ServerState::Accepted(until) => *until > now,
-            ServerState::Invite(tx) => !tx.is_closed(),
-        });
+        let stale = inner.servers.handle_timeouts(now);
+        if stale > 0 {
+            tracing::debug!(stale, "unanswered server transactions forgotten");
+        }
         inner.clients.retain(|_, c| match c {
             ClientState::Waiting(tx) => !tx.is_closed(),
             ClientState::Absorbing(until) => *until > now,

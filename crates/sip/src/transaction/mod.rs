@@ -31,6 +31,11 @@
 //!   re-sent by the machine for each retransmission of that response. A 2xx ends it and every
 //!   2xx still goes up (RFC 6026: the proxy core forwards each one).
 //!
+//! - [`ServerSide`]: the server half of a transaction layer over these: which transaction
+//!   a received request belongs to, the non-INVITE server transactions, a slot for each
+//!   INVITE server transaction that a driver runs (and RFC 6026's Accepted state after its
+//!   2xx).
+//!
 //! Timer values come from [`Timers`] (RFC defaults, scalable for tests). Transactions are
 //! found by [`TransactionKey`] (§17.1.3 for responses, §17.2.3 for requests) in a
 //! [`TransactionTable`], which also keeps the earliest deadline so a driver can sleep until
@@ -67,6 +72,7 @@ mod client;
 mod invite_client;
 mod invite_server;
 mod server;
+mod server_side;
 mod table;
 mod timers;
 
@@ -79,6 +85,7 @@ pub use client::{NictState, NonInviteClient};
 pub use invite_client::{IctState, InviteClient, TIMER_C};
 pub use invite_server::{InviteServer, IstState};
 pub use server::{NistState, NonInviteServer};
+pub use server_side::{Arrival, ServerSide, Slot};
 pub use table::{KeyMethod, TransactionKey, TransactionTable, is_rfc3261_branch};
 pub use timers::Timers;
 
