@@ -2381,20 +2381,30 @@ fn registered_awaiting_message(
     ue
 }
 
-/// Issue #20's loss fault: one UDP packet in ten dropped (nftables `numgen random`; the
-/// host kernel has no netem) as it enters every node, the UE's, the P-CSCF's and the home
-/// network's, on every SIP path (DNS left alone): every registration still completes, by
+/// Issue #20's loss and reordering faults: one UDP packet in ten dropped (nftables
+/// `numgen random`; the host kernel has no netem) as it enters every node, the UE's, the
+/// P-CSCF's and the home network's, on every SIP path (DNS left alone), and another one in
+/// ten held back as it leaves them (`reorder_udp`): every registration still completes, by
 /// the retransmissions of each hop's transactions (Timer E, and the 401/200 absorbed).
 #[test]
-fn registrations_complete_through_ten_percent_loss() {
+fn registrations_complete_through_ten_percent_loss_and_reordering() {
+    let test = "registrations_complete_through_ten_percent_loss_and_reordering";
     let Some(lab) = Lab::start("e2eloss") else {
         return;
     };
-    if ims_testkit::require_tool("registrations_complete_through_ten_percent_loss", "nft").is_none()
+    if ims_testkit::require_tool(test, "nft").is_none()
+        || ims_testkit::require_tool(test, "tc").is_none()
     {
         return;
     }
     lab.import_load("lossy", 100);
+    for node in ["ue", "visited", "home"] {
+        reorder_udp(&lab, node);
+    }
+    // The impairment really reorders: numbered datagrams from the UE's node to the
+    // P-CSCF's arrive out of their order.
+    let inversions = datagrams_out_of_order(&lab, 300);
+    assert!(inversions > 0, "no datagram overtook another");
     let rules = lab.dir.join("loss.nft");
     std::fs::write(
         &rules,
@@ -2441,11 +2451,117 @@ fn registrations_complete_through_ten_percent_loss() {
         dropped += n;
     }
     assert!(dropped >= 20, "the loss rule dropped {dropped} packets");
+    // What was held back: the slow class carried SIP too.
+    let mut held = 0u64;
+    for node in ["ue", "visited", "home"] {
+        let stats = lab.topo.run(
+            node,
+            &[
+                "tc",
+                "-s",
+                "class",
+                "show",
+                "dev",
+                ims_testkit::netns::NODE_IFACE,
+                "classid",
+                "1:20",
+            ],
+        );
+        let l = String::from_utf8_lossy(&stats.stdout);
+        let n: u64 = l
+            .split("Sent ")
+            .nth(1)
+            .and_then(|r| r.split(" pkt").next())
+            .and_then(|r| r.split_whitespace().last())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        eprintln!("{node}: {n} packets held back\n{l}");
+        // (The UE node's count has the datagrams of the check above too.)
+        if node != "ue" {
+            held += n;
+        }
+    }
+    assert!(
+        held >= 20,
+        "the reordering class carried {held} SIP packets from the core"
+    );
     assert!(out.status.success(), "{text}\n{}", lab.logs());
     let j: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
     assert_eq!(j["registered"], 100, "{j}");
     assert_eq!(j["failed"], 0, "{j}");
     assert!(j["retransmissions"].as_u64().unwrap() > 0, "{j}");
+}
+
+/// Reordering without netem (the host kernel has none): on `node`'s veth, an HTB qdisc
+/// with a fast default class (1:10) and a slow one (1:20, 200 kbit/s: a SIP message of
+/// 800 bytes waits 30 ms or more there), and an nftables rule that sends one UDP packet in
+/// ten (DNS left alone) to the slow class by its priority (HTB classifies by
+/// `skb->priority` when it names one of its classes). What follows a held packet overtakes
+/// it; the delay stays well under T1, so nothing is retransmitted for it.
+fn reorder_udp(lab: &Lab, node: &str) {
+    let dev = ims_testkit::netns::NODE_IFACE;
+    for cmd in [
+        vec![
+            "tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10",
+        ],
+        vec![
+            "tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb", "rate",
+            "10gbit",
+        ],
+        vec![
+            "tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:20", "htb", "rate",
+            "200kbit", "ceil", "200kbit",
+        ],
+    ] {
+        lab.topo.run_ok(node, &cmd);
+    }
+    let rules = lab.dir.join(format!("reorder-{node}.nft"));
+    std::fs::write(
+        &rules,
+        "table inet reorder {\n  chain output {\n    type filter hook output priority 0; policy accept;\n    \
+         udp sport != 53 udp dport != 53 numgen random mod 10 == 0 meta priority set 1:20 counter\n  }\n}\n",
+    )
+    .unwrap();
+    lab.topo
+        .run_ok(node, &["nft", "-f", rules.to_str().unwrap()]);
+}
+
+/// Sends `n` numbered datagrams at once from the UE's node to the P-CSCF's address (a port
+/// of its own) and returns how many arrived after a higher-numbered one.
+fn datagrams_out_of_order(lab: &Lab, n: u32) -> usize {
+    let to: SocketAddr = format!("{P}:47999").parse().unwrap();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let receiver = s.spawn(|| {
+            lab.topo.enter("visited", || {
+                let sock = std::net::UdpSocket::bind(to).unwrap();
+                sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                ready_tx.send(()).unwrap();
+                let (mut got, mut highest, mut late) = (0, 0u32, 0);
+                let mut buf = [0u8; 512];
+                while got < n {
+                    let Ok(len) = sock.recv(&mut buf) else { break };
+                    let seq: u32 = String::from_utf8_lossy(&buf[..len]).parse().unwrap_or(0);
+                    if seq < highest {
+                        late += 1;
+                    }
+                    highest = highest.max(seq);
+                    got += 1;
+                }
+                eprintln!("{got} of {n} datagrams received, {late} out of order");
+                late
+            })
+        });
+        ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        lab.topo.enter("ue", || {
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            for i in 1..=n {
+                // (A datagram refused for a full queue is simply not counted.)
+                let _ = sock.send_to(format!("{i:0>200}").as_bytes(), to);
+            }
+        });
+        receiver.join().unwrap()
+    })
 }
 
 /// Issue #20's I-CSCF faults, with ims-load: DNS gives two I-CSCFs (SRV priority 0 for
