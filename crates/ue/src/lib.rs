@@ -15,7 +15,10 @@
 //!
 //! Each [`Ue::register`] is one REGISTER transaction chain on one Call-ID (CSeq increasing):
 //! REGISTER → 401 → REGISTER with the response → final answer, with at most three challenges
-//! answered. No answer within the timeout is an error, never a hang.
+//! answered. Over UDP each request is retransmitted by Timer E (T1 doubling up to T2,
+//! RFC 3261 §17.1.2: the sans-io [`NonInviteClient`]) until a response comes, so a lost
+//! datagram costs half a second, not the registration. No answer within the timeout is an
+//! error, never a hang.
 //!
 //! **IPsec** ([`UeIpsec`], TS 33.203 §7, TS 24.229 §5.1.1.2): the UE binds its protected
 //! client port (`port_uc`, the main socket) and its protected server port (`port_us`), offers
@@ -49,6 +52,7 @@ use ims_aka::{
 };
 use ims_ipsec::{ClientOffer, Installed, Preferences, SaManager, SaParams, Side};
 use ims_net::sip::{Incoming, SipTransport, Transport};
+use ims_sip::transaction::{Event, NonInviteClient, Timers};
 use ims_sip::{Auth, HeaderName, Message};
 use tokio::sync::mpsc;
 
@@ -583,9 +587,8 @@ impl Ue {
         let cseq = self.cseq;
         let call_id = self.call_id.clone();
         let to = self.pcscf_target();
-        self.sip
-            .send(self.cfg.transport, to, req.to_bytes())
-            .await?;
+        let mut nict = self.client_transaction(req.to_bytes());
+        self.transmit(&mut nict, to).await?;
         let protected = self.ipsec_up();
         self.step(Step::RegisterSent {
             expires,
@@ -593,7 +596,31 @@ impl Ue {
             to,
             protected,
         });
-        self.final_response(&call_id, Some(cseq)).await
+        self.final_response(&mut nict, to, &call_id, Some(cseq))
+            .await
+    }
+
+    /// The non-INVITE client transaction of a request of ours (RFC 3261 §17.1.2): over UDP
+    /// it retransmits by Timer E (T1 doubling up to T2) until a response comes, as a phone
+    /// does; over TCP it sends once.
+    fn client_transaction(&self, bytes: Bytes) -> NonInviteClient {
+        let reliable = self.cfg.transport != Transport::Udp;
+        NonInviteClient::new(bytes, reliable, std::time::Instant::now(), Timers::RFC3261)
+    }
+
+    /// Sends what the transaction has to send.
+    async fn transmit(
+        &mut self,
+        nict: &mut NonInviteClient,
+        to: SocketAddr,
+    ) -> Result<(), UeError> {
+        while let Some(b) = nict.poll_transmit() {
+            if let Err(e) = self.sip.send(self.cfg.transport, to, b).await {
+                nict.handle_transport_error(std::time::Instant::now());
+                return Err(e.into());
+            }
+        }
+        Ok(())
     }
 
     /// Where the UE names itself in Via and Contact, with the Via protocol and the Contact's
@@ -621,21 +648,45 @@ impl Ue {
 
     /// The final response for `call_id` (and CSeq number `cseq`, when given) that comes to
     /// the main socket within the timeout; others are skipped.
+    /// The final response of `nict`'s request (sent to `to`), retransmitting it as its
+    /// timers say meanwhile; at most the configured timeout (or Timer F, if sooner).
     async fn final_response(
         &mut self,
+        nict: &mut NonInviteClient,
+        to: SocketAddr,
         call_id: &str,
         cseq: Option<u32>,
     ) -> Result<Message, UeError> {
+        let timeout = UeError::Timeout(self.cfg.timeout);
         let deadline = tokio::time::Instant::now() + self.cfg.timeout;
         loop {
-            let m = tokio::time::timeout_at(deadline, self.rx.recv())
-                .await
-                .map_err(|_| UeError::Timeout(self.cfg.timeout))?
-                .ok_or(UeError::Timeout(self.cfg.timeout))?;
+            let wake = nict.poll_timeout().map_or(deadline, |t| {
+                deadline.min(tokio::time::Instant::from_std(t))
+            });
+            let m = match tokio::time::timeout_at(wake, self.rx.recv()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Err(timeout),
+                Err(_) if wake >= deadline => return Err(timeout),
+                Err(_) => {
+                    nict.handle_timeout(std::time::Instant::now());
+                    while let Some(ev) = nict.poll_event() {
+                        if ev == Event::Timeout {
+                            return Err(timeout);
+                        }
+                    }
+                    self.transmit(nict, to).await?;
+                    continue;
+                }
+            };
             let r = m.message;
             let ours = r.call_id().ok() == Some(call_id)
                 && cseq.is_none_or(|n| r.cseq().is_ok_and(|c| c.seq == n));
-            if !r.is_request() && ours && r.status().unwrap_or(0) >= 200 {
+            if r.is_request() || !ours {
+                continue;
+            }
+            let status = r.status().unwrap_or(0);
+            nict.handle_response(std::time::Instant::now(), status);
+            if status >= 200 {
                 return Ok(r);
             }
         }
@@ -881,10 +932,10 @@ impl Ue {
             len = text.len(),
         );
         let req = Message::parse(Bytes::from(msg))?;
-        self.sip
-            .send(self.cfg.transport, self.pcscf_target(), req.to_bytes())
-            .await?;
-        let r = self.final_response(&call_id, None).await?;
+        let to = self.pcscf_target();
+        let mut nict = self.client_transaction(req.to_bytes());
+        self.transmit(&mut nict, to).await?;
+        let r = self.final_response(&mut nict, to, &call_id, None).await?;
         Ok(r.status().unwrap_or(0))
     }
 
@@ -1429,5 +1480,52 @@ mod tests {
             ipsec: None,
         };
         assert!(matches!(Ue::start(cfg).await, Err(UeError::Sqn(..))));
+    }
+
+    /// Issue #16: over UDP a REGISTER the network never saw is sent again by Timer E (after
+    /// T1, 500 ms), byte for byte, and the answer to the copy ends the transaction.
+    #[tokio::test]
+    async fn a_lost_register_is_retransmitted_by_timer_e() {
+        let pcscf = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        pcscf
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let cfg = UeConfig {
+            impi: "a@hims.net".into(),
+            impu: "sip:a@hims.net".into(),
+            domain: "hims.net".into(),
+            pcscf: pcscf.local_addr().unwrap(),
+            transport: Transport::Udp,
+            local: "127.0.0.1:0".parse().unwrap(),
+            credentials: Credentials::Password("secret".into()),
+            timeout: Duration::from_secs(4),
+            ipsec: None,
+        };
+        let network = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let (n, _) = pcscf.recv_from(&mut buf).unwrap();
+            let first = buf[..n].to_vec();
+            let at = std::time::Instant::now();
+            // Dropped; the copy comes after T1.
+            let (n, from) = pcscf.recv_from(&mut buf).unwrap();
+            let gap = at.elapsed();
+            assert_eq!(
+                first,
+                buf[..n].to_vec(),
+                "the retransmission is the same request"
+            );
+            let req = Message::parse(Bytes::copy_from_slice(&buf[..n])).unwrap();
+            let no = ims_sip::response_to(&req, 403, "Forbidden", Some("t1")).unwrap();
+            pcscf.send_to(&no.to_bytes(), from).unwrap();
+            gap
+        });
+        let mut ue = Ue::start(cfg).await.unwrap();
+        let r = ue.register(600).await;
+        assert!(!matches!(r, Err(UeError::Timeout(_))), "{r:?}");
+        let gap = network.join().unwrap();
+        assert!(
+            gap >= Duration::from_millis(400),
+            "retransmitted after {gap:?}"
+        );
     }
 }
