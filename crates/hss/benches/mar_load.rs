@@ -234,7 +234,7 @@ fn main() {
             let t = Instant::now();
             let subs = {
                 let _rt = rt.enter();
-                ims_hss::subscribers::Subscribers::start(store, 32, true)
+                ims_hss::subscribers::Subscribers::start_reserving(store, 32, true, Some(32))
             };
             rt.block_on(async {
                 while subs.loaded() < n {

@@ -192,7 +192,12 @@ impl Hss {
             .origin_realm
             .clone()
             .unwrap_or_else(|| config.home_network.clone());
-        let subs = subscribers::Subscribers::start(store, d.sqn_block, config.preload);
+        let subs = subscribers::Subscribers::start_reserving(
+            store,
+            d.sqn_block,
+            config.preload,
+            Some(1u64 << d.sqn_ind_bits.min(16)),
+        );
         let cx = cx::CxHandler::new(
             subs.clone(),
             cx::CxConfig {

@@ -23,7 +23,12 @@
 //!   the rest of a block, which the UE accepts (SQN only has to grow). The store therefore
 //!   holds the end of the reserved block, not the last SQN handed out. With several HSS
 //!   front-ends on one PostgreSQL, set `sqn_block = 1`: blocks of two nodes would interleave
-//!   and a UE served by both would see SQNs go back.
+//!   and a UE served by both would see SQNs go back. The preload at start (the daemon's
+//!   default) reserves every AKA IMPI's first block with its chunk of subscriptions, one
+//!   statement per 2,000 ([`Subscribers::start_reserving`]): after a restart the first MAR of
+//!   each UE writes nothing, where it used to write one random page of a large table each
+//!   (the registration storm after an HSS restart). Each start thus moves every stored SQN
+//!   on by a block.
 //! - **Loads** go through the same writer task, after the writes queued before them: a
 //!   subscription is loaded once (the writer checks again before it queries), and only the
 //!   writer inserts into the maps, so two misses never make two copies. Unknown identities
@@ -168,8 +173,10 @@ impl OwnedKey {
 enum Job {
     Write(Write, oneshot::Sender<Result<Option<u64>>>),
     Load(OwnedKey, oneshot::Sender<Result<Option<Shared>>>),
-    /// Load the subscriptions added since the last preload (in chunks, between other work).
-    Preload,
+    /// Load the subscriptions added since the last preload (in chunks, between other work);
+    /// `true` at start: reserve SQN blocks ahead for them (subscribers provisioned later
+    /// reserve at their first MAR, so their stored SQN stays what was provisioned).
+    Preload(bool),
     /// This subscription id was deleted: SQLite may give it (or any above the new maximum)
     /// to the next subscription added, so the next preload starts at or below it.
     Deleted(i64),
@@ -260,6 +267,21 @@ impl Subscribers {
     /// Starts the writer task on `store` (it stops when this is dropped); with `preload`, it
     /// loads every subscription in the background, between other work.
     pub fn start(store: Store, sqn_block: u32, preload: bool) -> Arc<Self> {
+        Self::start_reserving(store, sqn_block, preload, None)
+    }
+
+    /// As [`Subscribers::start`]; with `preload` and `sqn_step` (the SQN step of the HSS's
+    /// scheme, 2^IND) and a `sqn_block` above 1, the preload also reserves a block of
+    /// `sqn_block` steps for every AKA IMPI it loads, one statement per chunk of
+    /// subscriptions: their first MARs then take SQNs from memory, with no write to wait
+    /// for. Each start moves every SQN on by a block, which the USIMs accept (SQN only has
+    /// to grow, by less than TS 33.102's Δ).
+    pub fn start_reserving(
+        store: Store,
+        sqn_block: u32,
+        preload: bool,
+        sqn_step: Option<u64>,
+    ) -> Arc<Self> {
         let maps = Arc::new(Maps {
             by_impu: Shards::new(),
             by_impi: Shards::new(),
@@ -268,9 +290,12 @@ impl Subscribers {
             writes: AtomicU64::new(0),
         });
         let (jobs, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(store.clone(), maps.clone(), rx));
+        let ahead = sqn_step
+            .filter(|_| sqn_block > 1)
+            .map(|step| u64::from(sqn_block) * step);
+        tokio::spawn(writer(store.clone(), maps.clone(), rx, ahead));
         if preload {
-            let _ = jobs.send(Job::Preload);
+            let _ = jobs.send(Job::Preload(true));
         }
         Arc::new(Self {
             preload,
@@ -669,7 +694,7 @@ impl Subscribers {
     /// background), so that their first requests need no database.
     pub fn added(&self) {
         if self.preload {
-            let _ = self.jobs.send(Job::Preload);
+            let _ = self.jobs.send(Job::Preload(false));
         }
     }
 
@@ -701,10 +726,17 @@ const PRELOAD_CHUNK: i64 = 2_000;
 
 /// The writer task: group-commits the queued writes, then serves the queued loads, then
 /// preloads one chunk when nothing else waits.
-async fn writer(store: Store, maps: Arc<Maps>, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn writer(
+    store: Store,
+    maps: Arc<Maps>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    ahead: Option<u64>,
+) {
     // Preloading ids (next, max); every id up to `high` has been preloaded.
     let mut preload_at: Option<(i64, i64)> = None;
     let mut high = 0i64;
+    // The subscriptions of the preload at start, whose SQN blocks are reserved ahead.
+    let mut reserve_upto = 0i64;
     let mut started = std::time::Instant::now();
     let mut jobs = Vec::with_capacity(256);
     loop {
@@ -719,6 +751,10 @@ async fn writer(store: Store, maps: Arc<Maps>, mut rx: mpsc::UnboundedReceiver<J
                         Ok(recs) => {
                             for r in recs {
                                 maps.insert(r);
+                            }
+                            if let Some(delta) = ahead.filter(|_| next <= reserve_upto) {
+                                let ids = (next, last.min(reserve_upto));
+                                reserve_ahead(&store, &maps, ids, delta).await;
                             }
                         }
                         Err(e) => {
@@ -761,8 +797,11 @@ async fn writer(store: Store, maps: Arc<Maps>, mut rx: mpsc::UnboundedReceiver<J
                 }
                 Job::Load(k, tx) => loads.push((k, tx)),
                 Job::Deleted(id) => high = high.min(id - 1),
-                Job::Preload => match store.max_subscription_id().await {
+                Job::Preload(at_start) => match store.max_subscription_id().await {
                     Ok(max) if max > high => {
+                        if at_start {
+                            reserve_upto = max;
+                        }
                         if preload_at.is_none() {
                             started = std::time::Instant::now();
                         }
@@ -801,6 +840,32 @@ async fn writer(store: Store, maps: Arc<Maps>, mut rx: mpsc::UnboundedReceiver<J
     }
 }
 
+/// Reserves a block of `delta` SQNs for every AKA IMPI of the subscriptions `ids` (just
+/// preloaded) and hands each to its subscription in memory, unless it holds a later one. A
+/// failure is one warning: those IMPIs reserve at their first MAR, as without this.
+async fn reserve_ahead(store: &Store, maps: &Maps, ids: (i64, i64), delta: u64) {
+    let ends = match store.reserve_sqns(ids.0, ids.1, delta).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "HSS preload: SQN blocks not reserved ahead");
+            return;
+        }
+    };
+    for (impi, end) in ends {
+        let Some(s) = maps.get(IdentityKey::Impi(&impi)) else {
+            continue;
+        };
+        let Ok(mut g) = s.lock() else { continue };
+        let Some(i) = g.impi(&impi) else { continue };
+        // The block is (end - delta, end], as take_sqns reckons its own.
+        let start = (end + ims_store::SQN_MODULUS - delta) % ims_store::SQN_MODULUS;
+        let end = start + delta;
+        if g.sqn[i].is_none_or(|b| b.end < end) {
+            g.sqn[i] = Some(SqnBlock { last: start, end });
+        }
+    }
+}
+
 async fn load(store: &Store, maps: &Maps, key: IdentityKey<'_>) -> Result<Option<Shared>> {
     if let Some(s) = maps.get(key) {
         return Ok(Some(s));
@@ -816,6 +881,7 @@ async fn load(store: &Store, maps: &Maps, key: IdentityKey<'_>) -> Result<Option
 mod tests {
     use super::*;
     use ims_store::{NewPublicIdentity, NewSubscriber};
+    use std::time::Duration;
     use zeroize::Zeroizing;
 
     fn aka(n: usize) -> NewSubscriber {
@@ -899,6 +965,70 @@ mod tests {
         assert_eq!(
             again.take_sqns("nobody@hims.net", 1, step).await.unwrap(),
             None
+        );
+    }
+
+    /// Issue #16: the preload reserves each AKA IMPI's first block, so the first MARs after a
+    /// start write nothing; the SQNs still come after everything the store held, and after
+    /// another start after everything handed out.
+    #[tokio::test]
+    async fn the_preload_reserves_first_blocks_so_first_mars_write_nothing() {
+        let dir = ims_testkit::scratch_dir("hss-subscribers-ahead");
+        let store = store(&dir, 50).await;
+        let step = 32;
+        store.set_sqn("u7@hims.net", 1000 * step).await.unwrap();
+        let subs = Subscribers::start_reserving(store.clone(), 8, true, Some(step));
+        let t = std::time::Instant::now();
+        while subs.loaded() < 50 {
+            assert!(t.elapsed() < Duration::from_secs(10), "preload never ended");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The reservation follows the chunk's load in the writer: wait for its block.
+        let stored = || async { store.subscriber("u7@hims.net").await.unwrap().unwrap().sqn };
+        while stored().await != Some(1008 * step) {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "no block reserved ahead"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let before = subs.write_stats();
+        let mut firsts = Vec::new();
+        for n in 0..50 {
+            let impi = format!("u{n}@hims.net");
+            firsts.push(subs.take_sqns(&impi, 1, step).await.unwrap().unwrap());
+        }
+        assert_eq!(subs.write_stats(), before, "a first MAR wrote");
+        assert_eq!(firsts[0], step);
+        assert_eq!(firsts[7], 1001 * step, "above what the store held");
+        // Seven more from the block, then the next is reserved as before.
+        for _ in 0..7 {
+            subs.take_sqns("u0@hims.net", 1, step).await.unwrap();
+        }
+        assert_eq!(
+            subs.take_sqns("u0@hims.net", 1, step).await.unwrap(),
+            Some(9 * step)
+        );
+        assert!(subs.write_stats().1 > before.1);
+        drop(subs);
+        // Another start: past the block handed out from (u0 took 9 steps of the 16 now
+        // reserved; its next block starts at 16 and the first SQN is 17).
+        let again = Subscribers::start_reserving(store.clone(), 8, true, Some(step));
+        let t = std::time::Instant::now();
+        loop {
+            let s = store.subscriber("u0@hims.net").await.unwrap().unwrap().sqn;
+            if s == Some(24 * step) {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "no block reserved: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            again.take_sqns("u0@hims.net", 1, step).await.unwrap(),
+            Some(17 * step)
         );
     }
 

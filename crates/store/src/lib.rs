@@ -695,6 +695,30 @@ impl Store {
         })
     }
 
+    /// Advances by `delta` (mod 2^48) the SQN of every AKA private identity of the
+    /// subscriptions `first_id..=last_id`, in one statement, and returns each IMPI with its
+    /// new SQN: an HSS reserving SQN blocks for subscribers it preloads, so that their first
+    /// MARs need no write (each such write is a random page of a large table).
+    pub async fn reserve_sqns(
+        &self,
+        first_id: i64,
+        last_id: i64,
+        delta: u64,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let delta = (delta % SQN_MODULUS) as i64;
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "UPDATE private_identity SET sqn = (sqn + $3) % 281474976710656 \
+             WHERE subscription_id BETWEEN $1 AND $2 AND auth_scheme = 'aka' RETURNING impi, sqn",
+        )
+        .bind(first_id)
+        .bind(last_id)
+        .bind(delta)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reserve SQNs"))?;
+        Ok(rows.into_iter().map(|(i, n)| (i, n as u64)).collect())
+    }
+
     /// Sets the SQN of `impi` (resynchronisation), returning it.
     pub async fn set_sqn(&self, impi: &str, sqn: u64) -> Result<u64, StoreError> {
         if sqn >= SQN_MODULUS {
