@@ -4,7 +4,10 @@
 //! that it came well within the UE's wait, and that the daemon at fault logged exactly one
 //! warning naming the bad value:
 //!
-//! - a home domain no DNS name serves (the UE's Request-URI): the P-CSCF's `404`.
+//! - a home domain no DNS name serves (the UE's Request-URI): the P-CSCF's `404`;
+//! - an HSS address where nothing listens, in the S-CSCF's config (`503` with Retry-After)
+//!   or in the I-CSCF's (its `480` with Retry-After, TS 24.229 §5.3.1.2's answer for an HSS
+//!   it cannot ask), the warning once per link state however often the client retries.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +19,10 @@ use crate::lab::{Lab, aka_ue};
 
 /// The longest a refusal may take: well under the UE's 5 s wait (and SIP's 32 s Timer F).
 const AT_ONCE: Duration = Duration::from_secs(2);
+
+/// The HSS's Diameter address in the lab, and one where nothing listens.
+const HSS_CX: &str = "10.10.4.4:3868";
+const NOBODY: &str = "10.10.4.4:3999";
 
 /// The lines of `daemon`'s log at WARN level that contain `needle`.
 fn warnings(lab: &Lab, daemon: &str, needle: &str) -> Vec<String> {
@@ -30,6 +37,14 @@ fn warnings(lab: &Lab, daemon: &str, needle: &str) -> Vec<String> {
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// Replaces `from` by `to` in the lab's config `file` (the test's one mistake).
+fn edit(lab: &Lab, file: &str, from: &str, to: &str) {
+    let path = lab.dir.join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "no `{from}` in {file}:\n{text}");
+    std::fs::write(&path, text.replace(from, to)).unwrap();
 }
 
 /// The lab with every CSCF started after `mistake` edited its configs; waits until the HSS
@@ -64,6 +79,26 @@ fn register(lab: &Lab, cfg: UeConfig) -> (ims_ue::Outcome, Duration) {
     (out.remove(0), t.elapsed())
 }
 
+/// Waits (up to 20 s) until `daemon`'s log holds `line` `n` times.
+fn wait_log_count(lab: &Lab, daemon: &str, line: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let count = || {
+        lab.daemons
+            .iter()
+            .filter(|(d, _)| d == daemon)
+            .map(|(_, c)| c.log().matches(line).count())
+            .sum::<usize>()
+    };
+    while count() < n {
+        assert!(
+            Instant::now() < deadline,
+            "not {n} `{line}` in 20 s\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn mistyped_home_domain_gets_404_and_one_warning() {
     let Some(lab) = lab_with("e2ebaddom", "info", |_| {}, 2) else {
@@ -92,4 +127,68 @@ fn mistyped_home_domain_gets_404_and_one_warning() {
     if std::env::var_os("MISCONFIG_DUMP").is_some() {
         eprintln!("{}", lab.logs());
     }
+}
+
+/// The S-CSCF's `hss` names a port where nothing listens: each REGISTER gets 503 with
+/// Retry-After at once (the S-CSCF's, made the I-CSCF's own as RFC 3261 §16.7 asks), and the
+/// S-CSCF's log holds one warning naming that address however many times its client retried.
+#[test]
+fn scscf_with_unreachable_hss_gets_503_and_one_warning() {
+    let Some(lab) = lab_with(
+        "e2enohss",
+        "info,ims_net::diameter::client=debug",
+        |lab| edit(lab, "scscf.toml", HSS_CX, NOBODY),
+        1,
+    ) else {
+        return;
+    };
+    // The client has retried at least twice (back-off 1 s, then 2 s) by the end.
+    for attempt in 1..=2 {
+        let (out, took) = register(&lab, bob());
+        assert_eq!(out.status, 503, "attempt {attempt}\n{}", lab.logs());
+        assert_eq!(out.challenges, 0, "never a 401: {}", lab.logs());
+        assert!(
+            out.response
+                .header_str(ims_sip::HeaderName::RetryAfter)
+                .is_some(),
+            "{:?}",
+            out.response
+        );
+        assert!(took < AT_ONCE, "attempt {attempt} took {took:?}");
+        wait_log_count(&lab, "scscf", "Diameter connect failed again", attempt);
+    }
+    let w = warnings(&lab, "scscf", NOBODY);
+    assert_eq!(w.len(), 1, "{w:#?}\n{}", lab.logs());
+    assert!(w[0].contains("unreachable"), "{w:#?}");
+    assert_eq!(warnings(&lab, "icscf", "").len(), 0, "{}", lab.logs());
+}
+
+/// The I-CSCF's `hss` names a port where nothing listens: each REGISTER gets its 480 with
+/// Retry-After at once, and its log holds one warning naming that address.
+#[test]
+fn icscf_with_unreachable_hss_gets_480_and_one_warning() {
+    let Some(lab) = lab_with(
+        "e2enohssi",
+        "info,ims_net::diameter::client=debug",
+        |lab| edit(lab, "icscf.toml", HSS_CX, NOBODY),
+        1,
+    ) else {
+        return;
+    };
+    for attempt in 1..=2 {
+        let (out, took) = register(&lab, bob());
+        assert_eq!(out.status, 480, "attempt {attempt}\n{}", lab.logs());
+        assert!(
+            out.response
+                .header_str(ims_sip::HeaderName::RetryAfter)
+                .is_some(),
+            "{:?}",
+            out.response
+        );
+        assert!(took < AT_ONCE, "attempt {attempt} took {took:?}");
+        wait_log_count(&lab, "icscf", "Diameter connect failed again", attempt);
+    }
+    let w = warnings(&lab, "icscf", NOBODY);
+    assert_eq!(w.len(), 1, "{w:#?}\n{}", lab.logs());
+    assert_eq!(warnings(&lab, "icscf", "").len(), 1, "{}", lab.logs());
 }
