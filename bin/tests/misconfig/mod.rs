@@ -7,7 +7,9 @@
 //! - a home domain no DNS name serves (the UE's Request-URI): the P-CSCF's `404`;
 //! - an HSS address where nothing listens, in the S-CSCF's config (`503` with Retry-After)
 //!   or in the I-CSCF's (its `480` with Retry-After, TS 24.229 §5.3.1.2's answer for an HSS
-//!   it cannot ask), the warning once per link state however often the client retries.
+//!   it cannot ask), the warning once per link state however often the client retries;
+//! - a `destination_realm` the HSS does not serve (3003 DIAMETER_REALM_NOT_SERVED), at the
+//!   S-CSCF or the I-CSCF: `500`, the node's own configuration at fault.
 
 use std::time::{Duration, Instant};
 
@@ -189,6 +191,49 @@ fn icscf_with_unreachable_hss_gets_480_and_one_warning() {
         wait_log_count(&lab, "icscf", "Diameter connect failed again", attempt);
     }
     let w = warnings(&lab, "icscf", NOBODY);
+    assert_eq!(w.len(), 1, "{w:#?}\n{}", lab.logs());
+    assert_eq!(warnings(&lab, "icscf", "").len(), 1, "{}", lab.logs());
+}
+
+/// A CSCF whose `destination_realm` is mistyped: the HSS answers 3003
+/// DIAMETER_REALM_NOT_SERVED, the UE gets `500` at once (not 403: the user is not at fault;
+/// not 480/503: it will not pass), and the CSCF logs one warning naming the realm.
+#[test]
+fn mistyped_destination_realm_gets_500_and_one_warning() {
+    let realm = "destination_realm = \"hims.net\"";
+    let typo = "destination_realm = \"hims.nt\"";
+    let Some(lab) = lab_with(
+        "e2ebadrealm",
+        "info",
+        |lab| edit(lab, "scscf.toml", realm, typo),
+        2,
+    ) else {
+        return;
+    };
+    let (out, took) = register(&lab, bob());
+    assert_eq!(out.status, 500, "{}", lab.logs());
+    assert_eq!(out.challenges, 0, "never a 401: {}", lab.logs());
+    let reason = String::from_utf8_lossy(out.response.reason().unwrap_or_default());
+    assert!(reason.contains("REALM_NOT_SERVED"), "{reason}");
+    assert!(took < AT_ONCE, "took {took:?}");
+    let w = warnings(&lab, "scscf", "destination_realm=hims.nt");
+    assert_eq!(w.len(), 1, "{w:#?}\n{}", lab.logs());
+    assert_eq!(warnings(&lab, "scscf", "").len(), 1, "{}", lab.logs());
+    drop(lab);
+
+    // The same at the I-CSCF: its UAR refused, the REGISTER never reaches the S-CSCF.
+    let Some(lab) = lab_with(
+        "e2ebadrealmi",
+        "info",
+        |lab| edit(lab, "icscf.toml", realm, typo),
+        2,
+    ) else {
+        return;
+    };
+    let (out, took) = register(&lab, bob());
+    assert_eq!(out.status, 500, "{}", lab.logs());
+    assert!(took < AT_ONCE, "took {took:?}");
+    let w = warnings(&lab, "icscf", "destination_realm=hims.nt");
     assert_eq!(w.len(), 1, "{w:#?}\n{}", lab.logs());
     assert_eq!(warnings(&lab, "icscf", "").len(), 1, "{}", lab.logs());
 }

@@ -20,7 +20,8 @@
 //! match 5002, authorization rejected 5003, roaming not allowed 5004, not registered on a
 //! deregistration) → `403 Forbidden`; the HSS too busy (3004) → `503 Service Unavailable`
 //! with Retry-After; the HSS unreachable (no connection, no answer) → `480 Temporarily
-//! Unavailable` with Retry-After; failing otherwise (3xxx, 5012) → `480`; no configured
+//! Unavailable` with Retry-After; 3003 DIAMETER_REALM_NOT_SERVED (our `destination_realm` is
+//! not the HSS's: one warning naming it) → `500`; failing otherwise (3xxx, 5012) → `480`; no configured
 //! S-CSCF has the mandatory capabilities → `500 No S-CSCF Available` (a server-side fault: the operator's S-CSCF list
 //! does not match the HSS's capability sets); every S-CSCF tried answered 503 (overload) →
 //! `503` with Retry-After, without asking the HSS for another; every S-CSCF tried failed or
@@ -110,6 +111,14 @@ const HSS_UNREACHABLE: Refusal = Refusal::later(480, "Temporarily Unavailable (H
 /// The answer when the HSS says 3004 DIAMETER_TOO_BUSY: 503 with Retry-After (issue #16's
 /// overload rule: refused at once, to come back later).
 const HSS_BUSY: Refusal = Refusal::later(503, "Service Unavailable (HSS too busy)");
+
+/// The HSS answered 3003 DIAMETER_REALM_NOT_SERVED: our `diameter.destination_realm` is
+/// not its realm. 500, not TS 24.229's 403 for a refused user nor its 480 for an HSS out of
+/// reach: the fault is this node's configuration, and it does not pass.
+const REALM_NOT_SERVED: Refusal = Refusal::final_(
+    500,
+    "Server Internal Error (the HSS does not serve our Diameter realm)",
+);
 
 /// A Cx answer the I-CSCF cannot use (unparsable, invalid, an unexpected result).
 const CX_UNUSABLE: Refusal = Refusal::final_(480, "Temporarily Unavailable");
@@ -537,6 +546,12 @@ impl Inner {
             }
             | AnswerResult::ResultCode(5003) => Err(Refusal::final_(403, "Forbidden")),
             AnswerResult::ResultCode(rc::TOO_BUSY) => Err(HSS_BUSY),
+            AnswerResult::ResultCode(rc::REALM_NOT_SERVED) => {
+                self.cfg
+                    .diameter
+                    .warn_realm_not_served("UAR", uaa.base.error_message);
+                Err(REALM_NOT_SERVED)
+            }
             _ => Err(CX_UNUSABLE),
         }
     }
@@ -700,6 +715,12 @@ impl Inner {
                 ..
             } => Err(Refusal::final_(480, "Temporarily Unavailable")),
             AnswerResult::ResultCode(rc::TOO_BUSY) => Err(HSS_BUSY),
+            AnswerResult::ResultCode(rc::REALM_NOT_SERVED) => {
+                self.cfg
+                    .diameter
+                    .warn_realm_not_served("LIR", lia.base.error_message);
+                Err(REALM_NOT_SERVED)
+            }
             _ => Err(CX_UNUSABLE),
         }
     }

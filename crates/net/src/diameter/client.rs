@@ -28,6 +28,8 @@
 //! retries that fail the same way at debug level, and one line when it opens again; the
 //! callers then log each request it fails at info level at most, so that an HSS mistyped in
 //! a configuration is one clear line, not one per retry or per REGISTER.
+//! [`CxClientConfig::warn_realm_not_served`] is the one line a caller writes when the HSS
+//! answers 3003 DIAMETER_REALM_NOT_SERVED: it names our `destination_realm`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -106,6 +108,20 @@ impl CxClientConfig {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_secs() as u32);
         p
+    }
+
+    /// The one warning for a `command` the HSS (or a relay on the way) answered 3003
+    /// DIAMETER_REALM_NOT_SERVED, with its Error-Message: our `destination_realm` names a
+    /// network it does not serve (mistyped, most often). The caller answers its SIP request
+    /// 500: the fault is this node's configuration, neither the UE's nor passing.
+    pub fn warn_realm_not_served(&self, command: &str, error_message: Option<&str>) {
+        tracing::warn!(
+            command,
+            destination_realm = %self.destination_realm,
+            hss = %self.hss,
+            error_message = error_message.unwrap_or(""),
+            "the HSS does not serve our diameter.destination_realm (3003 DIAMETER_REALM_NOT_SERVED): check it in this daemon's [diameter] section"
+        );
     }
 
     /// Starts the client connection with these settings, from `local_address`, else from
