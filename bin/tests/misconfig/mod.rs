@@ -136,10 +136,24 @@ fn mistyped_home_domain_gets_404_and_one_warning() {
 /// S-CSCF's log holds one warning naming that address however many times its client retried.
 #[test]
 fn scscf_with_unreachable_hss_gets_503_and_one_warning() {
+    unreachable_hss("e2enohss", "scscf", 503, "icscf");
+}
+
+/// The I-CSCF's `hss` names a port where nothing listens: each REGISTER gets its 480 with
+/// Retry-After at once, and its log holds one warning naming that address.
+#[test]
+fn icscf_with_unreachable_hss_gets_480_and_one_warning() {
+    unreachable_hss("e2enohssi", "icscf", 480, "scscf");
+}
+
+/// `daemon`'s `hss` set to [`NOBODY`]: two REGISTERs get `status` with Retry-After at once,
+/// never a 401, while its client retries (its debug lines counted); its log holds exactly one
+/// warning, naming that address; `other` (the other CSCF) warns of nothing.
+fn unreachable_hss(tag: &str, daemon: &str, status: u16, other: &str) {
     let Some(lab) = lab_with(
-        "e2enohss",
+        tag,
         "info,ims_net::diameter::client=debug",
-        |lab| edit(lab, "scscf.toml", HSS_CX, NOBODY),
+        |lab| edit(lab, &format!("{daemon}.toml"), HSS_CX, NOBODY),
         1,
     ) else {
         return;
@@ -147,7 +161,7 @@ fn scscf_with_unreachable_hss_gets_503_and_one_warning() {
     // The client has retried at least twice (back-off 1 s, then 2 s) by the end.
     for attempt in 1..=2 {
         let (out, took) = register(&lab, bob());
-        assert_eq!(out.status, 503, "attempt {attempt}\n{}", lab.logs());
+        assert_eq!(out.status, status, "attempt {attempt}\n{}", lab.logs());
         assert_eq!(out.challenges, 0, "never a 401: {}", lab.logs());
         assert!(
             out.response
@@ -157,42 +171,13 @@ fn scscf_with_unreachable_hss_gets_503_and_one_warning() {
             out.response
         );
         assert!(took < AT_ONCE, "attempt {attempt} took {took:?}");
-        wait_log_count(&lab, "scscf", "Diameter connect failed again", attempt);
+        wait_log_count(&lab, daemon, "Diameter connect failed again", attempt);
     }
-    let w = warnings(&lab, "scscf", NOBODY);
+    let w = warnings(&lab, daemon, NOBODY);
     assert_eq!(w.len(), 1, "{w:#?}\n{}", lab.logs());
     assert!(w[0].contains("unreachable"), "{w:#?}");
-    assert_eq!(warnings(&lab, "icscf", "").len(), 0, "{}", lab.logs());
-}
-
-/// The I-CSCF's `hss` names a port where nothing listens: each REGISTER gets its 480 with
-/// Retry-After at once, and its log holds one warning naming that address.
-#[test]
-fn icscf_with_unreachable_hss_gets_480_and_one_warning() {
-    let Some(lab) = lab_with(
-        "e2enohssi",
-        "info,ims_net::diameter::client=debug",
-        |lab| edit(lab, "icscf.toml", HSS_CX, NOBODY),
-        1,
-    ) else {
-        return;
-    };
-    for attempt in 1..=2 {
-        let (out, took) = register(&lab, bob());
-        assert_eq!(out.status, 480, "attempt {attempt}\n{}", lab.logs());
-        assert!(
-            out.response
-                .header_str(ims_sip::HeaderName::RetryAfter)
-                .is_some(),
-            "{:?}",
-            out.response
-        );
-        assert!(took < AT_ONCE, "attempt {attempt} took {took:?}");
-        wait_log_count(&lab, "icscf", "Diameter connect failed again", attempt);
-    }
-    let w = warnings(&lab, "icscf", NOBODY);
-    assert_eq!(w.len(), 1, "{w:#?}\n{}", lab.logs());
-    assert_eq!(warnings(&lab, "icscf", "").len(), 1, "{}", lab.logs());
+    assert_eq!(warnings(&lab, daemon, "").len(), 1, "{}", lab.logs());
+    assert_eq!(warnings(&lab, other, "").len(), 0, "{}", lab.logs());
 }
 
 /// A CSCF whose `destination_realm` is mistyped: the HSS answers 3003
