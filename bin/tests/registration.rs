@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod lab;
+mod misconfig;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;

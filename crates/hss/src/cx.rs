@@ -6,6 +6,10 @@
 //! - Strict on input: the codec refuses a request without a mandatory AVP (5005 +
 //!   Failed-AVP), with a wrong value (5004) or a bad header (3008, E bit), and the answer
 //!   says so. An unknown command gets 3001, another application 3007.
+//! - A request whose Destination-Realm is not our realm gets 3003 DIAMETER_REALM_NOT_SERVED
+//!   (E bit; RFC 6733 §6.1.4: it is not ours to process, and we relay nothing), its
+//!   Error-Message naming that realm: a CSCF configured for another network is told so at
+//!   once instead of being served as if it were ours.
 //! - UAR: 5001 unknown user, 5002 identities don't match, 5003 (base) barred, 5004 roaming not
 //!   allowed (the visited network compared without the quotes of a quoted-string, as
 //!   Kamailio's I-CSCF sends it); DE_REGISTRATION answers the serving S-CSCF or 5003 (identity not registered);
@@ -159,6 +163,9 @@ impl CxHandler {
         if msg.application_id() != dict::APP_CX {
             let e = CodecError::ApplicationUnsupported(msg.application_id());
             return self.error_outcome(bytes, &e);
+        }
+        if let Some(refused) = self.realm_not_served(&msg) {
+            return refused;
         }
         let handled = match command {
             dict::command::USER_AUTHORIZATION => match Uar::decode(&msg) {
@@ -830,6 +837,32 @@ impl CxHandler {
             result: rc::TOO_BUSY,
             resync: false,
         }
+    }
+
+    /// 3003 for a request to another realm than ours (see the module docs); `None` when
+    /// it is ours, or has no readable Destination-Realm (the decoder refuses that one).
+    fn realm_not_served(&self, msg: &Message<'_>) -> Option<Outcome> {
+        let realm = msg.find(&dict::DESTINATION_REALM).ok()??.as_utf8().ok()?;
+        if realm.eq_ignore_ascii_case(&self.cfg.origin_realm) {
+            return None;
+        }
+        let command = msg.command_code();
+        tracing::info!(command, realm, ours = %self.cfg.origin_realm, "Cx request for a realm we do not serve: 3003");
+        let why = format!(
+            "Destination-Realm {realm} is not served here (this HSS serves {})",
+            self.cfg.origin_realm
+        );
+        Some(Outcome {
+            answer: self.generic_answer(
+                msg,
+                AnswerResult::ResultCode(rc::REALM_NOT_SERVED),
+                Some(&why),
+                None,
+            ),
+            command,
+            result: rc::REALM_NOT_SERVED,
+            resync: false,
+        })
     }
 
     fn error_outcome(&self, bytes: &[u8], e: &CodecError) -> Outcome {

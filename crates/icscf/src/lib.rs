@@ -20,11 +20,14 @@
 //! match 5002, authorization rejected 5003, roaming not allowed 5004, not registered on a
 //! deregistration) → `403 Forbidden`; the HSS too busy (3004) → `503 Service Unavailable`
 //! with Retry-After; the HSS unreachable (no connection, no answer) → `480 Temporarily
-//! Unavailable` with Retry-After; failing otherwise (3xxx, 5012) → `480`; no configured
+//! Unavailable` with Retry-After; 3003 DIAMETER_REALM_NOT_SERVED (our `destination_realm` is
+//! not the HSS's: one warning naming it) → `500`; failing otherwise (3xxx, 5012) → `480`; no configured
 //! S-CSCF has the mandatory capabilities → `500 No S-CSCF Available` (a server-side fault: the operator's S-CSCF list
 //! does not match the HSS's capability sets); every S-CSCF tried answered 503 (overload) →
 //! `503` with Retry-After, without asking the HSS for another; every S-CSCF tried failed or
-//! stayed silent → `504 Server Time-out`.
+//! stayed silent → `504 Server Time-out`, or, when one did answer (500, 408, ...), the last
+//! such answer as it came (RFC 3261 §16.7: a branch's response, whose reason says why, e.g.
+//! the S-CSCF's HSS refusing its realm) rather than a 504 that says nothing true.
 //!
 //! Cx has no request from the HSS to the I-CSCF: one that comes anyway (an RTR sent to the
 //! wrong node, a hostile peer) is refused 3001 DIAMETER_COMMAND_UNSUPPORTED, not left to time
@@ -108,6 +111,14 @@ const HSS_UNREACHABLE: Refusal = Refusal::later(480, "Temporarily Unavailable (H
 /// The answer when the HSS says 3004 DIAMETER_TOO_BUSY: 503 with Retry-After (issue #16's
 /// overload rule: refused at once, to come back later).
 const HSS_BUSY: Refusal = Refusal::later(503, "Service Unavailable (HSS too busy)");
+
+/// The HSS answered 3003 DIAMETER_REALM_NOT_SERVED: our `diameter.destination_realm` is
+/// not its realm. 500, not TS 24.229's 403 for a refused user nor its 480 for an HSS out of
+/// reach: the fault is this node's configuration, and it does not pass.
+const REALM_NOT_SERVED: Refusal = Refusal::final_(
+    500,
+    "Server Internal Error (the HSS does not serve our Diameter realm)",
+);
 
 /// A Cx answer the I-CSCF cannot use (unparsable, invalid, an unexpected result).
 const CX_UNUSABLE: Refusal = Refusal::final_(480, "Temporarily Unavailable");
@@ -424,6 +435,9 @@ impl Inner {
         async {
             let mut tried: Vec<String> = Vec::new();
             let mut kind = kind;
+            // The last final response of an S-CSCF that failed: passed back rather than one
+            // of our own when none takes the REGISTER.
+            let mut answered: Option<Message> = None;
             loop {
                 let answer = match self.uar(&impi, &impu, &visited, kind).await {
                     Ok(w) => w,
@@ -445,7 +459,7 @@ impl Inner {
                         return self.reply(&req, 500, "No S-CSCF Available").await;
                     }
                     tracing::warn!(?tried, "every S-CSCF tried failed");
-                    return self.reply(&req, 504, "Server Time-out").await;
+                    return self.pass_back_or_504(&req, answered).await;
                 }
                 let mut named_failed = false;
                 let mut all_busy = true;
@@ -457,15 +471,18 @@ impl Inner {
                             tracing::debug!(%scscf, "S-CSCF answered 503; trying the next");
                             named_failed = true;
                         }
-                        Err(Failed::Other(e)) => {
+                        Err(Failed::Other(e, resp)) => {
                             tracing::warn!(%scscf, error = %e, "S-CSCF failed; trying the next");
                             named_failed = true;
                             all_busy = false;
+                            answered = resp.or(answered);
                         }
                     }
                 }
                 // Overloaded (the S-CSCFs or the HSS behind them): refuse now, with
-                // Retry-After, rather than asking the HSS again for another S-CSCF.
+                // Retry-After, rather than asking the HSS again for another S-CSCF. Our own
+                // 503, not theirs: RFC 3261 §16.7 forwards a 503 only from a proxy that can
+                // serve nothing.
                 if named_failed && all_busy {
                     return self
                         .reply(&req, 503, "Service Unavailable (S-CSCF overloaded)")
@@ -480,11 +497,21 @@ impl Inner {
                     kind = UserAuthorizationType::RegistrationAndCapabilities;
                     continue;
                 }
-                return self.reply(&req, 504, "Server Time-out").await;
+                return self.pass_back_or_504(&req, answered).await;
             }
         }
         .instrument(span)
         .await
+    }
+
+    /// The end of a REGISTER no S-CSCF took: the last S-CSCF's own final response when one
+    /// answered (its status and reason say why, e.g. a 500 naming its HSS's refusal), else
+    /// `504` (they all stayed silent or could not be reached).
+    async fn pass_back_or_504(&self, req: &ServerRequest, answered: Option<Message>) {
+        match answered {
+            Some(resp) => self.ep.respond(req, resp).await,
+            None => self.reply(req, 504, "Server Time-out").await,
+        }
     }
 
     async fn uar(
@@ -529,6 +556,12 @@ impl Inner {
             }
             | AnswerResult::ResultCode(5003) => Err(Refusal::final_(403, "Forbidden")),
             AnswerResult::ResultCode(rc::TOO_BUSY) => Err(HSS_BUSY),
+            AnswerResult::ResultCode(rc::REALM_NOT_SERVED) => {
+                self.cfg
+                    .diameter
+                    .warn_realm_not_served("UAR", uaa.base.error_message);
+                Err(REALM_NOT_SERVED)
+            }
             _ => Err(CX_UNUSABLE),
         }
     }
@@ -579,7 +612,7 @@ impl Inner {
                 match self.forward(&req, &scscf, true).await {
                     Ok(resp) => return self.ep.respond(&req, resp).await,
                     Err(Failed::Busy) => {}
-                    Err(Failed::Other(e)) => {
+                    Err(Failed::Other(e, _)) => {
                         tracing::warn!(%scscf, error = %e, "S-CSCF not reached; trying the next");
                     }
                 }
@@ -633,7 +666,12 @@ impl Inner {
             }
             Err(e) => {
                 self.metrics.cx(what, (&e).into());
-                tracing::warn!(error = %e, "{what} got no answer: HSS unreachable");
+                if matches!(e, ims_net::diameter::RequestError::NotOpen(_)) {
+                    // The Diameter client has warned once, naming the HSS's address.
+                    tracing::info!(error = %e, "{what} not sent: HSS unreachable");
+                } else {
+                    tracing::warn!(error = %e, "{what} got no answer: HSS unreachable");
+                }
                 Err(HSS_UNREACHABLE)
             }
         }
@@ -687,6 +725,12 @@ impl Inner {
                 ..
             } => Err(Refusal::final_(480, "Temporarily Unavailable")),
             AnswerResult::ResultCode(rc::TOO_BUSY) => Err(HSS_BUSY),
+            AnswerResult::ResultCode(rc::REALM_NOT_SERVED) => {
+                self.cfg
+                    .diameter
+                    .warn_realm_not_served("LIR", lia.base.error_message);
+                Err(REALM_NOT_SERVED)
+            }
             _ => Err(CX_UNUSABLE),
         }
     }
@@ -756,6 +800,7 @@ impl Inner {
             .iter()
             .any(|e| !e.uri.eq_ignore_ascii_case(scscf));
         let count = targets.len();
+        let mut failed: Option<Message> = None;
         for (i, target) in targets.into_iter().enumerate() {
             let mut fwd = req.message.clone();
             fwd.prepend_header("Route", &route)
@@ -782,7 +827,7 @@ impl Inner {
                 Ok(mut resp) => {
                     let status = resp.status().unwrap_or(0);
                     if any_response {
-                        pop_own_via(&mut resp).map_err(|e| Failed::Other(e.to_string()))?;
+                        pop_own_via(&mut resp).map_err(|e| Failed::Other(e.to_string(), None))?;
                         return Ok(resp);
                     }
                     if status == 503 {
@@ -791,9 +836,11 @@ impl Inner {
                     }
                     if status == 408 || (500..600).contains(&status) {
                         last = format!("answered {status}");
+                        pop_own_via(&mut resp).map_err(|e| Failed::Other(e.to_string(), None))?;
+                        failed = Some(resp);
                         continue;
                     }
-                    pop_own_via(&mut resp).map_err(|e| Failed::Other(e.to_string()))?;
+                    pop_own_via(&mut resp).map_err(|e| Failed::Other(e.to_string(), None))?;
                     return Ok(resp);
                 }
                 Err(e) => last = e,
@@ -802,22 +849,24 @@ impl Inner {
         Err(if busy {
             Failed::Busy
         } else {
-            Failed::Other(last)
+            Failed::Other(last, failed)
         })
     }
 }
 
 /// Why an S-CSCF did not take a REGISTER.
 enum Failed {
-    /// It answered 503 (overloaded, or its HSS too busy): refused, not broken.
+    /// It answered 503 (overloaded, or its HSS too busy or unreachable): refused, not
+    /// broken.
     Busy,
-    /// It failed otherwise (no answer, an error); the reason.
-    Other(String),
+    /// It failed otherwise (no answer, an error); the reason, and its last final response
+    /// (Via popped), if it gave one.
+    Other(String, Option<Message>),
 }
 
 impl From<String> for Failed {
     fn from(why: String) -> Self {
-        Failed::Other(why)
+        Failed::Other(why, None)
     }
 }
 

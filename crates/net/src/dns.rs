@@ -21,6 +21,12 @@
 //! random choice among equal priorities is simplified to a stable heaviest-first order (the lab
 //! and tests want determinism); spreading load across equal SRV targets is left to the caller.
 //!
+//! **Nothing found** says why, for the caller's answer and its one log line: the DNS said
+//! that nobody serves the name (NXDOMAIN, REFUSED from a server holding no zone for it, or
+//! no record of any type asked: [`ResolveError::NotFound`], a mistyped domain most often), or
+//! some query got no answer at all (no reply in time, SERVFAIL:
+//! [`ResolveError::Unanswered`], when nothing is known about the name).
+//!
 //! **Failover** (RFC 3263 §4.3: a client tries the next target when one fails): a caller that
 //! got no answer from a target, or could not send to it, says so with
 //! [`SipResolver::mark_down`]; for [`DOWN_FOR`] after that, every answer of
@@ -38,6 +44,8 @@ use std::time::{Duration, Instant};
 use hickory_resolver::Resolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, RecordType};
 
 /// SIP transports, as RFC 3263 chooses among them.
@@ -117,8 +125,55 @@ pub enum ResolveError {
     Setup(String),
     #[error("`{0}` is not a valid host name")]
     BadName(String),
+    /// The DNS answered every query, and no record names a SIP server for `host` (no
+    /// such name, a name in no zone the server holds, or no NAPTR, SRV, A or AAAA): nobody
+    /// serves it, a mistyped domain most often.
     #[error("no SIP server found for {host}: {detail}")]
     NotFound { host: String, detail: String },
+    /// Some query got no answer from the DNS servers (no reply in time, not reachable,
+    /// SERVFAIL), and none found a target: nothing is known about `host`.
+    #[error("no DNS answer for {host}: {detail}")]
+    Unanswered { host: String, detail: String },
+}
+
+/// What the queries of one lookup found out besides their records: until when the answer
+/// may be kept, and why a query found nothing.
+struct Walk {
+    /// The expiry of the first record used to expire.
+    until: Instant,
+    /// The DNS's negative answer (NXDOMAIN, REFUSED, no record of that type), the last seen.
+    negative: Option<String>,
+    /// A query no DNS server answered, the last seen.
+    unanswered: Option<String>,
+}
+
+impl Walk {
+    /// Notes why `name`'s `kind` query found nothing.
+    fn failed(&mut self, name: &str, kind: RecordType, e: &NetError) {
+        let negative = match e {
+            NetError::Dns(DnsError::NoRecordsFound(n)) => n.response_code != ResponseCode::ServFail,
+            NetError::Dns(DnsError::ResponseCode(c)) => matches!(
+                c,
+                ResponseCode::NXDomain
+                    | ResponseCode::Refused
+                    | ResponseCode::NotAuth
+                    | ResponseCode::NotZone
+            ),
+            _ => false,
+        };
+        let why = match e {
+            NetError::Dns(DnsError::NoRecordsFound(n)) => {
+                format!("{kind} {name}: {}", n.response_code)
+            }
+            other => format!("{kind} {name}: {other}"),
+        };
+        tracing::debug!(%why, negative, "DNS query found nothing");
+        if negative {
+            self.negative = Some(why);
+        } else {
+            self.unanswered = Some(why);
+        }
+    }
 }
 
 /// The longest a resolved destination is kept (the records' TTLs permitting): it also bounds
@@ -215,32 +270,36 @@ impl SipResolver {
         }
     }
 
-    async fn addresses(&self, host: &str, until: &mut Instant) -> Vec<IpAddr> {
+    async fn addresses(&self, host: &str, walk: &mut Walk) -> Vec<IpAddr> {
         match self.resolver.lookup_ip(Self::fqdn(host)).await {
             Ok(l) => {
-                *until = (*until).min(l.valid_until());
+                walk.until = walk.until.min(l.valid_until());
                 // hickory asks A and AAAA concurrently; give a stable order, IPv4 first.
                 let mut v: Vec<IpAddr> = l.iter().collect();
                 v.sort_by_key(IpAddr::is_ipv6);
                 v
             }
             Err(e) => {
-                tracing::debug!(host, error = %e, "no A/AAAA");
+                walk.failed(host, RecordType::A, &e);
                 Vec::new()
             }
         }
     }
 
     /// SRV records of `name`, by priority then weight (heaviest first), as (target, port).
-    async fn srv(&self, name: &str, until: &mut Instant) -> Vec<(String, u16)> {
-        let Ok(lookup) = self
+    async fn srv(&self, name: &str, walk: &mut Walk) -> Vec<(String, u16)> {
+        let lookup = match self
             .resolver
             .lookup(Self::fqdn(name), RecordType::SRV)
             .await
-        else {
-            return Vec::new();
+        {
+            Ok(l) => l,
+            Err(e) => {
+                walk.failed(name, RecordType::SRV, &e);
+                return Vec::new();
+            }
         };
-        *until = (*until).min(lookup.valid_until());
+        walk.until = walk.until.min(lookup.valid_until());
         let mut v: Vec<(u16, u16, String, u16)> = lookup
             .answers()
             .iter()
@@ -258,10 +317,10 @@ impl SipResolver {
         name: &str,
         transport: Transport,
         out: &mut Vec<Target>,
-        until: &mut Instant,
+        walk: &mut Walk,
     ) {
-        for (target, port) in self.srv(name, until).await {
-            for ip in self.addresses(&target, until).await {
+        for (target, port) in self.srv(name, walk).await {
+            for ip in self.addresses(&target, walk).await {
                 out.push(Target {
                     addr: SocketAddr::new(ip, port),
                     transport,
@@ -310,8 +369,13 @@ impl SipResolver {
         {
             return Ok(targets.clone());
         }
-        let mut until = now + MAX_CACHED;
-        let found = self.lookup(dest, host, default_transport, &mut until).await;
+        let mut walk = Walk {
+            until: now + MAX_CACHED,
+            negative: None,
+            unanswered: None,
+        };
+        let found = self.lookup(dest, host, default_transport, &mut walk).await;
+        let until = walk.until;
         if let Ok(targets) = &found
             && until > now
             && let Ok(mut cache) = self.cache.lock()
@@ -326,30 +390,40 @@ impl SipResolver {
         found
     }
 
-    /// [`SipResolver::resolve`] for a host name, through DNS; `until` is lowered to the
-    /// expiry of every record used.
+    /// [`SipResolver::resolve`] for a host name, through DNS; `walk.until` is lowered to
+    /// the expiry of every record used. Nothing found is [`ResolveError::Unanswered`] when a
+    /// query got no answer (the name may exist), else [`ResolveError::NotFound`].
     async fn lookup(
         &self,
         dest: &Destination<'_>,
         host: &str,
         default_transport: Transport,
-        until: &mut Instant,
+        walk: &mut Walk,
     ) -> Result<Vec<Target>, ResolveError> {
-        let not_found = |detail: &str| ResolveError::NotFound {
-            host: host.to_owned(),
-            detail: detail.to_owned(),
+        let not_found = |detail: &str, walk: &Walk| match &walk.unanswered {
+            Some(why) => ResolveError::Unanswered {
+                host: host.to_owned(),
+                detail: why.clone(),
+            },
+            None => ResolveError::NotFound {
+                host: host.to_owned(),
+                detail: match &walk.negative {
+                    Some(why) => format!("{detail} (last: {why})"),
+                    None => detail.to_owned(),
+                },
+            },
         };
         let mut out = Vec::new();
         if let Some(port) = dest.port {
             let transport = dest.transport.unwrap_or(default_transport);
-            for ip in self.addresses(host, until).await {
+            for ip in self.addresses(host, walk).await {
                 out.push(Target {
                     addr: SocketAddr::new(ip, port),
                     transport,
                 });
             }
             return if out.is_empty() {
-                Err(not_found("no A/AAAA record"))
+                Err(not_found("no A/AAAA record", walk))
             } else {
                 Ok(out)
             };
@@ -359,11 +433,11 @@ impl SipResolver {
                 &format!("{}.{host}", transport.srv_prefix()),
                 transport,
                 &mut out,
-                until,
+                walk,
             )
             .await;
         } else {
-            self.naptr_targets(host, dest.sips, &mut out, until).await;
+            self.naptr_targets(host, dest.sips, &mut out, walk).await;
             if out.is_empty() {
                 let order: &[Transport] = if dest.sips {
                     &[Transport::Tls]
@@ -371,14 +445,14 @@ impl SipResolver {
                     &[Transport::Tls, Transport::Tcp, Transport::Udp]
                 };
                 for &t in order {
-                    self.srv_targets(&format!("{}.{host}", t.srv_prefix()), t, &mut out, until)
+                    self.srv_targets(&format!("{}.{host}", t.srv_prefix()), t, &mut out, walk)
                         .await;
                 }
             }
         }
         if out.is_empty() {
             let transport = dest.transport.unwrap_or(default_transport);
-            for ip in self.addresses(host, until).await {
+            for ip in self.addresses(host, walk).await {
                 out.push(Target {
                     addr: SocketAddr::new(ip, transport.default_port()),
                     transport,
@@ -386,27 +460,25 @@ impl SipResolver {
             }
         }
         if out.is_empty() {
-            Err(not_found("no NAPTR, SRV or A/AAAA record"))
+            Err(not_found("no NAPTR, SRV or A/AAAA record", walk))
         } else {
             Ok(out)
         }
     }
 
-    async fn naptr_targets(
-        &self,
-        host: &str,
-        sips: bool,
-        out: &mut Vec<Target>,
-        until: &mut Instant,
-    ) {
-        let Ok(lookup) = self
+    async fn naptr_targets(&self, host: &str, sips: bool, out: &mut Vec<Target>, walk: &mut Walk) {
+        let lookup = match self
             .resolver
             .lookup(Self::fqdn(host), RecordType::NAPTR)
             .await
-        else {
-            return;
+        {
+            Ok(l) => l,
+            Err(e) => {
+                walk.failed(host, RecordType::NAPTR, &e);
+                return;
+            }
         };
-        *until = (*until).min(lookup.valid_until());
+        walk.until = walk.until.min(lookup.valid_until());
         let mut rules: Vec<(u16, u16, Transport, String)> = lookup
             .answers()
             .iter()
@@ -420,7 +492,7 @@ impl SipResolver {
             .collect();
         rules.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
         for (_, _, transport, replacement) in rules {
-            self.srv_targets(&replacement, transport, out, until).await;
+            self.srv_targets(&replacement, transport, out, walk).await;
         }
     }
 }

@@ -14,6 +14,9 @@
 //! - without the UE's `sec-agree` option tag and Security-Client/Verify headers (the
 //!   security agreement ends here).
 //!
+//! A home domain the DNS says nobody serves (a mistyped one) gets `404 Not Found` at once and
+//! one warning naming the domain; a DNS that does not answer, `504`.
+//!
 //! On the **401** the S-CSCF's `ck` and `ik` are removed from WWW-Authenticate before the UE
 //! sees them. On the **200** the registration is stored ([`registrations`]): the UE's flow, its
 //! contacts and expiry, the P-Associated-URI list and the Service-Route; a 200 with no contact
@@ -251,6 +254,15 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Why a REGISTER has nowhere to go in its home network.
+#[derive(Debug)]
+enum HomeNotFound {
+    /// The URI to locate (the Request-URI, or our `icscf`) is not a SIP URI.
+    Uri(String),
+    /// RFC 3263 found no I-CSCF.
+    Dns(ims_net::dns::ResolveError),
 }
 
 /// Why the P-CSCF could not start.
@@ -816,11 +828,9 @@ impl Inner {
             let targets = match self.home_targets(&m).await {
                 Ok(t) => t,
                 Err(e) => {
-                    tracing::warn!(error = %e, "no I-CSCF found for the home network");
+                    let (code, reason) = self.home_not_found(&e);
                     self.give_back(&security);
-                    return self
-                        .reply(&req, 504, "Server Time-out (home network not found)")
-                        .await;
+                    return self.reply(&req, code, reason).await;
                 }
             };
             let mut last = None;
@@ -1151,19 +1161,54 @@ impl Inner {
     }
 
     /// Where the REGISTER goes: the configured I-CSCF, or RFC 3263 on the Request-URI.
-    async fn home_targets(&self, m: &Message) -> Result<Vec<Target>, String> {
+    async fn home_targets(&self, m: &Message) -> Result<Vec<Target>, HomeNotFound> {
         let uri_text = match &self.cfg.icscf {
             Some(i) => i.clone(),
             None => m.request_uri_str().unwrap_or("").to_owned(),
         };
-        let uri = Uri::parse(&uri_text).map_err(|e| e.to_string())?;
+        let uri = Uri::parse(&uri_text).map_err(|e| HomeNotFound::Uri(e.to_string()))?;
         let Uri::Sip(sip) = uri else {
-            return Err(format!("`{uri_text}` is not a SIP URI"));
+            return Err(HomeNotFound::Uri(format!("`{uri_text}` is not a SIP URI")));
         };
         self.resolver
             .resolve(&Destination::from_sip_uri(&sip))
             .await
-            .map_err(|e| e.to_string())
+            .map_err(HomeNotFound::Dns)
+    }
+
+    /// The answer to a REGISTER whose home network has no I-CSCF to be found, after its one
+    /// warning naming the domain. A domain the DNS says nobody serves (the UE's Request-URI,
+    /// most often mistyped) is `404 Not Found`: RFC 3261 §21.4.5's "the domain in the
+    /// Request-URI does not match any of the domains handled", final, for no other P-CSCF
+    /// would find it either (a 503 would send the UE to one). The same for our own `icscf`
+    /// setting is our fault: `500`. A DNS that does not answer is `504` (§21.5.5: no timely
+    /// response from a server accessed, such as the DNS).
+    fn home_not_found(&self, e: &HomeNotFound) -> (u16, &'static str) {
+        use ims_net::dns::ResolveError;
+        match e {
+            HomeNotFound::Dns(ResolveError::NotFound { host, detail })
+                if self.cfg.icscf.is_none() =>
+            {
+                tracing::warn!(domain = %host, %detail, "REGISTER for a home domain no DNS name serves (mistyped?): 404");
+                (404, "Not Found (home network domain not in DNS)")
+            }
+            HomeNotFound::Dns(ResolveError::NotFound { host, detail }) => {
+                tracing::warn!(icscf = %host, %detail, "the configured icscf is not in DNS: 500");
+                (500, "Server Internal Error (I-CSCF not in DNS)")
+            }
+            HomeNotFound::Dns(ResolveError::Unanswered { host, detail }) => {
+                tracing::warn!(domain = %host, %detail, "no DNS answer for the home network: 504");
+                (504, "Server Time-out (no DNS answer for the home network)")
+            }
+            HomeNotFound::Dns(e) => {
+                tracing::warn!(error = %e, "no I-CSCF found for the home network: 504");
+                (504, "Server Time-out (home network not found)")
+            }
+            HomeNotFound::Uri(e) => {
+                tracing::info!(error = %e, "REGISTER with no SIP home network to send it to: 400");
+                (400, "Bad Request (Request-URI)")
+            }
+        }
     }
 
     /// Removes `ck` and `ik` from the response's WWW-Authenticate values (the UE never sees

@@ -8,6 +8,7 @@
 //! | the connection to the HSS is down (known at once: killed, restarting, refused, SUSPECT after an unanswered DWR, or lost with the request waiting) | 503 Service Unavailable, with Retry-After |
 //! | no answer in time, the client stopped | 504 Server Time-out |
 //! | base 3004 DIAMETER_TOO_BUSY | 503 Service Unavailable, with Retry-After |
+//! | base 3003 DIAMETER_REALM_NOT_SERVED (our `destination_realm` is not the HSS's; one warning names it) | 500 Server Internal Error |
 //! | any other failure, or an answer we cannot use | 500 Server Internal Error |
 //!
 //! 504 because RFC 3261 §21.5.5 defines it for exactly this ("did not receive a timely
@@ -17,7 +18,7 @@
 //! implementation for an unreachable HSS, and every Cx *answer* that refuses the user is 403.
 
 use ims_aka::{AkaNonce, Autn, Ha1, Rand, Res};
-use ims_diameter::cx::{Maa, Mar, RequestBase, Saa, Sar, SipAuthDataItem};
+use ims_diameter::cx::{AnswerBase, Maa, Mar, RequestBase, Saa, Sar, SipAuthDataItem};
 use ims_diameter::dict::{
     ServerAssignmentType, UserDataAlreadyAvailable, experimental_result_code as erc,
     result_code as rc,
@@ -207,6 +208,16 @@ impl CxClient {
         read
     }
 
+    /// The failure for `command`'s refusing answer; 3003 DIAMETER_REALM_NOT_SERVED (our
+    /// `destination_realm` is not the HSS's) is also the one warning naming that realm.
+    fn refused(&self, command: &str, answer: &AnswerBase<'_>) -> CxFailure {
+        if answer.result == AnswerResult::ResultCode(rc::REALM_NOT_SERVED) {
+            self.cfg
+                .warn_realm_not_served(command, answer.error_message);
+        }
+        CxFailure::refused(answer.result)
+    }
+
     /// The Diameter connection.
     pub fn client(&self) -> &DiameterClient {
         &self.client
@@ -263,7 +274,7 @@ impl CxClient {
         self.answers
             .count("MAR", CxOutcome::Answer(maa.base.result));
         if !maa.base.result.is_success() {
-            return Err(CxFailure::refused(maa.base.result));
+            return Err(self.refused("MAR", &maa.base));
         }
         let item = maa
             .auth_data_items
@@ -323,7 +334,7 @@ impl CxClient {
         self.answers
             .count("SAR", CxOutcome::Answer(saa.base.result));
         if !saa.base.result.is_success() {
-            return Err(CxFailure::refused(saa.base.result));
+            return Err(self.refused("SAR", &saa.base));
         }
         match saa.user_data {
             None => Ok(None),

@@ -733,6 +733,11 @@ impl Peer {
             DownReason::Framing(ref e) => {
                 tracing::warn!(?was, error = %e, "Diameter framing error: connection down, closing");
             }
+            // A transport that never came up: the driver says why its connect failed (once,
+            // not at each retry).
+            _ if was == State::WaitConnAck => {
+                tracing::debug!(?reason, "Diameter connection attempt failed");
+            }
             _ => tracing::info!(?was, ?reason, "Diameter peer connection down"),
         }
         self.events.push_back(Event::Down(reason));

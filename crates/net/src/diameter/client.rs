@@ -22,6 +22,14 @@
 //! when it opens, instead of a UE getting a 503 or 480 from a core whose HSS is fine. If the
 //! first attempt fails (refused, CEA refused, closed), the request fails with
 //! [`RequestError::NotOpen`] at once, as every later one does while the link is down.
+//!
+//! **What the log says** about the link: one warning naming the server's address when it
+//! cannot be reached (and again only when the reason changes: refused, then no route), the
+//! retries that fail the same way at debug level, and one line when it opens again; the
+//! callers then log each request it fails at info level at most, so that an HSS mistyped in
+//! a configuration is one clear line, not one per retry or per REGISTER.
+//! [`CxClientConfig::warn_realm_not_served`] is the one line a caller writes when the HSS
+//! answers 3003 DIAMETER_REALM_NOT_SERVED: it names our `destination_realm`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -100,6 +108,20 @@ impl CxClientConfig {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_secs() as u32);
         p
+    }
+
+    /// The one warning for a `command` the HSS (or a relay on the way) answered 3003
+    /// DIAMETER_REALM_NOT_SERVED, with its Error-Message: our `destination_realm` names a
+    /// network it does not serve (mistyped, most often). The caller answers its SIP request
+    /// 500: the fault is this node's configuration, neither the UE's nor passing.
+    pub fn warn_realm_not_served(&self, command: &str, error_message: Option<&str>) {
+        tracing::warn!(
+            command,
+            destination_realm = %self.destination_realm,
+            hss = %self.hss,
+            error_message = error_message.unwrap_or(""),
+            "the HSS does not serve our diameter.destination_realm (3003 DIAMETER_REALM_NOT_SERVED): check it in this daemon's [diameter] section"
+        );
     }
 
     /// Starts the client connection with these settings, from `local_address`, else from
@@ -285,13 +307,26 @@ async fn drive(
     let mut owner = ClientOwner {
         open: &open,
         requests: &requests,
+        unreachable: None,
     };
     loop {
         // Connect (the peer says when to try again after a failure), refusing the commands
         // that come meanwhile.
         peer.handle_connecting(Instant::now());
         let connected = {
-            let connecting = connect_tcp(server, local);
+            // Bounded: a SYN that nobody answers (an address where no host is) would
+            // otherwise hold the first attempt for the kernel's two minutes, every request
+            // meanwhile waiting out its timeout, and the log silent.
+            let connecting = async {
+                tokio::time::timeout(write_limit, connect_tcp(server, local))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no answer to the TCP connect within {write_limit:?}"),
+                        ))
+                    })
+            };
             tokio::pin!(connecting);
             loop {
                 tokio::select! {
@@ -307,7 +342,7 @@ async fn drive(
             None => return,
             Some(Ok(s)) => s,
             Some(Err(e)) => {
-                tracing::info!(%server, error = %e, "Diameter connect failed");
+                owner.connect_failed(server, &e);
                 let _ = open.send(Link::Down);
                 peer.handle_disconnected(Instant::now());
                 while peer.poll_event().is_some() {}
@@ -339,10 +374,31 @@ async fn drive(
 struct ClientOwner<'a> {
     open: &'a watch::Sender<Link>,
     requests: &'a mpsc::Sender<Vec<u8>>,
+    /// Why the last connection attempt failed, while the server cannot be reached (the
+    /// warning already written for it).
+    unreachable: Option<String>,
+}
+
+impl ClientOwner<'_> {
+    /// A connection attempt failed: the one warning when the server becomes unreachable, or
+    /// for another reason than before; debug for a retry that fails the same way.
+    fn connect_failed(&mut self, server: SocketAddr, e: &std::io::Error) {
+        let why = e.to_string();
+        if self.unreachable.as_deref() == Some(why.as_str()) {
+            tracing::debug!(%server, error = %why, "Diameter connect failed again");
+            return;
+        }
+        tracing::warn!(%server, error = %why, "Diameter peer unreachable: its requests fail at once until it answers; retrying with back-off");
+        self.unreachable = Some(why);
+    }
 }
 
 impl Owner for ClientOwner<'_> {
-    fn up(&mut self, _peer: &Peer, _host: String, _realm: String) {}
+    fn up(&mut self, _peer: &Peer, _host: String, _realm: String) {
+        if let Some(why) = self.unreachable.take() {
+            tracing::info!(was = %why, "Diameter peer reachable again");
+        }
+    }
 
     fn down(&mut self) {}
 
