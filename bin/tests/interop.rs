@@ -32,6 +32,9 @@
 //! - [`calls_between_users_of_our_scscf_and_kamailios`]: the same two S-CSCFs; `ims-load`'s
 //!   call mode places calls (INVITE … BYE) from a user of ours to a user of Kamailio's and
 //!   back, the dialog record-routed through both S-CSCFs.
+//! - [`bench_kamailio_smoke`]: `scripts/bench kamailio --smoke`, the side-by-side bench
+//!   (Kamailio's P/I/S-CSCF, then ours, on our HSS and DNS, SIPp as the UEs, in a network
+//!   namespace of its own), kept from rotting: both chains register UEs and the table prints.
 //! - [`cx_through_a_freediameter_relay`]: no Kamailio, but freeDiameterd (Debian
 //!   `freediameter`, configs in `tests/interop/freediameter/`) as the Diameter relay between
 //!   OUR CSCFs and OUR HSS: registrations with every Cx message through it, and the HSS's RTR
@@ -1293,6 +1296,51 @@ fn calls_between_users_of_our_scscf_and_kamailios() {
 /// The freeDiameterd relay's node and address (`relay1.hims.net`), added by the test that
 /// runs it.
 const RELAY: &str = "10.10.5.2";
+
+/// `scripts/bench kamailio --smoke` (issue #19's side-by-side bench: Kamailio's P/I/S-CSCF
+/// and ours, in turn, on our HSS and DNS, SIPp as the UEs, in a network namespace of its
+/// own) still runs: one round of each chain at one rate for 2 s; the script fails unless
+/// both chains registered UEs, and its table must show a row for each with some achieved.
+/// Our binaries are the test's (debug), so the figures mean nothing; the rate is low.
+#[test]
+fn bench_kamailio_smoke() {
+    const TEST: &str = "bench_kamailio_smoke";
+    if !ims_testkit::require_root(TEST)
+        || !require_kamailio(TEST)
+        || ims_testkit::require_tool(TEST, "sipp").is_none()
+    {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bin_dir = lab::bin("hss").parent().unwrap().to_path_buf();
+    let state = std::env::temp_dir().join(format!("bench-kamailio-smoke-{}", std::process::id()));
+    let started = Instant::now();
+    let out = Command::new(root.join("scripts/bench"))
+        .args(["kamailio", "--smoke", "--rates", "100", "--bin-dir"])
+        .arg(&bin_dir)
+        .arg("--state")
+        .arg(&state)
+        .output()
+        .expect("scripts/bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "scripts/bench kamailio --smoke failed ({:?})\n{stdout}\n{stderr}",
+        out.status
+    );
+    for chain in ["| kamailio", "| ours"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(chain))
+            .unwrap_or_else(|| panic!("no `{chain}` row in the table\n{stdout}\n{stderr}"));
+        // | chain | round | offered/s | achieved/s | ...
+        let achieved: f64 = row.split('|').nth(4).unwrap().trim().parse().unwrap();
+        assert!(achieved > 0.0, "{chain}: nothing achieved: {row}\n{stderr}");
+    }
+    eprintln!("{TEST}: {:.1} s\n{stdout}", started.elapsed().as_secs_f64());
+    let _ = std::fs::remove_dir_all(&state);
+}
 
 /// The freeDiameterd relay configs of `tests/interop/freediameter/`.
 fn freediameter_dir() -> PathBuf {
