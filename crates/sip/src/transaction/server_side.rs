@@ -162,8 +162,9 @@ impl<I: Clone> ServerSide<I> {
     }
 
     /// Fires what is due at `now`: transactions past Timer J, Accepted INVITE keys past
-    /// 64·T1, and unanswered transactions past [`ServerSide::STALE`] are forgotten. Returns
-    /// how many unanswered ones were.
+    /// 64·T1, and unanswered transactions past [`ServerSide::STALE`] are forgotten, and the
+    /// room a burst left is given back ([`TransactionTable::shrink`]). Returns how many
+    /// unanswered ones were.
     pub fn handle_timeouts(&mut self, now: Instant) -> usize {
         let mut stale = 0;
         while let Some(key) = self.table.pop_expired(now) {
@@ -181,6 +182,7 @@ impl<I: Clone> ServerSide<I> {
                 self.table.remove(&key);
             }
         }
+        self.table.shrink();
         stale
     }
 
@@ -288,5 +290,25 @@ mod tests {
         s.start_invite(k.clone(), 8);
         s.end_invite(now, &k, false);
         assert!(!s.has_invite(&k));
+    }
+
+    /// Issue #16 (memory per registered UE): the room of a burst of transactions is given
+    /// back once they are forgotten.
+    #[test]
+    fn a_burst_leaves_no_room_behind() {
+        let mut s: ServerSide<u32> = ServerSide::new(Timers::RFC3261);
+        let now = t0();
+        let ok = Bytes::from_static(b"SIP/2.0 200 OK\r\n\r\n");
+        for i in 0..10_000 {
+            let k = key(&format!("z9hG4bKburst{i}"), KeyMethod::Register);
+            assert_eq!(s.receive(now, &k, false), Arrival::New);
+            s.respond(now, &k, 200, ok.clone()).unwrap();
+        }
+        let (map, heap) = s.table.capacity();
+        assert!(map >= 10_000 && heap >= 10_000, "{map} {heap}");
+        s.handle_timeouts(now + Timers::RFC3261.t1x64());
+        assert!(s.is_empty());
+        let (map, heap) = s.table.capacity();
+        assert!(map < 1_000 && heap < 1_000, "room kept: {map} {heap}");
     }
 }

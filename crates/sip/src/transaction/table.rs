@@ -311,6 +311,27 @@ impl<T> TransactionTable<T> {
         }
     }
 
+    /// Gives back memory after a burst: a map or heap left with under a quarter of the room
+    /// it grew to keeps twice what it holds (neither shrinks by itself, so a table would
+    /// otherwise hold the room of its busiest second for good). Cheap when there is nothing
+    /// to give back; a driver calls it now and then (after its timeouts, say).
+    pub fn shrink(&mut self) {
+        const MIN_ROOM: usize = 64;
+        if self.entries.capacity() > MIN_ROOM && self.entries.len() * 4 < self.entries.capacity() {
+            self.entries.shrink_to(self.entries.len() * 2);
+        }
+        if self.deadlines.capacity() > MIN_ROOM
+            && self.deadlines.len() * 4 < self.deadlines.capacity()
+        {
+            self.deadlines.shrink_to(self.deadlines.len() * 2);
+        }
+    }
+
+    /// The room the table holds (map entries, heap entries): for tests of [`Self::shrink`].
+    pub fn capacity(&self) -> (usize, usize) {
+        (self.entries.capacity(), self.deadlines.capacity())
+    }
+
     /// Rebuilds the heap from the live deadlines when stale entries dominate.
     fn compact_if_needed(&mut self) {
         let live = self.entries.len();
