@@ -14,6 +14,14 @@ pub const SHARDS: usize = 16;
 /// Below this many entries of room a shard is not shrunk ([`Shards::retain`]).
 const MIN_ROOM: usize = 64;
 
+/// The shard of [`SHARDS`] that `key` belongs to: every sharded table of the daemons picks
+/// its shard this way.
+pub fn shard_of<Q: Hash + ?Sized>(key: &Q) -> usize {
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() as usize) % SHARDS
+}
+
 /// A map of `K` to `V` in [`SHARDS`] locked shards.
 pub struct Shards<K, V>([Mutex<HashMap<K, V>>; SHARDS]);
 
@@ -36,10 +44,7 @@ impl<K: Hash + Eq, V> Shards<K, V> {
         key: &Q,
         f: impl FnOnce(&mut HashMap<K, V>) -> R,
     ) -> Option<R> {
-        let mut h = DefaultHasher::new();
-        key.hash(&mut h);
-        let shard = &self.0[(h.finish() as usize) % SHARDS];
-        shard.lock().ok().map(|mut m| f(&mut m))
+        self.0[shard_of(key)].lock().ok().map(|mut m| f(&mut m))
     }
 
     /// Keeps the entries `keep` says to keep, shard by shard. A shard left with under a
