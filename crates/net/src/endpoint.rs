@@ -67,7 +67,7 @@ use ims_sip::{HeaderName, Message, Method, Via, text};
 use tokio::sync::{mpsc, watch};
 
 use crate::dns::Transport;
-use crate::shards::{SHARDS, Shards};
+use crate::shards::{SHARDS, Shards, shard_of};
 use crate::sip::{Incoming, SendError, SipTransport};
 
 /// The least Retry-After, in seconds, of the 503s we answer (overload, a busy HSS).
@@ -153,10 +153,7 @@ impl Servers {
         key: &TransactionKey,
         f: impl FnOnce(&mut ServerSide<IstTx>) -> R,
     ) -> Option<R> {
-        let mut h = DefaultHasher::new();
-        key.hash(&mut h);
-        let shard = &self.0[(h.finish() as usize) % SHARDS];
-        shard.lock().ok().map(|mut s| f(&mut s))
+        self.0[shard_of(key)].lock().ok().map(|mut s| f(&mut s))
     }
 
     /// Fires what is due in every shard; how many unanswered transactions were forgotten.
@@ -182,11 +179,7 @@ fn server_key(req: &Message) -> Option<TransactionKey> {
     let via = req.top_via().ok()?;
     let branch = via.branch()?;
     let method = KeyMethod::from_name(req.method_str()?);
-    let key = match via.port {
-        Some(port) => TransactionKey::server(branch, &format!("{}:{port}", via.host_str), method),
-        None => TransactionKey::server(branch, via.host_str, method),
-    };
-    key.ok()
+    TransactionKey::server_at(branch, via.host_str, via.port, method).ok()
 }
 
 /// What reaches an INVITE server transaction's task.

@@ -292,6 +292,20 @@ mod tests {
         assert!(!s.has_invite(&k));
     }
 
+    #[test]
+    fn a_key_from_the_vias_parts_is_the_key_from_its_sent_by() {
+        for (host, port, sent_by) in [
+            ("UE.Example", Some(5060), "ue.example:5060"),
+            ("[2001:DB8::1]", None, "[2001:db8::1]"),
+        ] {
+            assert_eq!(
+                TransactionKey::server_at("z9hG4bK9", host, port, KeyMethod::Register),
+                TransactionKey::server("z9hG4bK9", sent_by, KeyMethod::Register)
+            );
+        }
+        assert!(TransactionKey::server_at("z9hG4bK", "h", None, KeyMethod::Bye).is_err());
+    }
+
     /// Issue #16 (memory per registered UE): the room of a burst of transactions is given
     /// back once they are forgotten.
     #[test]

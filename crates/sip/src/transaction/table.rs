@@ -148,6 +148,30 @@ impl TransactionKey {
         })
     }
 
+    /// As [`TransactionKey::server`], with the sent-by in its parts (`host`, and `port`
+    /// when the Via has one), written once: no `host:port` string is made first.
+    pub fn server_at(
+        branch: &str,
+        host: &str,
+        port: Option<u16>,
+        method: KeyMethod,
+    ) -> Result<Self, TransactionError> {
+        use std::fmt::Write as _;
+        if !is_rfc3261_branch(branch) {
+            return Err(TransactionError::NotRfc3261Branch);
+        }
+        let mut sent_by = String::with_capacity(host.len() + 6);
+        sent_by.extend(host.chars().map(|c| c.to_ascii_lowercase()));
+        if let Some(p) = port {
+            let _ = write!(sent_by, ":{p}");
+        }
+        Ok(TransactionKey {
+            branch: branch.into(),
+            method,
+            sent_by: Some(sent_by.into_boxed_str()),
+        })
+    }
+
     /// The Via branch.
     pub fn branch(&self) -> &str {
         &self.branch
