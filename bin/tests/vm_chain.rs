@@ -192,6 +192,13 @@ fn whole_ims_chain_registers_in_a_real_esp_kernel() {
     // Back from the same ports: the old set replaced, not doubled.
     assert!(console.contains("VM-UE-sameport: REGISTER expires=600: 200 (1 challenge(s), IPsec)"));
     assert_eq!(value("VM-SAS-sameport:"), "core=4/4");
+    // A clear REGISTER at the protected server port, from a port no SA covers: dropped by the
+    // P-CSCF (no answer, one log line), the registered UE's SAs unharmed.
+    assert!(
+        console.contains("VM-STEP clear REGISTER at the protected port dropped: ok"),
+        "the clear REGISTER at the protected port was not shown dropped"
+    );
+    assert!(console.contains("VM-STEP ue guarded: ok"));
     // Restarts: a killed P-CSCF's SAs stay in the kernel until the next one starts; a stopped
     // one removes its own.
     assert_eq!(value("VM-SAS-before-kill:"), "core=4/4");

@@ -325,6 +325,28 @@ if [ -n "$tcpdump_pid" ]; then
     "clear-5060=$(count 'udp port 5060') bytes=$(wc -c <"$D/veth.pcap")"
   sed 's/^/VM-TCPDUMP: /' "$D/tcpdump.log"
 fi
+# 5d'. Only what a UE's SAs carried is served at the protected server port (TS 33.203 §7.1;
+#     after the capture, which must see no clear SIP there): with a UE registered through
+#     its SAs, a REGISTER in clear from another port of its address to port_ps gets no
+#     answer (the kernel lets it in: no policy covers that port), the P-CSCF says it dropped
+#     it, and the UE's registration is unharmed (its de-REGISTER through the SAs gets 200).
+held guarded $AKA_ALICE --local "$UE:5500" --port-us 5501 --ipsec
+if wait_for "guarded UE registered through IPsec" 150 registered guarded; then
+  ip2 netns exec ue /bin/ims-ue --pcscf $P:5063 --impi alice@hims.net --k $K --op $OP \
+    --local "$UE:5590" --timeout 3 >"$D/ue-clear-protected.out" 2>&1
+  rc=$?
+  sed "s/^/VM-UE-clear-protected: /" "$D/ue-clear-protected.out"
+  if [ "$rc" != 0 ] && grep -q 'no answer from the P-CSCF' "$D/ue-clear-protected.out" &&
+    ! grep -q 'expires=[0-9]*: [0-9]' "$D/ue-clear-protected.out" &&
+    grep -q 'no IPsec SA covers: dropped' "$D/pcscf.log"; then
+    ok "clear REGISTER at the protected port dropped"
+  else
+    fail "clear REGISTER at the protected port dropped" "(ims-ue exit $rc)"
+  fi
+  grep 'no IPsec SA covers' "$D/pcscf.log" | sed 's/^/VM-PCSCF-DROP: /'
+fi
+release guarded; finish guarded
+wait_for "guarded SAs removed" 50 no_sas
 # 5e. 50 UEs at once, each its own subscriber, ports and SAs.
 n=1 provisioned=0
 while [ "$n" -le 50 ]; do

@@ -36,8 +36,10 @@
 //! unacceptable offer `494`, and a challenge without keys (SIP Digest) `403`; with
 //! `preferred` such UEs register without IPsec. When the P-CSCF stops it removes every SA it
 //! installed; when it starts it removes those a killed predecessor left (our marker). Requests from a
-//! protected registration must come through its SAs; requests toward it leave from our
-//! `port_pc` to the UE's `port_us`.
+//! protected registration must come through its SAs (elsewhere they get 403); requests toward
+//! it leave from our `port_pc` to the UE's `port_us`. At `port_ps` only what an SA carried is
+//! served: a request from a source no SA set covers (which the kernel lets through in clear,
+//! no policy naming that source port) is dropped unanswered with one log line.
 //!
 //! **Other requests from a UE** (§5.2.6.3) must come from a registered flow, else `403
 //! Forbidden`. The P-CSCF asserts the identity (`P-Asserted-Identity`: the
@@ -598,11 +600,22 @@ impl Inner {
     async fn handle(&self, mut req: ServerRequest) {
         // Through the UE's SAs, answers go back to its protected client port (the source;
         // its Via names its protected server port), never in clear to another port.
-        if self.through_sas(&req)
-            && let Err(e) = req.respond_to_source()
-        {
-            tracing::info!(source = %req.source, error = %e, "request without a usable Via dropped");
-            return;
+        if self.through_sas(&req) {
+            // Only what a UE's SAs carried is served at the protected server port (TS 33.203
+            // §7.1): the kernel discards what claims an SA and fails it, but a datagram from
+            // a source no SA covers gets through in clear. It gets no answer either (an answer
+            // would be SIP in clear from a protected port).
+            if !self.ipsec.as_ref().is_some_and(|f| f.covers(req.source)) {
+                tracing::info!(
+                    source = %req.source, method = req.message.method_str().unwrap_or("?"),
+                    "request at the protected server port from a source no IPsec SA covers: dropped"
+                );
+                return;
+            }
+            if let Err(e) = req.respond_to_source() {
+                tracing::info!(source = %req.source, error = %e, "request without a usable Via dropped");
+                return;
+            }
         }
         self.metrics.request(req.message.method());
         if !self.ep.admit(&mut req, "pcscf").await {
@@ -725,7 +738,8 @@ impl Inner {
     }
 
     /// Whether `req` came to our protected server port (the kernel lets nothing arrive
-    /// there from a UE's protected client port except through its SA).
+    /// there from a UE's protected client port except through its SA; `handle` drops what
+    /// comes there from any other source).
     fn through_sas(&self, req: &ServerRequest) -> bool {
         self.ipsec.is_some() && req.local.port() == self.cfg.ipsec.port_s
     }
@@ -742,8 +756,9 @@ impl Inner {
             .map(str::to_owned)
             .collect();
         if self.through_sas(req) {
+            // `handle` dropped what no set covers; the set can only have gone since.
             let Some(info) = flows.agreement(req.source) else {
-                tracing::info!(source = %req.source, "REGISTER at the protected port without an SA set for its source");
+                tracing::info!(source = %req.source, "REGISTER at the protected port whose SA set went meanwhile");
                 return Err(Refusal::Status(
                     403,
                     "Forbidden (no IPsec security association)",

@@ -248,6 +248,12 @@ impl Flows {
         Ok(key)
     }
 
+    /// Whether a set protects what `source` sends (its protected client port): the one test
+    /// of every request at the protected server port, so no clone of the set's details.
+    pub fn covers(&self, source: SocketAddr) -> bool {
+        self.sets().contains_key(&source)
+    }
+
     /// The set whose UE sends from `source` (its protected client port).
     pub fn agreement(&self, source: SocketAddr) -> Option<SetInfo> {
         self.sets().get(&source).map(|s| s.info.clone())
