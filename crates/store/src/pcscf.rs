@@ -134,21 +134,27 @@ fn contacts_of(text: &str) -> Option<Vec<PcscfContactRecord>> {
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
-/// The deletion of `n` flows of one P-CSCF (`$1`: its name).
+/// The deletion of `n` flows of one P-CSCF (`$1`: its name) over one transport (`$2`), so
+/// that the whole primary key is an equality or an `IN` list and each flow is one seek in
+/// it. (An `OR` of `(transport = .. AND addr = ..)` pairs made SQLite scan every row of the
+/// P-CSCF for each statement: at 70,000 registrations, half the P-CSCF's CPU in the soak.)
 fn delete_sql(n: usize) -> String {
-    let keys: Vec<String> = (0..n)
-        .map(|i| format!("(transport = ${} AND addr = ${})", 2 + 2 * i, 3 + 2 * i))
-        .collect();
+    let addrs: Vec<String> = (0..n).map(|i| format!("${}", 3 + i)).collect();
     format!(
-        "DELETE FROM pcscf_registration WHERE pcscf_name = $1 AND ({})",
-        keys.join(" OR ")
+        "DELETE FROM pcscf_registration WHERE pcscf_name = $1 AND transport = $2 \
+         AND addr IN ({})",
+        addrs.join(", ")
     )
 }
 
+/// Binds a chunk of flows of one transport (see [`delete_sql`]).
 fn bind_deletes<'q>(mut q: AnyQuery<'q>, pcscf_name: &'q str, flows: &[FlowKey]) -> AnyQuery<'q> {
     q = q.bind(pcscf_name);
+    if let Some(f) = flows.first() {
+        q = q.bind(f.transport.as_str());
+    }
     for f in flows {
-        q = q.bind(f.transport.as_str()).bind(f.addr.to_string());
+        q = q.bind(f.addr.to_string());
     }
     q
 }
@@ -212,7 +218,7 @@ impl Store {
                 }
             }
         }
-        let deletes: Vec<FlowKey> = last
+        let mut deletes: Vec<FlowKey> = last
             .iter()
             .filter_map(|w| match w {
                 PcscfWrite::Delete(f) => Some(*f),
@@ -227,7 +233,13 @@ impl Store {
             })
             .collect();
         let op = "save P-CSCF registrations";
-        let delete_chunks: Vec<&[FlowKey]> = deletes.chunks(PCSCF_ROWS).collect();
+        // Chunks of one transport each (delete_sql); a flow's last change is its only one
+        // here, so reordering the deletions changes nothing.
+        deletes.sort_by_key(|f| f.transport.as_str());
+        let delete_chunks: Vec<&[FlowKey]> = deletes
+            .chunk_by(|a, b| a.transport == b.transport)
+            .flat_map(|same| same.chunks(PCSCF_ROWS))
+            .collect();
         let save_chunks: Vec<&[&PcscfRegistrationRecord]> = saves.chunks(PCSCF_ROWS).collect();
         let sql: Vec<String> = delete_chunks
             .iter()
