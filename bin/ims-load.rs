@@ -16,7 +16,10 @@
 //! to stdout: one line (counts, failures by cause, the rate of registrations per second of wall
 //! time, whole-registration latency percentiles, then the REGISTER→401 and REGISTER(auth)→final
 //! round trips), or one JSON object with `--json` (with the re- and deregistrations' own
-//! latency percentiles when they were asked for). Exit code 0 when every UE did everything
+//! latency percentiles when they were asked for). `--timeline` adds to the JSON the first
+//! registrations per second of wall time, by the second they started in: completed, refused
+//! with 503, failed otherwise, and the completed ones' p50/p99 (`scripts/bench lab --recovery`
+//! reads it to see an overload come and go). Exit code 0 when every UE did everything
 //! asked, 1 otherwise, 2 for bad arguments.
 //!
 //! **Calls** (`--calls --rate R --duration S`): `--count` UEs (an even number) register first,
@@ -38,7 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use ims_ue::swarm::{Event, Phase, Plan, Swarm, SwarmConfig, SwarmCredentials};
+use ims_ue::swarm::{Event, Failure, Phase, Plan, Swarm, SwarmConfig, SwarmCredentials};
 use tokio::net::UdpSocket;
 
 use tool::key;
@@ -113,6 +116,9 @@ struct Args {
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+    /// With --json: the first registrations per second of wall time (see above).
+    #[arg(long)]
+    timeline: bool,
     /// Print the subscribers as CSV for `imsctl subscriber import` and exit.
     #[arg(long)]
     csv: bool,
@@ -171,6 +177,40 @@ struct Stats {
     reregister: Vec<u32>,
     /// Successful deregistrations, whole (µs).
     deregister: Vec<u32>,
+    /// `--timeline`.
+    timeline: Option<Timeline>,
+}
+
+/// `--timeline`: per second since the run's start, the first registrations started in it.
+struct Timeline {
+    t0: Instant,
+    /// `t0` on the wall clock (since the Unix epoch), so two runs' seconds line up.
+    t0_unix: Duration,
+    seconds: BTreeMap<u64, Second>,
+}
+
+impl Timeline {
+    fn new(t0: Instant) -> Timeline {
+        let t0_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_sub(t0.elapsed());
+        Timeline {
+            t0,
+            t0_unix,
+            seconds: BTreeMap::new(),
+        }
+    }
+}
+
+/// One second of `--timeline`.
+#[derive(Default)]
+struct Second {
+    registered: u64,
+    refused: u64,
+    failed: u64,
+    /// The registered ones' whole latency (µs).
+    latency: Vec<u32>,
 }
 
 impl Stats {
@@ -189,12 +229,37 @@ impl Stats {
         self.auth.extend(o.auth);
         self.reregister.extend(o.reregister);
         self.deregister.extend(o.deregister);
+        if let (Some(mine), Some(theirs)) = (&mut self.timeline, o.timeline) {
+            for (t, b) in theirs.seconds {
+                let m = mine.seconds.entry(t).or_default();
+                m.registered += b.registered;
+                m.refused += b.refused;
+                m.failed += b.failed;
+                m.latency.extend(b.latency);
+            }
+        }
     }
 
     fn take(&mut self, ev: Event, counters: &Counters) {
         let us = |d: Duration| u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
         match ev {
             Event::Phase(p) => {
+                if p.phase == Phase::Register
+                    && let Some(timeline) = &mut self.timeline
+                {
+                    // By the second it started in: what an overload does to a registration
+                    // shows where the load that met it was.
+                    let t = timeline.t0.elapsed().saturating_sub(p.total).as_secs();
+                    let second = timeline.seconds.entry(t).or_default();
+                    match p.result {
+                        Ok(()) => {
+                            second.registered += 1;
+                            second.latency.push(us(p.total));
+                        }
+                        Err(Failure::Status(503)) => second.refused += 1,
+                        Err(_) => second.failed += 1,
+                    }
+                }
                 self.retransmissions += u64::from(p.retransmissions);
                 if let Some(c) = p.challenge {
                     self.challenge.push(us(c));
@@ -253,8 +318,12 @@ async fn run_shard(
     t0: Instant,
     counters: Arc<Counters>,
     whole_plans: bool,
+    timeline: bool,
 ) -> Stats {
-    let mut stats = Stats::default();
+    let mut stats = Stats {
+        timeline: timeline.then(|| Timeline::new(t0)),
+        ..Stats::default()
+    };
     let mut next = shard.index;
     let mut wound_down = false;
     let mut buf = vec![0u8; 65536];
@@ -595,9 +664,13 @@ fn main() -> ExitCode {
                 t0,
                 counters.clone(),
                 a.whole_plans,
+                a.timeline,
             ));
         }
-        let mut stats = Stats::default();
+        let mut stats = Stats {
+            timeline: a.timeline.then(|| Timeline::new(t0)),
+            ..Stats::default()
+        };
         while let Some(r) = tasks.join_next().await {
             match r {
                 Ok(s) => stats.merge(s),
@@ -697,6 +770,7 @@ fn calls_main(
                     a.count,
                     t1,
                     counters.clone(),
+                    false,
                     false,
                 );
                 tasks.spawn(async move { (i, run.await) });
@@ -889,6 +963,23 @@ fn summarize(
             o["reregistered"] = ok(Phase::Reregister).into();
             s.reregister.sort_unstable();
             o["latency_ms"]["reregister"] = lat(pcts(&s.reregister));
+        }
+        if let Some(timeline) = &mut s.timeline {
+            let seconds: Vec<serde_json::Value> = timeline
+                .seconds
+                .iter_mut()
+                .map(|(t, b)| {
+                    b.latency.sort_unstable();
+                    let p = pcts(&b.latency);
+                    let m = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+                    serde_json::json!({
+                        "t": t, "registered": b.registered, "refused": b.refused,
+                        "failed": b.failed, "p50": m(p[0]), "p99": m(p[2]),
+                    })
+                })
+                .collect();
+            o["timeline"] = seconds.into();
+            o["t0_unix_s"] = timeline.t0_unix.as_secs_f64().into();
         }
         if a.deregister {
             o["deregistered"] = ok(Phase::Deregister).into();
