@@ -64,7 +64,9 @@
 //! After a restart it subscribes again for the registrations restored from the store.
 //!
 //! **Overload** (the edge of the core refuses, the rest does not queue): at most
-//! `max_registrations_in_flight` REGISTERs are forwarded and not yet answered; past it a new
+//! `max_registrations_in_flight` REGISTERs are forwarded and not yet answered (fewer, with
+//! `register_latency_target_ms` set, while the core answers them slower than that on
+//! average: [`admission`]); past it a new
 //! registration (a REGISTER without credentials: no Authorization, or one with an empty
 //! `response`) is answered `503 Service Unavailable` with `Retry-After` at once, and one warning
 //! says when refusing starts and one line when it ends. REGISTERs that answer a challenge
@@ -83,6 +85,7 @@
 //! hop-by-hop ACK of a failure); the ACK of a 2xx is forwarded statelessly by its Route.
 
 pub mod admin;
+pub mod admission;
 pub mod ipsec;
 pub mod metrics;
 pub mod persist;
@@ -91,8 +94,8 @@ pub mod registrations;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
@@ -154,6 +157,13 @@ pub struct Config {
     /// get 503 with Retry-After at once (0: no limit). Default 64 (measured in docs/PERFORMANCE.md).
     #[serde(default = "default_max_in_flight")]
     pub max_registrations_in_flight: usize,
+    /// The mean time a REGISTER may take in the core (here → the core's final answer), ms:
+    /// above it the in-flight limit shrinks, within it the limit grows back up to
+    /// `max_registrations_in_flight` ([`admission`]), so that under overload the admitted
+    /// registrations keep their latency, at some cost in goodput. 0 (the default): the
+    /// fixed limit only.
+    #[serde(default)]
+    pub register_latency_target_ms: u64,
     /// Most new INVITEs from UEs forwarded into the core that the next hop has not answered
     /// anything yet (not even its 100 Trying, which a next hop keeping up sends at once; how
     /// long the callee takes to answer does not count); past it new calls get 503 with
@@ -329,6 +339,10 @@ struct Inner {
     icid_salt: u64,
     /// REGISTERs forwarded and not yet answered.
     in_flight: AtomicUsize,
+    /// How many may be ([`admission`]): the limit, read per new registration, and what
+    /// moves it, fed per REGISTER the core answered.
+    in_flight_limit: AtomicUsize,
+    admission: Mutex<admission::Admission>,
     /// New INVITEs from UEs the next hop has not answered yet ([`Unheard`]).
     invites_unheard: Arc<AtomicUsize>,
     /// Refusing new calls (one warning when it starts, one when it ends).
@@ -438,6 +452,7 @@ impl Pcscf {
             None => None,
         };
         let metrics = Arc::new(metrics::Metrics::default());
+        metrics.in_flight_limit(cfg.max_registrations_in_flight);
         let counted = metrics.clone();
         ep.observe_responses(move |req, status| {
             counted.response(status);
@@ -471,6 +486,11 @@ impl Pcscf {
             ipsec = use_ipsec,
             "P-CSCF started"
         );
+        let admission = admission::Admission::new(
+            cfg.max_registrations_in_flight,
+            Duration::from_millis(cfg.register_latency_target_ms),
+            Instant::now(),
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 core,
@@ -484,6 +504,8 @@ impl Pcscf {
                 icid: AtomicU64::new(1),
                 icid_salt,
                 in_flight: AtomicUsize::new(0),
+                in_flight_limit: AtomicUsize::new(admission.limit()),
+                admission: Mutex::new(admission),
                 invites_unheard: Arc::new(AtomicUsize::new(0)),
                 calls_overloaded: AtomicBool::new(false),
                 overloaded: AtomicBool::new(false),
@@ -663,14 +685,15 @@ impl Inner {
     async fn admit_register(&self, req: ServerRequest, flow: Flow) {
         let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
         let mut counted = Some(InFlight(&self.in_flight));
-        let max = self.cfg.max_registrations_in_flight;
-        if max > 0 && is_initial_register(&req.message) {
+        let max = self.in_flight_limit.load(Ordering::Relaxed);
+        if self.cfg.max_registrations_in_flight > 0 && is_initial_register(&req.message) {
             if before >= max {
                 if !self.overloaded.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         in_flight = before,
+                        limit = max,
                         "overload: refusing new registrations with 503 until fewer than \
-                         max_registrations_in_flight are in the core"
+                         the in-flight limit are in the core"
                     );
                 }
                 self.metrics.refused(metrics::Refused::Register);
@@ -690,6 +713,24 @@ impl Inner {
 
     async fn reply(&self, req: &ServerRequest, code: u16, reason: &str) {
         self.ep.reply(req, code, reason, "pcscf").await
+    }
+
+    /// The core answered `req`: its time there moves the in-flight limit ([`admission`]).
+    fn answered_register(&self, req: &ServerRequest) {
+        if self.cfg.register_latency_target_ms == 0 || self.cfg.max_registrations_in_flight == 0 {
+            return;
+        }
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        let moved = self
+            .admission
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sample(req.received().elapsed(), in_flight, Instant::now());
+        if let Some(limit) = moved {
+            self.in_flight_limit.store(limit, Ordering::Relaxed);
+            self.metrics.in_flight_limit(limit);
+            tracing::debug!(limit, "REGISTERs in flight: new limit");
+        }
     }
 
     /// Whether a Route/Path URI names this P-CSCF.
@@ -866,7 +907,9 @@ impl Inner {
                         // Out of the core: what follows (the SAs, the response, a 200's
                         // reg-event SUBSCRIBE) is not counted, and the count is down before
                         // the UE can see the response and send its next REGISTER.
-                        counted.take();
+                        if counted.take().is_some() {
+                            self.answered_register(&req);
+                        }
                         if pop_own_via(&mut resp).is_err() {
                             self.give_back(&security);
                             return;

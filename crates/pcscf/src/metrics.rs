@@ -14,6 +14,9 @@
 //!   when IPsec is off).
 //! - `ims_pcscf_overload_refusals_total{what}`: 503s from the in-flight limits,
 //!   `register` (`max_registrations_in_flight`) and `invite` (`max_invites_in_flight`).
+//! - `ims_pcscf_register_in_flight_limit`: how many REGISTERs may be in the core now
+//!   ([`crate::admission`]: `max_registrations_in_flight`, less while the core is slower
+//!   than `register_latency_target_ms`).
 //! - `ims_pcscf_store_batches_total`, `ims_pcscf_store_writes_total`,
 //!   `ims_pcscf_store_failed_writes_total`: transactions the registration store writer
 //!   committed or tried (with `database` set, [`crate::persist`]), the registration changes in
@@ -72,6 +75,7 @@ pub struct Metrics {
     store_batches: AtomicU64,
     store_writes: AtomicU64,
     store_failed: AtomicU64,
+    in_flight_limit: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -84,6 +88,7 @@ impl Default for Metrics {
             store_batches: AtomicU64::new(0),
             store_writes: AtomicU64::new(0),
             store_failed: AtomicU64::new(0),
+            in_flight_limit: AtomicU64::new(0),
         }
     }
 }
@@ -117,6 +122,11 @@ impl Metrics {
         self.store_failed.fetch_add(failed as u64, Relaxed);
     }
 
+    /// The REGISTER in-flight limit moved (or was set at start).
+    pub fn in_flight_limit(&self, limit: usize) {
+        self.in_flight_limit.store(limit as u64, Relaxed);
+    }
+
     /// The Prometheus text exposition, with `registrations` and `ipsec_sets` held and the
     /// endpoint's `(server, client)` transactions.
     pub fn render(
@@ -148,6 +158,9 @@ impl Metrics {
         let help = "503s from the in-flight limits, by what they refused.";
         let name = format!("{p}_overload_refusals_total");
         self.refusals.render(&mut o, &name, "what", help, false);
+        let help = "REGISTERs that may be in the core now (adapted to its latency).";
+        let n = self.in_flight_limit.load(Relaxed);
+        gauge(&mut o, &format!("{p}_register_in_flight_limit"), help, n);
         let help = "Store transactions of the registration writer.";
         let n = self.store_batches.load(Relaxed);
         counter(&mut o, &format!("{p}_store_batches_total"), help, n);
@@ -186,9 +199,11 @@ mod tests {
         m.response(430);
         m.store_batch(3, 0);
         m.store_batch(2, 1);
+        m.in_flight_limit(37);
         let t = m.render(5, 2, (3, 1));
         for line in [
             "ims_pcscf_requests_total{method=\"REGISTER\"} 2",
+            "ims_pcscf_register_in_flight_limit 37",
             "ims_pcscf_requests_total{method=\"INVITE\"} 1",
             "ims_pcscf_requests_total{method=\"other\"} 1",
             "ims_pcscf_responses_total{status=\"200\"} 2",

@@ -165,6 +165,7 @@ fn pcscf_config(icscf: SocketAddr) -> ims_pcscf::Config {
         core_networks: Vec::new(),
         reg_event: true,
         max_registrations_in_flight: 64,
+        register_latency_target_ms: 0,
         max_invites_in_flight: 64,
         icscf_failover_seconds: 4,
         database: None,
