@@ -138,14 +138,7 @@ impl TransactionKey {
         sent_by: &str,
         method: KeyMethod,
     ) -> Result<Self, TransactionError> {
-        if !is_rfc3261_branch(branch) {
-            return Err(TransactionError::NotRfc3261Branch);
-        }
-        Ok(TransactionKey {
-            branch: branch.into(),
-            method,
-            sent_by: Some(sent_by.to_ascii_lowercase().into_boxed_str()),
-        })
+        Self::server_at(branch, sent_by, None, method)
     }
 
     /// As [`TransactionKey::server`], with the sent-by in its parts (`host`, and `port`
@@ -161,7 +154,8 @@ impl TransactionKey {
             return Err(TransactionError::NotRfc3261Branch);
         }
         let mut sent_by = String::with_capacity(host.len() + 6);
-        sent_by.extend(host.chars().map(|c| c.to_ascii_lowercase()));
+        sent_by.push_str(host);
+        sent_by.make_ascii_lowercase();
         if let Some(p) = port {
             let _ = write!(sent_by, ":{p}");
         }
