@@ -98,6 +98,12 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// A limit under `ceiling` and `target`, and the time it started.
+    fn start(ceiling: usize, target: Duration) -> (Admission, Instant) {
+        let now = Instant::now();
+        (Admission::new(ceiling, target, now), now)
+    }
+
     /// Feeds `windows` windows of MIN_SAMPLES samples of `core_time` with `in_flight`.
     fn feed(
         a: &mut Admission,
@@ -116,16 +122,14 @@ mod tests {
 
     #[test]
     fn a_core_within_its_target_keeps_the_ceiling() {
-        let mut now = Instant::now();
-        let mut a = Admission::new(64, 20 * MS, now);
+        let (mut a, mut now) = start(64, 20 * MS);
         feed(&mut a, &mut now, 100, 8 * MS, 60);
         assert_eq!(a.limit(), 64);
     }
 
     #[test]
     fn a_slow_core_shrinks_the_limit_to_the_floor_and_it_grows_back() {
-        let mut now = Instant::now();
-        let mut a = Admission::new(64, 20 * MS, now);
+        let (mut a, mut now) = start(64, 20 * MS);
         feed(&mut a, &mut now, 5, 40 * MS, 64);
         // 64 · 0.9⁵ = 37.8
         assert_eq!(a.limit(), 37);
@@ -140,8 +144,7 @@ mod tests {
 
     #[test]
     fn an_idle_limit_does_not_grow() {
-        let mut now = Instant::now();
-        let mut a = Admission::new(64, 20 * MS, now);
+        let (mut a, mut now) = start(64, 20 * MS);
         feed(&mut a, &mut now, 10, 40 * MS, 64);
         let low = a.limit();
         // Fast answers, but only a few in flight: nothing says a higher limit is safe.
@@ -151,8 +154,7 @@ mod tests {
 
     #[test]
     fn a_window_needs_its_time_and_its_samples() {
-        let mut now = Instant::now();
-        let mut a = Admission::new(64, 20 * MS, now);
+        let (mut a, mut now) = start(64, 20 * MS);
         // Many slow samples within one window's time: one decision at most.
         for _ in 0..1000 {
             now += Duration::from_micros(10);
@@ -171,16 +173,14 @@ mod tests {
 
     #[test]
     fn a_zero_target_is_the_fixed_ceiling() {
-        let mut now = Instant::now();
-        let mut a = Admission::new(64, Duration::ZERO, now);
+        let (mut a, mut now) = start(64, Duration::ZERO);
         feed(&mut a, &mut now, 50, Duration::from_secs(1), 64);
         assert_eq!(a.limit(), 64);
     }
 
     #[test]
     fn a_ceiling_below_the_floor_is_kept() {
-        let mut now = Instant::now();
-        let mut a = Admission::new(2, 20 * MS, now);
+        let (mut a, mut now) = start(2, 20 * MS);
         feed(&mut a, &mut now, 50, 40 * MS, 2);
         assert_eq!(a.limit(), 2);
     }
