@@ -84,7 +84,8 @@
 //!
 //! # Background
 //! [`Registrar::start`] spawns two tasks that hold only a weak reference (they end when the
-//! last [`Registrar`] clone is dropped): the timer ([`Registrar::sweep`] every second: expired
+//! last [`Registrar`] clone is dropped): the timer (what [`Registrar::sweep`] does, one shard
+//! every 1/64 s so that each is visited every second: expired
 //! bindings go, with SAR TIMEOUT_DEREGISTRATION when an IMPU has none left; expired
 //! challenges go, with SAR AUTHENTICATION_TIMEOUT when the IMPU is not registered), and the
 //! handler of requests from the HSS ([`Registrar::handle_cx_request`]): RTR drops the named
@@ -122,7 +123,8 @@ pub const SHARDS: usize = 64;
 /// How often the timer looks for expired bindings and challenges.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How many SARs (TIMEOUT_DEREGISTRATION, AUTHENTICATION_TIMEOUT) one sweep keeps in flight.
+/// How many expiries (their SARs TIMEOUT_DEREGISTRATION, AUTHENTICATION_TIMEOUT) the sweep
+/// keeps in flight.
 const SWEEP_SARS: usize = 64;
 
 /// What happened to a registration.
@@ -1411,16 +1413,43 @@ impl Registrar {
     // timers
 
     /// Removes expired bindings (SAR TIMEOUT_DEREGISTRATION when an IMPU has none left) and
-    /// expired challenges (SAR AUTHENTICATION_TIMEOUT when the IMPU is not registered). The
-    /// timer task calls it every [`SWEEP_INTERVAL`].
+    /// expired challenges (SAR AUTHENTICATION_TIMEOUT when the IMPU is not registered), in
+    /// every shard, and returns when each expiry's SAR, write and event are done. The timer
+    /// task does the same one shard at a time ([`Registrar::expired_in`]).
     pub async fn sweep(&self) {
+        let mut running = tokio::task::JoinSet::new();
+        for shard in 0..SHARDS {
+            for job in self.expired_in(shard) {
+                while running.len() >= SWEEP_SARS {
+                    running.join_next().await;
+                }
+                let r = self.clone();
+                running.spawn(async move { r.finish_expiry(job).await });
+            }
+        }
+        while running.join_next().await.is_some() {}
+    }
+
+    /// Takes shard `shard`'s expired bindings and challenges out of memory and queues their
+    /// store writes; what is left of each (SAR, commit, event) is returned for
+    /// [`Registrar::finish_expiry`].
+    ///
+    /// The timer walks one shard every [`SWEEP_INTERVAL`] / [`SHARDS`] rather than all of
+    /// them every [`SWEEP_INTERVAL`]: the same work and the same one-second precision, spread
+    /// evenly. Walking every user at once, with the SARs of a whole second's expiries sent
+    /// together, made a burst once a second that the 100,000-UE soak saw as a stall of the
+    /// whole chain (REGISTERs refused with 503 at the P-CSCF's in-flight limit every second).
+    fn expired_in(&self, shard: usize) -> Vec<Expiry> {
+        let Some(s) = self.inner.shards.get(shard) else {
+            return Vec::new();
+        };
         let now = now_ms();
         let instant = Instant::now();
         let mut gone: Vec<(RegistrationRecord, Vec<String>)> = Vec::new();
         let mut shrunk: Vec<(RegistrationRecord, Vec<String>)> = Vec::new();
         let mut timed_out: Vec<(String, String)> = Vec::new();
         let keep = Duration::from_secs(self.inner.cfg.auth_lockout_seconds);
-        for s in &self.inner.shards {
+        {
             let mut shard = lock(s);
             shard.retain(|impi, user| {
                 if user.lockout.as_ref().is_some_and(|l| l.idle(instant, keep)) {
@@ -1458,7 +1487,7 @@ impl Registrar {
             });
         }
         // The store writes join the writer's queue now, ahead of any REGISTER that comes
-        // after this sweep (a UE registering anew is saved after its old registration was
+        // after this walk (a UE registering anew is saved after its old registration was
         // deleted, never before). Then the HSS, SWEEP_SARS at a time: one by one, a wave of
         // expiries (UEs that all registered in the same second) took a round trip each and
         // the sweep fell behind. Each reg event goes once its SAR is answered and its write
@@ -1494,15 +1523,7 @@ impl Registrar {
                 gone: true,
             });
         }
-        let mut running = tokio::task::JoinSet::new();
-        for job in jobs {
-            while running.len() >= SWEEP_SARS {
-                running.join_next().await;
-            }
-            let r = self.clone();
-            running.spawn(async move { r.finish_expiry(job).await });
-        }
-        while running.join_next().await.is_some() {}
+        jobs
     }
 
     /// The rest of one expiry found by [`Registrar::sweep`]: its SAR, its write, its event.
@@ -1795,13 +1816,29 @@ fn error_answer(
     ims_net::diameter::refusal(msg, e, host, realm)
 }
 
+/// The expiry timer: one shard every [`SWEEP_INTERVAL`] / [`SHARDS`]
+/// ([`Registrar::expired_in`]), at most [`SWEEP_SARS`] expiries finishing at once across
+/// ticks (a tick waits for room, so a wave of expiries slows the walk, not the HSS).
 async fn timer(inner: Weak<Inner>) {
-    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    let room = Arc::new(tokio::sync::Semaphore::new(SWEEP_SARS));
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL / SHARDS as u32);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shard = 0;
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        Registrar { inner }.sweep().await;
+        let r = Registrar { inner };
+        for job in r.expired_in(shard) {
+            let Ok(permit) = room.clone().acquire_owned().await else {
+                return;
+            };
+            let r = r.clone();
+            tokio::spawn(async move {
+                r.finish_expiry(job).await;
+                drop(permit);
+            });
+        }
+        shard = (shard + 1) % SHARDS;
     }
 }
 
