@@ -16,18 +16,6 @@
 //! Every change is one transaction, so nothing is ever half-written; the SQN is advanced by a
 //! single `UPDATE ... RETURNING`, so no two callers, on one node or several, ever receive the
 //! same sequence number. Secrets (K, OPc, HA1) are zeroized on drop and never printed.
-//!
-//! # Checkpoints off the commit path (SQLite)
-//! SQLite's WAL is copied back into the database file by a checkpoint, and by default the
-//! connection whose commit takes the WAL past 1,000 pages runs it then and there, with two
-//! fsyncs (20 to 70 ms each on the build machines' disks): that commit, and every change
-//! queued behind it in a daemon's group-commit writer, waited for them. The 100,000-UE soak
-//! saw each as a stall of the registrations the P-CSCF and S-CSCF were about to answer (a
-//! P-CSCF's 200 waits for its commit), enough to push the P-CSCF's REGISTERs in flight past
-//! its limit. So a file store turns automatic checkpoints off and runs a PASSIVE checkpoint
-//! every [`CHECKPOINT_INTERVAL`] on a pool connection of its own; a passive checkpoint runs
-//! beside readers and writers and never blocks them. The task ends with the last clone of
-//! the [`Store`].
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
@@ -253,16 +241,11 @@ pub struct RegisteredIdentity {
     pub scscf: Option<ScscfAssignment>,
 }
 
-/// How often a file-backed SQLite store checkpoints its WAL (see the module docs).
-pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// The store: a connection pool and the backend it talks to.
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    /// Stops the checkpoint task when the last clone is dropped (file SQLite only).
-    _checkpoints: Option<std::sync::Arc<tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl Store {
@@ -286,7 +269,6 @@ impl Store {
             return Err(StoreError::BadUrl(url.to_owned()));
         };
         let mut opts = AnyPoolOptions::new();
-        let file = backend == Backend::Sqlite && !url.contains(":memory:");
         if backend == Backend::Sqlite {
             if url.contains(":memory:") {
                 // One connection, or each would see its own empty in-memory database.
@@ -296,7 +278,7 @@ impl Store {
             // the process being killed (kill -9, a crash), which is what SQN safety needs;
             // only an OS crash or power loss may lose the last commits. FULL would fsync
             // every MAR's SQN update and cap the HSS at a few hundred MAR/s.
-            opts = opts.after_connect(move |conn, _meta| {
+            opts = opts.after_connect(|conn, _meta| {
                 Box::pin(async move {
                     sqlx::query("PRAGMA journal_mode = WAL")
                         .execute(&mut *conn)
@@ -307,12 +289,6 @@ impl Store {
                     sqlx::query("PRAGMA busy_timeout = 5000")
                         .execute(&mut *conn)
                         .await?;
-                    if file {
-                        // Checkpoints run on their own (module docs), not in a commit.
-                        sqlx::query("PRAGMA wal_autocheckpoint = 0")
-                            .execute(&mut *conn)
-                            .await?;
-                    }
                     Ok(())
                 })
             });
@@ -323,16 +299,7 @@ impl Store {
             Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await?,
         }
         tracing::info!(?backend, "store opened and migrated");
-        let checkpoints = file.then(|| {
-            let (stop, stopped) = tokio::sync::oneshot::channel();
-            tokio::spawn(checkpoints(pool.clone(), stopped));
-            std::sync::Arc::new(stop)
-        });
-        Ok(Self {
-            pool,
-            backend,
-            _checkpoints: checkpoints,
-        })
+        Ok(Self { pool, backend })
     }
 
     pub fn backend(&self) -> Backend {
@@ -1084,29 +1051,5 @@ impl Store {
             .await
             .map_err(db("delete all subscribers"))?;
         Ok(res.rows_affected())
-    }
-}
-
-/// Checkpoints the WAL of a file SQLite store every [`CHECKPOINT_INTERVAL`] until `stop`
-/// is dropped (the last [`Store`] clone went) or the pool is closed.
-async fn checkpoints(pool: AnyPool, mut stop: tokio::sync::oneshot::Receiver<()>) {
-    let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = tick.tick() => {}
-        }
-        if pool.is_closed() {
-            return;
-        }
-        // PASSIVE: copies what no reader still needs, waits for no one.
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
-            .await
-        {
-            tracing::warn!(error = %e, "WAL checkpoint failed (tried again in a second)");
-        }
     }
 }

@@ -264,43 +264,6 @@ async fn sqlite_sqn_is_never_handed_out_twice() {
     sqn_is_never_handed_out_twice_and_survives_reopen(&db_url("store-sqn").1).await;
 }
 
-/// The WAL reaches the database file without a commit running the checkpoint: a file
-/// store checkpoints on its own every second (`ims_store::CHECKPOINT_INTERVAL`). A reader
-/// of the database file alone (`immutable=1`: no WAL, no locks) sees a subscriber only once
-/// a checkpoint copied it there; one small write never reaches SQLite's automatic
-/// threshold, so without the task it would not.
-#[tokio::test(flavor = "multi_thread")]
-async fn sqlite_wal_is_checkpointed_off_the_commit_path() {
-    use sqlx::Row;
-    let (path, url) = db_url("store-checkpoint");
-    let store = Store::open(&url).await.unwrap();
-    store.add_subscriber(&aka_subscriber(7)).await.unwrap();
-    let file_only = format!("sqlite://{}?immutable=1", path.display());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&file_only)
-            .await
-            .unwrap();
-        // Until the first checkpoint even the schema is only in the WAL ("no such table").
-        let seen = sqlx::query(
-            "SELECT COUNT(*) FROM private_identity WHERE impi = 'user7.private@hims.net'",
-        )
-        .fetch_one(&mut conn)
-        .await
-        .map(|row| row.get::<i64, _>(0));
-        sqlx::Connection::close(conn).await.unwrap();
-        if matches!(seen, Ok(1)) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the subscriber never reached the database file (no checkpoint ran): {seen:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    drop(store);
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_provisioning_is_all_or_nothing() {
     let Some(pg) = ims_testkit::postgres::Postgres::start("store_pg_provisioning") else {
