@@ -18,7 +18,9 @@
 /// The daemons allocate through mimalloc rather than glibc's malloc: a proxied SIP message is
 /// a few dozen small short-lived allocations (parsed views, edited headers, the serialized
 /// copy), and glibc's malloc and free were 10-12% of the CSCFs' CPU in the call benchmark
-/// (docs/PERFORMANCE.md).
+/// (docs/PERFORMANCE.md). Built without the `mimalloc` feature (`--no-default-features`)
+/// they use glibc's malloc, which heap profilers (heaptrack) can follow.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 /// mimalloc, as in the daemons (see `common.rs`): `ims-load` shares the machine it measures.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
