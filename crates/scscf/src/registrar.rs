@@ -1417,17 +1417,36 @@ impl Registrar {
     /// every shard, and returns when each expiry's SAR, write and event are done. The timer
     /// task does the same one shard at a time ([`Registrar::expired_in`]).
     pub async fn sweep(&self) {
-        let mut running = tokio::task::JoinSet::new();
+        let room = Arc::new(tokio::sync::Semaphore::new(SWEEP_SARS));
+        let mut running = Vec::new();
         for shard in 0..SHARDS {
-            for job in self.expired_in(shard) {
-                while running.len() >= SWEEP_SARS {
-                    running.join_next().await;
-                }
-                let r = self.clone();
-                running.spawn(async move { r.finish_expiry(job).await });
-            }
+            running.extend(self.finish_expiries(shard, &room).await);
         }
-        while running.join_next().await.is_some() {}
+        for task in running {
+            let _ = task.await;
+        }
+    }
+
+    /// Takes shard `shard`'s expiries ([`Registrar::expired_in`]) and finishes each in a
+    /// task of its own ([`Registrar::finish_expiry`]) once `room` has a permit for it: at
+    /// most its [`SWEEP_SARS`] permits' worth in flight. Returns the tasks.
+    async fn finish_expiries(
+        &self,
+        shard: usize,
+        room: &Arc<tokio::sync::Semaphore>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        for job in self.expired_in(shard) {
+            let Ok(permit) = room.clone().acquire_owned().await else {
+                break;
+            };
+            let r = self.clone();
+            tasks.push(tokio::spawn(async move {
+                r.finish_expiry(job).await;
+                drop(permit);
+            }));
+        }
+        tasks
     }
 
     /// Takes shard `shard`'s expired bindings and challenges out of memory and queues their
@@ -1436,9 +1455,9 @@ impl Registrar {
     ///
     /// The timer walks one shard every [`SWEEP_INTERVAL`] / [`SHARDS`] rather than all of
     /// them every [`SWEEP_INTERVAL`]: the same work and the same one-second precision, spread
-    /// evenly. Walking every user at once, with the SARs of a whole second's expiries sent
-    /// together, made a burst once a second that the 100,000-UE soak saw as a stall of the
-    /// whole chain (REGISTERs refused with 503 at the P-CSCF's in-flight limit every second).
+    /// evenly instead of a walk of every user and a second's SARs at once. (The 100,000-UE
+    /// soak's refusals were suspected of coming from that burst; spreading it did not change
+    /// them: docs/PERFORMANCE.md.)
     fn expired_in(&self, shard: usize) -> Vec<Expiry> {
         let Some(s) = self.inner.shards.get(shard) else {
             return Vec::new();
@@ -1827,17 +1846,7 @@ async fn timer(inner: Weak<Inner>) {
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        let r = Registrar { inner };
-        for job in r.expired_in(shard) {
-            let Ok(permit) = room.clone().acquire_owned().await else {
-                return;
-            };
-            let r = r.clone();
-            tokio::spawn(async move {
-                r.finish_expiry(job).await;
-                drop(permit);
-            });
-        }
+        Registrar { inner }.finish_expiries(shard, &room).await;
         shard = (shard + 1) % SHARDS;
     }
 }
