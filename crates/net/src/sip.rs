@@ -24,6 +24,15 @@
 //!   port, SO_REUSEPORT would let another process of the same user take half its connections).
 //! - Outgoing TCP otherwise leaves from our own address (an ephemeral port) when we listen on
 //!   a specific one, like our UDP does: the kernel would pick the interface's first address.
+//! - UDP receive buffer: [`UDP_RECEIVE_BUFFER`], not the kernel's default (212,992 bytes on
+//!   most distributions, about a hundred datagrams once the kernel's bookkeeping is counted).
+//!   A daemon's socket takes every UE's and every neighbour's messages, and the default
+//!   overflowed whenever a daemon paused for a few tens of milliseconds (the 100,000-UE soak:
+//!   some 180 datagrams a second dropped at the P-CSCF and the S-CSCF, each a registration
+//!   recovered only by a retransmission 500 ms later, or refused while it was in flight).
+//!   Kamailio and SIPp raise theirs the same way. Past `net.core.rmem_max` it takes
+//!   `SO_RCVBUFFORCE` (CAP_NET_ADMIN); without it the kernel's ceiling is what we get, said
+//!   in one log line at start.
 //! - A message that does not parse is dropped with one log line naming the problem (with no
 //!   parsable Via there is nobody to answer); whether a parsed request is acceptable
 //!   ([`ims_sip::Message::check_request`], 400) is the application's call.
@@ -203,6 +212,7 @@ impl SipTransport {
     ) -> std::io::Result<Bound> {
         let (udp, tcp) = bind_both(addr, connect_from_local).await?;
         let local = udp.local_addr()?;
+        enlarge_receive_buffer(&udp, local);
         let transport = SipTransport {
             udp: Arc::new(udp),
             local,
@@ -219,6 +229,13 @@ impl SipTransport {
     /// failed (for retransmissions of a final response, which the next one repeats).
     pub fn try_send_udp(&self, to: SocketAddr, bytes: &[u8]) -> bool {
         self.udp.try_send_to(bytes, to).is_ok()
+    }
+
+    /// The UDP socket's receive buffer as the kernel reports it (twice what was asked:
+    /// the kernel counts its bookkeeping in it).
+    pub fn udp_receive_buffer(&self) -> std::io::Result<usize> {
+        nix::sys::socket::getsockopt(&*self.udp, nix::sys::socket::sockopt::RcvBuf)
+            .map_err(std::io::Error::from)
     }
 
     /// The bound address (the same port for UDP and TCP).
@@ -441,7 +458,34 @@ impl SipTransport {
     }
 }
 
-/// Binds UDP and TCP on the same port (retrying when port 0 gave a port taken on TCP).
+/// What a SIP UDP socket asks for as its receive buffer (see the module docs): 4 MiB, some
+/// 2,000 datagrams of a registration, over half a second of the P-CSCF's messages at this
+/// machine's full rate. The kernel takes the memory only while datagrams wait in it.
+pub const UDP_RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Asks for [`UDP_RECEIVE_BUFFER`] on `udp`: past `net.core.rmem_max` when allowed
+/// (`SO_RCVBUFFORCE`), else up to it; says so once when it got less.
+fn enlarge_receive_buffer(udp: &UdpSocket, local: SocketAddr) {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+    if setsockopt(udp, sockopt::RcvBufForce, &UDP_RECEIVE_BUFFER).is_err() {
+        // Not privileged: the kernel caps this at net.core.rmem_max by itself.
+        let _ = setsockopt(udp, sockopt::RcvBuf, &UDP_RECEIVE_BUFFER);
+    }
+    match getsockopt(udp, sockopt::RcvBuf) {
+        // The kernel reports twice the size it granted.
+        Ok(got) if got / 2 < UDP_RECEIVE_BUFFER => tracing::info!(
+            %local,
+            bytes = got / 2,
+            wanted = UDP_RECEIVE_BUFFER,
+            "SIP UDP receive buffer capped by net.core.rmem_max (no CAP_NET_ADMIN): \
+             bursts beyond it are dropped and recovered only by retransmissions; raise \
+             net.core.rmem_max to avoid that"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::info!(%local, error = %e, "cannot read the SIP UDP receive buffer size"),
+    }
+}
+
 /// A TCP socket that may share its port with our listener (SO_REUSEADDR + SO_REUSEPORT).
 fn shared_port_socket(local: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
     let sock = if local.is_ipv4() {
@@ -464,6 +508,7 @@ async fn listen(addr: SocketAddr, shared: bool) -> std::io::Result<TcpListener> 
     }
 }
 
+/// Binds UDP and TCP on the same port (retrying when port 0 gave a port taken on TCP).
 async fn bind_both(addr: SocketAddr, shared: bool) -> std::io::Result<(UdpSocket, TcpListener)> {
     let mut last = None;
     for _ in 0..20 {

@@ -280,6 +280,54 @@ mod sip_transport {
         );
     }
 
+    /// Counts what it receives.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl ims_net::sip::Receiver for Count {
+        fn receive(&self, _inc: ims_net::sip::Incoming) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// A burst that comes while the daemon is not reading (busy, or descheduled) waits in the
+    /// socket's receive buffer: 1,500 REGISTERs sent before reading starts all arrive. The
+    /// kernel's default buffer held about a hundred of them.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_burst_waits_in_the_udp_receive_buffer() {
+        let test = "sip_transport::a_burst_waits_in_the_udp_receive_buffer";
+        let count = std::sync::Arc::new(Count(Default::default()));
+        let bound = SipTransport::bind_to("127.0.0.1:0".parse().unwrap(), false, count.clone())
+            .await
+            .unwrap();
+        let t = bound.transport().clone();
+        let granted = t.udp_receive_buffer().unwrap() / 2;
+        if granted < ims_net::sip::UDP_RECEIVE_BUFFER {
+            // Only net.core.rmem_max without CAP_NET_ADMIN: the daemon logs that at start.
+            if ims_testkit::require_root(test) {
+                panic!("root got a receive buffer of {granted} bytes");
+            }
+            return;
+        }
+        let ue = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        const BURST: usize = 1500;
+        let msg = register("burst", &"x".repeat(400));
+        for _ in 0..BURST {
+            ue.send_to(msg.as_bytes(), t.local_addr()).unwrap();
+        }
+        bound.start();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while count.0.load(std::sync::atomic::Ordering::Relaxed) < BURST
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            count.0.load(std::sync::atomic::Ordering::Relaxed),
+            BURST,
+            "every datagram of the burst was kept until read"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn tcp_framing_keepalive_and_connection_reuse() {
         let (t, mut rx) = SipTransport::bind("127.0.0.1:0".parse().unwrap())
