@@ -16,6 +16,33 @@
 //! Every change is one transaction, so nothing is ever half-written; the SQN is advanced by a
 //! single `UPDATE ... RETURNING`, so no two callers, on one node or several, ever receive the
 //! same sequence number. Secrets (K, OPc, HA1) are zeroized on drop and never printed.
+//!
+//! # Checkpoints: in the background, and rarely in a commit (SQLite)
+//! SQLite's WAL is copied back into the database file by a checkpoint, with two fsyncs. By
+//! default the commit that takes the WAL past 1,000 pages (4 MiB) runs it, and a daemon's
+//! answers wait for that commit (below). In the 100,000-UE soak the S-CSCF's WAL grew by
+//! 17 MB a second, so it checkpointed four times a second inside its commits; the disk,
+//! written at 40 MB/s by the three stores, sometimes took 100-200 ms over the fsyncs, and the
+//! P-CSCF's REGISTERs in flight then passed its limit (503s). A file store therefore
+//! checkpoints in a task of its own every [`CHECKPOINT_EVERY`] (PASSIVE: it blocks no reader
+//! or writer), and leaves SQLite's automatic checkpoint in the commit only past
+//! [`WAL_LIMIT_PAGES`]: a commit then copies only the few pages the task has not yet, and,
+//! as the daemons' single writer is waiting on that commit and writes nothing meanwhile, the
+//! checkpoint completes and the next write starts the WAL again from its beginning. The
+//! WAL thus stays within about [`WAL_LIMIT_PAGES`]. (Background checkpoints alone, with the
+//! automatic one off, were tried: the writer appends while a checkpoint copies, so the
+//! copy is never complete, the WAL never restarts, and it grew to 18 GB in a soak.) The
+//! task ends with the last clone of the [`Store`].
+//!
+//! The daemons wait for their batched writes before they answer (a 200 OK goes once its
+//! registration is on disk), so a slow write is a slow answer: a batch that takes longer than
+//! [`SLOW_WRITE`] (a checkpoint of SQLite's WAL inside the commit, a disk busy with something
+//! else, a PostgreSQL far away) is logged as a warning naming the kind of write, how many
+//! changes it held and how long it took, at most once a second with the number of others
+//! left unsaid.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
@@ -29,6 +56,66 @@ pub use pcscf::{
 };
 pub use registrations::{BindingRecord, RegistrationRecord, RegistrationWrite};
 pub use snapshot::{IdentityKey, PrivateIdentityRecord, SubscriptionRecord, Write};
+
+/// A batched write slower than this is logged (see the module docs).
+pub const SLOW_WRITE: Duration = Duration::from_millis(100);
+
+/// At most one line a second: when the last went, and how many were left unsaid since.
+struct OncePerSecond {
+    /// Milliseconds since [`slow_epoch`] plus 1,000, so that the first line always goes.
+    logged_at: AtomicU64,
+    unsaid: AtomicU64,
+}
+
+impl OncePerSecond {
+    const fn new() -> Self {
+        Self {
+            logged_at: AtomicU64::new(0),
+            unsaid: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a line may go at `now_ms` (ms since the epoch, plus 1,000), and then how many
+    /// were left unsaid before it; `None` counts this one as unsaid.
+    fn admit(&self, now_ms: u64) -> Option<u64> {
+        let last = self.logged_at.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) < 1000
+            || self
+                .logged_at
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            self.unsaid.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.unsaid.swap(0, Ordering::Relaxed))
+    }
+}
+
+static SLOW_WRITES: OncePerSecond = OncePerSecond::new();
+
+fn slow_epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Logs a batched write of `changes` changes that started at `started`, if it was slow.
+fn note_write(what: &'static str, changes: usize, started: Instant) {
+    let took = started.elapsed();
+    if took < SLOW_WRITE {
+        return;
+    }
+    let now_ms = slow_epoch().elapsed().as_millis() as u64 + 1000;
+    if let Some(unsaid) = SLOW_WRITES.admit(now_ms) {
+        tracing::warn!(
+            what,
+            changes,
+            ms = took.as_millis() as u64,
+            others_in_the_last_second = unsaid,
+            "slow store write: the answers waiting for it were late by as much"
+        );
+    }
+}
 
 /// 2^48: SQN is a 48-bit counter.
 pub const SQN_MODULUS: u64 = 1 << 48;
@@ -241,17 +328,34 @@ pub struct RegisteredIdentity {
     pub scscf: Option<ScscfAssignment>,
 }
 
+/// How often a file SQLite store checkpoints its WAL in the background (module docs).
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// The WAL's size, in pages, past which the commit that reaches it checkpoints (SQLite's
+/// `wal_autocheckpoint`; module docs): 64 MiB of 4 KiB pages, some 4 s of the S-CSCF's
+/// writes in the 100,000-UE soak.
+pub const WAL_LIMIT_PAGES: u32 = 16_384;
+
 /// The store: a connection pool and the backend it talks to.
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Stops the checkpoint task when the last clone is dropped (file SQLite only).
+    _checkpoints: Option<std::sync::Arc<tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl Store {
     /// Connects to `url` (`sqlite://path` creates the file; `sqlite::memory:` for tests;
     /// `postgres://...`), and brings the schema up to date.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with_wal_limit(url, WAL_LIMIT_PAGES).await
+    }
+
+    /// [`Store::open`] with another limit on a file SQLite store's WAL than
+    /// [`WAL_LIMIT_PAGES`], in pages (the module docs); 0 turns checkpoints in a commit off,
+    /// and with them the limit.
+    pub async fn open_with_wal_limit(url: &str, wal_limit_pages: u32) -> Result<Self, StoreError> {
         install_default_drivers();
         let (backend, url) = if let Some(rest) = url.strip_prefix("sqlite:") {
             let mut u = format!("sqlite:{rest}");
@@ -269,6 +373,7 @@ impl Store {
             return Err(StoreError::BadUrl(url.to_owned()));
         };
         let mut opts = AnyPoolOptions::new();
+        let file = backend == Backend::Sqlite && !url.contains(":memory:");
         if backend == Backend::Sqlite {
             if url.contains(":memory:") {
                 // One connection, or each would see its own empty in-memory database.
@@ -278,7 +383,7 @@ impl Store {
             // the process being killed (kill -9, a crash), which is what SQN safety needs;
             // only an OS crash or power loss may lose the last commits. FULL would fsync
             // every MAR's SQN update and cap the HSS at a few hundred MAR/s.
-            opts = opts.after_connect(|conn, _meta| {
+            opts = opts.after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     sqlx::query("PRAGMA journal_mode = WAL")
                         .execute(&mut *conn)
@@ -289,6 +394,12 @@ impl Store {
                     sqlx::query("PRAGMA busy_timeout = 5000")
                         .execute(&mut *conn)
                         .await?;
+                    if file {
+                        // The task checkpoints; a commit only past the limit (module docs).
+                        sqlx::query(&format!("PRAGMA wal_autocheckpoint = {wal_limit_pages}"))
+                            .execute(&mut *conn)
+                            .await?;
+                    }
                     Ok(())
                 })
             });
@@ -299,7 +410,16 @@ impl Store {
             Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await?,
         }
         tracing::info!(?backend, "store opened and migrated");
-        Ok(Self { pool, backend })
+        let checkpoints = file.then(|| {
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            tokio::spawn(checkpoints(pool.clone(), stopped));
+            std::sync::Arc::new(stop)
+        });
+        Ok(Self {
+            pool,
+            backend,
+            _checkpoints: checkpoints,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -1051,5 +1171,61 @@ impl Store {
             .await
             .map_err(db("delete all subscribers"))?;
         Ok(res.rows_affected())
+    }
+}
+
+/// Checkpoints the WAL of a file SQLite store every [`CHECKPOINT_EVERY`] until `stop` is
+/// dropped (the last [`Store`] clone went) or the pool is closed.
+async fn checkpoints(pool: AnyPool, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        if pool.is_closed() {
+            return;
+        }
+        // PASSIVE: copies what no reader still needs, waits for no one.
+        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            Ok(_) if failing => {
+                failing = false;
+                tracing::info!("WAL checkpoints work again");
+            }
+            Ok(_) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "WAL checkpoint failed (tried again every 200 ms; \
+                    the commits checkpoint past the WAL's limit meanwhile)");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OncePerSecond;
+
+    #[test]
+    fn slow_write_lines_go_once_a_second_and_count_the_rest() {
+        let limit = OncePerSecond::new();
+        assert_eq!(limit.admit(1_000), Some(0), "the first goes");
+        assert_eq!(limit.admit(1_400), None);
+        assert_eq!(limit.admit(1_999), None);
+        assert_eq!(
+            limit.admit(2_000),
+            Some(2),
+            "a second later, with the two unsaid"
+        );
+        assert_eq!(limit.admit(2_001), None);
+        assert_eq!(limit.admit(9_000), Some(1));
+        assert_eq!(limit.admit(10_000), Some(0));
     }
 }

@@ -205,6 +205,17 @@ impl Store {
         pcscf_name: &str,
         writes: &[PcscfWrite],
     ) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let out = self.apply_pcscf_batch(pcscf_name, writes).await;
+        crate::note_write("P-CSCF registrations", writes.len(), started);
+        out
+    }
+
+    async fn apply_pcscf_batch(
+        &self,
+        pcscf_name: &str,
+        writes: &[PcscfWrite],
+    ) -> Result<(), StoreError> {
         // The last change of each flow, in the order the flows first appear.
         let mut last: Vec<&PcscfWrite> = Vec::with_capacity(writes.len());
         let mut at: std::collections::HashMap<FlowKey, usize> =

@@ -88,6 +88,16 @@ impl Store {
         &self,
         writes: &[RegistrationWrite],
     ) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let out = self.apply_registrations_batch(writes).await;
+        crate::note_write("registrations", writes.len(), started);
+        out
+    }
+
+    async fn apply_registrations_batch(
+        &self,
+        writes: &[RegistrationWrite],
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
         if writes.len() < ROWS {
             for w in writes {

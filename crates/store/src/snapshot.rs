@@ -255,6 +255,13 @@ impl Store {
     /// A string that cannot be a literal (a NUL in it) sends that batch statement by
     /// statement, with bound parameters, as before.
     pub async fn apply(&self, writes: &[Write]) -> Result<Vec<Option<u64>>, StoreError> {
+        let started = std::time::Instant::now();
+        let out = self.apply_batch(writes).await;
+        crate::note_write("subscriber changes", writes.len(), started);
+        out
+    }
+
+    async fn apply_batch(&self, writes: &[Write]) -> Result<Vec<Option<u64>>, StoreError> {
         if writes.is_empty() {
             return Ok(Vec::new());
         }

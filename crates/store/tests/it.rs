@@ -264,6 +264,70 @@ async fn sqlite_sqn_is_never_handed_out_twice() {
     sqn_is_never_handed_out_twice_and_survives_reopen(&db_url("store-sqn").1).await;
 }
 
+/// The WAL reaches the database file without a commit reaching SQLite's automatic
+/// threshold: a file store checkpoints in the background every `ims_store::CHECKPOINT_EVERY`.
+/// A reader of the database file alone (`immutable=1`: no WAL, no locks) sees a subscriber
+/// only once a checkpoint copied it there; one small write is far below the threshold.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_wal_is_checkpointed_in_the_background() {
+    use sqlx::Row;
+    let (path, url) = db_url("store-checkpoint");
+    let store = Store::open(&url).await.unwrap();
+    store.add_subscriber(&aka_subscriber(7)).await.unwrap();
+    let file_only = format!("sqlite://{}?immutable=1", path.display());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&file_only)
+            .await
+            .unwrap();
+        // Until the first checkpoint even the schema is only in the WAL ("no such table").
+        let seen = sqlx::query(
+            "SELECT COUNT(*) FROM private_identity WHERE impi = 'user7.private@hims.net'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .map(|row| row.get::<i64, _>(0));
+        sqlx::Connection::close(conn).await.unwrap();
+        if matches!(seen, Ok(1)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the subscriber never reached the database file (no checkpoint ran): {seen:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(store);
+}
+
+/// Under writes that never pause, the WAL still starts again from its beginning: it stays
+/// near its limit while four times that is written through it. (With the background
+/// checkpoints alone it never restarted and grew without bound.) A limit of 1,024 pages
+/// (4 MiB) instead of the daemons' `ims_store::WAL_LIMIT_PAGES`, to keep the test short.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_wal_stays_bounded_under_writes_that_never_pause() {
+    let (path, url) = db_url("store-wal-bound");
+    let pages = 1024;
+    let store = Store::open_with_wal_limit(&url, pages).await.unwrap();
+    let limit = u64::from(pages) * 4096;
+    // 64 KiB of iFC per subscriber: at least that much of WAL per commit.
+    let ifc = "x".repeat(64 << 10);
+    let commits = 4 * limit / (64 << 10);
+    for n in 0..commits as u32 {
+        let mut sub = aka_subscriber(100_000 + n);
+        sub.ifc_xml = ifc.clone();
+        store.add_subscriber(&sub).await.unwrap();
+    }
+    let wal = std::fs::metadata(path.with_extension("sqlite-wal"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(
+        wal <= limit + limit / 2,
+        "the WAL grew to {wal} bytes over {commits} commits of 64 KiB (limit {limit})"
+    );
+    drop(store);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_provisioning_is_all_or_nothing() {
     let Some(pg) = ims_testkit::postgres::Postgres::start("store_pg_provisioning") else {
