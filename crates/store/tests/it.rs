@@ -328,6 +328,75 @@ async fn sqlite_wal_stays_bounded_under_writes_that_never_pause() {
     drop(store);
 }
 
+/// A database written before the registration tables went WITHOUT ROWID (migration 0004)
+/// keeps its S-CSCF and P-CSCF registrations through it: the first three migrations run from
+/// their files, rows go in with the old schema, and the store opened on it reads them back.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_registrations_survive_the_lean_tables_migration() {
+    let (path, url) = db_url("store-migrate-0004");
+    let old = ims_testkit::scratch_dir("store-migrations-0001-0003");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        if name.as_str() < "0004" {
+            std::fs::copy(entry.path(), old.join(&name)).unwrap();
+        }
+    }
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .unwrap();
+    sqlx::migrate::Migrator::new(old.as_path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    for sql in [
+        "INSERT INTO scscf_registration VALUES ('sip:old@hims.net', 'old@hims.net', \
+         'sip:scscf1.hims.net', '<IMSSubscription/>', 'sip:old@hims.net')",
+        "INSERT INTO scscf_binding VALUES ('sip:old@hims.net', 'sip:old@10.0.0.1', \
+         '<sip:old@10.0.0.1>', 'sip:term@pcscf1', 'c1', 7, 4102444800000)",
+        "INSERT INTO pcscf_registration VALUES ('pcscf1.hims.net', 'udp', '10.0.0.1:5060', \
+         'old@hims.net', '4102444800000 sip:old@10.0.0.1', 'sip:old@hims.net', \
+         'sip:orig@scscf1', NULL, 4102444800000)",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+
+    let store = Store::open(&url).await.unwrap();
+    let r = store
+        .registration("sip:old@hims.net")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.impi, "old@hims.net");
+    assert_eq!(r.user_data, "<IMSSubscription/>");
+    assert_eq!(r.bindings.len(), 1);
+    assert_eq!(r.bindings[0].cseq, 7);
+    assert_eq!(r.bindings[0].path, ["sip:term@pcscf1"]);
+    let p = store
+        .pcscf_registrations("pcscf1.hims.net", 0)
+        .await
+        .unwrap();
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].impi, "old@hims.net");
+    assert_eq!(p[0].service_route, ["sip:orig@scscf1"]);
+    // The registrations are writable in the new tables: a refresh replaces the binding.
+    let mut again = r.clone();
+    again.bindings[0].cseq = 8;
+    store.save_registration(&again).await.unwrap();
+    let r = store
+        .registration("sip:old@hims.net")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.bindings.len(), 1);
+    assert_eq!(r.bindings[0].cseq, 8);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_provisioning_is_all_or_nothing() {
     let Some(pg) = ims_testkit::postgres::Postgres::start("store_pg_provisioning") else {
