@@ -308,6 +308,10 @@ fn soak_expires_every_registration_and_leaks_nothing() {
             j["judgements"]
         );
     }
+    // The notes that point at a failed judgement's cause are in the report.
+    for name in ["udp", "disk", "slow"] {
+        assert!(j["notes"][name].is_string(), "note {name}: {}", j["notes"]);
+    }
     // The expiries happened all along, not only at the end: subscribers registered anew
     // (more first registrations than subscribers) while the S-CSCF never held more than one
     // registration per subscriber.
