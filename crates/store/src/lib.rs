@@ -1201,8 +1201,9 @@ async fn checkpoints(pool: AnyPool, mut stop: tokio::sync::oneshot::Receiver<()>
             Ok(_) => {}
             Err(e) if !failing => {
                 failing = true;
-                tracing::warn!(error = %e, "WAL checkpoint failed (tried again every 200 ms; \
-                    the commits checkpoint past the WAL's limit meanwhile)");
+                tracing::warn!(error = %e, retry_ms = CHECKPOINT_EVERY.as_millis() as u64,
+                    "WAL checkpoint failed (tried again at every tick; the commits \
+                    checkpoint past the WAL's limit meanwhile)");
             }
             Err(_) => {}
         }
